@@ -1,0 +1,2 @@
+//! Boot benchmark.
+fn main() {}

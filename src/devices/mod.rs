@@ -1,0 +1,2 @@
+//! Emulated devices and the bus they sit on.
+pub mod bus;
