@@ -1,2 +1,4 @@
 //! Emulated devices and the bus they sit on.
 pub mod bus;
+pub mod i8042;
+pub mod serial;
