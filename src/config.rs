@@ -1,0 +1,162 @@
+//! VM configuration: plain data, validated once, kept apart from live objects.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Most vCPUs a husk VM may have (the guest kernel is built with NR_CPUS=32).
+pub const MAX_VCPUS: u8 = 32;
+/// Default guest RAM in MiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+
+/// The kernel command line husk always passes, before the user's additions.
+///
+/// `reboot=k` resets through the i8042 so a guest reboot ends the VM; `panic_warm` makes a
+/// panic's reset distinguishable from a clean one (see `vmm::exit::classify`).
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k,panic_warm panic=-1 8250.nr_uarts=1";
+
+/// Where the guest console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsoleConfig {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// A file (created or truncated).
+    File(PathBuf),
+    /// Discarded (still kept in memory to explain a panic).
+    Off,
+}
+
+/// Everything needed to boot one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Guest kernel: ELF `vmlinux` with a PVH note, or a `bzImage`.
+    pub kernel: PathBuf,
+    /// Initial ramdisk (an uncompressed or compressed cpio archive).
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line appended to [`BASE_CMDLINE`].
+    #[serde(default)]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[serde(default = "default_cpus")]
+    pub cpus: u8,
+    /// Guest RAM in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// Console destination.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+    /// Sample guest RIPs (about 1 kHz per vCPU) for the boot profiler.
+    #[serde(default)]
+    pub profile: bool,
+}
+
+fn default_cpus() -> u8 {
+    1
+}
+
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY_MIB
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// vCPU count outside 1..=MAX_VCPUS.
+    #[error("cpus {0} is out of range: a VM has 1 to {MAX_VCPUS} vCPUs")]
+    Cpus(u8),
+    /// The kernel path names no file.
+    #[error("kernel {0} does not exist")]
+    KernelMissing(PathBuf),
+    /// The initrd path names no file.
+    #[error("initrd {0} does not exist")]
+    InitrdMissing(PathBuf),
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            cpus: default_cpus(),
+            memory_mib: default_memory(),
+            console: ConsoleConfig::default(),
+            profile: false,
+        }
+    }
+
+    /// Check what can be checked without opening KVM (memory is checked against the host
+    /// when it is allocated).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cpus == 0 || self.cpus > MAX_VCPUS {
+            return Err(ConfigError::Cpus(self.cpus));
+        }
+        if !self.kernel.is_file() {
+            return Err(ConfigError::KernelMissing(self.kernel.clone()));
+        }
+        match &self.initrd {
+            Some(p) if !p.is_file() => Err(ConfigError::InitrdMissing(p.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The full kernel command line.
+    pub fn full_cmdline(&self) -> String {
+        let extra = self.cmdline.trim();
+        if extra.is_empty() {
+            BASE_CMDLINE.to_string()
+        } else {
+            format!("{BASE_CMDLINE} {extra}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn existing_kernel() -> VmConfig {
+        VmConfig::new("/proc/self/exe")
+    }
+
+    #[test]
+    fn zero_cpus_is_rejected_with_the_value() {
+        let cfg = VmConfig { cpus: 0, ..existing_kernel() };
+        assert_eq!(cfg.validate().unwrap_err().to_string(), "cpus 0 is out of range: a VM has 1 to 32 vCPUs");
+    }
+
+    #[test]
+    fn too_many_cpus_is_rejected() {
+        let cfg = VmConfig { cpus: 33, ..existing_kernel() };
+        assert_eq!(cfg.validate(), Err(ConfigError::Cpus(33)));
+    }
+
+    #[test]
+    fn missing_kernel_names_the_path() {
+        let cfg = VmConfig::new("/nonexistent/vmlinux");
+        assert_eq!(cfg.validate().unwrap_err().to_string(), "kernel /nonexistent/vmlinux does not exist");
+    }
+
+    #[test]
+    fn missing_initrd_names_the_path() {
+        let cfg = VmConfig { initrd: Some("/nonexistent/initrd".into()), ..existing_kernel() };
+        assert_eq!(cfg.validate(), Err(ConfigError::InitrdMissing("/nonexistent/initrd".into())));
+    }
+
+    #[test]
+    fn user_cmdline_is_appended_to_the_base() {
+        let cfg = VmConfig { cmdline: " quiet ".into(), ..existing_kernel() };
+        assert_eq!(cfg.full_cmdline(), format!("{BASE_CMDLINE} quiet"));
+    }
+
+    #[test]
+    fn unknown_config_field_is_rejected() {
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","cpu":2}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `cpu`"));
+    }
+}

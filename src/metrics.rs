@@ -1,0 +1,145 @@
+//! What a VM run cost: milestones, exits, VMM CPU time outside the guest, VMM memory.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Milestones of one VM run, in milliseconds from the start of `Vm::start`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Timeline {
+    /// First KVM_RUN of the boot vCPU.
+    pub first_kvm_run_ms: Option<f64>,
+    /// First byte the guest wrote to its console.
+    pub first_console_byte_ms: Option<f64>,
+    /// The VM ended.
+    pub exit_ms: Option<f64>,
+}
+
+/// Milliseconds from `start` to `at`.
+pub fn ms_since(start: Instant, at: Option<Instant>) -> Option<f64> {
+    at.map(|t| t.saturating_duration_since(start).as_secs_f64() * 1000.0)
+}
+
+/// VM exits by kind.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ExitCounts {
+    /// Port reads.
+    pub io_in: u64,
+    /// Port writes.
+    pub io_out: u64,
+    /// MMIO reads.
+    pub mmio_read: u64,
+    /// MMIO writes.
+    pub mmio_write: u64,
+    /// KVM_RUN interrupted by a kick or profiler sample.
+    pub interrupted: u64,
+    /// Other exits.
+    pub other: u64,
+}
+
+/// CPU time and memory of this process, from procfs.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ProcessStats {
+    /// User + system CPU time not spent running the guest, in ms.
+    pub vmm_cpu_ms: f64,
+    /// CPU time spent in guest mode, in ms.
+    pub guest_cpu_ms: f64,
+    /// Resident memory that is not guest RAM (anonymous + file pages), in KiB.
+    pub vmm_rss_kib: u64,
+    /// Resident shared memory (guest RAM lives on a memfd, counted here), in KiB.
+    pub shmem_rss_kib: u64,
+}
+
+impl ProcessStats {
+    /// Read `/proc/self/stat` and `/proc/self/status`.
+    pub fn read() -> std::io::Result<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        Ok(Self::parse(&stat, &status, clock_ticks_per_second()))
+    }
+
+    /// Parse the two procfs files. Fields of `stat` are counted after the command name,
+    /// which may itself contain spaces and parentheses.
+    pub fn parse(stat: &str, status: &str, ticks: f64) -> Self {
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // After ")": field 3 is index 0, so field N is index N - 3.
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let to_ms = |t: f64| t * 1000.0 / ticks;
+        let (utime, stime, guest) = (field(14), field(15), field(43));
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            // The kernel counts guest time inside utime as well.
+            vmm_cpu_ms: to_ms((utime - guest).max(0.0) + stime),
+            guest_cpu_ms: to_ms(guest),
+            vmm_rss_kib: kib("RssAnon:") + kib("RssFile:"),
+            shmem_rss_kib: kib("RssShmem:"),
+        }
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    #[allow(unsafe_code, reason = "sysconf has no safe wrapper in std")]
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// Everything measured about one run.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RunMetrics {
+    /// Milestones.
+    pub timeline: Timeline,
+    /// Exits by kind.
+    pub exits: ExitCounts,
+    /// Process CPU and memory, read when the VM ended.
+    pub process: ProcessStats,
+}
+
+/// A duration in milliseconds as f64.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "1234 (husk (x) y) S 1 1234 1234 0 -1 4194304 100 0 0 0 \
+        150 30 0 0 20 0 3 0 100 1000 200 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 \
+        120 0 0";
+    const STATUS: &str = "Name:\thusk\nRssAnon:\t    2048 kB\nRssFile:\t    1024 kB\nRssShmem:\t   65536 kB\n";
+
+    #[test]
+    fn vmm_cpu_time_excludes_guest_time() {
+        let s = ProcessStats::parse(STAT, STATUS, 100.0);
+        assert_eq!(s.guest_cpu_ms, 1200.0);
+        assert_eq!(s.vmm_cpu_ms, 600.0);
+    }
+
+    #[test]
+    fn vmm_rss_excludes_guest_ram_on_shmem() {
+        let s = ProcessStats::parse(STAT, STATUS, 100.0);
+        assert_eq!(s.vmm_rss_kib, 3072);
+        assert_eq!(s.shmem_rss_kib, 65536);
+    }
+
+    #[test]
+    fn unreadable_stat_gives_zeroes() {
+        let s = ProcessStats::parse("garbage", "", 100.0);
+        assert_eq!(s.vmm_cpu_ms, 0.0);
+    }
+}

@@ -1,0 +1,388 @@
+//! Building and running one VM: the boot sequence of docs/design.md, in order.
+#![allow(unsafe_code, reason = "registering guest memory with KVM is an unsafe ioctl")]
+
+pub mod exit;
+pub mod vcpu;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::{self as arch, layout};
+use crate::boot::{self, BootRequest};
+use crate::config::{ConfigError, ConsoleConfig, VmConfig};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{ConsoleLog, ConsoleOut, SerialDevice};
+use crate::kvm::{KvmError, KvmFlavor};
+use crate::memory::{GuestRam, MemoryError};
+use crate::metrics::{ms_since, ExitCounts, RunMetrics, Timeline};
+use exit::{classify, ExitCause, GuestError, VmExit, WARM_REBOOT_FLAG_ADDR};
+use vcpu::{ExitSink, ExitCounters, RipSamples, Vcpu, VcpuShared};
+
+/// How often the profiler samples each vCPU.
+const PROFILE_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Errors while building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM is unusable.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest RAM could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The kernel, initrd or boot information could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// vCPU or platform setup failed.
+    #[error(transparent)]
+    Arch(#[from] arch::ArchError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] arch::mptable::MptableError),
+    /// A KVM call during setup failed.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What was being done.
+        what: &'static str,
+        /// The KVM error.
+        source: kvm_ioctls::Error,
+    },
+    /// A file could not be opened.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A device could not be placed on a bus.
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+    /// A thread could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The guest ended badly.
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+}
+
+fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Setup { what, source }
+}
+
+/// A VM whose vCPUs are running.
+pub struct RunningVm {
+    shared: Arc<VcpuShared>,
+    vcpu_threads: Vec<JoinHandle<RipSamples>>,
+    profiler: Option<JoinHandle<()>>,
+    profiler_stop: Arc<AtomicBool>,
+    memory: GuestMemoryMmap,
+    console: Arc<ConsoleLog>,
+    started: Instant,
+    // Kept alive for the VM's lifetime: dropping them closes the VM and its memory.
+    _vm: VmFd,
+    _ram: GuestRam,
+}
+
+/// How a VM run ended, and what it cost.
+pub struct RunReport {
+    /// The clean end, or the guest's failure.
+    pub outcome: Result<VmExit, GuestError>,
+    /// Milestones and counters.
+    pub metrics: RunMetrics,
+    /// RIP samples of all vCPUs (empty unless profiling was on).
+    pub samples: RipSamples,
+}
+
+/// A handle that stops a running VM from any thread.
+#[derive(Clone)]
+pub struct Stopper(Arc<ExitSink>);
+
+impl Stopper {
+    /// Ask the VM to stop; `wait` then returns `VmExit::Stopped`.
+    pub fn stop(&self) {
+        self.0.report(ExitCause::Stopped);
+    }
+}
+
+/// Build a VM from `config` and start its vCPUs.
+pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
+    let started = Instant::now();
+    config.validate()?;
+    let kvm = crate::kvm::open()?;
+    if let Some(warning) = KvmFlavor::probe().warning() {
+        log::warn!("{warning}");
+    }
+    let vm = kvm.create_vm().map_err(setup("creating the VM"))?;
+    let ram = crate::memory::create(config.memory_mib)?;
+    register_memory(&vm, &ram.memory)?;
+    create_platform(&vm)?;
+
+    let entry = load_guest(config, &ram.memory)?;
+    arch::mptable::setup_mptable(&ram.memory, config.cpus)?;
+
+    let console = Arc::new(ConsoleLog::default());
+    let exit = Arc::new(ExitSink::default());
+    let pio = port_devices(&vm, config, console.clone(), exit.clone())?;
+    let shared = Arc::new(VcpuShared {
+        pio,
+        mmio: Bus::new(),
+        exit,
+        stop: AtomicBool::new(false),
+        counters: ExitCounters::default(),
+        first_run: Default::default(),
+        profiling: config.profile,
+    });
+    let vcpus = create_vcpus(&kvm, &vm, config.cpus, &ram.memory, &entry, &shared)?;
+    vcpu::install_kick_handler().map_err(|source| VmError::Thread {
+        what: "vCPU signal handler".into(),
+        source,
+    })?;
+    let mut running = RunningVm {
+        shared,
+        vcpu_threads: Vec::new(),
+        profiler: None,
+        profiler_stop: Arc::new(AtomicBool::new(false)),
+        memory: ram.memory.clone(),
+        console,
+        started,
+        _vm: vm,
+        _ram: ram,
+    };
+    for vcpu in vcpus {
+        running.spawn_vcpu(vcpu)?;
+    }
+    if config.profile {
+        running.spawn_profiler()?;
+    }
+    Ok(running)
+}
+
+fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), VmError> {
+    for (slot, region) in memory.iter().enumerate() {
+        let host = memory
+            .get_host_address(region.start_addr())
+            .map_err(|_| VmError::Setup {
+                what: "mapping guest memory",
+                source: kvm_ioctls::Error::new(libc::EFAULT),
+            })?;
+        let mem_region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of `region.len()` bytes owned by `memory`,
+        // which the RunningVm keeps alive as long as the VM fd.
+        unsafe { vm.set_user_memory_region(mem_region) }
+            .map_err(setup("registering guest memory"))?;
+    }
+    Ok(())
+}
+
+fn create_platform(vm: &VmFd) -> Result<(), VmError> {
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+        .map_err(setup("setting the TSS address"))?;
+    vm.create_irq_chip().map_err(setup("creating the in-kernel irqchip"))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(setup("creating the in-kernel PIT"))
+}
+
+fn open(path: &Path) -> Result<File, VmError> {
+    File::open(path).map_err(|source| VmError::Open { path: path.to_path_buf(), source })
+}
+
+fn load_guest(config: &VmConfig, memory: &GuestMemoryMmap) -> Result<boot::BootEntry, VmError> {
+    let mut kernel = open(&config.kernel)?;
+    let mut initrd = config.initrd.as_deref().map(open).transpose()?;
+    let cmdline = config.full_cmdline();
+    let req = BootRequest {
+        cmdline: &cmdline,
+        initrd: initrd.as_mut(),
+        initrd_path: config.initrd.as_deref(),
+    };
+    Ok(boot::load(memory, &mut kernel, &config.kernel, req)?)
+}
+
+fn console_sink(config: &VmConfig) -> Result<Option<Box<dyn Write + Send>>, VmError> {
+    Ok(match &config.console {
+        ConsoleConfig::Stdout => Some(Box::new(std::io::stdout())),
+        ConsoleConfig::Off => None,
+        ConsoleConfig::File(path) => Some(Box::new(File::create(path).map_err(|source| {
+            VmError::Open { path: path.clone(), source }
+        })?)),
+    })
+}
+
+fn port_devices(
+    vm: &VmFd,
+    config: &VmConfig,
+    console: Arc<ConsoleLog>,
+    exit: Arc<ExitSink>,
+) -> Result<Bus, VmError> {
+    let mut pio = Bus::new();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Setup {
+        what: "creating the serial irqfd",
+        source: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    vm.register_irqfd(&irq, layout::SERIAL_IRQ).map_err(setup("registering the serial irqfd"))?;
+    let serial = SerialDevice::new(irq, ConsoleOut::new(console_sink(config)?, console));
+    pio.insert(Arc::new(Mutex::new(serial)), u64::from(layout::SERIAL_PORT), 8)?;
+    let reset = I8042::new(Box::new(move || exit.report(ExitCause::ResetRequested)));
+    pio.insert(Arc::new(Mutex::new(reset)), u64::from(layout::I8042_DATA_PORT), 5)?;
+    Ok(pio)
+}
+
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    cpus: u8,
+    memory: &GuestMemoryMmap,
+    entry: &boot::BootEntry,
+    shared: &Arc<VcpuShared>,
+) -> Result<Vec<Vcpu>, VmError> {
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(setup("reading the supported CPUID"))?;
+    let mut vcpus = Vec::with_capacity(usize::from(cpus));
+    for id in 0..cpus {
+        let fd = vm.create_vcpu(u64::from(id)).map_err(setup("creating a vCPU"))?;
+        arch::configure_vcpu(&fd, &supported, id, cpus)?;
+        if id == 0 {
+            arch::setup_boot_regs(&fd, memory, entry)?;
+        }
+        vcpus.push(Vcpu::new(fd, id, shared.clone()));
+    }
+    Ok(vcpus)
+}
+
+impl RunningVm {
+    fn spawn_vcpu(&mut self, vcpu: Vcpu) -> Result<(), VmError> {
+        let name = format!("husk-vcpu{}", self.vcpu_threads.len());
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || vcpu.run())
+            .map_err(|source| VmError::Thread { what: name, source })?;
+        self.vcpu_threads.push(handle);
+        Ok(())
+    }
+
+    fn spawn_profiler(&mut self) -> Result<(), VmError> {
+        let threads: Vec<libc::pthread_t> =
+            self.vcpu_threads.iter().map(|t| t.as_pthread_t()).collect();
+        let stop = self.profiler_stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("husk-profiler".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(PROFILE_INTERVAL);
+                    threads.iter().for_each(|&t| vcpu::kick(t));
+                }
+            })
+            .map_err(|source| VmError::Thread { what: "husk-profiler".into(), source })?;
+        self.profiler = Some(handle);
+        Ok(())
+    }
+
+    /// A handle to stop this VM from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.shared.exit.clone())
+    }
+
+    /// The guest's console output so far (the last few KiB).
+    pub fn console_tail(&self) -> String {
+        self.console.tail()
+    }
+
+    /// Wait for the guest to end, stop every thread, and report.
+    pub fn wait(mut self) -> RunReport {
+        let cause = self.shared.exit.wait();
+        let ended = Instant::now();
+        let samples = self.shutdown();
+        let warm_flag = self
+            .memory
+            .read_obj::<u16>(GuestAddress(WARM_REBOOT_FLAG_ADDR))
+            .unwrap_or(0);
+        let outcome = classify(cause, warm_flag, &self.console.tail());
+        let metrics = self.metrics(ended);
+        RunReport { outcome, metrics, samples }
+    }
+
+    /// Stop the profiler and the vCPUs and join them; returns the merged RIP samples.
+    fn shutdown(&mut self) -> RipSamples {
+        self.profiler_stop.store(true, Ordering::Release);
+        if let Some(p) = self.profiler.take() {
+            let _ = p.join();
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        let mut samples = RipSamples::new();
+        for handle in self.vcpu_threads.drain(..) {
+            // Kick until the thread is out of KVM_RUN: one kick can land just before the
+            // thread re-enters, and immediate_exit covers that, but be certain.
+            while !handle.is_finished() {
+                vcpu::kick(handle.as_pthread_t());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if let Ok(s) = handle.join() {
+                s.into_iter().for_each(|(rip, n)| *samples.entry(rip).or_default() += n);
+            }
+        }
+        samples
+    }
+
+    fn metrics(&self, ended: Instant) -> RunMetrics {
+        let c = &self.shared.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        RunMetrics {
+            timeline: Timeline {
+                first_kvm_run_ms: ms_since(self.started, self.shared.first_run.get().copied()),
+                first_console_byte_ms: ms_since(self.started, self.console.first_byte()),
+                exit_ms: ms_since(self.started, Some(ended)),
+            },
+            exits: ExitCounts {
+                io_in: get(&c.io_in),
+                io_out: get(&c.io_out),
+                mmio_read: get(&c.mmio_read),
+                mmio_write: get(&c.mmio_write),
+                interrupted: get(&c.interrupted),
+                other: get(&c.other),
+            },
+            process: crate::metrics::ProcessStats::read().unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if !self.vcpu_threads.is_empty() {
+            self.shared.exit.report(ExitCause::Stopped);
+            self.shutdown();
+        }
+    }
+}
+
+/// Boot `config` and wait for the guest to end.
+pub fn run(config: &VmConfig) -> Result<RunReport, VmError> {
+    Ok(start(config)?.wait())
+}
