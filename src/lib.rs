@@ -4,3 +4,5 @@
 //! `docs/design.md` for the boot steps, the threads and the devices.
 pub mod arch;
 pub mod devices;
+pub mod kernel;
+pub mod profile;
