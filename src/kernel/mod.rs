@@ -208,3 +208,43 @@ pub fn build(opts: &BuildOptions) -> Result<KernelArtifacts, KernelError> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn cached_in_an_empty_cache_dir_is_not_built_with_the_hint() {
+        let dir = std::env::temp_dir().join(format!("husk-kernel-empty-{}", std::process::id()));
+        let err = cached(Some(&dir)).unwrap_err();
+        assert!(matches!(err, KernelError::NotBuilt { .. }));
+        assert!(err.to_string().ends_with("run `husk kernel build`"));
+    }
+
+    #[test]
+    fn embedded_fragment_keeps_the_pvh_entry() {
+        assert!(FRAGMENT.lines().any(|line| line == "CONFIG_PVH=y"));
+    }
+
+    /// The real build, in the cache root from the environment (`HUSK_CACHE_DIR`). Run with
+    /// `cargo test --lib -- --ignored --nocapture build_then_cached`.
+    #[test]
+    #[ignore = "runs the real kernel build: minutes of CPU, may call apt-get"]
+    fn build_then_cached_returns_the_same_kernel_at_once() {
+        let opts = BuildOptions {
+            progress: true,
+            ..BuildOptions::default()
+        };
+        let started = Instant::now();
+        let built = build(&opts).unwrap();
+        eprintln!("build: {:.1}s", started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let again = build(&opts).unwrap();
+        eprintln!("second build (cached): {:?}", started.elapsed());
+        assert_eq!(built, again);
+        assert_eq!(cached(None).unwrap(), built);
+        let symbols = crate::profile::SymbolTable::from_system_map(&built.system_map).unwrap();
+        assert!(!symbols.is_empty());
+    }
+}
