@@ -180,8 +180,8 @@ pub fn cached(cache_dir: Option<&Path>) -> Result<KernelArtifacts, KernelError> 
 }
 
 /// Build the kernel for the current fragment, or return the cached one at once.
-/// Tool output goes to `<cache>/kernels/build/build.log`, whose path is printed first; on
-/// failure its last lines are printed and the error names the step.
+/// Tool output goes to `<cache>/kernels/build/build.log`, whose path is printed first; when
+/// a tool fails, the log's last lines are printed and the error names the step.
 pub fn build(opts: &BuildOptions) -> Result<KernelArtifacts, KernelError> {
     let root = opts.cache_dir.clone().unwrap_or_else(cache_root);
     let layout = Layout::new(&root, &cache_key(FRAGMENT));
@@ -199,7 +199,7 @@ pub fn build(opts: &BuildOptions) -> Result<KernelArtifacts, KernelError> {
     let result = run
         .all(jobs)
         .and_then(|version| run.stage(Step::Install, |_| layout.install(&version)));
-    if result.is_err() {
+    if let Err(KernelError::StepFailed { .. }) = result {
         progress.note(&format!(
             "last lines of {}:\n{}",
             layout.log().display(),

@@ -119,7 +119,7 @@ fn spinner_style() -> ProgressStyle {
 }
 
 fn counter_style() -> ProgressStyle {
-    ProgressStyle::with_template("{spinner} {prefix}: {pos} objects compiled [{elapsed}]")
+    ProgressStyle::with_template("{spinner} {prefix}: objects compiled: {pos} [{elapsed}]")
         .expect("static template is valid")
 }
 
