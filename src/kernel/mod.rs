@@ -47,7 +47,7 @@ const FAILURE_TAIL_LINES: usize = 30;
 /// How to build the kernel.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
-    /// Parallel `make` jobs; `None` uses the number of available CPUs.
+    /// Parallel `make` jobs; `None` uses the number of available CPUs (0 counts as 1).
     pub jobs: Option<usize>,
     /// Cache root; `None` uses [`cache_root`].
     pub cache_dir: Option<PathBuf>,
@@ -194,7 +194,8 @@ pub fn build(opts: &BuildOptions) -> Result<KernelArtifacts, KernelError> {
     progress.note(&format!("kernel build log: {}", layout.log().display()));
     let jobs = opts
         .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
     let mut run = steps::Run::new(&layout, log, &mut progress);
     let result = run
         .all(jobs)
