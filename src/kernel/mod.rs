@@ -224,6 +224,25 @@ mod tests {
     }
 
     #[test]
+    fn build_returns_a_cached_kernel_without_running_any_step() {
+        let root = std::env::temp_dir().join(format!("husk-kernel-cached-{}", std::process::id()));
+        let dir = root.join("kernels").join(cache_key(FRAGMENT));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["vmlinux", "System.map", "config"] {
+            std::fs::write(dir.join(name), name).unwrap();
+        }
+        std::fs::write(dir.join("version"), "6.1.0-test\n").unwrap();
+        let opts = BuildOptions {
+            cache_dir: Some(root.clone()),
+            ..BuildOptions::default()
+        };
+        let built = build(&opts).unwrap();
+        assert_eq!(built.vmlinux, dir.join("vmlinux"));
+        assert_eq!(built.version, "6.1.0-test");
+        assert!(!root.join("kernels/build/build.log").exists());
+    }
+
+    #[test]
     fn embedded_fragment_keeps_the_pvh_entry() {
         assert!(FRAGMENT.lines().any(|line| line == "CONFIG_PVH=y"));
     }

@@ -29,6 +29,22 @@ const TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 /// lines of a full build), used for the bar until this cache has measured its own.
 const COLD_BUILD_OBJECTS: u64 = 967;
 
+/// Environment variables kbuild honours that would change where or how the kernel is
+/// built (another output tree, a cross compiler, extra flags, a parent make's jobserver):
+/// the cached kernel must depend on the fragment only.
+const KBUILD_ENV_CLEARED: &[&str] = &[
+    "KBUILD_OUTPUT",
+    "KCONFIG_CONFIG",
+    "CROSS_COMPILE",
+    "LLVM",
+    "KCFLAGS",
+    "KCPPFLAGS",
+    "KAFLAGS",
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+];
+
 /// The build's state: where things are, the open log, the progress output.
 pub(super) struct Run<'a> {
     layout: &'a Layout,
@@ -191,6 +207,9 @@ impl<'a> Run<'a> {
     fn make_command(&self) -> Command {
         let mut make = Command::new("make");
         make.current_dir(self.layout.tree()).arg("ARCH=x86_64");
+        for name in KBUILD_ENV_CLEARED {
+            make.env_remove(name);
+        }
         make
     }
 
