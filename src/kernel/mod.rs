@@ -265,6 +265,12 @@ mod tests {
         assert_eq!(built, again);
         assert_eq!(cached(None).unwrap(), built);
         let symbols = crate::profile::SymbolTable::from_system_map(&built.system_map).unwrap();
-        assert!(!symbols.is_empty());
+        let map = std::fs::read_to_string(&built.system_map).unwrap();
+        let line = map
+            .lines()
+            .find(|l| l.ends_with(" T start_kernel"))
+            .unwrap();
+        let addr = u64::from_str_radix(&line[..16], 16).unwrap();
+        assert_eq!(symbols.resolve(addr + 1), Some(("start_kernel", 1)));
     }
 }
