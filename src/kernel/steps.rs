@@ -356,6 +356,57 @@ fn is_compile_line(line: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn temp_layout(name: &str) -> Layout {
+        let root = std::env::temp_dir().join(format!("husk-steps-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        Layout::new(&root, "6.1-test")
+    }
+
+    fn shell(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    }
+
+    #[test]
+    fn run_fails_with_the_step_and_exit_status_and_logs_the_output() {
+        let layout = temp_layout("fail");
+        let mut progress = Progress::new(false);
+        let mut run = Run::new(&layout, layout.open_log().unwrap(), &mut progress);
+        let err = run
+            .run(Step::Tinyconfig, &mut shell("echo boom; exit 3"))
+            .unwrap_err();
+        let KernelError::StepFailed { step, status, .. } = err else {
+            panic!("unexpected error {err}");
+        };
+        assert_eq!((step, status.code()), (Step::Tinyconfig, Some(3)));
+        assert!(fs::read_to_string(layout.log()).unwrap().contains("boom"));
+    }
+
+    #[test]
+    fn run_names_a_program_that_cannot_start() {
+        let layout = temp_layout("spawn");
+        let mut progress = Progress::new(false);
+        let mut run = Run::new(&layout, layout.open_log().unwrap(), &mut progress);
+        let err = run
+            .run(Step::Extract, &mut Command::new("/nonexistent/husk-tar"))
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/husk-tar"));
+    }
+
+    #[test]
+    fn run_counting_counts_compiled_objects_and_logs_every_line() {
+        let layout = temp_layout("count");
+        let mut progress = Progress::new(false);
+        let mut run = Run::new(&layout, layout.open_log().unwrap(), &mut progress);
+        let script = "printf '  CC      a.o\\n  HOSTCC  fixdep\\n  AS      b.o\\n'";
+        let compiled = run.run_counting(Step::Compile, &mut shell(script)).unwrap();
+        assert_eq!(compiled, 2);
+        assert!(fs::read_to_string(layout.log())
+            .unwrap()
+            .contains("HOSTCC  fixdep"));
+    }
+
     #[test]
     fn missing_from_status_lists_unknown_and_half_installed_packages() {
         let listed = "bc ii \nflex ii \nbison rc \nlibelf-dev ii \nlibssl-dev ii \n\
