@@ -206,14 +206,6 @@ mod tests {
         }
     }
 
-    fn temp_root(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("husk-cache-test-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn cache_key_is_series_and_twelve_hex_chars() {
         let key = cache_key("CONFIG_A=y\n");
@@ -262,40 +254,44 @@ mod tests {
 
     #[test]
     fn cached_on_an_empty_root_is_not_built_with_the_hint() {
-        let root = temp_root("empty");
-        let err = Layout::new(&root, "6.1-abc").cached().unwrap_err();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let err = Layout::new(root, "6.1-abc").cached().unwrap_err();
         assert!(matches!(err, KernelError::NotBuilt { .. }));
         assert!(err.to_string().contains("run `husk kernel build`"));
     }
 
     #[test]
     fn cached_ignores_artifacts_without_the_version_marker() {
-        let root = temp_root("partial");
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let dir = root.join("kernels/6.1-abc");
         fs::create_dir_all(&dir).unwrap();
         for name in [VMLINUX, SYSTEM_MAP, CONFIG] {
             fs::write(dir.join(name), "x").unwrap();
         }
-        let err = Layout::new(&root, "6.1-abc").cached().unwrap_err();
+        let err = Layout::new(root, "6.1-abc").cached().unwrap_err();
         assert!(matches!(err, KernelError::NotBuilt { .. }));
     }
 
     #[test]
     fn cached_ignores_a_staging_directory() {
-        let root = temp_root("staging");
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let dir = root.join("kernels/6.1-abc.tmp");
         fs::create_dir_all(&dir).unwrap();
         for name in [VMLINUX, SYSTEM_MAP, CONFIG, VERSION] {
             fs::write(dir.join(name), "x").unwrap();
         }
-        let err = Layout::new(&root, "6.1-abc").cached().unwrap_err();
+        let err = Layout::new(root, "6.1-abc").cached().unwrap_err();
         assert!(matches!(err, KernelError::NotBuilt { .. }));
     }
 
     #[test]
     fn install_makes_the_kernel_visible_to_cached() {
-        let root = temp_root("install");
-        let layout = Layout::new(&root, "6.1-abc");
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let layout = Layout::new(root, "6.1-abc");
         let tree = layout.tree();
         fs::create_dir_all(&tree).unwrap();
         for name in [VMLINUX, SYSTEM_MAP, ".config"] {
@@ -311,7 +307,8 @@ mod tests {
 
     #[test]
     fn tail_keeps_only_the_last_lines() {
-        let root = temp_root("tail");
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let log = root.join("build.log");
         fs::write(&log, "one\ntwo\nthree\n").unwrap();
         assert_eq!(tail(&log, 2), "two\nthree");

@@ -217,15 +217,16 @@ mod tests {
 
     #[test]
     fn cached_in_an_empty_cache_dir_is_not_built_with_the_hint() {
-        let dir = std::env::temp_dir().join(format!("husk-kernel-empty-{}", std::process::id()));
-        let err = cached(Some(&dir)).unwrap_err();
+        let tmp = tempfile::tempdir().unwrap();
+        let err = cached(Some(tmp.path())).unwrap_err();
         assert!(matches!(err, KernelError::NotBuilt { .. }));
         assert!(err.to_string().ends_with("run `husk kernel build`"));
     }
 
     #[test]
     fn build_returns_a_cached_kernel_without_running_any_step() {
-        let root = std::env::temp_dir().join(format!("husk-kernel-cached-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let dir = root.join("kernels").join(cache_key(FRAGMENT));
         std::fs::create_dir_all(&dir).unwrap();
         for name in ["vmlinux", "System.map", "config"] {
@@ -233,7 +234,7 @@ mod tests {
         }
         std::fs::write(dir.join("version"), "6.1.0-test\n").unwrap();
         let opts = BuildOptions {
-            cache_dir: Some(root.clone()),
+            cache_dir: Some(root.to_path_buf()),
             ..BuildOptions::default()
         };
         let built = build(&opts).unwrap();

@@ -356,10 +356,10 @@ fn is_compile_line(line: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn temp_layout(name: &str) -> Layout {
-        let root = std::env::temp_dir().join(format!("husk-steps-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        Layout::new(&root, "6.1-test")
+    fn temp_layout() -> (tempfile::TempDir, Layout) {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path(), "6.1-test");
+        (tmp, layout)
     }
 
     fn shell(script: &str) -> Command {
@@ -370,7 +370,7 @@ mod tests {
 
     #[test]
     fn run_fails_with_the_step_and_exit_status_and_logs_the_output() {
-        let layout = temp_layout("fail");
+        let (_tmp, layout) = temp_layout();
         let mut progress = Progress::new(false);
         let mut run = Run::new(&layout, layout.open_log().unwrap(), &mut progress);
         let err = run
@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn run_names_a_program_that_cannot_start() {
-        let layout = temp_layout("spawn");
+        let (_tmp, layout) = temp_layout();
         let mut progress = Progress::new(false);
         let mut run = Run::new(&layout, layout.open_log().unwrap(), &mut progress);
         let err = run
@@ -396,7 +396,7 @@ mod tests {
 
     #[test]
     fn run_counting_counts_compiled_objects_and_logs_every_line() {
-        let layout = temp_layout("count");
+        let (_tmp, layout) = temp_layout();
         let mut progress = Progress::new(false);
         let mut run = Run::new(&layout, layout.open_log().unwrap(), &mut progress);
         let script = "printf '  CC      a.o\\n  HOSTCC  fixdep\\n  AS      b.o\\n'";
