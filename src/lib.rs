@@ -5,7 +5,9 @@
 pub mod arch;
 pub mod config;
 pub mod devices;
+pub mod kernel;
 pub mod kvm;
 pub mod memory;
 pub mod metrics;
+pub mod profile;
 pub mod vmm;
