@@ -148,7 +148,10 @@ fn boot(args: BootArgs) -> CliResult {
     }
     if let Some(path) = &args.profile_guest {
         let map = args.system_map.unwrap_or_else(|| kernel.with_file_name("System.map"));
-        husk::profile::write_profile(&report.samples, &map, path)?;
+        let symbols = husk::profile::SymbolTable::from_system_map(&map)?;
+        let mut out = std::fs::File::create(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        husk::profile::write_report(&report.samples, Some(&symbols), &mut out)?;
     }
     report.outcome?;
     Ok(())

@@ -28,7 +28,8 @@ use crate::kvm::{KvmError, KvmFlavor};
 use crate::memory::{GuestRam, MemoryError};
 use crate::metrics::{ms_since, ExitCounts, RunMetrics, Timeline};
 use exit::{classify, ExitCause, GuestError, VmExit, WARM_REBOOT_FLAG_ADDR};
-use vcpu::{ExitSink, ExitCounters, RipSamples, Vcpu, VcpuShared};
+use crate::profile::RipHistogram;
+use vcpu::{ExitCounters, ExitSink, Vcpu, VcpuShared};
 
 /// How often the profiler samples each vCPU.
 const PROFILE_INTERVAL: Duration = Duration::from_millis(1);
@@ -93,7 +94,7 @@ fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// A VM whose vCPUs are running.
 pub struct RunningVm {
     shared: Arc<VcpuShared>,
-    vcpu_threads: Vec<JoinHandle<RipSamples>>,
+    vcpu_threads: Vec<JoinHandle<RipHistogram>>,
     profiler: Option<JoinHandle<()>>,
     profiler_stop: Arc<AtomicBool>,
     memory: GuestMemoryMmap,
@@ -111,7 +112,7 @@ pub struct RunReport {
     /// Milestones and counters.
     pub metrics: RunMetrics,
     /// RIP samples of all vCPUs (empty unless profiling was on).
-    pub samples: RipSamples,
+    pub samples: RipHistogram,
 }
 
 /// A handle that stops a running VM from any thread.
@@ -330,13 +331,13 @@ impl RunningVm {
     }
 
     /// Stop the profiler and the vCPUs and join them; returns the merged RIP samples.
-    fn shutdown(&mut self) -> RipSamples {
+    fn shutdown(&mut self) -> RipHistogram {
         self.profiler_stop.store(true, Ordering::Release);
         if let Some(p) = self.profiler.take() {
             let _ = p.join();
         }
         self.shared.stop.store(true, Ordering::Release);
-        let mut samples = RipSamples::new();
+        let mut samples = RipHistogram::default();
         for handle in self.vcpu_threads.drain(..) {
             // Kick until the thread is out of KVM_RUN: one kick can land just before the
             // thread re-enters, and immediate_exit covers that, but be certain.
@@ -345,7 +346,7 @@ impl RunningVm {
                 std::thread::sleep(Duration::from_millis(1));
             }
             if let Ok(s) = handle.join() {
-                s.into_iter().for_each(|(rip, n)| *samples.entry(rip).or_default() += n);
+                samples.merge(&s);
             }
         }
         samples

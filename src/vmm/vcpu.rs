@@ -13,9 +13,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::exit::{ExitCause, InternalError};
 use crate::devices::bus::Bus;
-
-/// Guest RIP samples: RIP → count.
-pub type RipSamples = std::collections::HashMap<u64, u64>;
+use crate::profile::RipHistogram;
 
 /// Offset from SIGRTMIN of the signal that kicks vCPUs out of KVM_RUN.
 const KICK_SIGNAL_OFFSET: i32 = 0;
@@ -121,17 +119,17 @@ pub struct Vcpu {
     fd: VcpuFd,
     id: u8,
     shared: Arc<VcpuShared>,
-    samples: RipSamples,
+    samples: RipHistogram,
 }
 
 impl Vcpu {
     /// Wrap a configured vCPU.
     pub fn new(fd: VcpuFd, id: u8, shared: Arc<VcpuShared>) -> Self {
-        Self { fd, id, shared, samples: RipSamples::new() }
+        Self { fd, id, shared, samples: RipHistogram::default() }
     }
 
     /// Run until the VM stops; returns the RIP samples taken (empty unless profiling).
-    pub fn run(mut self) -> RipSamples {
+    pub fn run(mut self) -> RipHistogram {
         KVM_RUN.with(|c| c.set(self.fd.get_kvm_run()));
         self.shared.first_run.get_or_init(Instant::now);
         while !self.shared.stop.load(Ordering::Acquire) {
@@ -189,7 +187,7 @@ impl Vcpu {
                 self.fd.set_kvm_immediate_exit(0);
                 if self.shared.profiling {
                     if let Some(rip) = self.rip() {
-                        *self.samples.entry(rip).or_default() += 1;
+                        self.samples.add(rip);
                     }
                 }
                 None
