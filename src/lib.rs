@@ -3,4 +3,5 @@
 //! The library owns everything; the `husk` binary only parses its command line. See
 //! `docs/design.md` for the boot steps, the threads and the devices.
 pub mod arch;
+pub mod boot;
 pub mod devices;
