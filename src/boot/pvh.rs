@@ -90,7 +90,7 @@ pub fn load_kernel(
     }
 }
 
-/// Builds the `hvm_start_info` for `mem`, pointing at the command line, the module list
+/// Builds the `hvm_start_info` pointing at the command line, the module list
 /// and the memory map at their fixed addresses.
 pub fn start_info(memmap_entries: u32, initrd: Option<InitrdPlacement>) -> hvm_start_info {
     hvm_start_info {

@@ -32,6 +32,7 @@ const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_AMD_ADDRESS_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_EXTENDED_APIC_ID: u32 = 0x8000_001e;
 
 /// First four vendor-string bytes in CPUID.0:EBX: "Auth" (AuthenticAMD), "Hygo".
 const VENDOR_AMD_EBX: u32 = 0x6874_7541;
@@ -70,6 +71,7 @@ pub fn filter_cpuid_with(
             LEAF_CACHE_PARAMS => topo.cache_params(entry),
             LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => topo.extended_topology(entry),
             LEAF_AMD_ADDRESS_SIZES if amd => topo.amd_core_count(entry),
+            LEAF_AMD_EXTENDED_APIC_ID if amd => topo.amd_extended_apic_id(entry),
             _ => {}
         }
     }
@@ -114,6 +116,9 @@ impl Topology {
     /// Leaf 4 (Intel deterministic cache parameters): EAX[31:26] cores per package - 1,
     /// EAX[25:14] logical processors sharing the cache - 1 (L3 is shared, L1/L2 are not).
     fn cache_params(&self, entry: &mut kvm_cpuid_entry2) {
+        if entry.eax & 0x1f == 0 {
+            return; // cache type "null": no cache at this sub-leaf (and AMD has no leaf 4)
+        }
         let cache_level = (entry.eax >> 5) & 0x7;
         let sharing = if cache_level >= 3 {
             u32::from(self.count) - 1
@@ -136,6 +141,14 @@ impl Topology {
         entry.ebx = ebx;
         entry.ecx = (level_type << 8) | (entry.index & 0xff);
         entry.edx = u32::from(self.apic_id);
+    }
+
+    /// Leaf 0x8000_001E (AMD topology extensions): EAX extended APIC id, EBX core id with
+    /// one thread per core, ECX node 0 of one node per package.
+    fn amd_extended_apic_id(&self, entry: &mut kvm_cpuid_entry2) {
+        entry.eax = u32::from(self.apic_id);
+        entry.ebx = u32::from(self.apic_id);
+        entry.ecx = 0;
     }
 
     /// Leaf 0x8000_0008 (AMD): ECX[7:0] cores per package - 1, ECX[15:12] APIC id bits.
@@ -169,13 +182,14 @@ mod tests {
         }
     }
 
-    /// A hand-built CPUID like a host's: leaf 1 with CX16, an L1 and an L3 cache, three
-    /// 0xB sub-leaves, the KVM signature leaf.
+    /// A hand-built CPUID like a host's: leaf 1 with CX16, an L1 and an L3 cache and the
+    /// null cache entry, three 0xB sub-leaves, the KVM signature leaf.
     fn host_cpuid() -> CpuId {
         CpuId::from_entries(&[
             entry(0x1, 0, 0x000a_0f11, 0x0b10_0800, ECX_CX16 | 1, 0x178b_fbff),
             entry(0x4, 0, 0x0000_0121, 0, 0, 0),
             entry(0x4, 3, 0x0000_0163, 0, 0, 0),
+            entry(0x4, 4, 0, 0, 0, 0),
             entry(0xb, 0, 1, 2, 0x100, 7),
             entry(0xb, 1, 4, 16, 0x201, 7),
             entry(0xb, 2, 0, 0, 2, 7),
@@ -223,6 +237,7 @@ mod tests {
         filter_cpuid(&mut cpuid, 0, 4).expect("filter");
         assert_eq!(leaf(&cpuid, 4, 0).eax, (3 << 26) | 0x121);
         assert_eq!(leaf(&cpuid, 4, 3).eax, (3 << 26) | (3 << 14) | 0x163);
+        assert_eq!(leaf(&cpuid, 4, 4).eax, 0);
     }
 
     #[test]
@@ -245,18 +260,21 @@ mod tests {
         let mut cpuid = host_cpuid();
         filter_cpuid(&mut cpuid, 0, 2).expect("filter");
         assert_eq!(leaf(&cpuid, 0x4000_0000, 0).ebx, 0x4b4d_564b);
-        assert_eq!(cpuid.as_slice().len(), 7);
+        assert_eq!(cpuid.as_slice().len(), 8);
     }
 
     #[test]
-    fn amd_leaf_0x8000_0008_reports_core_count_and_apic_id_bits() {
+    fn amd_leaves_report_core_count_apic_id_bits_and_extended_apic_id() {
         let mut cpuid = CpuId::from_entries(&[
             entry(0, 0, 0x10, VENDOR_AMD_EBX, 0x444d_4163, 0x6974_6e65),
             entry(0x8000_0008, 0, 0x3030, 0, 0x7000, 0),
+            entry(0x8000_001e, 0, 0, 0x100, 0x300, 0),
         ])
         .expect("cpuid");
-        filter_cpuid(&mut cpuid, 0, 3).expect("filter");
+        filter_cpuid(&mut cpuid, 2, 3).expect("filter");
+        let ext = leaf(&cpuid, 0x8000_001e, 0);
         assert_eq!(leaf(&cpuid, 0x8000_0008, 0).ecx, 0x2002);
+        assert_eq!((ext.eax, ext.ebx, ext.ecx), (2, 2, 0));
     }
 
     #[test]

@@ -25,10 +25,12 @@ const PDE_HUGE_PAGE: u64 = 0x80;
 const FPU_CONTROL_WORD: u16 = 0x37f;
 const MXCSR_DEFAULT: u32 = 0x1f80;
 
-/// GDT slots of the boot segments; the selector is the slot times 8.
-const CODE_SLOT: u8 = 1;
-const DATA_SLOT: u8 = 2;
-const TSS_SLOT: u8 = 3;
+/// GDT slots of the boot segments; the selector is the slot times 8. The 64-bit boot
+/// protocol (Documentation/arch/x86/boot.rst) wants CS = __BOOT_CS (0x10) and
+/// DS = __BOOT_DS (0x18); PVH accepts any selectors, so both modes share the layout.
+const TSS_SLOT: u8 = 1;
+const CODE_SLOT: u8 = 2;
+const DATA_SLOT: u8 = 3;
 
 /// Errors setting up the boot registers.
 #[derive(Debug, thiserror::Error)]
@@ -77,18 +79,18 @@ pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (limit & 0x0000_ffff)
 }
 
-/// The boot GDT: null, flat code (32-bit or 64-bit), flat data, and a TSS descriptor.
+/// The boot GDT: null, a TSS descriptor, flat code (32-bit or 64-bit), flat data.
 pub fn gdt(mode: EntryMode) -> [u64; 4] {
     let code_flags = match mode {
         EntryMode::Protected32 => 0xc09b, // G, D=32-bit, present, code exec/read, accessed
         EntryMode::Long64 => 0xa09b,      // G, L=64-bit, present, code exec/read, accessed
     };
-    [
-        0,
-        gdt_entry(code_flags, 0, 0xfffff),
-        gdt_entry(0xc093, 0, 0xfffff), // G, B=32-bit, present, data read/write, accessed
-        gdt_entry(0x008b, 0, 0x67),    // present, busy 32-bit TSS
-    ]
+    let mut table = [0u64; 4];
+    table[usize::from(TSS_SLOT)] = gdt_entry(0x008b, 0, 0x67); // present, busy 32-bit TSS
+    table[usize::from(CODE_SLOT)] = gdt_entry(code_flags, 0, 0xfffff);
+    // G, B=32-bit, present, data read/write, accessed.
+    table[usize::from(DATA_SLOT)] = gdt_entry(0xc093, 0, 0xfffff);
+    table
 }
 
 /// Decodes GDT descriptor `slot` of `table` into the segment KVM loads.
@@ -252,9 +254,9 @@ mod tests {
     }
 
     #[test]
-    fn long_mode_code_segment_is_64bit_flat_with_selector_8() {
+    fn long_mode_code_segment_is_64bit_flat_with_boot_cs_selector_0x10() {
         let cs = segment_from_gdt(&gdt(EntryMode::Long64), CODE_SLOT);
-        assert_eq!((cs.selector, cs.base, cs.limit), (8, 0, 0xffff_ffff));
+        assert_eq!((cs.selector, cs.base, cs.limit), (0x10, 0, 0xffff_ffff));
         assert_eq!(
             (cs.l, cs.db, cs.g, cs.present, cs.s, cs.type_),
             (1, 0, 1, 1, 1, 0xb)
@@ -279,7 +281,7 @@ mod tests {
                 tr.limit,
                 tr.unusable
             ),
-            (0x18, 0, 0xb, 1, 0x67, 0)
+            (0x08, 0, 0xb, 1, 0x67, 0)
         );
     }
 
@@ -316,7 +318,7 @@ mod tests {
         );
         assert_eq!(
             (sregs.ds.selector, sregs.ss.selector, sregs.cs.selector),
-            (0x10, 0x10, 0x08)
+            (0x18, 0x18, 0x10)
         );
     }
 
@@ -325,7 +327,7 @@ mod tests {
         let mem = mem();
         boot_sregs(&mem, EntryMode::Long64, kvm_sregs::default()).expect("sregs");
         let code: u64 = mem
-            .read_obj(GuestAddress(BOOT_GDT_START + 8))
+            .read_obj(GuestAddress(BOOT_GDT_START + 16))
             .expect("read");
         assert_eq!(code, 0x00af_9b00_0000_ffff);
     }
