@@ -188,7 +188,8 @@ fn detect(kernel: &mut File, path: &Path) -> Result<KernelKind, BootError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use testing::{file_with, minimal_bzimage, minimal_elf};
+    use crate::arch::x86_64::layout::{PVH_INFO_START, PVH_MODLIST_START};
+    use testing::{file_with, minimal_bzimage, minimal_elf, minimal_pvh_elf};
     use vm_memory::Bytes;
 
     fn mem() -> GuestMemoryMmap {
@@ -246,5 +247,41 @@ mod tests {
             }
         );
         assert_eq!(ramdisk_image, (32 << 20) - 0x1000);
+    }
+
+    #[test]
+    fn pvh_elf_boots_with_start_info_and_initrd_module() {
+        let mem = mem();
+        let mut kernel = file_with(&minimal_pvh_elf(0x10_0040));
+        let mut initrd = file_with(b"initrd");
+        let req = BootRequest {
+            cmdline: "console=ttyS0",
+            initrd: Some(&mut initrd),
+            initrd_path: Some(Path::new("/i")),
+        };
+        let entry = load(&mem, &mut kernel, Path::new("/vmlinux"), req).expect("load");
+        let module_addr: u64 = mem.read_obj(GuestAddress(PVH_MODLIST_START)).expect("read");
+        assert_eq!(
+            entry,
+            BootEntry::Pvh {
+                entry: GuestAddress(0x10_0040),
+                start_info: GuestAddress(PVH_INFO_START)
+            }
+        );
+        assert_eq!(module_addr, (32 << 20) - 0x1000);
+    }
+
+    #[test]
+    fn truncated_elf_kernel_is_an_error_not_a_panic() {
+        let elf = minimal_pvh_elf(0x10_0040);
+        let mut kernel = file_with(&elf[..130]);
+        let err = load(
+            &mem(),
+            &mut kernel,
+            Path::new("/vmlinux"),
+            BootRequest::default(),
+        )
+        .expect_err("truncated");
+        assert_eq!(err.to_string(), "cannot load ELF kernel /vmlinux");
     }
 }

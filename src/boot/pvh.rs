@@ -160,7 +160,7 @@ fn write<T: vm_memory::ByteValued>(
 mod tests {
     use super::*;
     use crate::boot::e820::{E820_RAM, E820_RESERVED};
-    use crate::boot::testing::{file_with, minimal_elf};
+    use crate::boot::testing::{file_with, minimal_elf, minimal_pvh_elf};
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).expect("mmap")
@@ -230,6 +230,37 @@ mod tests {
         let elf = minimal_elf();
         let mut file = file_with(&elf[..100]);
         let err = load_kernel(&mem(), &mut file, Path::new("/k/vmlinux")).expect_err("truncated");
+        assert!(matches!(err, PvhError::Load { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn elf_with_pvh_note_gives_its_entry_and_end_including_bss() {
+        let mut file = file_with(&minimal_pvh_elf(0x10_0040));
+        let kernel = load_kernel(&mem(), &mut file, Path::new("k")).expect("load");
+        assert_eq!(
+            kernel,
+            PvhKernel {
+                entry: GuestAddress(0x10_0040),
+                end: 0x30_0000
+            }
+        );
+    }
+
+    #[test]
+    fn elf_segment_beyond_guest_memory_is_a_load_error() {
+        let mut elf = minimal_elf();
+        elf[64 + 24..64 + 32].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let mut file = file_with(&elf);
+        let err = load_kernel(&mem(), &mut file, Path::new("k")).expect_err("outside memory");
+        assert!(matches!(err, PvhError::Load { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn elf_with_huge_program_header_count_is_a_load_error() {
+        let mut elf = minimal_elf();
+        elf[56..58].copy_from_slice(&u16::MAX.to_le_bytes());
+        let mut file = file_with(&elf);
+        let err = load_kernel(&mem(), &mut file, Path::new("k")).expect_err("truncated");
         assert!(matches!(err, PvhError::Load { .. }), "{err:?}");
     }
 }
