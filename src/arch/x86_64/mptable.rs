@@ -4,6 +4,10 @@
 //!
 //! Written by hand: no maintained crate produces MP tables, and the format is a handful
 //! of fixed-size little-endian records, serialised here byte by byte (no `unsafe`).
+//!
+//! Only kernels built with `CONFIG_X86_MPPARSE=y` read it (husk's own kernel does; the
+//! Debian cloud kernel does not, and without ACPI tables boots with one CPU and no
+//! IOAPIC). The table must end before 0xa0000, which caps the vCPU count at 37.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
