@@ -126,31 +126,52 @@ mod tests {
 
     #[test]
     fn zero_cpus_is_rejected_with_the_value() {
-        let cfg = VmConfig { cpus: 0, ..existing_kernel() };
-        assert_eq!(cfg.validate().unwrap_err().to_string(), "cpus 0 is out of range: a VM has 1 to 32 vCPUs");
+        let cfg = VmConfig {
+            cpus: 0,
+            ..existing_kernel()
+        };
+        assert_eq!(
+            cfg.validate().unwrap_err().to_string(),
+            "cpus 0 is out of range: a VM has 1 to 32 vCPUs"
+        );
     }
 
     #[test]
     fn too_many_cpus_is_rejected() {
-        let cfg = VmConfig { cpus: 33, ..existing_kernel() };
+        let cfg = VmConfig {
+            cpus: 33,
+            ..existing_kernel()
+        };
         assert_eq!(cfg.validate(), Err(ConfigError::Cpus(33)));
     }
 
     #[test]
     fn missing_kernel_names_the_path() {
         let cfg = VmConfig::new("/nonexistent/vmlinux");
-        assert_eq!(cfg.validate().unwrap_err().to_string(), "kernel /nonexistent/vmlinux does not exist");
+        assert_eq!(
+            cfg.validate().unwrap_err().to_string(),
+            "kernel /nonexistent/vmlinux does not exist"
+        );
     }
 
     #[test]
     fn missing_initrd_names_the_path() {
-        let cfg = VmConfig { initrd: Some("/nonexistent/initrd".into()), ..existing_kernel() };
-        assert_eq!(cfg.validate(), Err(ConfigError::InitrdMissing("/nonexistent/initrd".into())));
+        let cfg = VmConfig {
+            initrd: Some("/nonexistent/initrd".into()),
+            ..existing_kernel()
+        };
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::InitrdMissing("/nonexistent/initrd".into()))
+        );
     }
 
     #[test]
     fn user_cmdline_is_appended_to_the_base() {
-        let cfg = VmConfig { cmdline: " quiet ".into(), ..existing_kernel() };
+        let cfg = VmConfig {
+            cmdline: " quiet ".into(),
+            ..existing_kernel()
+        };
         assert_eq!(cfg.full_cmdline(), format!("{BASE_CMDLINE} quiet"));
     }
 

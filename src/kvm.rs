@@ -14,7 +14,9 @@ pub enum KvmError {
     #[error("{KVM_PATH} does not exist: load the kvm module (kvm-intel or kvm-amd) or run on a host with hardware virtualization")]
     Missing,
     /// No permission to open `/dev/kvm`.
-    #[error("no permission to open {KVM_PATH}: run as root or add this user to the group owning it")]
+    #[error(
+        "no permission to open {KVM_PATH}: run as root or add this user to the group owning it"
+    )]
     Permission,
     /// Opening failed otherwise.
     #[error("cannot open {KVM_PATH}: {0}")]
@@ -118,6 +120,8 @@ mod tests {
 
     #[test]
     fn missing_kvm_error_says_what_to_do() {
-        assert!(KvmError::Missing.to_string().contains("load the kvm module"));
+        assert!(KvmError::Missing
+            .to_string()
+            .contains("load the kvm module"));
     }
 }

@@ -121,7 +121,11 @@ fn main() -> ExitCode {
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 fn kernel_build(jobs: Option<usize>) -> CliResult {
-    let opts = husk::kernel::BuildOptions { jobs, cache_dir: None, progress: true };
+    let opts = husk::kernel::BuildOptions {
+        jobs,
+        cache_dir: None,
+        progress: true,
+    };
     let kernel = husk::kernel::build(&opts)?;
     println!("{}", kernel.vmlinux.display());
     Ok(())
@@ -137,7 +141,9 @@ fn boot(args: BootArgs) -> CliResult {
         cmdline: args.cmdline,
         cpus: args.cpus,
         memory_mib: args.memory,
-        console: args.console.map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
+        console: args
+            .console
+            .map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
         profile: args.profile_guest.is_some(),
         ..VmConfig::new(&kernel)
     };
@@ -147,7 +153,9 @@ fn boot(args: BootArgs) -> CliResult {
         std::fs::write(path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     if let Some(path) = &args.profile_guest {
-        let map = args.system_map.unwrap_or_else(|| kernel.with_file_name("System.map"));
+        let map = args
+            .system_map
+            .unwrap_or_else(|| kernel.with_file_name("System.map"));
         let symbols = husk::profile::SymbolTable::from_system_map(&map)?;
         let mut out = std::fs::File::create(path)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;

@@ -2,7 +2,10 @@
 //!
 //! The memfd (instead of anonymous memory) lets a later snapshot write guest RAM out as
 //! a file, or map a snapshot file privately, without changing how devices see memory.
-#![allow(unsafe_code, reason = "memfd_create has no safe wrapper in our dependencies")]
+#![allow(
+    unsafe_code,
+    reason = "memfd_create has no safe wrapper in our dependencies"
+)]
 
 use std::fs::File;
 use std::os::fd::FromRawFd;
@@ -10,7 +13,7 @@ use std::sync::Arc;
 
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
-use crate::arch::x86_64::layout::{HIMEM_START, MMIO_GAP_END, MMIO_GAP_START};
+use crate::arch::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
 /// Smallest guest RAM husk accepts, in MiB: the kernel, its initrd and page tables must fit.
 pub const MIN_MEMORY_MIB: u64 = 32;
@@ -91,7 +94,7 @@ pub fn host_ram_mib() -> u64 {
     }
     // SAFETY: sysinfo returned 0, so it initialized the struct.
     let info = unsafe { info.assume_init() };
-    (info.totalram as u64).saturating_mul(u64::from(info.mem_unit)) >> 20
+    info.totalram.saturating_mul(u64::from(info.mem_unit)) >> 20
 }
 
 /// Create `mib` MiB of guest RAM backed by a memfd.
@@ -111,7 +114,11 @@ pub fn create(mib: u64) -> Result<GuestRam, MemoryError> {
     let ranges: Vec<_> = ram_ranges(size)
         .into_iter()
         .map(|(addr, len)| {
-            let region = (addr, len as usize, Some(FileOffset::from_arc(file.clone(), offset)));
+            let region = (
+                addr,
+                len as usize,
+                Some(FileOffset::from_arc(file.clone(), offset)),
+            );
             offset += len;
             region
         })
@@ -119,11 +126,6 @@ pub fn create(mib: u64) -> Result<GuestRam, MemoryError> {
     let memory = GuestMemoryMmap::from_ranges_with_files(ranges)
         .map_err(|source| MemoryError::Map { mib, source })?;
     Ok(GuestRam { memory, file })
-}
-
-/// The highest guest address (exclusive) usable for boot data below the MMIO hole.
-pub fn low_ram_end(size: u64) -> u64 {
-    size.min(MMIO_GAP_START).max(HIMEM_START)
 }
 
 #[cfg(test)]
@@ -155,13 +157,19 @@ mod tests {
     #[test]
     fn too_small_memory_names_the_value() {
         let err = validate_size(1, 1024).unwrap_err();
-        assert_eq!(err.to_string(), "memory 1 MiB is too small: husk needs at least 32 MiB");
+        assert_eq!(
+            err.to_string(),
+            "memory 1 MiB is too small: husk needs at least 32 MiB"
+        );
     }
 
     #[test]
     fn too_large_memory_names_both_sizes() {
         let err = validate_size(4096, 1024).unwrap_err();
-        assert_eq!(err.to_string(), "memory 4096 MiB is more than this host's 1024 MiB of RAM");
+        assert_eq!(
+            err.to_string(),
+            "memory 4096 MiB is more than this host's 1024 MiB of RAM"
+        );
     }
 
     #[test]

@@ -66,7 +66,12 @@ impl ProcessStats {
             .map(|(_, rest)| rest.split_whitespace().collect())
             .unwrap_or_default();
         // After ")": field 3 is index 0, so field N is index N - 3.
-        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         let to_ms = |t: f64| t * 1000.0 / ticks;
         let (utime, stime, guest) = (field(14), field(15), field(43));
         let kib = |key: &str| {
@@ -121,7 +126,8 @@ mod tests {
     const STAT: &str = "1234 (husk (x) y) S 1 1234 1234 0 -1 4194304 100 0 0 0 \
         150 30 0 0 20 0 3 0 100 1000 200 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 \
         120 0 0";
-    const STATUS: &str = "Name:\thusk\nRssAnon:\t    2048 kB\nRssFile:\t    1024 kB\nRssShmem:\t   65536 kB\n";
+    const STATUS: &str =
+        "Name:\thusk\nRssAnon:\t    2048 kB\nRssFile:\t    1024 kB\nRssShmem:\t   65536 kB\n";
 
     #[test]
     fn vmm_cpu_time_excludes_guest_time() {

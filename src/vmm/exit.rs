@@ -66,14 +66,27 @@ impl InternalError {
             let len = usize::from(bytes[0]).min(15);
             insn = bytes[1..=len].to_vec();
         }
-        Self { vcpu, suberror, rip, insn }
+        Self {
+            vcpu,
+            suberror,
+            rip,
+            insn,
+        }
     }
 }
 
 impl fmt::Display for InternalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.suberror == 1 { " (instruction emulation failed)" } else { "" };
-        write!(f, "KVM internal error on vCPU {}: suberror {}{kind}", self.vcpu, self.suberror)?;
+        let kind = if self.suberror == 1 {
+            " (instruction emulation failed)"
+        } else {
+            ""
+        };
+        write!(
+            f,
+            "KVM internal error on vCPU {}: suberror {}{kind}",
+            self.vcpu, self.suberror
+        )?;
         if let Some(rip) = self.rip {
             write!(f, ", guest RIP {rip:#x}")?;
         }
@@ -114,7 +127,9 @@ pub enum GuestError {
     #[error("{0}")]
     Internal(InternalError),
     /// VM entry failed.
-    #[error("KVM could not enter the guest on vCPU {vcpu}: hardware entry failure reason {reason:#x}")]
+    #[error(
+        "KVM could not enter the guest on vCPU {vcpu}: hardware entry failure reason {reason:#x}"
+    )]
     FailEntry {
         /// vCPU index.
         vcpu: u8,
@@ -150,10 +165,15 @@ pub const WARM_REBOOT_FLAG_ADDR: u64 = 0x472;
 ///
 /// Linux without ACPI cannot power a machine off: `poweroff` prints "reboot: Power down",
 /// returns to init, init exits and the kernel panics. That sequence is a clean power-off.
-pub fn classify(cause: ExitCause, warm_flag: u16, console_tail: &str) -> Result<VmExit, GuestError> {
+pub fn classify(
+    cause: ExitCause,
+    warm_flag: u16,
+    console_tail: &str,
+) -> Result<VmExit, GuestError> {
     match cause {
         ExitCause::ResetRequested if warm_flag != WARM_REBOOT_FLAG => Ok(VmExit::Reset),
-        ExitCause::ResetRequested | ExitCause::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_CRASH) => {
+        ExitCause::ResetRequested
+        | ExitCause::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_CRASH) => {
             if console_tail.contains("reboot: Power down") {
                 Ok(VmExit::PowerOff)
             } else {
@@ -176,8 +196,14 @@ fn panic_message(console_tail: &str) -> String {
     console_tail
         .lines()
         .rev()
-        .find_map(|l| l.split_once("Kernel panic - not syncing: ").map(|(_, m)| m.trim()))
-        .map_or_else(|| "no panic message on the console".to_string(), str::to_string)
+        .find_map(|l| {
+            l.split_once("Kernel panic - not syncing: ")
+                .map(|(_, m)| m.trim())
+        })
+        .map_or_else(
+            || "no panic message on the console".to_string(),
+            str::to_string,
+        )
 }
 
 #[cfg(test)]
@@ -186,15 +212,21 @@ mod tests {
 
     #[test]
     fn reset_without_warm_flag_is_a_clean_reset() {
-        assert_eq!(classify(ExitCause::ResetRequested, 0, ""), Ok(VmExit::Reset));
+        assert_eq!(
+            classify(ExitCause::ResetRequested, 0, ""),
+            Ok(VmExit::Reset)
+        );
     }
 
     #[test]
     fn reset_with_warm_flag_is_a_panic_with_its_message() {
-        let tail = "[ 1.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n";
+        let tail =
+            "[ 1.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n";
         assert_eq!(
             classify(ExitCause::ResetRequested, WARM_REBOOT_FLAG, tail),
-            Err(GuestError::Panic("Attempted to kill init! exitcode=0x00000100".into()))
+            Err(GuestError::Panic(
+                "Attempted to kill init! exitcode=0x00000100".into()
+            ))
         );
     }
 
@@ -210,14 +242,27 @@ mod tests {
     #[test]
     fn panic_without_console_says_so() {
         let err = classify(ExitCause::ResetRequested, WARM_REBOOT_FLAG, "").unwrap_err();
-        assert_eq!(err.to_string(), "guest kernel panic: no panic message on the console");
+        assert_eq!(
+            err.to_string(),
+            "guest kernel panic: no panic message on the console"
+        );
     }
 
     #[test]
     fn triple_fault_is_an_error_naming_the_rip() {
-        let err = classify(ExitCause::TripleFault { vcpu: 1, rip: Some(0xffff_ffff_8100_0000) }, 0, "")
-            .unwrap_err();
-        assert_eq!(err.to_string(), "guest triple fault on vCPU 1 at RIP 0xffffffff81000000");
+        let err = classify(
+            ExitCause::TripleFault {
+                vcpu: 1,
+                rip: Some(0xffff_ffff_8100_0000),
+            },
+            0,
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "guest triple fault on vCPU 1 at RIP 0xffffffff81000000"
+        );
     }
 
     #[test]

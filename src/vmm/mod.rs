@@ -1,5 +1,8 @@
 //! Building and running one VM: the boot sequence of docs/design.md, in order.
-#![allow(unsafe_code, reason = "registering guest memory with KVM is an unsafe ioctl")]
+#![allow(
+    unsafe_code,
+    reason = "registering guest memory with KVM is an unsafe ioctl"
+)]
 
 pub mod exit;
 pub mod vcpu;
@@ -27,8 +30,8 @@ use crate::devices::serial::{ConsoleLog, ConsoleOut, SerialDevice};
 use crate::kvm::{KvmError, KvmFlavor};
 use crate::memory::{GuestRam, MemoryError};
 use crate::metrics::{ms_since, ExitCounts, RunMetrics, Timeline};
-use exit::{classify, ExitCause, GuestError, VmExit, WARM_REBOOT_FLAG_ADDR};
 use crate::profile::RipHistogram;
+use exit::{classify, ExitCause, GuestError, VmExit, WARM_REBOOT_FLAG_ADDR};
 use vcpu::{ExitCounters, ExitSink, Vcpu, VcpuShared};
 
 /// How often the profiler samples each vCPU.
@@ -205,13 +208,21 @@ fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), VmError> {
 fn create_platform(vm: &VmFd) -> Result<(), VmError> {
     vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
         .map_err(setup("setting the TSS address"))?;
-    vm.create_irq_chip().map_err(setup("creating the in-kernel irqchip"))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-    vm.create_pit2(pit).map_err(setup("creating the in-kernel PIT"))
+    vm.create_irq_chip()
+        .map_err(setup("creating the in-kernel irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(setup("creating the in-kernel PIT"))
 }
 
 fn open(path: &Path) -> Result<File, VmError> {
-    File::open(path).map_err(|source| VmError::Open { path: path.to_path_buf(), source })
+    File::open(path).map_err(|source| VmError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn load_guest(config: &VmConfig, memory: &GuestMemoryMmap) -> Result<boot::BootEntry, VmError> {
@@ -231,7 +242,10 @@ fn console_sink(config: &VmConfig) -> Result<Option<Box<dyn Write + Send>>, VmEr
         ConsoleConfig::Stdout => Some(Box::new(std::io::stdout())),
         ConsoleConfig::Off => None,
         ConsoleConfig::File(path) => Some(Box::new(File::create(path).map_err(|source| {
-            VmError::Open { path: path.clone(), source }
+            VmError::Open {
+                path: path.clone(),
+                source,
+            }
         })?)),
     })
 }
@@ -247,11 +261,20 @@ fn port_devices(
         what: "creating the serial irqfd",
         source: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO)),
     })?;
-    vm.register_irqfd(&irq, layout::SERIAL_IRQ).map_err(setup("registering the serial irqfd"))?;
+    vm.register_irqfd(&irq, layout::SERIAL_IRQ)
+        .map_err(setup("registering the serial irqfd"))?;
     let serial = SerialDevice::new(irq, ConsoleOut::new(console_sink(config)?, console));
-    pio.insert(Arc::new(Mutex::new(serial)), u64::from(layout::SERIAL_PORT), 8)?;
+    pio.insert(
+        Arc::new(Mutex::new(serial)),
+        u64::from(layout::SERIAL_PORT),
+        8,
+    )?;
     let reset = I8042::new(Box::new(move || exit.report(ExitCause::ResetRequested)));
-    pio.insert(Arc::new(Mutex::new(reset)), u64::from(layout::I8042_DATA_PORT), 5)?;
+    pio.insert(
+        Arc::new(Mutex::new(reset)),
+        u64::from(layout::I8042_DATA_PORT),
+        5,
+    )?;
     Ok(pio)
 }
 
@@ -268,7 +291,9 @@ fn create_vcpus(
         .map_err(setup("reading the supported CPUID"))?;
     let mut vcpus = Vec::with_capacity(usize::from(cpus));
     for id in 0..cpus {
-        let fd = vm.create_vcpu(u64::from(id)).map_err(setup("creating a vCPU"))?;
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(setup("creating a vCPU"))?;
         arch::configure_vcpu(&fd, &supported, id, cpus)?;
         if id == 0 {
             arch::setup_boot_regs(&fd, memory, entry)?;
@@ -301,7 +326,10 @@ impl RunningVm {
                     threads.iter().for_each(|&t| vcpu::kick(t));
                 }
             })
-            .map_err(|source| VmError::Thread { what: "husk-profiler".into(), source })?;
+            .map_err(|source| VmError::Thread {
+                what: "husk-profiler".into(),
+                source,
+            })?;
         self.profiler = Some(handle);
         Ok(())
     }
@@ -327,7 +355,11 @@ impl RunningVm {
             .unwrap_or(0);
         let outcome = classify(cause, warm_flag, &self.console.tail());
         let metrics = self.metrics(ended);
-        RunReport { outcome, metrics, samples }
+        RunReport {
+            outcome,
+            metrics,
+            samples,
+        }
     }
 
     /// Stop the profiler and the vCPUs and join them; returns the merged RIP samples.

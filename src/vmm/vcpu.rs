@@ -1,6 +1,9 @@
 //! The vCPU threads: KVM_RUN in a loop, exits dispatched to the buses, and a signal to
 //! kick a vCPU out of KVM_RUN (to stop it, or to sample its RIP for the profiler).
-#![allow(unsafe_code, reason = "the kick handler writes the mmapped kvm_run of its thread")]
+#![allow(
+    unsafe_code,
+    reason = "the kick handler writes the mmapped kvm_run of its thread"
+)]
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,7 +128,12 @@ pub struct Vcpu {
 impl Vcpu {
     /// Wrap a configured vCPU.
     pub fn new(fd: VcpuFd, id: u8, shared: Arc<VcpuShared>) -> Self {
-        Self { fd, id, shared, samples: RipHistogram::default() }
+        Self {
+            fd,
+            id,
+            shared,
+            samples: RipHistogram::default(),
+        }
     }
 
     /// Run until the VM stops; returns the RIP samples taken (empty unless profiling).
@@ -174,7 +182,10 @@ impl Vcpu {
                 None
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(ExitCause::SystemEvent(kind)),
-            Ok(VcpuExit::Shutdown) => Some(ExitCause::TripleFault { vcpu, rip: self.rip() }),
+            Ok(VcpuExit::Shutdown) => Some(ExitCause::TripleFault {
+                vcpu,
+                rip: self.rip(),
+            }),
             Ok(VcpuExit::FailEntry(reason, _)) => Some(ExitCause::FailEntry { vcpu, reason }),
             Ok(VcpuExit::InternalError) => Some(ExitCause::InternalError(self.internal_error())),
             Ok(exit) => {
@@ -192,7 +203,10 @@ impl Vcpu {
                 }
                 None
             }
-            Err(e) => Some(ExitCause::RunFailed { vcpu, errno: e.errno() }),
+            Err(e) => Some(ExitCause::RunFailed {
+                vcpu,
+                errno: e.errno(),
+            }),
         }
     }
 
@@ -206,7 +220,13 @@ impl Vcpu {
         // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
         // member of the exit union; it is plain integers, valid for any bit pattern.
         let internal = unsafe { run.__bindgen_anon_1.internal };
-        InternalError::decode(self.id, internal.suberror, internal.ndata, &internal.data, rip)
+        InternalError::decode(
+            self.id,
+            internal.suberror,
+            internal.ndata,
+            &internal.data,
+            rip,
+        )
     }
 }
 
