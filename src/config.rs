@@ -63,7 +63,7 @@ fn default_memory() -> u64 {
 }
 
 /// A configuration value that cannot work.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// vCPU count outside 1..=MAX_VCPUS.
     #[error("cpus {0} is out of range: a VM has 1 to {MAX_VCPUS} vCPUs")]
@@ -74,6 +74,9 @@ pub enum ConfigError {
     /// The initrd path names no file.
     #[error("initrd {0} does not exist")]
     InitrdMissing(PathBuf),
+    /// The memory size cannot work on this host.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
 }
 
 impl VmConfig {
@@ -90,12 +93,18 @@ impl VmConfig {
         }
     }
 
-    /// Check what can be checked without opening KVM (memory is checked against the host
-    /// when it is allocated).
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Check the vCPU count and the memory size (against this host's RAM).
+    pub fn validate_resources(&self) -> Result<(), ConfigError> {
         if self.cpus == 0 || self.cpus > MAX_VCPUS {
             return Err(ConfigError::Cpus(self.cpus));
         }
+        crate::memory::validate_size(self.memory_mib, crate::memory::host_ram_mib())?;
+        Ok(())
+    }
+
+    /// Check everything that can be checked without opening KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_resources()?;
         if !self.kernel.is_file() {
             return Err(ConfigError::KernelMissing(self.kernel.clone()));
         }
@@ -142,7 +151,7 @@ mod tests {
             cpus: 33,
             ..existing_kernel()
         };
-        assert_eq!(cfg.validate(), Err(ConfigError::Cpus(33)));
+        assert!(matches!(cfg.validate(), Err(ConfigError::Cpus(33))));
     }
 
     #[test]
@@ -164,6 +173,15 @@ mod tests {
             cfg.validate(),
             Err(ConfigError::InitrdMissing("/nonexistent/initrd".into()))
         );
+    }
+
+    #[test]
+    fn memory_below_minimum_is_rejected_before_kvm() {
+        let cfg = VmConfig {
+            memory_mib: 1,
+            ..existing_kernel()
+        };
+        assert!(matches!(cfg.validate(), Err(ConfigError::Memory(_))));
     }
 
     #[test]

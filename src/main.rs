@@ -77,7 +77,11 @@ impl log::Log for StderrLogger {
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            eprintln!("husk: {}: {}", r.level().as_str().to_lowercase(), r.args());
+            let level = match r.level() {
+                log::Level::Warn => "warning".to_string(),
+                l => l.as_str().to_lowercase(),
+            };
+            eprintln!("husk: {level}: {}", r.args());
         }
     }
     fn flush(&self) {}
@@ -132,11 +136,7 @@ fn kernel_build(jobs: Option<usize>) -> CliResult {
 }
 
 fn boot(args: BootArgs) -> CliResult {
-    let kernel = match args.kernel {
-        Some(k) => k,
-        None => husk::kernel::cached(None)?.vmlinux,
-    };
-    let config = VmConfig {
+    let mut config = VmConfig {
         initrd: args.initrd,
         cmdline: args.cmdline,
         cpus: args.cpus,
@@ -145,8 +145,14 @@ fn boot(args: BootArgs) -> CliResult {
             .console
             .map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
         profile: args.profile_guest.is_some(),
-        ..VmConfig::new(&kernel)
+        ..VmConfig::new(args.kernel.clone().unwrap_or_default())
     };
+    // Numbers first: a bad --cpus is reported even when no kernel is built yet.
+    config.validate_resources()?;
+    if args.kernel.is_none() {
+        config.kernel = husk::kernel::cached(None)?.vmlinux;
+    }
+    let kernel = config.kernel.clone();
     let report = husk::vmm::run(&config)?;
     if let Some(path) = &args.timings {
         let json = serde_json::to_string_pretty(&report.metrics)?;
