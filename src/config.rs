@@ -170,8 +170,8 @@ mod tests {
             ..existing_kernel()
         };
         assert_eq!(
-            cfg.validate(),
-            Err(ConfigError::InitrdMissing("/nonexistent/initrd".into()))
+            cfg.validate().unwrap_err().to_string(),
+            "initrd /nonexistent/initrd does not exist"
         );
     }
 
