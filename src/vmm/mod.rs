@@ -289,12 +289,18 @@ fn create_vcpus(
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(setup("reading the supported CPUID"))?;
+    let options = arch::CpuidOptions {
+        tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        // The one CPUID bit a paravirtual KVM honours; its emulator lacks cmpxchg16b.
+        clear_cx16: KvmFlavor::probe() == KvmFlavor::Paravirtual,
+    };
+    log::debug!("CPUID adjustments: {options:?}");
     let mut vcpus = Vec::with_capacity(usize::from(cpus));
     for id in 0..cpus {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(setup("creating a vCPU"))?;
-        arch::configure_vcpu(&fd, &supported, id, cpus)?;
+        arch::configure_vcpu_with(&fd, &supported, id, cpus, options)?;
         if id == 0 {
             arch::setup_boot_regs(&fd, memory, entry)?;
         }

@@ -25,6 +25,10 @@ pub struct CpuidOptions {
     /// Clear CPUID.1:ECX.CX16 (`cmpxchg16b`), which some paravirtual KVM hosts cannot
     /// emulate in guest kernel mode.
     pub clear_cx16: bool,
+    /// Set CPUID.1:ECX.TSC_DEADLINE (bit 24). KVM emulates the LAPIC TSC-deadline timer
+    /// (KVM_CAP_TSC_DEADLINE_TIMER) but leaves the bit to the VMM; without it Linux
+    /// calibrates the LAPIC timer against the PIT at every boot.
+    pub tsc_deadline: bool,
 }
 
 const LEAF_FEATURES: u32 = 0x1;
@@ -39,6 +43,7 @@ const VENDOR_AMD_EBX: u32 = 0x6874_7541;
 const VENDOR_HYGON_EBX: u32 = 0x6f67_7948;
 
 const ECX_CX16: u32 = 1 << 13;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 /// Topology level types in CPUID.0xB/0x1F ECX[15:8].
@@ -110,6 +115,9 @@ impl Topology {
         entry.ecx |= ECX_HYPERVISOR;
         if options.clear_cx16 {
             entry.ecx &= !ECX_CX16;
+        }
+        if options.tsc_deadline {
+            entry.ecx |= ECX_TSC_DEADLINE;
         }
     }
 
@@ -226,9 +234,26 @@ mod tests {
     #[test]
     fn clear_cx16_option_clears_only_cx16() {
         let mut cpuid = host_cpuid();
-        let options = CpuidOptions { clear_cx16: true };
+        let options = CpuidOptions {
+            clear_cx16: true,
+            ..Default::default()
+        };
         filter_cpuid_with(&mut cpuid, 0, 1, options).expect("filter");
         assert_eq!(leaf(&cpuid, 1, 0).ecx, ECX_HYPERVISOR | 1);
+    }
+
+    #[test]
+    fn tsc_deadline_option_sets_only_the_tsc_deadline_bit() {
+        let mut cpuid = host_cpuid();
+        let options = CpuidOptions {
+            tsc_deadline: true,
+            ..Default::default()
+        };
+        filter_cpuid_with(&mut cpuid, 0, 1, options).expect("filter");
+        assert_eq!(
+            leaf(&cpuid, 1, 0).ecx,
+            ECX_HYPERVISOR | ECX_CX16 | ECX_TSC_DEADLINE | 1
+        );
     }
 
     #[test]
