@@ -42,6 +42,10 @@ pub struct ExitCounts {
 pub struct ProcessStats {
     /// User + system CPU time not spent running the guest, in ms.
     pub vmm_cpu_ms: f64,
+    /// The user-mode part of `vmm_cpu_ms`: husk's own code.
+    pub vmm_user_ms: f64,
+    /// The kernel part of `vmm_cpu_ms`: syscalls, KVM exit handling, page faults.
+    pub vmm_system_ms: f64,
     /// CPU time spent in guest mode, in ms.
     pub guest_cpu_ms: f64,
     /// Resident memory that is not guest RAM (anonymous + file pages), in KiB.
@@ -85,6 +89,8 @@ impl ProcessStats {
         Self {
             // The kernel counts guest time inside utime as well.
             vmm_cpu_ms: to_ms((utime - guest).max(0.0) + stime),
+            vmm_user_ms: to_ms((utime - guest).max(0.0)),
+            vmm_system_ms: to_ms(stime),
             guest_cpu_ms: to_ms(guest),
             vmm_rss_kib: kib("RssAnon:") + kib("RssFile:"),
             shmem_rss_kib: kib("RssShmem:"),
