@@ -116,7 +116,13 @@ fn kernel_from_husk(husk: &Path) -> PathBuf {
         out.status,
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    // Accept the kernel's folder as well as the vmlinux itself.
+    if path.is_dir() {
+        path.join("vmlinux")
+    } else {
+        path
+    }
 }
 
 fn build_test_initrd() -> PathBuf {
