@@ -191,6 +191,11 @@ fn inner(args: &[String]) {
     let [husk, kernel, initrd, rounds, cpus, memory] = args else {
         panic!("usage: bench --inner HUSK KERNEL INITRD ROUNDS CPUS MEMORY");
     };
+    let abs = |p: &String| {
+        let path = std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        path.to_string_lossy().into_owned()
+    };
+    let (husk, kernel, initrd) = (&abs(husk), &abs(kernel), &abs(initrd));
     let rounds: usize = rounds.parse().expect("rounds is a number");
     let cmdline = "quiet";
     let common = [
