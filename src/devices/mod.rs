@@ -1,2 +1,3 @@
 //! Emulated devices and the bus they sit on.
 pub mod bus;
+pub mod virtio;

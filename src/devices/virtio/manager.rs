@@ -1,0 +1,1 @@
+//! MMIO slot and IRQ allocation (in progress).
