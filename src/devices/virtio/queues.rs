@@ -286,3 +286,19 @@ where
         more: false,
     })
 }
+
+/// With EVENT_IDX, ask for a notification on the next buffer; true when buffers
+/// arrived meanwhile (the caller should look again). Without EVENT_IDX, false.
+pub fn rearm(queue: &mut Queue, mem: &GuestMemoryMmap, index: usize) -> Result<bool, QueueError> {
+    if !queue.event_idx_enabled() {
+        return Ok(false);
+    }
+    queue
+        .enable_notification(mem)
+        .map_err(|source| QueueError::Ring { index, source })
+}
+
+/// Give a popped chain back to the ring (nothing to put in it yet).
+pub fn unpop(queue: &mut Queue) {
+    queue.go_to_previous_position();
+}
