@@ -196,3 +196,58 @@ impl VirtioDevice for Vsock {
         self.state.acked_features = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    use super::*;
+    use crate::devices::virtio::descriptor::test_util::*;
+
+    fn vsock(tag: &str) -> Vsock {
+        let uds =
+            std::env::temp_dir().join(format!("husk-vsock-dev-{tag}-{}.sock", std::process::id()));
+        Vsock::new(VsockConfig { cid: 42, uds }).unwrap()
+    }
+
+    #[test]
+    fn config_space_holds_guest_cid() {
+        let v = vsock("cfg");
+        let mut cid = [0u8; 8];
+        v.read_config(0, &mut cid);
+        assert_eq!(u64::from_le_bytes(cid), 42);
+    }
+
+    #[test]
+    fn transport_reset_fills_event_buffer_and_interrupts() {
+        let mem = memory();
+        let mut v = vsock("evt");
+        let (_rx, rxq) = queue(&mem, 0, 16);
+        let (_tx, txq) = queue(&mem, 0x4000, 16);
+        let (ev, evq) = queue(&mem, 0x8000, 16);
+        ev.add_desc_chains(&[w(0x10000, 4)], 0).unwrap();
+        mem.write_obj(0xffff_ffffu32, GuestAddress(0x10000))
+            .unwrap();
+        let irq = Arc::new(Interrupt::new().unwrap());
+        let queues = [rxq, txq, evq]
+            .into_iter()
+            .map(|q| (q, EventFd::new(EFD_NONBLOCK).unwrap()));
+        v.activate(mem.clone(), irq.clone(), queues.collect())
+            .unwrap();
+        v.send_transport_reset();
+        assert_eq!(used(&ev, 0), (0, 4));
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x10000)).unwrap(), 0);
+        assert_eq!(irq.status(), crate::devices::virtio::INT_VRING);
+    }
+
+    #[test]
+    fn cid_below_three_is_rejected() {
+        let uds = std::env::temp_dir().join("husk-vsock-never.sock");
+        let e = Vsock::new(VsockConfig { cid: 1, uds }).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bad vsock cid \"1\": must be a number from 3 to 4294967294"
+        );
+    }
+}

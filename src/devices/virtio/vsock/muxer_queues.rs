@@ -64,7 +64,7 @@ impl Muxer {
     }
 
     /// Act on one packet from the guest.
-    pub(super) fn guest_packet(&mut self, hdr: &Header, data: &[u8]) {
+    pub(in crate::devices::virtio::vsock) fn guest_packet(&mut self, hdr: &Header, data: &[u8]) {
         if hdr.src_cid != self.cid || hdr.dst_cid != HOST_CID {
             log::debug!("vsock: packet {}->{} dropped", hdr.src_cid, hdr.dst_cid);
             return;
