@@ -249,6 +249,27 @@ pub(crate) mod test_util {
         (mock, q)
     }
 
+    /// An image file in /dev/shm (tmpfs), removed on drop.
+    pub struct TempImage(pub std::path::PathBuf);
+
+    impl TempImage {
+        /// A file of `len` bytes of `fill`.
+        pub fn new(len: usize, fill: u8) -> Self {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let n = N.fetch_add(1, Ordering::SeqCst);
+            let path = format!("/dev/shm/husk-img-{}-{n}", std::process::id());
+            std::fs::write(&path, vec![fill; len]).unwrap();
+            Self(path.into())
+        }
+    }
+
+    impl Drop for TempImage {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
     /// Used ring entry `i` as (id, len).
     pub fn used(mock: &MockSplitQueue<'_, GuestMemoryMmap>, i: usize) -> (u32, u32) {
         let e = mock.used().ring().ref_at(i).unwrap().load();

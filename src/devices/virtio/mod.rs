@@ -172,3 +172,6 @@ pub trait VirtioDevice: Send {
     /// Return to the state before `activate` (the driver wrote 0 to Status).
     fn reset(&mut self);
 }
+
+#[cfg(test)]
+mod chain_proptests;

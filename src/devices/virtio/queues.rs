@@ -302,3 +302,53 @@ pub fn rearm(queue: &mut Queue, mem: &GuestMemoryMmap, index: usize) -> Result<b
 pub fn unpop(queue: &mut Queue) {
     queue.go_to_previous_position();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::descriptor::test_util::*;
+
+    fn active_set() -> (QueueSet, Arc<Interrupt>) {
+        let mem = memory();
+        let (_mock, q) = queue(&mem, 0, 16);
+        let irq = Arc::new(Interrupt::new().unwrap());
+        let mut set = QueueSet::new("test", &[16]).unwrap();
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        set.activate(mem.clone(), irq.clone(), vec![(q, evt)])
+            .unwrap();
+        (set, irq)
+    }
+
+    #[test]
+    fn marking_broken_sets_needs_reset_and_stops_processing() {
+        let (mut set, irq) = active_set();
+        set.mark_broken(&"bad chain");
+        assert!(irq.needs_reset());
+        assert!(!set.is_running());
+        assert!(!set.take_queue_event(0));
+    }
+
+    #[test]
+    fn marking_broken_twice_signals_once() {
+        let (mut set, irq) = active_set();
+        set.mark_broken(&"bad chain");
+        set.mark_broken(&"bad chain again");
+        assert_eq!(irq.eventfd().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn activation_with_wrong_queue_count_is_an_error() {
+        let mut set = QueueSet::new("test", &[16, 16]).unwrap();
+        let irq = Arc::new(Interrupt::new().unwrap());
+        let e = set.activate(memory(), irq, vec![]).unwrap_err();
+        assert_eq!(e.to_string(), "device test needs 2 queues, got 0");
+    }
+
+    #[test]
+    fn reset_clears_broken_state() {
+        let (mut set, _irq) = active_set();
+        set.mark_broken(&"bad chain");
+        set.reset();
+        assert!(!set.is_broken());
+    }
+}

@@ -123,6 +123,9 @@ impl Block {
 
     /// Serve the request queue (called by the event handler on a notification).
     pub(super) fn process(&mut self) {
+        if !self.queues.is_running() {
+            return;
+        }
         let Some(active) = self.queues.active.as_mut() else {
             return;
         };
@@ -192,7 +195,7 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::block::request::tests::TempImage;
+    use crate::devices::virtio::descriptor::test_util::TempImage;
 
     fn block(read_only: bool) -> (Block, TempImage) {
         let img = TempImage::new(1 << 20, 0);

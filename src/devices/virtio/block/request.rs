@@ -214,4 +214,4 @@ pub(crate) fn status_at(mem: &GuestMemoryMmap, addr: u64) -> u8 {
 
 #[cfg(test)]
 #[path = "request_tests.rs"]
-pub(crate) mod tests;
+mod tests;

@@ -1,6 +1,4 @@
 //! Tests of block request processing on in-memory queues and a tmpfs image.
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress};
@@ -9,36 +7,14 @@ use super::*;
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::descriptor::test_util::*;
 
-/// An image file in /dev/shm (tmpfs), removed on drop.
-pub(crate) struct TempImage(pub std::path::PathBuf);
-
-impl TempImage {
-    pub(crate) fn new(len: usize, fill: u8) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let path = format!("/dev/shm/husk-blk-{}-{n}", std::process::id());
-        std::fs::write(&path, vec![fill; len]).unwrap();
-        Self(path.into())
-    }
-
-    pub(crate) fn disk(&self, read_only: bool) -> Disk {
-        let config = BlockConfig {
-            path: self.0.clone(),
-            read_only,
-            id: Some("husk-serial".into()),
-        };
-        Disk::open(&config).unwrap()
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        std::fs::read(&self.0).unwrap()
-    }
-}
-
-impl Drop for TempImage {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// The disk of a test image.
+fn open_disk(img: &TempImage, read_only: bool) -> Disk {
+    let config = BlockConfig {
+        path: img.0.clone(),
+        read_only,
+        id: Some("husk-serial".into()),
+    };
+    Disk::open(&config).unwrap()
 }
 
 const HDR: u64 = 0x8000;
@@ -67,7 +43,7 @@ fn rw_request(data_desc: RawDescriptor) -> Vec<RawDescriptor> {
 #[test]
 fn read_copies_sectors_and_reports_ok() {
     let img = TempImage::new(4096, 0x5a);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_IN, 2);
     let r = run(&mem, &mut disk, &rw_request(w(DATA, 1024)));
     assert_eq!(r, (true, 1025, VIRTIO_BLK_S_OK as u8));
@@ -77,30 +53,30 @@ fn read_copies_sectors_and_reports_ok() {
 #[test]
 fn write_stores_guest_data_in_image() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_OUT, 1);
     mem.write_slice(&[0xc3; 512], GuestAddress(DATA)).unwrap();
     let r = run(&mem, &mut disk, &rw_request(r(DATA, 512)));
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_OK as u8));
-    assert_eq!(img.bytes()[512..1024], [0xc3; 512]);
-    assert_eq!(img.bytes()[1024], 0);
+    assert_eq!(std::fs::read(&img.0).unwrap()[512..1024], [0xc3; 512]);
+    assert_eq!(std::fs::read(&img.0).unwrap()[1024], 0);
 }
 
 #[test]
 fn write_to_read_only_disk_is_ioerr_and_leaves_image() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(true));
+    let (mem, mut disk) = (memory(), open_disk(&img, true));
     header(&mem, VIRTIO_BLK_T_OUT, 0);
     mem.write_slice(&[0xc3; 512], GuestAddress(DATA)).unwrap();
     let r = run(&mem, &mut disk, &rw_request(r(DATA, 512)));
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_IOERR as u8));
-    assert_eq!(img.bytes(), vec![0; 4096]);
+    assert_eq!(std::fs::read(&img.0).unwrap(), vec![0; 4096]);
 }
 
 #[test]
 fn read_past_end_is_ioerr() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_IN, 7);
     let r = run(&mem, &mut disk, &rw_request(w(DATA, 1024)));
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_IOERR as u8));
@@ -109,7 +85,7 @@ fn read_past_end_is_ioerr() {
 #[test]
 fn sector_that_overflows_bytes_is_ioerr() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_IN, u64::MAX);
     let r = run(&mem, &mut disk, &rw_request(w(DATA, 512)));
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_IOERR as u8));
@@ -118,7 +94,7 @@ fn sector_that_overflows_bytes_is_ioerr() {
 #[test]
 fn partial_sector_read_is_ioerr() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_IN, 0);
     let r = run(&mem, &mut disk, &rw_request(w(DATA, 100)));
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_IOERR as u8));
@@ -127,7 +103,7 @@ fn partial_sector_read_is_ioerr() {
 #[test]
 fn read_with_device_readable_data_is_ioerr() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_IN, 0);
     let r = run(&mem, &mut disk, &rw_request(r(DATA, 512)));
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_IOERR as u8));
@@ -136,7 +112,7 @@ fn read_with_device_readable_data_is_ioerr() {
 #[test]
 fn short_header_is_ioerr() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     let r = run(&mem, &mut disk, &[r(HDR, 8), w(STATUS, 1)]);
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_IOERR as u8));
 }
@@ -144,7 +120,7 @@ fn short_header_is_ioerr() {
 #[test]
 fn unknown_type_is_unsupp() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, 99, 0);
     let r = run(&mem, &mut disk, &[r(HDR, 16), w(STATUS, 1)]);
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_UNSUPP as u8));
@@ -153,7 +129,7 @@ fn unknown_type_is_unsupp() {
 #[test]
 fn flush_reports_ok() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_FLUSH, 0);
     let r = run(&mem, &mut disk, &[r(HDR, 16), w(STATUS, 1)]);
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_OK as u8));
@@ -162,7 +138,7 @@ fn flush_reports_ok() {
 #[test]
 fn get_id_writes_serial() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_GET_ID, 0);
     let r = run(&mem, &mut disk, &[r(HDR, 16), w(DATA, 20), w(STATUS, 1)]);
     assert_eq!(r, (true, 21, VIRTIO_BLK_S_OK as u8));
@@ -174,32 +150,32 @@ fn get_id_writes_serial() {
 #[test]
 fn discard_on_tmpfs_reads_back_zeroes() {
     let img = TempImage::new(4096, 0xff);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_DISCARD, 0);
     mem.write_obj(2u64, GuestAddress(DATA)).unwrap();
     mem.write_obj(2u32, GuestAddress(DATA + 8)).unwrap();
     let r = run(&mem, &mut disk, &[r(HDR, 16), r(DATA, 16), w(STATUS, 1)]);
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_OK as u8));
-    assert_eq!(img.bytes()[1024..2048], [0; 1024]);
-    assert_eq!(img.bytes()[2048], 0xff);
+    assert_eq!(std::fs::read(&img.0).unwrap()[1024..2048], [0; 1024]);
+    assert_eq!(std::fs::read(&img.0).unwrap()[2048], 0xff);
 }
 
 #[test]
 fn write_zeroes_on_tmpfs_reads_back_zeroes() {
     let img = TempImage::new(4096, 0xff);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_WRITE_ZEROES, 0);
     mem.write_obj(0u64, GuestAddress(DATA)).unwrap();
     mem.write_obj(1u32, GuestAddress(DATA + 8)).unwrap();
     let r = run(&mem, &mut disk, &[r(HDR, 16), r(DATA, 16), w(STATUS, 1)]);
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_OK as u8));
-    assert_eq!(img.bytes()[..512], [0; 512]);
+    assert_eq!(std::fs::read(&img.0).unwrap()[..512], [0; 512]);
 }
 
 #[test]
 fn discard_with_unknown_flag_is_unsupp() {
     let img = TempImage::new(4096, 0xff);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_DISCARD, 0);
     mem.write_obj(1u32, GuestAddress(DATA + 8)).unwrap();
     mem.write_obj(1u32, GuestAddress(DATA + 12)).unwrap();
@@ -210,7 +186,7 @@ fn discard_with_unknown_flag_is_unsupp() {
 #[test]
 fn discard_on_read_only_disk_is_unsupp() {
     let img = TempImage::new(4096, 0xff);
-    let (mem, mut disk) = (memory(), img.disk(true));
+    let (mem, mut disk) = (memory(), open_disk(&img, true));
     header(&mem, VIRTIO_BLK_T_DISCARD, 0);
     let r = run(&mem, &mut disk, &[r(HDR, 16), r(DATA, 16), w(STATUS, 1)]);
     assert_eq!(r, (true, 1, VIRTIO_BLK_S_UNSUPP as u8));
@@ -219,7 +195,7 @@ fn discard_on_read_only_disk_is_unsupp() {
 #[test]
 fn chain_without_status_byte_is_a_queue_error() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_FLUSH, 0);
     let r = run(&mem, &mut disk, &[r(HDR, 16)]);
     assert!(!r.0);
@@ -228,7 +204,7 @@ fn chain_without_status_byte_is_a_queue_error() {
 #[test]
 fn data_outside_memory_is_a_queue_error() {
     let img = TempImage::new(4096, 0);
-    let (mem, mut disk) = (memory(), img.disk(false));
+    let (mem, mut disk) = (memory(), open_disk(&img, false));
     header(&mem, VIRTIO_BLK_T_IN, 0);
     let r = run(&mem, &mut disk, &rw_request(w(0xffe00, 0x1000)));
     assert!(!r.0);

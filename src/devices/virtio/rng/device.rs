@@ -73,6 +73,9 @@ impl Rng {
 
     /// Serve the request queue (called by the event handler on a notification).
     pub(super) fn process(&mut self) {
+        if !self.queues.is_running() {
+            return;
+        }
         let Some(active) = self.queues.active.as_mut() else {
             return;
         };

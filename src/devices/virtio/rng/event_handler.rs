@@ -52,3 +52,31 @@ mod tests {
         assert_eq!(irq.status(), crate::devices::virtio::INT_VRING);
     }
 }
+
+#[cfg(test)]
+mod hostile_tests {
+    use std::sync::Arc;
+
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::devices::virtio::descriptor::test_util::*;
+    use crate::devices::virtio::{Interrupt, VirtioDevice};
+
+    #[test]
+    fn chain_outside_memory_breaks_device_and_later_chains_are_ignored() {
+        let mem = memory();
+        let (mock, q) = queue(&mem, 0, 16);
+        mock.add_desc_chains(&[w(0x2000_0000, 8), w(0x10000, 8)], 0)
+            .unwrap();
+        let mut rng = Rng::new().unwrap();
+        let irq = Arc::new(Interrupt::new().unwrap());
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        rng.activate(mem.clone(), irq.clone(), vec![(q, evt)])
+            .unwrap();
+        rng.process();
+        rng.process();
+        assert!(irq.needs_reset());
+        assert_eq!(mock.used().idx().load(), 0);
+    }
+}
