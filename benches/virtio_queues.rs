@@ -242,16 +242,25 @@ fn bench_vsock_tx(size: u32) {
         Some(FdChange::Add { token, .. }) => token,
         _ => panic!("no connection to {uds}_52"),
     };
+    // The RESPONSE tells the guest the host's buffer: never send more per batch.
+    rx.offer_all(&mem);
+    let got = muxer.process_rx(&mut rxq, &mem).expect("response").used;
+    rx.offer(&mem, u16::try_from(got).expect("at most a ring"));
+    let mut raw = [0u8; HDR_LEN];
+    mem.read_slice(&mut raw, GuestAddress(0x300_0000))
+        .expect("response");
+    let buf_alloc = Header::from_bytes(&raw).buf_alloc;
+    let per_batch =
+        u16::try_from((buf_alloc / size).clamp(1, u32::from(tx.chains))).expect("small");
     (0..tx.chains).for_each(|c| write_pkt(&mem, 0x8000 + u64::from(c) * 64, 5, size));
     let mut sent = 0u64;
-    rx.offer_all(&mem);
     report(
         &format!("vsock tx {} KiB (to Unix socket)", size >> 10),
         size as usize,
         || {
             let got = muxer.process_rx(&mut rxq, &mem).expect("rx").used;
             rx.offer(&mem, u16::try_from(got).expect("at most a ring"));
-            let n = tx.offer_all(&mem);
+            let n = tx.offer(&mem, per_batch);
             muxer.process_tx(&mut txq, &mem).expect("tx");
             sent += n as u64 * u64::from(size);
             // Wait for the host reader, so the guest never outruns its credit.
