@@ -91,6 +91,8 @@ pub struct MmioTransport {
     state: MmioState,
     activated: bool,
     device_type: u32,
+    /// A bad queue configuration was already logged at warn level.
+    warned: bool,
 }
 
 impl MmioTransport {
@@ -131,6 +133,7 @@ impl MmioTransport {
             },
             activated: false,
             device_type,
+            warned: false,
         })
     }
 
@@ -233,14 +236,14 @@ impl MmioTransport {
         let negotiating = self.has_status(VIRTIO_CONFIG_S_DRIVER)
             && !self.has_status(VIRTIO_CONFIG_S_FEATURES_OK);
         if !negotiating {
-            log::warn!("virtio-mmio: DriverFeatures write outside negotiation ignored");
+            log::debug!("virtio-mmio: DriverFeatures write outside negotiation ignored");
             return;
         }
         let f = &mut self.state.acked_features;
         match self.state.driver_features_sel {
             0 => *f = (*f & !0xffff_ffff) | u64::from(v),
             1 => *f = (*f & 0xffff_ffff) | (u64::from(v) << 32),
-            sel => log::warn!("virtio-mmio: DriverFeaturesSel {sel} ignored"),
+            sel => log::debug!("virtio-mmio: DriverFeaturesSel {sel} ignored"),
         }
     }
 
@@ -254,7 +257,7 @@ impl MmioTransport {
             .get_mut(sel as usize)
             .filter(|_| configurable)
         else {
-            log::warn!("virtio-mmio: queue {sel} register {offset:#x} not writable now");
+            log::debug!("virtio-mmio: queue {sel} register {offset:#x} not writable now");
             return;
         };
         let lo = |a: u64| (a & !0xffff_ffff) | u64::from(v);
@@ -279,7 +282,7 @@ impl MmioTransport {
                     log::warn!("virtio-mmio: queue {index} notify: {e}");
                 }
             }
-            None => log::warn!("virtio-mmio: notify of missing queue {index}"),
+            None => log::debug!("virtio-mmio: notify of missing queue {index}"),
         }
     }
 
@@ -290,7 +293,7 @@ impl MmioTransport {
         }
         let old = self.state.status;
         if v & old != old {
-            log::warn!("virtio-mmio: status {old:#x} -> {v:#x} clears bits; ignored");
+            log::debug!("virtio-mmio: status {old:#x} -> {v:#x} clears bits; ignored");
             return;
         }
         let new = v & !old;
@@ -303,7 +306,7 @@ impl MmioTransport {
             _ => false,
         };
         if !allowed {
-            log::warn!("virtio-mmio: status {old:#x} -> {v:#x} refused");
+            log::debug!("virtio-mmio: status {old:#x} -> {v:#x} refused");
             return;
         }
         if new & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
@@ -364,15 +367,17 @@ impl MmioTransport {
             let (mem, irq) = (self.mem.clone(), self.interrupt.clone());
             self.dev()
                 .activate(mem, irq, queues)
-                .map_err(|e| e.to_string())
+                .map_err(|e| super::error_chain(&e))
         });
         match result {
             Ok(()) => self.activated = true,
             Err(why) => {
-                log::warn!(
-                    "virtio-mmio type {}: {why}; device needs reset",
-                    self.device_type
-                );
+                // Warn once per transport: a guest could retry forever.
+                let ty = self.device_type;
+                match std::mem::replace(&mut self.warned, true) {
+                    false => log::warn!("virtio-mmio type {ty}: {why}; device needs reset"),
+                    true => log::debug!("virtio-mmio type {ty}: {why}; device needs reset"),
+                }
                 self.interrupt.set_needs_reset();
             }
         }
@@ -411,7 +416,7 @@ impl BusDevice for MmioTransport {
         match <&mut [u8; 4]>::try_from(&mut *data) {
             Ok(out) if offset % 4 == 0 => *out = self.read_register(offset).to_le_bytes(),
             _ => {
-                log::warn!("virtio-mmio: bad register read {offset:#x}/{}", data.len());
+                log::debug!("virtio-mmio: bad register read {offset:#x}/{}", data.len());
                 data.fill(0);
             }
         }
@@ -424,7 +429,7 @@ impl BusDevice for MmioTransport {
         }
         match <[u8; 4]>::try_from(data) {
             Ok(v) if offset % 4 == 0 => self.write_register(offset, u32::from_le_bytes(v)),
-            _ => log::warn!("virtio-mmio: bad register write {offset:#x}/{}", data.len()),
+            _ => log::debug!("virtio-mmio: bad register write {offset:#x}/{}", data.len()),
         }
     }
 }

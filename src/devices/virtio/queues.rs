@@ -5,7 +5,6 @@
 //! on a vCPU thread, and the event-manager thread learns about it through that eventfd
 //! and then registers the queue eventfds (see each device's `event_handler.rs`).
 
-use std::fmt::Display;
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events};
@@ -63,6 +62,8 @@ pub struct QueueSet {
     stale: Vec<EventFd>,
     activate_evt: EventFd,
     broken: bool,
+    /// The first breakage was logged at warn level (kept across resets).
+    warned: bool,
 }
 
 impl QueueSet {
@@ -76,6 +77,7 @@ impl QueueSet {
             stale: Vec::new(),
             activate_evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
             broken: false,
+            warned: false,
         })
     }
 
@@ -131,13 +133,18 @@ impl QueueSet {
         self.broken
     }
 
-    /// Stop processing and report DEVICE_NEEDS_RESET; logs only the first time.
-    pub fn mark_broken(&mut self, why: &dyn Display) {
+    /// Stop processing and report DEVICE_NEEDS_RESET; warns only the first time in
+    /// the device's life (a guest could reset and break it again forever).
+    pub fn mark_broken(&mut self, why: &dyn std::error::Error) {
+        let why = super::error_chain(why);
         if self.broken {
             return;
         }
         self.broken = true;
-        log::warn!("virtio-{}: {why}; device needs reset", self.name);
+        match std::mem::replace(&mut self.warned, true) {
+            false => log::warn!("virtio-{}: {why}; device needs reset", self.name),
+            true => log::debug!("virtio-{}: {why}; device needs reset", self.name),
+        }
         if let Some(active) = &self.active {
             active.interrupt.set_needs_reset();
         }
@@ -322,7 +329,7 @@ mod tests {
     #[test]
     fn marking_broken_sets_needs_reset_and_stops_processing() {
         let (mut set, irq) = active_set();
-        set.mark_broken(&"bad chain");
+        set.mark_broken(&std::io::Error::other("bad chain"));
         assert!(irq.needs_reset());
         assert!(!set.is_running());
         assert!(!set.take_queue_event(0));
@@ -331,8 +338,8 @@ mod tests {
     #[test]
     fn marking_broken_twice_signals_once() {
         let (mut set, irq) = active_set();
-        set.mark_broken(&"bad chain");
-        set.mark_broken(&"bad chain again");
+        set.mark_broken(&std::io::Error::other("bad chain"));
+        set.mark_broken(&std::io::Error::other("bad chain again"));
         assert_eq!(irq.eventfd().read().unwrap(), 1);
     }
 
@@ -347,7 +354,7 @@ mod tests {
     #[test]
     fn reset_clears_broken_state() {
         let (mut set, _irq) = active_set();
-        set.mark_broken(&"bad chain");
+        set.mark_broken(&std::io::Error::other("bad chain"));
         set.reset();
         assert!(!set.is_broken());
     }
