@@ -361,6 +361,13 @@ mod tests {
     }
 
     #[test]
+    fn indirect_table_outside_memory_ends_chain_empty() {
+        let indirect = VRING_DESC_F_INDIRECT_U16;
+        let e = parse_first(&[raw(0x4000_0000, 64, indirect, 0)]);
+        assert_eq!(e, Err(DescriptorError::Empty { head: 0 }));
+    }
+
+    #[test]
     fn bytes_span_buffers() {
         let mem = memory();
         let bufs = [
@@ -390,6 +397,8 @@ mod tests {
         assert_eq!(e, Err(DescriptorError::TooShort { have: 1, need: 4 }));
     }
 
+    const VRING_DESC_F_INDIRECT_U16: u16 =
+        virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
     const VRING_DESC_F_NEXT_U16: u16 =
         virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
 }

@@ -187,3 +187,6 @@ pub trait VirtioDevice: Send {
 
 #[cfg(test)]
 mod chain_proptests;
+
+#[cfg(test)]
+mod wiring_tests;

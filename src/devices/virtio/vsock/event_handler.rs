@@ -36,9 +36,13 @@ impl MutEventSubscriber for Vsock {
             0 => {
                 self.queues.take_queue_event(0);
             }
-            1 if self.queues.take_queue_event(1) => self.process_tx(),
+            1 => {
+                if self.queues.take_queue_event(1) {
+                    self.process_tx();
+                }
+            }
             // The driver refilled the event queue; nothing waits for it.
-            2 | 1 => {
+            2 => {
                 self.queues.take_queue_event(2);
             }
             LISTENER_TOKEN => self.muxer.accept(),

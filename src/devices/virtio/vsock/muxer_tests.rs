@@ -286,3 +286,53 @@ fn dropping_muxer_removes_socket_file() {
     drop(m);
     assert!(!path.exists());
 }
+
+#[test]
+fn tx_chain_with_writable_buffer_is_dropped_silently() {
+    let (mut m, mem) = (muxer(), memory());
+    let h = guest(OP_REQUEST, 2000, 99);
+    vm_memory::Bytes::write_slice(&mem, &h.to_bytes(), GuestAddress(0x20000)).unwrap();
+    let (mock, mut q) = queue(&mem, 0x8000, 16);
+    mock.add_desc_chains(&linked(&[r(0x20000, HDR_LEN as u32), w(0x21000, 8)], 0), 0)
+        .unwrap();
+    m.process_tx(&mut q, &mem).unwrap();
+    assert_eq!(used(&mock, 0), (0, 0));
+    assert!(!m.has_rx());
+}
+
+#[test]
+fn tx_chain_outside_memory_is_a_queue_error() {
+    let (mut m, mem) = (muxer(), memory());
+    let (mock, mut q) = queue(&mem, 0x8000, 16);
+    mock.add_desc_chains(&[r(0x4000_0000, HDR_LEN as u32)], 0)
+        .unwrap();
+    assert!(m.process_tx(&mut q, &mem).is_err());
+}
+
+#[test]
+fn rx_chain_with_readable_buffer_is_returned_empty() {
+    let (mut m, mem) = (muxer(), memory());
+    m.guest_packet(&guest(OP_RW, 2000, 99), b"x");
+    let (mock, mut q) = queue(&mem, 0, 16);
+    mock.add_desc_chains(&[r(RXBUF, 4096)], 0).unwrap();
+    m.process_rx(&mut q, &mem).unwrap();
+    assert_eq!(used(&mock, 0), (0, 0));
+}
+
+/// Make the muxer queue `n` RST packets for the guest.
+fn queue_rsts(m: &mut Muxer, n: usize) {
+    let h = guest(OP_RW, 2000, 99);
+    (0..n).for_each(|_| m.guest_packet(&h, &[]));
+}
+
+#[test]
+fn too_many_control_packets_throttle_tx() {
+    let (mut m, mem) = (muxer(), memory());
+    queue_rsts(&mut m, MAX_CTRL);
+    let (mock, mut q) = queue(&mem, 0x8000, 16);
+    mock.add_desc_chains(&[r(0x20000, HDR_LEN as u32)], 0)
+        .unwrap();
+    m.process_tx(&mut q, &mem).unwrap();
+    assert!(m.tx_throttled);
+    assert_eq!(mock.used().idx().load(), 0);
+}
