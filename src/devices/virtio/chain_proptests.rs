@@ -189,6 +189,14 @@ proptest! {
     }
 
     #[test]
+    fn config_parsers_never_panic(s in "[a-z=,:/0-9.]{0,40}") {
+        let _ = s.parse::<BlockConfig>();
+        let _ = s.parse::<VsockConfig>();
+        let _ = s.parse::<super::net::NetConfig>();
+        let _ = s.parse::<super::net::MacAddr>();
+    }
+
+    #[test]
     fn mmio_survives_random_register_writes(
         writes in prop::collection::vec((0u64..0x110, any::<u32>(), 1usize..9), 0..64)
     ) {

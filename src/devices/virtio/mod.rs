@@ -5,6 +5,19 @@
 //! it does not own, so it is unit-tested on in-memory guest memory with hand-built
 //! virtqueues. The [`Interrupt`] is shared by a transport and its device: the device
 //! raises it when it used buffers, the transport reads and acknowledges it.
+//!
+//! # Wiring a device into a VM
+//! 1. Build the device (`rng::Rng::new()`, `block::Block::new(cfg)`,
+//!    `vsock::Vsock::new(cfg)`, `net::Net::new(cfg)`) and wrap it in `Arc<Mutex<_>>`.
+//! 2. Add that same `Arc` to the device event loop (`EventManager::add_subscriber`); its
+//!    `init` registers the activation eventfd and the backend fds (listener, TAP).
+//! 3. `manager::VirtioManager::attach(mem, device)` returns an `MmioDeviceInfo`: insert
+//!    `info.transport` on the MMIO bus at `info.slot.base`/`info.slot.len`, register
+//!    `info.irqfd` with `register_irqfd(.., info.slot.irq)`, each `info.ioevents[i]`
+//!    with `register_ioevent(fd, IoEventAddress::Mmio(addr), datamatch as u32)`, and
+//!    append `info.slot.cmdline()` to the kernel command line.
+//! 4. When the driver sets DRIVER_OK (a vCPU thread), the transport activates the
+//!    device; the event loop then starts watching the queue eventfds by itself.
 
 pub mod block;
 pub mod descriptor;

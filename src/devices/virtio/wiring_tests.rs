@@ -110,3 +110,15 @@ fn hostile_chain_sets_needs_reset_through_transport() {
     wr(&info, 0x70, 0);
     assert_eq!(rd(&info, 0x70), 0);
 }
+
+#[test]
+fn transport_on_bus_answers_magic_at_slot_base() {
+    let mem = memory();
+    let (info, _manager) = attach(&mem, super::rng::Rng::new().unwrap());
+    let mut bus = crate::devices::bus::Bus::new();
+    bus.insert(info.transport.clone(), info.slot.base, info.slot.len)
+        .unwrap();
+    let mut magic = [0u8; 4];
+    assert!(bus.read(info.slot.base, &mut magic));
+    assert_eq!(&magic, b"virt");
+}
