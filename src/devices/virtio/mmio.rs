@@ -16,7 +16,7 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use super::{feature, Interrupt, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
@@ -112,7 +112,9 @@ impl MmioTransport {
         let interrupt = Arc::new(Interrupt::new().map_err(setup)?);
         let queue_evts = max_sizes
             .iter()
-            .map(|_| EventFd::new(EFD_NONBLOCK).map_err(|e| setup(VirtioError::EventFd(e))))
+            .map(|_| {
+                EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(|e| setup(VirtioError::EventFd(e)))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let queues = max_sizes
             .iter()
@@ -291,6 +293,8 @@ impl MmioTransport {
             self.reset();
             return;
         }
+        // NEEDS_RESET is the device's bit; drivers write back what they read.
+        let v = v & !VIRTIO_CONFIG_S_NEEDS_RESET;
         let old = self.state.status;
         if v & old != old {
             log::debug!("virtio-mmio: status {old:#x} -> {v:#x} clears bits; ignored");

@@ -302,3 +302,16 @@ fn config_generation_changes_on_config_notification() {
     assert_eq!(rd(&mut t, 0xfc), 1);
     assert_eq!(rd(&mut t, 0x60), 2);
 }
+
+#[test]
+fn driver_can_set_failed_after_needs_reset() {
+    let (mut t, _) = transport();
+    negotiate(&mut t, 0);
+    t.interrupt().set_needs_reset();
+    let status = rd(&mut t, 0x70);
+    wr(&mut t, 0x70, status | VIRTIO_CONFIG_S_FAILED);
+    assert_eq!(
+        rd(&mut t, 0x70),
+        0xb | VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED
+    );
+}

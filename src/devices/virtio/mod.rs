@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 /// Virtio device id of a network card (virtio 1.2 §5).
 pub const TYPE_NET: u32 = 1;
@@ -119,7 +119,7 @@ impl Interrupt {
         Ok(Self {
             status: AtomicU32::new(0),
             needs_reset: AtomicBool::new(false),
-            evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
+            evt: EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(VirtioError::EventFd)?,
         })
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use super::{Interrupt, VirtioError};
 
@@ -75,7 +75,7 @@ impl QueueSet {
             active: None,
             evts: Vec::new(),
             stale: Vec::new(),
-            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
+            activate_evt: EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(VirtioError::EventFd)?,
             broken: false,
             warned: false,
         })
