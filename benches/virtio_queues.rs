@@ -116,16 +116,25 @@ fn data(c: u16) -> u64 {
 }
 
 /// Run `batch` (which returns requests done) for RUN_FOR and print the rates.
-fn report(name: &str, bytes_per_req: usize, mut batch: impl FnMut() -> usize) -> f64 {
-    let (start, mut reqs) = (Instant::now(), 0usize);
+fn report(name: &str, bytes_per_req: usize, mut batch: impl FnMut() -> usize) {
+    report_bytes(name, || {
+        let n = batch();
+        (n, (n * bytes_per_req) as u64)
+    });
+}
+
+/// Like [`report`], for batches that return (requests, payload bytes).
+fn report_bytes(name: &str, mut batch: impl FnMut() -> (usize, u64)) {
+    let (start, mut reqs, mut bytes) = (Instant::now(), 0usize, 0u64);
     while start.elapsed() < RUN_FOR {
-        reqs += batch();
+        let (r, b) = batch();
+        reqs += r;
+        bytes += b;
     }
     let secs = start.elapsed().as_secs_f64();
     let rate = reqs as f64 / secs;
-    let mib = rate * bytes_per_req as f64 / f64::from(1 << 20);
-    println!("{name:<34} {rate:>12.0} req/s {mib:>10.1} MiB/s");
-    rate
+    let mib = bytes as f64 / secs / f64::from(1 << 20);
+    println!("{name:<42} {rate:>12.0} req/s {mib:>10.1} MiB/s");
 }
 
 fn bench_rng(size: u32, urandom: bool) {
@@ -303,6 +312,127 @@ fn bench_net_tx(size: u32) {
     );
 }
 
+/// Payload bytes the device put in the last `count` used entries of `ring`.
+fn used_payload(mem: &GuestMemoryMmap, ring: &Ring, next_used: u16, count: usize, hdr: u32) -> u64 {
+    (0..count)
+        .map(|i| {
+            let slot = u64::from(next_used.wrapping_add(i as u16) % QSIZE);
+            let len: u32 = mem
+                .read_obj(GuestAddress(ring.used() + 8 + 8 * slot))
+                .expect("used");
+            u64::from(len.saturating_sub(hdr))
+        })
+        .sum()
+}
+
+/// A host client connected to guest port 1024 that writes without pause.
+fn vsock_rx_setup(
+    mem: &GuestMemoryMmap,
+    muxer: &mut Muxer,
+    (rx, rxq): (&mut Ring, &mut Queue),
+    uds: &str,
+) -> (u32, u32) {
+    let mut client = std::os::unix::net::UnixStream::connect(uds).expect("connect");
+    std::io::Write::write_all(&mut client, b"CONNECT 1024\n").expect("connect line");
+    muxer.accept();
+    let token = match muxer.take_fd_changes().pop() {
+        Some(FdChange::Add { token, .. }) => token,
+        _ => panic!("no host client on {uds}"),
+    };
+    muxer.on_stream_event(token, true, false);
+    rx.offer(mem, 1);
+    muxer.process_rx(rxq, mem).expect("request");
+    let mut raw = [0u8; HDR_LEN];
+    mem.read_slice(&mut raw, GuestAddress(0x100_0000))
+        .expect("request");
+    let host_port = Header::from_bytes(&raw).src_port;
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let mut reader = std::io::BufReader::new(&client);
+        std::io::BufRead::read_line(&mut reader, &mut line).expect("OK line");
+        let chunk = vec![0x5au8; 1 << 16];
+        while std::io::Write::write_all(&mut client, &chunk).is_ok() {}
+    });
+    (token, host_port)
+}
+
+fn guest_pkt(mem: &GuestMemoryMmap, op: u16, host_port: u32, fwd_cnt: u32) {
+    let h = Header {
+        src_cid: 3,
+        dst_cid: HOST_CID,
+        src_port: 1024,
+        dst_port: host_port,
+        type_: 1,
+        op,
+        buf_alloc: 1 << 20,
+        fwd_cnt,
+        ..Default::default()
+    };
+    mem.write_slice(&h.to_bytes(), GuestAddress(0x8000))
+        .expect("hdr");
+}
+
+fn bench_vsock_rx(buf: u32) {
+    let mem = memory();
+    let uds = format!("/tmp/husk-bench-vsock-rx-{}.sock", std::process::id());
+    let mut muxer = Muxer::new(&VsockConfig {
+        cid: 3,
+        uds: uds.clone().into(),
+    })
+    .expect("muxer");
+    let mut rx = Ring::new(&mem, 0x20000, 1, |c, _| {
+        (0x100_0000 + u64::from(c) * 0x1_1000, buf, F_WRITE)
+    });
+    let mut tx = Ring::new(&mem, 0, 1, |_, _| (0x8000, HDR_LEN as u32, 0));
+    let (mut rxq, mut txq) = (rx.queue(), tx.queue());
+    let (token, host_port) = vsock_rx_setup(&mem, &mut muxer, (&mut rx, &mut rxq), &uds);
+    guest_pkt(&mem, 2, host_port, 0);
+    tx.offer(&mem, 1);
+    muxer.process_tx(&mut txq, &mem).expect("response");
+    let mut fwd = 0u32;
+    report_bytes(
+        &format!("vsock rx {} KiB buffers (from Unix socket)", buf >> 10),
+        || {
+            let next_used = rxq.next_used();
+            rx.offer(&mem, QSIZE - (rx.avail_idx.wrapping_sub(next_used)));
+            muxer.on_stream_event(token, true, false);
+            let n = muxer.process_rx(&mut rxq, &mem).expect("rx").used;
+            let bytes = used_payload(&mem, &rx, next_used, n, HDR_LEN as u32);
+            fwd = fwd.wrapping_add(bytes as u32);
+            guest_pkt(&mem, 6, host_port, fwd);
+            tx.offer(&mem, 1);
+            muxer.process_tx(&mut txq, &mem).expect("credit update");
+            (n, bytes)
+        },
+    );
+    drop(muxer);
+}
+
+fn bench_net_rx(size: usize) {
+    let mem = memory();
+    let (mut dev, host) = UnixDatagram::pair().expect("pair");
+    dev.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let frame = vec![0u8; net::NET_HDR_LEN + size];
+        while host.send(&frame).is_ok() {}
+    });
+    let mut ring = Ring::new(&mem, 0, 1, |c, _| (data(c), 2048, F_WRITE));
+    let mut q = ring.queue();
+    let mut state = net::RxState::default();
+    report(
+        &format!("net rx {size} B frames (from socket)"),
+        size,
+        || {
+            let next_used = q.next_used();
+            ring.offer(&mem, QSIZE - ring.avail_idx.wrapping_sub(next_used));
+            state.readable = true;
+            net::process_rx(&mut q, &mem, &mut dev, &mut state, usize::from(QSIZE))
+                .expect("rx")
+                .used
+        },
+    );
+}
+
 fn main() {
     println!("virtio request processing, in-memory queues (size {QSIZE}), {RUN_FOR:?} per line");
     bench_rng(4096, true);
@@ -316,5 +446,8 @@ fn main() {
     let _ = std::fs::remove_file(&img);
     bench_vsock_tx(4096);
     bench_vsock_tx(65536);
+    bench_vsock_rx(4096);
+    bench_vsock_rx(65536 + HDR_LEN as u32);
     bench_net_tx(1500);
+    bench_net_rx(1500);
 }

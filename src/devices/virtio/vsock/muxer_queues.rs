@@ -78,6 +78,11 @@ impl Muxer {
             }
             return;
         }
+        self.conn_packet(key, hdr, data);
+    }
+
+    /// Act on a packet for the existing connection `key` (virtio 1.2 §5.10.6.5).
+    fn conn_packet(&mut self, key: Key, hdr: &Header, data: &[u8]) {
         let cid = self.cid;
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
