@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +71,8 @@ pub struct Connection {
     pub peer_no_rcv: bool,
     /// The guest will not send more: shut the host socket's write side once drained.
     pub peer_no_send: bool,
+    /// When an unanswered host-initiated request gives up.
+    pub deadline: Option<Instant>,
     tx_buf: VecDeque<u8>,
     fwd_cnt: Wrapping<u32>,
     last_fwd_cnt_sent: Wrapping<u32>,
@@ -90,6 +93,7 @@ impl Connection {
             credit_requested: false,
             peer_no_rcv: false,
             peer_no_send: false,
+            deadline: None,
             tx_buf: VecDeque::new(),
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::config::{VsockConfig, VsockConfigError};
 use super::muxer::{Muxer, MuxerError};
@@ -20,6 +21,8 @@ pub const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
 const TX: usize = 1;
 const EVENT: usize = 2;
+/// Period of the connection-timeout check.
+const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
 const EVENT_TRANSPORT_RESET: u32 = 0;
 
@@ -35,6 +38,9 @@ pub enum VsockError {
     /// Eventfds could not be created.
     #[error("virtio-vsock setup")]
     Setup(#[from] VirtioError),
+    /// The housekeeping timer could not be created.
+    #[error("virtio-vsock timer")]
+    Timer(#[source] vmm_sys_util::errno::Error),
 }
 
 /// The device's state as plain data (connections are not part of it: a restored
@@ -52,6 +58,8 @@ pub struct VsockState {
 pub struct Vsock {
     pub(super) queues: QueueSet,
     pub(super) muxer: Muxer,
+    /// Ticks every [`TICK`] to expire connection attempts.
+    pub(super) timer: TimerFd,
     state: VsockState,
 }
 
@@ -59,9 +67,12 @@ impl Vsock {
     /// Listen on `config.uds` for a guest with CID `config.cid`.
     pub fn new(config: VsockConfig) -> Result<Self, VsockError> {
         config.validate()?;
+        let mut timer = TimerFd::new().map_err(VsockError::Timer)?;
+        timer.reset(TICK, Some(TICK)).map_err(VsockError::Timer)?;
         Ok(Self {
             queues: QueueSet::new("vsock", &[QUEUE_SIZE; 3])?,
             muxer: Muxer::new(&config)?,
+            timer,
             state: VsockState {
                 config,
                 acked_features: 0,
@@ -117,6 +128,13 @@ impl Vsock {
         if self.muxer.tx_throttled {
             self.process_tx();
         }
+    }
+
+    /// Handle a timer tick: expire stale connection attempts.
+    pub(super) fn on_timer(&mut self) {
+        // Readable per epoll, so this read does not block.
+        let _ = self.timer.wait();
+        self.muxer.expire(std::time::Instant::now());
     }
 
     /// Tell the driver all connections are gone (e.g. after a snapshot restore);

@@ -7,6 +7,9 @@ use super::muxer::{FdChange, LISTENER_TOKEN};
 use super::Vsock;
 use crate::devices::virtio::queues::ACTIVATE_TOKEN;
 
+/// Event data of the housekeeping timer.
+const TIMER_TOKEN: u32 = 0x103;
+
 impl Vsock {
     fn apply_fd_changes(&mut self, ops: &mut EventOps) {
         for change in self.muxer.take_fd_changes() {
@@ -46,6 +49,7 @@ impl MutEventSubscriber for Vsock {
                 self.queues.take_queue_event(2);
             }
             LISTENER_TOKEN => self.muxer.accept(),
+            TIMER_TOKEN => self.on_timer(),
             token => {
                 let readable =
                     set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP);
@@ -62,6 +66,10 @@ impl MutEventSubscriber for Vsock {
         let listener = Events::with_data(self.muxer.listener(), LISTENER_TOKEN, EventSet::IN);
         if let Err(e) = ops.add(listener) {
             log::error!("vsock: cannot watch the host socket: {e}");
+        }
+        let timer = Events::with_data(&self.timer, TIMER_TOKEN, EventSet::IN);
+        if let Err(e) = ops.add(timer) {
+            log::error!("vsock: cannot watch the timer: {e}");
         }
     }
 }

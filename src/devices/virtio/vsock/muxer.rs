@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -36,6 +37,9 @@ pub const MAX_CONNS: usize = 1024;
 const MAX_CONNECT_LINE: usize = 32;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 const TX_BUDGET: usize = 256;
+/// How long a host client may take to send its CONNECT line, and the guest to
+/// answer a host-initiated REQUEST.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RX_BUDGET: usize = 256;
 
 /// Errors creating the muxer.
@@ -73,6 +77,7 @@ type Key = (u32, u32);
 struct Pending {
     stream: UnixStream,
     line: Vec<u8>,
+    deadline: Instant,
 }
 
 /// The host side of a vsock device.
@@ -154,6 +159,29 @@ impl Muxer {
         self.tx_throttled = false;
     }
 
+    /// Drop host clients that never sent their CONNECT line and host-initiated
+    /// connections the guest never answered (RST to the guest), as of `now`.
+    pub fn expire(&mut self, now: Instant) {
+        let late: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            if let Some(p) = self.pending.remove(&token) {
+                self.fd_changes.push(FdChange::Remove(p.stream));
+            }
+        }
+        let unanswered: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        unanswered.into_iter().for_each(|k| self.reset_conn(k));
+    }
+
     fn token(&mut self) -> u32 {
         let t = self.next_token;
         self.next_token = self.next_token.wrapping_add(1).max(FIRST_STREAM_TOKEN);
@@ -197,8 +225,13 @@ impl Muxer {
                     }
                     let token = self.token();
                     let fd = stream.as_raw_fd();
-                    let line = Vec::new();
-                    self.pending.insert(token, Pending { stream, line });
+                    let (line, deadline) = (Vec::new(), Instant::now() + CONNECT_TIMEOUT);
+                    let pending = Pending {
+                        stream,
+                        line,
+                        deadline,
+                    };
+                    self.pending.insert(token, pending);
                     self.fd_changes.push(FdChange::Add { fd, token });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -279,6 +312,7 @@ impl Muxer {
         self.next_local_port = local_port.wrapping_add(1).max(FIRST_LOCAL_PORT);
         let key = (local_port, peer_port);
         let mut conn = Connection::new(stream, local_port, peer_port, ConnState::Connecting);
+        conn.deadline = Some(Instant::now() + CONNECT_TIMEOUT);
         self.ctrl.push_back(conn.header(OP_REQUEST, self.cid));
         self.conns.insert(key, conn);
         self.tokens.insert(token, key);

@@ -93,6 +93,7 @@ impl Muxer {
             OP_RESPONSE if !established => {
                 conn.state = ConnState::Established;
                 conn.readable = true;
+                conn.deadline = None;
                 let line = format!("OK {}\n", conn.local_port);
                 if conn.stream.write_all(line.as_bytes()).is_err() {
                     self.reset_conn(key);

@@ -336,3 +336,37 @@ fn too_many_control_packets_throttle_tx() {
     assert!(m.tx_throttled);
     assert_eq!(mock.used().idx().load(), 0);
 }
+
+#[test]
+fn unanswered_host_connect_is_reset_after_timeout() {
+    let (mut m, mem) = (muxer(), memory());
+    let (mut client, _) = host_client(&mut m);
+    rx_one(&mut m, &mem).unwrap();
+    m.expire(std::time::Instant::now() + CONNECT_TIMEOUT);
+    let (rst, _) = rx_one(&mut m, &mem).unwrap();
+    drop(m.take_fd_changes());
+    assert_eq!(rst.op, OP_RST);
+    assert_eq!(m.connection_count(), 0);
+    assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0);
+}
+
+#[test]
+fn answered_host_connect_survives_timeout() {
+    let (mut m, mem) = (muxer(), memory());
+    let (_client, _port) = established(&mut m, &mem);
+    m.expire(std::time::Instant::now() + CONNECT_TIMEOUT);
+    assert_eq!(m.connection_count(), 1);
+}
+
+#[test]
+fn silent_host_client_is_dropped_after_timeout() {
+    let (mut m, _mem) = (muxer(), memory());
+    let _client = UnixStream::connect(&m.uds).unwrap();
+    m.accept();
+    drop(m.take_fd_changes());
+    m.expire(std::time::Instant::now() + CONNECT_TIMEOUT);
+    assert!(matches!(
+        m.take_fd_changes().pop(),
+        Some(FdChange::Remove(_))
+    ));
+}
