@@ -128,7 +128,7 @@ impl Muxer {
         })
     }
 
-    /// The listening socket (watch it for input with [`LISTENER_TOKEN`]).
+    /// The listening socket (the event handler watches it for input).
     pub fn listener(&self) -> &UnixListener {
         &self.listener
     }
