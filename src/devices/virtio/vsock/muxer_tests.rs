@@ -370,3 +370,34 @@ fn silent_host_client_is_dropped_after_timeout() {
         Some(FdChange::Remove(_))
     ));
 }
+
+/// Apply random guest packets, then drain what the muxer wants to send.
+fn replay(m: &mut Muxer, mem: &GuestMemoryMmap, pkts: &[(u16, u32, u32, u32, u32, u32)]) {
+    for &(op, src, dst, flags, buf_alloc, fwd_cnt) in pkts {
+        let h = Header {
+            flags,
+            buf_alloc,
+            fwd_cnt,
+            len: 3,
+            ..guest(op, src, dst)
+        };
+        m.guest_packet(&h, b"abc");
+    }
+    let _ = rx_ops(m, mem);
+}
+
+proptest::proptest! {
+    #[test]
+    fn random_guest_packet_sequences_never_panic(
+        pkts in proptest::collection::vec(
+            (0u16..9, 0u32..3, 0u32..3, 0u32..4, proptest::prelude::any::<u32>(), proptest::prelude::any::<u32>()),
+            0..40,
+        )
+    ) {
+        let (mut m, mem) = (muxer(), memory());
+        let _host = UnixListener::bind(format!("{}_1", m.uds.display())).unwrap();
+        replay(&mut m, &mem, &pkts);
+        let _ = std::fs::remove_file(format!("{}_1", m.uds.display()));
+        proptest::prop_assert!(m.connection_count() <= 9);
+    }
+}
