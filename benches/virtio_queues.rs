@@ -173,6 +173,7 @@ fn bench_block(size: u32, write: bool, img: &str) {
         path: img.into(),
         read_only: false,
         id: None,
+        root: false,
     };
     let mut disk = Disk::open(&config).expect("disk");
     let name = format!(

@@ -140,7 +140,7 @@ proptest! {
     #[test]
     fn block_survives_random_rings(ring in ring()) {
         let (mem, img) = (memory(), TempImage::new(8192, 1));
-        let config = BlockConfig { path: img.0.clone(), read_only: false, id: None };
+        let config = BlockConfig { path: img.0.clone(), read_only: false, id: None, root: false };
         let mut disk = Disk::open(&config).expect("disk");
         let mut q = install(&mem, &ring);
         prop_assert!(bounded(block::process_queue(&mut q, &mem, &mut disk, 64)));

@@ -64,6 +64,7 @@ fn block_read_through_transport_event_loop_and_irqfd() {
         path: img.0.clone(),
         read_only: true,
         id: None,
+        root: false,
     };
     let (info, mut manager) = attach(&mem, Block::new(config).unwrap());
     let mock = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
@@ -96,6 +97,7 @@ fn hostile_chain_sets_needs_reset_through_transport() {
         path: img.0.clone(),
         read_only: false,
         id: None,
+        root: false,
     };
     let (info, mut manager) = attach(&mem, Block::new(config).unwrap());
     let mock = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);

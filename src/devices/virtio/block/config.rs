@@ -42,6 +42,9 @@ pub struct BlockConfig {
     /// Serial id returned by VIRTIO_BLK_T_GET_ID (at most 20 bytes).
     #[serde(default)]
     pub id: Option<String>,
+    /// Boot the guest with this disk as its root filesystem (`root=/dev/vdX`).
+    #[serde(default)]
+    pub root: bool,
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, BlockConfigError> {
@@ -58,14 +61,15 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, BlockConfigError> {
 impl FromStr for BlockConfig {
     type Err = BlockConfigError;
 
-    /// Parse `path=PATH[,ro=true|false][,id=SERIAL]`.
+    /// Parse `path=PATH[,ro=true|false][,id=SERIAL][,root=true|false]`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (mut path, mut read_only, mut id) = (None, false, None);
+        let (mut path, mut read_only, mut id, mut root) = (None, false, None, false);
         for part in s.split(',') {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             match key {
                 "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
                 "ro" => read_only = parse_bool(key, value)?,
+                "root" => root = parse_bool(key, value)?,
                 "id" if value.len() > ID_BYTES => {
                     return Err(BlockConfigError::IdTooLong(value.into()))
                 }
@@ -84,6 +88,7 @@ impl FromStr for BlockConfig {
             path,
             read_only,
             id,
+            root,
         })
     }
 }
@@ -100,7 +105,8 @@ mod tests {
             BlockConfig {
                 path: "/img/root.ext4".into(),
                 read_only: true,
-                id: Some("rootfs".into())
+                id: Some("rootfs".into()),
+                root: false,
             }
         );
     }

@@ -203,6 +203,7 @@ mod tests {
             path: img.0.clone(),
             read_only,
             id: None,
+            root: false,
         };
         (Block::new(config).unwrap(), img)
     }

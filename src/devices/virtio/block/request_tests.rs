@@ -13,6 +13,7 @@ fn open_disk(img: &TempImage, read_only: bool) -> Disk {
         path: img.0.clone(),
         read_only,
         id: Some("husk-serial".into()),
+        root: false,
     };
     Disk::open(&config).unwrap()
 }
