@@ -214,7 +214,8 @@ impl Vcpu {
         let (Ok(regs), Ok(sregs)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
             return;
         };
-        self.samples.add(profile_address(regs.rip, sregs.cs.selector & 3 == 3));
+        self.samples
+            .add(profile_address(regs.rip, sregs.cs.selector & 3 == 3));
     }
 
     fn rip(&self) -> Option<u64> {
@@ -275,7 +276,10 @@ mod tests {
 
     #[test]
     fn virtual_kernel_rip_stays_as_it_is() {
-        assert_eq!(profile_address(0xffff_ffff_8123_4567, false), 0xffff_ffff_8123_4567);
+        assert_eq!(
+            profile_address(0xffff_ffff_8123_4567, false),
+            0xffff_ffff_8123_4567
+        );
     }
 
     #[test]
