@@ -21,7 +21,7 @@ enum Command {
     ///
     /// Exits 0 when the guest resets or powers off cleanly, and 1 with one line on stderr
     /// when it panics, triple-faults or cannot run.
-    Boot(BootArgs),
+    Boot(Box<BootArgs>),
     /// Build or locate the husk guest kernel.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -154,7 +154,7 @@ fn kernel_build(jobs: Option<usize>) -> CliResult {
     Ok(())
 }
 
-fn boot(args: BootArgs) -> CliResult {
+fn boot(args: Box<BootArgs>) -> CliResult {
     let mut config = VmConfig {
         initrd: args.initrd,
         cmdline: args.cmdline,
