@@ -127,6 +127,10 @@ struct Sample {
     timings: Option<serde_json::Value>,
 }
 
+/// Reads one number out of a sample.
+type Metric = fn(&Sample) -> f64;
+
+#[expect(clippy::zombie_processes, reason = "the child is reaped by wait4 to get its rusage")]
 fn run_once(cmd: &mut Command, timings: Option<&Path>) -> Sample {
     let start = Instant::now();
     let mut child = cmd
@@ -249,8 +253,8 @@ fn husk_field(runs: &[Sample], path: &[&str]) -> f64 {
 }
 
 fn report(husk: &[Sample], qemu: &[Sample]) {
-    let m = |runs: &[Sample], f: fn(&Sample) -> f64| median(runs.iter().map(f).collect());
-    let rows: [(&str, fn(&Sample) -> f64); 3] = [
+    let m = |runs: &[Sample], f: Metric| median(runs.iter().map(f).collect());
+    let rows: [(&str, Metric); 3] = [
         ("VMM start -> guest init marker (ms)", |s| s.to_init_ms),
         ("VMM start -> VMM exit (ms)", |s| s.to_exit_ms),
         ("max RSS incl. touched guest RAM (KiB)", |s| {
