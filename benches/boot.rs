@@ -130,7 +130,10 @@ struct Sample {
 /// Reads one number out of a sample.
 type Metric = fn(&Sample) -> f64;
 
-#[expect(clippy::zombie_processes, reason = "the child is reaped by wait4 to get its rusage")]
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4 to get its rusage"
+)]
 fn run_once(cmd: &mut Command, timings: Option<&Path>) -> Sample {
     let start = Instant::now();
     let mut child = cmd
