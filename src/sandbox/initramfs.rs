@@ -14,22 +14,35 @@ const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
 
-/// One entry of an archive.
+/// One entry of an archive. Paths are relative to the archive root; a leading `/` is
+/// dropped. `mode` holds permission bits only; the type comes from the variant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    /// A directory with permission bits.
-    Dir { path: String, mode: u32 },
-    /// A regular file with permission bits and contents.
-    File {
+    /// A directory.
+    Dir {
+        /// Path in the archive.
         path: String,
+        /// Permission bits.
         mode: u32,
+    },
+    /// A regular file.
+    File {
+        /// Path in the archive.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Contents.
         data: Vec<u8>,
     },
     /// A character device node.
     CharDev {
+        /// Path in the archive.
         path: String,
+        /// Permission bits.
         mode: u32,
+        /// Device major number.
         major: u32,
+        /// Device minor number.
         minor: u32,
     },
 }
