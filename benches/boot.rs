@@ -6,7 +6,8 @@
 //! there. Absolute times inside the test host are ~10x native; compare the ratios.
 //!
 //! Environment: `HUSK_BENCH_ROUNDS` (default 5), `HUSK_BENCH_CPUS` (1),
-//! `HUSK_BENCH_MEMORY` (128), `HUSK_TEST_HOST` (auto|always|never).
+//! `HUSK_BENCH_MEMORY` (128), `HUSK_BENCH_KERNEL` (default: `husk kernel path`),
+//! `HUSK_TEST_HOST` (auto|always|never).
 #![allow(
     unsafe_code,
     reason = "wait4 gives the child's rusage, which std does not"
@@ -62,9 +63,15 @@ fn run_stdout(cmd: &mut Command) -> String {
 fn outer() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let husk = PathBuf::from(env!("CARGO_BIN_EXE_husk"));
-    let kernel = husk::kernel::cached(None)
-        .unwrap_or_else(|e| panic!("the boot benchmark needs the guest kernel: {e}"))
-        .vmlinux;
+    let kernel = match std::env::var_os("HUSK_BENCH_KERNEL") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            husk::kernel::cached(None)
+                .unwrap_or_else(|e| panic!("the boot benchmark needs the guest kernel: {e}"))
+                .vmlinux
+        }
+    };
+    println!("# kernel: {}", kernel.display());
     let initrd = run_stdout(&mut Command::new(root.join("scripts/build-test-initramfs")));
     let initrd = initrd.lines().last().unwrap_or_default().to_string();
     let me = std::env::current_exe().expect("the bench binary knows its path");
