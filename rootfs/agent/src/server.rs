@@ -2,11 +2,12 @@
 //! for a matching HelloAck, then serves requests until the host disconnects (containers
 //! keep running; a new connection takes over their output) or sends Shutdown.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use husk_protocol::{
-    check_version, read_message, Message, ProtocolError, TtySize, PROTOCOL_VERSION,
+    check_version, read_message, write_message, Message, ProtocolError, TtySize, PROTOCOL_VERSION,
 };
 
 use crate::agent::{Agent, RunRequest};
@@ -38,11 +39,39 @@ pub fn serve<L: Listener>(
     }
 }
 
-fn refuse(outbox: &Outbox, message: String) -> Outcome {
+fn refuse(mut writer: Box<dyn Write + Send>, message: String) -> Outcome {
     crate::console::log(&message);
-    outbox.send(&Message::Error { message });
-    outbox.disconnect();
+    let _ = write_message(&mut writer, &Message::Error { message });
     Outcome::Disconnected
+}
+
+/// Greets the host and checks its HelloAck, writing directly (not through the outbox)
+/// so that no output frame of a running process comes before the handshake.
+fn handshake<C: Connection>(connection: &mut C) -> Result<Box<dyn Write + Send>, Outcome> {
+    let mut writer = match connection.writer() {
+        Ok(writer) => writer,
+        Err(e) => {
+            crate::console::log(&format!("cannot write to the host connection: {e}"));
+            return Err(Outcome::Disconnected);
+        }
+    };
+    let hello = Message::Hello {
+        version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    if let Err(e) = write_message(&mut writer, &hello) {
+        crate::console::log(&format!("handshake: {e}"));
+        return Err(Outcome::Disconnected);
+    }
+    let refusal = match read_message(connection) {
+        Ok(Message::HelloAck { version }) => match check_version(version) {
+            Ok(()) => return Ok(writer),
+            Err(e) => e.to_string(),
+        },
+        Ok(other) => format!("expected HelloAck, got {other:?}"),
+        Err(e) => format!("handshake: {e}"),
+    };
+    Err(refuse(writer, refusal))
 }
 
 /// Serves one connection: handshake, then requests until it ends.
@@ -51,23 +80,9 @@ pub fn handle_connection<C: Connection>(
     agent: &Arc<Agent>,
     outbox: &Outbox,
 ) -> Outcome {
-    match connection.writer() {
+    match handshake(&mut connection) {
         Ok(writer) => outbox.connect(writer),
-        Err(e) => return refuse(outbox, format!("cannot write to the host connection: {e}")),
-    }
-    let hello = Message::Hello {
-        version: PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    outbox.send(&hello);
-    match read_message(&mut connection) {
-        Ok(Message::HelloAck { version }) => {
-            if let Err(e) = check_version(version) {
-                return refuse(outbox, e.to_string());
-            }
-        }
-        Ok(other) => return refuse(outbox, format!("expected HelloAck, got {other:?}")),
-        Err(e) => return refuse(outbox, format!("handshake: {e}")),
+        Err(outcome) => return outcome,
     }
     loop {
         let message = match read_message(&mut connection) {

@@ -24,21 +24,30 @@ const APPLETS: &[&str] = &[
 /// Output and end of one process.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// Everything written to stdout (or the terminal).
     pub stdout: Vec<u8>,
+    /// Everything written to stderr.
     pub stderr: Vec<u8>,
+    /// How it ended, once it has.
     pub status: Option<ExitStatus>,
 }
 
 impl Outcome {
+    /// stdout as text.
     pub fn stdout_text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 }
 
+/// An agent with a busybox lower layer whose frames the test reads.
 pub struct Harness {
+    /// The runtime under test.
     pub agent: Arc<Agent>,
+    /// The lower layer directory.
     pub lower: PathBuf,
+    /// The runtime's state directory.
     pub state: PathBuf,
+    /// The cgroup v2 root in use.
     pub cgroup_root: Option<PathBuf>,
     frames: Receiver<Message>,
     done: HashMap<ProcessId, Outcome>,
@@ -54,6 +63,7 @@ pub fn host_cgroup_root() -> Option<PathBuf> {
         .find(|p| p.join("cgroup.controllers").exists())
 }
 
+/// Whether `root` offers the memory controller.
 pub fn has_memory_controller(root: &Path) -> bool {
     fs::read_to_string(root.join("cgroup.controllers"))
         .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"))
@@ -64,8 +74,14 @@ fn make_lower(dir: &Path) -> PathBuf {
     for sub in ["bin", "etc", "tmp", "home/alice"] {
         fs::create_dir_all(lower.join(sub)).expect("mkdir");
     }
-    fs::copy("/usr/bin/busybox", lower.join("bin/busybox"))
-        .expect("busybox-static at /usr/bin/busybox");
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    fs::copy(
+        busybox.expect("busybox-static installed"),
+        lower.join("bin/busybox"),
+    )
+    .expect("copy busybox");
     for applet in APPLETS {
         std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).expect("symlink");
     }
@@ -82,11 +98,19 @@ fn make_lower(dir: &Path) -> PathBuf {
     lower
 }
 
-impl Harness {
-    pub fn new() -> Self {
+impl Default for Harness {
+    fn default() -> Self {
         Self::with_cgroups(host_cgroup_root())
     }
+}
 
+impl Harness {
+    /// A harness on the host's cgroup v2 hierarchy, if any.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A harness with the given cgroup root (`None`: no cgroups).
     pub fn with_cgroups(cgroup_root: Option<PathBuf>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let lower = make_lower(dir.path());
@@ -119,6 +143,7 @@ impl Harness {
         }
     }
 
+    /// A Run request for `args` in container `id` over the busybox layer.
     pub fn request(&self, id: &str, args: &[&str]) -> RunRequest {
         RunRequest {
             id: id.to_string(),
@@ -133,6 +158,7 @@ impl Harness {
         }
     }
 
+    /// Starts a container.
     pub fn run(&self, request: RunRequest) -> ProcessId {
         self.agent.run(request).expect("run starts")
     }
