@@ -5,8 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -15,11 +14,18 @@ use nix::unistd::Pid;
 /// How a reaped process ended: `(exit code, killing signal)`, exactly one is set.
 pub type RawExit = (Option<i32>, Option<i32>);
 
-type Table = HashMap<i32, Sender<RawExit>>;
+/// Registered processes, and a count of spawns so the reaper can sleep while the
+/// agent has no children at all (none can appear but through a spawn).
+#[derive(Default)]
+struct Table {
+    waiting: HashMap<i32, Sender<RawExit>>,
+    spawns: u64,
+}
 
 /// The process-wide reaper (one per process: `waitpid(-1)` takes every child).
 pub struct Reaper {
     table: Mutex<Table>,
+    spawned: Condvar,
 }
 
 /// Registration rights; holding it keeps the reaper from handing out statuses, so a
@@ -30,7 +36,7 @@ impl Registrar<'_> {
     /// Asks for `pid`'s exit status on the returned channel.
     pub fn register(&mut self, pid: i32) -> Receiver<RawExit> {
         let (tx, rx) = channel();
-        self.0.insert(pid, tx);
+        self.0.waiting.insert(pid, tx);
         rx
     }
 }
@@ -49,20 +55,41 @@ pub fn reaper() -> &'static Reaper {
             crate::console::fatal(&format!("cannot start the reaper thread: {e}"));
         }
         Reaper {
-            table: Mutex::new(HashMap::new()),
+            table: Mutex::default(),
+            spawned: Condvar::new(),
         }
     })
 }
 
 impl Reaper {
-    /// Locks the table for registering a process that is being spawned.
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the table for registering a process that is about to be forked, and wakes
+    /// the reaper if it sleeps for lack of children.
     pub fn registrar(&self) -> Registrar<'_> {
-        Registrar(self.table.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut table = self.lock();
+        table.spawns += 1;
+        self.spawned.notify_all();
+        Registrar(table)
+    }
+
+    fn spawns(&self) -> u64 {
+        self.lock().spawns
+    }
+
+    /// Sleeps until a spawn after the `seen`-th one.
+    fn wait_for_spawn(&self, seen: u64) {
+        let table = self.lock();
+        let _table = self
+            .spawned
+            .wait_while(table, |t| t.spawns == seen)
+            .unwrap_or_else(|p| p.into_inner());
     }
 
     fn deliver(&self, pid: Pid, exit: RawExit) {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = table.remove(&pid.as_raw()) {
+        if let Some(tx) = self.lock().waiting.remove(&pid.as_raw()) {
             let _ = tx.send(exit);
         }
     }
@@ -70,13 +97,17 @@ impl Reaper {
 
 fn reap_forever(cell: &'static OnceLock<Reaper>) {
     loop {
+        let seen = cell.get().map_or(0, Reaper::spawns);
         let exit = match waitpid(None::<Pid>, None) {
             Ok(WaitStatus::Exited(pid, code)) => Some((pid, (Some(code), None))),
             Ok(WaitStatus::Signaled(pid, signal, _)) => Some((pid, (None, Some(signal as i32)))),
             Ok(_) | Err(Errno::EINTR) => None,
             Err(_) => {
-                // No children right now (ECHILD): poll again shortly.
-                std::thread::sleep(Duration::from_millis(20));
+                // ECHILD: no children until the next spawn.
+                match cell.get() {
+                    Some(reaper) => reaper.wait_for_spawn(seen),
+                    None => std::thread::sleep(std::time::Duration::from_millis(1)),
+                }
                 None
             }
         };

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 
 use common::{has_memory_controller, host_cgroup_root, Harness};
 use husk_agent::prepare::ProcessRequest;
-use husk_protocol::{Limits, TtySize};
+use husk_protocol::{CpuQuota, Limits, TtySize};
 
 #[test]
 fn root_exit_code_zero_is_reported() {
@@ -196,6 +196,28 @@ fn root_tty_gets_its_size_and_one_merged_stream() {
 }
 
 #[test]
+fn root_resize_reaches_the_terminal() {
+    let mut h = Harness::new();
+    let mut request = h.request("resize", &["sh", "-c", "read line; stty size"]);
+    request.process.tty = Some(TtySize { rows: 24, cols: 80 });
+    let process = h.run(request);
+    h.agent.resize(
+        process,
+        TtySize {
+            rows: 50,
+            cols: 132,
+        },
+    );
+    h.agent.stdin(process, b"go\n");
+    let outcome = h.wait(process);
+    assert!(
+        outcome.stdout_text().ends_with("50 132\r\n"),
+        "{:?}",
+        outcome.stdout_text()
+    );
+}
+
+#[test]
 fn root_limits_without_cgroups_are_refused() {
     let h = Harness::with_cgroups(None);
     let mut request = h.request("nolimits", &["true"]);
@@ -236,6 +258,34 @@ fn root_memory_limit_oom_kill_is_reported() {
     let status = h.wait(process).status.expect("exited");
     assert!(status.oom_killed, "{status:?}");
     assert_eq!(status.docker_code(), 137);
+}
+
+#[test]
+#[ignore = "needs cgroup v2 with the memory, pids and cpu controllers (run in the guest)"]
+fn root_limits_are_written_to_the_container_cgroup() {
+    let root = host_cgroup_root().expect("cgroup v2");
+    let mut h = Harness::with_cgroups(Some(root.clone()));
+    let mut request = h.request("limits", &["sh", "-c", "echo ready; sleep 100"]);
+    request.limits = Limits {
+        memory_bytes: Some(64 << 20),
+        pids: Some(20),
+        cpu_quota: Some(CpuQuota {
+            quota_us: 50_000,
+            period_us: 100_000,
+        }),
+    };
+    let process = h.run(request);
+    h.wait_for_output(process, "ready");
+    let read = |file: &str| fs::read_to_string(root.join("husk/limits").join(file)).expect(file);
+    let values = [
+        read("memory.max"),
+        read("memory.oom.group"),
+        read("pids.max"),
+        read("cpu.max"),
+    ];
+    h.agent.signal(process, libc::SIGKILL);
+    h.wait(process);
+    assert_eq!(values, ["67108864\n", "1\n", "20\n", "50000 100000\n"]);
 }
 
 #[test]
