@@ -100,6 +100,14 @@ struct Container {
     cgroup: Option<Arc<Cgroup>>,
 }
 
+/// A process that has exec'd, before the agent watches it.
+struct Started {
+    id: ProcessId,
+    pid: i32,
+    ends: HostEnds,
+    exit: Receiver<RawExit>,
+}
+
 /// What happens when a process ends, beyond reporting it.
 enum Ending {
     /// The container's init: tear the container down.
@@ -148,45 +156,56 @@ impl Agent {
             return Err(AgentError::Exists(request.id));
         }
         let cgroup = self.create_cgroup(&request)?;
-        let mut rootfs = match Rootfs::mount(
-            &self.runtime.state_dir,
-            &request.id,
-            &request.lower,
-            &request.writable,
-        ) {
-            Ok(rootfs) => rootfs,
-            Err(e) => {
-                cgroup.iter().for_each(|c| c.remove());
-                return Err(e.into());
-            }
-        };
         let hostname = request
             .hostname
             .clone()
             .unwrap_or_else(|| request.id.clone());
-        match self.start_init(&request, &rootfs, &hostname, cgroup.clone()) {
-            Ok(started) => Ok(started),
+        let (rootfs, started) = match self.mount_and_start(&request, &hostname, cgroup.as_deref()) {
+            Ok(done) => done,
+            Err(e) => {
+                cgroup.iter().for_each(|c| c.remove());
+                return Err(e);
+            }
+        };
+        let process_id = started.id;
+        let container = Container {
+            init_pid: started.pid,
+            hostname,
+            cgroup: cgroup.clone(),
+        };
+        self.containers().insert(request.id.clone(), container);
+        let ending = Ending::Init {
+            id: request.id.clone(),
+            rootfs,
+            cgroup,
+        };
+        self.watch(started, &request.id, ending);
+        Ok(process_id)
+    }
+
+    /// Mounts the container's root and starts its init; unmounts again on failure.
+    fn mount_and_start(
+        &self,
+        request: &RunRequest,
+        hostname: &str,
+        cgroup: Option<&Cgroup>,
+    ) -> Result<(Rootfs, Started), AgentError> {
+        let state = &self.runtime.state_dir;
+        let mut rootfs = Rootfs::mount(state, &request.id, &request.lower, &request.writable)?;
+        let merged = rootfs.merged();
+        let namespaces = prepare::c_string(hostname).and_then(|hostname| {
+            let rootfs = prepare::c_string(&merged.display().to_string())?;
+            Ok(Namespaces::Create { hostname, rootfs })
+        });
+        match namespaces.map_err(AgentError::from).and_then(|namespaces| {
+            self.start(&request.process, &merged, hostname, namespaces, cgroup)
+        }) {
+            Ok(started) => Ok((rootfs, started)),
             Err(e) => {
                 rootfs.unmount();
-                cgroup.iter().for_each(|c| c.remove());
                 Err(e)
             }
         }
-        .map(|(id, pid, ends, exit)| {
-            let container = Container {
-                init_pid: pid,
-                hostname,
-                cgroup: cgroup.clone(),
-            };
-            self.containers().insert(request.id.clone(), container);
-            let ending = Ending::Init {
-                id: request.id.clone(),
-                rootfs,
-                cgroup,
-            };
-            self.watch(id, pid, &request.id, ends, exit, ending);
-            id
-        })
     }
 
     fn create_cgroup(&self, request: &RunRequest) -> Result<Option<Arc<Cgroup>>, AgentError> {
@@ -199,27 +218,6 @@ impl Agent {
             None if request.limits == Limits::default() => Ok(None),
             None => Err(AgentError::NoCgroups(request.id.clone())),
         }
-    }
-
-    fn start_init(
-        &self,
-        request: &RunRequest,
-        rootfs: &Rootfs,
-        hostname: &str,
-        cgroup: Option<Arc<Cgroup>>,
-    ) -> Result<(ProcessId, i32, HostEnds, Receiver<RawExit>), AgentError> {
-        let merged = rootfs.merged();
-        let namespaces = Namespaces::Create {
-            hostname: prepare::c_string(hostname)?,
-            rootfs: prepare::c_string(&merged.display().to_string())?,
-        };
-        self.start(
-            &request.process,
-            &merged,
-            hostname,
-            namespaces,
-            cgroup.as_deref(),
-        )
     }
 
     /// Starts a process in the running container `container_id`.
@@ -241,10 +239,10 @@ impl Agent {
         }
         let root = proc_dir.join("root");
         let namespaces = Namespaces::Join(fds);
-        let (id, pid, ends, exit) =
-            self.start(&request, &root, &hostname, namespaces, cgroup.as_deref())?;
-        self.watch(id, pid, container_id, ends, exit, Ending::Exec);
-        Ok(id)
+        let started = self.start(&request, &root, &hostname, namespaces, cgroup.as_deref())?;
+        let process_id = started.id;
+        self.watch(started, container_id, Ending::Exec);
+        Ok(process_id)
     }
 
     /// Prepares, forks and waits for the exec of one process.
@@ -255,7 +253,7 @@ impl Agent {
         hostname: &str,
         namespaces: Namespaces,
         cgroup: Option<&Cgroup>,
-    ) -> Result<(ProcessId, i32, HostEnds, Receiver<RawExit>), AgentError> {
+    ) -> Result<Started, AgentError> {
         let resolved = prepare::resolve(request, root, hostname)?;
         let procs = match cgroup {
             Some(c) => {
@@ -277,24 +275,23 @@ impl Agent {
         drop(registrar);
         drop(child);
         pending.wait_exec()?;
-        Ok((
-            self.next_id.fetch_add(1, Ordering::Relaxed),
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok(Started {
+            id,
             pid,
-            host,
+            ends: host,
             exit,
-        ))
+        })
     }
 
     /// Registers the process and starts its output and completion threads.
-    fn watch(
-        self: &Arc<Self>,
-        id: ProcessId,
-        pid: i32,
-        container: &str,
-        ends: HostEnds,
-        exit: Receiver<RawExit>,
-        ending: Ending,
-    ) {
+    fn watch(self: &Arc<Self>, started: Started, container: &str, ending: Ending) {
+        let Started {
+            id,
+            pid,
+            ends,
+            exit,
+        } = started;
         let mut forwarders = Vec::new();
         let outputs = [(Some(ends.stdout), false), (ends.stderr, true)];
         for (file, is_stderr) in outputs {
