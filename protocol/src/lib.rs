@@ -7,9 +7,11 @@
 //! the wire format and the sequence of a run.
 
 pub mod frame;
+pub mod handshake;
 pub mod message;
 
 pub use frame::{read_frame, read_message, write_frame, write_message, Frame, FrameKind};
+pub use handshake::host_handshake;
 pub use message::{
     CpuQuota, ExitStatus, ImageSpec, Limits, Message, ProcessId, TtySize, WritableLayer,
 };
@@ -68,6 +70,12 @@ pub enum ProtocolError {
     /// A message is too large to fit in one frame.
     #[error("message of {0} bytes does not fit in one frame")]
     MessageTooLarge(usize),
+    /// The peer sent a message that makes no sense at this point.
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+    /// The peer refused the connection with an Error message.
+    #[error("refused by the peer: {0}")]
+    Refused(String),
     /// The peers speak different protocol versions.
     #[error("protocol version mismatch: ours is {ours}, the peer's is {theirs}")]
     VersionMismatch {

@@ -193,3 +193,12 @@ fn second_connection_is_served_after_the_first_disconnects() {
     write_message(&mut second, &Message::Shutdown).expect("send");
     assert!(server.join().expect("server").is_ok());
 }
+
+#[test]
+fn protocol_crate_host_handshake_is_accepted() {
+    let (mut host, handle, _state) = start();
+    let agent_version = husk_protocol::host_handshake(&mut host).expect("handshake");
+    assert_eq!(agent_version, env!("CARGO_PKG_VERSION"));
+    write_message(&mut host, &Message::Shutdown).expect("send");
+    assert_eq!(handle.join().expect("loop"), Outcome::Shutdown);
+}
