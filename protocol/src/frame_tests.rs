@@ -1,0 +1,306 @@
+//! Tests of the framing: a round trip for every message, malformed input, and property
+//! tests that arbitrary bytes never panic the decoder.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::message::{CpuQuota, ExitStatus, ImageSpec, Limits, TtySize, WritableLayer};
+
+fn round_trip(message: Message) {
+    let mut wire = Vec::new();
+    write_message(&mut wire, &message).expect("encodes");
+    let decoded = read_message(&mut wire.as_slice()).expect("decodes");
+    assert_eq!(decoded, message);
+}
+
+fn run_message() -> Message {
+    Message::Run {
+        id: "c1".into(),
+        image: ImageSpec {
+            device: "/dev/vdb".into(),
+            fstype: "erofs".into(),
+        },
+        args: vec!["sh".into(), "-c".into(), "echo hi".into()],
+        env: vec!["A=1".into()],
+        cwd: Some("/tmp".into()),
+        user: Some("1000:1000".into()),
+        tty: Some(TtySize { rows: 24, cols: 80 }),
+        limits: Limits {
+            memory_bytes: Some(64 << 20),
+            pids: Some(100),
+            cpu_quota: Some(CpuQuota {
+                quota_us: 50_000,
+                period_us: 100_000,
+            }),
+        },
+        writable_layer: WritableLayer::Disk {
+            device: "/dev/vdc".into(),
+        },
+        hostname: Some("box".into()),
+    }
+}
+
+#[test]
+fn hello_round_trips() {
+    round_trip(Message::Hello {
+        version: 1,
+        agent_version: "0.1.0".into(),
+    });
+}
+
+#[test]
+fn hello_ack_round_trips() {
+    round_trip(Message::HelloAck { version: 1 });
+}
+
+#[test]
+fn run_round_trips() {
+    round_trip(run_message());
+}
+
+#[test]
+fn run_with_tmpfs_and_no_options_round_trips() {
+    round_trip(Message::Run {
+        id: "c2".into(),
+        image: ImageSpec {
+            device: "/dev/vdb".into(),
+            fstype: "ext4".into(),
+        },
+        args: vec!["true".into()],
+        env: vec![],
+        cwd: None,
+        user: None,
+        tty: None,
+        limits: Limits::default(),
+        writable_layer: WritableLayer::Tmpfs,
+        hostname: None,
+    });
+}
+
+#[test]
+fn exec_round_trips() {
+    round_trip(Message::Exec {
+        container_id: "c1".into(),
+        args: vec!["ls".into()],
+        env: vec!["B=2".into()],
+        cwd: None,
+        user: Some("root".into()),
+        tty: None,
+    });
+}
+
+#[test]
+fn started_round_trips() {
+    round_trip(Message::Started { process_id: 7 });
+}
+
+#[test]
+fn stdin_round_trips() {
+    round_trip(Message::Stdin {
+        process: 3,
+        data: b"input\0\xff".to_vec(),
+    });
+}
+
+#[test]
+fn stdin_close_round_trips() {
+    round_trip(Message::StdinClose { process: 3 });
+}
+
+#[test]
+fn stdout_round_trips() {
+    round_trip(Message::Stdout {
+        process: 4,
+        data: b"out".to_vec(),
+    });
+}
+
+#[test]
+fn stderr_round_trips() {
+    round_trip(Message::Stderr {
+        process: u32::MAX,
+        data: Vec::new(),
+    });
+}
+
+#[test]
+fn signal_round_trips() {
+    round_trip(Message::Signal {
+        process: 1,
+        signal: 15,
+    });
+}
+
+#[test]
+fn resize_round_trips() {
+    round_trip(Message::Resize {
+        process: 1,
+        rows: 50,
+        cols: 132,
+    });
+}
+
+#[test]
+fn exited_round_trips() {
+    round_trip(Message::Exited {
+        process: 1,
+        status: ExitStatus {
+            code: None,
+            signal: Some(9),
+            oom_killed: true,
+        },
+    });
+}
+
+#[test]
+fn error_round_trips() {
+    round_trip(Message::Error {
+        message: "no such container: c9".into(),
+    });
+}
+
+#[test]
+fn shutdown_round_trips() {
+    round_trip(Message::Shutdown);
+}
+
+#[test]
+fn data_frame_is_raw_bytes_after_the_process_id() {
+    let frame = Message::Stdout {
+        process: 2,
+        data: b"ab".to_vec(),
+    }
+    .to_frame()
+    .expect("encodes");
+    assert_eq!(frame.kind, FrameKind::Stdout);
+    assert_eq!(frame.payload, [2, 0, 0, 0, b'a', b'b']);
+}
+
+#[test]
+fn empty_stream_reads_as_closed() {
+    let err = read_frame(&mut [].as_slice()).unwrap_err();
+    assert!(matches!(err, ProtocolError::Closed), "{err}");
+}
+
+#[test]
+fn truncated_header_is_an_error() {
+    let err = read_frame(&mut [5u8, 0].as_slice()).unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::Truncated { got: 2, want: 4 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_payload_is_an_error() {
+    let mut wire = Vec::new();
+    write_message(&mut wire, &Message::Shutdown).expect("encodes");
+    wire.pop();
+    let err = read_frame(&mut wire.as_slice()).unwrap_err();
+    assert!(matches!(err, ProtocolError::Truncated { .. }), "{err}");
+}
+
+#[test]
+fn oversized_length_is_refused_before_allocating() {
+    let wire = (MAX_FRAME_LEN + 1).to_le_bytes();
+    let err = read_frame(&mut wire.as_slice()).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("{}", MAX_FRAME_LEN + 1)),
+        "{err}"
+    );
+}
+
+#[test]
+fn zero_length_frame_is_an_error() {
+    let err = read_frame(&mut [0u8, 0, 0, 0].as_slice()).unwrap_err();
+    assert!(matches!(err, ProtocolError::EmptyFrame), "{err}");
+}
+
+#[test]
+fn unknown_kind_is_an_error_and_the_stream_stays_in_step() {
+    let mut wire = vec![2, 0, 0, 0, 0x7f, 0xaa];
+    write_message(&mut wire, &Message::Shutdown).expect("encodes");
+    let mut reader = wire.as_slice();
+    let err = read_frame(&mut reader).unwrap_err();
+    assert!(matches!(err, ProtocolError::UnknownKind(0x7f)), "{err}");
+    assert_eq!(
+        read_message(&mut reader).expect("next frame"),
+        Message::Shutdown
+    );
+}
+
+#[test]
+fn short_data_frame_is_an_error() {
+    let frame = Frame {
+        kind: FrameKind::Stdin,
+        payload: vec![1, 2],
+    };
+    let err = Message::from_frame(&frame).unwrap_err();
+    assert!(matches!(err, ProtocolError::ShortDataFrame(2)), "{err}");
+}
+
+#[test]
+fn data_message_in_a_control_frame_is_refused() {
+    let frame = Frame {
+        kind: FrameKind::Control,
+        payload: br#"{"type":"Stdout"}"#.to_vec(),
+    };
+    assert!(Message::from_frame(&frame).is_err());
+}
+
+#[test]
+fn unknown_json_field_is_refused() {
+    let frame = Frame {
+        kind: FrameKind::Control,
+        payload: br#"{"type":"StdinClose","process":1,"x":1}"#.to_vec(),
+    };
+    assert!(Message::from_frame(&frame).is_err());
+}
+
+#[test]
+fn oversized_data_message_is_refused_on_write() {
+    let message = Message::Stdin {
+        process: 1,
+        data: vec![0; MAX_FRAME_LEN as usize],
+    };
+    let err = write_message(&mut Vec::new(), &message).unwrap_err();
+    assert!(matches!(err, ProtocolError::MessageTooLarge(_)), "{err}");
+}
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let mut reader = bytes.as_slice();
+        while let Ok(frame) = read_frame(&mut reader) {
+            let _ = Message::from_frame(&frame);
+        }
+    }
+
+    #[test]
+    fn random_frame_bodies_never_panic_the_decoder(
+        kind in 1u8..=4,
+        payload in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let mut wire = ((payload.len() + 1) as u32).to_le_bytes().to_vec();
+        wire.push(kind);
+        wire.extend_from_slice(&payload);
+        let frame = read_frame(&mut wire.as_slice()).expect("well-formed frame");
+        let _ = Message::from_frame(&frame);
+    }
+
+    #[test]
+    fn every_truncation_of_a_frame_is_an_error(cut in 1usize..40) {
+        let mut wire = Vec::new();
+        write_message(&mut wire, &Message::Signal { process: 1, signal: 2 }).expect("encodes");
+        let cut = cut.min(wire.len() - 1);
+        prop_assert!(read_frame(&mut &wire[..cut]).is_err());
+    }
+
+    #[test]
+    fn stdio_data_round_trips(process: u32, data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let message = Message::Stdin { process, data };
+        let mut wire = Vec::new();
+        write_message(&mut wire, &message).expect("encodes");
+        prop_assert_eq!(read_message(&mut wire.as_slice()).expect("decodes"), message);
+    }
+}

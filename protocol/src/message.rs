@@ -1,0 +1,250 @@
+//! The messages of the husk protocol and the plain data they carry.
+//!
+//! Control messages are serialized as JSON objects tagged by `"type"`; the three stdio
+//! data messages ([`Message::Stdin`], [`Message::Stdout`], [`Message::Stderr`]) never go
+//! through JSON: [`crate::frame`] encodes them as raw bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// The agent's number for a process it started, unique for the agent's lifetime.
+pub type ProcessId = u32;
+
+/// The read-only image the container's root is built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// The guest block device holding the image, e.g. `/dev/vdb`.
+    pub device: String,
+    /// Its filesystem type, e.g. `erofs` or `ext4`.
+    pub fstype: String,
+}
+
+/// Where the container's writable overlay layer (upper and work dirs) lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum WritableLayer {
+    /// A tmpfs in guest memory, lost at exit.
+    Tmpfs,
+    /// A scratch block device the host formatted as ext4.
+    Disk {
+        /// The guest block device, e.g. `/dev/vdc`.
+        device: String,
+    },
+}
+
+/// A terminal size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// A CPU bandwidth limit: `quota_us` of CPU time per `period_us` (cgroup v2 `cpu.max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuQuota {
+    /// Microseconds of CPU time allowed per period.
+    pub quota_us: u64,
+    /// The period in microseconds.
+    pub period_us: u64,
+}
+
+/// Resource limits of a container (its cgroup v2 leaf). `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// `memory.max` in bytes.
+    pub memory_bytes: Option<u64>,
+    /// `pids.max`.
+    pub pids: Option<u64>,
+    /// `cpu.max`.
+    pub cpu_quota: Option<CpuQuota>,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitStatus {
+    /// The exit code, if the process exited.
+    pub code: Option<i32>,
+    /// The signal number, if a signal killed it.
+    pub signal: Option<i32>,
+    /// Whether the container's cgroup recorded an OOM kill.
+    pub oom_killed: bool,
+}
+
+impl ExitStatus {
+    /// The docker-style exit code: the code itself, or 128 + the signal number.
+    /// A status with neither (which the agent never sends) maps to 255.
+    pub fn docker_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(signal)) => 128 + signal,
+            (None, None) => 255,
+        }
+    }
+}
+
+/// One protocol message. See `docs/protocol.md` for who sends which and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum Message {
+    /// Agent → host, first on every connection.
+    Hello {
+        /// The agent's [`crate::PROTOCOL_VERSION`].
+        version: u32,
+        /// The agent's crate version, for logs.
+        agent_version: String,
+    },
+    /// Host → agent, the answer to a compatible [`Message::Hello`].
+    HelloAck {
+        /// The host's [`crate::PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// Host → agent: create a container and start its first process.
+    Run {
+        /// The container id, chosen by the host; letters, digits, `-`, `_`, `.`.
+        id: String,
+        /// The image to use as the read-only lower layer.
+        image: ImageSpec,
+        /// The command and its arguments; `args[0]` is looked up in the container's PATH.
+        args: Vec<String>,
+        /// `NAME=value` pairs; PATH gets a default when missing.
+        env: Vec<String>,
+        /// The working directory inside the container (default `/`).
+        cwd: Option<String>,
+        /// `uid[:gid]` or `name[:group]` from the container's /etc/passwd and /etc/group.
+        user: Option<String>,
+        /// A pseudo-terminal of this size instead of pipes.
+        tty: Option<TtySize>,
+        /// Resource limits.
+        limits: Limits,
+        /// Where the writable layer lives.
+        writable_layer: WritableLayer,
+        /// The container's hostname (default: its id).
+        hostname: Option<String>,
+    },
+    /// Host → agent: start another process in a running container.
+    Exec {
+        /// The container to enter.
+        container_id: String,
+        /// The command and its arguments.
+        args: Vec<String>,
+        /// `NAME=value` pairs.
+        env: Vec<String>,
+        /// The working directory (default `/`).
+        cwd: Option<String>,
+        /// The user, as in [`Message::Run`].
+        user: Option<String>,
+        /// A pseudo-terminal of this size instead of pipes.
+        tty: Option<TtySize>,
+    },
+    /// Agent → host: the answer to Run or Exec, the new process's id.
+    Started {
+        /// The id that later frames about this process carry.
+        process_id: ProcessId,
+    },
+    /// Host → agent: bytes for a process's stdin (a raw data frame, never JSON).
+    #[serde(skip)]
+    Stdin {
+        /// The target process.
+        process: ProcessId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Host → agent: close a process's stdin.
+    StdinClose {
+        /// The target process.
+        process: ProcessId,
+    },
+    /// Agent → host: bytes a process wrote to stdout (or to its terminal).
+    #[serde(skip)]
+    Stdout {
+        /// The source process.
+        process: ProcessId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Agent → host: bytes a process wrote to stderr.
+    #[serde(skip)]
+    Stderr {
+        /// The source process.
+        process: ProcessId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Host → agent: send a signal to a process.
+    Signal {
+        /// The target process.
+        process: ProcessId,
+        /// The signal number.
+        signal: i32,
+    },
+    /// Host → agent: resize a process's terminal.
+    Resize {
+        /// The target process.
+        process: ProcessId,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Agent → host: a process ended; sent after its last output frame.
+    Exited {
+        /// The process.
+        process: ProcessId,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// Either way: a request failed, or the handshake was refused.
+    Error {
+        /// What failed, for a person.
+        message: String,
+    },
+    /// Host → agent: kill every container, sync and reset the guest.
+    Shutdown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_maps_to_itself() {
+        let status = ExitStatus {
+            code: Some(3),
+            signal: None,
+            oom_killed: false,
+        };
+        assert_eq!(status.docker_code(), 3);
+    }
+
+    #[test]
+    fn signal_maps_to_128_plus_signal() {
+        let status = ExitStatus {
+            code: None,
+            signal: Some(9),
+            oom_killed: true,
+        };
+        assert_eq!(status.docker_code(), 137);
+    }
+
+    #[test]
+    fn status_without_code_or_signal_maps_to_255() {
+        let status = ExitStatus {
+            code: None,
+            signal: None,
+            oom_killed: false,
+        };
+        assert_eq!(status.docker_code(), 255);
+    }
+
+    #[test]
+    fn control_message_json_is_tagged_by_type() {
+        let json = serde_json::to_string(&Message::Shutdown).expect("serializes");
+        assert_eq!(json, r#"{"type":"Shutdown"}"#);
+    }
+}

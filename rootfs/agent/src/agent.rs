@@ -1,0 +1,416 @@
+//! The container runtime of the agent: Run creates a container (rootfs, cgroup,
+//! namespaces) and starts its first process; Exec starts another one inside it; stdin,
+//! signals and resizes are routed by process id; each process's end is reported as an
+//! Exited frame after its last output frame.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use husk_protocol::{ExitStatus, Limits, Message, ProcessId, TtySize, WritableLayer};
+
+use crate::cgroup::{Cgroup, CgroupError};
+use crate::child::Namespaces;
+use crate::outbox::Outbox;
+use crate::prepare::{self, PrepareError, ProcessRequest};
+use crate::process::{self, HostEnds, Process};
+use crate::reaper::{reaper, RawExit};
+use crate::rootfs::{LowerLayer, Rootfs, RootfsError};
+use crate::spawn::{self, SpawnError};
+use crate::spec::{validate_id, SpecError};
+
+/// Where the runtime keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    /// Per-container directories (`/run/husk` in the guest).
+    pub state_dir: PathBuf,
+    /// The cgroup v2 mount (`/sys/fs/cgroup` in the guest); `None` runs without cgroups
+    /// and refuses limits.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// A request to create a container.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The container id.
+    pub id: String,
+    /// The image layer.
+    pub lower: LowerLayer,
+    /// The writable layer.
+    pub writable: WritableLayer,
+    /// Resource limits.
+    pub limits: Limits,
+    /// The hostname (default: the id).
+    pub hostname: Option<String>,
+    /// The first process.
+    pub process: ProcessRequest,
+}
+
+/// Errors of a Run or Exec request, sent to the host as Error messages.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// An invalid request.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The process could not be prepared.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// The cgroup could not be set up.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The root filesystem could not be mounted.
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    /// The process could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// An agent-side resource failed.
+    #[error("{what}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Exec named a container that does not run.
+    #[error("no such container: {0}")]
+    NoContainer(String),
+    /// Run named a container that already runs.
+    #[error("container {0} already exists")]
+    Exists(String),
+    /// Limits were asked for but the agent has no cgroup hierarchy.
+    #[error("limits for container {0} need cgroup v2, which is not available")]
+    NoCgroups(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    move |source| AgentError::Io {
+        what: what.into(),
+        source,
+    }
+}
+
+struct Container {
+    init_pid: i32,
+    hostname: String,
+    cgroup: Option<Arc<Cgroup>>,
+}
+
+/// A process that has exec'd, before the agent watches it.
+struct Started {
+    id: ProcessId,
+    pid: i32,
+    ends: HostEnds,
+    exit: Receiver<RawExit>,
+}
+
+/// What happens when a process ends, beyond reporting it.
+enum Ending {
+    /// The container's init: tear the container down.
+    Init {
+        id: String,
+        rootfs: Rootfs,
+        cgroup: Option<Arc<Cgroup>>,
+    },
+    /// An exec'd process.
+    Exec,
+}
+
+/// The agent's containers and processes.
+pub struct Agent {
+    runtime: Runtime,
+    outbox: Arc<Outbox>,
+    next_id: AtomicU32,
+    processes: Mutex<HashMap<ProcessId, Arc<Process>>>,
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+impl Agent {
+    /// An agent with no containers yet, sending through `outbox`.
+    pub fn new(runtime: Runtime, outbox: Arc<Outbox>) -> Arc<Self> {
+        Arc::new(Self {
+            runtime,
+            outbox,
+            next_id: AtomicU32::new(1),
+            processes: Mutex::default(),
+            containers: Mutex::default(),
+        })
+    }
+
+    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn processes(&self) -> std::sync::MutexGuard<'_, HashMap<ProcessId, Arc<Process>>> {
+        self.processes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates a container and starts its first process; returns its process id.
+    pub fn run(self: &Arc<Self>, request: RunRequest) -> Result<ProcessId, AgentError> {
+        validate_id(&request.id)?;
+        if self.containers().contains_key(&request.id) {
+            return Err(AgentError::Exists(request.id));
+        }
+        let cgroup = self.create_cgroup(&request)?;
+        let hostname = request
+            .hostname
+            .clone()
+            .unwrap_or_else(|| request.id.clone());
+        let (rootfs, started) = match self.mount_and_start(&request, &hostname, cgroup.as_deref()) {
+            Ok(done) => done,
+            Err(e) => {
+                cgroup.iter().for_each(|c| c.remove());
+                return Err(e);
+            }
+        };
+        let process_id = started.id;
+        let container = Container {
+            init_pid: started.pid,
+            hostname,
+            cgroup: cgroup.clone(),
+        };
+        self.containers().insert(request.id.clone(), container);
+        let ending = Ending::Init {
+            id: request.id.clone(),
+            rootfs,
+            cgroup,
+        };
+        self.watch(started, &request.id, ending);
+        Ok(process_id)
+    }
+
+    /// Mounts the container's root and starts its init; unmounts again on failure.
+    fn mount_and_start(
+        &self,
+        request: &RunRequest,
+        hostname: &str,
+        cgroup: Option<&Cgroup>,
+    ) -> Result<(Rootfs, Started), AgentError> {
+        let state = &self.runtime.state_dir;
+        let mut rootfs = Rootfs::mount(state, &request.id, &request.lower, &request.writable)?;
+        let merged = rootfs.merged();
+        let namespaces = prepare::c_string(hostname).and_then(|hostname| {
+            let rootfs = prepare::c_string(&merged.display().to_string())?;
+            Ok(Namespaces::Create { hostname, rootfs })
+        });
+        match namespaces.map_err(AgentError::from).and_then(|namespaces| {
+            self.start(&request.process, &merged, hostname, namespaces, cgroup)
+        }) {
+            Ok(started) => Ok((rootfs, started)),
+            Err(e) => {
+                rootfs.unmount();
+                Err(e)
+            }
+        }
+    }
+
+    fn create_cgroup(&self, request: &RunRequest) -> Result<Option<Arc<Cgroup>>, AgentError> {
+        match &self.runtime.cgroup_root {
+            Some(root) => Ok(Some(Arc::new(Cgroup::create(
+                root,
+                &request.id,
+                &request.limits,
+            )?))),
+            None if request.limits == Limits::default() => Ok(None),
+            None => Err(AgentError::NoCgroups(request.id.clone())),
+        }
+    }
+
+    /// Starts a process in the running container `container_id`.
+    pub fn exec(
+        self: &Arc<Self>,
+        container_id: &str,
+        request: ProcessRequest,
+    ) -> Result<ProcessId, AgentError> {
+        let (init_pid, hostname, cgroup) = match self.containers().get(container_id) {
+            Some(c) => (c.init_pid, c.hostname.clone(), c.cgroup.clone()),
+            None => return Err(AgentError::NoContainer(container_id.to_string())),
+        };
+        let proc_dir = PathBuf::from(format!("/proc/{init_pid}"));
+        let mut fds = Vec::new();
+        for ns in ["ipc", "uts", "pid", "mnt"] {
+            let path = proc_dir.join("ns").join(ns);
+            let file = File::open(&path).map_err(io_err(format!("open {}", path.display())))?;
+            fds.push(file.into());
+        }
+        let root = proc_dir.join("root");
+        let namespaces = Namespaces::Join(fds);
+        let started = self.start(&request, &root, &hostname, namespaces, cgroup.as_deref())?;
+        let process_id = started.id;
+        self.watch(started, container_id, Ending::Exec);
+        Ok(process_id)
+    }
+
+    /// Prepares, forks and waits for the exec of one process.
+    fn start(
+        &self,
+        request: &ProcessRequest,
+        root: &Path,
+        hostname: &str,
+        namespaces: Namespaces,
+        cgroup: Option<&Cgroup>,
+    ) -> Result<Started, AgentError> {
+        let resolved = prepare::resolve(request, root, hostname)?;
+        let procs = match cgroup {
+            Some(c) => {
+                let path = c.path().join("cgroup.procs");
+                let file = std::fs::OpenOptions::new().write(true).open(&path);
+                Some(
+                    file.map_err(io_err(format!("open {}", path.display())))?
+                        .into(),
+                )
+            }
+            None => None,
+        };
+        let (host, child) = process::make_stdio(request.tty).map_err(io_err("create stdio"))?;
+        let plan = prepare::build_plan(namespaces, procs, &child, request, &resolved)?;
+        let mut registrar = reaper().registrar();
+        let pending = spawn::spawn(&plan)?;
+        let pid = pending.pid;
+        let exit = registrar.register(pid);
+        drop(registrar);
+        drop(child);
+        pending.wait_exec()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok(Started {
+            id,
+            pid,
+            ends: host,
+            exit,
+        })
+    }
+
+    /// Registers the process and starts its output and completion threads.
+    fn watch(self: &Arc<Self>, started: Started, container: &str, ending: Ending) {
+        let Started {
+            id,
+            pid,
+            ends,
+            exit,
+        } = started;
+        let mut forwarders = Vec::new();
+        let outputs = [(Some(ends.stdout), false), (ends.stderr, true)];
+        for (file, is_stderr) in outputs {
+            if let Some(file) = file {
+                match process::forward(file, id, is_stderr, self.outbox.clone()) {
+                    Ok(handle) => forwarders.push(handle),
+                    Err(e) => crate::console::log(&format!("process {id}: no output thread: {e}")),
+                }
+            }
+        }
+        let process = Arc::new(Process::new(
+            pid,
+            container.to_string(),
+            ends.stdin,
+            ends.pty,
+        ));
+        self.processes().insert(id, process);
+        let agent = Arc::clone(self);
+        let completion = std::thread::Builder::new()
+            .name(format!("wait-{id}"))
+            .spawn(move || {
+                let (code, signal) = exit.recv().unwrap_or((None, None));
+                let oom_killed = agent.end(&ending);
+                for forwarder in forwarders {
+                    let _ = forwarder.join();
+                }
+                agent.processes().remove(&id);
+                if let Ending::Init {
+                    id: cid,
+                    mut rootfs,
+                    cgroup,
+                } = ending
+                {
+                    agent.containers().remove(&cid);
+                    rootfs.unmount();
+                    cgroup.iter().for_each(|c| c.remove());
+                }
+                let status = ExitStatus {
+                    code,
+                    signal,
+                    oom_killed,
+                };
+                agent.outbox.send(&Message::Exited {
+                    process: id,
+                    status,
+                });
+            });
+        if let Err(e) = completion {
+            crate::console::log(&format!("process {id}: no completion thread: {e}"));
+        }
+    }
+
+    /// After an init exits: whether it was OOM-killed, and every other process of the
+    /// container killed so its output pipes close.
+    fn end(&self, ending: &Ending) -> bool {
+        match ending {
+            Ending::Init {
+                cgroup: Some(cgroup),
+                ..
+            } => {
+                let oom = cgroup.oom_kills() > 0;
+                cgroup.kill_all();
+                oom
+            }
+            _ => false,
+        }
+    }
+
+    fn process(&self, id: ProcessId) -> Option<Arc<Process>> {
+        self.processes().get(&id).cloned()
+    }
+
+    /// Writes stdin bytes to process `id`. Unknown ids (a process that just ended) are
+    /// ignored: the host learns of the end from Exited.
+    pub fn stdin(&self, id: ProcessId, data: &[u8]) {
+        if let Some(process) = self.process(id) {
+            if let Err(e) = process.write_stdin(data) {
+                crate::console::log(&format!("process {id}: stdin: {e}"));
+            }
+        }
+    }
+
+    /// Closes process `id`'s stdin.
+    pub fn close_stdin(&self, id: ProcessId) {
+        if let Some(process) = self.process(id) {
+            process.close_stdin();
+        }
+    }
+
+    /// Sends `signal` to process `id`.
+    pub fn signal(&self, id: ProcessId, signal: i32) {
+        if let Some(process) = self.process(id) {
+            if let Err(e) = process.signal(signal) {
+                crate::console::log(&format!("process {id}: signal {signal}: {e}"));
+            }
+        }
+    }
+
+    /// Resizes process `id`'s terminal.
+    pub fn resize(&self, id: ProcessId, size: TtySize) {
+        if let Some(process) = self.process(id) {
+            if let Err(e) = process.resize(size) {
+                crate::console::log(&format!("process {id}: resize: {e}"));
+            }
+        }
+    }
+
+    /// Kills every container (SIGKILL to each init, which takes its pid namespace).
+    pub fn kill_all(&self) {
+        for container in self.containers().values() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(container.init_pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// How many containers are running.
+    pub fn container_count(&self) -> usize {
+        self.containers().len()
+    }
+}

@@ -1,0 +1,188 @@
+//! cgroup v2 leaves for containers: `<root>/husk/<id>` with memory.max, pids.max and
+//! cpu.max from the run's limits, and the OOM-kill count read back at exit.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use husk_protocol::Limits;
+
+/// The controllers the agent enables for container leaves.
+pub const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// Errors of cgroup handling.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// Creating, writing or reading a cgroup file failed.
+    #[error("cgroup file {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The `(file, value)` pairs a leaf gets for `limits`, in write order. memory.oom.group
+/// makes an OOM kill take the whole container, as docker's does.
+pub fn limit_values(limits: &Limits) -> Vec<(&'static str, String)> {
+    let mut values = Vec::new();
+    if let Some(bytes) = limits.memory_bytes {
+        values.push(("memory.max", bytes.to_string()));
+        values.push(("memory.oom.group", "1".to_string()));
+    }
+    if let Some(pids) = limits.pids {
+        values.push(("pids.max", pids.to_string()));
+    }
+    if let Some(cpu) = limits.cpu_quota {
+        values.push(("cpu.max", format!("{} {}", cpu.quota_us, cpu.period_us)));
+    }
+    values
+}
+
+/// The `oom_kill` counter of a memory.events file (0 when absent).
+pub fn parse_oom_kills(events: &str) -> u64 {
+    events
+        .lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `+memory +pids +cpu` line for cgroup.subtree_control, limited to the controllers
+/// `available` (the text of cgroup.controllers) offers.
+pub fn subtree_line(available: &str) -> String {
+    let offered: Vec<&str> = available.split_whitespace().collect();
+    CONTROLLERS
+        .iter()
+        .filter(|c| offered.contains(c))
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Enables the container controllers in `dir`'s children (cgroup.subtree_control).
+pub fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
+    let controllers = dir.join("cgroup.controllers");
+    let available = fs::read_to_string(&controllers).map_err(io_err(&controllers))?;
+    let line = subtree_line(&available);
+    if line.is_empty() {
+        return Ok(());
+    }
+    let control = dir.join("cgroup.subtree_control");
+    fs::write(&control, line).map_err(io_err(&control))
+}
+
+/// One container's leaf cgroup.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// Creates `<root>/husk/<id>` (enabling controllers on the way) and writes `limits`.
+    pub fn create(root: &Path, id: &str, limits: &Limits) -> Result<Self, CgroupError> {
+        let parent = root.join("husk");
+        if !parent.exists() {
+            enable_controllers(root)?;
+            fs::create_dir(&parent).map_err(io_err(&parent))?;
+        }
+        enable_controllers(&parent)?;
+        let path = parent.join(id);
+        fs::create_dir(&path).map_err(io_err(&path))?;
+        let cgroup = Self { path };
+        for (file, value) in limit_values(limits) {
+            let file = cgroup.path.join(file);
+            if let Err(e) = fs::write(&file, value).map_err(io_err(&file)) {
+                cgroup.remove();
+                return Err(e);
+            }
+        }
+        Ok(cgroup)
+    }
+
+    /// The leaf's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many processes the kernel OOM-killed in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        fs::read_to_string(self.path.join("memory.events")).map_or(0, |e| parse_oom_kills(&e))
+    }
+
+    /// Kills every process in the cgroup (cgroup.kill, Linux 5.14+), best effort.
+    pub fn kill_all(&self) {
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+    }
+
+    /// Removes the leaf, waiting up to a second for its last processes to be reaped.
+    pub fn remove(&self) {
+        for _ in 0..100 {
+            if fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_protocol::CpuQuota;
+
+    #[test]
+    fn no_limits_write_nothing() {
+        assert!(limit_values(&Limits::default()).is_empty());
+    }
+
+    #[test]
+    fn all_limits_format_as_cgroup_v2_values() {
+        let limits = Limits {
+            memory_bytes: Some(64 << 20),
+            pids: Some(32),
+            cpu_quota: Some(CpuQuota {
+                quota_us: 50_000,
+                period_us: 100_000,
+            }),
+        };
+        let values = limit_values(&limits);
+        assert_eq!(
+            values,
+            vec![
+                ("memory.max", "67108864".to_string()),
+                ("memory.oom.group", "1".to_string()),
+                ("pids.max", "32".to_string()),
+                ("cpu.max", "50000 100000".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn oom_kill_count_is_read_from_memory_events() {
+        let events = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 1\n";
+        assert_eq!(parse_oom_kills(events), 1);
+    }
+
+    #[test]
+    fn missing_oom_kill_line_counts_zero() {
+        assert_eq!(parse_oom_kills("low 0\n"), 0);
+    }
+
+    #[test]
+    fn subtree_line_enables_only_offered_controllers() {
+        assert_eq!(
+            subtree_line("cpuset cpu io memory hugetlb\n"),
+            "+memory +cpu"
+        );
+    }
+}

@@ -1,0 +1,448 @@
+//! The code that runs between `fork` and `execve`. The agent is multi-threaded, so
+//! nothing here allocates or takes a lock: every path, argument and id was prepared by
+//! the parent in a [`ChildPlan`], and failures are reported as `(step, errno)` on a
+//! close-on-exec pipe, then `_exit(127)`.
+//!
+//! Two processes run this code. The *intermediate* enters (or creates) the container's
+//! namespaces and cgroup, forks the real process, sends its pid to the agent and exits.
+//! The fork is needed because a new pid namespace only applies to children. The real
+//! process is then PID 1 of a new container, or a member of an existing one.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::ptr;
+
+use crate::caps;
+
+/// The step of process setup that failed, as sent on the error pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    /// unshare(2) of the container namespaces.
+    Unshare = 1,
+    /// setns(2) into an existing container.
+    Setns,
+    /// Writing to the cgroup's cgroup.procs.
+    JoinCgroup,
+    /// fork(2) of the container process.
+    Fork,
+    /// sethostname(2).
+    Hostname,
+    /// Making mounts private, mounting /proc, /dev, /sys.
+    Mounts,
+    /// pivot_root(2) into the container root.
+    PivotRoot,
+    /// setsid(2), the controlling terminal, dup2(2) of stdio.
+    Stdio,
+    /// Dropping capabilities and setting no_new_privs.
+    Capabilities,
+    /// setgroups/setgid/setuid.
+    User,
+    /// chdir(2) to the working directory.
+    Cwd,
+    /// execve(2).
+    Exec,
+}
+
+impl Step {
+    /// The step for a number read from the error pipe.
+    pub fn from_code(code: u32) -> Option<Self> {
+        const ALL: [Step; 12] = [
+            Step::Unshare,
+            Step::Setns,
+            Step::JoinCgroup,
+            Step::Fork,
+            Step::Hostname,
+            Step::Mounts,
+            Step::PivotRoot,
+            Step::Stdio,
+            Step::Capabilities,
+            Step::User,
+            Step::Cwd,
+            Step::Exec,
+        ];
+        ALL.into_iter().find(|s| *s as u32 == code)
+    }
+}
+
+/// A NUL-terminated pointer array for execve, owning its strings.
+pub struct CArray {
+    _strings: Vec<CString>,
+    ptrs: Vec<*const libc::c_char>,
+}
+
+impl CArray {
+    /// Builds the array from owned C strings.
+    pub fn new(strings: Vec<CString>) -> Self {
+        let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(ptr::null());
+        Self {
+            _strings: strings,
+            ptrs,
+        }
+    }
+}
+
+/// Whether the process creates a container or joins one.
+pub enum Namespaces {
+    /// New mount, pid, uts and ipc namespaces, root switched to `rootfs`.
+    Create {
+        /// The container's hostname.
+        hostname: CString,
+        /// The mounted overlay to pivot into.
+        rootfs: CString,
+    },
+    /// setns into these namespace fds, in order (ipc, uts, pid, mnt).
+    Join(Vec<OwnedFd>),
+}
+
+/// Everything the child needs, prepared before `fork`.
+pub struct ChildPlan {
+    /// Create or join.
+    pub namespaces: Namespaces,
+    /// The container cgroup's cgroup.procs, open for writing.
+    pub cgroup_procs: Option<OwnedFd>,
+    /// The fds that become 0, 1 and 2.
+    pub stdio: [RawFd; 3],
+    /// Whether stdio is a terminal to make the controlling one.
+    pub tty: bool,
+    /// The user id.
+    pub uid: libc::uid_t,
+    /// The group id.
+    pub gid: libc::gid_t,
+    /// Supplementary groups.
+    pub groups: Vec<libc::gid_t>,
+    /// The working directory.
+    pub cwd: CString,
+    /// The executable's in-container path.
+    pub exe: CString,
+    /// argv.
+    pub argv: CArray,
+    /// envp.
+    pub envp: CArray,
+}
+
+/// Writes `(step, errno)` to the error pipe and exits 127.
+fn fail(err_fd: RawFd, step: Step) -> ! {
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    let errno = unsafe { *libc::__errno_location() };
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&(step as u32).to_le_bytes());
+    report[4..].copy_from_slice(&errno.to_le_bytes());
+    // SAFETY: writes 8 bytes from a live stack buffer; _exit never returns and skips
+    // atexit handlers that are not safe after fork.
+    unsafe {
+        libc::write(err_fd, report.as_ptr().cast(), report.len());
+        libc::_exit(127)
+    }
+}
+
+fn check(ret: libc::c_int, err_fd: RawFd, step: Step) {
+    if ret < 0 {
+        fail(err_fd, step);
+    }
+}
+
+/// The intermediate process: enters namespaces and the cgroup, forks the container
+/// process, writes its pid (u32 LE) to `pid_fd` and exits.
+pub fn intermediate(plan: &ChildPlan, pid_fd: RawFd, err_fd: RawFd) -> ! {
+    match &plan.namespaces {
+        Namespaces::Create { .. } => {
+            let flags =
+                libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+            // SAFETY: unshare only changes this process's namespaces.
+            check(unsafe { libc::unshare(flags) }, err_fd, Step::Unshare);
+        }
+        Namespaces::Join(fds) => {
+            for fd in fds {
+                // SAFETY: fd is an open namespace fd owned by the plan.
+                check(
+                    unsafe { libc::setns(fd.as_raw_fd(), 0) },
+                    err_fd,
+                    Step::Setns,
+                );
+            }
+        }
+    }
+    if let Some(procs) = &plan.cgroup_procs {
+        // SAFETY: writing "0" moves the writer itself into the cgroup (cgroup v2).
+        let ret = unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+        check(ret as libc::c_int, err_fd, Step::JoinCgroup);
+    }
+    // SAFETY: the child only runs container_process, which does not allocate.
+    let pid = unsafe { libc::fork() };
+    check(pid, err_fd, Step::Fork);
+    if pid == 0 {
+        container_process(plan, err_fd);
+    }
+    let bytes = (pid as u32).to_le_bytes();
+    // SAFETY: writes 4 bytes from a stack buffer, then exits without atexit handlers.
+    unsafe {
+        libc::write(pid_fd, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(0)
+    }
+}
+
+fn mkdir(path: &CStr, mode: libc::mode_t) {
+    // SAFETY: path is NUL-terminated; an existing directory (EEXIST) is fine.
+    unsafe { libc::mkdir(path.as_ptr(), mode) };
+}
+
+fn mount(
+    src: &CStr,
+    target: &CStr,
+    fstype: &CStr,
+    flags: libc::c_ulong,
+    data: &CStr,
+) -> libc::c_int {
+    // SAFETY: all strings are NUL-terminated and outlive the call.
+    unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    }
+}
+
+/// Character devices of the container's /dev: (path, major, minor).
+const DEVICES: [(&CStr, u32, u32); 6] = [
+    (c"dev/null", 1, 3),
+    (c"dev/zero", 1, 5),
+    (c"dev/full", 1, 7),
+    (c"dev/random", 1, 8),
+    (c"dev/urandom", 1, 9),
+    (c"dev/tty", 5, 0),
+];
+
+const DEV_LINKS: [(&CStr, &CStr); 5] = [
+    (c"pts/ptmx", c"dev/ptmx"),
+    (c"/proc/self/fd", c"dev/fd"),
+    (c"/proc/self/fd/0", c"dev/stdin"),
+    (c"/proc/self/fd/1", c"dev/stdout"),
+    (c"/proc/self/fd/2", c"dev/stderr"),
+];
+
+/// Mounts /proc, a small /dev and a read-only /sys under the current directory.
+fn mount_pseudo_filesystems(err_fd: RawFd) {
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mkdir(c"proc", 0o555);
+    check(
+        mount(c"proc", c"proc", c"proc", nosuid, c""),
+        err_fd,
+        Step::Mounts,
+    );
+    mkdir(c"sys", 0o555);
+    check(
+        mount(c"sysfs", c"sys", c"sysfs", nosuid | libc::MS_RDONLY, c""),
+        err_fd,
+        Step::Mounts,
+    );
+    mkdir(c"dev", 0o755);
+    let dev_flags = libc::MS_NOSUID | libc::MS_STRICTATIME;
+    check(
+        mount(
+            c"tmpfs",
+            c"dev",
+            c"tmpfs",
+            dev_flags,
+            c"mode=755,size=65536k",
+        ),
+        err_fd,
+        Step::Mounts,
+    );
+    // SAFETY: umask only changes this process's file creation mask.
+    let old_umask = unsafe { libc::umask(0) };
+    for (path, major, minor) in DEVICES {
+        let dev = libc::makedev(major, minor);
+        // SAFETY: path is NUL-terminated; creates one character device node.
+        check(
+            unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, dev) },
+            err_fd,
+            Step::Mounts,
+        );
+    }
+    mkdir(c"dev/pts", 0o755);
+    let pts_opts = c"newinstance,ptmxmode=0666,mode=0620";
+    check(
+        mount(
+            c"devpts",
+            c"dev/pts",
+            c"devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            pts_opts,
+        ),
+        err_fd,
+        Step::Mounts,
+    );
+    mkdir(c"dev/shm", 0o1777);
+    check(
+        mount(
+            c"shm",
+            c"dev/shm",
+            c"tmpfs",
+            nosuid,
+            c"mode=1777,size=65536k",
+        ),
+        err_fd,
+        Step::Mounts,
+    );
+    for (target, link) in DEV_LINKS {
+        // SAFETY: both strings are NUL-terminated.
+        check(
+            unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) },
+            err_fd,
+            Step::Mounts,
+        );
+    }
+    // SAFETY: restores the inherited mask.
+    unsafe { libc::umask(old_umask) };
+}
+
+/// Switches into a new container's root: hostname, private mounts, pseudo
+/// filesystems, pivot_root with the old root detached.
+fn enter_new_root(hostname: &CStr, rootfs: &CStr, err_fd: RawFd) {
+    let name = hostname.to_bytes();
+    // SAFETY: name points to name.len() valid bytes.
+    check(
+        unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) },
+        err_fd,
+        Step::Hostname,
+    );
+    // Stop mount events leaking back to the agent's namespace.
+    check(
+        mount(c"none", c"/", c"", libc::MS_REC | libc::MS_PRIVATE, c""),
+        err_fd,
+        Step::Mounts,
+    );
+    // SAFETY: rootfs is NUL-terminated.
+    check(
+        unsafe { libc::chdir(rootfs.as_ptr()) },
+        err_fd,
+        Step::Mounts,
+    );
+    mount_pseudo_filesystems(err_fd);
+    // pivot_root(".", ".") stacks the old root under the new one; detaching "." then
+    // drops the old root without needing a directory for it.
+    // SAFETY: both arguments are NUL-terminated static strings.
+    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+    check(ret as libc::c_int, err_fd, Step::PivotRoot);
+    // SAFETY: "." is the stacked old root; MNT_DETACH unmounts it lazily.
+    check(
+        unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
+        err_fd,
+        Step::PivotRoot,
+    );
+    // SAFETY: "/" is NUL-terminated.
+    check(
+        unsafe { libc::chdir(c"/".as_ptr()) },
+        err_fd,
+        Step::PivotRoot,
+    );
+}
+
+/// A new session, the controlling terminal if any, and the stdio fds.
+fn setup_stdio(plan: &ChildPlan, err_fd: RawFd) {
+    // SAFETY: setsid, ioctl and dup2 act on this process and fds the plan owns.
+    unsafe {
+        check(libc::setsid(), err_fd, Step::Stdio);
+        if plan.tty {
+            check(
+                libc::ioctl(plan.stdio[0], libc::TIOCSCTTY, 0),
+                err_fd,
+                Step::Stdio,
+            );
+        }
+        for (target, fd) in plan.stdio.iter().enumerate() {
+            check(libc::dup2(*fd, target as RawFd), err_fd, Step::Stdio);
+        }
+    }
+}
+
+/// Capability header and data of capset(2), version 3.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Keeps only docker's default capabilities, clears ambient, sets no_new_privs.
+fn drop_capabilities(err_fd: RawFd) {
+    let mask = caps::default_mask();
+    for cap in 0..=caps::CAP_SCAN_LIMIT {
+        if mask & (1 << cap) == 0 {
+            // SAFETY: prctl with integer arguments; EINVAL past the kernel's last cap.
+            let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            if ret < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                fail(err_fd, Step::Capabilities);
+            }
+        }
+    }
+    let words = caps::mask_words(mask);
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let data = words.map(|w| CapData {
+        effective: w,
+        permitted: w,
+        inheritable: w,
+    });
+    // SAFETY: header and data are the version-3 layout the kernel expects (two words).
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    check(ret as libc::c_int, err_fd, Step::Capabilities);
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+        check(
+            libc::prctl(libc::PR_CAP_AMBIENT, clear, 0, 0, 0),
+            err_fd,
+            Step::Capabilities,
+        );
+        check(
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+            err_fd,
+            Step::Capabilities,
+        );
+    }
+}
+
+/// The container process: root, stdio, privileges, user, cwd, execve.
+fn container_process(plan: &ChildPlan, err_fd: RawFd) -> ! {
+    if let Namespaces::Create { hostname, rootfs } = &plan.namespaces {
+        enter_new_root(hostname, rootfs, err_fd);
+    }
+    setup_stdio(plan, err_fd);
+    drop_capabilities(err_fd);
+    // SAFETY: groups points to groups.len() gids; the id calls take integers.
+    unsafe {
+        check(
+            libc::setgroups(plan.groups.len(), plan.groups.as_ptr()),
+            err_fd,
+            Step::User,
+        );
+        check(libc::setgid(plan.gid), err_fd, Step::User);
+        check(libc::setuid(plan.uid), err_fd, Step::User);
+        check(libc::chdir(plan.cwd.as_ptr()), err_fd, Step::Cwd);
+        // Rust ignores SIGPIPE in the agent; an ignored disposition survives execve.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::execve(
+            plan.exe.as_ptr(),
+            plan.argv.ptrs.as_ptr(),
+            plan.envp.ptrs.as_ptr(),
+        );
+    }
+    fail(err_fd, Step::Exec)
+}

@@ -1,0 +1,189 @@
+//! A container's root filesystem: the read-only image as the lower layer, a tmpfs or
+//! scratch disk holding the upper and work dirs, and overlayfs merging them, all under
+//! `<state_dir>/<id>/`. Mounted in the agent's namespace before the fork; the child
+//! pivots into `merged`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use husk_protocol::WritableLayer;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// Where the lower layer comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LowerLayer {
+    /// A block device with a filesystem image, mounted read-only (the guest case).
+    Device {
+        /// E.g. `/dev/vdb`.
+        device: PathBuf,
+        /// E.g. `erofs`.
+        fstype: String,
+    },
+    /// An existing directory used as is (tests on a host).
+    Directory(PathBuf),
+}
+
+/// Errors of building or removing a root filesystem.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// A directory could not be created.
+    #[error("create {path}")]
+    Mkdir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A mount failed.
+    #[error("mount {what} on {target}")]
+    Mount {
+        /// What was mounted.
+        what: String,
+        /// Where.
+        target: PathBuf,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// A mounted container root; [`Rootfs::unmount`] undoes it.
+#[derive(Debug)]
+pub struct Rootfs {
+    dir: PathBuf,
+    mounted: Vec<PathBuf>,
+}
+
+fn mkdir(path: &Path) -> Result<(), RootfsError> {
+    fs::create_dir_all(path).map_err(|source| RootfsError::Mkdir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The overlayfs mount options for the three directories.
+pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    )
+}
+
+impl Rootfs {
+    /// Mounts the layers for container `id` under `state_dir/<id>`.
+    pub fn mount(
+        state_dir: &Path,
+        id: &str,
+        lower: &LowerLayer,
+        writable: &WritableLayer,
+    ) -> Result<Self, RootfsError> {
+        let mut rootfs = Self {
+            dir: state_dir.join(id),
+            mounted: Vec::new(),
+        };
+        if let Err(e) = rootfs.mount_layers(lower, writable) {
+            rootfs.unmount();
+            return Err(e);
+        }
+        Ok(rootfs)
+    }
+
+    fn mount_layers(
+        &mut self,
+        lower: &LowerLayer,
+        writable: &WritableLayer,
+    ) -> Result<(), RootfsError> {
+        let lower_dir = match lower {
+            LowerLayer::Directory(dir) => dir.clone(),
+            LowerLayer::Device { device, fstype } => {
+                let target = self.dir.join("lower");
+                self.mount_one(
+                    Some(device.as_path()),
+                    &target,
+                    fstype,
+                    MsFlags::MS_RDONLY,
+                    None,
+                )?;
+                target
+            }
+        };
+        let scratch = self.dir.join("scratch");
+        match writable {
+            WritableLayer::Tmpfs => {
+                self.mount_one(None, &scratch, "tmpfs", MsFlags::empty(), Some("mode=755"))?
+            }
+            WritableLayer::Disk { device } => self.mount_one(
+                Some(Path::new(device)),
+                &scratch,
+                "ext4",
+                MsFlags::empty(),
+                None,
+            )?,
+        }
+        let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+        mkdir(&upper)?;
+        mkdir(&work)?;
+        let options = overlay_options(&lower_dir, &upper, &work);
+        self.mount_one(
+            None,
+            &self.merged(),
+            "overlay",
+            MsFlags::empty(),
+            Some(&options),
+        )
+    }
+
+    fn mount_one(
+        &mut self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), RootfsError> {
+        mkdir(target)?;
+        let source_name = source.map_or_else(|| fstype.to_string(), |s| s.display().to_string());
+        mount(
+            Some(source_name.as_str()),
+            target,
+            Some(fstype),
+            flags,
+            data,
+        )
+        .map_err(|source| RootfsError::Mount {
+            what: format!("{fstype} {source_name}"),
+            target: target.to_path_buf(),
+            source,
+        })?;
+        self.mounted.push(target.to_path_buf());
+        Ok(())
+    }
+
+    /// The merged root the container pivots into.
+    pub fn merged(&self) -> PathBuf {
+        self.dir.join("merged")
+    }
+
+    /// Unmounts everything (lazily, so late processes cannot block it) and removes the
+    /// container's state directory. Best effort.
+    pub fn unmount(&mut self) {
+        while let Some(target) = self.mounted.pop() {
+            let _ = umount2(&target, MntFlags::MNT_DETACH);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options_name_the_three_dirs() {
+        let options = overlay_options(Path::new("/l"), Path::new("/s/upper"), Path::new("/s/work"));
+        assert_eq!(options, "lowerdir=/l,upperdir=/s/upper,workdir=/s/work");
+    }
+}

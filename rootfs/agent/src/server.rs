@@ -1,0 +1,218 @@
+//! The request loop: one host connection at a time. The agent greets with Hello, waits
+//! for a matching HelloAck, then serves requests until the host disconnects (containers
+//! keep running; a new connection takes over their output) or sends Shutdown.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use husk_protocol::{
+    check_version, read_message, write_message, Message, ProtocolError, TtySize, PROTOCOL_VERSION,
+};
+
+use crate::agent::{Agent, RunRequest};
+use crate::outbox::Outbox;
+use crate::prepare::ProcessRequest;
+use crate::rootfs::LowerLayer;
+use crate::transport::{Connection, Listener};
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The host went away (or broke the protocol); wait for the next one.
+    Disconnected,
+    /// The host asked for Shutdown.
+    Shutdown,
+}
+
+/// Accepts connections one after another until one asks for Shutdown.
+pub fn serve<L: Listener>(
+    listener: &mut L,
+    agent: &Arc<Agent>,
+    outbox: &Outbox,
+) -> std::io::Result<()> {
+    loop {
+        let connection = listener.accept()?;
+        if handle_connection(connection, agent, outbox) == Outcome::Shutdown {
+            return Ok(());
+        }
+    }
+}
+
+fn refuse(mut writer: Box<dyn Write + Send>, message: String) -> Outcome {
+    crate::console::log(&message);
+    let _ = write_message(&mut writer, &Message::Error { message });
+    Outcome::Disconnected
+}
+
+/// Greets the host and checks its HelloAck, writing directly (not through the outbox)
+/// so that no output frame of a running process comes before the handshake.
+fn handshake<C: Connection>(connection: &mut C) -> Result<Box<dyn Write + Send>, Outcome> {
+    let mut writer = match connection.writer() {
+        Ok(writer) => writer,
+        Err(e) => {
+            crate::console::log(&format!("cannot write to the host connection: {e}"));
+            return Err(Outcome::Disconnected);
+        }
+    };
+    let hello = Message::Hello {
+        version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    if let Err(e) = write_message(&mut writer, &hello) {
+        crate::console::log(&format!("handshake: {e}"));
+        return Err(Outcome::Disconnected);
+    }
+    let refusal = match read_message(connection) {
+        Ok(Message::HelloAck { version }) => match check_version(version) {
+            Ok(()) => return Ok(writer),
+            Err(e) => e.to_string(),
+        },
+        Ok(other) => format!("expected HelloAck, got {other:?}"),
+        Err(e) => format!("handshake: {e}"),
+    };
+    Err(refuse(writer, refusal))
+}
+
+/// Serves one connection: handshake, then requests until it ends.
+pub fn handle_connection<C: Connection>(
+    mut connection: C,
+    agent: &Arc<Agent>,
+    outbox: &Outbox,
+) -> Outcome {
+    match handshake(&mut connection) {
+        Ok(writer) => outbox.connect(writer),
+        Err(outcome) => return outcome,
+    }
+    loop {
+        let message = match read_message(&mut connection) {
+            Ok(message) => message,
+            Err(ProtocolError::Closed) => break,
+            // The frame was consumed whole: the stream is still in step.
+            Err(
+                e @ (ProtocolError::UnknownKind(_)
+                | ProtocolError::BadJson(_)
+                | ProtocolError::ShortDataFrame(_)),
+            ) => {
+                outbox.send(&Message::Error {
+                    message: e.to_string(),
+                });
+                continue;
+            }
+            Err(e) => {
+                crate::console::log(&format!("host connection: {e}"));
+                break;
+            }
+        };
+        if dispatch(message, agent, outbox) == Some(Outcome::Shutdown) {
+            return Outcome::Shutdown;
+        }
+    }
+    outbox.disconnect();
+    Outcome::Disconnected
+}
+
+/// Handles one request; `Some(Shutdown)` ends the connection and the agent.
+fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Outcome> {
+    let reply = match message {
+        Message::Run {
+            id,
+            image,
+            args,
+            env,
+            cwd,
+            user,
+            tty,
+            limits,
+            writable_layer,
+            hostname,
+        } => {
+            let request = RunRequest {
+                id,
+                lower: LowerLayer::Device {
+                    device: PathBuf::from(image.device),
+                    fstype: image.fstype,
+                },
+                writable: writable_layer,
+                limits,
+                hostname,
+                process: ProcessRequest {
+                    args,
+                    env,
+                    cwd,
+                    user,
+                    tty,
+                },
+            };
+            Some(agent.run(request))
+        }
+        Message::Exec {
+            container_id,
+            args,
+            env,
+            cwd,
+            user,
+            tty,
+        } => Some(agent.exec(
+            &container_id,
+            ProcessRequest {
+                args,
+                env,
+                cwd,
+                user,
+                tty,
+            },
+        )),
+        Message::Stdin { process, data } => {
+            agent.stdin(process, &data);
+            None
+        }
+        Message::StdinClose { process } => {
+            agent.close_stdin(process);
+            None
+        }
+        Message::Signal { process, signal } => {
+            agent.signal(process, signal);
+            None
+        }
+        Message::Resize {
+            process,
+            rows,
+            cols,
+        } => {
+            agent.resize(process, TtySize { rows, cols });
+            None
+        }
+        Message::Shutdown => return Some(Outcome::Shutdown),
+        other => {
+            outbox.send(&Message::Error {
+                message: format!("unexpected message from the host: {other:?}"),
+            });
+            None
+        }
+    };
+    match reply {
+        Some(Ok(process_id)) => outbox.send(&Message::Started { process_id }),
+        Some(Err(e)) => outbox.send(&Message::Error {
+            message: error_chain(&e),
+        }),
+        None => true,
+    };
+    None
+}
+
+/// An error and its causes, `: `-separated, printed once.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
