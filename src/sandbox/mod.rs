@@ -1,5 +1,293 @@
-//! Sandboxes: a VM booted with the husk agent as init, reached over vsock, running
-//! containers from images of the image store. (The pieces below are what exists so
-//! far; the `Sandbox` API is built on them.)
+//! Sandboxes: a micro-VM booted with the husk agent as PID 1, reached over vsock, running
+//! a container from a read-only image disk. This is what `husk run` and embedders use.
+//!
+//! ```text
+//! Sandbox::start(config)   boot the VM (agent initramfs, image as vda, vsock), connect,
+//!                          handshake
+//! sandbox.run(spec, stdio) start the container's process, stream its stdio, return its
+//!                          exit status
+//! sandbox.stop()           ask the agent to shut down, wait for the VM, clean up
+//! ```
+//! Everything a sandbox owns (VM threads, the vsock socket, its runtime folder) is
+//! released when it is stopped or dropped, so many sandboxes can live in one process.
+
+pub mod agent;
 pub mod initramfs;
+mod stdio;
 pub mod vsock;
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use husk_protocol::{host_handshake, write_message, ImageSpec, Limits, Message, WritableLayer};
+
+pub use husk_protocol::{ExitStatus, TtySize};
+pub use stdio::Stdio;
+
+use crate::config::{ConsoleConfig, VmConfig};
+use crate::devices::virtio::block::BlockConfig;
+use crate::devices::virtio::net::NetConfig;
+use crate::devices::virtio::vsock::VsockConfig;
+use crate::vmm::{self, RunningVm, VmError};
+
+/// The guest CID of every sandbox (each VM has its own vsock device and host socket).
+const GUEST_CID: u64 = 3;
+/// How long a guest may take to reset after Shutdown before the host stops it.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often to retry the agent while the guest boots.
+const CONNECT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Errors of a sandbox's life.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The agent binary or its initramfs is not available.
+    #[error("guest agent: {0}")]
+    Agent(String),
+    /// The VM could not be built or started.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The runtime folder could not be created.
+    #[error("cannot create a runtime folder in {dir}: {source}")]
+    Runtime {
+        /// Where.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The agent did not answer in time, or the guest ended before it did.
+    #[error("the guest agent did not come up: {reason}; last console output:\n{console}")]
+    AgentDown {
+        /// What happened.
+        reason: String,
+        /// The end of the guest console.
+        console: String,
+    },
+    /// The agent broke the protocol, refused a request, or the connection failed.
+    #[error("talking to the guest agent: {0}")]
+    Protocol(#[from] husk_protocol::ProtocolError),
+    /// The agent reported an error for a request.
+    #[error("the guest agent refused: {0}")]
+    Refused(String),
+}
+
+/// The image a sandbox runs: its filesystem image and defaults from its config.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxImage {
+    /// The read-only filesystem image (erofs), attached as the guest's first disk.
+    pub fs_image: PathBuf,
+    /// Filesystem type of `fs_image`.
+    pub fstype: String,
+    /// Default environment (`K=V`).
+    pub env: Vec<String>,
+    /// Default command: entrypoint followed by cmd.
+    pub command: Vec<String>,
+    /// Default working directory.
+    pub working_dir: Option<String>,
+    /// Default user.
+    pub user: Option<String>,
+}
+
+/// How to build a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The image.
+    pub image: SandboxImage,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Agent binary (default: [`agent::agent_binary`]).
+    pub agent: Option<PathBuf>,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// More disks after the image (vdb, ...).
+    pub disks: Vec<BlockConfig>,
+    /// Network cards.
+    pub nets: Vec<NetConfig>,
+    /// Guest console (default: kept in memory only, shown when the agent fails).
+    pub console: ConsoleConfig,
+    /// How long the guest may take to boot to its agent.
+    pub boot_timeout: Duration,
+}
+
+impl SandboxConfig {
+    /// Defaults for everything but the image and the kernel.
+    pub fn new(image: SandboxImage, kernel: PathBuf) -> Self {
+        Self {
+            image,
+            kernel,
+            agent: None,
+            cpus: 1,
+            memory_mib: 256,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            console: ConsoleConfig::Off,
+            boot_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One process to run in the sandbox; empty fields take the image's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    /// Command and arguments (empty: the image's command).
+    pub args: Vec<String>,
+    /// Extra environment, `K=V`, over the image's.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// User (`name`, `uid` or `uid:gid`).
+    pub user: Option<String>,
+    /// A terminal of this size instead of pipes.
+    pub tty: Option<TtySize>,
+    /// cgroup limits of the container.
+    pub limits: Limits,
+}
+
+/// A running sandbox.
+pub struct Sandbox {
+    id: String,
+    image: SandboxImage,
+    vm: Option<RunningVm>,
+    conn: UnixStream,
+    runtime: tempfile::TempDir,
+    containers: u32,
+}
+
+impl Sandbox {
+    /// Boot the VM and connect to its agent.
+    pub fn start(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let id = new_id();
+        let runtime_root = runtime_root();
+        let runtime = tempfile::Builder::new()
+            .prefix(&format!("husk-{id}-"))
+            .tempdir_in(&runtime_root)
+            .map_err(|source| SandboxError::Runtime { dir: runtime_root, source })?;
+        let agent = match &config.agent {
+            Some(p) => p.clone(),
+            None => agent::agent_binary()?,
+        };
+        let initrd = agent::agent_initramfs(&agent, &crate::kernel::cache_root().join("initramfs"))?;
+        let uds = runtime.path().join("vsock.sock");
+        let vm = vmm::start(&vm_config(&config, initrd, uds.clone()))?;
+        let conn = connect_agent(&vm, &uds, config.boot_timeout)?;
+        Ok(Self { id, image: config.image, vm: Some(vm), conn, runtime, containers: 0 })
+    }
+
+    /// This sandbox's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The folder holding this sandbox's sockets.
+    pub fn runtime_dir(&self) -> &std::path::Path {
+        self.runtime.path()
+    }
+
+    /// Run a container process to its end, streaming its stdio through `stdio`.
+    pub fn run(&mut self, spec: &RunSpec, stdio: Stdio) -> Result<ExitStatus, SandboxError> {
+        self.containers += 1;
+        let args = if spec.args.is_empty() { self.image.command.clone() } else { spec.args.clone() };
+        let mut env = self.image.env.clone();
+        env.extend(spec.env.iter().cloned());
+        let run = Message::Run {
+            id: format!("{}-{}", self.id, self.containers),
+            image: ImageSpec { device: "/dev/vda".into(), fstype: self.image.fstype.clone() },
+            args,
+            env,
+            cwd: spec.cwd.clone().or_else(|| self.image.working_dir.clone()),
+            user: spec.user.clone().or_else(|| self.image.user.clone()),
+            tty: spec.tty,
+            limits: spec.limits,
+            writable_layer: WritableLayer::Tmpfs,
+            hostname: Some(format!("husk-{}", self.id)),
+        };
+        write_message(&mut self.conn, &run)?;
+        stdio::pump(&mut self.conn, stdio)
+    }
+
+    /// Ask the agent to shut the guest down and wait for the VM to end.
+    pub fn stop(mut self) -> Result<vmm::RunReport, SandboxError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<vmm::RunReport, SandboxError> {
+        let Some(vm) = self.vm.take() else {
+            return Err(SandboxError::Refused("the sandbox is already stopped".into()));
+        };
+        if write_message(&mut self.conn, &Message::Shutdown).is_err() {
+            vm.stopper().stop();
+        }
+        // A guest that does not reset in time is stopped from the host.
+        Ok(vm.wait_or_stop(SHUTDOWN_TIMEOUT))
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            vm.stopper().stop();
+            drop(vm.wait());
+        }
+    }
+}
+
+fn vm_config(config: &SandboxConfig, initrd: PathBuf, uds: PathBuf) -> VmConfig {
+    let image_disk = BlockConfig {
+        path: config.image.fs_image.clone(),
+        read_only: true,
+        id: Some("husk-image".into()),
+        root: false,
+    };
+    let mut disks = vec![image_disk];
+    disks.extend(config.disks.iter().cloned());
+    VmConfig {
+        initrd: Some(initrd),
+        cmdline: "quiet".into(),
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        console: config.console.clone(),
+        disks,
+        nets: config.nets.clone(),
+        vsock: Some(VsockConfig { cid: GUEST_CID, uds }),
+        ..VmConfig::new(config.kernel.clone())
+    }
+}
+
+/// Retry the agent's port until it answers, the guest ends, or `timeout` passes.
+fn connect_agent(vm: &RunningVm, uds: &std::path::Path, timeout: Duration) -> Result<UnixStream, SandboxError> {
+    let start = Instant::now();
+    let down = |reason: String| SandboxError::AgentDown { reason, console: vm.console_tail() };
+    loop {
+        if !vm.is_running() {
+            return Err(down("the guest ended before its agent answered".into()));
+        }
+        match vsock::connect_once(uds, husk_protocol::AGENT_VSOCK_PORT) {
+            Ok(mut conn) => {
+                host_handshake(&mut conn)?;
+                return Ok(conn);
+            }
+            Err(e) if start.elapsed() >= timeout => {
+                return Err(down(format!("no answer on vsock port 1024 within {timeout:?} ({e})")))
+            }
+            Err(_) => std::thread::sleep(CONNECT_INTERVAL),
+        }
+    }
+}
+
+/// A short id, unique enough for one host: process id and clock.
+fn new_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{:x}{:05x}", std::process::id(), nanos & 0xfffff)
+}
+
+/// `$XDG_RUNTIME_DIR`, else the system temp folder.
+fn runtime_root() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}

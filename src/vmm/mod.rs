@@ -358,9 +358,22 @@ impl RunningVm {
         Stopper(self.shared.exit.clone())
     }
 
+    /// Whether the VM is still running (no vCPU or host has ended it yet).
+    pub fn is_running(&self) -> bool {
+        self.shared.exit.peek().is_none()
+    }
+
     /// The guest's console output so far (the last few KiB).
     pub fn console_tail(&self) -> String {
         self.console.tail()
+    }
+
+    /// Wait up to `timeout` for the guest to end by itself, then stop it; report.
+    pub fn wait_or_stop(self, timeout: Duration) -> RunReport {
+        if self.shared.exit.wait_timeout(timeout).is_none() {
+            self.shared.exit.report(ExitCause::Stopped);
+        }
+        self.wait()
     }
 
     /// Wait for the guest to end, stop every thread, and report.

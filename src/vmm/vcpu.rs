@@ -70,6 +70,21 @@ impl ExitSink {
         }
     }
 
+    /// The reported cause, if any, without waiting.
+    pub fn peek(&self) -> Option<ExitCause> {
+        self.cause.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Block until a cause is reported or `timeout` passes.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> Option<ExitCause> {
+        let slot = self.cause.lock().unwrap_or_else(|e| e.into_inner());
+        let (slot, _) = self
+            .changed
+            .wait_timeout_while(slot, timeout, |c| c.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        slot.clone()
+    }
+
     /// Block until a cause is reported.
     pub fn wait(&self) -> ExitCause {
         let mut slot = self.cause.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,72 @@
+//! The guest side of a sandbox: the husk-agent binary and the initramfs that makes it
+//! PID 1 (`/init` plus `/dev/console`, nothing else), cached by the agent's digest.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::initramfs::{write_archive, Entry};
+use super::SandboxError;
+
+/// Where the agent binary is: `$HUSK_AGENT`, else `husk-agent` next to the running
+/// executable (cargo builds both into the same folder).
+pub fn agent_binary() -> Result<PathBuf, SandboxError> {
+    if let Some(path) = std::env::var_os("HUSK_AGENT") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|e| SandboxError::Agent(format!("cannot find this executable: {e}")))?;
+    let beside = exe.with_file_name("husk-agent");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    // Test and bench binaries live one folder down, in deps/.
+    let above = exe.parent().and_then(Path::parent).map(|d| d.join("husk-agent"));
+    match above {
+        Some(p) if p.is_file() => Ok(p),
+        _ => Err(SandboxError::Agent(format!(
+            "no husk-agent next to {}: build it with `cargo build --release -p husk-agent` or set HUSK_AGENT",
+            exe.display()
+        ))),
+    }
+}
+
+/// Build (or reuse) the agent initramfs in `cache_dir`; returns its path.
+pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf, SandboxError> {
+    let binary = std::fs::read(agent).map_err(|e| SandboxError::Agent(format!("cannot read {}: {e}", agent.display())))?;
+    let digest = Sha256::digest(&binary);
+    let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let path = cache_dir.join(format!("agent-{name}.cpio"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let entries = [
+        Entry::Dir { path: "dev".into(), mode: 0o755 },
+        Entry::CharDev { path: "dev/console".into(), mode: 0o600, major: 5, minor: 1 },
+        Entry::File { path: "init".into(), mode: 0o755, data: binary },
+    ];
+    let io = |e: std::io::Error| SandboxError::Agent(format!("cannot write {}: {e}", path.display()));
+    std::fs::create_dir_all(cache_dir).map_err(io)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+    write_archive(&entries, &mut out).map_err(io)?;
+    out.into_inner().map_err(|e| io(e.into_error()))?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initramfs_is_cached_by_agent_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("husk-agent");
+        std::fs::write(&agent, b"not really an agent").unwrap();
+        let first = agent_initramfs(&agent, dir.path()).unwrap();
+        let second = agent_initramfs(&agent, dir.path()).unwrap();
+        assert_eq!(first, second);
+        std::fs::write(&agent, b"another agent").unwrap();
+        assert_ne!(agent_initramfs(&agent, dir.path()).unwrap(), first);
+    }
+}
