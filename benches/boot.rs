@@ -6,7 +6,8 @@
 //! there. Absolute times inside the test host are ~10x native; compare the ratios.
 //!
 //! Environment: `HUSK_BENCH_ROUNDS` (default 5), `HUSK_BENCH_CPUS` (1),
-//! `HUSK_BENCH_MEMORY` (128), `HUSK_TEST_HOST` (auto|always|never).
+//! `HUSK_BENCH_MEMORY` (128), `HUSK_BENCH_KERNEL` (default: `husk kernel path`),
+//! `HUSK_TEST_HOST` (auto|always|never).
 #![allow(
     unsafe_code,
     reason = "wait4 gives the child's rusage, which std does not"
@@ -62,9 +63,15 @@ fn run_stdout(cmd: &mut Command) -> String {
 fn outer() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let husk = PathBuf::from(env!("CARGO_BIN_EXE_husk"));
-    let kernel = husk::kernel::cached(None)
-        .unwrap_or_else(|e| panic!("the boot benchmark needs the guest kernel: {e}"))
-        .vmlinux;
+    let kernel = match std::env::var_os("HUSK_BENCH_KERNEL") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            husk::kernel::cached(None)
+                .unwrap_or_else(|e| panic!("the boot benchmark needs the guest kernel: {e}"))
+                .vmlinux
+        }
+    };
+    println!("# kernel: {}", kernel.display());
     let initrd = run_stdout(&mut Command::new(root.join("scripts/build-test-initramfs")));
     let initrd = initrd.lines().last().unwrap_or_default().to_string();
     let me = std::env::current_exe().expect("the bench binary knows its path");
@@ -127,6 +134,13 @@ struct Sample {
     timings: Option<serde_json::Value>,
 }
 
+/// Reads one number out of a sample.
+type Metric = fn(&Sample) -> f64;
+
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4 to get its rusage"
+)]
 fn run_once(cmd: &mut Command, timings: Option<&Path>) -> Sample {
     let start = Instant::now();
     let mut child = cmd
@@ -191,6 +205,11 @@ fn inner(args: &[String]) {
     let [husk, kernel, initrd, rounds, cpus, memory] = args else {
         panic!("usage: bench --inner HUSK KERNEL INITRD ROUNDS CPUS MEMORY");
     };
+    let abs = |p: &String| {
+        let path = std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        path.to_string_lossy().into_owned()
+    };
+    let (husk, kernel, initrd) = (&abs(husk), &abs(kernel), &abs(initrd));
     let rounds: usize = rounds.parse().expect("rounds is a number");
     let cmdline = "quiet";
     let common = [
@@ -244,8 +263,8 @@ fn husk_field(runs: &[Sample], path: &[&str]) -> f64 {
 }
 
 fn report(husk: &[Sample], qemu: &[Sample]) {
-    let m = |runs: &[Sample], f: fn(&Sample) -> f64| median(runs.iter().map(f).collect());
-    let rows: [(&str, fn(&Sample) -> f64); 3] = [
+    let m = |runs: &[Sample], f: Metric| median(runs.iter().map(f).collect());
+    let rows: [(&str, Metric); 3] = [
         ("VMM start -> guest init marker (ms)", |s| s.to_init_ms),
         ("VMM start -> VMM exit (ms)", |s| s.to_exit_ms),
         ("max RSS incl. touched guest RAM (KiB)", |s| {

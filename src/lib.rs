@@ -11,4 +11,5 @@ pub mod kvm;
 pub mod memory;
 pub mod metrics;
 pub mod profile;
+pub mod sandbox;
 pub mod vmm;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use husk::config::{ConsoleConfig, VmConfig, DEFAULT_MEMORY_MIB};
+use husk::devices::virtio::{block::BlockConfig, net::NetConfig, vsock::VsockConfig};
 
 /// husk: a tiny KVM micro-VM monitor that runs containers inside the guest.
 #[derive(Parser)]
@@ -20,7 +21,7 @@ enum Command {
     ///
     /// Exits 0 when the guest resets or powers off cleanly, and 1 with one line on stderr
     /// when it panics, triple-faults or cannot run.
-    Boot(BootArgs),
+    Boot(Box<BootArgs>),
     /// Build or locate the husk guest kernel.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -55,6 +56,24 @@ struct BootArgs {
     /// Write boot milestones, VM exits, VMM CPU time and RSS as JSON to FILE at exit.
     #[arg(long, value_name = "FILE")]
     timings: Option<PathBuf>,
+    /// Add a virtio disk backed by a raw image file; repeat for more (vda, vdb, ...).
+    /// `root=true` boots from it (`root=/dev/vdX`).
+    #[arg(
+        long = "disk",
+        value_name = "path=FILE[,ro=BOOL][,id=SERIAL][,root=BOOL]"
+    )]
+    disks: Vec<BlockConfig>,
+    /// Add a virtio network card on a TAP device: an existing one by name, or one husk
+    /// creates (and removes at exit) when no name is given (`--net tap=`).
+    #[arg(long = "net", value_name = "tap=[NAME][,mac=MAC]")]
+    nets: Vec<NetConfig>,
+    /// Add a virtio-vsock device with guest CID N; host programs reach the guest through
+    /// the Unix socket PATH (`CONNECT <port>`), guest connections to port P reach PATH_P.
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    vsock: Option<VsockConfig>,
+    /// Leave out the virtio entropy device.
+    #[arg(long)]
+    no_rng: bool,
 }
 
 #[derive(Subcommand)]
@@ -135,7 +154,7 @@ fn kernel_build(jobs: Option<usize>) -> CliResult {
     Ok(())
 }
 
-fn boot(args: BootArgs) -> CliResult {
+fn boot(args: Box<BootArgs>) -> CliResult {
     let mut config = VmConfig {
         initrd: args.initrd,
         cmdline: args.cmdline,
@@ -145,6 +164,10 @@ fn boot(args: BootArgs) -> CliResult {
             .console
             .map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
         profile: args.profile_guest.is_some(),
+        disks: args.disks,
+        nets: args.nets,
+        vsock: args.vsock,
+        rng: !args.no_rng,
         ..VmConfig::new(args.kernel.clone().unwrap_or_default())
     };
     // Numbers first: a bad --cpus is reported even when no kernel is built yet.

@@ -4,6 +4,7 @@
     reason = "registering guest memory with KVM is an unsafe ioctl"
 )]
 
+pub mod devices;
 pub mod exit;
 pub mod vcpu;
 
@@ -88,6 +89,9 @@ pub enum VmError {
     /// The guest ended badly.
     #[error(transparent)]
     Guest(#[from] GuestError),
+    /// A virtio device could not be created or wired.
+    #[error(transparent)]
+    Device(#[from] devices::DeviceError),
 }
 
 fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -97,6 +101,7 @@ fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// A VM whose vCPUs are running.
 pub struct RunningVm {
     shared: Arc<VcpuShared>,
+    device_loop: Option<devices::DeviceLoop>,
     vcpu_threads: Vec<JoinHandle<RipHistogram>>,
     profiler: Option<JoinHandle<()>>,
     profiler_stop: Arc<AtomicBool>,
@@ -142,7 +147,9 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
     register_memory(&vm, &ram.memory)?;
     create_platform(&vm)?;
 
-    let entry = load_guest(config, &ram.memory)?;
+    let mut mmio = Bus::new();
+    let virtio = devices::create(&vm, &ram.memory, &mut mmio, config)?;
+    let entry = load_guest(config, &ram.memory, &virtio.cmdline())?;
     arch::mptable::setup_mptable(&ram.memory, config.cpus)?;
 
     let console = Arc::new(ConsoleLog::default());
@@ -150,7 +157,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
     let pio = port_devices(&vm, config, console.clone(), exit.clone())?;
     let shared = Arc::new(VcpuShared {
         pio,
-        mmio: Bus::new(),
+        mmio,
         exit,
         stop: AtomicBool::new(false),
         counters: ExitCounters::default(),
@@ -164,6 +171,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
     })?;
     let mut running = RunningVm {
         shared,
+        device_loop: Some(virtio.start()?),
         vcpu_threads: Vec::new(),
         profiler: None,
         profiler_stop: Arc::new(AtomicBool::new(false)),
@@ -225,10 +233,15 @@ fn open(path: &Path) -> Result<File, VmError> {
     })
 }
 
-fn load_guest(config: &VmConfig, memory: &GuestMemoryMmap) -> Result<boot::BootEntry, VmError> {
+fn load_guest(
+    config: &VmConfig,
+    memory: &GuestMemoryMmap,
+    device_cmdline: &str,
+) -> Result<boot::BootEntry, VmError> {
     let mut kernel = open(&config.kernel)?;
     let mut initrd = config.initrd.as_deref().map(open).transpose()?;
-    let cmdline = config.full_cmdline();
+    let cmdline = config.full_cmdline(device_cmdline);
+    log::debug!("kernel command line: {cmdline}");
     let req = BootRequest {
         cmdline: &cmdline,
         initrd: initrd.as_mut(),
@@ -386,6 +399,9 @@ impl RunningVm {
             if let Ok(s) = handle.join() {
                 samples.merge(&s);
             }
+        }
+        if let Some(mut devices) = self.device_loop.take() {
+            devices.stop();
         }
         samples
     }

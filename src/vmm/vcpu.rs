@@ -197,9 +197,7 @@ impl Vcpu {
                 c.interrupted.fetch_add(1, Ordering::Relaxed);
                 self.fd.set_kvm_immediate_exit(0);
                 if self.shared.profiling {
-                    if let Some(rip) = self.rip() {
-                        self.samples.add(rip);
-                    }
+                    self.sample();
                 }
                 None
             }
@@ -208,6 +206,16 @@ impl Vcpu {
                 errno: e.errno(),
             }),
         }
+    }
+
+    /// Record where the guest is. Kernel code that runs before paging (the PVH entry)
+    /// has physical RIPs; they are moved into the kernel's virtual map so they resolve.
+    fn sample(&mut self) {
+        let (Ok(regs), Ok(sregs)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            return;
+        };
+        self.samples
+            .add(profile_address(regs.rip, sregs.cs.selector & 3 == 3));
     }
 
     fn rip(&self) -> Option<u64> {
@@ -235,4 +243,50 @@ pub fn kick(thread: libc::pthread_t) {
     // SAFETY: `thread` is a live thread of this process (the caller joins it only after
     // kicking); pthread_kill with a handled signal has no other effect.
     unsafe { libc::pthread_kill(thread, kick_signal()) };
+}
+
+/// Linux x86_64 maps the kernel image at this virtual base plus its physical address.
+const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+/// Lowest kernel-half address.
+const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
+
+/// The address a profile sample is filed under: user-mode RIPs as they are, kernel-mode
+/// RIPs below the kernel half (code running before paging) moved into the kernel map.
+pub fn profile_address(rip: u64, user_mode: bool) -> u64 {
+    if user_mode || rip >= KERNEL_HALF {
+        rip
+    } else {
+        rip.wrapping_add(START_KERNEL_MAP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn physical_kernel_rip_maps_into_the_kernel_image() {
+        assert_eq!(profile_address(0x0100_0040, false), 0xffff_ffff_8100_0040);
+    }
+
+    #[test]
+    fn user_rip_stays_as_it_is() {
+        assert_eq!(profile_address(0x40_1000, true), 0x40_1000);
+    }
+
+    #[test]
+    fn virtual_kernel_rip_stays_as_it_is() {
+        assert_eq!(
+            profile_address(0xffff_ffff_8123_4567, false),
+            0xffff_ffff_8123_4567
+        );
+    }
+
+    #[test]
+    fn first_reported_cause_wins() {
+        let sink = ExitSink::default();
+        sink.report(ExitCause::ResetRequested);
+        sink.report(ExitCause::Stopped);
+        assert_eq!(sink.wait(), ExitCause::ResetRequested);
+    }
 }

@@ -1,0 +1,16 @@
+//! virtio-blk (virtio 1.2 §5.2) backed by a raw image file.
+//!
+//! `config` parses the command-line form, `disk` owns the file and its capabilities,
+//! `request` parses and executes requests on guest memory, `device` is the
+//! `VirtioDevice`, and `event_handler` ties the queue eventfd to the event loop.
+
+mod config;
+mod device;
+mod disk;
+mod event_handler;
+mod request;
+
+pub use config::{BlockConfig, BlockConfigError};
+pub use device::{Block, BlockError, BlockState, QUEUE_SIZE};
+pub use disk::{Disk, DiskError, WriteZeroes};
+pub use request::{process_queue, SECTOR_SIZE};

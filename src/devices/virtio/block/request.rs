@@ -1,0 +1,217 @@
+//! virtio-blk request parsing and execution (virtio 1.2 §5.2.6) on guest memory.
+//!
+//! A request is a 16-byte header (type, reserved, sector), data, and a status byte
+//! that is the last byte of the last device-writable buffer. Anything wrong with a
+//! request that still has a status byte is answered with IOERR or UNSUPP; a chain
+//! without a status byte cannot be answered and is a queue error.
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::GuestMemoryMmap;
+
+use super::disk::{Disk, WriteZeroes};
+use crate::devices::virtio::descriptor::{
+    read_bytes, sub_range, total_len, write_bytes, Buffer, Chain, DescriptorError,
+};
+use crate::devices::virtio::queues::{drain, Drained, QueueError};
+
+/// Sector size of the virtio-blk interface.
+pub const SECTOR_SIZE: u64 = 512;
+/// Most descriptors in a request (SEG_MAX data segments + header + status).
+pub const MAX_DESCRIPTORS: usize = 128;
+/// Largest discard / write-zeroes request, in sectors (2 GiB).
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+const HEADER_LEN: usize = 16;
+const SEGMENT_LEN: usize = 16;
+
+/// Errors that leave a request without an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The chain itself is invalid.
+    #[error("block request")]
+    Descriptor(#[from] DescriptorError),
+    /// No device-writable byte for the status.
+    #[error("block request {head} has no status byte")]
+    NoStatus {
+        /// Head index.
+        head: u16,
+    },
+}
+
+/// Status and bytes written to data buffers.
+type Outcome = (u32, u32);
+
+const IOERR: Outcome = (VIRTIO_BLK_S_IOERR, 0);
+const UNSUPP: Outcome = (VIRTIO_BLK_S_UNSUPP, 0);
+
+/// Execute one chain on `disk`; returns the used length (data written + status).
+pub fn handle_request(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    disk: &mut Disk,
+) -> Result<u32, RequestError> {
+    let chain = Chain::parse(chain, mem, MAX_DESCRIPTORS)?;
+    let head = chain.head;
+    let last = *chain
+        .writable
+        .last()
+        .filter(|b| b.len > 0)
+        .ok_or(RequestError::NoStatus { head })?;
+    let in_len = total_len(&chain.writable) - 1;
+    let in_bufs = sub_range(&chain.writable, 0, in_len)?;
+    let (status, written) = execute(mem, &chain.readable, &in_bufs, disk);
+    let status_buf = Buffer {
+        addr: last.addr,
+        len: last.len,
+    };
+    write_bytes(mem, &[status_buf], last.len as usize - 1, &[status as u8])?;
+    Ok(written + 1)
+}
+
+/// The byte offset of `sector` if `len` bytes from there are inside the disk.
+fn byte_range(disk: &Disk, sector: u64, len: u64) -> Option<u64> {
+    let offset = sector.checked_mul(SECTOR_SIZE)?;
+    let end = offset.checked_add(len)?;
+    (len % SECTOR_SIZE == 0 && end <= disk.sectors() * SECTOR_SIZE).then_some(offset)
+}
+
+fn execute(mem: &GuestMemoryMmap, out: &[Buffer], in_bufs: &[Buffer], disk: &mut Disk) -> Outcome {
+    let mut hdr = [0u8; HEADER_LEN];
+    if read_bytes(mem, out, 0, &mut hdr).is_err() {
+        return IOERR;
+    }
+    let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+    let sector = u64::from_le_bytes(hdr[8..16].try_into().expect("8 bytes"));
+    let data_len = total_len(out) - HEADER_LEN;
+    let Ok(data) = sub_range(out, HEADER_LEN, data_len) else {
+        return IOERR;
+    };
+    match kind {
+        VIRTIO_BLK_T_IN if data.is_empty() => read(mem, disk, sector, in_bufs),
+        VIRTIO_BLK_T_OUT if in_bufs.is_empty() && !disk.read_only() => {
+            write(mem, disk, sector, &data)
+        }
+        VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => IOERR,
+        VIRTIO_BLK_T_FLUSH => match disk.flush() {
+            Ok(()) => (VIRTIO_BLK_S_OK, 0),
+            Err(e) => {
+                log::warn!("virtio-blk: flush of {}: {e}", disk.path().display());
+                IOERR
+            }
+        },
+        VIRTIO_BLK_T_GET_ID => get_id(mem, disk, in_bufs),
+        VIRTIO_BLK_T_DISCARD if disk.discard() => range_op(mem, disk, &data, false),
+        VIRTIO_BLK_T_WRITE_ZEROES if disk.write_zeroes() != WriteZeroes::Unsupported => {
+            range_op(mem, disk, &data, true)
+        }
+        _ => UNSUPP,
+    }
+}
+
+fn read(mem: &GuestMemoryMmap, disk: &mut Disk, sector: u64, bufs: &[Buffer]) -> Outcome {
+    let len = total_len(bufs) as u64;
+    let Some(offset) = byte_range(disk, sector, len) else {
+        return IOERR;
+    };
+    match disk.read_into(mem, offset, bufs) {
+        Ok(()) => (VIRTIO_BLK_S_OK, u32::try_from(len).unwrap_or(u32::MAX)),
+        Err(e) => {
+            log::warn!(
+                "virtio-blk: read of {} at {offset}: {e}",
+                disk.path().display()
+            );
+            IOERR
+        }
+    }
+}
+
+fn write(mem: &GuestMemoryMmap, disk: &mut Disk, sector: u64, bufs: &[Buffer]) -> Outcome {
+    let len = total_len(bufs) as u64;
+    let Some(offset) = byte_range(disk, sector, len) else {
+        return IOERR;
+    };
+    match disk.write_from(mem, offset, bufs) {
+        Ok(()) => (VIRTIO_BLK_S_OK, 0),
+        Err(e) => {
+            log::warn!(
+                "virtio-blk: write of {} at {offset}: {e}",
+                disk.path().display()
+            );
+            IOERR
+        }
+    }
+}
+
+fn get_id(mem: &GuestMemoryMmap, disk: &Disk, bufs: &[Buffer]) -> Outcome {
+    let n = total_len(bufs).min(disk.id().len());
+    match write_bytes(mem, bufs, 0, &disk.id()[..n]) {
+        Ok(()) => (VIRTIO_BLK_S_OK, u32::try_from(n).expect("at most 20")),
+        Err(_) => IOERR,
+    }
+}
+
+/// Discard or write-zeroes with exactly one segment (max_*_seg = 1).
+fn range_op(mem: &GuestMemoryMmap, disk: &mut Disk, data: &[Buffer], zeroes: bool) -> Outcome {
+    let mut seg = [0u8; SEGMENT_LEN];
+    if total_len(data) != SEGMENT_LEN || read_bytes(mem, data, 0, &mut seg).is_err() {
+        return IOERR;
+    }
+    let sector = u64::from_le_bytes(seg[0..8].try_into().expect("8 bytes"));
+    let sectors = u32::from_le_bytes(seg[8..12].try_into().expect("4 bytes"));
+    let flags = u32::from_le_bytes(seg[12..16].try_into().expect("4 bytes"));
+    let allowed_flags = match zeroes {
+        true => VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+        false => 0,
+    };
+    if flags & !allowed_flags != 0 {
+        return UNSUPP;
+    }
+    let len = u64::from(sectors) * SECTOR_SIZE;
+    let Some(offset) = byte_range(disk, sector, len).filter(|_| sectors <= MAX_DISCARD_SECTORS)
+    else {
+        return IOERR;
+    };
+    let result = match zeroes {
+        true => disk.zero_range(offset, len),
+        false => disk.punch_hole(offset, len),
+    };
+    match result {
+        Ok(()) => (VIRTIO_BLK_S_OK, 0),
+        Err(e) => {
+            log::warn!(
+                "virtio-blk: discard/zero of {} at {offset}: {e}",
+                disk.path().display()
+            );
+            IOERR
+        }
+    }
+}
+
+/// Serve up to `budget` requests of the block queue (index 0).
+pub fn process_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    disk: &mut Disk,
+    budget: usize,
+) -> Result<Drained, QueueError> {
+    drain(queue, mem, 0, budget, |chain| {
+        handle_request(mem, chain, disk).map_err(|e| QueueError::Request {
+            index: 0,
+            source: Box::new(e),
+        })
+    })
+}
+
+/// Read the status byte a test request got.
+#[cfg(test)]
+pub(crate) fn status_at(mem: &GuestMemoryMmap, addr: u64) -> u8 {
+    vm_memory::Bytes::read_obj(mem, vm_memory::GuestAddress(addr)).unwrap()
+}
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;

@@ -1,0 +1,205 @@
+//! Virtio devices (virtio 1.2) on the virtio-mmio transport.
+//!
+//! A device implements [`VirtioDevice`]; [`mmio::MmioTransport`] wraps it and exposes it
+//! on the bus. Request processing in each device is free of KVM and of file descriptors
+//! it does not own, so it is unit-tested on in-memory guest memory with hand-built
+//! virtqueues. The [`Interrupt`] is shared by a transport and its device: the device
+//! raises it when it used buffers, the transport reads and acknowledges it.
+//!
+//! # Wiring a device into a VM
+//! 1. Build the device (`rng::Rng::new()`, `block::Block::new(cfg)`,
+//!    `vsock::Vsock::new(cfg)`, `net::Net::new(cfg)`) and wrap it in `Arc<Mutex<_>>`.
+//! 2. Add that same `Arc` to the device event loop (`EventManager::add_subscriber`); its
+//!    `init` registers the activation eventfd and the backend fds (listener, TAP).
+//! 3. `manager::VirtioManager::attach(mem, device)` returns an `MmioDeviceInfo`: insert
+//!    `info.transport` on the MMIO bus at `info.slot.base`/`info.slot.len`, register
+//!    `info.irqfd` with `register_irqfd(.., info.slot.irq)`, each `info.ioevents[i]`
+//!    with `register_ioevent(fd, IoEventAddress::Mmio(addr), datamatch as u32)`, and
+//!    append `info.slot.cmdline()` to the kernel command line.
+//! 4. When the driver sets DRIVER_OK (a vCPU thread), the transport activates the
+//!    device; the event loop then starts watching the queue eventfds by itself.
+
+pub mod block;
+pub mod descriptor;
+pub mod manager;
+pub mod mmio;
+pub mod net;
+pub mod queues;
+pub mod rng;
+pub mod vsock;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
+
+/// Virtio device id of a network card (virtio 1.2 §5).
+pub const TYPE_NET: u32 = 1;
+/// Virtio device id of a block device.
+pub const TYPE_BLOCK: u32 = 2;
+/// Virtio device id of an entropy source.
+pub const TYPE_RNG: u32 = 4;
+/// Virtio device id of a socket device.
+pub const TYPE_VSOCK: u32 = 19;
+
+/// Feature bit: the device complies with virtio 1.x (virtio 1.2 §6).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: `used_event`/`avail_event` notification suppression (virtio 1.2 §2.7.10).
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+
+/// Interrupt status bit: a used ring was updated (virtio 1.2 §4.2.2, InterruptStatus).
+pub const INT_VRING: u32 = 1;
+/// Interrupt status bit: the configuration (or device status) changed.
+pub const INT_CONFIG: u32 = 2;
+
+/// The bit for feature number `bit` in a 64-bit feature word.
+pub const fn feature(bit: u32) -> u64 {
+    1 << bit
+}
+
+/// An error and its sources as one line (`a: b: c`), for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Errors shared by all virtio devices.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    /// An eventfd could not be created.
+    #[error("cannot create eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// The irqfd could not be signalled.
+    #[error("cannot signal irqfd")]
+    Signal(#[source] std::io::Error),
+    /// `activate` was called with the wrong number of queues.
+    #[error("device {device} needs {expected} queues, got {got}")]
+    QueueCount {
+        /// Device name.
+        device: &'static str,
+        /// Queues the device has.
+        expected: usize,
+        /// Queues passed to `activate`.
+        got: usize,
+    },
+    /// The device could not start its backend.
+    #[error("cannot activate device {device}")]
+    Backend {
+        /// Device name.
+        device: &'static str,
+        /// The backend's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The interrupt line of one device: status bits for the guest and an irqfd for KVM.
+///
+/// The [`EventFd`] lives as long as the transport, so the lead registers it once with
+/// `register_irqfd`. The "needs reset" flag is how a device that found the guest
+/// misbehaving reports DEVICE_NEEDS_RESET to its transport (virtio 1.2 §2.1.2).
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    needs_reset: AtomicBool,
+    evt: EventFd,
+}
+
+impl Interrupt {
+    /// A fresh interrupt with a non-blocking irqfd.
+    pub fn new() -> Result<Self, VirtioError> {
+        Ok(Self {
+            status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
+            evt: EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(VirtioError::EventFd)?,
+        })
+    }
+
+    fn raise(&self, bit: u32) -> Result<(), VirtioError> {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.evt.write(1).map_err(VirtioError::Signal)
+    }
+
+    /// Tell the guest a used ring changed.
+    pub fn signal_used_queue(&self) -> Result<(), VirtioError> {
+        self.raise(INT_VRING)
+    }
+
+    /// Tell the guest the configuration space or device status changed.
+    pub fn signal_config_change(&self) -> Result<(), VirtioError> {
+        self.raise(INT_CONFIG)
+    }
+
+    /// Mark the device broken: the transport then reports DEVICE_NEEDS_RESET.
+    pub fn set_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        if let Err(e) = self.signal_config_change() {
+            log::warn!("virtio: {e}");
+        }
+    }
+
+    /// Whether a device asked for a reset since the last [`Interrupt::reset`].
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// Clear the bits the guest wrote to InterruptACK.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clear status and the needs-reset flag (device reset).
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+
+    /// The irqfd to register with KVM (`register_irqfd`).
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device id ([`TYPE_BLOCK`], ...).
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Device features offered to the driver (the transport adds VERSION_1).
+    fn avail_features(&self) -> u64;
+    /// Record the features the driver accepted (a subset of the offered ones).
+    fn set_acked_features(&mut self, features: u64);
+    /// Read device configuration space at `offset`; bytes past its end read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Write device configuration space at `offset`; read-only fields are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Start processing: the queues are validated and each comes with its notify eventfd.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<(Queue, EventFd)>,
+    ) -> Result<(), VirtioError>;
+    /// Return to the state before `activate` (the driver wrote 0 to Status).
+    fn reset(&mut self);
+}
+
+#[cfg(test)]
+mod chain_proptests;
+
+#[cfg(test)]
+mod wiring_tests;

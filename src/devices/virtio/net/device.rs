@@ -1,0 +1,191 @@
+//! The virtio-net device: TAP, MAC configuration space, features and queues.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::config::{MacAddr, NetConfig};
+use super::queues::{self, RxState};
+use super::tap::{Tap, TapError};
+use crate::devices::virtio::queues::{Drained, QueueError, QueueSet};
+use crate::devices::virtio::{
+    feature, Interrupt, VirtioDevice, VirtioError, TYPE_NET, VIRTIO_RING_F_EVENT_IDX,
+};
+
+/// Size of the RX and TX queues.
+pub const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+const BUDGET: usize = 256;
+
+/// Errors creating a network device.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The TAP could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// Eventfds could not be created.
+    #[error("virtio-net setup")]
+    Setup(#[from] VirtioError),
+}
+
+/// The device's state as plain data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetState {
+    /// The configuration it was built from.
+    pub config: NetConfig,
+    /// The TAP in use.
+    pub tap_name: String,
+    /// The guest's MAC address.
+    pub mac: MacAddr,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+}
+
+/// A virtio network card on a TAP.
+#[derive(Debug)]
+pub struct Net {
+    pub(super) queues: QueueSet,
+    pub(super) tap: Tap,
+    pub(super) rx: RxState,
+    state: NetState,
+}
+
+impl Net {
+    /// Open (or create) the TAP of `config` and pick the MAC.
+    pub fn new(config: NetConfig) -> Result<Self, NetError> {
+        let tap = Tap::open(config.tap.as_deref())?;
+        let state = NetState {
+            tap_name: tap.name().to_string(),
+            mac: config.mac.unwrap_or_else(MacAddr::random),
+            acked_features: 0,
+            config,
+        };
+        Ok(Self {
+            queues: QueueSet::new("net", &[QUEUE_SIZE; 2])?,
+            tap,
+            rx: RxState::default(),
+            state,
+        })
+    }
+
+    /// The device's state.
+    pub fn state(&self) -> NetState {
+        self.state.clone()
+    }
+
+    /// The TAP interface name (to configure on the host).
+    pub fn tap_name(&self) -> &str {
+        &self.state.tap_name
+    }
+
+    fn finish(&mut self, index: usize, result: Result<Drained, QueueError>) {
+        match result {
+            Ok(d) => {
+                if d.notify {
+                    self.queues.signal_used();
+                }
+                if d.more {
+                    self.queues.requeue(index);
+                }
+            }
+            Err(e) => self.queues.mark_broken(&e),
+        }
+    }
+
+    /// Send guest frames to the TAP.
+    pub(super) fn process_tx(&mut self) {
+        if !self.queues.is_running() {
+            return;
+        }
+        let Some(active) = self.queues.active.as_mut() else {
+            return;
+        };
+        let result = queues::process_tx(&mut active.queues[TX], &active.mem, &mut self.tap, BUDGET);
+        self.finish(TX, result);
+    }
+
+    /// Deliver TAP frames to the guest.
+    pub(super) fn process_rx(&mut self) {
+        if !self.queues.is_running() {
+            return;
+        }
+        let Some(active) = self.queues.active.as_mut() else {
+            return;
+        };
+        let q = &mut active.queues[RX];
+        let result = queues::process_rx(q, &active.mem, &mut self.tap, &mut self.rx, BUDGET);
+        self.finish(RX, result);
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.queues.max_sizes()
+    }
+
+    /// Only the MAC and EVENT_IDX: no checksum or segmentation offloads.
+    fn avail_features(&self) -> u64 {
+        feature(VIRTIO_NET_F_MAC) | feature(VIRTIO_RING_F_EVENT_IDX)
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.state.acked_features = features;
+    }
+
+    /// `struct virtio_net_config` up to `mac` (no STATUS, MQ or MTU features).
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let mac = self.state.mac.0;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(mac.len());
+        let n = (mac.len() - start).min(data.len());
+        data[..n].copy_from_slice(&mac[start..start + n]);
+    }
+
+    /// The MAC is read-only without VIRTIO_NET_F_CTRL_MAC_ADDR.
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        log::debug!("virtio-net: config write at {offset:#x} ignored");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<(Queue, EventFd)>,
+    ) -> Result<(), VirtioError> {
+        self.queues.activate(mem, interrupt, queues)
+    }
+
+    fn reset(&mut self) {
+        self.queues.reset();
+        self.rx.clear();
+        self.state.acked_features = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_on_new_tap_needs_root_and_exposes_mac_in_config() {
+        let mac: MacAddr = "02:11:22:33:44:55".parse().unwrap();
+        let net = Net::new(NetConfig {
+            tap: None,
+            mac: Some(mac),
+        })
+        .unwrap();
+        let mut b = [0u8; 6];
+        net.read_config(0, &mut b);
+        assert_eq!(b, mac.0);
+        assert!(net.tap_name().starts_with("husk"));
+    }
+}

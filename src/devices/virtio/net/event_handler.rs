@@ -1,0 +1,35 @@
+//! Event-manager glue of virtio-net: queue eventfds and the TAP (edge-triggered).
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+
+use super::Net;
+use crate::devices::virtio::queues::ACTIVATE_TOKEN;
+
+/// Event data of the TAP fd.
+const TAP_TOKEN: u32 = 0x102;
+
+impl MutEventSubscriber for Net {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            ACTIVATE_TOKEN => {
+                self.queues.on_activate(ops);
+                self.process_rx();
+            }
+            0 if self.queues.take_queue_event(0) => self.process_rx(),
+            1 if self.queues.take_queue_event(1) => self.process_tx(),
+            TAP_TOKEN => {
+                self.rx.readable = true;
+                self.process_rx();
+            }
+            _ => {}
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        self.queues.init_events(ops);
+        let set = EventSet::IN | EventSet::EDGE_TRIGGERED;
+        if let Err(e) = ops.add(Events::with_data(&self.tap, TAP_TOKEN, set)) {
+            log::error!("virtio-net: cannot watch tap {}: {e}", self.tap.name());
+        }
+    }
+}

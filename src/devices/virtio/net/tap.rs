@@ -1,0 +1,161 @@
+//! A TAP interface opened through `/dev/net/tun` (the device's only ioctls).
+//!
+//! The TAP is created with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and is never made
+//! persistent (no TUNSETPERSIST): a TAP that husk created disappears when its last fd
+//! closes, i.e. when the device is dropped. Attaching to an existing persistent TAP
+//! (`ip tuntap add`) leaves it in place afterwards, as its owner expects.
+#![expect(
+    unsafe_code,
+    reason = "TUNSETIFF and friends are ioctls without safe wrappers"
+)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use super::config::{validate_ifname, NetConfigError};
+use super::queues::{FrameIo, NET_HDR_LEN};
+
+const TUN_PATH: &str = "/dev/net/tun";
+/// Name template for TAPs husk creates; the kernel replaces `%d`.
+const NAME_TEMPLATE: &str = "husk%d";
+
+/// Errors opening a TAP.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// The requested name is invalid.
+    #[error(transparent)]
+    Name(#[from] NetConfigError),
+    /// `/dev/net/tun` could not be opened.
+    #[error("cannot open {TUN_PATH}")]
+    OpenTun(#[source] io::Error),
+    /// An ioctl on the TAP failed.
+    #[error("{op} on tap {name}")]
+    Ioctl {
+        /// The ioctl.
+        op: &'static str,
+        /// Interface name (or template).
+        name: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `struct ifreq` with the `ifr_flags` member of its union (40 bytes on x86_64).
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// An open TAP interface.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Attach to TAP `name`, or create one named `husk<N>` when `name` is None.
+    pub fn open(name: Option<&str>) -> Result<Self, TapError> {
+        let requested = name.unwrap_or(NAME_TEMPLATE);
+        if let Some(n) = name {
+            validate_ifname(n)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(TUN_PATH)
+            .map_err(TapError::OpenTun)?;
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+            _pad: [0; 22],
+        };
+        req.name[..requested.len()].copy_from_slice(requested.as_bytes());
+        let err = |op, source| TapError::Ioctl {
+            op,
+            name: requested.into(),
+            source,
+        };
+        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `req` is a valid,
+        // exclusively borrowed ifreq-sized buffer for the duration of the call.
+        let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };
+        if ret < 0 {
+            return Err(err("TUNSETIFF", io::Error::last_os_error()));
+        }
+        let len = req.name.iter().position(|&b| b == 0).unwrap_or(16);
+        let name = String::from_utf8_lossy(&req.name[..len]).into_owned();
+        let hdr_len = NET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, valid for the call.
+        let ret = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                libc::TUNSETVNETHDRSZ,
+                &hdr_len as *const libc::c_int,
+            )
+        };
+        if ret < 0 {
+            return Err(err("TUNSETVNETHDRSZ", io::Error::last_os_error()));
+        }
+        // No offloads: the guest is offered no CSUM/TSO features (virtio 1.2 §5.1.3).
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is accessed.
+        let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) };
+        if ret < 0 {
+            return Err(err("TUNSETOFFLOAD", io::Error::last_os_error()));
+        }
+        Ok(Self { file, name })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+impl FrameIo for Tap {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
+        self.file.write(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link_exists(name: &str) -> bool {
+        std::path::Path::new("/sys/class/net").join(name).exists()
+    }
+
+    #[test]
+    fn tap_created_by_husk_needs_root_and_vanishes_on_drop() {
+        let tap = Tap::open(None).unwrap();
+        let name = tap.name().to_string();
+        assert!(name.starts_with("husk"));
+        assert!(link_exists(&name));
+        drop(tap);
+        assert!(!link_exists(&name));
+    }
+
+    #[test]
+    fn invalid_tap_name_is_rejected_before_any_ioctl() {
+        assert!(matches!(
+            Tap::open(Some("bad/name")),
+            Err(TapError::Name(_))
+        ));
+    }
+}

@@ -1,0 +1,361 @@
+//! What every device holds once activated, and the queue loop they share.
+//!
+//! [`QueueSet`] keeps the guest memory, interrupt, queues and notify eventfds a device
+//! received in `activate`, plus an activation eventfd: the transport activates a device
+//! on a vCPU thread, and the event-manager thread learns about it through that eventfd
+//! and then registers the queue eventfds (see each device's `event_handler.rs`).
+
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
+
+use super::{Interrupt, VirtioError};
+
+/// Event data of the activation eventfd; queue eventfds use their queue index.
+pub const ACTIVATE_TOKEN: u32 = 0x100;
+
+/// Errors from the split virtqueue itself (not from one request).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The ring could not be read or written.
+    #[error("virtqueue {index}")]
+    Ring {
+        /// Queue index.
+        index: usize,
+        /// The virtio-queue error.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// A request could not be completed even with an error status.
+    #[error("virtqueue {index}: unusable request")]
+    Request {
+        /// Queue index.
+        index: usize,
+        /// What was wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The state of an activated device.
+#[derive(Debug)]
+pub struct Active {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The device's interrupt.
+    pub interrupt: Arc<Interrupt>,
+    /// The queues, in device order.
+    pub queues: Vec<Queue>,
+}
+
+/// Queues, eventfds and activation state of one device.
+#[derive(Debug)]
+pub struct QueueSet {
+    name: &'static str,
+    max_sizes: Vec<u16>,
+    /// Set by `activate`, cleared by `reset`.
+    pub active: Option<Active>,
+    evts: Vec<EventFd>,
+    stale: Vec<EventFd>,
+    activate_evt: EventFd,
+    broken: bool,
+    /// The first breakage was logged at warn level (kept across resets).
+    warned: bool,
+}
+
+impl QueueSet {
+    /// An inactive set for device `name` with queues of `max_sizes`.
+    pub fn new(name: &'static str, max_sizes: &[u16]) -> Result<Self, VirtioError> {
+        Ok(Self {
+            name,
+            max_sizes: max_sizes.to_vec(),
+            active: None,
+            evts: Vec::new(),
+            stale: Vec::new(),
+            activate_evt: EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(VirtioError::EventFd)?,
+            broken: false,
+            warned: false,
+        })
+    }
+
+    /// Queue maximum sizes.
+    pub fn max_sizes(&self) -> &[u16] {
+        &self.max_sizes
+    }
+
+    /// Store what `VirtioDevice::activate` received and wake the event loop.
+    pub fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<(Queue, EventFd)>,
+    ) -> Result<(), VirtioError> {
+        if queues.len() != self.max_sizes.len() {
+            return Err(VirtioError::QueueCount {
+                device: self.name,
+                expected: self.max_sizes.len(),
+                got: queues.len(),
+            });
+        }
+        let (queues, evts): (Vec<_>, Vec<_>) = queues.into_iter().unzip();
+        self.stale.append(&mut self.evts);
+        self.evts = evts;
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queues,
+        });
+        self.broken = false;
+        self.activate_evt
+            .write(1)
+            .map_err(|source| VirtioError::Backend {
+                device: self.name,
+                source,
+            })
+    }
+
+    /// Forget the queues; the eventfds stay registered until the next activation.
+    pub fn reset(&mut self) {
+        self.active = None;
+        self.broken = false;
+    }
+
+    /// Active and not broken.
+    pub fn is_running(&self) -> bool {
+        self.active.is_some() && !self.broken
+    }
+
+    /// Whether the device gave up on the guest.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Stop processing and report DEVICE_NEEDS_RESET; warns only the first time in
+    /// the device's life (a guest could reset and break it again forever).
+    pub fn mark_broken(&mut self, why: &dyn std::error::Error) {
+        let why = super::error_chain(why);
+        if self.broken {
+            return;
+        }
+        self.broken = true;
+        match std::mem::replace(&mut self.warned, true) {
+            false => log::warn!("virtio-{}: {why}; device needs reset", self.name),
+            true => log::debug!("virtio-{}: {why}; device needs reset", self.name),
+        }
+        if let Some(active) = &self.active {
+            active.interrupt.set_needs_reset();
+        }
+    }
+
+    /// Register the activation eventfd (from `MutEventSubscriber::init`).
+    pub fn init_events(&self, ops: &mut EventOps) {
+        let ev = Events::with_data(&self.activate_evt, ACTIVATE_TOKEN, EventSet::IN);
+        if let Err(e) = ops.add(ev) {
+            log::error!(
+                "virtio-{}: cannot register activation eventfd: {e}",
+                self.name
+            );
+        }
+    }
+
+    /// Handle the activation eventfd: swap stale queue eventfds for the current ones.
+    pub fn on_activate(&mut self, ops: &mut EventOps) {
+        let _ = self.activate_evt.read();
+        for evt in self.stale.drain(..) {
+            let _ = ops.remove(Events::empty(&evt));
+        }
+        for (i, evt) in self.evts.iter().enumerate() {
+            let data = u32::try_from(i).expect("a device has few queues");
+            if let Err(e) = ops.add(Events::with_data(evt, data, EventSet::IN)) {
+                log::error!(
+                    "virtio-{}: cannot register queue {i} eventfd: {e}",
+                    self.name
+                );
+            }
+        }
+    }
+
+    /// Consume a notification on queue `index`; true when the device should process it.
+    pub fn take_queue_event(&self, index: usize) -> bool {
+        if let Some(evt) = self.evts.get(index) {
+            let _ = evt.read();
+        }
+        self.is_running()
+    }
+
+    /// Ask the event loop to come back to queue `index` (work left after a budget).
+    pub fn requeue(&self, index: usize) {
+        if let Some(evt) = self.evts.get(index) {
+            let _ = evt.write(1);
+        }
+    }
+
+    /// Raise the used-ring interrupt.
+    pub fn signal_used(&self) {
+        if let Some(active) = &self.active {
+            if let Err(e) = active.interrupt.signal_used_queue() {
+                log::warn!("virtio-{}: {e}", self.name);
+            }
+        }
+    }
+}
+
+/// Pop the next available chain of queue `index`.
+pub fn pop<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    index: usize,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, QueueError> {
+    let ring = |source| QueueError::Ring { index, source };
+    Ok(queue.iter(mem).map_err(ring)?.next())
+}
+
+/// Put `len` bytes written for chain `head` in the used ring.
+pub fn add_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    head: u16,
+    len: u32,
+) -> Result<(), QueueError> {
+    queue
+        .add_used(mem, head, len)
+        .map_err(|source| QueueError::Ring { index, source })
+}
+
+/// Whether the driver wants an interrupt for what was used (EVENT_IDX aware).
+pub fn needs_notification(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    index: usize,
+) -> Result<bool, QueueError> {
+    queue
+        .needs_notification(mem)
+        .map_err(|source| QueueError::Ring { index, source })
+}
+
+/// Outcome of [`drain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Chains completed.
+    pub used: usize,
+    /// The driver asked to be interrupted.
+    pub notify: bool,
+    /// Chains are left because the budget ran out.
+    pub more: bool,
+}
+
+/// Complete up to `budget` chains of queue `index`, each with the length `f` returns.
+///
+/// With EVENT_IDX, notifications are re-enabled before stopping and the ring is
+/// checked again, so a buffer added meanwhile is not missed (virtio 1.2 §2.7.10).
+pub fn drain<F>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    budget: usize,
+    mut f: F,
+) -> Result<Drained, QueueError>
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Result<u32, QueueError>,
+{
+    let ring = |source| QueueError::Ring { index, source };
+    let mut used = 0;
+    loop {
+        if queue.event_idx_enabled() {
+            queue.disable_notification(mem).map_err(ring)?;
+        }
+        while let Some(chain) = pop(queue, mem, index)? {
+            let head = chain.head_index();
+            let len = f(chain)?;
+            add_used(queue, mem, index, head, len)?;
+            used += 1;
+            if used >= budget {
+                let notify = needs_notification(queue, mem, index)?;
+                return Ok(Drained {
+                    used,
+                    notify,
+                    more: true,
+                });
+            }
+        }
+        if !queue.event_idx_enabled() || !queue.enable_notification(mem).map_err(ring)? {
+            break;
+        }
+    }
+    let notify = used > 0 && needs_notification(queue, mem, index)?;
+    Ok(Drained {
+        used,
+        notify,
+        more: false,
+    })
+}
+
+/// With EVENT_IDX, ask for a notification on the next buffer; true when buffers
+/// arrived meanwhile (the caller should look again). Without EVENT_IDX, false.
+pub fn rearm(queue: &mut Queue, mem: &GuestMemoryMmap, index: usize) -> Result<bool, QueueError> {
+    if !queue.event_idx_enabled() {
+        return Ok(false);
+    }
+    queue
+        .enable_notification(mem)
+        .map_err(|source| QueueError::Ring { index, source })
+}
+
+/// Give a popped chain back to the ring (nothing to put in it yet).
+pub fn unpop(queue: &mut Queue) {
+    queue.go_to_previous_position();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::descriptor::test_util::*;
+
+    fn active_set() -> (QueueSet, Arc<Interrupt>) {
+        let mem = memory();
+        let (_mock, q) = queue(&mem, 0, 16);
+        let irq = Arc::new(Interrupt::new().unwrap());
+        let mut set = QueueSet::new("test", &[16]).unwrap();
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        set.activate(mem.clone(), irq.clone(), vec![(q, evt)])
+            .unwrap();
+        (set, irq)
+    }
+
+    #[test]
+    fn marking_broken_sets_needs_reset_and_stops_processing() {
+        let (mut set, irq) = active_set();
+        set.mark_broken(&std::io::Error::other("bad chain"));
+        assert!(irq.needs_reset());
+        assert!(!set.is_running());
+        assert!(!set.take_queue_event(0));
+    }
+
+    #[test]
+    fn marking_broken_twice_signals_once() {
+        let (mut set, irq) = active_set();
+        set.mark_broken(&std::io::Error::other("bad chain"));
+        set.mark_broken(&std::io::Error::other("bad chain again"));
+        assert_eq!(irq.eventfd().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn activation_with_wrong_queue_count_is_an_error() {
+        let mut set = QueueSet::new("test", &[16, 16]).unwrap();
+        let irq = Arc::new(Interrupt::new().unwrap());
+        let e = set.activate(memory(), irq, vec![]).unwrap_err();
+        assert_eq!(e.to_string(), "device test needs 2 queues, got 0");
+    }
+
+    #[test]
+    fn reset_clears_broken_state() {
+        let (mut set, _irq) = active_set();
+        set.mark_broken(&std::io::Error::other("bad chain"));
+        set.reset();
+        assert!(!set.is_broken());
+    }
+}

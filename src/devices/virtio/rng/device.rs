@@ -1,0 +1,135 @@
+//! The virtio-rng device: entropy source, queue state and the `VirtioDevice` impl.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::request;
+use crate::devices::virtio::queues::QueueSet;
+use crate::devices::virtio::{
+    feature, Interrupt, VirtioDevice, VirtioError, TYPE_RNG, VIRTIO_RING_F_EVENT_IDX,
+};
+
+/// Size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Chains completed per event before yielding to other devices.
+const BUDGET: usize = 256;
+const ENTROPY_PATH: &str = "/dev/urandom";
+
+/// Errors creating the rng device.
+#[derive(Debug, thiserror::Error)]
+pub enum RngError {
+    /// The entropy source could not be opened.
+    #[error("cannot open {path}")]
+    Open {
+        /// Path of the source.
+        path: &'static str,
+        /// The open error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Eventfds could not be created.
+    #[error("virtio-rng setup")]
+    Setup(#[from] VirtioError),
+}
+
+/// The device's state as plain data.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// Features the driver accepted.
+    pub acked_features: u64,
+}
+
+/// A virtio entropy device.
+#[derive(Debug)]
+pub struct Rng {
+    pub(super) queues: QueueSet,
+    source: File,
+    state: RngState,
+}
+
+impl Rng {
+    /// A device reading from `/dev/urandom`.
+    pub fn new() -> Result<Self, RngError> {
+        let source = File::open(ENTROPY_PATH).map_err(|source| RngError::Open {
+            path: ENTROPY_PATH,
+            source,
+        })?;
+        Ok(Self {
+            queues: QueueSet::new("rng", &[QUEUE_SIZE])?,
+            source,
+            state: RngState::default(),
+        })
+    }
+
+    /// The device's state.
+    pub fn state(&self) -> RngState {
+        self.state.clone()
+    }
+
+    /// Serve the request queue (called by the event handler on a notification).
+    pub(super) fn process(&mut self) {
+        if !self.queues.is_running() {
+            return;
+        }
+        let Some(active) = self.queues.active.as_mut() else {
+            return;
+        };
+        let result =
+            request::process_queue(&mut active.queues[0], &active.mem, &mut self.source, BUDGET);
+        match result {
+            Ok(d) => {
+                if d.notify {
+                    self.queues.signal_used();
+                }
+                if d.more {
+                    self.queues.requeue(0);
+                }
+            }
+            Err(e) => self.queues.mark_broken(&e),
+        }
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.queues.max_sizes()
+    }
+
+    fn avail_features(&self) -> u64 {
+        feature(VIRTIO_RING_F_EVENT_IDX)
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.state.acked_features = features;
+    }
+
+    /// virtio-rng has no configuration space.
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<(Queue, EventFd)>,
+    ) -> Result<(), VirtioError> {
+        self.queues.activate(mem, interrupt, queues)
+    }
+
+    fn reset(&mut self) {
+        self.queues.reset();
+        self.state = RngState::default();
+    }
+}

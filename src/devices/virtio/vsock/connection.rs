@@ -1,0 +1,258 @@
+//! One vsock stream between a guest port and a host Unix socket: state and credit.
+//!
+//! Credit (virtio 1.2 §5.10.6.3): each side advertises its receive buffer size
+//! (`buf_alloc`) and how much of it it has consumed (`fwd_cnt`); a sender may have at
+//! most `buf_alloc - (sent - fwd_cnt)` bytes in flight. Guest bytes the host socket
+//! cannot take right away wait in `tx_buf`, which never exceeds [`BUF_ALLOC`]; a guest
+//! that sends beyond its credit gets the connection reset.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::num::Wrapping;
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::packet::{Header, HOST_CID, TYPE_STREAM};
+
+/// Receive buffer the host side advertises per connection.
+pub const BUF_ALLOC: u32 = 256 * 1024;
+/// Forwarded bytes after which the host announces its credit unasked.
+const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC / 4;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnState {
+    /// Host-initiated: REQUEST sent to the guest, waiting for RESPONSE.
+    Connecting,
+    /// Data flows both ways.
+    Established,
+    /// The host socket reached EOF; SHUTDOWN(SEND) was sent to the guest.
+    HostClosed,
+}
+
+/// Errors moving guest bytes to the host socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The guest sent more than its credit allows.
+    #[error("guest port {port} exceeded its credit")]
+    Credit {
+        /// Guest port.
+        port: u32,
+    },
+    /// The host socket failed.
+    #[error("host socket of guest port {port}")]
+    Io {
+        /// Guest port.
+        port: u32,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A connection between guest port `peer_port` and host port `local_port`.
+#[derive(Debug)]
+pub struct Connection {
+    /// The host socket (non-blocking).
+    pub stream: UnixStream,
+    /// Host-side port.
+    pub local_port: u32,
+    /// Guest-side port.
+    pub peer_port: u32,
+    /// Life-cycle state.
+    pub state: ConnState,
+    /// The host socket may have bytes to read (edge-triggered readiness seen).
+    pub readable: bool,
+    /// A CREDIT_REQUEST is outstanding.
+    pub credit_requested: bool,
+    /// The guest will not receive more (SHUTDOWN with RCV).
+    pub peer_no_rcv: bool,
+    /// The guest will not send more: shut the host socket's write side once drained.
+    pub peer_no_send: bool,
+    /// When an unanswered host-initiated request gives up.
+    pub deadline: Option<Instant>,
+    tx_buf: VecDeque<u8>,
+    fwd_cnt: Wrapping<u32>,
+    last_fwd_cnt_sent: Wrapping<u32>,
+    rx_cnt: Wrapping<u32>,
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: Wrapping<u32>,
+}
+
+impl Connection {
+    /// A connection over `stream` (already non-blocking).
+    pub fn new(stream: UnixStream, local_port: u32, peer_port: u32, state: ConnState) -> Self {
+        Self {
+            stream,
+            local_port,
+            peer_port,
+            state,
+            readable: state == ConnState::Established,
+            credit_requested: false,
+            peer_no_rcv: false,
+            peer_no_send: false,
+            deadline: None,
+            tx_buf: VecDeque::new(),
+            fwd_cnt: Wrapping(0),
+            last_fwd_cnt_sent: Wrapping(0),
+            rx_cnt: Wrapping(0),
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: Wrapping(0),
+        }
+    }
+
+    /// Take the guest's credit fields from any packet it sent on this connection.
+    pub fn update_peer_credit(&mut self, hdr: &Header) {
+        self.peer_buf_alloc = hdr.buf_alloc;
+        self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
+    }
+
+    /// Bytes the host may still send to the guest.
+    pub fn peer_credit(&self) -> u32 {
+        let in_flight = (self.rx_cnt - self.peer_fwd_cnt).0;
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Count `n` bytes sent to the guest.
+    pub fn record_sent(&mut self, n: u32) {
+        self.rx_cnt += Wrapping(n);
+    }
+
+    /// A header from the host side of this connection to the guest `cid`.
+    pub fn header(&mut self, op: u16, cid: u64) -> Header {
+        self.last_fwd_cnt_sent = self.fwd_cnt;
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: cid,
+            src_port: self.local_port,
+            dst_port: self.peer_port,
+            type_: TYPE_STREAM,
+            op,
+            buf_alloc: BUF_ALLOC,
+            fwd_cnt: self.fwd_cnt.0,
+            ..Default::default()
+        }
+    }
+
+    /// Whether enough was forwarded since the last announcement to tell the guest.
+    pub fn needs_credit_update(&self) -> bool {
+        (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_THRESHOLD
+    }
+
+    /// Send guest bytes to the host socket, buffering what it cannot take now.
+    pub fn send_to_host(&mut self, data: &[u8]) -> Result<(), ConnError> {
+        let port = self.peer_port;
+        if self.tx_buf.len() + data.len() > BUF_ALLOC as usize {
+            return Err(ConnError::Credit { port });
+        }
+        self.tx_buf.extend(data);
+        self.flush_to_host()
+    }
+
+    /// Write buffered guest bytes until the host socket would block.
+    pub fn flush_to_host(&mut self) -> Result<(), ConnError> {
+        let port = self.peer_port;
+        while !self.tx_buf.is_empty() {
+            let (front, _) = self.tx_buf.as_slices();
+            match self.stream.write(front) {
+                Ok(0) => {
+                    let source = io::ErrorKind::WriteZero.into();
+                    return Err(ConnError::Io { port, source });
+                }
+                Ok(n) => {
+                    self.tx_buf.drain(..n);
+                    self.fwd_cnt += Wrapping(u32::try_from(n).expect("below BUF_ALLOC"));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(ConnError::Io { port, source }),
+            }
+        }
+        if self.peer_no_send {
+            // Best effort: the host reader sees EOF; a failure here changes nothing.
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        }
+        Ok(())
+    }
+
+    /// Bytes waiting for the host socket.
+    #[cfg(test)]
+    pub fn pending_to_host(&self) -> usize {
+        self.tx_buf.len()
+    }
+
+    /// Read from the host socket.
+    pub fn read_from_host(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::vsock::packet::OP_RW;
+
+    fn pair() -> (Connection, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (Connection::new(a, 1000, 2000, ConnState::Established), b)
+    }
+
+    #[test]
+    fn credit_is_buffer_minus_in_flight() {
+        let (mut c, _b) = pair();
+        c.update_peer_credit(&Header {
+            buf_alloc: 100,
+            fwd_cnt: 10,
+            ..Default::default()
+        });
+        c.record_sent(30);
+        assert_eq!(c.peer_credit(), 80);
+    }
+
+    #[test]
+    fn credit_never_goes_negative() {
+        let (mut c, _b) = pair();
+        c.update_peer_credit(&Header {
+            buf_alloc: 10,
+            fwd_cnt: 0,
+            ..Default::default()
+        });
+        c.record_sent(30);
+        assert_eq!(c.peer_credit(), 0);
+    }
+
+    #[test]
+    fn sent_bytes_reach_host_and_count_forwarded() {
+        let (mut c, mut b) = pair();
+        c.send_to_host(b"hello").unwrap();
+        let mut out = [0u8; 5];
+        b.read_exact(&mut out).unwrap();
+        assert_eq!(&out, b"hello");
+        assert_eq!(c.header(OP_RW, 3).fwd_cnt, 5);
+    }
+
+    #[test]
+    fn sending_past_buffer_is_a_credit_error() {
+        let (mut c, _b) = pair();
+        let big = vec![0u8; BUF_ALLOC as usize];
+        assert!(c.send_to_host(&big).is_ok());
+        assert!(matches!(
+            c.send_to_host(&big),
+            Err(ConnError::Credit { port: 2000 })
+        ));
+    }
+
+    #[test]
+    fn credit_update_is_due_after_threshold_and_cleared_by_header() {
+        let (mut c, _b) = pair();
+        c.send_to_host(&vec![1u8; CREDIT_UPDATE_THRESHOLD as usize])
+            .unwrap();
+        assert_eq!(c.pending_to_host(), 0);
+        assert!(c.needs_credit_update());
+        c.header(OP_RW, 3);
+        assert!(!c.needs_credit_update());
+    }
+}

@@ -1,0 +1,20 @@
+//! virtio-vsock (virtio 1.2 §5.10) with the hybrid host model.
+//!
+//! The host side is a Unix socket at `uds`. A host client connects to it, writes
+//! `CONNECT <port>\n`, gets `OK <host_port>\n`, and then talks to guest port `<port>`.
+//! A guest connection to host port P is connected to the Unix socket `<uds>_P`.
+//! `packet` is the wire header, `connection` one stream's state and credit accounting,
+//! `muxer` routes packets between the queues and the host sockets, `device` is the
+//! `VirtioDevice`, and `event_handler` registers the sockets with the event loop.
+
+mod config;
+mod connection;
+mod device;
+mod event_handler;
+mod muxer;
+mod packet;
+
+pub use config::{VsockConfig, VsockConfigError};
+pub use device::{Vsock, VsockError, VsockState, QUEUE_SIZE};
+pub use muxer::{FdChange, Muxer, MuxerError};
+pub use packet::{Header, HDR_LEN, HOST_CID};

@@ -1,0 +1,255 @@
+//! The muxer's queue side: guest packets from TX, host packets into RX.
+
+use super::*;
+use crate::devices::virtio::descriptor::{sub_range, Buffer, DescriptorError};
+
+/// Index of the RX queue.
+const RX: usize = 0;
+/// Index of the TX queue.
+const TX: usize = 1;
+
+fn request_error(index: usize, e: DescriptorError) -> QueueError {
+    QueueError::Request {
+        index,
+        source: Box::new(e),
+    }
+}
+
+impl Muxer {
+    pub(super) fn can_send(&self, c: &Connection) -> bool {
+        c.readable && c.state == ConnState::Established && !c.peer_no_rcv && c.peer_credit() > 0
+    }
+
+    /// Serve the TX queue: every guest packet is consumed (used length 0).
+    pub fn process_tx(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Drained, QueueError> {
+        let budget = TX_BUDGET.min(MAX_CTRL.saturating_sub(self.ctrl.len()));
+        self.tx_throttled = budget == 0;
+        if budget == 0 {
+            return Ok(Drained {
+                used: 0,
+                notify: false,
+                more: false,
+            });
+        }
+        let drained = drain(queue, mem, TX, budget, |chain| {
+            let chain =
+                Chain::parse(chain, mem, MAX_DESCRIPTORS).map_err(|e| request_error(TX, e))?;
+            self.tx_packet(mem, &chain);
+            Ok(0)
+        })?;
+        self.tx_throttled = drained.more && self.ctrl.len() >= MAX_CTRL;
+        Ok(drained)
+    }
+
+    /// Decode one TX chain; malformed packets are dropped (the guest gets an RST
+    /// when there is a connection to name).
+    fn tx_packet(&mut self, mem: &GuestMemoryMmap, chain: &Chain) {
+        let mut raw = [0u8; HDR_LEN];
+        if !chain.writable.is_empty() || read_bytes(mem, &chain.readable, 0, &mut raw).is_err() {
+            log::debug!("vsock: malformed TX chain {} dropped", chain.head);
+            return;
+        }
+        let hdr = Header::from_bytes(&raw);
+        let len = hdr.len as usize;
+        let mut data = vec![0u8; len.min(MAX_PKT_DATA)];
+        if len > MAX_PKT_DATA || read_bytes(mem, &chain.readable, HDR_LEN, &mut data).is_err() {
+            log::debug!("vsock: TX packet {} has a bad length {len}", chain.head);
+            return self.ctrl.push_back(self.rst_reply(&hdr));
+        }
+        self.guest_packet(&hdr, &data);
+    }
+
+    /// Act on one packet from the guest.
+    pub(in crate::devices::virtio::vsock) fn guest_packet(&mut self, hdr: &Header, data: &[u8]) {
+        if hdr.src_cid != self.cid || hdr.dst_cid != HOST_CID {
+            log::debug!("vsock: packet {}->{} dropped", hdr.src_cid, hdr.dst_cid);
+            return;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        if hdr.type_ != TYPE_STREAM || !self.conns.contains_key(&key) {
+            match hdr.op {
+                OP_REQUEST if hdr.type_ == TYPE_STREAM => self.guest_connect(hdr),
+                OP_RST => {}
+                _ => self.ctrl.push_back(self.rst_reply(hdr)),
+            }
+            return;
+        }
+        self.conn_packet(key, hdr, data);
+    }
+
+    /// Act on a packet for the existing connection `key` (virtio 1.2 §5.10.6.5).
+    fn conn_packet(&mut self, key: Key, hdr: &Header, data: &[u8]) {
+        let cid = self.cid;
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        conn.update_peer_credit(hdr);
+        let established = conn.state != ConnState::Connecting;
+        match hdr.op {
+            OP_RESPONSE if !established => {
+                conn.state = ConnState::Established;
+                conn.readable = true;
+                conn.deadline = None;
+                let line = format!("OK {}\n", conn.local_port);
+                if conn.stream.write_all(line.as_bytes()).is_err() {
+                    self.reset_conn(key);
+                }
+            }
+            OP_RW if established => match conn.send_to_host(data) {
+                Ok(()) if conn.needs_credit_update() => {
+                    self.ctrl.push_back(conn.header(OP_CREDIT_UPDATE, cid));
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    log::debug!("vsock: {e}");
+                    self.reset_conn(key);
+                }
+            },
+            OP_CREDIT_UPDATE => conn.credit_requested = false,
+            OP_CREDIT_REQUEST => self.ctrl.push_back(conn.header(OP_CREDIT_UPDATE, cid)),
+            OP_SHUTDOWN if hdr.flags & SHUTDOWN_BOTH == SHUTDOWN_BOTH => {
+                let _ = conn.flush_to_host();
+                self.reset_conn(key);
+            }
+            OP_SHUTDOWN => {
+                conn.peer_no_rcv |= hdr.flags & SHUTDOWN_RCV != 0;
+                conn.peer_no_send |= hdr.flags & SHUTDOWN_SEND != 0;
+                if conn.flush_to_host().is_err() {
+                    self.reset_conn(key);
+                }
+            }
+            OP_RST => self.remove(key),
+            _ => self.reset_conn(key),
+        }
+    }
+
+    /// The next thing to send to the guest, fair among connections.
+    fn next_rx_source(&mut self) -> Option<RxSource> {
+        if !self.ctrl.is_empty() {
+            return Some(RxSource::Ctrl);
+        }
+        let start = self.last_rx.map_or((0, 0), |(l, p)| (l, p.wrapping_add(1)));
+        let after = self.conns.range(start..).map(|(k, _)| *k);
+        let before = self.conns.range(..start).map(|(k, _)| *k);
+        let keys: Vec<Key> = after.chain(before).collect();
+        for key in keys {
+            let Some(c) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            let blocked = c.readable && c.state == ConnState::Established && c.peer_credit() == 0;
+            if blocked && !c.credit_requested && !c.peer_no_rcv {
+                c.credit_requested = true;
+                self.ctrl.push_back(c.header(OP_CREDIT_REQUEST, self.cid));
+                return Some(RxSource::Ctrl);
+            }
+            if self.conns.get(&key).is_some_and(|c| self.can_send(c)) {
+                self.last_rx = Some(key);
+                return Some(RxSource::Conn(key));
+            }
+        }
+        None
+    }
+
+    /// Serve the RX queue with control packets and host data.
+    pub fn process_rx(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Drained, QueueError> {
+        let mut used = 0;
+        loop {
+            while let Some(source) = self.next_rx_source() {
+                if used >= RX_BUDGET {
+                    let notify = needs_notification(queue, mem, RX)?;
+                    return Ok(Drained {
+                        used,
+                        notify,
+                        more: true,
+                    });
+                }
+                let Some(chain) = pop(queue, mem, RX)? else {
+                    break;
+                };
+                let head = chain.head_index();
+                let chain =
+                    Chain::parse(chain, mem, MAX_DESCRIPTORS).map_err(|e| request_error(RX, e))?;
+                let bufs = &chain.writable;
+                let len = match source {
+                    _ if !chain.readable.is_empty() || total_len(bufs) < HDR_LEN => 0,
+                    RxSource::Ctrl => self.write_ctrl(mem, bufs),
+                    RxSource::Conn(key) => match self.fill_from_conn(key, mem, bufs) {
+                        Some(len) => len,
+                        None => {
+                            unpop(queue);
+                            continue;
+                        }
+                    },
+                };
+                add_used(queue, mem, RX, head, len)?;
+                used += 1;
+            }
+            if !self.has_rx() || !rearm(queue, mem, RX)? {
+                break;
+            }
+        }
+        let notify = used > 0 && needs_notification(queue, mem, RX)?;
+        Ok(Drained {
+            used,
+            notify,
+            more: false,
+        })
+    }
+
+    fn write_ctrl(&mut self, mem: &GuestMemoryMmap, bufs: &[Buffer]) -> u32 {
+        let Some(hdr) = self.ctrl.pop_front() else {
+            return 0;
+        };
+        match write_bytes(mem, bufs, 0, &hdr.to_bytes()) {
+            Ok(()) => HDR_LEN as u32,
+            Err(_) => 0,
+        }
+    }
+
+    /// Move host bytes of `key` into one RX buffer; None when the socket had nothing.
+    fn fill_from_conn(&mut self, key: Key, mem: &GuestMemoryMmap, bufs: &[Buffer]) -> Option<u32> {
+        let cid = self.cid;
+        let conn = self.conns.get_mut(&key)?;
+        let room = (total_len(bufs) - HDR_LEN).min(MAX_PKT_DATA);
+        let max = room.min(conn.peer_credit() as usize);
+        let mut data = vec![0u8; max];
+        let (hdr, n) = match conn.read_from_host(&mut data) {
+            Ok(0) => {
+                conn.readable = false;
+                conn.state = ConnState::HostClosed;
+                let mut h = conn.header(OP_SHUTDOWN, cid);
+                h.flags = SHUTDOWN_SEND;
+                (h, 0)
+            }
+            Ok(n) => {
+                conn.record_sent(u32::try_from(n).expect("at most 64 KiB"));
+                let mut h = conn.header(OP_RW, cid);
+                h.len = u32::try_from(n).expect("at most 64 KiB");
+                (h, n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.readable = false;
+                return None;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
+            Err(e) => {
+                log::debug!("vsock: read from host port {}: {e}", key.0);
+                let h = conn.header(OP_RST, cid);
+                self.remove(key);
+                (h, 0)
+            }
+        };
+        let data_bufs = sub_range(bufs, HDR_LEN, n).ok()?;
+        write_bytes(mem, bufs, 0, &hdr.to_bytes()).ok()?;
+        write_bytes(mem, &data_bufs, 0, &data[..n]).ok()?;
+        Some(u32::try_from(HDR_LEN + n).expect("at most 64 KiB + header"))
+    }
+}

@@ -1,0 +1,264 @@
+//! The virtio devices of one VM and the event loop thread that drives them.
+//!
+//! Devices are built from the configuration, put behind virtio-mmio transports in the
+//! slots the manager hands out, and wired to KVM: an irqfd per device and an ioeventfd
+//! per queue, so the data path never exits to a VMM thread. Every device is also an
+//! event-manager subscriber; one thread runs the loop until the VM stops.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::VmConfig;
+use crate::devices::bus::Bus;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::manager::VirtioManager;
+use crate::devices::virtio::net::Net;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::VirtioDevice;
+
+/// A device as the event loop holds it.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Errors while creating or wiring devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A device could not be created from its configuration.
+    #[error("{what}: {message}")]
+    Create {
+        /// Which device (e.g. "disk /path").
+        what: String,
+        /// Why.
+        message: String,
+    },
+    /// No slot or IRQ left, or a transport could not be built.
+    #[error(transparent)]
+    Manager(#[from] crate::devices::virtio::manager::ManagerError),
+    /// The slot could not be put on the MMIO bus.
+    #[error(transparent)]
+    Bus(#[from] crate::devices::bus::BusError),
+    /// KVM refused an irqfd or ioeventfd.
+    #[error("registering the {what} of the device at {base:#x}: {source}")]
+    Register {
+        /// irqfd or ioeventfd.
+        what: &'static str,
+        /// Slot base.
+        base: u64,
+        /// KVM's error.
+        source: kvm_ioctls::Error,
+    },
+    /// The event loop could not be set up or started.
+    #[error("device event loop: {0}")]
+    Loop(String),
+}
+
+/// Devices wired into a VM, before their loop starts.
+pub struct VirtioDevices {
+    manager: VirtioManager,
+    events: EventManager<Subscriber>,
+    cmdline: Vec<String>,
+    /// irqfd and ioeventfd duplicates registered with KVM; kept for the VM's lifetime.
+    registered: Vec<EventFd>,
+    disks: usize,
+}
+
+impl VirtioDevices {
+    fn new() -> Result<Self, DeviceError> {
+        Ok(Self {
+            manager: VirtioManager::default(),
+            events: EventManager::new().map_err(|e| DeviceError::Loop(format!("{e:?}")))?,
+            cmdline: Vec::new(),
+            registered: Vec::new(),
+            disks: 0,
+        })
+    }
+
+    /// Kernel command-line fragments announcing the devices (and the root disk).
+    pub fn cmdline(&self) -> String {
+        self.cmdline.join(" ")
+    }
+
+    fn add<D>(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        bus: &mut Bus,
+        dev: D,
+    ) -> Result<(), DeviceError>
+    where
+        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
+        let dev = Arc::new(Mutex::new(dev));
+        self.events.add_subscriber(dev.clone());
+        let info = self.manager.attach(mem.clone(), dev)?;
+        let base = info.slot.base;
+        bus.insert(info.transport.clone(), base, info.slot.len)?;
+        vm.register_irqfd(&info.irqfd, info.slot.irq)
+            .map_err(|source| DeviceError::Register {
+                what: "irqfd",
+                base,
+                source,
+            })?;
+        for ioe in info.ioevents {
+            vm.register_ioevent(&ioe.fd, &IoEventAddress::Mmio(ioe.addr), ioe.datamatch)
+                .map_err(|source| DeviceError::Register {
+                    what: "ioeventfd",
+                    base,
+                    source,
+                })?;
+            self.registered.push(ioe.fd);
+        }
+        self.registered.push(info.irqfd);
+        self.cmdline.push(info.slot.cmdline());
+        Ok(())
+    }
+
+    /// Start the event loop thread; it runs until [`DeviceLoop::stop`].
+    pub fn start(mut self) -> Result<DeviceLoop, DeviceError> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::Loop(e.to_string()))?;
+        let stop = Arc::new(StopState {
+            evt,
+            stopped: AtomicBool::new(false),
+        });
+        let subscriber: Subscriber = Arc::new(Mutex::new(LoopStop(stop.clone())));
+        self.events.add_subscriber(subscriber);
+        let state = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("husk-devices".into())
+            .spawn(move || {
+                let mut events = self.events;
+                let _keep_registered = self.registered;
+                while !state.stopped.load(Ordering::Acquire) {
+                    if let Err(e) = events.run() {
+                        log::error!("device event loop failed: {e:?}");
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| DeviceError::Loop(e.to_string()))?;
+        Ok(DeviceLoop {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Create every device `config` asks for and wire it into `vm` and `bus`.
+pub fn create(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    bus: &mut Bus,
+    config: &VmConfig,
+) -> Result<VirtioDevices, DeviceError> {
+    let mut devices = VirtioDevices::new()?;
+    let failed = |what: String| {
+        move |e: &dyn std::error::Error| DeviceError::Create {
+            what,
+            message: crate::devices::virtio::error_chain(e),
+        }
+    };
+    for disk in &config.disks {
+        let what = format!("disk {}", disk.path.display());
+        let dev = Block::new(disk.clone()).map_err(|e| failed(what)(&e))?;
+        devices.add(vm, mem, bus, dev)?;
+        if disk.root {
+            let name = disk_name(devices.disks);
+            let mode = if disk.read_only { "ro" } else { "rw" };
+            devices.cmdline.push(format!("root=/dev/{name} {mode}"));
+        }
+        devices.disks += 1;
+    }
+    for net in &config.nets {
+        let what = format!("network {}", net.tap.as_deref().unwrap_or("(new TAP)"));
+        let dev = Net::new(net.clone()).map_err(|e| failed(what)(&e))?;
+        devices.add(vm, mem, bus, dev)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        let what = format!("vsock {}", vsock.uds.display());
+        let dev = Vsock::new(vsock.clone()).map_err(|e| failed(what)(&e))?;
+        devices.add(vm, mem, bus, dev)?;
+    }
+    if config.rng {
+        let dev = Rng::new().map_err(|e| failed("entropy device".into())(&e))?;
+        devices.add(vm, mem, bus, dev)?;
+    }
+    Ok(devices)
+}
+
+/// The guest's name for the `index`-th virtio disk: vda..vdz, vdaa...
+pub fn disk_name(index: usize) -> String {
+    let letter = |i: usize| char::from(b'a' + (i % 26) as u8);
+    if index < 26 {
+        format!("vd{}", letter(index))
+    } else {
+        format!("vd{}{}", letter(index / 26 - 1), letter(index))
+    }
+}
+
+/// The running event loop.
+pub struct DeviceLoop {
+    stop: Arc<StopState>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DeviceLoop {
+    /// Stop the loop and join its thread; devices (TAPs, sockets) are dropped with it.
+    pub fn stop(&mut self) {
+        self.stop.stopped.store(true, Ordering::Release);
+        let _ = self.stop.evt.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DeviceLoop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The stop flag and the eventfd that wakes the loop to see it.
+struct StopState {
+    evt: EventFd,
+    stopped: AtomicBool,
+}
+
+/// The loop's subscriber for [`StopState::evt`].
+struct LoopStop(Arc<StopState>);
+
+impl MutEventSubscriber for LoopStop {
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.0.evt.read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0.evt, EventSet::IN)) {
+            log::error!("device event loop: cannot watch the stop event: {e:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_disks_are_vda_vdb() {
+        assert_eq!(disk_name(0), "vda");
+        assert_eq!(disk_name(1), "vdb");
+    }
+
+    #[test]
+    fn disk_27_is_vdab() {
+        assert_eq!(disk_name(25), "vdz");
+        assert_eq!(disk_name(27), "vdab");
+    }
+}
