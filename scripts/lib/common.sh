@@ -10,7 +10,7 @@ die() { printf '%s: error: %s\n' "${PROG:-husk}" "$*" >&2; exit 2; }
 
 # The cache root; every slow artefact of the scripts lives below it.
 husk_cache_dir() {
-    printf '%s\n' "${HUSK_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/husk}"
+    printf '%s\n' "${HUSK_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-$(cd ~ && pwd)}/.cache}/husk}"
 }
 
 # apt_install PKG...: installs the Debian packages that are not installed yet, with one
