@@ -14,13 +14,17 @@ pub fn agent_binary() -> Result<PathBuf, SandboxError> {
     if let Some(path) = std::env::var_os("HUSK_AGENT") {
         return Ok(PathBuf::from(path));
     }
-    let exe = std::env::current_exe().map_err(|e| SandboxError::Agent(format!("cannot find this executable: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| SandboxError::Agent(format!("cannot find this executable: {e}")))?;
     let beside = exe.with_file_name("husk-agent");
     if beside.is_file() {
         return Ok(beside);
     }
     // Test and bench binaries live one folder down, in deps/.
-    let above = exe.parent().and_then(Path::parent).map(|d| d.join("husk-agent"));
+    let above = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("husk-agent"));
     match above {
         Some(p) if p.is_file() => Ok(p),
         _ => Err(SandboxError::Agent(format!(
@@ -32,7 +36,8 @@ pub fn agent_binary() -> Result<PathBuf, SandboxError> {
 
 /// Build (or reuse) the agent initramfs in `cache_dir`; returns its path.
 pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf, SandboxError> {
-    let binary = std::fs::read(agent).map_err(|e| SandboxError::Agent(format!("cannot read {}: {e}", agent.display())))?;
+    let binary = std::fs::read(agent)
+        .map_err(|e| SandboxError::Agent(format!("cannot read {}: {e}", agent.display())))?;
     let digest = Sha256::digest(&binary);
     let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let path = cache_dir.join(format!("agent-{name}.cpio"));
@@ -40,11 +45,24 @@ pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf, Sandbo
         return Ok(path);
     }
     let entries = [
-        Entry::Dir { path: "dev".into(), mode: 0o755 },
-        Entry::CharDev { path: "dev/console".into(), mode: 0o600, major: 5, minor: 1 },
-        Entry::File { path: "init".into(), mode: 0o755, data: binary },
+        Entry::Dir {
+            path: "dev".into(),
+            mode: 0o755,
+        },
+        Entry::CharDev {
+            path: "dev/console".into(),
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+        Entry::File {
+            path: "init".into(),
+            mode: 0o755,
+            data: binary,
+        },
     ];
-    let io = |e: std::io::Error| SandboxError::Agent(format!("cannot write {}: {e}", path.display()));
+    let io =
+        |e: std::io::Error| SandboxError::Agent(format!("cannot write {}: {e}", path.display()));
     std::fs::create_dir_all(cache_dir).map_err(io)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);

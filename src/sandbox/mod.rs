@@ -163,16 +163,27 @@ impl Sandbox {
         let runtime = tempfile::Builder::new()
             .prefix(&format!("husk-{id}-"))
             .tempdir_in(&runtime_root)
-            .map_err(|source| SandboxError::Runtime { dir: runtime_root, source })?;
+            .map_err(|source| SandboxError::Runtime {
+                dir: runtime_root,
+                source,
+            })?;
         let agent = match &config.agent {
             Some(p) => p.clone(),
             None => agent::agent_binary()?,
         };
-        let initrd = agent::agent_initramfs(&agent, &crate::kernel::cache_root().join("initramfs"))?;
+        let initrd =
+            agent::agent_initramfs(&agent, &crate::kernel::cache_root().join("initramfs"))?;
         let uds = runtime.path().join("vsock.sock");
         let vm = vmm::start(&vm_config(&config, initrd, uds.clone()))?;
         let conn = connect_agent(&vm, &uds, config.boot_timeout)?;
-        Ok(Self { id, image: config.image, vm: Some(vm), conn, runtime, containers: 0 })
+        Ok(Self {
+            id,
+            image: config.image,
+            vm: Some(vm),
+            conn,
+            runtime,
+            containers: 0,
+        })
     }
 
     /// This sandbox's id.
@@ -188,12 +199,19 @@ impl Sandbox {
     /// Run a container process to its end, streaming its stdio through `stdio`.
     pub fn run(&mut self, spec: &RunSpec, stdio: Stdio) -> Result<ExitStatus, SandboxError> {
         self.containers += 1;
-        let args = if spec.args.is_empty() { self.image.command.clone() } else { spec.args.clone() };
+        let args = if spec.args.is_empty() {
+            self.image.command.clone()
+        } else {
+            spec.args.clone()
+        };
         let mut env = self.image.env.clone();
         env.extend(spec.env.iter().cloned());
         let run = Message::Run {
             id: format!("{}-{}", self.id, self.containers),
-            image: ImageSpec { device: "/dev/vda".into(), fstype: self.image.fstype.clone() },
+            image: ImageSpec {
+                device: "/dev/vda".into(),
+                fstype: self.image.fstype.clone(),
+            },
             args,
             env,
             cwd: spec.cwd.clone().or_else(|| self.image.working_dir.clone()),
@@ -214,7 +232,9 @@ impl Sandbox {
 
     fn shutdown(&mut self) -> Result<vmm::RunReport, SandboxError> {
         let Some(vm) = self.vm.take() else {
-            return Err(SandboxError::Refused("the sandbox is already stopped".into()));
+            return Err(SandboxError::Refused(
+                "the sandbox is already stopped".into(),
+            ));
         };
         if write_message(&mut self.conn, &Message::Shutdown).is_err() {
             vm.stopper().stop();
@@ -250,15 +270,25 @@ fn vm_config(config: &SandboxConfig, initrd: PathBuf, uds: PathBuf) -> VmConfig 
         console: config.console.clone(),
         disks,
         nets: config.nets.clone(),
-        vsock: Some(VsockConfig { cid: GUEST_CID, uds }),
+        vsock: Some(VsockConfig {
+            cid: GUEST_CID,
+            uds,
+        }),
         ..VmConfig::new(config.kernel.clone())
     }
 }
 
 /// Retry the agent's port until it answers, the guest ends, or `timeout` passes.
-fn connect_agent(vm: &RunningVm, uds: &std::path::Path, timeout: Duration) -> Result<UnixStream, SandboxError> {
+fn connect_agent(
+    vm: &RunningVm,
+    uds: &std::path::Path,
+    timeout: Duration,
+) -> Result<UnixStream, SandboxError> {
     let start = Instant::now();
-    let down = |reason: String| SandboxError::AgentDown { reason, console: vm.console_tail() };
+    let down = |reason: String| SandboxError::AgentDown {
+        reason,
+        console: vm.console_tail(),
+    };
     loop {
         if !vm.is_running() {
             return Err(down("the guest ended before its agent answered".into()));
@@ -269,7 +299,9 @@ fn connect_agent(vm: &RunningVm, uds: &std::path::Path, timeout: Duration) -> Re
                 return Ok(conn);
             }
             Err(e) if start.elapsed() >= timeout => {
-                return Err(down(format!("no answer on vsock port 1024 within {timeout:?} ({e})")))
+                return Err(down(format!(
+                    "no answer on vsock port 1024 within {timeout:?} ({e})"
+                )))
             }
             Err(_) => std::thread::sleep(CONNECT_INTERVAL),
         }

@@ -75,7 +75,10 @@ fn forward_stdin(mut input: Box<dyn Read + Send>, mut conn: UnixStream, process:
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let msg = Message::Stdin { process, data: buf[..n].to_vec() };
+        let msg = Message::Stdin {
+            process,
+            data: buf[..n].to_vec(),
+        };
         if write_message(&mut conn, &msg).is_err() {
             return;
         }

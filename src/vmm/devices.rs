@@ -64,8 +64,9 @@ pub struct VirtioDevices {
     manager: VirtioManager,
     events: EventManager<Subscriber>,
     cmdline: Vec<String>,
-    /// irqfd and ioeventfd duplicates registered with KVM; kept for the VM's lifetime.
-    registered: Vec<EventFd>,
+    /// irqfds and ioeventfds to hand to KVM (see [`VirtioDevices::register`]); kept for
+    /// the VM's lifetime.
+    pending: Vec<Registration>,
     disks: usize,
 }
 
@@ -75,7 +76,7 @@ impl VirtioDevices {
             manager: VirtioManager::default(),
             events: EventManager::new().map_err(|e| DeviceError::Loop(format!("{e:?}")))?,
             cmdline: Vec::new(),
-            registered: Vec::new(),
+            pending: Vec::new(),
             disks: 0,
         })
     }
@@ -85,13 +86,7 @@ impl VirtioDevices {
         self.cmdline.join(" ")
     }
 
-    fn add<D>(
-        &mut self,
-        vm: &VmFd,
-        mem: &GuestMemoryMmap,
-        bus: &mut Bus,
-        dev: D,
-    ) -> Result<(), DeviceError>
+    fn add<D>(&mut self, mem: &GuestMemoryMmap, bus: &mut Bus, dev: D) -> Result<(), DeviceError>
     where
         D: VirtioDevice + MutEventSubscriber + Send + 'static,
     {
@@ -100,23 +95,50 @@ impl VirtioDevices {
         let info = self.manager.attach(mem.clone(), dev)?;
         let base = info.slot.base;
         bus.insert(info.transport.clone(), base, info.slot.len)?;
-        vm.register_irqfd(&info.irqfd, info.slot.irq)
-            .map_err(|source| DeviceError::Register {
-                what: "irqfd",
+        let gsi = info.slot.irq;
+        self.pending.push(Registration::Irq {
+            fd: info.irqfd,
+            gsi,
+            base,
+        });
+        for ioe in info.ioevents {
+            let (fd, addr, datamatch) = (ioe.fd, ioe.addr, ioe.datamatch);
+            self.pending.push(Registration::Notify {
+                fd,
+                addr,
+                datamatch,
                 base,
+            });
+        }
+        self.cmdline.push(info.slot.cmdline());
+        Ok(())
+    }
+
+    /// Give KVM every device's irqfd and queue ioeventfds.
+    pub fn register(&self, vm: &VmFd) -> Result<(), DeviceError> {
+        for reg in &self.pending {
+            let (what, base, result) = match reg {
+                Registration::Irq { fd, gsi, base } => ("irqfd", base, vm.register_irqfd(fd, *gsi)),
+                Registration::Notify {
+                    fd,
+                    addr,
+                    datamatch,
+                    base,
+                } => {
+                    let addr = IoEventAddress::Mmio(*addr);
+                    (
+                        "ioeventfd",
+                        base,
+                        vm.register_ioevent(fd, &addr, *datamatch),
+                    )
+                }
+            };
+            result.map_err(|source| DeviceError::Register {
+                what,
+                base: *base,
                 source,
             })?;
-        for ioe in info.ioevents {
-            vm.register_ioevent(&ioe.fd, &IoEventAddress::Mmio(ioe.addr), ioe.datamatch)
-                .map_err(|source| DeviceError::Register {
-                    what: "ioeventfd",
-                    base,
-                    source,
-                })?;
-            self.registered.push(ioe.fd);
         }
-        self.registered.push(info.irqfd);
-        self.cmdline.push(info.slot.cmdline());
         Ok(())
     }
 
@@ -134,7 +156,7 @@ impl VirtioDevices {
             .name("husk-devices".into())
             .spawn(move || {
                 let mut events = self.events;
-                let _keep_registered = self.registered;
+                let _keep_registered = self.pending;
                 while !state.stopped.load(Ordering::Acquire) {
                     if let Err(e) = events.run() {
                         log::error!("device event loop failed: {e:?}");
@@ -150,9 +172,22 @@ impl VirtioDevices {
     }
 }
 
-/// Create every device `config` asks for and wire it into `vm` and `bus`.
+/// An eventfd KVM must know about.
+enum Registration {
+    /// A device's interrupt line.
+    Irq { fd: EventFd, gsi: u32, base: u64 },
+    /// A queue's QueueNotify doorbell.
+    Notify {
+        fd: EventFd,
+        addr: u64,
+        datamatch: u32,
+        base: u64,
+    },
+}
+
+/// Create every device `config` asks for and put it on `bus`; KVM learns of them later,
+/// through [`VirtioDevices::register`].
 pub fn create(
-    vm: &VmFd,
     mem: &GuestMemoryMmap,
     bus: &mut Bus,
     config: &VmConfig,
@@ -167,7 +202,7 @@ pub fn create(
     for disk in &config.disks {
         let what = format!("disk {}", disk.path.display());
         let dev = Block::new(disk.clone()).map_err(|e| failed(what)(&e))?;
-        devices.add(vm, mem, bus, dev)?;
+        devices.add(mem, bus, dev)?;
         if disk.root {
             let name = disk_name(devices.disks);
             let mode = if disk.read_only { "ro" } else { "rw" };
@@ -178,16 +213,16 @@ pub fn create(
     for net in &config.nets {
         let what = format!("network {}", net.tap.as_deref().unwrap_or("(new TAP)"));
         let dev = Net::new(net.clone()).map_err(|e| failed(what)(&e))?;
-        devices.add(vm, mem, bus, dev)?;
+        devices.add(mem, bus, dev)?;
     }
     if let Some(vsock) = &config.vsock {
         let what = format!("vsock {}", vsock.uds.display());
         let dev = Vsock::new(vsock.clone()).map_err(|e| failed(what)(&e))?;
-        devices.add(vm, mem, bus, dev)?;
+        devices.add(mem, bus, dev)?;
     }
     if config.rng {
         let dev = Rng::new().map_err(|e| failed("entropy device".into())(&e))?;
-        devices.add(vm, mem, bus, dev)?;
+        devices.add(mem, bus, dev)?;
     }
     Ok(devices)
 }

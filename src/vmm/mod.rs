@@ -138,19 +138,22 @@ impl Stopper {
 pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
     let started = Instant::now();
     config.validate()?;
+    // Everything that only reads the user's input comes before KVM, so a bad kernel or
+    // initrd is named even on a host without /dev/kvm.
+    let ram = crate::memory::create(config.memory_mib)?;
+    let mut mmio = Bus::new();
+    let virtio = devices::create(&ram.memory, &mut mmio, config)?;
+    let entry = load_guest(config, &ram.memory, &virtio.cmdline())?;
+    arch::mptable::setup_mptable(&ram.memory, config.cpus)?;
+
     let kvm = crate::kvm::open()?;
     if let Some(warning) = KvmFlavor::probe().warning() {
         log::warn!("{warning}");
     }
     let vm = kvm.create_vm().map_err(setup("creating the VM"))?;
-    let ram = crate::memory::create(config.memory_mib)?;
     register_memory(&vm, &ram.memory)?;
     create_platform(&vm)?;
-
-    let mut mmio = Bus::new();
-    let virtio = devices::create(&vm, &ram.memory, &mut mmio, config)?;
-    let entry = load_guest(config, &ram.memory, &virtio.cmdline())?;
-    arch::mptable::setup_mptable(&ram.memory, config.cpus)?;
+    virtio.register(&vm)?;
 
     let console = Arc::new(ConsoleLog::default());
     let exit = Arc::new(ExitSink::default());
