@@ -51,9 +51,11 @@ pub(crate) fn detect(input: &Path) -> Result<Kind, ImageError> {
     let (mut count, mut oci, mut docker) = (0usize, false, false);
     let entries = tar.entries().map_err(|e| not_image(e.to_string()))?;
     for entry in entries {
-        let entry = entry.map_err(|e| not_image(format!("not a tar archive ({e})")))?;
+        // A failure after the first entry is left for the import itself to report
+        // precisely (entry and layer); before it, this is no tar at all.
+        let Ok(entry) = entry else { break };
         count += 1;
-        let path = entry.path().map_err(|e| not_image(e.to_string()))?;
+        let Ok(path) = entry.path() else { break };
         let parts: Vec<_> = path
             .components()
             .filter(|c| !matches!(c, Component::CurDir))
