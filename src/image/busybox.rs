@@ -67,7 +67,24 @@ pub(crate) fn build_rootfs(tmp: &Path) -> Result<PathBuf, ImageError> {
     for applet in applets()? {
         link_applet(&root, &applet)?;
     }
+    zero_mtimes(&root)?;
     Ok(root)
+}
+
+/// Sets every mtime in the tree to the epoch, so the image's digest depends only on
+/// the busybox binary and its applet list.
+fn zero_mtimes(root: &Path) -> Result<(), ImageError> {
+    let epoch = filetime::FileTime::zero();
+    for entry in walkdir::WalkDir::new(root).contents_first(true) {
+        let entry = entry.map_err(|e| ImageError::Io {
+            op: "walk",
+            path: root.to_path_buf(),
+            source: e.into(),
+        })?;
+        filetime::set_symlink_file_times(entry.path(), epoch, epoch)
+            .map_err(ImageError::io("set mtime of", entry.path()))?;
+    }
+    Ok(())
 }
 
 /// Whether Debian's busybox-static (not the dynamic `busybox` package) is installed.

@@ -72,3 +72,22 @@ fn legacy_name(layout: &Layout<'_>) -> Option<String> {
     let tag = tags.into_keys().next()?;
     Some(format!("{repo}:{tag}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::content_digest;
+
+    #[test]
+    fn blob_and_hex_json_names_state_their_digest() {
+        let hex = "a".repeat(64);
+        let expected = Some(format!("sha256:{hex}"));
+        assert_eq!(content_digest(&format!("blobs/sha256/{hex}")), expected);
+        assert_eq!(content_digest(&format!("{hex}.json")), expected);
+    }
+
+    #[test]
+    fn legacy_layer_paths_state_no_digest() {
+        assert_eq!(content_digest("0123abcd/layer.tar"), None);
+        assert_eq!(content_digest("config.json"), None);
+    }
+}

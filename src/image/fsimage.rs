@@ -4,7 +4,7 @@
 //! (erofs-utils 1.5 has no option that fixes the build time while keeping file mtimes:
 //! `-T` overwrites every file's mtime).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -90,4 +90,28 @@ pub(crate) fn digest_file(path: &Path) -> Result<String, ImageError> {
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher).map_err(ImageError::io("read", path))?;
     Ok(format!("sha256:{:x}", hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_time_patch_refuses_a_file_that_is_not_erofs() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        fs::write(file.path(), vec![0u8; 4096]).unwrap();
+        let err = zero_build_time(file.path()).unwrap_err();
+        assert!(matches!(err, ImageError::Tool { stderr, .. } if stderr.contains("magic")));
+    }
+
+    #[test]
+    fn same_tree_built_twice_has_the_same_digest() {
+        let tree = tempfile::tempdir().unwrap();
+        fs::write(tree.path().join("f"), "content").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let first = build(tree.path(), &out.path().join("1.erofs")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let second = build(tree.path(), &out.path().join("2.erofs")).unwrap();
+        assert_eq!(first, second);
+    }
 }

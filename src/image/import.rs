@@ -38,6 +38,30 @@ impl TempDir {
     }
 }
 
+/// Removes the temporary directories of imports whose process is gone (killed before
+/// its cleanup ran). Best effort: a failure is only logged.
+pub(crate) fn remove_stale_temp_dirs(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(".tmp-")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid).exists();
+        if !alive {
+            log::info!("removing stale import directory {}", entry.path().display());
+            if let Err(e) = fs::remove_dir_all(entry.path()) {
+                log::warn!("cannot remove {}: {e}", entry.path().display());
+            }
+        }
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         if let Err(e) = fs::remove_dir_all(&self.0) {

@@ -403,3 +403,7 @@ fn set_mtime(path: &Path, header: &tar::Header) -> Result<(), Refusal> {
     filetime::set_symlink_file_times(path, time, time)?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "layer_tests.rs"]
+mod tests;

@@ -166,3 +166,59 @@ fn pick(manifests: &mut Vec<Descriptor>) -> Option<Descriptor> {
     log::debug!("chose manifest {} ({:?})", chosen.digest, chosen.media_type);
     Some(chosen)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptors(json: &str) -> Vec<Descriptor> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn amd64_linux_entry_is_picked_over_earlier_ones() {
+        let mut list = descriptors(
+            r#"[{"digest":"sha256:a","platform":{"architecture":"arm64","os":"linux"}},
+                {"digest":"sha256:b","platform":{"architecture":"unknown","os":"unknown"}},
+                {"digest":"sha256:c","platform":{"architecture":"amd64","os":"linux"}}]"#,
+        );
+        assert_eq!(pick(&mut list).unwrap().digest, "sha256:c");
+    }
+
+    #[test]
+    fn entry_without_platform_is_picked_when_no_amd64_is_listed() {
+        let mut list = descriptors(
+            r#"[{"digest":"sha256:a","platform":{"architecture":"arm64","os":"linux"}},
+                {"digest":"sha256:b"}]"#,
+        );
+        assert_eq!(pick(&mut list).unwrap().digest, "sha256:b");
+    }
+
+    #[test]
+    fn index_of_other_architectures_only_gives_nothing() {
+        let mut list = descriptors(
+            r#"[{"digest":"sha256:a","platform":{"architecture":"arm64","os":"linux"}}]"#,
+        );
+        assert!(pick(&mut list).is_none());
+    }
+
+    #[test]
+    fn empty_working_dir_and_user_count_as_absent() {
+        let config: ConfigFile =
+            serde_json::from_str(r#"{"config":{"WorkingDir":"","User":"","Cmd":["sh"]}}"#).unwrap();
+        let expected = ImageConfig {
+            cmd: vec!["sh".to_string()],
+            ..ImageConfig::default()
+        };
+        assert_eq!(config.image_config(), expected);
+    }
+
+    #[test]
+    fn diff_ids_are_used_only_when_one_per_layer() {
+        let config: ConfigFile =
+            serde_json::from_str(r#"{"rootfs":{"type":"layers","diff_ids":["sha256:x"]}}"#)
+                .unwrap();
+        assert_eq!(config.diff_id(0, 1).as_deref(), Some("sha256:x"));
+        assert_eq!(config.diff_id(0, 2), None);
+    }
+}

@@ -49,6 +49,7 @@ impl ImageStore {
         let store = ImageStore { root };
         let blobs = store.blobs();
         fs::create_dir_all(&blobs).map_err(ImageError::io("create", &blobs))?;
+        import::remove_stale_temp_dirs(&store.images());
         Ok(store)
     }
 
@@ -339,4 +340,76 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store holding metadata for `digests` (no erofs files: enough to resolve).
+    fn store_with(digests: &[&str]) -> (tempfile::TempDir, ImageStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(Some(dir.path())).unwrap();
+        for digest in digests {
+            let meta = Metadata {
+                digest: digest.to_string(),
+                config: ImageConfig::default(),
+                size: 1,
+                created: 2,
+                source: "test".to_string(),
+            };
+            write_json(&store.files(digest).1, &meta).unwrap();
+        }
+        (dir, store)
+    }
+
+    fn digest(prefix: &str) -> String {
+        format!("sha256:{prefix}{}", "0".repeat(64 - prefix.len()))
+    }
+
+    #[test]
+    fn shared_digest_prefix_is_ambiguous() {
+        let (_dir, store) = store_with(&[&digest("abcdef1"), &digest("abcdef2")]);
+        assert!(matches!(store.resolve("abcdef"), Err(ImageError::Ambiguous(p)) if p == "abcdef"));
+    }
+
+    #[test]
+    fn longer_prefix_picks_one_image_and_upper_case_hex_matches() {
+        let (_dir, store) = store_with(&[&digest("abcdef1"), &digest("abcdef2")]);
+        assert_eq!(
+            store.resolve("sha256:ABCDEF2").unwrap().digest,
+            digest("abcdef2")
+        );
+    }
+
+    #[test]
+    fn names_with_spaces_or_dotdot_start_are_invalid() {
+        assert!(validate_name("docker.io/library/alpine:3.19").is_ok());
+        assert!(matches!(
+            validate_name("a b"),
+            Err(ImageError::InvalidName(_))
+        ));
+        assert!(matches!(
+            validate_name("../x"),
+            Err(ImageError::InvalidName(_))
+        ));
+        assert!(matches!(validate_name(""), Err(ImageError::InvalidName(_))));
+    }
+
+    #[test]
+    fn corrupt_names_index_is_reported_with_its_path() {
+        let (dir, store) = store_with(&[]);
+        fs::write(dir.path().join("images/names.json"), "{not json").unwrap();
+        let err = store.list().unwrap_err();
+        assert!(matches!(err, ImageError::Metadata { path, .. } if path.ends_with("names.json")));
+    }
+
+    #[test]
+    fn stale_temp_dir_of_a_dead_process_is_removed_on_open() {
+        let (dir, _store) = store_with(&[]);
+        let stale = dir.path().join("images/.tmp-999999999-1-0");
+        fs::create_dir(&stale).unwrap();
+        ImageStore::open(Some(dir.path())).unwrap();
+        assert!(!stale.exists());
+    }
 }
