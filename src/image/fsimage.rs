@@ -4,7 +4,7 @@
 //! (erofs-utils 1.5 has no option that fixes the build time while keeping file mtimes:
 //! `-T` overwrites every file's mtime).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -94,6 +94,8 @@ pub(crate) fn digest_file(path: &Path) -> Result<String, ImageError> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
