@@ -1,6 +1,6 @@
 //! Applies layers (tar streams, gzip or zstd compressed or plain) onto a staging
 //! directory: regular files, directories, symlinks and hardlinks with their mode,
-//! owner and mtime; OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`, image spec
+//! owner, mtime and extended attributes (pax `SCHILY.xattr.*`); OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`, image spec
 //! layer.md "Whiteouts"). Device nodes and FIFOs are skipped (the guest has devtmpfs).
 //!
 //! Security: the archive is hostile. Entry paths with `..` or an absolute path are
@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{lchown, symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -112,7 +113,7 @@ impl Staging {
             .map_err(|e| entry_err("<end of archive>", e))?;
         if state.skipped > 0 {
             log::info!(
-                "{archive}: skipped {} device nodes, FIFOs or sockets",
+                "{archive}: skipped {} device nodes and FIFOs (the guest has devtmpfs)",
                 state.skipped
             );
         }
@@ -172,18 +173,27 @@ impl Staging {
             return Err(Refusal::Unsafe("parent directory cannot be created"));
         };
         let rel = dir.join(name);
+        let xattrs = pax_xattrs(entry)?;
         let kind = entry.header().entry_type();
         if kind.is_dir() {
             self.write_dir(entry, &rel)?;
-        } else if kind.is_file() || kind == EntryType::Continuous {
+        } else if kind.is_file() || kind == EntryType::Continuous || kind.is_gnu_sparse() {
+            // The tar crate expands sparse entries to their full content when read.
             self.write_file(entry, &rel)?;
         } else if kind.is_symlink() {
             self.write_symlink(entry, &rel)?;
         } else if kind.is_hard_link() {
             self.write_hardlink(entry, &rel)?;
-        } else {
+        } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
             state.skipped += 1;
             return Ok(());
+        } else {
+            // pax global headers and vendor extensions carry nothing to unpack.
+            log::debug!("ignoring {kind:?} entry {}", rel.display());
+            return Ok(());
+        }
+        if !kind.is_hard_link() {
+            set_xattrs(&self.root.join(&rel), &xattrs);
         }
         state.unpacked.insert(rel);
         Ok(())
@@ -387,6 +397,33 @@ fn remove_any(path: &Path) -> io::Result<()> {
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// The extended attributes of an entry, from its pax `SCHILY.xattr.<name>` records.
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(OsString, Vec<u8>)>> {
+    let mut xattrs = Vec::new();
+    let Some(records) = entry.pax_extensions()? else {
+        return Ok(xattrs);
+    };
+    for record in records {
+        let record = record?;
+        if let Some(name) = record.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+            let name = OsStr::from_bytes(name).to_os_string();
+            xattrs.push((name, record.value_bytes().to_vec()));
+        }
+    }
+    Ok(xattrs)
+}
+
+/// Sets extended attributes (after chown, which clears `security.capability`), never
+/// following a symlink. Best effort: the staging file system or the host's security
+/// module may refuse some (`security.selinux`), which only loses them with a warning.
+fn set_xattrs(path: &Path, xattrs: &[(OsString, Vec<u8>)]) {
+    for (name, value) in xattrs {
+        if let Err(e) = xattr::set(path, name, value) {
+            log::warn!("{}: cannot set xattr {name:?}: {e}", path.display());
+        }
     }
 }
 

@@ -196,3 +196,29 @@ fn whiteout_of_dotdot_is_refused() {
     let err = staged(&[layer]).unwrap_err();
     assert!(matches!(err, ImageError::UnsafeEntry { .. }));
 }
+
+#[test]
+fn pax_xattr_record_becomes_an_extended_attribute() {
+    let mut builder = tar::Builder::new(Vec::new());
+    let record = b"39 SCHILY.xattr.user.husk=hello-xattrs\n";
+    let mut pax = tar::Header::new_ustar();
+    pax.set_entry_type(tar::EntryType::XHeader);
+    pax.set_path("PaxHeaders/f").unwrap();
+    pax.set_size(record.len() as u64);
+    pax.set_mode(0o644);
+    pax.set_cksum();
+    builder.append(&pax, &record[..]).unwrap();
+    let mut file = tar::Header::new_ustar();
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_path("f").unwrap();
+    file.set_size(1);
+    file.set_mode(0o644);
+    file.set_uid(0);
+    file.set_gid(0);
+    file.set_mtime(0);
+    file.set_cksum();
+    builder.append(&file, &b"x"[..]).unwrap();
+    let root = staged(&[builder.into_inner().unwrap()]).unwrap();
+    let value = xattr::get(root.path().join("f"), "user.husk").unwrap();
+    assert_eq!(value.as_deref(), Some(&b"hello-xattrs"[..]));
+}

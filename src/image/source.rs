@@ -29,6 +29,9 @@ pub(crate) enum Kind {
     RootfsTar,
 }
 
+/// Deepest entry of an OCI or `docker save` archive (`blobs/sha256/<hex>`).
+const MAX_IMAGE_ARCHIVE_DEPTH: usize = 3;
+
 /// Tells what `input` is from its content.
 pub(crate) fn detect(input: &Path) -> Result<Kind, ImageError> {
     let meta = fs::metadata(input).map_err(ImageError::io("stat", input))?;
@@ -63,7 +66,13 @@ pub(crate) fn detect(input: &Path) -> Result<Kind, ImageError> {
         match parts.as_slice() {
             [Component::Normal(name)] if *name == "index.json" => oci = true,
             [Component::Normal(name)] if *name == "manifest.json" => docker = true,
+            // Image archives nest at most `blobs/sha256/<hex>`: deeper, it is a rootfs
+            // (which spares a second full pass over a large compressed tarball).
+            deep if deep.len() > MAX_IMAGE_ARCHIVE_DEPTH && !oci && !docker => break,
             _ => {}
+        }
+        if oci {
+            break;
         }
     }
     match (count, oci, docker) {

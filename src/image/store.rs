@@ -72,10 +72,14 @@ impl ImageStore {
         }
         let tmp = TempDir::new(&self.images())?;
         let built = import::build(src, tmp.path(), progress)?;
-        let name = name.map(str::to_string).or(built.name.clone());
-        if let Some(name) = &name {
-            validate_name(name)?;
-        }
+        let carried = built.name.clone().filter(|carried| {
+            let valid = validate_name(carried).is_ok();
+            if !valid {
+                log::warn!("{}: ignoring invalid image name {carried:?}", src.display());
+            }
+            valid
+        });
+        let name = name.map(str::to_string).or(carried);
         self.commit(
             &built,
             name.as_deref(),
