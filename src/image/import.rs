@@ -3,6 +3,7 @@
 //! and run mkfs. Nothing here touches the store's published files.
 
 use std::fs::{self, File};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +20,7 @@ use super::{docker, fsimage, ImageConfig, ImageError};
 pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    /// Creates `<parent>/.tmp-<pid>-<n>`.
+    /// Creates `<parent>/.tmp-<pid>-<nanos>-<n>`, mode 0700.
     pub(crate) fn new(parent: &Path) -> Result<Self, ImageError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
@@ -28,7 +29,12 @@ impl TempDir {
             .subsec_nanos();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = parent.join(format!(".tmp-{}-{nanos}-{n}", std::process::id()));
-        fs::create_dir(&path).map_err(ImageError::io("create", &path))?;
+        // 0700: the staged tree holds set-id files of arbitrary owners that other
+        // local users must not reach while the import runs.
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(ImageError::io("create", &path))?;
         Ok(TempDir(path))
     }
 

@@ -60,7 +60,10 @@ impl ImageStore {
 
     /// Imports `src` (OCI layout or archive, `docker save` archive, root filesystem
     /// directory or tarball, told apart by content) under `name`, else the name the
-    /// input carries, if any. On any error the store is left as it was.
+    /// input carries, if any (an existing name moves to the new image; the old one
+    /// stays, unnamed, until removed by digest). With `progress`, bars on stderr show
+    /// each layer's bytes read and the mkfs step. On any error the store is left as
+    /// it was.
     pub fn import(
         &self,
         src: &Path,
