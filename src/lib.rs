@@ -6,6 +6,7 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod devices;
+pub mod image;
 pub mod kernel;
 pub mod kvm;
 pub mod memory;
