@@ -22,9 +22,73 @@ enum Command {
     /// Exits 0 when the guest resets or powers off cleanly, and 1 with one line on stderr
     /// when it panics, triple-faults or cannot run.
     Boot(Box<BootArgs>),
+    /// Run a command in a container inside a new micro-VM, like `docker run`.
+    ///
+    /// Streams the command's stdout and stderr, and exits with its exit code (128+N when
+    /// it was killed by signal N, 137 when the memory limit killed it).
+    Run(Box<RunArgs>),
+    /// Import, list and remove container images.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Build or locate the husk guest kernel.
     #[command(subcommand)]
     Kernel(KernelCommand),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Pass this process's standard input to the command.
+    #[arg(short, long)]
+    interactive: bool,
+    /// vCPUs of the sandbox VM.
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Memory limit of the container in MiB (the VM gets 64 MiB more for its kernel).
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    /// Set an environment variable (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User inside the container: name, UID or UID:GID.
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// Give up and stop the sandbox after SECONDS (exit code 124).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// Guest kernel [default: `husk kernel path`].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Write the guest console to FILE (for debugging the guest).
+    #[arg(long, value_name = "FILE")]
+    console: Option<PathBuf>,
+    /// The image: a name or digest from `husk image ls`; `busybox` is built on first use.
+    image: String,
+    /// The command and its arguments [default: the image's].
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout, an OCI archive, a `docker save` archive, or a root
+    /// filesystem directory or tarball as a read-only image.
+    Import {
+        /// The input.
+        path: PathBuf,
+        /// A name for the image.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the images.
+    Ls,
+    /// Remove an image by name or digest.
+    Rm {
+        /// Name or digest (a unique prefix of 6 or more hex digits will do).
+        image: String,
+    },
 }
 
 #[derive(Args)]
@@ -127,6 +191,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Boot(args) => boot(args),
+        Command::Run(args) => return run(*args),
+        Command::Image(cmd) => image(cmd),
         Command::Kernel(KernelCommand::Build { jobs }) => kernel_build(jobs),
         Command::Kernel(KernelCommand::Path) => husk::kernel::cached(None)
             .map(|k| println!("{}", k.vmlinux.display()))
@@ -192,4 +258,91 @@ fn boot(args: Box<BootArgs>) -> CliResult {
     }
     report.outcome?;
     Ok(())
+}
+
+fn image(cmd: ImageCommand) -> CliResult {
+    let store = husk::image::ImageStore::open(None)?;
+    match cmd {
+        ImageCommand::Import { path, name } => {
+            let image = store.import(&path, name.as_deref(), true)?;
+            println!("{}", image.digest);
+        }
+        ImageCommand::Ls => {
+            println!("{:<24} {:<14} {:>10}  SOURCE", "NAME", "ID", "SIZE");
+            for image in store.list()? {
+                let name = image.name.as_deref().unwrap_or("<none>");
+                let size = format!("{:.1}MB", image.size as f64 / 1e6);
+                println!("{name:<24} {:<14} {size:>10}  {}", image.short_id(), image.source);
+            }
+        }
+        ImageCommand::Rm { image } => store.remove(&image)?,
+    }
+    Ok(())
+}
+
+/// `husk run`: exits with the container's code, or 125 when husk itself failed (as
+/// `docker run` does).
+fn run(args: RunArgs) -> ExitCode {
+    match run_container(args) {
+        Ok(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("husk: error: {}", render(e.as_ref()));
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
+    use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
+    let store = husk::image::ImageStore::open(None)?;
+    let image = match store.resolve(&args.image) {
+        Ok(image) => image,
+        Err(_) if args.image == "busybox" => store.ensure_busybox(true)?,
+        Err(e) => return Err(e.into()),
+    };
+    let kernel = match args.kernel {
+        Some(k) => k,
+        None => husk::kernel::cached(None)?.vmlinux,
+    };
+    let mut config = SandboxConfig::new(SandboxImage::from_store(&image), kernel);
+    config.cpus = args.cpus;
+    config.memory_mib = args.memory + 64;
+    if let Some(secs) = args.timeout {
+        config.boot_timeout = std::time::Duration::from_secs(secs);
+    }
+    if let Some(path) = args.console {
+        config.console = ConsoleConfig::File(path);
+    }
+    let mut sandbox = Sandbox::start(config)?;
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let (Some(secs), Some(stopper)) = (args.timeout, sandbox.stopper()) {
+        let flag = timed_out.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            stopper.stop();
+        });
+    }
+    let spec = RunSpec {
+        args: args.command,
+        env: args.env,
+        cwd: args.workdir,
+        user: args.user,
+        tty: None,
+        limits: husk_protocol::Limits { memory_bytes: Some(args.memory << 20), ..Default::default() },
+    };
+    let result = sandbox.run(&spec, Stdio::inherit(args.interactive));
+    if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("husk: the sandbox was stopped after {} s (--timeout)", args.timeout.unwrap_or(0));
+        return Ok(124);
+    }
+    let status = result?;
+    if status.oom_killed {
+        eprintln!("husk: the container was killed for exceeding its memory limit");
+    }
+    let report = sandbox.stop()?;
+    if let Err(e) = report.outcome {
+        log::warn!("the sandbox VM ended badly after the container exited: {e}");
+    }
+    Ok(status.docker_code())
 }

@@ -191,6 +191,16 @@ impl Sandbox {
         &self.id
     }
 
+    /// A handle that ends the VM from another thread (a timeout, Ctrl-C).
+    pub fn stopper(&self) -> Option<vmm::Stopper> {
+        self.vm.as_ref().map(RunningVm::stopper)
+    }
+
+    /// The end of the guest console (for error reports).
+    pub fn console_tail(&self) -> String {
+        self.vm.as_ref().map(RunningVm::console_tail).unwrap_or_default()
+    }
+
     /// The folder holding this sandbox's sockets.
     pub fn runtime_dir(&self) -> &std::path::Path {
         self.runtime.path()
@@ -290,8 +300,8 @@ fn connect_agent(
         console: vm.console_tail(),
     };
     loop {
-        if !vm.is_running() {
-            return Err(down("the guest ended before its agent answered".into()));
+        if let Some(cause) = vm.exit_cause() {
+            return Err(down(format!("the guest ended before its agent answered ({cause:?})")));
         }
         match vsock::connect_once(uds, husk_protocol::AGENT_VSOCK_PORT) {
             Ok(mut conn) => {
@@ -322,4 +332,19 @@ fn runtime_root() -> PathBuf {
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir)
+}
+
+impl SandboxImage {
+    /// The image of the image store's `image`.
+    pub fn from_store(image: &crate::image::Image) -> Self {
+        let config = &image.config;
+        Self {
+            fs_image: image.fs_image.clone(),
+            fstype: "erofs".into(),
+            env: config.env.clone(),
+            command: config.entrypoint.iter().chain(&config.cmd).cloned().collect(),
+            working_dir: config.working_dir.clone(),
+            user: config.user.clone(),
+        }
+    }
 }

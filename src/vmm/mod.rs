@@ -361,6 +361,11 @@ impl RunningVm {
         Stopper(self.shared.exit.clone())
     }
 
+    /// Why the VM ended, if it has (not yet classified: see [`RunningVm::wait`]).
+    pub fn exit_cause(&self) -> Option<ExitCause> {
+        self.shared.exit.peek()
+    }
+
     /// Whether the VM is still running (no vCPU or host has ended it yet).
     pub fn is_running(&self) -> bool {
         self.shared.exit.peek().is_none()
