@@ -1,7 +1,8 @@
-//! Applies layers (tar streams, gzip or zstd compressed or plain) onto a staging
-//! directory: regular files, directories, symlinks and hardlinks with their mode,
-//! owner, mtime and extended attributes (pax `SCHILY.xattr.*`); OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`, image spec
-//! layer.md "Whiteouts"). Device nodes and FIFOs are skipped (the guest has devtmpfs).
+//! Applies layers (tar streams: gzip, zstd or uncompressed, told by magic) onto a
+//! staging directory: regular files, directories, symlinks and hardlinks with their
+//! mode, owner, mtime and extended attributes (pax `SCHILY.xattr.*`); OCI whiteouts
+//! (`.wh.NAME`, `.wh..wh..opq`, image spec layer.md "Whiteouts"). Device nodes and
+//! FIFOs are skipped (the guest has devtmpfs).
 //!
 //! Security: the archive is hostile. Entry paths with `..` or an absolute path are
 //! refused; parents are resolved one component at a time without the kernel following
@@ -37,10 +38,9 @@ pub(crate) fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read
         return Ok(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)));
     }
     if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "zstd-compressed layers are not supported",
-        ));
+        return Ok(Box::new(zstd::stream::read::Decoder::with_buffer(
+            buffered,
+        )?));
     }
     Ok(Box::new(buffered))
 }

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::Staging;
+use super::{decompress, Staging};
 use crate::image::ImageError;
 
 enum E<'a> {
@@ -221,4 +221,25 @@ fn pax_xattr_record_becomes_an_extended_attribute() {
     let root = staged(&[builder.into_inner().unwrap()]).unwrap();
     let value = xattr::get(root.path().join("f"), "user.husk").unwrap();
     assert_eq!(value.as_deref(), Some(&b"hello-xattrs"[..]));
+}
+
+#[test]
+fn zstd_and_gzip_layers_are_recognized_by_their_magic() {
+    let layer = tar_of(&[E::File("z", "zstd"), E::File("g", "gzip")]);
+    let zstd = zstd::stream::encode_all(&layer[..], 3).unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gzip, &layer).unwrap();
+    let gzip = gzip.finish().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut staging = Staging::new(dir.path()).unwrap();
+    staging
+        .apply(decompress(&zstd[..]).unwrap(), "zstd layer")
+        .unwrap();
+    staging
+        .apply(decompress(&gzip[..]).unwrap(), "gzip layer")
+        .unwrap();
+    assert_eq!(
+        (read(dir.path(), "z"), read(dir.path(), "g")),
+        ("zstd".into(), "gzip".into())
+    );
 }
