@@ -243,3 +243,32 @@ fn zstd_and_gzip_layers_are_recognized_by_their_magic() {
         ("zstd".into(), "gzip".into())
     );
 }
+
+#[test]
+fn pax_uid_gid_and_fractional_mtime_override_the_header() {
+    let mut builder = tar::Builder::new(Vec::new());
+    let records = b"15 uid=3000000\n15 gid=3000001\n23 mtime=1700000000.25\n";
+    let mut pax = tar::Header::new_ustar();
+    pax.set_entry_type(tar::EntryType::XHeader);
+    pax.set_path("PaxHeaders/f").unwrap();
+    pax.set_size(records.len() as u64);
+    pax.set_mode(0o644);
+    pax.set_cksum();
+    builder.append(&pax, &records[..]).unwrap();
+    let mut file = tar::Header::new_ustar();
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_path("f").unwrap();
+    file.set_size(0);
+    file.set_mode(0o600);
+    file.set_uid(0);
+    file.set_gid(0);
+    file.set_mtime(0);
+    file.set_cksum();
+    builder.append(&file, &b""[..]).unwrap();
+    let root = staged(&[builder.into_inner().unwrap()]).unwrap();
+    let meta = fs::metadata(root.path().join("f")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mtime()),
+        (3_000_000, 3_000_001, 1_700_000_000)
+    );
+}
