@@ -190,6 +190,19 @@ fn docker_archive_without_its_config_is_refused() {
 }
 
 #[test]
+fn docker_archive_layer_symlinked_to_a_host_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("saved.tar");
+    write_docker_blob_archive(&input, "/etc/passwd");
+    let (err, unchanged) = failed_import(&input);
+    assert!(
+        matches!(&err, ImageError::Manifest { reason, .. } if reason.contains("bbb/layer.tar")),
+        "{err}"
+    );
+    assert!(unchanged);
+}
+
+#[test]
 fn invalid_name_is_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     write_expected_tree(dir.path());

@@ -82,6 +82,18 @@ fn docker_save_archive_import_gives_the_same_tree_and_its_tag() {
 }
 
 #[test]
+fn docker_archive_with_blob_paths_and_symlinked_layers_imports() {
+    let (_dir, store) = new_store();
+    let input = tempfile::tempdir().unwrap();
+    let archive = input.path().join("saved.tar");
+    write_docker_blob_archive(&archive, &layer2_blob_link());
+    let image = store.import(&archive, None, false).unwrap();
+    let tree = Mounted::new(&image.fs_image);
+    assert_eq!(tree_listing(tree.path()), expected_listing());
+    assert_eq!(image.name.as_deref(), Some("demo:25"));
+}
+
+#[test]
 fn rootfs_directory_import_keeps_the_tree_and_gets_default_config() {
     let (_dir, store) = new_store();
     let input = tempfile::tempdir().unwrap();

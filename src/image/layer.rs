@@ -1,7 +1,8 @@
-//! Applies layers (tar streams, gzip or zstd compressed or plain) onto a staging
-//! directory: regular files, directories, symlinks and hardlinks with their mode,
-//! owner, mtime and extended attributes (pax `SCHILY.xattr.*`); OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`, image spec
-//! layer.md "Whiteouts"). Device nodes and FIFOs are skipped (the guest has devtmpfs).
+//! Applies layers (tar streams: gzip, zstd or uncompressed, told by magic) onto a
+//! staging directory: regular files, directories, symlinks and hardlinks with their
+//! mode, owner, mtime and extended attributes (pax `SCHILY.xattr.*`); OCI whiteouts
+//! (`.wh.NAME`, `.wh..wh..opq`, image spec layer.md "Whiteouts"). Device nodes and
+//! FIFOs are skipped (the guest has devtmpfs).
 //!
 //! Security: the archive is hostile. Entry paths with `..` or an absolute path are
 //! refused; parents are resolved one component at a time without the kernel following
@@ -37,10 +38,9 @@ pub(crate) fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read
         return Ok(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)));
     }
     if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "zstd-compressed layers are not supported",
-        ));
+        return Ok(Box::new(zstd::stream::read::Decoder::with_buffer(
+            buffered,
+        )?));
     }
     Ok(Box::new(buffered))
 }
@@ -150,8 +150,9 @@ impl Staging {
         entry: &mut tar::Entry<'_, R>,
     ) -> Result<(), Refusal> {
         let parts = normalize(&entry.path()?)?;
+        let meta = Meta::of(entry)?;
         let Some((name, parents)) = parts.split_last() else {
-            return self.root_entry(entry);
+            return self.root_entry(entry.header().entry_type(), &meta);
         };
         let name_str = name.to_string_lossy();
         if name_str == OPAQUE_MARKER {
@@ -173,15 +174,14 @@ impl Staging {
             return Err(Refusal::Unsafe("parent directory cannot be created"));
         };
         let rel = dir.join(name);
-        let xattrs = pax_xattrs(entry)?;
         let kind = entry.header().entry_type();
         if kind.is_dir() {
-            self.write_dir(entry, &rel)?;
+            self.write_dir(&meta, &rel)?;
         } else if kind.is_file() || kind == EntryType::Continuous || kind.is_gnu_sparse() {
             // The tar crate expands sparse entries to their full content when read.
-            self.write_file(entry, &rel)?;
+            self.write_file(entry, &meta, &rel)?;
         } else if kind.is_symlink() {
-            self.write_symlink(entry, &rel)?;
+            self.write_symlink(entry, &meta, &rel)?;
         } else if kind.is_hard_link() {
             self.write_hardlink(entry, &rel)?;
         } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
@@ -193,24 +193,22 @@ impl Staging {
             return Ok(());
         }
         if !kind.is_hard_link() {
-            set_xattrs(&self.root.join(&rel), &xattrs);
+            set_xattrs(&self.root.join(&rel), &meta.xattrs);
         }
         state.unpacked.insert(rel);
         Ok(())
     }
 
     /// An entry for the root itself (`./`): only its metadata applies.
-    fn root_entry<R: Read>(&mut self, entry: &tar::Entry<'_, R>) -> Result<(), Refusal> {
-        if entry.header().entry_type().is_dir() {
-            let root = self.root.clone();
-            set_owner_mode(&root, entry.header())?;
-            self.dir_times
-                .insert(PathBuf::new(), entry.header().mtime()? as i64);
+    fn root_entry(&mut self, kind: EntryType, meta: &Meta) -> Result<(), Refusal> {
+        if kind.is_dir() {
+            meta.set_owner_mode(&self.root)?;
+            self.dir_times.insert(PathBuf::new(), meta.mtime);
         }
         Ok(())
     }
 
-    fn write_dir<R: Read>(&mut self, entry: &tar::Entry<'_, R>, rel: &Path) -> Result<(), Refusal> {
+    fn write_dir(&mut self, meta: &Meta, rel: &Path) -> Result<(), Refusal> {
         let path = self.root.join(rel);
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => {}
@@ -221,15 +219,15 @@ impl Staging {
             Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&path)?,
             Err(e) => return Err(e.into()),
         }
-        set_owner_mode(&path, entry.header())?;
-        self.dir_times
-            .insert(rel.to_path_buf(), entry.header().mtime()? as i64);
+        meta.set_owner_mode(&path)?;
+        self.dir_times.insert(rel.to_path_buf(), meta.mtime);
         Ok(())
     }
 
     fn write_file<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
+        meta: &Meta,
         rel: &Path,
     ) -> Result<(), Refusal> {
         let path = self.root.join(rel);
@@ -242,13 +240,14 @@ impl Staging {
             .open(&path)?;
         io::copy(entry, &mut file)?;
         drop(file);
-        set_owner_mode(&path, entry.header())?;
-        set_mtime(&path, entry.header())
+        meta.set_owner_mode(&path)?;
+        meta.set_mtime(&path)
     }
 
     fn write_symlink<R: Read>(
         &mut self,
         entry: &tar::Entry<'_, R>,
+        meta: &Meta,
         rel: &Path,
     ) -> Result<(), Refusal> {
         let target = entry
@@ -258,13 +257,8 @@ impl Staging {
         remove_any(&path)?;
         // The target is stored verbatim: it is resolved in the guest, never here.
         symlink(&target, &path)?;
-        let header = entry.header();
-        lchown(
-            &path,
-            Some(header.uid()? as u32),
-            Some(header.gid()? as u32),
-        )?;
-        set_mtime(&path, header)
+        lchown(&path, Some(meta.uid), Some(meta.gid))?;
+        meta.set_mtime(&path)
     }
 
     fn write_hardlink<R: Read>(
@@ -400,20 +394,61 @@ fn remove_any(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The extended attributes of an entry, from its pax `SCHILY.xattr.<name>` records.
-fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(OsString, Vec<u8>)>> {
-    let mut xattrs = Vec::new();
-    let Some(records) = entry.pax_extensions()? else {
-        return Ok(xattrs);
-    };
-    for record in records {
-        let record = record?;
-        if let Some(name) = record.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-            let name = OsStr::from_bytes(name).to_os_string();
-            xattrs.push((name, record.value_bytes().to_vec()));
+/// An entry's metadata: the header's, overridden by its pax records (`uid`, `gid`,
+/// `mtime` for values the header cannot hold; `SCHILY.xattr.<name>`).
+struct Meta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: i64,
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+impl Meta {
+    fn of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Self, Refusal> {
+        let header = entry.header();
+        let mut meta = Meta {
+            uid: header.uid()? as u32,
+            gid: header.gid()? as u32,
+            mode: header.mode()? & 0o7777,
+            mtime: header.mtime()? as i64,
+            xattrs: Vec::new(),
+        };
+        let Some(records) = entry.pax_extensions()? else {
+            return Ok(meta);
+        };
+        for record in records {
+            let record = record?;
+            let value = String::from_utf8_lossy(record.value_bytes());
+            // pax mtimes may carry a fraction ("1700000000.123"): seconds are kept.
+            let number = || value.split('.').next().and_then(|v| v.parse::<i64>().ok());
+            match record.key_bytes() {
+                b"uid" => meta.uid = number().ok_or(Refusal::Unsafe("bad pax uid"))? as u32,
+                b"gid" => meta.gid = number().ok_or(Refusal::Unsafe("bad pax gid"))? as u32,
+                b"mtime" => meta.mtime = number().ok_or(Refusal::Unsafe("bad pax mtime"))?,
+                key => {
+                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                        let name = OsStr::from_bytes(name).to_os_string();
+                        meta.xattrs.push((name, record.value_bytes().to_vec()));
+                    }
+                }
+            }
         }
+        Ok(meta)
     }
-    Ok(xattrs)
+
+    /// Owner then mode (chown clears set-id bits, so it comes first). Not for symlinks.
+    fn set_owner_mode(&self, path: &Path) -> Result<(), Refusal> {
+        lchown(path, Some(self.uid), Some(self.gid))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(self.mode))?;
+        Ok(())
+    }
+
+    fn set_mtime(&self, path: &Path) -> Result<(), Refusal> {
+        let time = FileTime::from_unix_time(self.mtime, 0);
+        filetime::set_symlink_file_times(path, time, time)?;
+        Ok(())
+    }
 }
 
 /// Sets extended attributes (after chown, which clears `security.capability`), never
@@ -425,20 +460,6 @@ fn set_xattrs(path: &Path, xattrs: &[(OsString, Vec<u8>)]) {
             log::warn!("{}: cannot set xattr {name:?}: {e}", path.display());
         }
     }
-}
-
-/// Owner then mode (chown clears set-id bits, so it comes first). Not for symlinks.
-fn set_owner_mode(path: &Path, header: &tar::Header) -> Result<(), Refusal> {
-    lchown(path, Some(header.uid()? as u32), Some(header.gid()? as u32))?;
-    let mode = header.mode()? & 0o7777;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-fn set_mtime(path: &Path, header: &tar::Header) -> Result<(), Refusal> {
-    let time = FileTime::from_unix_time(header.mtime()? as i64, 0);
-    filetime::set_symlink_file_times(path, time, time)?;
-    Ok(())
 }
 
 #[cfg(test)]

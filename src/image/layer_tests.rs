@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::Staging;
+use super::{decompress, Staging};
 use crate::image::ImageError;
 
 enum E<'a> {
@@ -221,4 +221,54 @@ fn pax_xattr_record_becomes_an_extended_attribute() {
     let root = staged(&[builder.into_inner().unwrap()]).unwrap();
     let value = xattr::get(root.path().join("f"), "user.husk").unwrap();
     assert_eq!(value.as_deref(), Some(&b"hello-xattrs"[..]));
+}
+
+#[test]
+fn zstd_and_gzip_layers_are_recognized_by_their_magic() {
+    let layer = tar_of(&[E::File("z", "zstd"), E::File("g", "gzip")]);
+    let zstd = zstd::stream::encode_all(&layer[..], 3).unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gzip, &layer).unwrap();
+    let gzip = gzip.finish().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut staging = Staging::new(dir.path()).unwrap();
+    staging
+        .apply(decompress(&zstd[..]).unwrap(), "zstd layer")
+        .unwrap();
+    staging
+        .apply(decompress(&gzip[..]).unwrap(), "gzip layer")
+        .unwrap();
+    assert_eq!(
+        (read(dir.path(), "z"), read(dir.path(), "g")),
+        ("zstd".into(), "gzip".into())
+    );
+}
+
+#[test]
+fn pax_uid_gid_and_fractional_mtime_override_the_header() {
+    let mut builder = tar::Builder::new(Vec::new());
+    let records = b"15 uid=3000000\n15 gid=3000001\n23 mtime=1700000000.25\n";
+    let mut pax = tar::Header::new_ustar();
+    pax.set_entry_type(tar::EntryType::XHeader);
+    pax.set_path("PaxHeaders/f").unwrap();
+    pax.set_size(records.len() as u64);
+    pax.set_mode(0o644);
+    pax.set_cksum();
+    builder.append(&pax, &records[..]).unwrap();
+    let mut file = tar::Header::new_ustar();
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_path("f").unwrap();
+    file.set_size(0);
+    file.set_mode(0o600);
+    file.set_uid(0);
+    file.set_gid(0);
+    file.set_mtime(0);
+    file.set_cksum();
+    builder.append(&file, &b""[..]).unwrap();
+    let root = staged(&[builder.into_inner().unwrap()]).unwrap();
+    let meta = fs::metadata(root.path().join("f")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mtime()),
+        (3_000_000, 3_000_001, 1_700_000_000)
+    );
 }

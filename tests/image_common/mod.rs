@@ -421,3 +421,36 @@ pub fn names(store: &ImageStore) -> Vec<String> {
         .filter_map(|i| i.name)
         .collect()
 }
+
+/// A Docker 25 style `docker save` tree: layers stored as `blobs/sha256/<hex>`, the
+/// legacy `<id>/layer.tar` paths being symlinks to them; `layer_target` is where the
+/// second layer's symlink points.
+pub fn write_docker_blob_archive(out: &Path, layer_target: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (l1, l2) = (layer1(), layer2());
+    let config = config_json(&[sha256(&l1), sha256(&l2)]);
+    let config_desc = put_blob(dir.path(), &config);
+    put_blob(dir.path(), &l1);
+    put_blob(dir.path(), &l2);
+    fs::create_dir_all(dir.path().join("bbb")).unwrap();
+    std::os::unix::fs::symlink(layer_target, dir.path().join("bbb/layer.tar")).unwrap();
+    let manifest = json!([{
+        "Config": format!("blobs/sha256/{}", &config_desc["digest"].as_str().unwrap()[7..]),
+        "RepoTags": ["demo:25"],
+        "Layers": [format!("blobs/sha256/{}", &sha256(&l1)[7..]), "bbb/layer.tar"]
+    }]);
+    fs::write(
+        dir.path().join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let mut builder = tar::Builder::new(fs::File::create(out).unwrap());
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", dir.path()).unwrap();
+    builder.finish().unwrap();
+}
+
+/// The relative symlink target, from `bbb/`, of the second layer's blob.
+pub fn layer2_blob_link() -> String {
+    format!("../blobs/sha256/{}", &sha256(&layer2())[7..])
+}
