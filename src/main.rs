@@ -272,7 +272,11 @@ fn image(cmd: ImageCommand) -> CliResult {
             for image in store.list()? {
                 let name = image.name.as_deref().unwrap_or("<none>");
                 let size = format!("{:.1}MB", image.size as f64 / 1e6);
-                println!("{name:<24} {:<14} {size:>10}  {}", image.short_id(), image.source);
+                println!(
+                    "{name:<24} {:<14} {size:>10}  {}",
+                    image.short_id(),
+                    image.source
+                );
             }
         }
         ImageCommand::Rm { image } => store.remove(&image)?,
@@ -293,7 +297,25 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
-    use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
+    use husk::sandbox::{signals, RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::{Arc, Mutex};
+    // Before any thread starts: Ctrl-C and friends go to the forwarding thread only.
+    signals::block()?;
+    let pending = Arc::new(AtomicI32::new(0));
+    let target: Arc<Mutex<Option<husk::sandbox::Signaller>>> = Arc::default();
+    {
+        let (pending, target) = (pending.clone(), target.clone());
+        std::thread::spawn(move || loop {
+            let sig = signals::wait();
+            let sent = target
+                .lock()
+                .map(|t| t.as_ref().is_some_and(|s| s.send(sig)));
+            if !sent.unwrap_or(false) {
+                pending.store(sig, Ordering::SeqCst);
+            }
+        });
+    }
     let store = husk::image::ImageStore::open(None)?;
     let image = match store.resolve(&args.image) {
         Ok(image) => image,
@@ -314,6 +336,15 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
         config.console = ConsoleConfig::File(path);
     }
     let mut sandbox = Sandbox::start(config)?;
+    if let Ok(mut t) = target.lock() {
+        *t = Some(sandbox.signaller());
+    }
+    let early = pending.load(Ordering::SeqCst);
+    if early != 0 {
+        // Signalled while the VM booted: nothing to forward to yet; stop cleanly.
+        drop(sandbox.stop());
+        return Ok(128 + early);
+    }
     let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let (Some(secs), Some(stopper)) = (args.timeout, sandbox.stopper()) {
         let flag = timed_out.clone();
@@ -329,11 +360,17 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
         cwd: args.workdir,
         user: args.user,
         tty: None,
-        limits: husk_protocol::Limits { memory_bytes: Some(args.memory << 20), ..Default::default() },
+        limits: husk_protocol::Limits {
+            memory_bytes: Some(args.memory << 20),
+            ..Default::default()
+        },
     };
     let result = sandbox.run(&spec, Stdio::inherit(args.interactive));
     if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
-        eprintln!("husk: the sandbox was stopped after {} s (--timeout)", args.timeout.unwrap_or(0));
+        eprintln!(
+            "husk: the sandbox was stopped after {} s (--timeout)",
+            args.timeout.unwrap_or(0)
+        );
         return Ok(124);
     }
     let status = result?;

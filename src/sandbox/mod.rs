@@ -13,14 +13,19 @@
 
 pub mod agent;
 pub mod initramfs;
+pub mod signals;
 mod stdio;
 pub mod vsock;
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use husk_protocol::{host_handshake, write_message, ImageSpec, Limits, Message, WritableLayer};
+
+pub use husk_protocol::Limits as ContainerLimits;
 
 pub use husk_protocol::{ExitStatus, TtySize};
 pub use stdio::Stdio;
@@ -69,6 +74,30 @@ pub enum SandboxError {
     /// The agent reported an error for a request.
     #[error("the guest agent refused: {0}")]
     Refused(String),
+}
+
+/// The agent connection's write half, shared by every thread that sends.
+pub(crate) type Writer = Arc<Mutex<UnixStream>>;
+
+/// Send one message under the writer lock.
+pub(crate) fn send(writer: &Writer, message: &Message) -> Result<(), husk_protocol::ProtocolError> {
+    let mut conn = writer.lock().unwrap_or_else(|e| e.into_inner());
+    write_message(&mut *conn, message)
+}
+
+/// Forwards signals (Ctrl-C, SIGTERM) to a sandbox's running process.
+#[derive(Clone)]
+pub struct Signaller {
+    writer: Writer,
+    current: Arc<AtomicU32>,
+}
+
+impl Signaller {
+    /// Send `signal` to the running process; false when none is running.
+    pub fn send(&self, signal: i32) -> bool {
+        let process = self.current.load(Ordering::SeqCst);
+        process != 0 && send(&self.writer, &Message::Signal { process, signal }).is_ok()
+    }
 }
 
 /// The image a sandbox runs: its filesystem image and defaults from its config.
@@ -151,6 +180,10 @@ pub struct Sandbox {
     image: SandboxImage,
     vm: Option<RunningVm>,
     conn: UnixStream,
+    /// Every write to the agent goes through this one lock, so frames never interleave.
+    writer: Writer,
+    /// The process the current `run` streams (0: none), for signal forwarding.
+    current: Arc<AtomicU32>,
     runtime: tempfile::TempDir,
     containers: u32,
 }
@@ -176,11 +209,16 @@ impl Sandbox {
         let uds = runtime.path().join("vsock.sock");
         let vm = vmm::start(&vm_config(&config, initrd, uds.clone()))?;
         let conn = connect_agent(&vm, &uds, config.boot_timeout)?;
+        let writer = Arc::new(Mutex::new(
+            conn.try_clone().map_err(husk_protocol::ProtocolError::Io)?,
+        ));
         Ok(Self {
             id,
             image: config.image,
             vm: Some(vm),
             conn,
+            writer,
+            current: Arc::new(AtomicU32::new(0)),
             runtime,
             containers: 0,
         })
@@ -196,9 +234,20 @@ impl Sandbox {
         self.vm.as_ref().map(RunningVm::stopper)
     }
 
+    /// A handle that forwards signals to the process the current `run` streams.
+    pub fn signaller(&self) -> Signaller {
+        Signaller {
+            writer: self.writer.clone(),
+            current: self.current.clone(),
+        }
+    }
+
     /// The end of the guest console (for error reports).
     pub fn console_tail(&self) -> String {
-        self.vm.as_ref().map(RunningVm::console_tail).unwrap_or_default()
+        self.vm
+            .as_ref()
+            .map(RunningVm::console_tail)
+            .unwrap_or_default()
     }
 
     /// The folder holding this sandbox's sockets.
@@ -231,8 +280,10 @@ impl Sandbox {
             writable_layer: WritableLayer::Tmpfs,
             hostname: Some(format!("husk-{}", self.id)),
         };
-        write_message(&mut self.conn, &run)?;
-        stdio::pump(&mut self.conn, stdio)
+        send(&self.writer, &run)?;
+        let status = stdio::pump(&mut self.conn, &self.writer, &self.current, stdio);
+        self.current.store(0, Ordering::SeqCst);
+        status
     }
 
     /// Ask the agent to shut the guest down and wait for the VM to end.
@@ -246,7 +297,7 @@ impl Sandbox {
                 "the sandbox is already stopped".into(),
             ));
         };
-        if write_message(&mut self.conn, &Message::Shutdown).is_err() {
+        if send(&self.writer, &Message::Shutdown).is_err() {
             vm.stopper().stop();
         }
         // A guest that does not reset in time is stopped from the host.
@@ -301,7 +352,9 @@ fn connect_agent(
     };
     loop {
         if let Some(cause) = vm.exit_cause() {
-            return Err(down(format!("the guest ended before its agent answered ({cause:?})")));
+            return Err(down(format!(
+                "the guest ended before its agent answered ({cause:?})"
+            )));
         }
         match vsock::connect_once(uds, husk_protocol::AGENT_VSOCK_PORT) {
             Ok(mut conn) => {
@@ -342,7 +395,12 @@ impl SandboxImage {
             fs_image: image.fs_image.clone(),
             fstype: "erofs".into(),
             env: config.env.clone(),
-            command: config.entrypoint.iter().chain(&config.cmd).cloned().collect(),
+            command: config
+                .entrypoint
+                .iter()
+                .chain(&config.cmd)
+                .cloned()
+                .collect(),
             working_dir: config.working_dir.clone(),
             user: config.user.clone(),
         }

@@ -3,9 +3,11 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
-use husk_protocol::{read_message, write_message, ExitStatus, Message, ProcessId, MAX_DATA_CHUNK};
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::SandboxError;
+use husk_protocol::{read_message, ExitStatus, Message, ProcessId, MAX_DATA_CHUNK};
+
+use super::{send, SandboxError, Writer};
 
 /// Where a process's stdio comes from and goes to.
 pub struct Stdio {
@@ -29,7 +31,12 @@ impl Stdio {
 }
 
 /// After a Run or Exec: wait for Started, stream stdio until Exited.
-pub fn pump(conn: &mut UnixStream, stdio: Stdio) -> Result<ExitStatus, SandboxError> {
+pub fn pump(
+    conn: &mut UnixStream,
+    writer: &Writer,
+    current: &AtomicU32,
+    stdio: Stdio,
+) -> Result<ExitStatus, SandboxError> {
     let process = loop {
         match read_message(conn)? {
             Message::Started { process_id } => break process_id,
@@ -37,19 +44,17 @@ pub fn pump(conn: &mut UnixStream, stdio: Stdio) -> Result<ExitStatus, SandboxEr
             other => log::debug!("before Started, ignoring {other:?}"),
         }
     };
-    let writer = conn.try_clone().map_err(husk_protocol::ProtocolError::Io)?;
+    current.store(process, Ordering::SeqCst);
     match stdio.stdin {
         Some(input) => {
+            let writer = writer.clone();
             // The user's stdin may block forever (a terminal); the thread is not joined.
             std::thread::Builder::new()
                 .name("husk-stdin".into())
-                .spawn(move || forward_stdin(input, writer, process))
+                .spawn(move || forward_stdin(input, &writer, process))
                 .map_err(husk_protocol::ProtocolError::Io)?;
         }
-        None => {
-            let mut writer = writer;
-            write_message(&mut writer, &Message::StdinClose { process })?;
-        }
+        None => send(writer, &Message::StdinClose { process })?,
     }
     let (mut stdout, mut stderr) = (stdio.stdout, stdio.stderr);
     loop {
@@ -68,7 +73,7 @@ fn write_out(out: &mut Box<dyn Write + Send>, data: &[u8]) {
     let _ = out.write_all(data).and_then(|()| out.flush());
 }
 
-fn forward_stdin(mut input: Box<dyn Read + Send>, mut conn: UnixStream, process: ProcessId) {
+fn forward_stdin(mut input: Box<dyn Read + Send>, writer: &Writer, process: ProcessId) {
     let mut buf = vec![0u8; MAX_DATA_CHUNK];
     loop {
         let n = match input.read(&mut buf) {
@@ -79,9 +84,9 @@ fn forward_stdin(mut input: Box<dyn Read + Send>, mut conn: UnixStream, process:
             process,
             data: buf[..n].to_vec(),
         };
-        if write_message(&mut conn, &msg).is_err() {
+        if send(writer, &msg).is_err() {
             return;
         }
     }
-    let _ = write_message(&mut conn, &Message::StdinClose { process });
+    let _ = send(writer, &Message::StdinClose { process });
 }

@@ -1,0 +1,47 @@
+//! Forwarding the signals a user sends to `husk run` (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT)
+//! to the container instead of letting them kill husk half-way through its cleanup.
+#![allow(
+    unsafe_code,
+    reason = "signal masks and sigwait have no safe std wrapper"
+)]
+
+/// The signals `husk run` forwards.
+pub const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+fn forwarded_set() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: sigemptyset initializes the set we own; sigaddset only sets bits in it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for sig in FORWARDED {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
+        set.assume_init()
+    }
+}
+
+/// Block the forwarded signals in this thread and in every thread it starts later. Call
+/// it before any other thread exists, then take them with [`wait`] on one thread.
+pub fn block() -> std::io::Result<()> {
+    let set = forwarded_set();
+    // SAFETY: a valid set; the old mask is not needed.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(ret))
+    }
+}
+
+/// Wait for the next forwarded signal.
+pub fn wait() -> i32 {
+    let set = forwarded_set();
+    let mut sig = 0;
+    // SAFETY: a valid set and a valid out pointer; sigwait only writes `sig`.
+    let ret = unsafe { libc::sigwait(&set, &mut sig) };
+    if ret == 0 {
+        sig
+    } else {
+        libc::SIGTERM
+    }
+}
