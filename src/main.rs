@@ -84,6 +84,9 @@ enum ImageCommand {
     },
     /// List the images.
     Ls,
+    /// Build the default `busybox` image from Debian's busybox-static (`husk run busybox`
+    /// does this on first use).
+    Busybox,
     /// Remove an image by name or digest.
     Rm {
         /// Name or digest (a unique prefix of 6 or more hex digits will do).
@@ -280,6 +283,7 @@ fn image(cmd: ImageCommand) -> CliResult {
             }
         }
         ImageCommand::Rm { image } => store.remove(&image)?,
+        ImageCommand::Busybox => println!("{}", store.ensure_busybox(true)?.digest),
     }
     Ok(())
 }
