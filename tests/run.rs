@@ -3,36 +3,9 @@
 //! and checks each; the script prints `key=value` lines that the test asserts on.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{assets, run_script, WorkDir};
-
-/// The agent binary cargo built beside husk (`cargo build -p husk-agent`).
-fn agent() -> PathBuf {
-    let husk = PathBuf::from(env!("CARGO_BIN_EXE_husk"));
-    let agent = husk.with_file_name("husk-agent");
-    assert!(
-        agent.is_file(),
-        "{} not found: build it with `cargo build --release -p husk-agent`",
-        agent.display()
-    );
-    agent
-}
-
-/// An image store holding the busybox image, packed as a tar for the test host.
-fn store_tar(dir: &WorkDir) -> PathBuf {
-    let root = dir.path.join("store");
-    let store = husk::image::ImageStore::open(Some(&root)).expect("open a fresh store");
-    store
-        .ensure_busybox(false)
-        .expect("build the busybox image");
-    let tar_path = dir.path.join("store.tar");
-    let file = std::fs::File::create(&tar_path).expect("create store.tar");
-    let mut tar = tar::Builder::new(file);
-    tar.append_dir_all("store", &root).expect("pack the store");
-    tar.finish().expect("finish store.tar");
-    tar_path
-}
+use common::{agent, assets, run_script, store_tar, WorkDir};
 
 const RUN_CHECKS: &str = r#"
 tar xf store.tar

@@ -64,17 +64,32 @@ pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf, Sandbo
     let io =
         |e: std::io::Error| SandboxError::Agent(format!("cannot write {}: {e}", path.display()));
     std::fs::create_dir_all(cache_dir).map_err(io)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+    // A temp file of its own per caller: sandboxes starting together in one process
+    // build the same archive at once, and the last rename wins with identical bytes.
+    let tmp = tempfile::NamedTempFile::new_in(cache_dir).map_err(io)?;
+    let mut out = std::io::BufWriter::new(tmp);
     write_archive(&entries, &mut out).map_err(io)?;
-    out.into_inner().map_err(|e| io(e.into_error()))?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    let tmp = out.into_inner().map_err(|e| io(e.into_error()))?;
+    tmp.persist(&path).map_err(|e| io(e.error))?;
     Ok(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_builds_of_one_initramfs_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("husk-agent");
+        std::fs::write(&agent, vec![7u8; 1 << 20]).unwrap();
+        let cache = dir.path().join("a/b/initramfs");
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4).map(|_| s.spawn(|| agent_initramfs(&agent, &cache))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
 
     #[test]
     fn initramfs_is_cached_by_agent_content() {

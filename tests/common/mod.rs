@@ -314,3 +314,30 @@ impl Drop for WorkDir {
         let _ = fs::remove_dir_all(&self.path);
     }
 }
+
+/// The agent binary cargo built beside husk (`cargo build -p husk-agent`).
+pub fn agent() -> PathBuf {
+    let husk = PathBuf::from(env!("CARGO_BIN_EXE_husk"));
+    let agent = husk.with_file_name("husk-agent");
+    assert!(
+        agent.is_file(),
+        "{} not found: build it with `cargo build --release -p husk-agent`",
+        agent.display()
+    );
+    agent
+}
+
+/// An image store holding the busybox image, packed as a tar for the test host.
+pub fn store_tar(dir: &WorkDir) -> PathBuf {
+    let root = dir.path.join("store");
+    let store = husk::image::ImageStore::open(Some(&root)).expect("open a fresh store");
+    store
+        .ensure_busybox(false)
+        .expect("build the busybox image");
+    let tar_path = dir.path.join("store.tar");
+    let file = std::fs::File::create(&tar_path).expect("create store.tar");
+    let mut tar = tar::Builder::new(file);
+    tar.append_dir_all("store", &root).expect("pack the store");
+    tar.finish().expect("finish store.tar");
+    tar_path
+}

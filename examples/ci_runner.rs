@@ -1,0 +1,161 @@
+//! A CI runner in miniature: runs a batch of jobs, each in its own husk sandbox (a
+//! micro-VM), several at once from one process, and collects every job's output and
+//! exit code.
+//!
+//! ```sh
+//! cargo run --release --example ci_runner -- [--parallel N] [--kernel VMLINUX]
+//! ```
+//! The busybox image is built on first use; the kernel defaults to `husk kernel path`.
+//! Prints one `job=NAME exit=CODE stdout=...` line per job, then `jobs=N failed=M`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
+
+/// A job: a name, a command, and the exit code it should end with.
+struct Job {
+    name: &'static str,
+    command: &'static [&'static str],
+    expect: i32,
+}
+
+const JOBS: &[Job] = &[
+    Job {
+        name: "build",
+        command: &["sh", "-c", "echo compiling; echo done"],
+        expect: 0,
+    },
+    Job {
+        name: "test",
+        command: &["sh", "-c", "seq 1 100 | wc -l"],
+        expect: 0,
+    },
+    Job {
+        name: "lint",
+        command: &["sh", "-c", "echo 'style error' >&2; exit 3"],
+        expect: 3,
+    },
+    Job {
+        name: "env",
+        command: &["sh", "-c", "echo $CI_JOB on $(hostname)"],
+        expect: 0,
+    },
+];
+
+/// A Write that keeps what it is given.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).trim().replace('\n', "\\n")
+    }
+}
+
+struct Outcome {
+    name: &'static str,
+    exit: Result<i32, String>,
+    expect: i32,
+    stdout: String,
+    stderr: String,
+    seconds: f64,
+}
+
+fn run_job(job: &Job, image: SandboxImage, kernel: PathBuf) -> Outcome {
+    let start = Instant::now();
+    let (stdout, stderr) = (Capture::default(), Capture::default());
+    let exit = (|| {
+        let mut sandbox =
+            Sandbox::start(SandboxConfig::new(image, kernel)).map_err(|e| e.to_string())?;
+        let spec = RunSpec {
+            args: job.command.iter().map(|s| s.to_string()).collect(),
+            env: vec![format!("CI_JOB={}", job.name)],
+            ..RunSpec::default()
+        };
+        let stdio = Stdio {
+            stdin: None,
+            stdout: Box::new(stdout.clone()),
+            stderr: Box::new(stderr.clone()),
+        };
+        let status = sandbox.run(&spec, stdio).map_err(|e| e.to_string())?;
+        sandbox.stop().map_err(|e| e.to_string())?;
+        Ok(status.docker_code())
+    })();
+    Outcome {
+        name: job.name,
+        exit,
+        expect: job.expect,
+        stdout: stdout.text(),
+        stderr: stderr.text(),
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let parallel: usize = arg("--parallel").map_or(Ok(2), |p| p.parse())?;
+    let kernel = match arg("--kernel") {
+        Some(k) => PathBuf::from(k),
+        None => husk::kernel::cached(None)?.vmlinux,
+    };
+    let store = husk::image::ImageStore::open(None)?;
+    let image = SandboxImage::from_store(&store.ensure_busybox(false)?);
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    for batch in JOBS.chunks(parallel.max(1)) {
+        let handles: Vec<_> = batch
+            .iter()
+            .map(|job| {
+                let (image, kernel) = (image.clone(), kernel.clone());
+                std::thread::spawn(move || run_job(job, image, kernel))
+            })
+            .collect();
+        outcomes.extend(handles.into_iter().filter_map(|h| h.join().ok()));
+    }
+    let mut failed = 0;
+    for o in &outcomes {
+        let exit = match &o.exit {
+            Ok(code) => code.to_string(),
+            Err(e) => format!("error({e})"),
+        };
+        if o.exit.as_ref().ok() != Some(&o.expect) {
+            failed += 1;
+        }
+        println!(
+            "job={} exit={exit} expected={} seconds={:.1} stdout={} stderr={}",
+            o.name, o.expect, o.seconds, o.stdout, o.stderr
+        );
+    }
+    println!(
+        "jobs={} failed={failed} parallel={parallel} wall_seconds={:.1}",
+        outcomes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! The library example `examples/ci_runner.rs` runs for real: four jobs, two sandboxes at
+//! a time from one process, with their outputs and exit codes collected.
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{agent, assets, run_script, store_tar, WorkDir};
+
+/// The example binary cargo built next to husk (`cargo test` builds examples).
+fn example() -> PathBuf {
+    let husk = PathBuf::from(env!("CARGO_BIN_EXE_husk"));
+    let example = husk.with_file_name("examples").join("ci_runner");
+    assert!(
+        example.is_file(),
+        "{} not built: run `cargo build --release --examples`",
+        example.display()
+    );
+    example
+}
+
+const RUN_EXAMPLE: &str = r#"
+tar xf store.tar
+export HUSK_DATA_DIR=$PWD/store
+./ci_runner --parallel 2 --kernel vmlinux
+echo "example-status=$?"
+"#;
+
+#[test]
+fn ci_runner_example_runs_jobs_two_at_a_time_and_collects_results() {
+    let dir = WorkDir::new();
+    let (store, agent, example, assets) = (store_tar(&dir), agent(), example(), assets());
+    let files: Vec<(&Path, &str)> = vec![
+        (example.as_path(), "ci_runner"),
+        (agent.as_path(), "husk-agent"),
+        (assets.kernel.as_path(), "vmlinux"),
+        (store.as_path(), "store.tar"),
+    ];
+    let out = run_script(RUN_EXAMPLE, &files);
+    assert_eq!(out.value("example-status"), Some("0"), "{out}");
+    assert!(out.stdout.contains("job=build exit=0"), "{out}");
+    assert!(out.stdout.contains("job=lint exit=3"), "{out}");
+    assert!(out.stdout.contains("stdout=100"), "{out}");
+    assert!(out.stdout.contains("stderr=style error"), "{out}");
+    assert!(out.stdout.contains("stdout=env on husk-"), "{out}");
+    assert!(out.stdout.contains("jobs=4 failed=0 parallel=2"), "{out}");
+}
