@@ -2,7 +2,7 @@
 //! for a matching HelloAck, then serves requests until the host disconnects (containers
 //! keep running; a new connection takes over their output) or sends Shutdown.
 
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -32,7 +32,19 @@ pub fn serve<L: Listener>(
     outbox: &Outbox,
 ) -> std::io::Result<()> {
     loop {
-        let connection = listener.accept()?;
+        let connection = match listener.accept() {
+            Ok(connection) => connection,
+            // A peer that gave up before accept, or a signal: not the listener's fault.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
         if handle_connection(connection, agent, outbox) == Outcome::Shutdown {
             return Ok(());
         }

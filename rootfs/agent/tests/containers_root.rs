@@ -132,6 +132,17 @@ fn root_writes_do_not_reach_the_lower_dir() {
 }
 
 #[test]
+fn root_directory_recreated_over_the_image_is_empty() {
+    let mut h = Harness::new();
+    let script = "rm -rf /etc && mkdir /etc && ls -a /etc | wc -l";
+    let outcome = h.run_to_end("opaque", &["sh", "-c", script]);
+    assert_eq!(
+        (outcome.stdout_text().trim(), outcome.stderr.len()),
+        ("2", 0)
+    );
+}
+
+#[test]
 fn root_container_state_is_removed_after_exit() {
     let mut h = Harness::new();
     h.run_to_end("cleanup", &["true"]);
