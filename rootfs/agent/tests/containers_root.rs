@@ -116,6 +116,14 @@ fn root_capabilities_are_dockers_default_set() {
 }
 
 #[test]
+fn root_proc_secrets_are_masked_and_sysctls_read_only() {
+    let mut h = Harness::new();
+    let script = "wc -c < /proc/timer_list; echo 1 > /proc/sys/kernel/ns_last_pid || echo ro";
+    let outcome = h.run_to_end("masked", &["sh", "-c", script]);
+    assert_eq!(outcome.stdout_text(), "0\nro\n");
+}
+
+#[test]
 fn root_writes_do_not_reach_the_lower_dir() {
     let mut h = Harness::new();
     let outcome = h.run_to_end(
