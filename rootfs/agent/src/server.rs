@@ -193,9 +193,9 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
             return None;
         }
         Ok(Err(e)) => {
-            outbox.send(&Message::Error {
-                message: error_chain(&e),
-            });
+            let message = error_chain(&e);
+            crate::console::log(&message);
+            outbox.send(&Message::Error { message });
             return None;
         }
         Err(message) => *message,
