@@ -188,10 +188,8 @@ fn start_process(
 /// Handles one request; `Some(Shutdown)` ends the connection and the agent.
 fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Outcome> {
     let message = match start_process(message, agent) {
-        Ok(Ok(process_id)) => {
-            outbox.send(&Message::Started { process_id });
-            return None;
-        }
+        // The agent sent Started itself, ahead of the process's first output.
+        Ok(Ok(_)) => return None,
         Ok(Err(e)) => {
             let message = error_chain(&e);
             crate::console::log(&message);
