@@ -199,6 +199,24 @@ fn root_exec_joins_the_running_container() {
 }
 
 #[test]
+fn root_exec_with_tty_gets_a_terminal_as_the_given_user() {
+    let mut h = Harness::new();
+    let init = h.run(h.request("exectty", &["sh", "-c", "echo ready; sleep 100"]));
+    h.wait_for_output(init, "ready");
+    let exec = ProcessRequest {
+        args: ["sh", "-c", "stty size; id -u"].map(String::from).to_vec(),
+        user: Some("1000".into()),
+        tty: Some(TtySize { rows: 12, cols: 34 }),
+        ..Default::default()
+    };
+    let process = h.agent.exec("exectty", exec).expect("exec starts");
+    let outcome = h.wait(process);
+    h.agent.signal(init, libc::SIGKILL);
+    h.wait(init);
+    assert_eq!(outcome.stdout_text(), "12 34\r\n1000\r\n");
+}
+
+#[test]
 fn root_tty_gets_its_size_and_one_merged_stream() {
     let mut h = Harness::new();
     let mut request = h.request("tty", &["sh", "-c", "stty size; echo err >&2"]);
