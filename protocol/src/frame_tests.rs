@@ -304,3 +304,28 @@ proptest! {
         prop_assert_eq!(read_message(&mut wire.as_slice()).expect("decodes"), message);
     }
 }
+
+#[test]
+fn run_example_of_the_protocol_doc_parses() {
+    let json = r#"{"type":"Run","id":"c1","image":{"device":"/dev/vdb","fstype":"erofs"},
+        "args":["sh","-c","echo hi"],"env":["A=1"],"cwd":null,"user":"1000:1000",
+        "tty":null,"limits":{"memory_bytes":67108864,"pids":100,"cpu_quota":null},
+        "writable_layer":"Tmpfs","hostname":null}"#;
+    let frame = Frame {
+        kind: FrameKind::Control,
+        payload: json.as_bytes().to_vec(),
+    };
+    assert!(matches!(
+        Message::from_frame(&frame),
+        Ok(Message::Run { .. })
+    ));
+}
+
+#[test]
+fn disk_writable_layer_is_externally_tagged() {
+    let json = serde_json::to_string(&WritableLayer::Disk {
+        device: "/dev/vdc".into(),
+    })
+    .expect("json");
+    assert_eq!(json, r#"{"Disk":{"device":"/dev/vdc"}}"#);
+}

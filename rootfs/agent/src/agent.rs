@@ -149,7 +149,8 @@ impl Agent {
         self.processes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates a container and starts its first process; returns its process id.
+    /// Creates a container and starts its first process; sends Started and returns its
+    /// process id.
     pub fn run(self: &Arc<Self>, request: RunRequest) -> Result<ProcessId, AgentError> {
         validate_id(&request.id)?;
         if self.containers().contains_key(&request.id) {
@@ -220,7 +221,8 @@ impl Agent {
         }
     }
 
-    /// Starts a process in the running container `container_id`.
+    /// Starts a process in the running container `container_id`; sends Started and
+    /// returns its process id.
     pub fn exec(
         self: &Arc<Self>,
         container_id: &str,
@@ -292,6 +294,8 @@ impl Agent {
             ends,
             exit,
         } = started;
+        // Started goes out before the first output frame can.
+        self.outbox.send(&Message::Started { process_id: id });
         let mut forwarders = Vec::new();
         let outputs = [(Some(ends.stdout), false), (ends.stderr, true)];
         for (file, is_stderr) in outputs {

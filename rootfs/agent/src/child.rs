@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr;
 
 use crate::caps;
+use crate::container_fs::{self, mount};
 
 /// The step of process setup that failed, as sent on the error pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +124,7 @@ pub struct ChildPlan {
 }
 
 /// Writes `(step, errno)` to the error pipe and exits 127.
-fn fail(err_fd: RawFd, step: Step) -> ! {
+pub(crate) fn fail(err_fd: RawFd, step: Step) -> ! {
     // SAFETY: __errno_location returns this thread's errno slot, always valid.
     let errno = unsafe { *libc::__errno_location() };
     let mut report = [0u8; 8];
@@ -137,7 +138,7 @@ fn fail(err_fd: RawFd, step: Step) -> ! {
     }
 }
 
-fn check(ret: libc::c_int, err_fd: RawFd, step: Step) {
+pub(crate) fn check(ret: libc::c_int, err_fd: RawFd, step: Step) {
     if ret < 0 {
         fail(err_fd, step);
     }
@@ -183,124 +184,6 @@ pub fn intermediate(plan: &ChildPlan, pid_fd: RawFd, err_fd: RawFd) -> ! {
     }
 }
 
-fn mkdir(path: &CStr, mode: libc::mode_t) {
-    // SAFETY: path is NUL-terminated; an existing directory (EEXIST) is fine.
-    unsafe { libc::mkdir(path.as_ptr(), mode) };
-}
-
-fn mount(
-    src: &CStr,
-    target: &CStr,
-    fstype: &CStr,
-    flags: libc::c_ulong,
-    data: &CStr,
-) -> libc::c_int {
-    // SAFETY: all strings are NUL-terminated and outlive the call.
-    unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    }
-}
-
-/// Character devices of the container's /dev: (path, major, minor).
-const DEVICES: [(&CStr, u32, u32); 6] = [
-    (c"dev/null", 1, 3),
-    (c"dev/zero", 1, 5),
-    (c"dev/full", 1, 7),
-    (c"dev/random", 1, 8),
-    (c"dev/urandom", 1, 9),
-    (c"dev/tty", 5, 0),
-];
-
-const DEV_LINKS: [(&CStr, &CStr); 5] = [
-    (c"pts/ptmx", c"dev/ptmx"),
-    (c"/proc/self/fd", c"dev/fd"),
-    (c"/proc/self/fd/0", c"dev/stdin"),
-    (c"/proc/self/fd/1", c"dev/stdout"),
-    (c"/proc/self/fd/2", c"dev/stderr"),
-];
-
-/// Mounts /proc, a small /dev and a read-only /sys under the current directory.
-fn mount_pseudo_filesystems(err_fd: RawFd) {
-    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    mkdir(c"proc", 0o555);
-    check(
-        mount(c"proc", c"proc", c"proc", nosuid, c""),
-        err_fd,
-        Step::Mounts,
-    );
-    mkdir(c"sys", 0o555);
-    check(
-        mount(c"sysfs", c"sys", c"sysfs", nosuid | libc::MS_RDONLY, c""),
-        err_fd,
-        Step::Mounts,
-    );
-    mkdir(c"dev", 0o755);
-    let dev_flags = libc::MS_NOSUID | libc::MS_STRICTATIME;
-    check(
-        mount(
-            c"tmpfs",
-            c"dev",
-            c"tmpfs",
-            dev_flags,
-            c"mode=755,size=65536k",
-        ),
-        err_fd,
-        Step::Mounts,
-    );
-    // SAFETY: umask only changes this process's file creation mask.
-    let old_umask = unsafe { libc::umask(0) };
-    for (path, major, minor) in DEVICES {
-        let dev = libc::makedev(major, minor);
-        // SAFETY: path is NUL-terminated; creates one character device node.
-        check(
-            unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, dev) },
-            err_fd,
-            Step::Mounts,
-        );
-    }
-    mkdir(c"dev/pts", 0o755);
-    let pts_opts = c"newinstance,ptmxmode=0666,mode=0620";
-    check(
-        mount(
-            c"devpts",
-            c"dev/pts",
-            c"devpts",
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            pts_opts,
-        ),
-        err_fd,
-        Step::Mounts,
-    );
-    mkdir(c"dev/shm", 0o1777);
-    check(
-        mount(
-            c"shm",
-            c"dev/shm",
-            c"tmpfs",
-            nosuid,
-            c"mode=1777,size=65536k",
-        ),
-        err_fd,
-        Step::Mounts,
-    );
-    for (target, link) in DEV_LINKS {
-        // SAFETY: both strings are NUL-terminated.
-        check(
-            unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) },
-            err_fd,
-            Step::Mounts,
-        );
-    }
-    // SAFETY: restores the inherited mask.
-    unsafe { libc::umask(old_umask) };
-}
-
 /// Switches into a new container's root: hostname, private mounts, pseudo
 /// filesystems, pivot_root with the old root detached.
 fn enter_new_root(hostname: &CStr, rootfs: &CStr, err_fd: RawFd) {
@@ -323,7 +206,7 @@ fn enter_new_root(hostname: &CStr, rootfs: &CStr, err_fd: RawFd) {
         err_fd,
         Step::Mounts,
     );
-    mount_pseudo_filesystems(err_fd);
+    container_fs::mount_pseudo_filesystems(err_fd);
     // pivot_root(".", ".") stacks the old root under the new one; detaching "." then
     // drops the old root without needing a directory for it.
     // SAFETY: both arguments are NUL-terminated static strings.

@@ -18,6 +18,8 @@ pub mod cgroup;
 )]
 pub mod child;
 pub mod console;
+#[allow(unsafe_code, reason = "mounts between fork and exec: raw syscalls")]
+pub mod container_fs;
 pub mod init;
 #[allow(unsafe_code, reason = "TIOCSWINSZ and SIOCSIFFLAGS ioctls")]
 pub mod ioctl;

@@ -2,15 +2,16 @@
 //! for a matching HelloAck, then serves requests until the host disconnects (containers
 //! keep running; a new connection takes over their output) or sends Shutdown.
 
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use husk_protocol::{
-    check_version, read_message, write_message, Message, ProtocolError, TtySize, PROTOCOL_VERSION,
+    check_version, read_message, write_message, Message, ProcessId, ProtocolError, TtySize,
+    PROTOCOL_VERSION,
 };
 
-use crate::agent::{Agent, RunRequest};
+use crate::agent::{Agent, AgentError, RunRequest};
 use crate::outbox::Outbox;
 use crate::prepare::ProcessRequest;
 use crate::rootfs::LowerLayer;
@@ -32,7 +33,19 @@ pub fn serve<L: Listener>(
     outbox: &Outbox,
 ) -> std::io::Result<()> {
     loop {
-        let connection = listener.accept()?;
+        let connection = match listener.accept() {
+            Ok(connection) => connection,
+            // A peer that gave up before accept, or a signal: not the listener's fault.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
         if handle_connection(connection, agent, outbox) == Outcome::Shutdown {
             return Ok(());
         }
@@ -112,9 +125,12 @@ pub fn handle_connection<C: Connection>(
     Outcome::Disconnected
 }
 
-/// Handles one request; `Some(Shutdown)` ends the connection and the agent.
-fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Outcome> {
-    let reply = match message {
+/// Starts the process a Run or Exec asks for; any other message is handed back.
+fn start_process(
+    message: Message,
+    agent: &Arc<Agent>,
+) -> Result<Result<ProcessId, AgentError>, Box<Message>> {
+    match message {
         Message::Run {
             id,
             image,
@@ -127,24 +143,26 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
             writable_layer,
             hostname,
         } => {
+            let lower = LowerLayer::Device {
+                device: PathBuf::from(image.device),
+                fstype: image.fstype,
+            };
+            let process = ProcessRequest {
+                args,
+                env,
+                cwd,
+                user,
+                tty,
+            };
             let request = RunRequest {
                 id,
-                lower: LowerLayer::Device {
-                    device: PathBuf::from(image.device),
-                    fstype: image.fstype,
-                },
+                lower,
                 writable: writable_layer,
                 limits,
                 hostname,
-                process: ProcessRequest {
-                    args,
-                    env,
-                    cwd,
-                    user,
-                    tty,
-                },
+                process,
             };
-            Some(agent.run(request))
+            Ok(agent.run(request))
         }
         Message::Exec {
             container_id,
@@ -153,7 +171,7 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
             cwd,
             user,
             tty,
-        } => Some(agent.exec(
+        } => Ok(agent.exec(
             &container_id,
             ProcessRequest {
                 args,
@@ -163,41 +181,38 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
                 tty,
             },
         )),
-        Message::Stdin { process, data } => {
-            agent.stdin(process, &data);
-            None
+        other => Err(Box::new(other)),
+    }
+}
+
+/// Handles one request; `Some(Shutdown)` ends the connection and the agent.
+fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Outcome> {
+    let message = match start_process(message, agent) {
+        // The agent sent Started itself, ahead of the process's first output.
+        Ok(Ok(_)) => return None,
+        Ok(Err(e)) => {
+            let message = error_chain(&e);
+            crate::console::log(&message);
+            outbox.send(&Message::Error { message });
+            return None;
         }
-        Message::StdinClose { process } => {
-            agent.close_stdin(process);
-            None
-        }
-        Message::Signal { process, signal } => {
-            agent.signal(process, signal);
-            None
-        }
+        Err(message) => *message,
+    };
+    match message {
+        Message::Stdin { process, data } => agent.stdin(process, &data),
+        Message::StdinClose { process } => agent.close_stdin(process),
+        Message::Signal { process, signal } => agent.signal(process, signal),
         Message::Resize {
             process,
             rows,
             cols,
-        } => {
-            agent.resize(process, TtySize { rows, cols });
-            None
-        }
+        } => agent.resize(process, TtySize { rows, cols }),
         Message::Shutdown => return Some(Outcome::Shutdown),
         other => {
-            outbox.send(&Message::Error {
-                message: format!("unexpected message from the host: {other:?}"),
-            });
-            None
+            let message = format!("unexpected message from the host: {other:?}");
+            outbox.send(&Message::Error { message });
         }
-    };
-    match reply {
-        Some(Ok(process_id)) => outbox.send(&Message::Started { process_id }),
-        Some(Err(e)) => outbox.send(&Message::Error {
-            message: error_chain(&e),
-        }),
-        None => true,
-    };
+    }
     None
 }
 

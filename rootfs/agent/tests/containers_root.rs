@@ -116,6 +116,14 @@ fn root_capabilities_are_dockers_default_set() {
 }
 
 #[test]
+fn root_proc_secrets_are_masked_and_sysctls_read_only() {
+    let mut h = Harness::new();
+    let script = "wc -c < /proc/timer_list; echo 1 > /proc/sys/kernel/ns_last_pid || echo ro";
+    let outcome = h.run_to_end("masked", &["sh", "-c", script]);
+    assert_eq!(outcome.stdout_text(), "0\nro\n");
+}
+
+#[test]
 fn root_writes_do_not_reach_the_lower_dir() {
     let mut h = Harness::new();
     let outcome = h.run_to_end(
@@ -129,6 +137,17 @@ fn root_writes_do_not_reach_the_lower_dir() {
     );
     assert!(!h.lower.join("new").exists());
     assert!(h.lower.join("bin/cat").symlink_metadata().is_ok());
+}
+
+#[test]
+fn root_directory_recreated_over_the_image_is_empty() {
+    let mut h = Harness::new();
+    let script = "rm -rf /etc && mkdir /etc && ls -a /etc | wc -l";
+    let outcome = h.run_to_end("opaque", &["sh", "-c", script]);
+    assert_eq!(
+        (outcome.stdout_text().trim(), outcome.stderr.len()),
+        ("2", 0)
+    );
 }
 
 #[test]
@@ -177,6 +196,24 @@ fn root_exec_joins_the_running_container() {
     h.agent.signal(init, libc::SIGKILL);
     h.wait(init);
     assert_eq!(outcome.stdout_text(), "inner\n1\n/marker\n");
+}
+
+#[test]
+fn root_exec_with_tty_gets_a_terminal_as_the_given_user() {
+    let mut h = Harness::new();
+    let init = h.run(h.request("exectty", &["sh", "-c", "echo ready; sleep 100"]));
+    h.wait_for_output(init, "ready");
+    let exec = ProcessRequest {
+        args: ["sh", "-c", "stty size; id -u"].map(String::from).to_vec(),
+        user: Some("1000".into()),
+        tty: Some(TtySize { rows: 12, cols: 34 }),
+        ..Default::default()
+    };
+    let process = h.agent.exec("exectty", exec).expect("exec starts");
+    let outcome = h.wait(process);
+    h.agent.signal(init, libc::SIGKILL);
+    h.wait(init);
+    assert_eq!(outcome.stdout_text(), "12 34\r\n1000\r\n");
 }
 
 #[test]

@@ -30,6 +30,8 @@ pub struct Outcome {
     pub stderr: Vec<u8>,
     /// How it ended, once it has.
     pub status: Option<ExitStatus>,
+    /// Whether Started came (it must precede every other frame of the process).
+    pub started: bool,
 }
 
 impl Outcome {
@@ -163,20 +165,27 @@ impl Harness {
         self.agent.run(request).expect("run starts")
     }
 
+    /// The outcome of a process whose Started frame must already have arrived.
+    fn started(&mut self, process: ProcessId) -> &mut Outcome {
+        let outcome = self.done.entry(process).or_default();
+        assert!(
+            outcome.started,
+            "frame of process {process} before its Started"
+        );
+        outcome
+    }
+
     fn receive_one(&mut self) {
         match self
             .frames
             .recv_timeout(Duration::from_secs(30))
             .expect("frame within 30 s")
         {
-            Message::Stdout { process, data } => {
-                self.done.entry(process).or_default().stdout.extend(data)
-            }
-            Message::Stderr { process, data } => {
-                self.done.entry(process).or_default().stderr.extend(data)
-            }
-            Message::Exited { process, status } => {
-                self.done.entry(process).or_default().status = Some(status)
+            Message::Stdout { process, data } => self.started(process).stdout.extend(data),
+            Message::Stderr { process, data } => self.started(process).stderr.extend(data),
+            Message::Exited { process, status } => self.started(process).status = Some(status),
+            Message::Started { process_id } => {
+                self.done.entry(process_id).or_default().started = true
             }
             other => panic!("unexpected frame {other:?}"),
         }
