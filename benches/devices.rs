@@ -1,0 +1,2 @@
+//! Device benchmark (placeholder while it is written).
+fn main() {}
