@@ -148,7 +148,9 @@ fn run(cmd: &str, pos: &[String], opts: &Options) -> io::Result<()> {
             Ok(())
         }
         ("write-file", [path]) => {
-            let total = opts.bytes.ok_or_else(|| bad("write-file needs --bytes".into()))?;
+            let total = opts
+                .bytes
+                .ok_or_else(|| bad("write-file needs --bytes".into()))?;
             disk::write(path, total, opts.direct)?.print(cmd);
             Ok(())
         }
@@ -198,8 +200,13 @@ mod tests {
 
     #[test]
     fn recv_eof_means_until_end_of_stream() {
-        let args: Vec<String> = ["5", "--recv", "eof", "--send", "1K"].map(String::from).to_vec();
+        let args: Vec<String> = ["5", "--recv", "eof", "--send", "1K"]
+            .map(String::from)
+            .to_vec();
         let (pos, opts) = parse(&args).expect("valid options");
-        assert_eq!((pos, opts.recv, opts.send), (vec!["5".to_string()], None, 1024));
+        assert_eq!(
+            (pos, opts.recv, opts.send),
+            (vec!["5".to_string()], None, 1024)
+        );
     }
 }

@@ -74,7 +74,10 @@ pub fn vsock_connect(cid: u32, port: u32, patience: Duration) -> io::Result<File
         let addr = vsock_addr(cid, port);
         let ptr = (&addr as *const libc::sockaddr_vm).cast::<libc::sockaddr>();
         // SAFETY: ptr points to a live sockaddr_vm of VM_LEN bytes.
-        check(unsafe { libc::connect(sock.as_raw_fd(), ptr, VM_LEN) }, "connect")?;
+        check(
+            unsafe { libc::connect(sock.as_raw_fd(), ptr, VM_LEN) },
+            "connect",
+        )?;
         Ok(File::from(sock))
     })
 }
@@ -142,7 +145,10 @@ pub fn tcp_connect(addr: &str, port: u16, patience: Duration) -> io::Result<File
 /// Ends the sending half of a socket, so the peer reads end of stream.
 pub fn half_close(conn: &File) -> io::Result<()> {
     // SAFETY: shutdown() has no memory arguments; conn's fd is open.
-    check(unsafe { libc::shutdown(conn.as_raw_fd(), libc::SHUT_WR) }, "shutdown")?;
+    check(
+        unsafe { libc::shutdown(conn.as_raw_fd(), libc::SHUT_WR) },
+        "shutdown",
+    )?;
     Ok(())
 }
 
