@@ -151,7 +151,7 @@ fn run(cmd: &str, pos: &[String], opts: &Options) -> io::Result<()> {
             let total = opts
                 .bytes
                 .ok_or_else(|| bad("write-file needs --bytes".into()))?;
-            disk::write(path, total, opts.direct)?.print(cmd);
+            disk::write(path, total, opts.direct, opts.check)?.print(cmd);
             Ok(())
         }
         ("pattern-sum", [n]) => {
