@@ -86,10 +86,19 @@ struct RunningVm {
 fn boot_vmm(vmm: Vmm, workload: &str, mib: u64) -> RunningVm {
     let _ = std::fs::remove_file("console.log");
     let _ = std::fs::remove_file("timings.json");
-    let cmdline = format!("quiet bench={workload} mib={mib} rdinit=/bin/busybox -- sh /bench.sh");
+    // No `--` in the command line: QEMU appends its virtio_mmio.device= entries after it.
+    let cmdline = format!("quiet bench={workload} mib={mib} rdinit=/bench.sh");
     let common = [
-        "--kernel", "vmlinux", "--initrd", "guest.cpio", "--memory", "256", "--console",
-        "console.log", "--cmdline", &cmdline,
+        "--kernel",
+        "vmlinux",
+        "--initrd",
+        "guest.cpio",
+        "--memory",
+        "256",
+        "--console",
+        "console.log",
+        "--cmdline",
+        &cmdline,
     ];
     let mut cmd = Command::new("timeout");
     match vmm {
@@ -100,17 +109,27 @@ fn boot_vmm(vmm: Vmm, workload: &str, mib: u64) -> RunningVm {
                 "vsock" => &["--vsock", "cid=3,uds=v.sock"],
                 _ => &[],
             };
-            cmd.args(["600", "./husk", "boot", "--no-rng", "--timings", "timings.json"])
-                .args(common)
-                .args(device);
+            cmd.args([
+                "600",
+                "./husk",
+                "boot",
+                "--no-rng",
+                "--timings",
+                "timings.json",
+            ])
+            .args(common)
+            .args(device);
         }
         Vmm::Qemu => {
+            // microvm lists virtio-mmio devices on the kernel command line only without
+            // ACPI, which the guest kernel does not have anyway.
             let device = match workload {
                 "blk" => "-drive id=d0,file=disk.img,format=raw,if=none -device virtio-blk-device,drive=d0",
                 "net" => "-netdev tap,id=n0,ifname=hb0,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=52:54:00:12:34:56",
                 "vsock" => "-device vhost-vsock-device,guest-cid=3",
                 _ => "",
             };
+            let device = format!("-machine acpi=off {device}");
             // husk-peer-qemu runs `qemu-system-x86_64` from PATH: the wrapper in qwrap/
             // appends the device options.
             let here = std::env::current_dir().expect("the bench dir exists");
@@ -199,9 +218,15 @@ fn outer() {
     let files = [
         (me, "bench"),
         (PathBuf::from(env!("CARGO_BIN_EXE_husk")), "husk"),
-        (PathBuf::from(env!("CARGO_BIN_EXE_husk-guest-tool")), "husk-guest-tool"),
+        (
+            PathBuf::from(env!("CARGO_BIN_EXE_husk-guest-tool")),
+            "husk-guest-tool",
+        ),
         (kernel, "vmlinux"),
-        (PathBuf::from(initrd.lines().last().unwrap_or_default()), "initrd.cpio"),
+        (
+            PathBuf::from(initrd.lines().last().unwrap_or_default()),
+            "initrd.cpio",
+        ),
     ];
     let rounds = env_or("HUSK_BENCH_ROUNDS", "1");
     let mib = env_or("HUSK_BENCH_MIB", "64");
@@ -233,14 +258,16 @@ fn outer() {
             Some(dir) => cmd.args(["--dir", &format!("{dir}:vhost")]),
             None => &mut cmd,
         };
-        cmd.args(["--", "./bench", "--inner", &rounds, &mib]).status()
+        cmd.args(["--", "./bench", "--inner", &rounds, &mib])
+            .status()
     };
     let status = status.expect("the benchmark runner starts");
     assert!(status.success(), "the device benchmark failed: {status}");
 }
 
 /// The guest script: runs the workload named by `bench=` on the kernel command line.
-const GUEST_SCRIPT: &str = r#"export PATH=/bin
+const GUEST_SCRIPT: &str = r#"#!/bin/sh
+export PATH=/bin
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
@@ -274,13 +301,14 @@ reboot -f
 /// a TAP both VMMs attach to, vhost-vsock if its modules came along.
 fn setup(mib: u64) -> bool {
     std::fs::write("g-guest.sh", GUEST_SCRIPT).expect("write the guest script");
-    sh(&format!(
+    let prepared = sh(&format!(
         "set -e
         mkdir -p g/bin && cp husk-guest-tool g/bin/ && mv g-guest.sh g/bench.sh
+        chmod 755 g/bench.sh
         (cd g && find bin bench.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
         cat initrd.cpio extra.cpio > guest.cpio
         head -c {bytes} /dev/zero > disk.img
-        ip tuntap add dev hb0 mode tap
+        tunctl -t hb0 > /dev/null
         ip addr add 10.0.2.1/24 dev hb0
         ip link set hb0 up
         ip link set lo up
@@ -290,9 +318,17 @@ fn setup(mib: u64) -> bool {
         chmod 755 qwrap/qemu-system-x86_64",
         bytes = mib << 20
     ));
+    assert!(prepared, "preparing the test host failed");
     let vhost = Path::new("vhost/load-order").exists()
         && sh("for m in $(cat vhost/load-order); do insmod vhost/$m.ko || exit 1; done; test -c /dev/vhost-vsock");
-    println!("# QEMU vsock through vhost-vsock: {}", if vhost { "yes" } else { "no (blk and net only)" });
+    println!(
+        "# QEMU vsock through vhost-vsock: {}",
+        if vhost {
+            "yes"
+        } else {
+            "no (blk and net only)"
+        }
+    );
     vhost
 }
 
@@ -312,7 +348,11 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
         ("vsock", Vmm::Qemu) => Some(["vsock-connect", "3", "5000"].map(String::from).to_vec()),
         ("net", _) => {
             host = Some(spawn_host_tool(&["tcp-listen", "7002", "--no-check"]));
-            Some(["tcp-connect", "10.0.2.15", "7001", "--half-close"].map(String::from).to_vec())
+            Some(
+                ["tcp-connect", "10.0.2.15", "7001", "--half-close"]
+                    .map(String::from)
+                    .to_vec(),
+            )
         }
         _ => None,
     };
@@ -343,7 +383,10 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
         }
         "vsock" => {
             // The guest's own clock: receive time starts at its first byte.
-            fig.insert("to guest (guest clock)", mibps(&guest, "guest-vsock-listen-recv-mibps"));
+            fig.insert(
+                "to guest (guest clock)",
+                mibps(&guest, "guest-vsock-listen-recv-mibps"),
+            );
         }
         _ => {}
     }
@@ -368,7 +411,13 @@ fn upper_bound(workload: &str, mib: u64) -> Figures {
         _ => {
             let listener = spawn_host_tool(&["tcp-listen", "7100", "--no-check", "--send", &size]);
             let c = host_tool(&[
-                "tcp-connect", "127.0.0.1", "7100", "--send", &size, "--half-close", "--no-check",
+                "tcp-connect",
+                "127.0.0.1",
+                "7100",
+                "--send",
+                &size,
+                "--half-close",
+                "--no-check",
             ]);
             let _ = finish_host_tool(listener);
             fig.insert("to guest", mibps(&c, "tcp-connect-send-mibps"));
@@ -385,7 +434,9 @@ fn inner(args: &[String]) {
     let rounds: usize = rounds.parse().expect("rounds is a number");
     let mib: u64 = mib.parse().expect("MiB is a number");
     let vhost = setup(mib);
-    println!("# device benchmark: {rounds} round(s), {mib} MiB per direction, 1 vCPU, 256 MiB guest");
+    println!(
+        "# device benchmark: {rounds} round(s), {mib} MiB per direction, 1 vCPU, 256 MiB guest"
+    );
     let idle: Vec<f64> = (0..rounds)
         .map(|_| boot_vmm(Vmm::Husk, "idle", mib).finish_exits())
         .collect();
@@ -415,7 +466,14 @@ fn median_of(runs: &[Figures], key: &str) -> f64 {
     median(runs.iter().filter_map(|f| f.get(key).copied()).collect())
 }
 
-fn report(workload: &str, mib: u64, husk: &[Figures], qemu: &[Figures], bound: &[Figures], idle: f64) {
+fn report(
+    workload: &str,
+    mib: u64,
+    husk: &[Figures],
+    qemu: &[Figures],
+    bound: &[Figures],
+    idle: f64,
+) {
     println!();
     println!(
         "{:<28} {:>10} {:>10} {:>10} {:>11} {:>11}",
@@ -426,10 +484,20 @@ fn report(workload: &str, mib: u64, husk: &[Figures], qemu: &[Figures], bound: &
         "husk/qemu",
         "husk/host"
     );
-    let keys: Vec<&str> = husk.first().map_or(Vec::new(), |f| f.keys().copied().collect());
+    let keys: Vec<&str> = husk
+        .first()
+        .map_or(Vec::new(), |f| f.keys().copied().collect());
     for key in keys.into_iter().filter(|k| *k != "exits") {
-        let (h, q, b) = (median_of(husk, key), median_of(qemu, key), median_of(bound, key));
-        println!("{key:<28} {h:>10.1} {q:>10.1} {b:>10.1} {:>11.2} {:>11.2}", h / q, h / b);
+        let (h, q, b) = (
+            median_of(husk, key),
+            median_of(qemu, key),
+            median_of(bound, key),
+        );
+        println!(
+            "{key:<28} {h:>10.1} {q:>10.1} {b:>10.1} {:>11.2} {:>11.2}",
+            h / q,
+            h / b
+        );
     }
     // Every workload moves `mib` each way (blk: written, then read).
     let moved = (mib * 2) as f64;

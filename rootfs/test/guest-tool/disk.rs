@@ -34,6 +34,7 @@ fn open(path: &str, write: bool, direct: bool) -> io::Result<File> {
     OpenOptions::new()
         .read(!write)
         .write(write)
+        .create(write)
         .custom_flags(flags)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("open {path}: {e}")))

@@ -38,10 +38,8 @@ fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
 
 fn vsock_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket() has no memory arguments; the result is checked before use.
-    let fd = check(
-        unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
-        "socket(AF_VSOCK)",
-    )?;
+    let ret = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = check(ret, "socket(AF_VSOCK)")?;
     // SAFETY: fd was just returned by socket() and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -58,11 +56,10 @@ pub fn vsock_accept(port: u32) -> io::Result<File> {
     // SAFETY: listen() has no memory arguments.
     check(unsafe { libc::listen(sock.as_raw_fd(), 1) }, "listen")?;
     println!("vsock-listening={port}");
+    let (no_addr, no_len) = (std::ptr::null_mut(), std::ptr::null_mut());
     // SAFETY: null address pointers are allowed: the peer's address is not wanted.
-    let fd = check(
-        unsafe { libc::accept(sock.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) },
-        "accept",
-    )?;
+    let ret = unsafe { libc::accept(sock.as_raw_fd(), no_addr, no_len) };
+    let fd = check(ret, "accept")?;
     // SAFETY: fd was just returned by accept() and is owned by nobody else.
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
@@ -74,10 +71,8 @@ pub fn vsock_connect(cid: u32, port: u32, patience: Duration) -> io::Result<File
         let addr = vsock_addr(cid, port);
         let ptr = (&addr as *const libc::sockaddr_vm).cast::<libc::sockaddr>();
         // SAFETY: ptr points to a live sockaddr_vm of VM_LEN bytes.
-        check(
-            unsafe { libc::connect(sock.as_raw_fd(), ptr, VM_LEN) },
-            "connect",
-        )?;
+        let ret = unsafe { libc::connect(sock.as_raw_fd(), ptr, VM_LEN) };
+        check(ret, "connect")?;
         Ok(File::from(sock))
     })
 }
@@ -145,10 +140,8 @@ pub fn tcp_connect(addr: &str, port: u16, patience: Duration) -> io::Result<File
 /// Ends the sending half of a socket, so the peer reads end of stream.
 pub fn half_close(conn: &File) -> io::Result<()> {
     // SAFETY: shutdown() has no memory arguments; conn's fd is open.
-    check(
-        unsafe { libc::shutdown(conn.as_raw_fd(), libc::SHUT_WR) },
-        "shutdown",
-    )?;
+    let ret = unsafe { libc::shutdown(conn.as_raw_fd(), libc::SHUT_WR) };
+    check(ret, "shutdown")?;
     Ok(())
 }
 
