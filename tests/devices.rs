@@ -155,6 +155,9 @@ fn disks_keep_guest_writes_refuse_read_only_writes_and_show_serials_and_rng_work
         out.value("host-ro-read-file-sum"),
         "{out}"
     );
+    // The guest kernel itself refuses (EPERM on a disk with VIRTIO_BLK_F_RO, even after
+    // `blockdev --setrw`), so the device's own IOERR answer is covered by the unit test
+    // `write_to_read_only_disk_is_ioerr_and_leaves_image`.
     assert_ne!(out.value("guest-ro-write-status"), Some("0"), "{out}");
     assert_eq!(out.value("ro-image-unchanged"), Some("yes"), "{out}");
     // The entropy device is the guest's hwrng and produces fresh bytes.
