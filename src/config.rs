@@ -218,8 +218,16 @@ mod tests {
 
     #[test]
     fn two_root_disks_are_rejected_naming_both() {
-        let disk = |p: &str| BlockConfig { path: p.into(), read_only: false, id: None, root: true };
-        let cfg = VmConfig { disks: vec![disk("/a"), disk("/b")], ..existing_kernel() };
+        let disk = |p: &str| BlockConfig {
+            path: p.into(),
+            read_only: false,
+            id: None,
+            root: true,
+        };
+        let cfg = VmConfig {
+            disks: vec![disk("/a"), disk("/b")],
+            ..existing_kernel()
+        };
         assert_eq!(
             cfg.validate().unwrap_err().to_string(),
             "disks /a and /b are both marked root=true; only one disk can be the root"

@@ -58,7 +58,10 @@ struct BootArgs {
     timings: Option<PathBuf>,
     /// Add a virtio disk backed by a raw image file; repeat for more (vda, vdb, ...).
     /// `root=true` boots from it (`root=/dev/vdX`).
-    #[arg(long = "disk", value_name = "path=FILE[,ro=BOOL][,id=SERIAL][,root=BOOL]")]
+    #[arg(
+        long = "disk",
+        value_name = "path=FILE[,ro=BOOL][,id=SERIAL][,root=BOOL]"
+    )]
     disks: Vec<BlockConfig>,
     /// Add a virtio network card on a TAP device: an existing one by name, or one husk
     /// creates (and removes at exit) when no name is given (`--net tap=`).

@@ -85,7 +85,13 @@ impl VirtioDevices {
         self.cmdline.join(" ")
     }
 
-    fn add<D>(&mut self, vm: &VmFd, mem: &GuestMemoryMmap, bus: &mut Bus, dev: D) -> Result<(), DeviceError>
+    fn add<D>(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        bus: &mut Bus,
+        dev: D,
+    ) -> Result<(), DeviceError>
     where
         D: VirtioDevice + MutEventSubscriber + Send + 'static,
     {
@@ -95,10 +101,18 @@ impl VirtioDevices {
         let base = info.slot.base;
         bus.insert(info.transport.clone(), base, info.slot.len)?;
         vm.register_irqfd(&info.irqfd, info.slot.irq)
-            .map_err(|source| DeviceError::Register { what: "irqfd", base, source })?;
+            .map_err(|source| DeviceError::Register {
+                what: "irqfd",
+                base,
+                source,
+            })?;
         for ioe in info.ioevents {
             vm.register_ioevent(&ioe.fd, &IoEventAddress::Mmio(ioe.addr), ioe.datamatch)
-                .map_err(|source| DeviceError::Register { what: "ioeventfd", base, source })?;
+                .map_err(|source| DeviceError::Register {
+                    what: "ioeventfd",
+                    base,
+                    source,
+                })?;
             self.registered.push(ioe.fd);
         }
         self.registered.push(info.irqfd);
@@ -109,7 +123,10 @@ impl VirtioDevices {
     /// Start the event loop thread; it runs until [`DeviceLoop::stop`].
     pub fn start(mut self) -> Result<DeviceLoop, DeviceError> {
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::Loop(e.to_string()))?;
-        let stop = Arc::new(StopState { evt, stopped: AtomicBool::new(false) });
+        let stop = Arc::new(StopState {
+            evt,
+            stopped: AtomicBool::new(false),
+        });
         let subscriber: Subscriber = Arc::new(Mutex::new(LoopStop(stop.clone())));
         self.events.add_subscriber(subscriber);
         let state = stop.clone();
@@ -126,14 +143,27 @@ impl VirtioDevices {
                 }
             })
             .map_err(|e| DeviceError::Loop(e.to_string()))?;
-        Ok(DeviceLoop { stop, thread: Some(thread) })
+        Ok(DeviceLoop {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
 /// Create every device `config` asks for and wire it into `vm` and `bus`.
-pub fn create(vm: &VmFd, mem: &GuestMemoryMmap, bus: &mut Bus, config: &VmConfig) -> Result<VirtioDevices, DeviceError> {
+pub fn create(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    bus: &mut Bus,
+    config: &VmConfig,
+) -> Result<VirtioDevices, DeviceError> {
     let mut devices = VirtioDevices::new()?;
-    let failed = |what: String| move |e: &dyn std::error::Error| DeviceError::Create { what, message: crate::devices::virtio::error_chain(e) };
+    let failed = |what: String| {
+        move |e: &dyn std::error::Error| DeviceError::Create {
+            what,
+            message: crate::devices::virtio::error_chain(e),
+        }
+    };
     for disk in &config.disks {
         let what = format!("disk {}", disk.path.display());
         let dev = Block::new(disk.clone()).map_err(|e| failed(what)(&e))?;
