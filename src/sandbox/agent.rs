@@ -85,7 +85,9 @@ mod tests {
         std::fs::write(&agent, vec![7u8; 1 << 20]).unwrap();
         let cache = dir.path().join("a/b/initramfs");
         let results: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..4).map(|_| s.spawn(|| agent_initramfs(&agent, &cache))).collect();
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| agent_initramfs(&agent, &cache)))
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(results.iter().all(Result::is_ok), "{results:?}");

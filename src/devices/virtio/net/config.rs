@@ -112,6 +112,8 @@ impl FromStr for NetConfig {
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             match key {
+                // `tap=` with no name asks for a new TAP, as `--net tap=` documents.
+                "tap" if value.is_empty() => config.tap = None,
                 "tap" => {
                     validate_ifname(value)?;
                     config.tap = Some(value.into());
@@ -138,6 +140,13 @@ mod tests {
     #[test]
     fn empty_description_means_generated_tap_and_mac() {
         assert_eq!("".parse::<NetConfig>(), Ok(NetConfig::default()));
+    }
+
+    #[test]
+    fn empty_tap_name_with_mac_means_generated_tap() {
+        let c: NetConfig = "tap=,mac=52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(c.tap, None);
+        assert_eq!(c.mac, Some(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56])));
     }
 
     #[test]

@@ -1,0 +1,365 @@
+//! Device benchmark: guest-side throughput of virtio-blk (sequential O_DIRECT write and
+//! read), virtio-vsock (a stream each way) and virtio-net (TCP over a TAP, each way) in
+//! husk, against QEMU `microvm` with the same devices and against the host doing the
+//! same work directly (file I/O, loopback TCP) as the upper bound; and husk's VM exits
+//! per MiB moved. Prints numbers and ratios; asserts nothing about time.
+//!
+//! Like `benches/boot.rs`, it re-runs itself with `--inner` inside the KVM test host
+//! when this machine has no usable hardware KVM. Inside, `husk-guest-tool` moves the
+//! bytes on both sides. Absolute numbers in the test host are emulated (~10x slower);
+//! compare the ratios, which come from one test host boot.
+//!
+//! Environment: `HUSK_BENCH_ROUNDS` (default 1), `HUSK_BENCH_MIB` (64),
+//! `HUSK_TEST_HOST` (auto|always|never).
+#![allow(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+#[path = "devices/support.rs"]
+mod support;
+use support::{boot_vmm, finish_host_tool, host_tool, median, sh, spawn_host_tool, Values, Vmm};
+
+pub(crate) fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--inner") {
+        inner(&args[pos + 1..]);
+        return;
+    }
+    outer();
+}
+
+/// Whether this machine's /dev/kvm is ordinary hardware KVM.
+fn hardware_kvm() -> bool {
+    match env_or("HUSK_TEST_HOST", "auto").as_str() {
+        "always" => false,
+        "never" => true,
+        _ => {
+            Path::new("/dev/kvm").exists()
+                && husk::kvm::KvmFlavor::probe() == husk::kvm::KvmFlavor::Hardware
+        }
+    }
+}
+
+fn stdout_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn outer() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let kernel = husk::kernel::cached(None)
+        .unwrap_or_else(|e| panic!("the device benchmark needs the guest kernel: {e}"))
+        .vmlinux;
+    let initrd = stdout_of(&mut Command::new(root.join("scripts/build-test-initramfs")))
+        .expect("scripts/build-test-initramfs builds the test initramfs");
+    let me = std::env::current_exe().expect("the bench binary knows its path");
+    let files = [
+        (me, "bench"),
+        (PathBuf::from(env!("CARGO_BIN_EXE_husk")), "husk"),
+        (
+            PathBuf::from(env!("CARGO_BIN_EXE_husk-guest-tool")),
+            "husk-guest-tool",
+        ),
+        (kernel, "vmlinux"),
+        (
+            PathBuf::from(initrd.lines().last().unwrap_or_default()),
+            "initrd.cpio",
+        ),
+    ];
+    let rounds = env_or("HUSK_BENCH_ROUNDS", "1");
+    let mib = env_or("HUSK_BENCH_MIB", "64");
+    let status = if hardware_kvm() {
+        let dir = std::env::temp_dir().join(format!("husk-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the bench dir");
+        for (src, name) in &files {
+            std::os::unix::fs::symlink(src, dir.join(name)).expect("symlink into the bench dir");
+        }
+        let peer = root.join("scripts/testhost.d");
+        let path = format!("{}:{}", peer.display(), env_or("PATH", ""));
+        let status = Command::new(dir.join("bench"))
+            .args(["--inner", &rounds, &mib])
+            .current_dir(&dir)
+            .env("PATH", path)
+            .status();
+        let _ = std::fs::remove_dir_all(&dir);
+        status
+    } else {
+        println!("# /dev/kvm is missing or paravirtual: running inside the KVM test host");
+        let mut cmd = Command::new(root.join("scripts/testhost"));
+        cmd.args(["run", "--with-qemu", "--timeout", "3600"]);
+        for (src, name) in &files {
+            cmd.args(["--file", &format!("{}:{name}", src.display())]);
+        }
+        // QEMU's vsock needs /dev/vhost-vsock: the test host kernel's modules, if we can
+        // get them; without them only blk and net are compared.
+        match stdout_of(&mut Command::new(root.join("scripts/vhost-vsock-modules"))) {
+            Some(dir) => cmd.args(["--dir", &format!("{dir}:vhost")]),
+            None => &mut cmd,
+        };
+        cmd.args(["--", "./bench", "--inner", &rounds, &mib])
+            .status()
+    };
+    let status = status.expect("the benchmark runner starts");
+    assert!(status.success(), "the device benchmark failed: {status}");
+}
+
+/// The guest script: runs the workload named by `bench=` on the kernel command line.
+const GUEST_SCRIPT: &str = r#"#!/bin/sh
+export PATH=/bin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
+/bin/busybox --install -s /bin 2>/dev/null
+for arg in $(cat /proc/cmdline); do
+    case $arg in bench=*) w=${arg#bench=} ;; mib=*) mib=${arg#mib=} ;; esac
+done
+t=husk-guest-tool
+case $w in
+blk)
+    $t write-file /dev/vda --bytes ${mib}M --direct --no-check | sed 's/^/guest-/'
+    $t read-file /dev/vda --bytes ${mib}M --direct --no-check | sed 's/^/guest-/'
+    ;;
+vsock)
+    $t vsock-listen 5000 --recv ${mib}M --send ${mib}M --no-check | sed 's/^/guest-/'
+    ;;
+net)
+    ip link set lo up
+    ip addr add 10.0.2.15/24 dev eth0
+    ip link set eth0 up
+    $t tcp-listen 7001 --no-check | sed 's/^/guest-/'
+    $t tcp-connect 10.0.2.1 7002 --send ${mib}M --half-close --no-check --patience 120 \
+        | sed 's/^/guest-/'
+    ;;
+esac
+echo guest-bench-done=yes
+reboot -f
+"#;
+
+/// Prepares the test host: the guest initramfs with the tool and script, the disk image,
+/// a TAP both VMMs attach to, vhost-vsock if its modules came along.
+fn setup(mib: u64) -> bool {
+    std::fs::write("g-guest.sh", GUEST_SCRIPT).expect("write the guest script");
+    let prepared = sh(&format!(
+        "set -e
+        mkdir -p g/bin && cp husk-guest-tool g/bin/ && mv g-guest.sh g/bench.sh
+        chmod 755 g/bench.sh
+        (cd g && find bin bench.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
+        cat initrd.cpio extra.cpio > guest.cpio
+        head -c {bytes} /dev/zero > disk.img
+        tunctl -t hb0 > /dev/null
+        ip addr add 10.0.2.1/24 dev hb0
+        ip link set hb0 up
+        ip link set lo up
+        mkdir -p qwrap
+        printf '#!/bin/sh\n# shellcheck disable=SC2086\nexec %s \"$@\" $HUSK_BENCH_QEMU_EXTRA\n' \
+            \"$(command -v qemu-system-x86_64)\" > qwrap/qemu-system-x86_64
+        chmod 755 qwrap/qemu-system-x86_64",
+        bytes = mib << 20
+    ));
+    assert!(prepared, "preparing the test host failed");
+    // In the test host the modules come along in vhost/; on a hardware KVM machine the
+    // device may already be there.
+    let vhost = sh("if [ -f vhost/load-order ]; then
+            for m in $(cat vhost/load-order); do insmod vhost/$m.ko || exit 1; done
+        fi
+        test -c /dev/vhost-vsock");
+    println!(
+        "# QEMU vsock through vhost-vsock: {}",
+        if vhost {
+            "yes"
+        } else {
+            "no (blk and net only)"
+        }
+    );
+    vhost
+}
+
+/// One workload's figures for one VMM (or the host), by name, in MiB/s; plus the exits.
+type Figures = BTreeMap<&'static str, f64>;
+
+fn mibps(v: &Values, key: &str) -> f64 {
+    v.get(key).and_then(|s| s.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// Runs one workload in one VMM and returns its figures.
+fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
+    let size = format!("{mib}M");
+    let mut host: Option<Child> = None;
+    let client: Option<Vec<String>> = match (workload, vmm) {
+        ("vsock", Vmm::Husk) => Some(["uds-connect", "v.sock", "5000"].map(String::from).to_vec()),
+        ("vsock", Vmm::Qemu) => Some(["vsock-connect", "3", "5000"].map(String::from).to_vec()),
+        ("net", _) => {
+            host = Some(spawn_host_tool(&["tcp-listen", "7002", "--no-check"]));
+            Some(
+                ["tcp-connect", "10.0.2.15", "7001", "--half-close"]
+                    .map(String::from)
+                    .to_vec(),
+            )
+        }
+        _ => None,
+    };
+    let mut vm = boot_vmm(vmm, workload, mib);
+    let mut fig = Figures::new();
+    if let Some(mut args) = client {
+        args.extend(["--send", &size, "--no-check", "--patience", "600"].map(String::from));
+        if workload == "vsock" {
+            args.extend(["--recv", &size].map(String::from));
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = host_tool(&refs);
+        let cmd = refs[0];
+        fig.insert("to guest", mibps(&out, &format!("{cmd}-send-mibps")));
+        if workload == "vsock" {
+            fig.insert("from guest", mibps(&out, &format!("{cmd}-recv-mibps")));
+        }
+    }
+    let guest = vm.wait();
+    if let Some(listener) = host.take() {
+        let out = finish_host_tool(listener);
+        fig.insert("from guest", mibps(&out, "tcp-listen-recv-mibps"));
+    }
+    match workload {
+        "blk" => {
+            fig.insert("write", mibps(&guest, "guest-write-file-mibps"));
+            fig.insert("read", mibps(&guest, "guest-read-file-mibps"));
+        }
+        "vsock" => {
+            // The guest's own clock: receive time starts at its first byte.
+            fig.insert(
+                "to guest (guest clock)",
+                mibps(&guest, "guest-vsock-listen-recv-mibps"),
+            );
+        }
+        _ => {}
+    }
+    if let Some(exits) = vm.exits() {
+        fig.insert("exits", exits);
+    }
+    fig
+}
+
+/// The upper bound: the same tool doing the same work directly in the test host.
+fn upper_bound(workload: &str, mib: u64) -> Figures {
+    let size = format!("{mib}M");
+    let mut fig = Figures::new();
+    match workload {
+        "blk" => {
+            let w = host_tool(&["write-file", "bound.img", "--bytes", &size, "--no-check"]);
+            let r = host_tool(&["read-file", "bound.img", "--bytes", &size, "--no-check"]);
+            fig.insert("write", mibps(&w, "write-file-mibps"));
+            fig.insert("read", mibps(&r, "read-file-mibps"));
+            let _ = std::fs::remove_file("bound.img");
+        }
+        _ => {
+            let listener = spawn_host_tool(&["tcp-listen", "7100", "--no-check", "--send", &size]);
+            let c = host_tool(&[
+                "tcp-connect",
+                "127.0.0.1",
+                "7100",
+                "--send",
+                &size,
+                "--half-close",
+                "--no-check",
+            ]);
+            let _ = finish_host_tool(listener);
+            fig.insert("to guest", mibps(&c, "tcp-connect-send-mibps"));
+            fig.insert("from guest", mibps(&c, "tcp-connect-recv-mibps"));
+        }
+    }
+    fig
+}
+
+fn inner(args: &[String]) {
+    let [rounds, mib] = args else {
+        panic!("usage: bench --inner ROUNDS MIB");
+    };
+    let rounds: usize = rounds.parse().expect("rounds is a number");
+    let mib: u64 = mib.parse().expect("MiB is a number");
+    let vhost = setup(mib);
+    println!(
+        "# device benchmark: {rounds} round(s), {mib} MiB per direction, 1 vCPU, 256 MiB guest"
+    );
+    println!("# host = the same tool in the test host directly: file I/O on its RAM-backed");
+    println!("#   root filesystem for blk, loopback TCP for vsock and net (no VM in the path)");
+    println!("# exits = KVM_RUN returns to husk (MMIO, port I/O); ioeventfd kicks stay in KVM");
+    let idle: Vec<f64> = (0..rounds)
+        .map(|_| boot_vmm(Vmm::Husk, "idle", mib).finish_exits())
+        .collect();
+    let idle_exits = median(idle);
+    println!("# husk exits of a boot without workload (baseline): {idle_exits:.0}");
+    for workload in ["blk", "vsock", "net"] {
+        let with_qemu = workload != "vsock" || vhost;
+        let mut husk = Vec::new();
+        let mut qemu = Vec::new();
+        let mut bound = Vec::new();
+        for round in 0..rounds {
+            // Alternate the order so neither VMM always runs on a warm cache.
+            if round % 2 == 1 && with_qemu {
+                qemu.push(run_workload(Vmm::Qemu, workload, mib));
+            }
+            husk.push(run_workload(Vmm::Husk, workload, mib));
+            if round % 2 == 0 && with_qemu {
+                qemu.push(run_workload(Vmm::Qemu, workload, mib));
+            }
+            bound.push(upper_bound(workload, mib));
+        }
+        report(workload, mib, &husk, &qemu, &bound, idle_exits);
+    }
+    // On a hardware KVM machine this ran in a temp dir on the real host: remove the TAP.
+    sh("tunctl -d hb0 > /dev/null");
+}
+
+fn median_of(runs: &[Figures], key: &str) -> f64 {
+    median(runs.iter().filter_map(|f| f.get(key).copied()).collect())
+}
+
+fn report(
+    workload: &str,
+    mib: u64,
+    husk: &[Figures],
+    qemu: &[Figures],
+    bound: &[Figures],
+    idle: f64,
+) {
+    println!();
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>11} {:>11}",
+        format!("{workload} MiB/s (median)"),
+        "husk",
+        "qemu",
+        "host",
+        "husk/qemu",
+        "husk/host"
+    );
+    let keys: Vec<&str> = husk
+        .first()
+        .map_or(Vec::new(), |f| f.keys().copied().collect());
+    for key in keys.into_iter().filter(|k| *k != "exits") {
+        let (h, q, b) = (
+            median_of(husk, key),
+            median_of(qemu, key),
+            median_of(bound, key),
+        );
+        println!(
+            "{key:<28} {h:>10.1} {q:>10.1} {b:>10.1} {:>11.2} {:>11.2}",
+            h / q,
+            h / b
+        );
+    }
+    // Every workload moves `mib` each way (blk: written, then read).
+    let moved = (mib * 2) as f64;
+    let exits = median_of(husk, "exits");
+    println!(
+        "husk VM exits to the VMM: {exits:.0} in the boot, {:.0} beyond an idle boot, {:.1} per MiB moved",
+        exits - idle,
+        (exits - idle) / moved
+    );
+}

@@ -1,0 +1,168 @@
+//! Plumbing of the device benchmark: running commands and `husk-guest-tool`, reading
+//! `key=value` lines, and booting husk or QEMU (through `husk-peer-qemu` and a wrapper
+//! that appends the device options) with the devices a workload needs.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+
+use super::env_or;
+
+/// `key=value` lines of a tool's output or a guest console.
+pub(crate) type Values = BTreeMap<String, String>;
+
+pub(crate) fn parse_values(text: &str) -> Values {
+    text.lines()
+        .filter_map(|l| l.trim_end_matches('\r').split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Runs a shell snippet with inherited output; whether it succeeded.
+pub(crate) fn sh(script: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", script])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts `./husk-guest-tool ARGS` with its stdout captured.
+pub(crate) fn spawn_host_tool(args: &[&str]) -> Child {
+    Command::new("./husk-guest-tool")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start husk-guest-tool {args:?}: {e}"))
+}
+
+/// Waits for a tool started by `spawn_host_tool` and parses what it printed.
+pub(crate) fn finish_host_tool(child: Child) -> Values {
+    let out = child
+        .wait_with_output()
+        .expect("waiting for husk-guest-tool works");
+    if !out.status.success() {
+        eprintln!("# husk-guest-tool failed: {}", out.status);
+    }
+    parse_values(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Runs `./husk-guest-tool ARGS` to its end.
+pub(crate) fn host_tool(args: &[&str]) -> Values {
+    finish_host_tool(spawn_host_tool(args))
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The VMM under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Vmm {
+    /// husk itself.
+    Husk,
+    /// QEMU `microvm`.
+    Qemu,
+}
+
+/// A booted VMM running the guest script's workload.
+pub(crate) struct RunningVm {
+    child: Child,
+    vmm: Vmm,
+}
+
+/// Starts `vmm` with the devices `workload` needs; the guest runs that workload.
+pub(crate) fn boot_vmm(vmm: Vmm, workload: &str, mib: u64) -> RunningVm {
+    let _ = std::fs::remove_file("console.log");
+    let _ = std::fs::remove_file("timings.json");
+    // No `--` in the command line: QEMU appends its virtio_mmio.device= entries after it.
+    let cmdline = format!("quiet bench={workload} mib={mib} rdinit=/bench.sh");
+    let common = [
+        "--kernel",
+        "vmlinux",
+        "--initrd",
+        "guest.cpio",
+        "--memory",
+        "256",
+        "--console",
+        "console.log",
+        "--cmdline",
+        &cmdline,
+    ];
+    let mut cmd = Command::new("timeout");
+    match vmm {
+        Vmm::Husk => {
+            let device: &[&str] = match workload {
+                "blk" => &["--disk", "path=disk.img"],
+                "net" => &["--net", "tap=hb0,mac=52:54:00:12:34:56"],
+                "vsock" => &["--vsock", "cid=3,uds=v.sock"],
+                _ => &[],
+            };
+            cmd.args([
+                "600",
+                "./husk",
+                "boot",
+                "--no-rng",
+                "--timings",
+                "timings.json",
+            ])
+            .args(common)
+            .args(device);
+        }
+        Vmm::Qemu => {
+            // microvm lists virtio-mmio devices on the kernel command line only without
+            // ACPI, which the guest kernel does not have anyway.
+            let device = match workload {
+                "blk" => "-drive id=d0,file=disk.img,format=raw,if=none -device virtio-blk-device,drive=d0",
+                "net" => "-netdev tap,id=n0,ifname=hb0,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=52:54:00:12:34:56",
+                "vsock" => "-device vhost-vsock-device,guest-cid=3",
+                _ => "",
+            };
+            let device = format!("-machine acpi=off {device}");
+            // husk-peer-qemu runs `qemu-system-x86_64` from PATH: the wrapper in qwrap/
+            // appends the device options.
+            let here = std::env::current_dir().expect("the bench dir exists");
+            let path = format!("{}/qwrap:{}", here.display(), env_or("PATH", ""));
+            cmd.args(["600", "husk-peer-qemu"])
+                .args(common)
+                .env("PATH", path)
+                .env("HUSK_BENCH_QEMU_EXTRA", device);
+        }
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {vmm:?}: {e}"));
+    RunningVm { child, vmm }
+}
+
+impl RunningVm {
+    /// Waits for the VMM to end; the guest's `guest-*` values from its console.
+    pub(crate) fn wait(&mut self) -> Values {
+        let status = self.child.wait().expect("waiting for the VMM works");
+        let console = std::fs::read_to_string("console.log").unwrap_or_default();
+        let values = parse_values(&console);
+        if !status.success() || !values.contains_key("guest-bench-done") {
+            eprintln!("# {:?} run failed ({status}); console tail:", self.vmm);
+            let lines: Vec<&str> = console.lines().collect();
+            eprintln!("{}", lines[lines.len().saturating_sub(20)..].join("\n"));
+        }
+        values
+    }
+
+    /// husk's VM exits to the VMM during the run (all kinds), from `--timings`.
+    pub(crate) fn exits(&self) -> Option<f64> {
+        let text = std::fs::read_to_string("timings.json").ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let exits = json.get("exits")?.as_object()?;
+        Some(exits.values().filter_map(serde_json::Value::as_f64).sum())
+    }
+
+    /// Waits, then the exits.
+    pub(crate) fn finish_exits(mut self) -> f64 {
+        self.wait();
+        self.exits().unwrap_or(f64::NAN)
+    }
+}

@@ -1,0 +1,212 @@
+//! `husk-guest-tool`: the measuring end of husk's device tests and benchmarks. It runs
+//! inside the guest (AF_VSOCK, disks) and on the host side (the hybrid vsock Unix
+//! sockets, TCP over the TAP), moves a deterministic byte pattern and prints what it
+//! saw as `COMMAND-key=value` lines: bytes, checksum, seconds and MiB/s per direction.
+//!
+//! Connecting commands send first and then receive; listening commands receive first
+//! and then send. `--recv eof` (the default) reads until the peer half-closes, which it
+//! does with `--half-close`.
+
+mod disk;
+mod sock;
+mod stream;
+
+use std::fs::File;
+use std::io;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "\
+usage: husk-guest-tool COMMAND ARGS [OPTIONS]
+  vsock-listen PORT          accept one AF_VSOCK connection (guest side)
+  vsock-connect CID PORT     connect over AF_VSOCK (CID 2 is the host)
+  uds-connect PATH PORT      host side of husk's vsock: CONNECT PORT through PATH
+  uds-listen PATH            host side: accept a guest connection on PATH (<uds>_<port>)
+  tcp-listen PORT            accept one TCP connection
+  tcp-connect ADDR PORT      connect over TCP
+  read-file PATH             read PATH sequentially (--bytes N, default all)
+  write-file PATH            write --bytes N pattern bytes at the start of PATH
+  pattern-sum N              the checksum of the first N pattern bytes
+options: --send N  --recv N|eof  --half-close  --no-check  --direct  --bytes N
+         --patience SECS (how long connects retry, default 300)
+sizes take K, M or G (binary) suffixes";
+
+/// Command-line options shared by the commands.
+#[derive(Debug)]
+struct Options {
+    send: u64,
+    recv: Option<u64>,
+    half_close: bool,
+    check: bool,
+    direct: bool,
+    bytes: Option<u64>,
+    patience: Duration,
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Parses `64M`, `4K`, `1G` or a plain byte count.
+fn size(text: &str) -> io::Result<u64> {
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 1 << 10),
+        Some((i, 'M' | 'm')) => (&text[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&text[..i], 1 << 30),
+        _ => (text, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| bad(format!("bad size {text:?}")))
+}
+
+/// Splits `args` into positional arguments and options.
+fn parse(args: &[String]) -> io::Result<(Vec<String>, Options)> {
+    let mut opts = Options {
+        send: 0,
+        recv: None,
+        half_close: false,
+        check: true,
+        direct: false,
+        bytes: None,
+        patience: Duration::from_secs(300),
+    };
+    let mut positional = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| bad(format!("{arg} needs a value")))
+        };
+        match arg.as_str() {
+            "--send" => opts.send = size(&value()?)?,
+            "--recv" => {
+                let v = value()?;
+                opts.recv = if v == "eof" { None } else { Some(size(&v)?) };
+            }
+            "--bytes" => opts.bytes = Some(size(&value()?)?),
+            "--patience" => opts.patience = Duration::from_secs(size(&value()?)?),
+            "--half-close" => opts.half_close = true,
+            "--no-check" => opts.check = false,
+            "--direct" => opts.direct = true,
+            s if s.starts_with("--") => return Err(bad(format!("unknown option {s}"))),
+            _ => positional.push(arg.clone()),
+        }
+    }
+    Ok((positional, opts))
+}
+
+fn number<T: std::str::FromStr>(text: &str) -> io::Result<T> {
+    text.parse()
+        .map_err(|_| bad(format!("bad number {text:?}")))
+}
+
+/// Sends then receives on `conn` (the connecting side's order).
+fn send_then_recv(cmd: &str, mut conn: File, opts: &Options) -> io::Result<()> {
+    stream::send(&mut conn, opts.send, opts.check)?.print(&format!("{cmd}-send"));
+    if opts.half_close {
+        sock::half_close(&conn)?;
+    }
+    stream::recv(&mut conn, opts.recv, opts.check)?.print(&format!("{cmd}-recv"));
+    Ok(())
+}
+
+/// Receives then sends on `conn` (the listening side's order).
+fn recv_then_send(cmd: &str, mut conn: File, opts: &Options) -> io::Result<()> {
+    stream::recv(&mut conn, opts.recv, opts.check)?.print(&format!("{cmd}-recv"));
+    stream::send(&mut conn, opts.send, opts.check)?.print(&format!("{cmd}-send"));
+    if opts.half_close {
+        sock::half_close(&conn)?;
+    }
+    Ok(())
+}
+
+fn run(cmd: &str, pos: &[String], opts: &Options) -> io::Result<()> {
+    let patience = opts.patience;
+    match (cmd, pos) {
+        ("vsock-listen", [port]) => recv_then_send(cmd, sock::vsock_accept(number(port)?)?, opts),
+        ("vsock-connect", [cid, port]) => {
+            let conn = sock::vsock_connect(number(cid)?, number(port)?, patience)?;
+            send_then_recv(cmd, conn, opts)
+        }
+        ("uds-connect", [path, port]) => {
+            let (conn, host_port) = sock::uds_connect(path, number(port)?, patience)?;
+            println!("{cmd}-host-port={host_port}");
+            send_then_recv(cmd, conn, opts)
+        }
+        ("uds-listen", [path]) => recv_then_send(cmd, sock::uds_accept(path)?, opts),
+        ("tcp-listen", [port]) => recv_then_send(cmd, sock::tcp_accept(number(port)?)?, opts),
+        ("tcp-connect", [addr, port]) => {
+            let conn = sock::tcp_connect(addr, number(port)?, patience)?;
+            send_then_recv(cmd, conn, opts)
+        }
+        ("read-file", [path]) => {
+            disk::read(path, opts.bytes, opts.direct, opts.check)?.print(cmd);
+            Ok(())
+        }
+        ("write-file", [path]) => {
+            let total = opts
+                .bytes
+                .ok_or_else(|| bad("write-file needs --bytes".into()))?;
+            disk::write(path, total, opts.direct, opts.check)?.print(cmd);
+            Ok(())
+        }
+        ("pattern-sum", [n]) => {
+            println!("{cmd}={}", stream::pattern_sum(size(n)?));
+            Ok(())
+        }
+        _ => Err(bad(format!("bad arguments for {cmd:?}\n{USAGE}"))),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = parse(rest).and_then(|(pos, opts)| run(cmd, &pos, &opts));
+    match result {
+        Ok(()) => {
+            println!("{cmd}-status=ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{cmd}-status=error");
+            eprintln!("husk-guest-tool {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(size("64M").expect("valid"), 64 << 20);
+        assert_eq!(size("4k").expect("valid"), 4096);
+        assert_eq!(size("123").expect("valid"), 123);
+    }
+
+    #[test]
+    fn garbage_size_is_refused() {
+        assert!(size("12Q").is_err());
+    }
+
+    #[test]
+    fn recv_eof_means_until_end_of_stream() {
+        let args: Vec<String> = ["5", "--recv", "eof", "--send", "1K"]
+            .map(String::from)
+            .to_vec();
+        let (pos, opts) = parse(&args).expect("valid options");
+        assert_eq!(
+            (pos, opts.recv, opts.send),
+            (vec!["5".to_string()], None, 1024)
+        );
+    }
+}
