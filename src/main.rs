@@ -64,6 +64,10 @@ struct RunArgs {
     /// Write the guest console to FILE (for debugging the guest).
     #[arg(long, value_name = "FILE")]
     console: Option<PathBuf>,
+    /// Write the sandbox's milestones (VM running, agent ready, process started and
+    /// exited, torn down) and the VM's metrics as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    timings: Option<PathBuf>,
     /// The image: a name or digest from `husk image ls`; `busybox` is built on first use.
     image: String,
     /// The command and its arguments [default: the image's].
@@ -381,7 +385,17 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
     if status.oom_killed {
         eprintln!("husk: the container was killed for exceeding its memory limit");
     }
+    let timings = sandbox.timings();
+    let stop_started = std::time::Instant::now();
     let report = sandbox.stop()?;
+    if let Some(path) = &args.timings {
+        let torn_down_ms = timings
+            .process_exited_ms
+            .map(|t| t + husk::metrics::ms(stop_started.elapsed()));
+        let json = serde_json::json!({ "sandbox": timings, "torn_down_ms": torn_down_ms, "vm": report.metrics });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     if let Err(e) = report.outcome {
         log::warn!("the sandbox VM ended badly after the container exited: {e}");
     }

@@ -76,6 +76,46 @@ pub enum SandboxError {
     Refused(String),
 }
 
+/// Instants of a sandbox's life.
+#[derive(Debug, Clone, Copy)]
+struct Marks {
+    created: Instant,
+    vm_running: Instant,
+    agent_ready: Instant,
+    run_sent: Option<Instant>,
+    process_started: Option<Instant>,
+    process_exited: Option<Instant>,
+}
+
+impl Default for Marks {
+    fn default() -> Self {
+        let now = Instant::now();
+        Self {
+            created: now,
+            vm_running: now,
+            agent_ready: now,
+            run_sent: None,
+            process_started: None,
+            process_exited: None,
+        }
+    }
+}
+
+/// Milestones of a sandbox, in ms from the start of [`Sandbox::start`] (the last `run`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SandboxTimings {
+    /// The VM is built and its vCPUs run (kernel loaded, devices wired).
+    pub vm_running_ms: Option<f64>,
+    /// The agent answered on vsock and the handshake is done (guest booted).
+    pub agent_ready_ms: Option<f64>,
+    /// The Run request was sent.
+    pub run_sent_ms: Option<f64>,
+    /// The agent reported the container's process started (container created).
+    pub process_started_ms: Option<f64>,
+    /// The agent reported the process exited.
+    pub process_exited_ms: Option<f64>,
+}
+
 /// The agent connection's write half, shared by every thread that sends.
 pub(crate) type Writer = Arc<Mutex<UnixStream>>;
 
@@ -184,6 +224,7 @@ pub struct Sandbox {
     writer: Writer,
     /// The process the current `run` streams (0: none), for signal forwarding.
     current: Arc<AtomicU32>,
+    marks: Marks,
     runtime: tempfile::TempDir,
     containers: u32,
 }
@@ -191,6 +232,7 @@ pub struct Sandbox {
 impl Sandbox {
     /// Boot the VM and connect to its agent.
     pub fn start(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let created = Instant::now();
         let id = new_id();
         let runtime_root = runtime_root();
         let runtime = tempfile::Builder::new()
@@ -208,7 +250,9 @@ impl Sandbox {
             agent::agent_initramfs(&agent, &crate::kernel::cache_root().join("initramfs"))?;
         let uds = runtime.path().join("vsock.sock");
         let vm = vmm::start(&vm_config(&config, initrd, uds.clone()))?;
+        let vm_running = Instant::now();
         let conn = connect_agent(&vm, &uds, config.boot_timeout)?;
+        let agent_ready = Instant::now();
         let writer = Arc::new(Mutex::new(
             conn.try_clone().map_err(husk_protocol::ProtocolError::Io)?,
         ));
@@ -219,6 +263,12 @@ impl Sandbox {
             conn,
             writer,
             current: Arc::new(AtomicU32::new(0)),
+            marks: Marks {
+                created,
+                vm_running,
+                agent_ready,
+                ..Marks::default()
+            },
             runtime,
             containers: 0,
         })
@@ -227,6 +277,19 @@ impl Sandbox {
     /// This sandbox's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// When this sandbox reached each milestone, in ms from the start of `start`.
+    pub fn timings(&self) -> SandboxTimings {
+        let m = &self.marks;
+        let ms = |t: Option<Instant>| crate::metrics::ms_since(m.created, t);
+        SandboxTimings {
+            vm_running_ms: ms(Some(m.vm_running)),
+            agent_ready_ms: ms(Some(m.agent_ready)),
+            run_sent_ms: ms(m.run_sent),
+            process_started_ms: ms(m.process_started),
+            process_exited_ms: ms(m.process_exited),
+        }
     }
 
     /// A handle that ends the VM from another thread (a timeout, Ctrl-C).
@@ -281,9 +344,13 @@ impl Sandbox {
             hostname: Some(format!("husk-{}", self.id)),
         };
         send(&self.writer, &run)?;
-        let status = stdio::pump(&mut self.conn, &self.writer, &self.current, stdio);
+        self.marks.run_sent = Some(Instant::now());
+        let result = stdio::pump(&mut self.conn, &self.writer, &self.current, stdio);
         self.current.store(0, Ordering::SeqCst);
-        status
+        let (status, started) = result?;
+        self.marks.process_started = Some(started);
+        self.marks.process_exited = Some(Instant::now());
+        Ok(status)
     }
 
     /// Ask the agent to shut the guest down and wait for the VM to end.

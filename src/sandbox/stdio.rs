@@ -4,6 +4,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
 
 use husk_protocol::{read_message, ExitStatus, Message, ProcessId, MAX_DATA_CHUNK};
 
@@ -30,13 +31,14 @@ impl Stdio {
     }
 }
 
-/// After a Run or Exec: wait for Started, stream stdio until Exited.
+/// After a Run or Exec: wait for Started, stream stdio until Exited; returns the exit
+/// status and when the process started.
 pub fn pump(
     conn: &mut UnixStream,
     writer: &Writer,
     current: &AtomicU32,
     stdio: Stdio,
-) -> Result<ExitStatus, SandboxError> {
+) -> Result<(ExitStatus, Instant), SandboxError> {
     let process = loop {
         match read_message(conn)? {
             Message::Started { process_id } => break process_id,
@@ -44,6 +46,7 @@ pub fn pump(
             other => log::debug!("before Started, ignoring {other:?}"),
         }
     };
+    let started = Instant::now();
     current.store(process, Ordering::SeqCst);
     match stdio.stdin {
         Some(input) => {
@@ -61,7 +64,7 @@ pub fn pump(
         match read_message(conn)? {
             Message::Stdout { data, .. } => write_out(&mut stdout, &data),
             Message::Stderr { data, .. } => write_out(&mut stderr, &data),
-            Message::Exited { process: p, status } if p == process => return Ok(status),
+            Message::Exited { process: p, status } if p == process => return Ok((status, started)),
             Message::Error { message } => return Err(SandboxError::Refused(message)),
             other => log::debug!("while running, ignoring {other:?}"),
         }
