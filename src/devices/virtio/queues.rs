@@ -193,6 +193,22 @@ impl QueueSet {
         }
     }
 
+    /// Act on a processing pass of queue `index`: interrupt the driver if it asked,
+    /// come back if the budget ran out, or mark the device broken on a guest error.
+    pub fn finish<E: std::error::Error>(&mut self, index: usize, result: Result<Drained, E>) {
+        match result {
+            Ok(d) => {
+                if d.notify {
+                    self.signal_used();
+                }
+                if d.more {
+                    self.requeue(index);
+                }
+            }
+            Err(e) => self.mark_broken(&e),
+        }
+    }
+
     /// Raise the used-ring interrupt.
     pub fn signal_used(&self) {
         if let Some(active) = &self.active {

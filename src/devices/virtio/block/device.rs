@@ -131,17 +131,7 @@ impl Block {
         };
         let result =
             request::process_queue(&mut active.queues[0], &active.mem, &mut self.disk, BUDGET);
-        match result {
-            Ok(d) => {
-                if d.notify {
-                    self.queues.signal_used();
-                }
-                if d.more {
-                    self.queues.requeue(0);
-                }
-            }
-            Err(e) => self.queues.mark_broken(&e),
-        }
+        self.queues.finish(0, result);
     }
 }
 

@@ -11,7 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::config::{MacAddr, NetConfig};
 use super::queues::{self, RxState};
 use super::tap::{Tap, TapError};
-use crate::devices::virtio::queues::{Drained, QueueError, QueueSet};
+use crate::devices::virtio::queues::QueueSet;
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VirtioError, TYPE_NET, VIRTIO_RING_F_EVENT_IDX,
 };
@@ -83,20 +83,6 @@ impl Net {
         &self.state.tap_name
     }
 
-    fn finish(&mut self, index: usize, result: Result<Drained, QueueError>) {
-        match result {
-            Ok(d) => {
-                if d.notify {
-                    self.queues.signal_used();
-                }
-                if d.more {
-                    self.queues.requeue(index);
-                }
-            }
-            Err(e) => self.queues.mark_broken(&e),
-        }
-    }
-
     /// Send guest frames to the TAP.
     pub(super) fn process_tx(&mut self) {
         if !self.queues.is_running() {
@@ -106,7 +92,7 @@ impl Net {
             return;
         };
         let result = queues::process_tx(&mut active.queues[TX], &active.mem, &mut self.tap, BUDGET);
-        self.finish(TX, result);
+        self.queues.finish(TX, result);
     }
 
     /// Deliver TAP frames to the guest.
@@ -119,7 +105,7 @@ impl Net {
         };
         let q = &mut active.queues[RX];
         let result = queues::process_rx(q, &active.mem, &mut self.tap, &mut self.rx, BUDGET);
-        self.finish(RX, result);
+        self.queues.finish(RX, result);
     }
 }
 

@@ -81,17 +81,7 @@ impl Rng {
         };
         let result =
             request::process_queue(&mut active.queues[0], &active.mem, &mut self.source, BUDGET);
-        match result {
-            Ok(d) => {
-                if d.notify {
-                    self.queues.signal_used();
-                }
-                if d.more {
-                    self.queues.requeue(0);
-                }
-            }
-            Err(e) => self.queues.mark_broken(&e),
-        }
+        self.queues.finish(0, result);
     }
 }
 
