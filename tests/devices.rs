@@ -190,9 +190,18 @@ echo "guest-to-host-attempts=$((n + 1))"
 ping -c 1 -W 5 10.0.2.1 > /dev/null && echo "guest-ping-host=yes"
 "#;
 
-/// Host: husk creates the TAP (`--net tap=`); the script finds it, gives it an address,
-/// sends a file to the guest and receives one.
+/// Host: in a network namespace of its own (`unshare -n`, gone when the script's
+/// processes end), husk creates the TAP (`--net tap=`); the script finds it, gives it an
+/// address, sends a file to the guest and receives one.
 const NET_HOST: &str = r#"
+export BOOT CMDLINE
+echo "root-ns-links-before=$(echo $(ls /sys/class/net))"
+cat > net-host.sh <<'NETNS_EOF'
+# sysfs shows the namespace of whoever mounted it: remount it, privately.
+mount --make-rprivate /
+mount -t sysfs sysfs /sys
+echo "netns-links-at-start=$(echo $(ls /sys/class/net))"
+ip link set lo up
 head -c 1048576 /dev/urandom > to-guest
 # The listener's stdin stays open (a FIFO held by fd 3) so it only ends when the guest
 # has sent everything; with stdin at EOF it would half-close first and the guest's nc
@@ -225,6 +234,9 @@ echo "to-guest-sha=$(sha256sum < to-guest | cut -d' ' -f1)"
 echo "from-guest-sha=$(sha256sum < from-guest | cut -d' ' -f1)"
 echo "from-guest-bytes=$(wc -c < from-guest)"
 echo "tap-exists-after=$(test -e "/sys/class/net/$tap" && echo yes || echo no)"
+NETNS_EOF
+unshare -n -m sh net-host.sh
+echo "root-ns-links-after=$(echo $(ls /sys/class/net))"
 "#;
 
 #[test]
@@ -250,6 +262,12 @@ fn tcp_over_husk_created_tap_moves_files_both_ways_and_tap_vanishes() {
     );
     assert_eq!(out.value("guest-ping-host"), Some("yes"), "{out}");
     assert_eq!(out.value("tap-exists-after"), Some("no"), "{out}");
+    assert_eq!(out.value("netns-links-at-start"), Some("lo"), "{out}");
+    assert_eq!(
+        out.value("root-ns-links-after"),
+        out.value("root-ns-links-before"),
+        "{out}"
+    );
     assert_eq!(out.value("husk-taps-left"), Some("0"), "{out}");
     assert_eq!(out.value("husk-processes-left"), Some("0"), "{out}");
 }
