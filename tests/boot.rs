@@ -186,3 +186,29 @@ fn boot_with_initrd_larger_than_memory_fails_naming_the_initrd() {
     ]);
     assert_refused(&out, &[&huge]);
 }
+
+/// Boots a bzImage (the test host's own Debian cloud kernel, which `scripts/testhost
+/// prepare` caches) through the 64-bit boot protocol, to the test init and its reset.
+const BOOT_BZIMAGE: &str = r#"
+"$PWD/husk" boot --kernel bzImage --initrd initrd.cpio --cpus 1 --memory 256 \
+    --cmdline quiet --console console.log
+echo "husk-status=$?"
+cat console.log
+"#;
+
+#[test]
+fn boot_of_bzimage_runs_init_and_resets_cleanly() {
+    let bzimage = husk::kernel::cache_root().join("testhost/current/vmlinuz");
+    assert!(
+        bzimage.is_file(),
+        "{} not found: run `scripts/testhost prepare`",
+        bzimage.display()
+    );
+    let assets = assets();
+    let mut files = assets.files();
+    files.push((bzimage.as_path(), "bzImage"));
+    let out = run_script(BOOT_BZIMAGE, &files);
+    assert_eq!(out.value("husk-status"), Some("0"), "{out}");
+    assert!(out.stdout.contains("HUSK-TEST: init started"), "{out}");
+    assert!(out.stdout.contains("HUSK-TEST: resetting"), "{out}");
+}
