@@ -16,7 +16,9 @@
 //! time) and step by step, `crun create`, `crun start`, the process's exit (polled in
 //! `/proc`), `crun delete`, the peers of husk's milestones. Husk's milestones count from
 //! the start of its sandbox (after `husk run` has started and opened the store); crun's
-//! from the spawn of `crun create`.
+//! from the spawn of `crun create`. crun runs with `--no-pivot` (MS_MOVE and chroot):
+//! the test host's root is its initramfs, where pivot_root fails with EINVAL. The test
+//! host does not load the loop driver; `scripts/loop-module` supplies it.
 //!
 //! Environment: `HUSK_BENCH_ROUNDS` (default 5), `HUSK_BENCH_KERNEL` (default: `husk
 //! kernel path`), `HUSK_BENCH_CRUN` (default: `crun` on `PATH`), `HUSK_TEST_HOST`
@@ -166,6 +168,28 @@ fn outer() {
         let _ = std::fs::remove_dir_all(&tree);
     }
 
+    // The test host's kernel has loop as a module it does not load.
+    let loop_module = if hardware_kvm() {
+        None
+    } else {
+        let out = Command::new(root.join("scripts/loop-module")).output();
+        match out {
+            Ok(out) if out.status.success() => {
+                Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            }
+            Ok(out) => {
+                println!(
+                    "# scripts/loop-module failed ({}): crun gets the extracted tree",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                println!("# cannot run scripts/loop-module ({e}): crun gets the extracted tree");
+                None
+            }
+        }
+    };
     let me = std::env::current_exe().expect("the bench binary knows its path");
     let rounds = env_or("HUSK_BENCH_ROUNDS", "5");
     let fs_image = fs_image.to_string_lossy().into_owned();
@@ -192,6 +216,9 @@ fn outer() {
             .args(["--file", &format!("{}:/usr/bin/crun", crun.display())]);
         for (src, dst) in shared_libraries(&crun) {
             cmd.args(["--file", &format!("{}:{dst}", src.display())]);
+        }
+        if let Some(ko) = &loop_module {
+            cmd.args(["--file", &format!("{ko}:loop.ko")]);
         }
         if extracted {
             cmd.args(["--dir", &format!("{}:{ROOTFS_TREE}", tree.display())]);
@@ -244,6 +271,8 @@ impl HuskSample {
 /// One crun round: `crun run` wall time, and the step-by-step run, each step's end in ms
 /// from the spawn of `crun create`.
 struct CrunSample {
+    /// `crun --version`: what one crun invocation costs before it does any work.
+    exec_ms: f64,
     run_wall_ms: f64,
     created_ms: f64,
     started_ms: f64,
@@ -296,10 +325,17 @@ fn exited(pid: &str) -> bool {
 }
 
 fn crun_once(crun: &str, bundle: &str, round: &str) -> CrunSample {
+    let start = Instant::now();
+    check(&mut crun_cmd(crun, &["--version"]));
+    let exec_ms = ms(start.elapsed());
+
     // Whole: `crun run`, which creates, starts, waits and deletes.
     let id = format!("bench-run-{round}");
     let start = Instant::now();
-    check(&mut crun_cmd(crun, &["run", "--bundle", bundle, &id]));
+    check(&mut crun_cmd(
+        crun,
+        &["run", "--no-pivot", "--bundle", bundle, &id],
+    ));
     let run_wall_ms = ms(start.elapsed());
 
     // Step by step.
@@ -308,7 +344,15 @@ fn crun_once(crun: &str, bundle: &str, round: &str) -> CrunSample {
     let start = Instant::now();
     check(&mut crun_cmd(
         crun,
-        &["create", "--bundle", bundle, "--pid-file", &pid_file, &id],
+        &[
+            "create",
+            "--no-pivot",
+            "--bundle",
+            bundle,
+            "--pid-file",
+            &pid_file,
+            &id,
+        ],
     ));
     let created_ms = ms(start.elapsed());
     let pid = std::fs::read_to_string(&pid_file).expect("crun create wrote the pid file");
@@ -328,6 +372,7 @@ fn crun_once(crun: &str, bundle: &str, round: &str) -> CrunSample {
     let deleted_ms = ms(start.elapsed());
     let _ = std::fs::remove_file(&pid_file);
     CrunSample {
+        exec_ms,
         run_wall_ms,
         created_ms,
         started_ms,
@@ -342,6 +387,13 @@ fn crun_once(crun: &str, bundle: &str, round: &str) -> CrunSample {
 fn rootfs(work: &Path, fs_image: &Path) -> (PathBuf, String) {
     let mnt = work.join(ROOTFS_MNT);
     std::fs::create_dir_all(&mnt).expect("create the mount point");
+    let loop_ko = work.join("loop.ko");
+    if loop_ko.is_file() {
+        let status = Command::new("insmod").arg(&loop_ko).status();
+        if !status.is_ok_and(|s| s.success()) {
+            println!("# insmod loop.ko failed");
+        }
+    }
     let out = Command::new("mount")
         .args(["-t", "erofs", "-o", "loop,ro"])
         .arg(fs_image)
@@ -432,8 +484,8 @@ fn inner(args: &[String]) {
     println!("# run benchmark: {rounds} rounds (+1 warm-up), `husk run busybox -- true` (1 vCPU, 256+64 MiB) vs crun, alternating order");
     println!("# crun rootfs: {how}");
     // Warm-up: husk builds its agent initramfs on first use; page caches fill.
-    let w = husk_once(&husk, &timings);
     let c = crun_once(crun, &bundle, "warmup");
+    let w = husk_once(&husk, &timings);
     println!(
         "warm-up: husk wall {:.0} ms | crun run {:.1} ms",
         w.wall_ms, c.run_wall_ms
@@ -521,6 +573,10 @@ fn report(husk: &[HuskSample], crun: &[CrunSample]) {
         c(|s| s.started_ms - s.created_ms),
         c(|s| s.exited_ms - s.started_ms),
         c(|s| s.deleted_ms - s.exited_ms));
+    println!(
+        "one crun invocation that does nothing (`crun --version`, median): {:.1} ms; the step rows pay it 3 times, `crun run` once",
+        c(|s| s.exec_ms)
+    );
     println!(
         "husk outside the sandbox (process start, store, exit: wall - torn down): {:.1} ms",
         median(
