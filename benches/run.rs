@@ -20,6 +20,12 @@
 //! the test host's root is its initramfs, where pivot_root fails with EINVAL. The test
 //! host does not load the loop driver; `scripts/loop-module` supplies it.
 //!
+//! Not quite like for like: husk's agent sends "exited" only after it has also killed the
+//! container's cgroup, unmounted its root and removed the cgroup (`watch` in
+//! `rootfs/agent/src/agent.rs`), work that crun does in `crun delete`; and each crun step
+//! is a separate crun process, whose start alone costs what the `crun --version` line
+//! shows.
+//!
 //! Environment: `HUSK_BENCH_ROUNDS` (default 5), `HUSK_BENCH_KERNEL` (default: `husk
 //! kernel path`), `HUSK_BENCH_CRUN` (default: `crun` on `PATH`), `HUSK_TEST_HOST`
 //! (auto|always|never).
@@ -541,7 +547,7 @@ fn report(husk: &[HuskSample], crun: &[CrunSample]) {
             Some(c(|s| s.started_ms)),
         ),
         (
-            "process exited",
+            "process exited (husk: + in-guest cleanup)",
             h(&["sandbox", "process_exited_ms"]),
             Some(c(|s| s.exited_ms)),
         ),
