@@ -14,6 +14,9 @@
 )]
 #![allow(missing_docs)]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{env_or, hardware_kvm, median, run_stdout, tempdir};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,10 +24,6 @@ use std::time::Instant;
 
 /// The line the test init prints first.
 const INIT_MARKER: &str = "HUSK-TEST: init started";
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -34,30 +33,6 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; anything else is ignored.
     outer();
-}
-
-/// Whether this machine's /dev/kvm is ordinary hardware KVM.
-fn hardware_kvm() -> bool {
-    match env_or("HUSK_TEST_HOST", "auto").as_str() {
-        "always" => false,
-        "never" => true,
-        _ => {
-            Path::new("/dev/kvm").exists()
-                && husk::kvm::KvmFlavor::probe() == husk::kvm::KvmFlavor::Hardware
-        }
-    }
-}
-
-fn run_stdout(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn outer() {
@@ -88,7 +63,7 @@ fn outer() {
         &memory,
     ];
     let status = if hardware_kvm() {
-        let dir = tempdir();
+        let dir = tempdir("husk-bench");
         for (src, name) in [
             (&husk, "husk"),
             (&kernel, "vmlinux"),
@@ -118,12 +93,6 @@ fn outer() {
     };
     let status = status.expect("the benchmark runner starts");
     assert!(status.success(), "the boot benchmark failed: {status}");
-}
-
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("husk-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create the bench dir");
-    dir
 }
 
 /// One VMM run: when the init marker appeared, when the VMM exited, its max RSS.
@@ -194,11 +163,6 @@ fn wait_with_rusage(pid: u32) -> (i32, u64) {
         128 + libc::WTERMSIG(status)
     };
     (code, usage.ru_maxrss as u64)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn inner(args: &[String]) {

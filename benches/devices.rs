@@ -13,17 +13,16 @@
 //! `HUSK_TEST_HOST` (auto|always|never).
 #![allow(missing_docs)]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{env_or, hardware_kvm, median};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 
 #[path = "devices/support.rs"]
 mod support;
-use support::{boot_vmm, finish_host_tool, host_tool, median, sh, spawn_host_tool, Values, Vmm};
-
-pub(crate) fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
+use support::{boot_vmm, finish_host_tool, host_tool, sh, spawn_host_tool, Values, Vmm};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -32,18 +31,6 @@ fn main() {
         return;
     }
     outer();
-}
-
-/// Whether this machine's /dev/kvm is ordinary hardware KVM.
-fn hardware_kvm() -> bool {
-    match env_or("HUSK_TEST_HOST", "auto").as_str() {
-        "always" => false,
-        "never" => true,
-        _ => {
-            Path::new("/dev/kvm").exists()
-                && husk::kvm::KvmFlavor::probe() == husk::kvm::KvmFlavor::Hardware
-        }
-    }
 }
 
 fn stdout_of(cmd: &mut Command) -> Option<String> {

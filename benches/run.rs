@@ -30,6 +30,9 @@
 //! kernel path`), `HUSK_BENCH_CRUN` (default: `crun` on `PATH`), `HUSK_TEST_HOST`
 //! (auto|always|never).
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{env_or, hardware_kvm, median, run_stdout, tempdir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,10 +42,6 @@ const ROOTFS_MNT: &str = "rootfs-mnt";
 /// The extracted tree, the fallback when the erofs image cannot be loop-mounted.
 const ROOTFS_TREE: &str = "rootfs-tree";
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--inner") {
@@ -51,30 +50,6 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; anything else is ignored.
     outer();
-}
-
-/// Whether this machine's /dev/kvm is ordinary hardware KVM.
-fn hardware_kvm() -> bool {
-    match env_or("HUSK_TEST_HOST", "auto").as_str() {
-        "always" => false,
-        "never" => true,
-        _ => {
-            Path::new("/dev/kvm").exists()
-                && husk::kvm::KvmFlavor::probe() == husk::kvm::KvmFlavor::Hardware
-        }
-    }
-}
-
-fn run_stdout(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// crun on this machine: `$HUSK_BENCH_CRUN` or `crun` on `PATH`.
@@ -141,7 +116,7 @@ fn outer() {
         crun_version.lines().next().unwrap_or("?")
     );
 
-    let dir = tempdir();
+    let dir = tempdir("husk-run-bench");
     let store_root = dir.join("store");
     let store = husk::image::ImageStore::open(Some(&store_root)).expect("open a fresh store");
     let image = store
@@ -239,23 +214,8 @@ fn outer() {
     assert!(status.success(), "the run benchmark failed: {status}");
 }
 
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("husk-run-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create the bench dir");
-    dir
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// One `husk run busybox -- true`: wall time and the `--timings` JSON.

@@ -50,15 +50,6 @@ pub(crate) fn host_tool(args: &[&str]) -> Values {
     finish_host_tool(spawn_host_tool(args))
 }
 
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| !x.is_nan());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// The VMM under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Vmm {

@@ -1,0 +1,55 @@
+//! What every husk benchmark needs: its settings from the environment, whether to run
+//! here or inside the KVM test host, and the statistics it prints.
+#![allow(dead_code, reason = "each benchmark uses its own subset")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `$name`, or `default` when unset.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// Whether to run on this machine's /dev/kvm (hardware KVM) rather than in the test
+/// host; `HUSK_TEST_HOST=always|never|auto` decides when set.
+pub fn hardware_kvm() -> bool {
+    match env_or("HUSK_TEST_HOST", "auto").as_str() {
+        "always" => false,
+        "never" => true,
+        _ => {
+            Path::new("/dev/kvm").exists()
+                && husk::kvm::KvmFlavor::probe() == husk::kvm::KvmFlavor::Hardware
+        }
+    }
+}
+
+/// Run `cmd`, fail the benchmark with its stderr if it fails, return its stdout.
+pub fn run_stdout(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A fresh, empty folder for this benchmark process.
+pub fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the bench dir");
+    dir
+}
+
+/// The median of the numbers that are not NaN (NaN when there are none).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
