@@ -249,7 +249,26 @@ fn boot(args: Box<BootArgs>) -> CliResult {
         config.kernel = husk::kernel::cached(None)?.vmlinux;
     }
     let kernel = config.kernel.clone();
-    let report = husk::vmm::run(&config)?;
+    // Ctrl-C or SIGTERM stop the VM through the same path as a guest exit, so TAPs,
+    // sockets and threads are cleaned up before husk exits.
+    husk::sandbox::signals::block()?;
+    let vm = husk::vmm::start(&config)?;
+    let stopper = vm.stopper();
+    let signalled = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let flag = signalled.clone();
+    std::thread::spawn(move || {
+        flag.store(
+            husk::sandbox::signals::wait(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        stopper.stop();
+    });
+    let report = vm.wait();
+    let signal = signalled.load(std::sync::atomic::Ordering::SeqCst);
+    if signal != 0 {
+        eprintln!("husk: stopped by signal {signal}");
+        std::process::exit(128 + signal);
+    }
     if let Some(path) = &args.timings {
         let json = serde_json::to_string_pretty(&report.metrics)?;
         std::fs::write(path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

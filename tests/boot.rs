@@ -212,3 +212,32 @@ fn boot_of_bzimage_runs_init_and_resets_cleanly() {
     assert!(out.stdout.contains("HUSK-TEST: init started"), "{out}");
     assert!(out.stdout.contains("HUSK-TEST: resetting"), "{out}");
 }
+
+/// SIGTERM to `husk boot` stops the VM and cleans up: the vsock socket is removed, the
+/// TAP husk created is gone, and husk exits 128+15.
+const BOOT_TERMINATED: &str = r#"
+"$PWD/husk" boot --kernel vmlinux --initrd initrd.cpio --memory 256 --console console.log \
+    --cmdline "husk.test=shell rdinit=/bin/busybox -- sleep 1000" \
+    --vsock "cid=3,uds=$PWD/v.sock" --net tap= &
+husk=$!
+n=0
+while [ ! -S v.sock ] && [ $n -lt 300 ]; do n=$((n + 1)); sleep 0.1; done
+echo "socket-while-running=$(test -S v.sock && echo yes)"
+echo "taps-while-running=$(ls /sys/class/net | grep -c '^husk')"
+kill -TERM $husk
+wait $husk
+echo "husk-status=$?"
+echo "socket-after=$(test -e v.sock && echo yes || echo no)"
+echo "taps-after=$(ls /sys/class/net | grep -c '^husk')"
+"#;
+
+#[test]
+fn sigterm_stops_boot_and_removes_socket_and_tap() {
+    let assets = assets();
+    let out = run_script(BOOT_TERMINATED, &assets.files());
+    assert_eq!(out.value("socket-while-running"), Some("yes"), "{out}");
+    assert_eq!(out.value("taps-while-running"), Some("1"), "{out}");
+    assert_eq!(out.value("husk-status"), Some("143"), "{out}");
+    assert_eq!(out.value("socket-after"), Some("no"), "{out}");
+    assert_eq!(out.value("taps-after"), Some("0"), "{out}");
+}
