@@ -54,6 +54,17 @@ pub const INT_VRING: u32 = 1;
 /// Interrupt status bit: the configuration (or device status) changed.
 pub const INT_CONFIG: u32 = 2;
 
+/// Answer a driver's read of `data.len()` bytes at `offset` of a device configuration
+/// space whose contents are `config`; bytes past its end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(config.len());
+    let n = (config.len() - start).min(data.len());
+    data[..n].copy_from_slice(&config[start..start + n]);
+}
+
 /// The bit for feature number `bit` in a 64-bit feature word.
 pub const fn feature(bit: u32) -> u64 {
     1 << bit
@@ -203,3 +214,22 @@ mod chain_proptests;
 
 #[cfg(test)]
 mod wiring_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_read_past_the_end_is_zero_filled() {
+        let mut data = [0xffu8; 4];
+        read_config_bytes(&[1, 2, 3], 1, &mut data);
+        assert_eq!(data, [2, 3, 0, 0]);
+    }
+
+    #[test]
+    fn config_read_at_a_huge_offset_is_all_zero() {
+        let mut data = [0xffu8; 2];
+        read_config_bytes(&[1, 2, 3], u64::MAX, &mut data);
+        assert_eq!(data, [0, 0]);
+    }
+}

@@ -153,13 +153,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(CONFIG_LEN);
-        let src = &self.config_space[start..];
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
+        crate::devices::virtio::read_config_bytes(&self.config_space, offset, data);
     }
 
     /// The block configuration is read-only for the driver (no CONFIG_WCE).

@@ -129,11 +129,7 @@ impl VirtioDevice for Net {
 
     /// `struct virtio_net_config` up to `mac` (no STATUS, MQ or MTU features).
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let mac = self.state.mac.0;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(mac.len());
-        let n = (mac.len() - start).min(data.len());
-        data[..n].copy_from_slice(&mac[start..start + n]);
+        crate::devices::virtio::read_config_bytes(&self.state.mac.0, offset, data);
     }
 
     /// The MAC is read-only without VIRTIO_NET_F_CTRL_MAC_ADDR.

@@ -188,11 +188,11 @@ impl VirtioDevice for Vsock {
 
     /// `struct virtio_vsock_config { le64 guest_cid; }`.
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let cid = self.state.config.cid.to_le_bytes();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(cid.len());
-        let n = (cid.len() - start).min(data.len());
-        data[..n].copy_from_slice(&cid[start..start + n]);
+        crate::devices::virtio::read_config_bytes(
+            &self.state.config.cid.to_le_bytes(),
+            offset,
+            data,
+        );
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
