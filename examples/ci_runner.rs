@@ -4,6 +4,7 @@
 //!
 //! ```sh
 //! cargo run --release --example ci_runner -- [--parallel N] [--kernel VMLINUX]
+//!     [--job-timeout SECS] [--console-dir DIR]
 //! ```
 //! The busybox image is built on first use; the kernel defaults to `husk kernel path`.
 //! Prints one `job=NAME exit=CODE stdout=...` line per job, then `jobs=N failed=M`.
@@ -11,8 +12,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use husk::config::ConsoleConfig;
 use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
 
 /// A job: a name, a command, and the exit code it should end with.
@@ -78,12 +80,35 @@ struct Outcome {
     seconds: f64,
 }
 
-fn run_job(job: &Job, image: SandboxImage, kernel: PathBuf) -> Outcome {
+/// Settings shared by every job.
+#[derive(Clone)]
+struct Settings {
+    image: SandboxImage,
+    kernel: PathBuf,
+    /// A job still running after this long is stopped and fails.
+    timeout: Duration,
+    /// Where each job's guest console goes (`<dir>/<job>.console`), if anywhere.
+    console_dir: Option<PathBuf>,
+}
+
+fn run_job(job: &Job, settings: Settings) -> Outcome {
     let start = Instant::now();
     let (stdout, stderr) = (Capture::default(), Capture::default());
     let exit = (|| {
-        let mut sandbox =
-            Sandbox::start(SandboxConfig::new(image, kernel)).map_err(|e| e.to_string())?;
+        let mut config = SandboxConfig::new(settings.image, settings.kernel);
+        config.boot_timeout = settings.timeout;
+        if let Some(dir) = &settings.console_dir {
+            config.console = ConsoleConfig::File(dir.join(format!("{}.console", job.name)));
+        }
+        let mut sandbox = Sandbox::start(config).map_err(|e| e.to_string())?;
+        if let Some(stopper) = sandbox.stopper() {
+            // The stopper outlives a finished job harmlessly: stopping an ended VM is a no-op.
+            let timeout = settings.timeout;
+            std::thread::spawn(move || {
+                std::thread::sleep(timeout);
+                stopper.stop();
+            });
+        }
         let spec = RunSpec {
             args: job.command.iter().map(|s| s.to_string()).collect(),
             env: vec![format!("CI_JOB={}", job.name)],
@@ -123,14 +148,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let store = husk::image::ImageStore::open(None)?;
     let image = SandboxImage::from_store(&store.ensure_busybox(false)?);
+    let timeout = Duration::from_secs(arg("--job-timeout").map_or(Ok(300), |t| t.parse())?);
+    let console_dir = arg("--console-dir").map(PathBuf::from);
+    let settings = Settings {
+        image,
+        kernel,
+        timeout,
+        console_dir,
+    };
     let started = Instant::now();
     let mut outcomes = Vec::new();
     for batch in JOBS.chunks(parallel.max(1)) {
         let handles: Vec<_> = batch
             .iter()
             .map(|job| {
-                let (image, kernel) = (image.clone(), kernel.clone());
-                std::thread::spawn(move || run_job(job, image, kernel))
+                let settings = settings.clone();
+                std::thread::spawn(move || run_job(job, settings))
             })
             .collect();
         outcomes.extend(handles.into_iter().filter_map(|h| h.join().ok()));

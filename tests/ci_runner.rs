@@ -21,8 +21,10 @@ fn example() -> PathBuf {
 const RUN_EXAMPLE: &str = r#"
 tar xf store.tar
 export HUSK_DATA_DIR=$PWD/store
-./ci_runner --parallel 2 --kernel vmlinux
+mkdir consoles
+./ci_runner --parallel 2 --kernel vmlinux --job-timeout 300 --console-dir consoles
 echo "example-status=$?"
+for f in consoles/*; do echo "== $f"; tail -n 20 "$f"; done
 "#;
 
 #[test]

@@ -6,6 +6,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// How long to wait for the VMM's `OK` once CONNECT is sent.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Errors while connecting to a guest port.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -29,7 +32,9 @@ pub enum ConnectError {
 pub fn connect_once(uds: &Path, port: u32) -> io::Result<UnixStream> {
     let mut stream = UnixStream::connect(uds)?;
     stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // The VMM answers at once when nothing listens (the guest resets the request); a
+    // slow guest that is listening may take long to accept, so wait for it.
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
     // Read the reply byte by byte so nothing after the newline is consumed.
     let mut line = Vec::new();
     let mut byte = [0u8; 1];

@@ -38,8 +38,10 @@ const MAX_CONNECT_LINE: usize = 32;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 const TX_BUDGET: usize = 256;
 /// How long a host client may take to send its CONNECT line, and the guest to
-/// answer a host-initiated REQUEST.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// answer a host-initiated REQUEST. Generous: a guest under emulation or on a loaded
+/// host can take seconds to answer, and a timeout that fires first makes every retry
+/// fail the same way.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const RX_BUDGET: usize = 256;
 
 /// Errors creating the muxer.
