@@ -13,6 +13,8 @@
 
 pub mod agent;
 pub mod initramfs;
+pub mod net;
+pub mod scratch;
 pub mod signals;
 mod stdio;
 pub mod vsock;
@@ -174,6 +176,12 @@ pub struct SandboxConfig {
     pub disks: Vec<BlockConfig>,
     /// Network cards.
     pub nets: Vec<NetConfig>,
+    /// Give the guest a network: a TAP husk creates, a /30 link between host and guest,
+    /// the guest's eth0 configured by the agent ([`net`]).
+    pub network: bool,
+    /// Put the containers' writable layers on a scratch disk of this many MiB (a sparse
+    /// ext4 file in the runtime folder, removed with it) instead of a tmpfs in guest RAM.
+    pub scratch_disk_mib: Option<u64>,
     /// Guest console (default: kept in memory only, shown when the agent fails).
     pub console: ConsoleConfig,
     /// How long the guest may take to boot to its agent.
@@ -191,6 +199,8 @@ impl SandboxConfig {
             memory_mib: 256,
             disks: Vec::new(),
             nets: Vec::new(),
+            network: false,
+            scratch_disk_mib: None,
             console: ConsoleConfig::Off,
             boot_timeout: Duration::from_secs(600),
         }
