@@ -55,6 +55,15 @@ struct RunArgs {
     /// User inside the container: name, UID or UID:GID.
     #[arg(short = 'u', long = "user")]
     user: Option<String>,
+    /// Connect the sandbox to the host: a TAP husk creates (and removes at exit) with a
+    /// /30 link, the host's end on the TAP and the guest's on eth0, default route via
+    /// the host. Reaching further needs forwarding/NAT on the host, which husk leaves alone.
+    #[arg(long)]
+    net: bool,
+    /// Keep the container's writable layer on a scratch disk of SIZE MiB (a sparse ext4
+    /// file, removed at exit) instead of in guest RAM.
+    #[arg(long = "disk", value_name = "SIZE_MIB")]
+    disk: Option<u64>,
     /// Give up and stop the sandbox after SECONDS (exit code 124).
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
@@ -356,6 +365,8 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let mut config = SandboxConfig::new(SandboxImage::from_store(&image), kernel);
     config.cpus = args.cpus;
     config.memory_mib = args.memory + 64;
+    config.network = args.net;
+    config.scratch_disk_mib = args.disk;
     if let Some(secs) = args.timeout {
         config.boot_timeout = std::time::Duration::from_secs(secs);
     }
