@@ -9,18 +9,19 @@
 //! The busybox image is built on first use; the kernel defaults to `husk kernel path`.
 //! Prints one `job=NAME exit=CODE stdout=...` line per job, then `jobs=N failed=M`.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use husk::config::ConsoleConfig;
 use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
 
-/// A job: a name, a command, and the exit code it should end with.
+/// A job: a name, a command, and the exit code it should end with. A job with `exec`
+/// starts `command` as a service container and runs `exec` inside it; the job's result
+/// is the exec'd command's, and the service is killed afterwards.
 struct Job {
     name: &'static str,
     command: &'static [&'static str],
+    exec: Option<&'static [&'static str]>,
     expect: i32,
 }
 
@@ -28,48 +29,38 @@ const JOBS: &[Job] = &[
     Job {
         name: "build",
         command: &["sh", "-c", "echo compiling; echo done"],
+        exec: None,
         expect: 0,
     },
     Job {
         name: "test",
         command: &["sh", "-c", "seq 1 100 | wc -l"],
+        exec: None,
         expect: 0,
     },
     Job {
         name: "lint",
         command: &["sh", "-c", "echo 'style error' >&2; exit 3"],
+        exec: None,
         expect: 3,
     },
     Job {
         name: "env",
         command: &["sh", "-c", "echo $CI_JOB on $(hostname)"],
+        exec: None,
         expect: 0,
     },
+    Job {
+        name: "service",
+        command: &["sh", "-c", "echo up > /tmp/state; exec sleep 600"],
+        exec: Some(&[
+            "sh",
+            "-c",
+            "until [ -e /tmp/state ]; do sleep 0.1; done; echo exec sees $(cat /tmp/state) as $CI_JOB; exit 5",
+        ]),
+        expect: 5,
+    },
 ];
-
-/// A Write that keeps what it is given.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&bytes).trim().replace('\n', "\\n")
-    }
-}
 
 struct Outcome {
     name: &'static str,
@@ -93,14 +84,14 @@ struct Settings {
 
 fn run_job(job: &Job, settings: Settings) -> Outcome {
     let start = Instant::now();
-    let (stdout, stderr) = (Capture::default(), Capture::default());
+    let (stdio, stdout, stderr) = Stdio::capture();
     let exit = (|| {
         let mut config = SandboxConfig::new(settings.image, settings.kernel);
         config.boot_timeout = settings.timeout;
         if let Some(dir) = &settings.console_dir {
             config.console = ConsoleConfig::File(dir.join(format!("{}.console", job.name)));
         }
-        let mut sandbox = Sandbox::start(config).map_err(|e| e.to_string())?;
+        let sandbox = Sandbox::start(config).map_err(|e| e.to_string())?;
         if let Some(stopper) = sandbox.stopper() {
             // The stopper outlives a finished job harmlessly: stopping an ended VM is a no-op.
             let timeout = settings.timeout;
@@ -114,12 +105,10 @@ fn run_job(job: &Job, settings: Settings) -> Outcome {
             env: vec![format!("CI_JOB={}", job.name)],
             ..RunSpec::default()
         };
-        let stdio = Stdio {
-            stdin: None,
-            stdout: Box::new(stdout.clone()),
-            stderr: Box::new(stderr.clone()),
+        let status = match job.exec {
+            None => sandbox.run(&spec, stdio).map_err(|e| e.to_string())?,
+            Some(exec) => run_with_exec(&sandbox, &spec, exec, stdio)?,
         };
-        let status = sandbox.run(&spec, stdio).map_err(|e| e.to_string())?;
         sandbox.stop().map_err(|e| e.to_string())?;
         Ok(status.docker_code())
     })();
@@ -127,10 +116,41 @@ fn run_job(job: &Job, settings: Settings) -> Outcome {
         name: job.name,
         exit,
         expect: job.expect,
-        stdout: stdout.text(),
-        stderr: stderr.text(),
+        stdout: one_line(&stdout.text()),
+        stderr: one_line(&stderr.text()),
         seconds: start.elapsed().as_secs_f64(),
     }
+}
+
+/// Start `spec` as a service, run `exec` in its container, then kill the service.
+fn run_with_exec(
+    sandbox: &Sandbox,
+    spec: &RunSpec,
+    exec: &[&str],
+    stdio: Stdio,
+) -> Result<husk::sandbox::ExitStatus, String> {
+    let (service_stdio, ..) = Stdio::capture();
+    let service = sandbox
+        .spawn(spec, service_stdio)
+        .map_err(|e| e.to_string())?;
+    let exec_spec = RunSpec {
+        args: exec.iter().map(|s| s.to_string()).collect(),
+        ..RunSpec::default()
+    };
+    let status = sandbox
+        .exec(service.container_id(), &exec_spec, stdio)
+        .and_then(|p| p.wait())
+        .map_err(|e| e.to_string())?;
+    service.signal(9).map_err(|e| e.to_string())?;
+    let ended = service.wait().map_err(|e| e.to_string())?;
+    if ended.signal != Some(9) {
+        return Err(format!("the service ended with {ended:?}, not SIGKILL"));
+    }
+    Ok(status)
+}
+
+fn one_line(text: &str) -> String {
+    text.trim().replace('\n', "\\n")
 }
 
 fn arg(name: &str) -> Option<String> {

@@ -373,7 +373,7 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
     if let Some(path) = args.console {
         config.console = ConsoleConfig::File(path);
     }
-    let mut sandbox = Sandbox::start(config)?;
+    let sandbox = Sandbox::start(config)?;
     if let Ok(mut t) = target.lock() {
         *t = Some(sandbox.signaller());
     }

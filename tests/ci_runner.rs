@@ -1,5 +1,6 @@
-//! The library example `examples/ci_runner.rs` runs for real: four jobs, two sandboxes at
-//! a time from one process, with their outputs and exit codes collected.
+//! The library example `examples/ci_runner.rs` runs for real: five jobs, two sandboxes at
+//! a time from one process, with their outputs and exit codes collected; one job execs
+//! into a running service container and then kills the service.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -44,5 +45,13 @@ fn ci_runner_example_runs_jobs_two_at_a_time_and_collects_results() {
     assert!(out.stdout.contains("stdout=100"), "{out}");
     assert!(out.stdout.contains("stderr=style error"), "{out}");
     assert!(out.stdout.contains("stdout=env on husk-"), "{out}");
-    assert!(out.stdout.contains("jobs=4 failed=0 parallel=2"), "{out}");
+    assert!(
+        out.stdout.contains("job=service exit=5 expected=5"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("stdout=exec sees up as service"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("jobs=5 failed=0 parallel=2"), "{out}");
 }

@@ -4,14 +4,19 @@
 //! ```text
 //! Sandbox::start(config)   boot the VM (agent initramfs, image as vda, vsock), connect,
 //!                          handshake
-//! sandbox.run(spec, stdio) start the container's process, stream its stdio, return its
-//!                          exit status
+//! sandbox.run(spec, stdio) start a container, stream its stdio, return its exit status
+//! sandbox.spawn(spec, stdio) start a container and return its first Process at once
+//! sandbox.exec(container, spec, stdio) start another Process in a running container
+//! process.wait()           the process's exit status (process.signal/resize meanwhile)
 //! sandbox.stop()           ask the agent to shut down, wait for the VM, clean up
 //! ```
+//! A sandbox is `Sync`: several threads may spawn, exec and wait at once; one reader
+//! thread per sandbox routes the agent's frames to the processes ([`demux`]).
 //! Everything a sandbox owns (VM threads, the vsock socket, its runtime folder) is
 //! released when it is stopped or dropped, so many sandboxes can live in one process.
 
 pub mod agent;
+mod demux;
 pub mod initramfs;
 pub mod net;
 pub mod scratch;
@@ -19,18 +24,24 @@ pub mod signals;
 mod stdio;
 pub mod vsock;
 
+use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use husk_protocol::{host_handshake, write_message, ImageSpec, Limits, Message, WritableLayer};
+use husk_protocol::{
+    host_handshake, write_message, ImageSpec, Limits, Message, ProcessId, WritableLayer,
+};
 
 pub use husk_protocol::Limits as ContainerLimits;
 
+pub use demux::Sink;
 pub use husk_protocol::{ExitStatus, TtySize};
-pub use stdio::Stdio;
+pub use stdio::{Buffer, Stdio};
 
 use crate::config::{ConsoleConfig, VmConfig};
 use crate::devices::virtio::block::BlockConfig;
@@ -76,6 +87,9 @@ pub enum SandboxError {
     /// The agent reported an error for a request.
     #[error("the guest agent refused: {0}")]
     Refused(String),
+    /// The connection to the agent ended (the guest stopped or broke the protocol).
+    #[error("lost the guest agent: {0}")]
+    Lost(String),
 }
 
 /// Instants of a sandbox's life.
@@ -130,7 +144,7 @@ pub(crate) fn send(writer: &Writer, message: &Message) -> Result<(), husk_protoc
 /// Forwards signals (Ctrl-C, SIGTERM) to a sandbox's running process.
 #[derive(Clone)]
 pub struct Signaller {
-    writer: Writer,
+    demux: Arc<demux::Demux>,
     current: Arc<AtomicU32>,
 }
 
@@ -138,7 +152,22 @@ impl Signaller {
     /// Send `signal` to the running process; false when none is running.
     pub fn send(&self, signal: i32) -> bool {
         let process = self.current.load(Ordering::SeqCst);
-        process != 0 && send(&self.writer, &Message::Signal { process, signal }).is_ok()
+        process != 0
+            && self
+                .demux
+                .send(&Message::Signal { process, signal })
+                .is_ok()
+    }
+
+    /// Resize the running process's terminal; false when none is running.
+    pub fn resize(&self, size: TtySize) -> bool {
+        let process = self.current.load(Ordering::SeqCst);
+        let message = Message::Resize {
+            process,
+            rows: size.rows,
+            cols: size.cols,
+        };
+        process != 0 && self.demux.send(&message).is_ok()
     }
 }
 
@@ -186,6 +215,9 @@ pub struct SandboxConfig {
     pub console: ConsoleConfig,
     /// How long the guest may take to boot to its agent.
     pub boot_timeout: Duration,
+    /// Where the sandbox's runtime folder (sockets, scratch disk) is created [default:
+    /// `$XDG_RUNTIME_DIR`, else the temp folder]. The folder is removed at the end.
+    pub runtime_parent: Option<PathBuf>,
 }
 
 impl SandboxConfig {
@@ -203,6 +235,7 @@ impl SandboxConfig {
             scratch_disk_mib: None,
             console: ConsoleConfig::Off,
             boot_timeout: Duration::from_secs(600),
+            runtime_parent: None,
         }
     }
 }
@@ -228,15 +261,64 @@ pub struct RunSpec {
 pub struct Sandbox {
     id: String,
     image: SandboxImage,
-    vm: Option<RunningVm>,
+    vm: Mutex<Option<RunningVm>>,
+    /// The agent connection, kept to shut it down once the VM is gone.
     conn: UnixStream,
-    /// Every write to the agent goes through this one lock, so frames never interleave.
-    writer: Writer,
+    demux: Arc<demux::Demux>,
+    reader: Option<JoinHandle<()>>,
     /// The process the current `run` streams (0: none), for signal forwarding.
     current: Arc<AtomicU32>,
-    marks: Marks,
+    marks: Mutex<Marks>,
     runtime: tempfile::TempDir,
-    containers: u32,
+    containers: AtomicU32,
+    /// The environment each running container was started with, for `exec`.
+    container_env: Mutex<HashMap<String, Vec<String>>>,
+}
+
+/// A process running in a sandbox's container.
+pub struct Process {
+    id: ProcessId,
+    container: String,
+    exit: Receiver<demux::ExitResult>,
+    demux: Arc<demux::Demux>,
+    started: Instant,
+}
+
+impl Process {
+    /// The agent's number for this process.
+    pub fn id(&self) -> ProcessId {
+        self.id
+    }
+
+    /// The container it runs in (give it to [`Sandbox::exec`] to run more there).
+    pub fn container_id(&self) -> &str {
+        &self.container
+    }
+
+    /// Send it a signal.
+    pub fn signal(&self, signal: i32) -> Result<(), SandboxError> {
+        let process = self.id;
+        Ok(self.demux.send(&Message::Signal { process, signal })?)
+    }
+
+    /// Resize its terminal (processes started with a `tty`).
+    pub fn resize(&self, size: TtySize) -> Result<(), SandboxError> {
+        let message = Message::Resize {
+            process: self.id,
+            rows: size.rows,
+            cols: size.cols,
+        };
+        Ok(self.demux.send(&message)?)
+    }
+
+    /// Wait for it to end; its output has all been written when this returns.
+    pub fn wait(self) -> Result<ExitStatus, SandboxError> {
+        match self.exit.recv() {
+            Ok(Ok(status)) => Ok(status),
+            Ok(Err(reason)) => Err(SandboxError::Lost(reason)),
+            Err(_) => Err(SandboxError::Lost(self.demux.closed_reason())),
+        }
+    }
 }
 
 impl Sandbox {
@@ -244,7 +326,7 @@ impl Sandbox {
     pub fn start(config: SandboxConfig) -> Result<Self, SandboxError> {
         let created = Instant::now();
         let id = new_id();
-        let runtime_root = runtime_root();
+        let runtime_root = config.runtime_parent.clone().unwrap_or_else(runtime_root);
         let runtime = tempfile::Builder::new()
             .prefix(&format!("husk-{id}-"))
             .tempdir_in(&runtime_root)
@@ -263,24 +345,27 @@ impl Sandbox {
         let vm_running = Instant::now();
         let conn = connect_agent(&vm, &uds, config.boot_timeout)?;
         let agent_ready = Instant::now();
-        let writer = Arc::new(Mutex::new(
-            conn.try_clone().map_err(husk_protocol::ProtocolError::Io)?,
-        ));
+        let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
+        let writer = Arc::new(Mutex::new(conn.try_clone().map_err(io)?));
+        let (demux, reader) =
+            demux::Demux::start(conn.try_clone().map_err(io)?, writer).map_err(io)?;
         Ok(Self {
             id,
             image: config.image,
-            vm: Some(vm),
+            vm: Mutex::new(Some(vm)),
             conn,
-            writer,
+            demux,
+            reader: Some(reader),
             current: Arc::new(AtomicU32::new(0)),
-            marks: Marks {
+            marks: Mutex::new(Marks {
                 created,
                 vm_running,
                 agent_ready,
                 ..Marks::default()
-            },
+            }),
             runtime,
-            containers: 0,
+            containers: AtomicU32::new(0),
+            container_env: Mutex::default(),
         })
     }
 
@@ -289,9 +374,17 @@ impl Sandbox {
         &self.id
     }
 
+    fn marks(&self) -> MutexGuard<'_, Marks> {
+        self.marks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn vm(&self) -> MutexGuard<'_, Option<RunningVm>> {
+        self.vm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// When this sandbox reached each milestone, in ms from the start of `start`.
     pub fn timings(&self) -> SandboxTimings {
-        let m = &self.marks;
+        let m = *self.marks();
         let ms = |t: Option<Instant>| crate::metrics::ms_since(m.created, t);
         SandboxTimings {
             vm_running_ms: ms(Some(m.vm_running)),
@@ -304,20 +397,25 @@ impl Sandbox {
 
     /// A handle that ends the VM from another thread (a timeout, Ctrl-C).
     pub fn stopper(&self) -> Option<vmm::Stopper> {
-        self.vm.as_ref().map(RunningVm::stopper)
+        self.vm().as_ref().map(RunningVm::stopper)
+    }
+
+    /// Whether the VM still runs.
+    pub fn is_running(&self) -> bool {
+        self.vm().as_ref().is_some_and(RunningVm::is_running)
     }
 
     /// A handle that forwards signals to the process the current `run` streams.
     pub fn signaller(&self) -> Signaller {
         Signaller {
-            writer: self.writer.clone(),
+            demux: self.demux.clone(),
             current: self.current.clone(),
         }
     }
 
     /// The end of the guest console (for error reports).
     pub fn console_tail(&self) -> String {
-        self.vm
+        self.vm()
             .as_ref()
             .map(RunningVm::console_tail)
             .unwrap_or_default()
@@ -329,8 +427,22 @@ impl Sandbox {
     }
 
     /// Run a container process to its end, streaming its stdio through `stdio`.
-    pub fn run(&mut self, spec: &RunSpec, stdio: Stdio) -> Result<ExitStatus, SandboxError> {
-        self.containers += 1;
+    pub fn run(&self, spec: &RunSpec, stdio: Stdio) -> Result<ExitStatus, SandboxError> {
+        self.marks().run_sent = Some(Instant::now());
+        let process = self.spawn(spec, stdio)?;
+        self.marks().process_started = Some(process.started);
+        self.current.store(process.id, Ordering::SeqCst);
+        let status = process.wait();
+        self.current.store(0, Ordering::SeqCst);
+        self.marks().process_exited = Some(Instant::now());
+        status
+    }
+
+    /// Create a container from the image and start `spec` as its first process; the
+    /// container ends when that process does.
+    pub fn spawn(&self, spec: &RunSpec, stdio: Stdio) -> Result<Process, SandboxError> {
+        let n = self.containers.fetch_add(1, Ordering::SeqCst) + 1;
+        let container = format!("{}-{n}", self.id);
         let args = if spec.args.is_empty() {
             self.image.command.clone()
         } else {
@@ -339,13 +451,13 @@ impl Sandbox {
         let mut env = self.image.env.clone();
         env.extend(spec.env.iter().cloned());
         let run = Message::Run {
-            id: format!("{}-{}", self.id, self.containers),
+            id: container.clone(),
             image: ImageSpec {
                 device: "/dev/vda".into(),
                 fstype: self.image.fstype.clone(),
             },
             args,
-            env,
+            env: env.clone(),
             cwd: spec.cwd.clone().or_else(|| self.image.working_dir.clone()),
             user: spec.user.clone().or_else(|| self.image.user.clone()),
             tty: spec.tty,
@@ -353,14 +465,71 @@ impl Sandbox {
             writable_layer: WritableLayer::Tmpfs,
             hostname: Some(format!("husk-{}", self.id)),
         };
-        send(&self.writer, &run)?;
-        self.marks.run_sent = Some(Instant::now());
-        let result = stdio::pump(&mut self.conn, &self.writer, &self.current, stdio);
-        self.current.store(0, Ordering::SeqCst);
-        let (status, started) = result?;
-        self.marks.process_started = Some(started);
-        self.marks.process_exited = Some(Instant::now());
-        Ok(status)
+        let process = self.request(&run, container.clone(), stdio)?;
+        self.container_env
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(container, env);
+        Ok(process)
+    }
+
+    /// Start another process in the running container `container` (see
+    /// [`Process::container_id`]). It gets the container's environment plus `spec.env`;
+    /// `spec.limits` does not apply (the container's cgroup does).
+    pub fn exec(
+        &self,
+        container: &str,
+        spec: &RunSpec,
+        stdio: Stdio,
+    ) -> Result<Process, SandboxError> {
+        let mut env = self
+            .container_env
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(container)
+            .cloned()
+            .unwrap_or_else(|| self.image.env.clone());
+        env.extend(spec.env.iter().cloned());
+        let exec = Message::Exec {
+            container_id: container.to_string(),
+            args: spec.args.clone(),
+            env,
+            cwd: spec.cwd.clone().or_else(|| self.image.working_dir.clone()),
+            user: spec.user.clone().or_else(|| self.image.user.clone()),
+            tty: spec.tty,
+        };
+        self.request(&exec, container.to_string(), stdio)
+    }
+
+    fn request(
+        &self,
+        message: &Message,
+        container: String,
+        stdio: Stdio,
+    ) -> Result<Process, SandboxError> {
+        let accepted = self.demux.request(message, stdio.stdout, stdio.stderr)?;
+        let process = Process {
+            id: accepted.process,
+            container,
+            exit: accepted.exit,
+            demux: self.demux.clone(),
+            started: Instant::now(),
+        };
+        match stdio.stdin {
+            Some(input) => {
+                let demux = self.demux.clone();
+                let id = process.id;
+                // The user's stdin may block forever (a terminal); the thread is not joined.
+                std::thread::Builder::new()
+                    .name("husk-stdin".into())
+                    .spawn(move || stdio::forward_stdin(input, &demux, id))
+                    .map_err(husk_protocol::ProtocolError::Io)?;
+            }
+            None => self.demux.send(&Message::StdinClose {
+                process: process.id,
+            })?,
+        }
+        Ok(process)
     }
 
     /// Ask the agent to shut the guest down and wait for the VM to end.
@@ -369,25 +538,36 @@ impl Sandbox {
     }
 
     fn shutdown(&mut self) -> Result<vmm::RunReport, SandboxError> {
-        let Some(vm) = self.vm.take() else {
+        let Some(vm) = self.vm().take() else {
             return Err(SandboxError::Refused(
                 "the sandbox is already stopped".into(),
             ));
         };
-        if send(&self.writer, &Message::Shutdown).is_err() {
+        if self.demux.send(&Message::Shutdown).is_err() {
             vm.stopper().stop();
         }
         // A guest that does not reset in time is stopped from the host.
-        Ok(vm.wait_or_stop(SHUTDOWN_TIMEOUT))
+        let report = vm.wait_or_stop(SHUTDOWN_TIMEOUT);
+        self.end_reader();
+        Ok(report)
+    }
+
+    /// With the VM gone, end the connection and its reader thread.
+    fn end_reader(&mut self) {
+        drop(self.conn.shutdown(std::net::Shutdown::Both));
+        if let Some(reader) = self.reader.take() {
+            drop(reader.join());
+        }
     }
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if let Some(vm) = self.vm.take() {
+        if let Some(vm) = self.vm().take() {
             vm.stopper().stop();
             drop(vm.wait());
         }
+        self.end_reader();
     }
 }
 
@@ -480,6 +660,31 @@ impl SandboxImage {
                 .collect(),
             working_dir: config.working_dir.clone(),
             user: config.user.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    //! A fake agent: a connected socket pair, the guest end driven by the test.
+    use std::os::unix::net::UnixStream;
+    use std::sync::{Arc, Mutex};
+
+    pub use super::Buffer as Capture;
+
+    pub struct FakeAgent {
+        pub host: UnixStream,
+        pub guest: UnixStream,
+    }
+
+    impl FakeAgent {
+        pub fn new() -> Self {
+            let (host, guest) = UnixStream::pair().unwrap();
+            Self { host, guest }
+        }
+
+        pub fn writer(&self) -> super::Writer {
+            Arc::new(Mutex::new(self.host.try_clone().unwrap()))
         }
     }
 }

@@ -1,23 +1,20 @@
-//! Streaming a container process's stdio over the agent connection.
+//! Where a sandboxed process's stdio comes from and goes to.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use husk_protocol::{Message, ProcessId, MAX_DATA_CHUNK};
 
-use husk_protocol::{read_message, ExitStatus, Message, ProcessId, MAX_DATA_CHUNK};
-
-use super::{send, SandboxError, Writer};
+use super::demux::{Demux, Sink};
 
 /// Where a process's stdio comes from and goes to.
 pub struct Stdio {
     /// Standard input (`None`: the process gets an empty stdin).
     pub stdin: Option<Box<dyn Read + Send>>,
     /// Standard output.
-    pub stdout: Box<dyn Write + Send>,
+    pub stdout: Sink,
     /// Standard error.
-    pub stderr: Box<dyn Write + Send>,
+    pub stderr: Sink,
 }
 
 impl Stdio {
@@ -29,54 +26,51 @@ impl Stdio {
             stderr: Box::new(std::io::stderr()),
         }
     }
-}
 
-/// After a Run or Exec: wait for Started, stream stdio until Exited; returns the exit
-/// status and when the process started.
-pub fn pump(
-    conn: &mut UnixStream,
-    writer: &Writer,
-    current: &AtomicU32,
-    stdio: Stdio,
-) -> Result<(ExitStatus, Instant), SandboxError> {
-    let process = loop {
-        match read_message(conn)? {
-            Message::Started { process_id } => break process_id,
-            Message::Error { message } => return Err(SandboxError::Refused(message)),
-            other => log::debug!("before Started, ignoring {other:?}"),
-        }
-    };
-    let started = Instant::now();
-    current.store(process, Ordering::SeqCst);
-    match stdio.stdin {
-        Some(input) => {
-            let writer = writer.clone();
-            // The user's stdin may block forever (a terminal); the thread is not joined.
-            std::thread::Builder::new()
-                .name("husk-stdin".into())
-                .spawn(move || forward_stdin(input, &writer, process))
-                .map_err(husk_protocol::ProtocolError::Io)?;
-        }
-        None => send(writer, &Message::StdinClose { process })?,
-    }
-    let (mut stdout, mut stderr) = (stdio.stdout, stdio.stderr);
-    loop {
-        match read_message(conn)? {
-            Message::Stdout { data, .. } => write_out(&mut stdout, &data),
-            Message::Stderr { data, .. } => write_out(&mut stderr, &data),
-            Message::Exited { process: p, status } if p == process => return Ok((status, started)),
-            Message::Error { message } => return Err(SandboxError::Refused(message)),
-            other => log::debug!("while running, ignoring {other:?}"),
-        }
+    /// No input; output kept in memory: returns the stdio and its (stdout, stderr).
+    pub fn capture() -> (Self, Buffer, Buffer) {
+        let (out, err) = (Buffer::default(), Buffer::default());
+        let stdio = Self {
+            stdin: None,
+            stdout: Box::new(out.clone()),
+            stderr: Box::new(err.clone()),
+        };
+        (stdio, out, err)
     }
 }
 
-/// A closed reader (e.g. `| head`) must not stop the container, so errors are dropped.
-fn write_out(out: &mut Box<dyn Write + Send>, data: &[u8]) {
-    let _ = out.write_all(data).and_then(|()| out.flush());
+/// Output kept in memory; clones share the bytes.
+#[derive(Clone, Default)]
+pub struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Buffer {
+    /// A copy of the bytes written so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// The bytes written so far as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
 }
 
-fn forward_stdin(mut input: Box<dyn Read + Send>, writer: &Writer, process: ProcessId) {
+impl Write for Buffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("a writer panicked"))?
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Copy `input` to the process until its end, then close the process's stdin.
+pub(crate) fn forward_stdin(mut input: Box<dyn Read + Send>, demux: &Demux, process: ProcessId) {
     let mut buf = vec![0u8; MAX_DATA_CHUNK];
     loop {
         let n = match input.read(&mut buf) {
@@ -87,9 +81,9 @@ fn forward_stdin(mut input: Box<dyn Read + Send>, writer: &Writer, process: Proc
             process,
             data: buf[..n].to_vec(),
         };
-        if send(writer, &msg).is_err() {
+        if demux.send(&msg).is_err() {
             return;
         }
     }
-    let _ = send(writer, &Message::StdinClose { process });
+    drop(demux.send(&Message::StdinClose { process }));
 }

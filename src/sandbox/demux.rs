@@ -1,0 +1,330 @@
+//! Routing the agent's frames to the processes of a sandbox.
+//!
+//! One reader thread per agent connection reads every frame. The agent answers each
+//! Run and Exec with exactly one `Started` or `Error`, in request order, so requests
+//! wait in a FIFO: a `Started` pops the oldest request and turns its output sinks into
+//! the route of the new process id. `Stdout`/`Stderr` frames are written to the
+//! process's sinks; `Exited` removes the route and wakes whoever waits for the process.
+//! Sending a request and queueing it happen under one lock, so the FIFO and the wire
+//! always agree, whatever threads request at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use husk_protocol::{read_message, ExitStatus, Message, ProcessId, ProtocolError};
+
+use super::{send, SandboxError, Writer};
+
+/// Where a process's output goes.
+pub type Sink = Box<dyn Write + Send>;
+
+/// How a process ended, or why its end will never be known.
+pub(crate) type ExitResult = Result<ExitStatus, String>;
+
+struct Route {
+    stdout: Sink,
+    stderr: Sink,
+    exit: Sender<ExitResult>,
+}
+
+struct Request {
+    route: Route,
+    reply: Sender<Result<ProcessId, String>>,
+}
+
+#[derive(Default)]
+struct State {
+    pending: VecDeque<Request>,
+    routes: HashMap<ProcessId, Route>,
+    /// Why the connection ended, once it has.
+    closed: Option<String>,
+}
+
+/// The routing table of one agent connection.
+pub(crate) struct Demux {
+    state: Mutex<State>,
+    /// Held while a request is queued and sent.
+    order: Mutex<()>,
+    writer: Writer,
+}
+
+/// A request the agent accepted.
+pub(crate) struct Accepted {
+    pub process: ProcessId,
+    pub exit: Receiver<ExitResult>,
+}
+
+impl Demux {
+    /// Start routing the frames read from `conn`; writes go through `writer`.
+    pub fn start(conn: UnixStream, writer: Writer) -> std::io::Result<(Arc<Self>, JoinHandle<()>)> {
+        let demux = Arc::new(Self {
+            state: Mutex::default(),
+            order: Mutex::new(()),
+            writer,
+        });
+        let reader = demux.clone();
+        let handle = std::thread::Builder::new()
+            .name("husk-agent-rx".into())
+            .spawn(move || reader.read_loop(conn))?;
+        Ok((demux, handle))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send a Run or Exec and wait for the agent's answer. Output of the new process
+    /// goes to `stdout` and `stderr` from its first frame on.
+    pub fn request(
+        &self,
+        message: &Message,
+        stdout: Sink,
+        stderr: Sink,
+    ) -> Result<Accepted, SandboxError> {
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let (reply_tx, reply_rx) = mpsc::channel();
+        {
+            let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+            {
+                let mut state = self.state();
+                if let Some(reason) = &state.closed {
+                    return Err(SandboxError::Lost(reason.clone()));
+                }
+                state.pending.push_back(Request {
+                    route: Route {
+                        stdout,
+                        stderr,
+                        exit: exit_tx,
+                    },
+                    reply: reply_tx,
+                });
+            }
+            if let Err(e) = send(&self.writer, message) {
+                // Nothing after ours was queued: the order lock is still held.
+                self.state().pending.pop_back();
+                return Err(e.into());
+            }
+        }
+        match reply_rx.recv() {
+            Ok(Ok(process)) => Ok(Accepted {
+                process,
+                exit: exit_rx,
+            }),
+            Ok(Err(message)) => Err(SandboxError::Refused(message)),
+            Err(_) => Err(SandboxError::Lost(self.closed_reason())),
+        }
+    }
+
+    /// Send a message that expects no answer (stdin, signals, resizes, shutdown).
+    pub fn send(&self, message: &Message) -> Result<(), ProtocolError> {
+        send(&self.writer, message)
+    }
+
+    /// Why the connection ended ("" while it is open).
+    pub fn closed_reason(&self) -> String {
+        self.state().closed.clone().unwrap_or_default()
+    }
+
+    fn read_loop(&self, mut conn: UnixStream) {
+        let reason = loop {
+            match read_message(&mut conn) {
+                Ok(message) => self.route(message),
+                Err(ProtocolError::Closed) => break "the guest agent closed the connection".into(),
+                Err(e) => break format!("reading from the guest agent: {e}"),
+            }
+        };
+        log::debug!("agent connection ended: {reason}");
+        let mut state = self.state();
+        for request in state.pending.drain(..) {
+            drop(request.reply.send(Err(reason.clone())));
+        }
+        for (_, route) in state.routes.drain() {
+            drop(route.exit.send(Err(reason.clone())));
+        }
+        state.closed = Some(reason);
+    }
+
+    fn route(&self, message: Message) {
+        let mut state = self.state();
+        match message {
+            Message::Started { process_id } => match state.pending.pop_front() {
+                Some(request) => {
+                    state.routes.insert(process_id, request.route);
+                    drop(request.reply.send(Ok(process_id)));
+                }
+                None => log::warn!("the guest agent started process {process_id} unasked"),
+            },
+            Message::Error { message } => match state.pending.pop_front() {
+                Some(request) => drop(request.reply.send(Err(message))),
+                None => log::warn!("the guest agent reported: {message}"),
+            },
+            Message::Stdout { process, data } => {
+                if let Some(route) = state.routes.get_mut(&process) {
+                    write_out(&mut route.stdout, &data);
+                }
+            }
+            Message::Stderr { process, data } => {
+                if let Some(route) = state.routes.get_mut(&process) {
+                    write_out(&mut route.stderr, &data);
+                }
+            }
+            Message::Exited { process, status } => {
+                if let Some(mut route) = state.routes.remove(&process) {
+                    drop(route.stdout.flush());
+                    drop(route.stderr.flush());
+                    drop(route.exit.send(Ok(status)));
+                }
+            }
+            other => log::debug!("ignoring agent message {other:?}"),
+        }
+    }
+}
+
+/// A closed reader (e.g. `| head`) must not stop the container, so errors are dropped.
+fn write_out(out: &mut Sink, data: &[u8]) {
+    drop(out.write_all(data).and_then(|()| out.flush()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::tests_support::{Capture, FakeAgent};
+    use husk_protocol::write_message;
+
+    fn status(code: i32) -> ExitStatus {
+        ExitStatus {
+            code: Some(code),
+            signal: None,
+            oom_killed: false,
+        }
+    }
+
+    fn exec(n: u32) -> Message {
+        Message::Exec {
+            container_id: "c".into(),
+            args: vec![format!("cmd{n}")],
+            env: vec![],
+            cwd: None,
+            user: None,
+            tty: None,
+        }
+    }
+
+    #[test]
+    fn output_and_exit_reach_the_process_that_was_started() {
+        let agent = FakeAgent::new();
+        let (demux, reader) =
+            Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
+        let mut guest = agent.guest;
+        let guest_thread = std::thread::spawn(move || {
+            // Two requests in order; answer them, interleave their output, end them.
+            let first = read_message(&mut guest).unwrap();
+            assert!(matches!(first, Message::Exec { .. }));
+            write_message(&mut guest, &Message::Started { process_id: 7 }).unwrap();
+            let second = read_message(&mut guest).unwrap();
+            assert!(matches!(second, Message::Exec { .. }));
+            write_message(&mut guest, &Message::Started { process_id: 8 }).unwrap();
+            for (p, text) in [(8, "b1"), (7, "a1"), (8, "b2")] {
+                let data = text.as_bytes().to_vec();
+                write_message(&mut guest, &Message::Stdout { process: p, data }).unwrap();
+            }
+            let data = b"e".to_vec();
+            write_message(&mut guest, &Message::Stderr { process: 7, data }).unwrap();
+            write_message(
+                &mut guest,
+                &Message::Exited {
+                    process: 8,
+                    status: status(8),
+                },
+            )
+            .unwrap();
+            write_message(
+                &mut guest,
+                &Message::Exited {
+                    process: 7,
+                    status: status(7),
+                },
+            )
+            .unwrap();
+            guest
+        });
+        let (out_a, err_a, out_b) = (Capture::default(), Capture::default(), Capture::default());
+        let a = demux
+            .request(&exec(1), Box::new(out_a.clone()), Box::new(err_a.clone()))
+            .unwrap();
+        let b = demux
+            .request(
+                &exec(2),
+                Box::new(out_b.clone()),
+                Box::new(Capture::default()),
+            )
+            .unwrap();
+        assert_eq!((a.process, b.process), (7, 8));
+        assert_eq!(b.exit.recv().unwrap().unwrap(), status(8));
+        assert_eq!(a.exit.recv().unwrap().unwrap(), status(7));
+        assert_eq!(out_a.bytes(), b"a1");
+        assert_eq!(err_a.bytes(), b"e");
+        assert_eq!(out_b.bytes(), b"b1b2");
+        drop(guest_thread.join().unwrap());
+        reader.join().unwrap();
+        assert!(demux.closed_reason().contains("closed"));
+    }
+
+    #[test]
+    fn a_refusal_goes_to_its_request_and_a_lost_connection_to_everyone() {
+        let agent = FakeAgent::new();
+        let (demux, reader) =
+            Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
+        let mut guest = agent.guest;
+        let guest_thread = std::thread::spawn(move || {
+            read_message(&mut guest).unwrap();
+            let message = "no such container: c".to_string();
+            write_message(&mut guest, &Message::Error { message }).unwrap();
+            read_message(&mut guest).unwrap();
+            write_message(&mut guest, &Message::Started { process_id: 1 }).unwrap();
+            // The guest goes away with process 1 still running.
+        });
+        let refused = demux.request(
+            &exec(1),
+            Box::new(std::io::sink()),
+            Box::new(std::io::sink()),
+        );
+        assert!(
+            matches!(refused, Err(SandboxError::Refused(m)) if m.contains("no such container"))
+        );
+        let running = demux
+            .request(
+                &exec(2),
+                Box::new(std::io::sink()),
+                Box::new(std::io::sink()),
+            )
+            .unwrap();
+        guest_thread.join().unwrap();
+        assert!(running.exit.recv().unwrap().is_err());
+        reader.join().unwrap();
+        let late = demux.request(
+            &exec(3),
+            Box::new(std::io::sink()),
+            Box::new(std::io::sink()),
+        );
+        assert!(matches!(late, Err(SandboxError::Lost(_))));
+    }
+
+    #[test]
+    fn garbage_from_the_guest_ends_the_connection_without_a_panic() {
+        let agent = FakeAgent::new();
+        let (demux, reader) =
+            Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
+        let mut guest = agent.guest;
+        // A frame length far over the limit.
+        guest.write_all(&[0xff, 0xff, 0xff, 0x7f, 1]).unwrap();
+        reader.join().unwrap();
+        assert!(demux
+            .closed_reason()
+            .contains("reading from the guest agent"));
+    }
+}
