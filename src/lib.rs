@@ -5,6 +5,7 @@
 pub mod arch;
 pub mod boot;
 pub mod config;
+pub mod detached;
 pub mod devices;
 pub mod image;
 pub mod kernel;
@@ -14,3 +15,17 @@ pub mod metrics;
 pub mod profile;
 pub mod sandbox;
 pub mod vmm;
+
+/// An error and its chain of causes on one line (causes already in the text are skipped).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        source = s.source();
+    }
+    line
+}

@@ -25,8 +25,53 @@ enum Command {
     /// Run a command in a container inside a new micro-VM, like `docker run`.
     ///
     /// Streams the command's stdout and stderr, and exits with its exit code (128+N when
-    /// it was killed by signal N, 137 when the memory limit killed it).
+    /// it was killed by signal N, 137 when the memory limit killed it, 125 when husk
+    /// itself failed). With -d the sandbox keeps running in the background, named, for
+    /// `husk exec`, `ps`, `logs`, `stop` and `rm`.
     Run(Box<RunArgs>),
+    /// Run another command in a detached sandbox's container, like `docker exec`.
+    ///
+    /// Exits with the command's exit code (125 when husk failed).
+    Exec(Box<ExecArgs>),
+    /// List detached sandboxes (running ones; -a for all).
+    Ps {
+        /// Also list sandboxes that have ended.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Print the output of a detached sandbox's main command (stdout, then stderr).
+    Logs {
+        /// Keep printing new output until the sandbox ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// The sandbox.
+        name: String,
+    },
+    /// Stop detached sandboxes: SIGTERM to the main command, then after the grace time
+    /// the VM is shut down (everything in it killed). The record stays for `logs`/`rm`.
+    Stop {
+        /// Seconds to wait after SIGTERM before shutting the VM down.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        /// The sandboxes.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove ended detached sandboxes (their state and logs).
+    Rm {
+        /// Stop running ones first (no grace time).
+        #[arg(short, long)]
+        force: bool,
+        /// The sandboxes.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// The monitor process of a detached sandbox (started by `husk run -d`).
+    #[command(name = "__monitor", hide = true)]
+    Monitor {
+        /// The sandbox's folder.
+        dir: PathBuf,
+    },
     /// Import, list and remove container images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -40,6 +85,19 @@ struct RunArgs {
     /// Pass this process's standard input to the command.
     #[arg(short, long)]
     interactive: bool,
+    /// Give the command a terminal (a pseudo-terminal in the guest, sized like this one
+    /// and resized with it; this terminal is put in raw mode while it runs).
+    #[arg(short, long)]
+    tty: bool,
+    /// Run in the background: print the sandbox's name and exit once the command runs.
+    #[arg(short, long)]
+    detach: bool,
+    /// Name of a detached sandbox [default: husk-XXXXXXXX].
+    #[arg(long, requires = "detach")]
+    name: Option<String>,
+    /// Remove a detached sandbox's record (logs, state) when it ends.
+    #[arg(long, requires = "detach")]
+    rm: bool,
     /// vCPUs of the sandbox VM.
     #[arg(long, default_value_t = 1)]
     cpus: u8,
@@ -81,6 +139,30 @@ struct RunArgs {
     image: String,
     /// The command and its arguments [default: the image's].
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// Pass this process's standard input to the command.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the command a terminal (see `husk run -t`).
+    #[arg(short, long)]
+    tty: bool,
+    /// Set an environment variable (repeatable), over the container's.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User inside the container: name, UID or UID:GID.
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// The sandbox (`husk ps`).
+    name: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     command: Vec<String>,
 }
 
@@ -186,19 +268,7 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
-/// An error and its chain of causes on one line.
-fn render(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !line.contains(&text) {
-            line = format!("{line}: {text}");
-        }
-        source = s.source();
-    }
-    line
-}
+use husk::error_chain as render;
 
 fn main() -> ExitCode {
     static LOGGER: StderrLogger = StderrLogger;
@@ -207,7 +277,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Boot(args) => boot(args),
-        Command::Run(args) => return run(*args),
+        Command::Run(args) => return exit_code(run_container(*args)),
+        Command::Exec(args) => return exit_code(exec(*args)),
+        Command::Ps { all } => ps(all),
+        Command::Logs { follow, name } => logs(&name, follow),
+        Command::Stop { time, names } => stop(&names, time),
+        Command::Rm { force, names } => rm(&names, force),
+        Command::Monitor { dir } => husk::detached::monitor(&dir),
         Command::Image(cmd) => image(cmd),
         Command::Kernel(KernelCommand::Build { jobs }) => kernel_build(jobs),
         Command::Kernel(KernelCommand::Path) => husk::kernel::cached(None)
@@ -267,7 +343,7 @@ fn boot(args: Box<BootArgs>) -> CliResult {
     let flag = signalled.clone();
     std::thread::spawn(move || {
         flag.store(
-            husk::sandbox::signals::wait(),
+            husk::sandbox::signals::wait_forwarded(),
             std::sync::atomic::Ordering::SeqCst,
         );
         stopper.stop();
@@ -320,10 +396,10 @@ fn image(cmd: ImageCommand) -> CliResult {
     Ok(())
 }
 
-/// `husk run`: exits with the container's code, or 125 when husk itself failed (as
-/// `docker run` does).
-fn run(args: RunArgs) -> ExitCode {
-    match run_container(args) {
+/// `husk run` and `husk exec` exit with the command's code, or 125 when husk itself
+/// failed (as docker does).
+fn exit_code(result: Result<i32, Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
         Ok(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
         Err(e) => {
             eprintln!("husk: error: {}", render(e.as_ref()));
@@ -332,36 +408,141 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
-    use husk::sandbox::{signals, RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
-    use std::sync::atomic::{AtomicI32, Ordering};
-    use std::sync::{Arc, Mutex};
-    // Before any thread starts: Ctrl-C and friends go to the forwarding thread only.
-    signals::block()?;
-    let pending = Arc::new(AtomicI32::new(0));
-    let target: Arc<Mutex<Option<husk::sandbox::Signaller>>> = Arc::default();
-    {
-        let (pending, target) = (pending.clone(), target.clone());
-        std::thread::spawn(move || loop {
-            let sig = signals::wait();
-            let sent = target
-                .lock()
-                .map(|t| t.as_ref().is_some_and(|s| s.send(sig)));
-            if !sent.unwrap_or(false) {
-                pending.store(sig, Ordering::SeqCst);
-            }
-        });
+/// Where forwarded signals and terminal resizes go once a process runs.
+trait Forward: Send {
+    fn signal(&self, signal: i32) -> bool;
+    fn resize(&self, size: husk::sandbox::TtySize) -> bool;
+}
+
+impl Forward for husk::sandbox::Signaller {
+    fn signal(&self, signal: i32) -> bool {
+        self.send(signal)
     }
-    let store = husk::image::ImageStore::open(None)?;
-    let image = match store.resolve(&args.image) {
-        Ok(image) => image,
-        Err(_) if args.image == "busybox" => store.ensure_busybox(true)?,
-        Err(e) => return Err(e.into()),
+    fn resize(&self, size: husk::sandbox::TtySize) -> bool {
+        husk::sandbox::Signaller::resize(self, size)
+    }
+}
+
+impl Forward for husk::detached::ControlSignaller {
+    fn signal(&self, signal: i32) -> bool {
+        husk::detached::ControlSignaller::signal(self, signal)
+    }
+    fn resize(&self, size: husk::sandbox::TtySize) -> bool {
+        husk::detached::ControlSignaller::resize(self, size)
+    }
+}
+
+type ForwardTarget = std::sync::Arc<std::sync::Mutex<Option<Box<dyn Forward>>>>;
+
+/// Block Ctrl-C and friends (call before any thread starts) and forward them, and
+/// terminal resizes, to the target once it is set. Returns the target and the signal
+/// that arrived while there was none (0 if none did).
+fn forward_signals(
+) -> std::io::Result<(ForwardTarget, std::sync::Arc<std::sync::atomic::AtomicI32>)> {
+    use husk::sandbox::{signals, terminal};
+    use std::sync::atomic::Ordering;
+    signals::block()?;
+    let pending = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let target: ForwardTarget = std::sync::Arc::default();
+    let (early, to) = (pending.clone(), target.clone());
+    std::thread::spawn(move || loop {
+        let sig = signals::wait();
+        let guard = to.lock().unwrap_or_else(|e| e.into_inner());
+        if sig == libc::SIGWINCH {
+            if let (Some(t), Some(size)) = (guard.as_ref(), terminal::window_size()) {
+                t.resize(size);
+            }
+        } else if !guard.as_ref().is_some_and(|t| t.signal(sig)) {
+            early.store(sig, Ordering::SeqCst);
+        }
+    });
+    Ok((target, pending))
+}
+
+/// The terminal of `-t`: its size, and raw mode when stdin is one and is read.
+fn tty_setup(
+    tty: bool,
+    interactive: bool,
+) -> std::io::Result<(
+    Option<husk::sandbox::TtySize>,
+    Option<husk::sandbox::terminal::RawMode>,
+)> {
+    use husk::sandbox::terminal;
+    if !tty {
+        return Ok((None, None));
+    }
+    let size = terminal::window_size().unwrap_or(terminal::DEFAULT_SIZE);
+    let raw = if interactive {
+        terminal::RawMode::enable()?
+    } else {
+        None
     };
+    Ok((Some(size), raw))
+}
+
+fn resolve_image(
+    store: &husk::image::ImageStore,
+    name: &str,
+) -> Result<husk::image::Image, Box<dyn std::error::Error>> {
+    match store.resolve(name) {
+        Ok(image) => Ok(image),
+        Err(_) if name == "busybox" => Ok(store.ensure_busybox(true)?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
+    use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if args.detach && args.interactive {
+        return Err(
+            "-d and -i cannot be combined: a detached sandbox's main command has no \
+                    stdin (use `husk exec -i NAME ...` to talk to it)"
+                .into(),
+        );
+    }
+    if let Some(name) = &args.name {
+        husk::detached::validate_name(name)?;
+    }
+    // Before any thread starts: Ctrl-C and friends go to the forwarding thread only.
+    let (target, pending) = forward_signals()?;
+    let store = husk::image::ImageStore::open(None)?;
+    let image = resolve_image(&store, &args.image)?;
     let kernel = match args.kernel {
         Some(k) => k,
         None => husk::kernel::cached(None)?.vmlinux,
     };
+    let mut spec = RunSpec {
+        args: args.command,
+        env: args.env,
+        cwd: args.workdir,
+        user: args.user,
+        tty: None,
+        limits: husk_protocol::Limits {
+            memory_bytes: Some(args.memory << 20),
+            ..Default::default()
+        },
+    };
+    if args.detach {
+        spec.tty = args.tty.then_some(husk::sandbox::terminal::DEFAULT_SIZE);
+        let request = husk::detached::Request {
+            name: args.name.unwrap_or_else(husk::detached::generate_name),
+            image_ref: args.image,
+            image: SandboxImage::from_store(&image),
+            kernel,
+            cpus: args.cpus,
+            memory_mib: args.memory + 64,
+            network: args.net,
+            scratch_disk_mib: args.disk,
+            console: args.console,
+            spec,
+            remove_on_exit: args.rm,
+        };
+        let husk = std::env::current_exe()?;
+        let dir = husk::detached::launch(&request, &husk)?;
+        println!("{}", dir.name());
+        return Ok(0);
+    }
     let mut config = SandboxConfig::new(SandboxImage::from_store(&image), kernel);
     config.cpus = args.cpus;
     config.memory_mib = args.memory + 64;
@@ -375,7 +556,7 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
     }
     let sandbox = Sandbox::start(config)?;
     if let Ok(mut t) = target.lock() {
-        *t = Some(sandbox.signaller());
+        *t = Some(Box::new(sandbox.signaller()));
     }
     let early = pending.load(Ordering::SeqCst);
     if early != 0 {
@@ -383,28 +564,20 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
         drop(sandbox.stop());
         return Ok(128 + early);
     }
-    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timed_out = std::sync::Arc::new(AtomicBool::new(false));
     if let (Some(secs), Some(stopper)) = (args.timeout, sandbox.stopper()) {
         let flag = timed_out.clone();
         std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_secs(secs));
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            flag.store(true, Ordering::SeqCst);
             stopper.stop();
         });
     }
-    let spec = RunSpec {
-        args: args.command,
-        env: args.env,
-        cwd: args.workdir,
-        user: args.user,
-        tty: None,
-        limits: husk_protocol::Limits {
-            memory_bytes: Some(args.memory << 20),
-            ..Default::default()
-        },
-    };
+    let (tty, raw) = tty_setup(args.tty, args.interactive)?;
+    spec.tty = tty;
     let result = sandbox.run(&spec, Stdio::inherit(args.interactive));
-    if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+    drop(raw);
+    if timed_out.load(Ordering::SeqCst) {
         eprintln!(
             "husk: the sandbox was stopped after {} s (--timeout)",
             args.timeout.unwrap_or(0)
@@ -430,4 +603,145 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
         log::warn!("the sandbox VM ended badly after the container exited: {e}");
     }
     Ok(status.docker_code())
+}
+
+fn exec(args: ExecArgs) -> Result<i32, Box<dyn std::error::Error>> {
+    use husk::sandbox::{RunSpec, Stdio};
+    let (target, _) = forward_signals()?;
+    let mut control = husk::detached::Control::connect(&args.name)?;
+    if let Ok(mut t) = target.lock() {
+        *t = Some(Box::new(control.signaller()));
+    }
+    let (tty, raw) = tty_setup(args.tty, args.interactive)?;
+    let spec = RunSpec {
+        args: args.command,
+        env: args.env,
+        cwd: args.workdir,
+        user: args.user,
+        tty,
+        ..RunSpec::default()
+    };
+    let result = control.exec(&spec, Stdio::inherit(args.interactive));
+    drop(raw);
+    Ok(result?.docker_code())
+}
+
+fn ps(all: bool) -> CliResult {
+    use husk::detached::{describe, SandboxDir};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!(
+        "{:<20} {:<16} {:<28} {:>10}  STATUS",
+        "NAME", "IMAGE", "COMMAND", "CREATED"
+    );
+    for dir in SandboxDir::list()? {
+        let Ok(state) = dir.state() else { continue };
+        let running = dir.is_running();
+        if !all && !running {
+            continue;
+        }
+        let mut command = state.command.join(" ");
+        if command.chars().count() > 28 {
+            command = command.chars().take(25).collect::<String>() + "...";
+        }
+        let age = now.saturating_sub(state.created);
+        let created = match age {
+            0..=119 => format!("{age}s ago"),
+            120..=7199 => format!("{}m ago", age / 60),
+            _ => format!("{}h ago", age / 3600),
+        };
+        println!(
+            "{:<20} {:<16} {:<28} {:>10}  {}",
+            state.name,
+            state.image,
+            command,
+            created,
+            describe(&state, running)
+        );
+    }
+    Ok(())
+}
+
+fn logs(name: &str, follow: bool) -> CliResult {
+    use std::io::{Read, Write};
+    let dir = husk::detached::SandboxDir::open(name)?;
+    let mut files = Vec::new();
+    for stderr in [false, true] {
+        let path = dir.log(stderr);
+        match std::fs::File::open(&path) {
+            Ok(file) => files.push((file, stderr)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot open {}: {e}", path.display()).into()),
+        }
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Checked before reading, so output written just before the end is not missed.
+        let running = follow && dir.is_running();
+        for (file, stderr) in &mut files {
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                if *stderr {
+                    std::io::stderr().write_all(&buf[..n])?;
+                } else {
+                    std::io::stdout().write_all(&buf[..n])?;
+                }
+            }
+        }
+        std::io::stdout().flush()?;
+        if !running {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn stop(names: &[String], grace_secs: u64) -> CliResult {
+    let mut failed = Vec::new();
+    for name in names {
+        match husk::detached::stop(name, std::time::Duration::from_secs(grace_secs)) {
+            Ok(_) => println!("{name}"),
+            Err(e) => {
+                eprintln!("husk: error: {}", render(&e));
+                failed.push(name.as_str());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("could not stop: {}", failed.join(", ")).into())
+    }
+}
+
+fn rm(names: &[String], force: bool) -> CliResult {
+    use husk::detached::{DetachedError, SandboxDir};
+    let mut failed = Vec::new();
+    for name in names {
+        let result = SandboxDir::open(name).and_then(|dir| {
+            if dir.is_running() {
+                if !force {
+                    return Err(DetachedError::Running(name.clone()));
+                }
+                husk::detached::stop(name, std::time::Duration::ZERO)?;
+            }
+            dir.remove()
+        });
+        match result {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("husk: error: {}", render(&e));
+                failed.push(name.as_str());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("could not remove: {}", failed.join(", ")).into())
+    }
 }

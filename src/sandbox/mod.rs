@@ -22,6 +22,7 @@ pub mod net;
 pub mod scratch;
 pub mod signals;
 mod stdio;
+pub mod terminal;
 pub mod vsock;
 
 use std::collections::HashMap;
@@ -172,7 +173,7 @@ impl Signaller {
 }
 
 /// The image a sandbox runs: its filesystem image and defaults from its config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SandboxImage {
     /// The read-only filesystem image (erofs), attached as the guest's first disk.
     pub fs_image: PathBuf,
@@ -241,7 +242,7 @@ impl SandboxConfig {
 }
 
 /// One process to run in the sandbox; empty fields take the image's defaults.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunSpec {
     /// Command and arguments (empty: the image's command).
     pub args: Vec<String>,
@@ -265,7 +266,7 @@ pub struct Sandbox {
     /// The agent connection, kept to shut it down once the VM is gone.
     conn: UnixStream,
     demux: Arc<demux::Demux>,
-    reader: Option<JoinHandle<()>>,
+    reader: Mutex<Option<JoinHandle<()>>>,
     /// The process the current `run` streams (0: none), for signal forwarding.
     current: Arc<AtomicU32>,
     marks: Mutex<Marks>,
@@ -279,7 +280,8 @@ pub struct Sandbox {
 pub struct Process {
     id: ProcessId,
     container: String,
-    exit: Receiver<demux::ExitResult>,
+    exit: Mutex<Receiver<demux::ExitResult>>,
+    ended: std::sync::OnceLock<Result<ExitStatus, String>>,
     demux: Arc<demux::Demux>,
     started: Instant,
 }
@@ -311,13 +313,17 @@ impl Process {
         Ok(self.demux.send(&message)?)
     }
 
-    /// Wait for it to end; its output has all been written when this returns.
-    pub fn wait(self) -> Result<ExitStatus, SandboxError> {
-        match self.exit.recv() {
-            Ok(Ok(status)) => Ok(status),
-            Ok(Err(reason)) => Err(SandboxError::Lost(reason)),
-            Err(_) => Err(SandboxError::Lost(self.demux.closed_reason())),
-        }
+    /// Wait for it to end; its output has all been written when this returns. Other
+    /// threads may signal or resize it meanwhile; later calls return the same result.
+    pub fn wait(&self) -> Result<ExitStatus, SandboxError> {
+        let ended = self.ended.get_or_init(|| {
+            let exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+            match exit.recv() {
+                Ok(result) => result,
+                Err(_) => Err(self.demux.closed_reason()),
+            }
+        });
+        ended.clone().map_err(SandboxError::Lost)
     }
 }
 
@@ -355,7 +361,7 @@ impl Sandbox {
             vm: Mutex::new(Some(vm)),
             conn,
             demux,
-            reader: Some(reader),
+            reader: Mutex::new(Some(reader)),
             current: Arc::new(AtomicU32::new(0)),
             marks: Mutex::new(Marks {
                 created,
@@ -511,7 +517,8 @@ impl Sandbox {
         let process = Process {
             id: accepted.process,
             container,
-            exit: accepted.exit,
+            exit: Mutex::new(accepted.exit),
+            ended: std::sync::OnceLock::new(),
             demux: self.demux.clone(),
             started: Instant::now(),
         };
@@ -532,12 +539,9 @@ impl Sandbox {
         Ok(process)
     }
 
-    /// Ask the agent to shut the guest down and wait for the VM to end.
-    pub fn stop(mut self) -> Result<vmm::RunReport, SandboxError> {
-        self.shutdown()
-    }
-
-    fn shutdown(&mut self) -> Result<vmm::RunReport, SandboxError> {
+    /// Ask the agent to shut the guest down (its containers are killed) and wait for
+    /// the VM to end. Processes still waited for get their exit or a `Lost` error.
+    pub fn stop(&self) -> Result<vmm::RunReport, SandboxError> {
         let Some(vm) = self.vm().take() else {
             return Err(SandboxError::Refused(
                 "the sandbox is already stopped".into(),
@@ -553,9 +557,10 @@ impl Sandbox {
     }
 
     /// With the VM gone, end the connection and its reader thread.
-    fn end_reader(&mut self) {
+    fn end_reader(&self) {
         drop(self.conn.shutdown(std::net::Shutdown::Both));
-        if let Some(reader) = self.reader.take() {
+        let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(reader) = reader {
             drop(reader.join());
         }
     }

@@ -8,12 +8,22 @@
 /// The signals `husk run` forwards.
 pub const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
+/// The forwarded signals and SIGWINCH (the terminal was resized; its default action
+/// is to be ignored, so taking it never changes what a process does).
+const TAKEN: [i32; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGWINCH,
+];
+
 fn forwarded_set() -> libc::sigset_t {
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
     // SAFETY: sigemptyset initializes the set we own; sigaddset only sets bits in it.
     unsafe {
         libc::sigemptyset(set.as_mut_ptr());
-        for sig in FORWARDED {
+        for sig in TAKEN {
             libc::sigaddset(set.as_mut_ptr(), sig);
         }
         set.assume_init()
@@ -33,7 +43,7 @@ pub fn block() -> std::io::Result<()> {
     }
 }
 
-/// Wait for the next forwarded signal.
+/// Wait for the next forwarded signal or SIGWINCH.
 pub fn wait() -> i32 {
     let set = forwarded_set();
     let mut sig = 0;
@@ -43,5 +53,15 @@ pub fn wait() -> i32 {
         sig
     } else {
         libc::SIGTERM
+    }
+}
+
+/// Wait for the next forwarded signal, letting SIGWINCH pass.
+pub fn wait_forwarded() -> i32 {
+    loop {
+        let sig = wait();
+        if sig != libc::SIGWINCH {
+            return sig;
+        }
     }
 }

@@ -1,0 +1,164 @@
+//! Integration tests of detached sandboxes and terminals: `husk run -d`, `exec`, `ps`,
+//! `logs`, `stop`, `rm`, and `-t`, with the real kernel and agent. One test-host boot
+//! runs every check; the script prints `key=value` lines that the test asserts on.
+mod common;
+
+use std::path::Path;
+
+use common::{agent, assets, run_script, store_tar, WorkDir};
+
+const DETACHED_CHECKS: &str = r#"
+tar xf store.tar
+export HUSK_DATA_DIR=$PWD/store TMPDIR=$PWD/tmp HUSK_RUNTIME_DIR=$PWD/run
+mkdir tmp
+R="./husk run --kernel vmlinux"
+# Wait (at most 5 minutes) until `husk ps -a` shows NAME with STATUS.
+await() {
+    for _ in $(seq 1 600); do
+        ./husk ps -a | grep -Eq "^$1 .*($2)" && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+name=$($R -d --name web busybox -- sh -c 'echo main-out; echo main-err >&2; echo up > /tmp/state; exec sleep 1000')
+echo "detach-status=$?"
+echo "detach-name=$name"
+$R -d --name web busybox -- true 2>dup.txt; echo "dup-status=$?"
+echo "dup-named=$(grep -c 'named web already exists' dup.txt)"
+$R -d --name 'bad/name' busybox -- true 2>bad.txt; echo "bad-name-status=$?"
+echo "bad-name-named=$(grep -c 'bad/name' bad.txt)"
+echo "ps-running=$(./husk ps | grep -c '^web .*running')"
+echo "exec-sees-state=$(./husk exec web sh -c 'until [ -e /tmp/state ]; do sleep 0.1; done; cat /tmp/state')"
+./husk exec web sh -c 'exit 7'; echo "exec-status=$?"
+echo "exec-flags=$(./husk exec -e X=1 -w /tmp -u 1000:1000 web sh -c 'echo $X,$(pwd),$(id -u)')"
+echo "exec-init=$(./husk exec web cat /proc/1/cmdline | tr '\0' ' ' | sed 's/ $//')"
+echo "exec-stderr=$(./husk exec web sh -c 'echo to-err >&2' 2>&1 >/dev/null)"
+head -c 4194304 /dev/urandom > in.bin
+./husk exec -i web cat < in.bin > out.bin; echo "exec-stdin-status=$?"
+echo "exec-stdin-same=$(cmp -s in.bin out.bin && echo yes)"
+# Two execs at once, each with its own output.
+./husk exec web sh -c 'sleep 1; echo A' > a.txt & a=$!
+./husk exec web sh -c 'echo B' > b.txt
+wait $a
+echo "exec-parallel=$(cat a.txt)$(cat b.txt)"
+# A signal to `husk exec` reaches the exec'd process.
+./husk exec web sh -c 'trap "exit 42" TERM; echo ready; while :; do sleep 1; done' > trap.txt &
+e=$!
+while ! grep -q ready trap.txt; do sleep 0.2; done
+kill -TERM $e; wait $e; echo "exec-sigterm-status=$?"
+echo "exec-tty=$(./husk exec -t web sh -c 'tty; stty size' | tr -d '\r' | tr '\n' ' ' | sed 's/ $//')"
+./husk exec nosuch true 2>missing.txt; echo "exec-missing-status=$?"
+echo "exec-missing-named=$(grep -c 'no sandbox named nosuch' missing.txt)"
+./husk logs web > logs-out.txt 2> logs-err.txt
+echo "logs-out=$(cat logs-out.txt)"
+echo "logs-err=$(cat logs-err.txt)"
+./husk rm web 2>rm-running.txt; echo "rm-running-status=$?"
+echo "stop-out=$(./husk stop -t 1 web)"
+echo "stop-status=$(./husk ps -a | grep '^web ' | sed 's/.*  //')"
+./husk exec web true 2>stopped.txt; echo "exec-stopped-status=$?"
+echo "exec-stopped-named=$(grep -c 'web is not running' stopped.txt)"
+echo "stopped-files=$(ls -A run/web | sort | tr '\n' ' ')"
+
+# A main command that ends by itself; its record stays until rm.
+$R -d --name quick busybox -- sh -c 'echo bye; exit 3' >/dev/null
+await quick 'exited [(]3[)]'; echo "quick-await=$?"
+echo "quick-logs=$(./husk logs quick)"
+echo "ps-hides-ended=$(./husk ps | grep -c '^quick ')"
+./husk rm quick web >/dev/null; echo "rm-status=$?"
+# --rm removes the record at the end; -t gives the main command a terminal.
+$R -d --rm --name tmp1 -t busybox -- sh -c 'sleep 1' >/dev/null
+for _ in $(seq 1 600); do [ -e run/tmp1 ] || break; sleep 0.5; done
+echo "autorm-gone=$(test -e run/tmp1 || echo yes)"
+# rm -f of a running sandbox; a monitor killed by SIGTERM stops its sandbox cleanly.
+$R -d --name forced busybox -- sleep 1000 >/dev/null
+echo "rm-force=$(./husk rm -f forced)"
+$R -d --name termed busybox -- sleep 1000 >/dev/null
+kill -TERM "$(sed -n 's/.*"monitor_pid": *\([0-9]*\).*/\1/p' run/termed/state.json)"
+await termed 'exited|stopped'; echo "termed-await=$?"
+echo "termed-files=$(ls -A run/termed | sort | tr '\n' ' ')"
+./husk rm termed >/dev/null
+# Foreground -t.
+echo "run-tty=$($R -t busybox -- sh -c 'tty; stty size' | tr -d '\r' | tr '\n' ' ' | sed 's/ $//')"
+
+left=0
+for f in /proc/[0-9]*/cmdline; do
+    tr '\0' ' ' < "$f" 2>/dev/null | grep -Eq 'husk (run|exec|__monitor)' && left=$((left + 1))
+done
+echo "husk-processes-left=$left"
+echo "run-left=$(ls -A run | tr '\n' ' ')"
+echo "tmp-left=$(ls -A tmp | tr '\n' ' ')"
+"#;
+
+#[test]
+fn detached_sandboxes_exec_log_stop_and_leave_nothing() {
+    let dir = WorkDir::new();
+    let store = store_tar(&dir);
+    let agent = agent();
+    let assets = assets();
+    let files: Vec<(&Path, &str)> = vec![
+        (assets.husk.as_path(), "husk"),
+        (agent.as_path(), "husk-agent"),
+        (assets.kernel.as_path(), "vmlinux"),
+        (store.as_path(), "store.tar"),
+    ];
+    let out = run_script(DETACHED_CHECKS, &files);
+    let expect = [
+        ("detach-status", "0"),
+        ("detach-name", "web"),
+        ("dup-status", "125"),
+        ("dup-named", "1"),
+        ("bad-name-status", "125"),
+        ("bad-name-named", "1"),
+        ("ps-running", "1"),
+        ("exec-sees-state", "up"),
+        ("exec-status", "7"),
+        ("exec-flags", "1,/tmp,1000"),
+        ("exec-init", "sleep 1000"),
+        ("exec-stderr", "to-err"),
+        ("exec-stdin-status", "0"),
+        ("exec-stdin-same", "yes"),
+        ("exec-parallel", "AB"),
+        ("exec-sigterm-status", "42"),
+        ("exec-missing-status", "125"),
+        ("exec-missing-named", "1"),
+        ("logs-out", "main-out"),
+        ("logs-err", "main-err"),
+        ("rm-running-status", "1"),
+        ("stop-out", "web"),
+        // `sleep` as PID 1 ignores SIGTERM; the shutdown after the grace time kills it.
+        ("stop-status", "exited (137)"),
+        ("exec-stopped-status", "125"),
+        ("exec-stopped-named", "1"),
+        (
+            "stopped-files",
+            "monitor.log state.json stderr.log stdout.log",
+        ),
+        ("quick-await", "0"),
+        ("quick-logs", "bye"),
+        ("ps-hides-ended", "0"),
+        ("rm-status", "0"),
+        ("autorm-gone", "yes"),
+        ("rm-force", "forced"),
+        ("termed-await", "0"),
+        (
+            "termed-files",
+            "monitor.log state.json stderr.log stdout.log",
+        ),
+        ("husk-processes-left", "0"),
+        ("run-left", ""),
+        ("tmp-left", ""),
+    ];
+    for (key, value) in expect {
+        assert_eq!(out.value(key), Some(value), "{key}\n{out}");
+    }
+    // `tty` names the guest pseudo-terminal; with no terminal on the host side the
+    // default 24x80 size is used.
+    for key in ["exec-tty", "run-tty"] {
+        let tty = out.value(key).unwrap_or_default();
+        assert!(
+            tty.starts_with("/dev/pts/") && tty.ends_with("24 80"),
+            "{key}\n{out}"
+        );
+    }
+}
