@@ -270,7 +270,9 @@ pub struct Sandbox {
     /// The process the current `run` streams (0: none), for signal forwarding.
     current: Arc<AtomicU32>,
     marks: Mutex<Marks>,
-    runtime: tempfile::TempDir,
+    /// The runtime folder (removed when the sandbox stops) and its path.
+    runtime: Mutex<Option<tempfile::TempDir>>,
+    runtime_path: PathBuf,
     containers: AtomicU32,
     /// The environment each running container was started with, for `exec`.
     container_env: Mutex<HashMap<String, Vec<String>>>,
@@ -369,7 +371,8 @@ impl Sandbox {
                 agent_ready,
                 ..Marks::default()
             }),
-            runtime,
+            runtime_path: runtime.path().to_path_buf(),
+            runtime: Mutex::new(Some(runtime)),
             containers: AtomicU32::new(0),
             container_env: Mutex::default(),
         })
@@ -429,7 +432,7 @@ impl Sandbox {
 
     /// The folder holding this sandbox's sockets.
     pub fn runtime_dir(&self) -> &std::path::Path {
-        self.runtime.path()
+        &self.runtime_path
     }
 
     /// Run a container process to its end, streaming its stdio through `stdio`.
@@ -552,12 +555,14 @@ impl Sandbox {
         }
         // A guest that does not reset in time is stopped from the host.
         let report = vm.wait_or_stop(SHUTDOWN_TIMEOUT);
-        self.end_reader();
+        self.release();
         Ok(report)
     }
 
-    /// With the VM gone, end the connection and its reader thread.
-    fn end_reader(&self) {
+    /// With the VM gone, end the connection and its reader thread, and remove the
+    /// runtime folder.
+    fn release(&self) {
+        drop(self.runtime.lock().unwrap_or_else(|e| e.into_inner()).take());
         drop(self.conn.shutdown(std::net::Shutdown::Both));
         let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(reader) = reader {
@@ -572,7 +577,7 @@ impl Drop for Sandbox {
             vm.stopper().stop();
             drop(vm.wait());
         }
-        self.end_reader();
+        self.release();
     }
 }
 
