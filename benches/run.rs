@@ -26,6 +26,10 @@
 //! is a separate crun process, whose start alone costs what the `crun --version` line
 //! shows.
 //!
+//! Then the warm path: a sandbox left running (`husk run -d ... sleep`) and a crun
+//! container (`crun run -d`), and `exec true` into each, alternating, round by round:
+//! what a CI runner pays per command once its sandbox is up.
+//!
 //! Environment: `HUSK_BENCH_ROUNDS` (default 5), `HUSK_BENCH_KERNEL` (default: `husk
 //! kernel path`), `HUSK_BENCH_CRUN` (default: `crun` on `PATH`), `HUSK_TEST_HOST`
 //! (auto|always|never).
@@ -385,15 +389,15 @@ fn rootfs(work: &Path, fs_image: &Path) -> (PathBuf, String) {
 }
 
 /// A minimal OCI bundle: the image's tree read-only as root, tmpfs on /dev and /tmp,
-/// /proc, namespaces mount/pid/uts/ipc, `true` as the process.
-fn write_bundle(bundle: &Path, rootfs: &Path) {
+/// /proc, namespaces mount/pid/uts/ipc, `args` as the process.
+fn write_bundle(bundle: &Path, rootfs: &Path, args: &[&str]) {
     std::fs::create_dir_all(bundle).expect("create the bundle");
     let config = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
             "user": { "uid": 0, "gid": 0 },
-            "args": ["true"],
+            "args": args,
             "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "cwd": "/",
             "noNewPrivileges": true
@@ -443,7 +447,7 @@ fn inner(args: &[String]) {
 
     let (rootfs, how) = rootfs(&work, &store.join(fs_image));
     let bundle = work.join("bundle");
-    write_bundle(&bundle, &rootfs);
+    write_bundle(&bundle, &rootfs, &["true"]);
     let bundle = bundle.to_string_lossy().into_owned();
     let timings = work.join("timings.json");
 
@@ -482,8 +486,83 @@ fn inner(args: &[String]) {
             c.run_wall_ms
         );
     }
+    let service = work.join("service-bundle");
+    write_bundle(&service, &rootfs, &["sleep", "100000"]);
+    let execs = exec_rounds(&husk, crun, &service.to_string_lossy(), rounds);
     let _ = Command::new("umount").arg(work.join(ROOTFS_MNT)).status();
     report(&husk_runs, &crun_runs);
+    report_execs(&execs);
+}
+
+/// The warm path: a running sandbox (`husk run -d`) or container (`crun run -d`) and
+/// `exec true` into it, round after round.
+struct Execs {
+    husk_detach_ms: f64,
+    crun_detach_ms: f64,
+    husk: Vec<f64>,
+    crun: Vec<f64>,
+}
+
+fn timed(cmd: &mut Command) -> f64 {
+    let start = Instant::now();
+    check(cmd);
+    ms(start.elapsed())
+}
+
+fn exec_rounds(husk: &str, crun: &str, service: &str, rounds: usize) -> Execs {
+    let husk_cmd = |args: &[&str]| {
+        let mut cmd = Command::new(husk);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null());
+        cmd
+    };
+    let husk_detach_ms = timed(&mut husk_cmd(&[
+        "run", "-d", "--name", "bench", "--kernel", "vmlinux", "busybox", "--", "sleep", "100000",
+    ]));
+    let crun_detach_ms = timed(&mut crun_cmd(
+        crun,
+        &[
+            "run",
+            "-d",
+            "--no-pivot",
+            "--bundle",
+            service,
+            "bench-service",
+        ],
+    ));
+    let (mut husk_execs, mut crun_execs) = (Vec::new(), Vec::new());
+    // One warm-up each, then alternate.
+    for round in 0..=rounds {
+        let h = timed(&mut husk_cmd(&["exec", "bench", "true"]));
+        let c = timed(&mut crun_cmd(crun, &["exec", "bench-service", "true"]));
+        println!("exec round {round}: husk exec {h:.1} ms | crun exec {c:.1} ms");
+        if round > 0 {
+            husk_execs.push(h);
+            crun_execs.push(c);
+        }
+    }
+    check(&mut husk_cmd(&["stop", "-t", "0", "bench"]));
+    check(&mut husk_cmd(&["rm", "bench"]));
+    check(&mut crun_cmd(crun, &["delete", "-f", "bench-service"]));
+    Execs {
+        husk_detach_ms,
+        crun_detach_ms,
+        husk: husk_execs,
+        crun: crun_execs,
+    }
+}
+
+fn report_execs(execs: &Execs) {
+    let (h, c) = (median(execs.husk.clone()), median(execs.crun.clone()));
+    println!();
+    println!(
+        "warm sandbox: `run -d` until the service runs: husk {:.0} ms, crun {:.1} ms",
+        execs.husk_detach_ms, execs.crun_detach_ms
+    );
+    println!(
+        "warm sandbox: `exec true` spawn -> exit (median of {}): husk {h:.1} ms, crun {c:.1} ms, husk/crun {:.1}",
+        execs.husk.len(),
+        h / c
+    );
 }
 
 fn report(husk: &[HuskSample], crun: &[CrunSample]) {

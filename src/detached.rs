@@ -44,6 +44,9 @@ use crate::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
 /// Overrides where detached sandboxes live.
 pub const ROOT_ENV: &str = "HUSK_RUNTIME_DIR";
 
+/// How long a stopping monitor waits for the killed main process's exit status.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// On the control socket: the sandbox's main process.
 pub const MAIN_PROCESS: u32 = 0;
 /// On the control socket: the process this connection's `Exec` started.
@@ -420,7 +423,17 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         Ok(Event::MainExited(result)) => (result, None),
         Ok(Event::Stop(why)) => {
             log::info!("stopping sandbox {} on {why}", dir.name);
-            (Err(format!("stopped by {why}")), Some(why))
+            // Kill the main process first so its exit status is known; the VM's
+            // shutdown would kill it too, but a reset can cut its Exited frame off.
+            drop(main.signal(libc::SIGKILL));
+            let ended = loop {
+                match next.recv_timeout(KILL_TIMEOUT) {
+                    Ok(Event::MainExited(result)) => break result,
+                    Ok(Event::Stop(_)) => {}
+                    Err(_) => break Err(format!("stopped by {why}")),
+                }
+            };
+            (ended, Some(why))
         }
         Err(_) => (Err("the monitor lost its event channel".into()), None),
     };
@@ -428,8 +441,6 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     if let Err(e) = sandbox.stop() {
         log::warn!("stopping the sandbox VM: {e}");
     }
-    // A stopped sandbox's main process was killed by the shutdown; take its status.
-    let ended = ended.or_else(|stop| main.wait().map_err(|_| stop));
     state.status = match ended {
         Ok(status) => Status::Exited {
             code: status.docker_code(),

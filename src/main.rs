@@ -700,38 +700,16 @@ fn logs(name: &str, follow: bool) -> CliResult {
     }
 }
 
-fn stop(names: &[String], grace_secs: u64) -> CliResult {
+/// Apply `action` to every sandbox named, printing each name done and each error;
+/// fails naming those that failed.
+fn each_sandbox(
+    names: &[String],
+    verb: &str,
+    action: impl Fn(&str) -> Result<(), husk::detached::DetachedError>,
+) -> CliResult {
     let mut failed = Vec::new();
     for name in names {
-        match husk::detached::stop(name, std::time::Duration::from_secs(grace_secs)) {
-            Ok(_) => println!("{name}"),
-            Err(e) => {
-                eprintln!("husk: error: {}", render(&e));
-                failed.push(name.as_str());
-            }
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("could not stop: {}", failed.join(", ")).into())
-    }
-}
-
-fn rm(names: &[String], force: bool) -> CliResult {
-    use husk::detached::{DetachedError, SandboxDir};
-    let mut failed = Vec::new();
-    for name in names {
-        let result = SandboxDir::open(name).and_then(|dir| {
-            if dir.is_running() {
-                if !force {
-                    return Err(DetachedError::Running(name.clone()));
-                }
-                husk::detached::stop(name, std::time::Duration::ZERO)?;
-            }
-            dir.remove()
-        });
-        match result {
+        match action(name) {
             Ok(()) => println!("{name}"),
             Err(e) => {
                 eprintln!("husk: error: {}", render(&e));
@@ -742,6 +720,27 @@ fn rm(names: &[String], force: bool) -> CliResult {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("could not remove: {}", failed.join(", ")).into())
+        Err(format!("could not {verb}: {}", failed.join(", ")).into())
     }
+}
+
+fn stop(names: &[String], grace_secs: u64) -> CliResult {
+    let grace = std::time::Duration::from_secs(grace_secs);
+    each_sandbox(names, "stop", |name| {
+        husk::detached::stop(name, grace).map(drop)
+    })
+}
+
+fn rm(names: &[String], force: bool) -> CliResult {
+    use husk::detached::{DetachedError, SandboxDir};
+    each_sandbox(names, "remove", |name| {
+        let dir = SandboxDir::open(name)?;
+        if dir.is_running() {
+            if !force {
+                return Err(DetachedError::Running(name.to_string()));
+            }
+            husk::detached::stop(name, std::time::Duration::ZERO)?;
+        }
+        dir.remove()
+    })
 }

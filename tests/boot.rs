@@ -22,11 +22,7 @@ cat console.log
 ls -A /tmp | sort > tmp-after
 echo "new-tmp-entries=$(grep -vxF -f tmp-before tmp-after | tr '\n' ' ')"
 echo "private-tmp-entries=$(ls -A private-tmp | tr '\n' ' ')"
-left=0
-for f in /proc/[0-9]*/cmdline; do
-    tr '\0' ' ' < "$f" 2>/dev/null | grep -qF "$PWD/husk" && left=$((left + 1))
-done
-echo "husk-processes-left=$left"
+echo "husk-processes-left=$(husk_processes)"
 "#;
 
 #[test]

@@ -47,11 +47,7 @@ CMDLINE="quiet rdinit=/bin/busybox -- sh /guest.sh"
 /// is left behind.
 const HOST_END: &str = r#"
 tr -d '\r' < console.log
-left=0
-for exe in /proc/[0-9]*/exe; do
-    [ "$(readlink "$exe" 2>/dev/null)" = "$PWD/husk" ] && left=$((left + 1))
-done
-echo "husk-processes-left=$left"
+echo "husk-processes-left=$(husk_processes)"
 echo "husk-taps-left=$(ls /sys/class/net | grep -c '^husk')"
 "#;
 

@@ -39,11 +39,7 @@ $R --memory 32 busybox -- dd if=/dev/zero of=/dev/null bs=64M count=1 2>oom.txt
 echo "oom-status=$?"
 echo "oom-reported=$(grep -c 'memory limit' oom.txt)"
 echo "digest-unchanged=$(test "$digest_before" = "$(sha256sum store/images/sha256/*.erofs | cut -d' ' -f1)" && echo yes)"
-left=0
-for f in /proc/[0-9]*/cmdline; do
-    tr '\0' ' ' < "$f" 2>/dev/null | grep -q '^\./husk ' && left=$((left + 1))
-done
-echo "husk-processes-left=$left"
+echo "husk-processes-left=$(husk_processes)"
 echo "tmp-left=$(ls -A tmp | tr '\n' ' ')"
 "#;
 

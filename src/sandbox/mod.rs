@@ -562,7 +562,12 @@ impl Sandbox {
     /// With the VM gone, end the connection and its reader thread, and remove the
     /// runtime folder.
     fn release(&self) {
-        drop(self.runtime.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(
+            self.runtime
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         drop(self.conn.shutdown(std::net::Shutdown::Both));
         let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(reader) = reader {

@@ -186,10 +186,28 @@ fn run_lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Shell functions every test script may use:
+/// - `husk_processes`: how many processes run the work directory's `husk` binary
+///   (`husk run`/`exec`/`boot` and detached sandboxes' monitors alike; the work
+///   directory may hold a link to it); `husk_processes -v` prints their command lines.
+const SHELL_HELPERS: &str = r#"
+husk_processes() {
+    n=0 husk=$(readlink -f "$PWD/husk")
+    for exe in /proc/[0-9]*/exe; do
+        [ "$(readlink "$exe" 2>/dev/null)" = "$husk" ] || continue
+        n=$((n + 1))
+        [ "$1" = -v ] && echo "husk process left: $(tr '\0' ' ' < "${exe%exe}cmdline")"
+    done
+    [ "$1" = -v ] || echo $n
+}
+"#;
+
 /// Runs `script` with `sh -c` in a fresh work directory holding `files` (each a source
 /// path and its name in the work directory), directly or in the test host as `runner()`
-/// says. Panics if the test host itself fails (exit 125 with its diagnosis).
+/// says; [`SHELL_HELPERS`] are defined first. Panics if the test host itself fails (exit
+/// 125 with its diagnosis).
 pub fn run_script(script: &str, files: &[(&Path, &str)]) -> Output {
+    let script = &format!("{SHELL_HELPERS}{script}");
     let _guard = run_lock();
     match runner() {
         Runner::Direct => run_direct(script, files, false),
@@ -202,6 +220,7 @@ pub fn run_script(script: &str, files: &[(&Path, &str)]) -> Output {
 /// host QEMU itself with its libraries and firmware. For peer comparisons and for
 /// checking the kernel and initramfs independently of husk.
 pub fn run_peer_script(script: &str, files: &[(&Path, &str)]) -> Output {
+    let script = &format!("{SHELL_HELPERS}{script}");
     let _guard = run_lock();
     match runner() {
         Runner::Direct => run_direct(script, files, true),
