@@ -58,7 +58,7 @@ echo "stop-out=$(./husk stop -t 1 web)"
 echo "stop-status=$(./husk ps -a | grep '^web ' | sed 's/.*  //')"
 ./husk exec web true 2>stopped.txt; echo "exec-stopped-status=$?"
 echo "exec-stopped-named=$(grep -c 'web is not running' stopped.txt)"
-echo "stopped-files=$(ls -A run/web | sort | tr '\n' ' ')"
+echo "stopped-files=$(ls -A run/web | sort | tr '\n' ' ' | sed 's/ $//')"
 
 # A main command that ends by itself; its record stays until rm.
 $R -d --name quick busybox -- sh -c 'echo bye; exit 3' >/dev/null
@@ -76,7 +76,7 @@ echo "rm-force=$(./husk rm -f forced)"
 $R -d --name termed busybox -- sleep 1000 >/dev/null
 kill -TERM "$(sed -n 's/.*"monitor_pid": *\([0-9]*\).*/\1/p' run/termed/state.json)"
 await termed 'exited|stopped'; echo "termed-await=$?"
-echo "termed-files=$(ls -A run/termed | sort | tr '\n' ' ')"
+echo "termed-files=$(ls -A run/termed | sort | tr '\n' ' ' | sed 's/ $//')"
 ./husk rm termed >/dev/null
 # Foreground -t.
 echo "run-tty=$($R -t busybox -- sh -c '[ -t 0 ] && [ -t 1 ] && echo term; stty size; tty' | tr -d '\r' | tr '\n' ' ' | sed 's/ $//')"
