@@ -7,6 +7,7 @@ pub mod cmdline;
 pub mod e820;
 pub mod initrd;
 pub mod pvh;
+pub mod symbols;
 #[cfg(test)]
 mod testing;
 

@@ -620,7 +620,7 @@ fn connect_agent(
     let start = Instant::now();
     let down = |reason: String| SandboxError::AgentDown {
         reason,
-        console: vm.console_tail(),
+        console: vm.failure_output(),
     };
     loop {
         if let Some(cause) = vm.exit_cause() {

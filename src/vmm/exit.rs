@@ -13,7 +13,8 @@ pub enum ExitCause {
     TripleFault {
         /// vCPU index.
         vcpu: u8,
-        /// Guest RIP when it happened, if readable.
+        /// Guest RIP when it happened; `None` when unreadable or lost (on AMD, KVM resets
+        /// the vCPU before reporting the shutdown).
         rip: Option<u64>,
     },
     /// KVM_EXIT_INTERNAL_ERROR.
@@ -116,11 +117,11 @@ pub enum GuestError {
     #[error("guest kernel panic: {0}")]
     Panic(String),
     /// A vCPU triple-faulted.
-    #[error("guest triple fault on vCPU {vcpu}{}", rip.map(|r| format!(" at RIP {r:#x}")).unwrap_or_default())]
+    #[error("guest triple fault on vCPU {vcpu}{}", rip.map_or_else(|| " (RIP unknown: KVM reset the vCPU)".into(), |r| format!(" at RIP {r:#x}")))]
     TripleFault {
         /// vCPU index.
         vcpu: u8,
-        /// Guest RIP.
+        /// Guest RIP; `None` when KVM reset the vCPU before reporting (AMD).
         rip: Option<u64>,
     },
     /// KVM could not run the guest.
@@ -262,6 +263,15 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "guest triple fault on vCPU 1 at RIP 0xffffffff81000000"
+        );
+    }
+
+    #[test]
+    fn triple_fault_with_lost_registers_says_so() {
+        let err = classify(ExitCause::TripleFault { vcpu: 0, rip: None }, 0, "").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "guest triple fault on vCPU 0 (RIP unknown: KVM reset the vCPU)"
         );
     }
 

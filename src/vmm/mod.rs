@@ -6,6 +6,7 @@
 
 pub mod devices;
 pub mod exit;
+pub mod guest_log;
 pub mod vcpu;
 
 use std::fs::File;
@@ -34,6 +35,9 @@ use crate::metrics::{ms_since, ExitCounts, RunMetrics, Timeline};
 use crate::profile::RipHistogram;
 use exit::{classify, ExitCause, GuestError, VmExit, WARM_REBOOT_FLAG_ADDR};
 use vcpu::{ExitCounters, ExitSink, Vcpu, VcpuShared};
+
+/// Lines of the guest kernel's log shown when a guest fails (see [`RunningVm::failure_output`]).
+const FAILURE_LOG_LINES: usize = 60;
 
 /// How often the profiler samples each vCPU.
 const PROFILE_INTERVAL: Duration = Duration::from_millis(1);
@@ -108,6 +112,7 @@ pub struct RunningVm {
     memory: GuestMemoryMmap,
     console: Arc<ConsoleLog>,
     started: Instant,
+    kernel: PathBuf,
     // Kept alive for the VM's lifetime: dropping them closes the VM and its memory.
     _vm: VmFd,
     _ram: GuestRam,
@@ -181,6 +186,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
         memory: ram.memory.clone(),
         console,
         started,
+        kernel: config.kernel.clone(),
         _vm: vm,
         _ram: ram,
     };
@@ -374,6 +380,26 @@ impl RunningVm {
     /// The guest's console output so far (the last few KiB).
     pub fn console_tail(&self) -> String {
         self.console.tail()
+    }
+
+    /// The last `lines` records of the guest kernel's log, read from guest memory: every
+    /// message whatever the console's log level, even after a triple fault. Needs the
+    /// kernel's symbol table (a `vmlinux`; a bzImage has none).
+    pub fn kernel_log_tail(&self, lines: usize) -> Result<String, guest_log::GuestLogError> {
+        guest_log::tail(&self.memory, &self.kernel, lines)
+    }
+
+    /// What to show when the guest failed or hangs: the console's tail, then the end of
+    /// the kernel's log from guest memory (a `quiet` guest prints little, and a triple
+    /// fault prints nothing), or why that log could not be read.
+    pub fn failure_output(&self) -> String {
+        let log = self
+            .kernel_log_tail(FAILURE_LOG_LINES)
+            .unwrap_or_else(|e| format!("(not available: {e})\n"));
+        format!(
+            "{}\n--- guest kernel log, read from guest memory ---\n{log}",
+            self.console.tail()
+        )
     }
 
     /// Wait up to `timeout` for the guest to end by itself, then stop it; report.

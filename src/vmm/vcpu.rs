@@ -199,7 +199,7 @@ impl Vcpu {
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(ExitCause::SystemEvent(kind)),
             Ok(VcpuExit::Shutdown) => Some(ExitCause::TripleFault {
                 vcpu,
-                rip: self.rip(),
+                rip: self.triple_fault_rip(),
             }),
             Ok(VcpuExit::FailEntry(reason, _)) => Some(ExitCause::FailEntry { vcpu, reason }),
             Ok(VcpuExit::InternalError) => Some(ExitCause::InternalError(self.internal_error())),
@@ -237,6 +237,15 @@ impl Vcpu {
         self.fd.get_regs().ok().map(|r| r.rip)
     }
 
+    /// Where a triple-faulting vCPU was, or `None` when that is lost: on AMD, KVM INITs
+    /// the vCPU before it reports KVM_EXIT_SHUTDOWN (the VMCB is undefined after a
+    /// shutdown), so its registers then hold the reset state, not the guest's.
+    fn triple_fault_rip(&self) -> Option<u64> {
+        let regs = self.fd.get_regs().ok()?;
+        let sregs = self.fd.get_sregs().ok()?;
+        (!is_reset_state(regs.rip, sregs.cs.base)).then_some(regs.rip)
+    }
+
     fn internal_error(&mut self) -> InternalError {
         let rip = self.rip();
         let run = self.fd.get_kvm_run();
@@ -251,6 +260,11 @@ impl Vcpu {
             rip,
         )
     }
+}
+
+/// x86 state after RESET or INIT: CS base 0xffff0000, RIP 0xfff0 (the reset vector).
+pub fn is_reset_state(rip: u64, cs_base: u64) -> bool {
+    rip == 0xfff0 && cs_base == 0xffff_0000
 }
 
 /// Kick a vCPU thread out of KVM_RUN.
@@ -295,6 +309,16 @@ mod tests {
             profile_address(0xffff_ffff_8123_4567, false),
             0xffff_ffff_8123_4567
         );
+    }
+
+    #[test]
+    fn reset_vector_with_reset_cs_base_is_the_reset_state() {
+        assert!(is_reset_state(0xfff0, 0xffff_0000));
+    }
+
+    #[test]
+    fn reset_vector_offset_in_a_flat_segment_is_not_the_reset_state() {
+        assert!(!is_reset_state(0xfff0, 0));
     }
 
     #[test]
