@@ -7,6 +7,9 @@ use std::path::Path;
 
 use common::{agent, assets, run_script, store_tar, WorkDir};
 
+/// Plays the user at a terminal (`pty-run`).
+const GUEST_TOOL: &str = env!("CARGO_BIN_EXE_husk-guest-tool");
+
 const DETACHED_CHECKS: &str = r#"
 tar xf store.tar
 export HUSK_DATA_DIR=$PWD/store TMPDIR=$PWD/tmp HUSK_RUNTIME_DIR=$PWD/run
@@ -48,6 +51,27 @@ e=$!
 while ! grep -q ready trap.txt; do sleep 0.2; done
 kill -TERM $e; wait $e; echo "exec-sigterm-status=$?"
 echo "exec-tty=$(./husk exec -t web sh -c '[ -t 0 ] && [ -t 1 ] && echo term; stty size; tty' | tr -d '\r' | tr '\n' ' ' | sed 's/ $//')"
+# At a terminal (husk-guest-tool plays the user): the window's size, a resize, typed
+# input in raw mode, and Ctrl-C, through `husk exec -it` and `husk run -it`.
+TTY_SCRIPT='stty size; echo ready; while [ "$(stty size)" = "30 100" ]; do sleep 0.1; done
+echo "resized $(stty size)"; read x; echo "got $x"
+trap "echo interrupted; exit 5" INT; echo waiting; while :; do sleep 0.1; done'
+at_terminal() {
+    out=$1; shift
+    ./husk-guest-tool pty-run 30 100 'ready=resize:40x120' 'resized=type:hi\r' \
+        'waiting=type:^C' -- "$@" sh -c "$TTY_SCRIPT" > "$out.raw"
+    status=$?
+    tr -d '\r' < "$out.raw" > "$out.txt"
+    return $status
+}
+at_terminal pty-exec ./husk exec -it web; echo "pty-exec-status=$?"
+at_terminal pty-run $R -it busybox --; echo "pty-run-status=$?"
+for f in pty-exec pty-run; do
+    echo "$f-size=$(grep -c '^30 100$' $f.txt)"
+    echo "$f-resized=$(grep -c '^resized 40 120$' $f.txt)"
+    echo "$f-typed=$(grep -c '^got hi$' $f.txt)"
+    echo "$f-interrupted=$(grep -c '^interrupted$' $f.txt)"
+done
 ./husk exec nosuch true 2>missing.txt; echo "exec-missing-status=$?"
 echo "exec-missing-named=$(grep -c 'no sandbox named nosuch' missing.txt)"
 ./husk logs web > logs-out.txt 2> logs-err.txt
@@ -95,6 +119,7 @@ fn detached_sandboxes_exec_log_stop_and_leave_nothing() {
     let assets = assets();
     let files: Vec<(&Path, &str)> = vec![
         (assets.husk.as_path(), "husk"),
+        (Path::new(GUEST_TOOL), "husk-guest-tool"),
         (agent.as_path(), "husk-agent"),
         (assets.kernel.as_path(), "vmlinux"),
         (store.as_path(), "store.tar"),
@@ -117,6 +142,8 @@ fn detached_sandboxes_exec_log_stop_and_leave_nothing() {
         ("exec-stdin-same", "yes"),
         ("exec-parallel", "AB"),
         ("exec-sigterm-status", "42"),
+        ("pty-exec-status", "5"),
+        ("pty-run-status", "5"),
         ("exec-missing-status", "125"),
         ("exec-missing-named", "1"),
         ("logs-out", "main-out"),
@@ -146,6 +173,12 @@ fn detached_sandboxes_exec_log_stop_and_leave_nothing() {
         ("run-left", ""),
         ("tmp-left", ""),
     ];
+    for terminal in ["pty-exec", "pty-run"] {
+        for check in ["size", "resized", "typed", "interrupted"] {
+            let key = format!("{terminal}-{check}");
+            assert_eq!(out.value(&key), Some("1"), "{key}\n{out}");
+        }
+    }
     for (key, value) in expect {
         assert_eq!(out.value(key), Some(value), "{key}\n{out}");
     }

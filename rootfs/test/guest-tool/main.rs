@@ -8,6 +8,7 @@
 //! does with `--half-close`.
 
 mod disk;
+mod pty;
 mod sock;
 mod stream;
 
@@ -27,6 +28,11 @@ usage: husk-guest-tool COMMAND ARGS [OPTIONS]
   read-file PATH             read PATH sequentially (--bytes N, default all)
   write-file PATH            write --bytes N pattern bytes at the start of PATH
   pattern-sum N              the checksum of the first N pattern bytes
+  pty-run ROWS COLS [STEP...] -- CMD ARGS...
+                             run CMD on a new ROWS x COLS terminal, copy its output,
+                             and when it prints WHEN do a STEP (WHEN=resize:RxC or
+                             WHEN=type:TEXT, \r = Enter, ^C = Ctrl-C); exits with
+                             CMD's code
 options: --send N  --recv N|eof  --half-close  --no-check  --direct  --bytes N
          --patience SECS (how long connects retry, default 300)
 sizes take K, M or G (binary) suffixes";
@@ -162,12 +168,38 @@ fn run(cmd: &str, pos: &[String], opts: &Options) -> io::Result<()> {
     }
 }
 
+/// `pty-run ROWS COLS [STEP...] -- CMD...`: its own parser, as CMD has options of its own.
+fn pty_run(args: &[String]) -> io::Result<i32> {
+    let split = args
+        .iter()
+        .position(|a| a == "--")
+        .ok_or_else(|| bad(format!("pty-run needs -- before the command\n{USAGE}")))?;
+    let (head, command) = (&args[..split], &args[split + 1..]);
+    let [rows, cols, steps @ ..] = head else {
+        return Err(bad(format!("pty-run needs ROWS and COLS\n{USAGE}")));
+    };
+    let steps = steps
+        .iter()
+        .map(|s| pty::parse_step(s))
+        .collect::<io::Result<Vec<_>>>()?;
+    pty::run(number(rows)?, number(cols)?, command, steps)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    if cmd == "pty-run" {
+        return match pty_run(rest) {
+            Ok(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("husk-guest-tool pty-run: {e}");
+                ExitCode::from(125)
+            }
+        };
+    }
     let result = parse(rest).and_then(|(pos, opts)| run(cmd, &pos, &opts));
     match result {
         Ok(()) => {
