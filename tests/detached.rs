@@ -70,7 +70,7 @@ for f in pty-exec pty-run; do
     echo "$f-size=$(grep -c '^30 100$' $f.txt)"
     echo "$f-resized=$(grep -c '^resized 40 120$' $f.txt)"
     echo "$f-typed=$(grep -c '^got hi$' $f.txt)"
-    echo "$f-interrupted=$(grep -c '^interrupted$' $f.txt)"
+    echo "$f-interrupted=$(grep -c 'interrupted$' $f.txt)"
 done
 ./husk exec nosuch true 2>missing.txt; echo "exec-missing-status=$?"
 echo "exec-missing-named=$(grep -c 'no sandbox named nosuch' missing.txt)"
@@ -90,6 +90,10 @@ await quick 'exited [(]3[)]'; echo "quick-await=$?"
 echo "quick-logs=$(./husk logs quick)"
 echo "ps-hides-ended=$(./husk ps | grep -c '^quick ')"
 ./husk rm quick web >/dev/null; echo "rm-status=$?"
+# logs -f follows a running sandbox's output until it ends.
+$R -d --name follow busybox -- sh -c 'echo one; sleep 2; echo two >&2; sleep 2; echo three' >/dev/null
+echo "follow=$(./husk logs -f follow 2>&1 | tr '\n' ' ' | sed 's/ $//')"
+./husk rm follow >/dev/null
 # --rm removes the record at the end; -t gives the main command a terminal.
 $R -d --rm --name tmp1 -t busybox -- sh -c 'sleep 1' >/dev/null
 for _ in $(seq 1 600); do [ -e run/tmp1 ] || break; sleep 0.5; done
@@ -162,6 +166,7 @@ fn detached_sandboxes_exec_log_stop_and_leave_nothing() {
         ("quick-logs", "bye"),
         ("ps-hides-ended", "0"),
         ("rm-status", "0"),
+        ("follow", "one two three"),
         ("autorm-gone", "yes"),
         ("rm-force", "forced"),
         ("termed-await", "0"),
