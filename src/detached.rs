@@ -172,6 +172,8 @@ pub struct Request {
     pub spec: RunSpec,
     /// Remove the sandbox's folder when it ends (`--rm`).
     pub remove_on_exit: bool,
+    /// Stop the sandbox this long after it was started (`--timeout`).
+    pub timeout: Option<Duration>,
 }
 
 /// Where a sandbox is in its life.
@@ -353,6 +355,7 @@ enum Event {
 /// sandbox ends. Call before any other thread is started (it blocks signals).
 pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     crate::sandbox::signals::block()?;
+    let created = Instant::now();
     let mut input = String::new();
     io::stdin().read_to_string(&mut input)?;
     let request: Request = serde_json::from_str(&input)?;
@@ -400,6 +403,13 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             drop(events.send(Event::MainExited(main.wait().map_err(|e| e.to_string()))));
         });
     }
+    if let Some(timeout) = request.timeout {
+        let events = events.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(timeout.saturating_sub(created.elapsed()));
+            drop(events.send(Event::Stop("--timeout")));
+        });
+    }
     {
         let events = events.clone();
         std::thread::spawn(move || loop {
@@ -422,7 +432,7 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let (ended, stopped_by) = match next.recv() {
         Ok(Event::MainExited(result)) => (result, None),
         Ok(Event::Stop(why)) => {
-            log::info!("stopping sandbox {} on {why}", dir.name);
+            log::warn!("stopping sandbox {} on {why}", dir.name);
             // Kill the main process first so its exit status is known; the VM's
             // shutdown would kill it too, but a reset can cut its Exited frame off.
             drop(main.signal(libc::SIGKILL));
@@ -464,6 +474,9 @@ type Started = (Arc<Sandbox>, Arc<crate::sandbox::Process>, UnixListener);
 
 fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn std::error::Error>> {
     let mut config = SandboxConfig::new(request.image.clone(), request.kernel.clone());
+    if let Some(timeout) = request.timeout {
+        config.boot_timeout = timeout;
+    }
     config.cpus = request.cpus;
     config.memory_mib = request.memory_mib;
     config.network = request.network;

@@ -122,7 +122,8 @@ struct RunArgs {
     /// file, removed at exit) instead of in guest RAM.
     #[arg(long = "disk", value_name = "SIZE_MIB")]
     disk: Option<u64>,
-    /// Give up and stop the sandbox after SECONDS (exit code 124).
+    /// Give up and stop the sandbox after SECONDS (exit code 124; a detached sandbox is
+    /// stopped and shows as such in `husk ps -a`).
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
     /// Guest kernel [default: `husk kernel path`].
@@ -133,7 +134,7 @@ struct RunArgs {
     console: Option<PathBuf>,
     /// Write the sandbox's milestones (VM running, agent ready, process started and
     /// exited, torn down) and the VM's metrics as JSON to FILE.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "detach")]
     timings: Option<PathBuf>,
     /// The image: a name or digest from `husk image ls`; `busybox` is built on first use.
     image: String,
@@ -537,6 +538,7 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
             console: args.console,
             spec,
             remove_on_exit: args.rm,
+            timeout: args.timeout.map(std::time::Duration::from_secs),
         };
         let husk = std::env::current_exe()?;
         let dir = husk::detached::launch(&request, &husk)?;

@@ -106,6 +106,11 @@ kill -TERM "$(sed -n 's/.*"monitor_pid": *\([0-9]*\).*/\1/p' run/termed/state.js
 await termed 'exited|stopped'; echo "termed-await=$?"
 echo "termed-files=$(ls -A run/termed | sort | tr '\n' ' ' | sed 's/ $//')"
 ./husk rm termed >/dev/null
+# --timeout stops a detached sandbox.
+$R -d --name limited --timeout 5 busybox -- sleep 1000 >/dev/null
+await limited 'exited [(]137[)]'; echo "timeout-await=$?"
+echo "timeout-logged=$(grep -c 'on --timeout' run/limited/monitor.log)"
+./husk rm limited >/dev/null
 # Foreground -t.
 echo "run-tty=$($R -t busybox -- sh -c '[ -t 0 ] && [ -t 1 ] && echo term; stty size; tty' | tr -d '\r' | tr '\n' ' ' | sed 's/ $//')"
 
@@ -170,6 +175,8 @@ fn detached_sandboxes_exec_log_stop_and_leave_nothing() {
         ("autorm-gone", "yes"),
         ("rm-force", "forced"),
         ("termed-await", "0"),
+        ("timeout-await", "0"),
+        ("timeout-logged", "1"),
         (
             "termed-files",
             "monitor.log state.json stderr.log stdout.log",
