@@ -135,7 +135,13 @@ pub fn add_default_route(gateway: Ipv4Addr) -> io::Result<()> {
     };
     // SAFETY: route is a complete rtentry (no device name: a null rt_dev is allowed);
     // the kernel only reads it.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCADDRT, &route as *const RtEntry) } < 0
+    if unsafe {
+        libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCADDRT,
+            &route as *const RtEntry,
+        )
+    } < 0
     {
         return Err(io::Error::last_os_error());
     }

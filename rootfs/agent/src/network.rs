@@ -37,7 +37,11 @@ pub fn netmask(prefix_len: u8) -> Option<Ipv4Addr> {
 
 /// Checks that `address/prefix_len` is a usable host address and that `gateway` is
 /// another host on the same link; returns the netmask.
-pub fn validate(address: Ipv4Addr, prefix_len: u8, gateway: Ipv4Addr) -> Result<Ipv4Addr, NetworkError> {
+pub fn validate(
+    address: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+) -> Result<Ipv4Addr, NetworkError> {
     let invalid = |why: String| Err(NetworkError::Invalid(why));
     let Some(mask) = netmask(prefix_len).filter(|_| (1..=30).contains(&prefix_len)) else {
         return invalid(format!("prefix length {prefix_len} (want 1 to 30)"));
@@ -75,8 +79,7 @@ pub fn configure(
             source,
         }
     };
-    ioctl::set_ipv4(interface, address, mask)
-        .map_err(step("setting the address", interface))?;
+    ioctl::set_ipv4(interface, address, mask).map_err(step("setting the address", interface))?;
     ioctl::interface_up(interface).map_err(step("bringing the link up", interface))?;
     ioctl::interface_up("lo").map_err(step("bringing the link up", "lo"))?;
     match ioctl::add_default_route(gateway) {

@@ -213,8 +213,7 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
             prefix_len,
             gateway,
         } => {
-            let reply = match crate::network::configure(&interface, address, prefix_len, gateway)
-            {
+            let reply = match crate::network::configure(&interface, address, prefix_len, gateway) {
                 Ok(()) => Message::NetworkReady,
                 Err(e) => {
                     let message = error_chain(&e);

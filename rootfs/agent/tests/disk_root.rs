@@ -37,7 +37,15 @@ impl LoopDisk {
         run("truncate", &["-s", "32M", image]);
         run(
             "mkfs.ext4",
-            &["-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=1", image],
+            &[
+                "-q",
+                "-F",
+                "-O",
+                "^has_journal",
+                "-E",
+                "lazy_itable_init=1",
+                image,
+            ],
         );
         let device = PathBuf::from(run("losetup", &["--find", "--show", image]));
         Self { device, _dir: dir }
