@@ -165,6 +165,51 @@ fn shutdown_round_trips() {
 }
 
 #[test]
+fn network_round_trips() {
+    round_trip(Message::Network {
+        interface: "eth0".into(),
+        address: std::net::Ipv4Addr::new(10, 213, 0, 6),
+        prefix_len: 30,
+        gateway: std::net::Ipv4Addr::new(10, 213, 0, 5),
+    });
+}
+
+#[test]
+fn network_ready_round_trips() {
+    round_trip(Message::NetworkReady);
+}
+
+#[test]
+fn network_example_of_the_protocol_doc_parses() {
+    let json = r#"{"type":"Network","interface":"eth0","address":"10.213.0.6",
+        "prefix_len":30,"gateway":"10.213.0.5"}"#;
+    let frame = Frame {
+        kind: FrameKind::Control,
+        payload: json.as_bytes().to_vec(),
+    };
+    assert_eq!(
+        Message::from_frame(&frame).expect("parses"),
+        Message::Network {
+            interface: "eth0".into(),
+            address: std::net::Ipv4Addr::new(10, 213, 0, 6),
+            prefix_len: 30,
+            gateway: std::net::Ipv4Addr::new(10, 213, 0, 5),
+        }
+    );
+}
+
+#[test]
+fn network_address_that_is_not_ipv4_is_refused() {
+    let json = r#"{"type":"Network","interface":"eth0","address":"10.213.0.300",
+        "prefix_len":30,"gateway":"10.213.0.5"}"#;
+    let frame = Frame {
+        kind: FrameKind::Control,
+        payload: json.as_bytes().to_vec(),
+    };
+    assert!(Message::from_frame(&frame).is_err());
+}
+
+#[test]
 fn data_frame_is_raw_bytes_after_the_process_id() {
     let frame = Message::Stdout {
         process: 2,

@@ -4,6 +4,8 @@
 //! data messages ([`Message::Stdin`], [`Message::Stdout`], [`Message::Stderr`]) never go
 //! through JSON: [`crate::frame`] encodes them as raw bytes.
 
+use std::net::Ipv4Addr;
+
 use serde::{Deserialize, Serialize};
 
 /// The agent's number for a process it started, unique for the agent's lifetime.
@@ -206,6 +208,21 @@ pub enum Message {
     },
     /// Host → agent: kill every container, sync and reset the guest.
     Shutdown,
+    /// Host → agent, right after the handshake and before any Run: configure the
+    /// guest's network interface, bring it and `lo` up, route everything through
+    /// `gateway`. Answered by [`Message::NetworkReady`] or [`Message::Error`].
+    Network {
+        /// The guest interface, e.g. `eth0`.
+        interface: String,
+        /// The guest's IPv4 address on it.
+        address: Ipv4Addr,
+        /// The link's prefix length (0–32).
+        prefix_len: u8,
+        /// The default gateway (the host's end of the link).
+        gateway: Ipv4Addr,
+    },
+    /// Agent → host: the answer to a successful [`Message::Network`].
+    NetworkReady,
 }
 
 #[cfg(test)]

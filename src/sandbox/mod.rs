@@ -17,6 +17,7 @@
 
 pub mod agent;
 mod demux;
+mod ifconfig;
 pub mod initramfs;
 pub mod net;
 pub mod scratch;
@@ -91,6 +92,12 @@ pub enum SandboxError {
     /// The connection to the agent ended (the guest stopped or broke the protocol).
     #[error("lost the guest agent: {0}")]
     Lost(String),
+    /// The scratch disk (`--disk`) could not be made.
+    #[error(transparent)]
+    Scratch(#[from] scratch::ScratchError),
+    /// The network (`--net`) could not be set up.
+    #[error(transparent)]
+    Network(#[from] net::NetError),
 }
 
 /// Instants of a sandbox's life.
@@ -276,6 +283,8 @@ pub struct Sandbox {
     containers: AtomicU32,
     /// The environment each running container was started with, for `exec`.
     container_env: Mutex<HashMap<String, Vec<String>>>,
+    /// Where containers' writable layers go (tmpfs, or the scratch disk).
+    writable_layer: WritableLayer,
 }
 
 /// A process running in a sandbox's container.
@@ -349,9 +358,18 @@ impl Sandbox {
         let initrd =
             agent::agent_initramfs(&agent, &crate::kernel::cache_root().join("initramfs"))?;
         let uds = runtime.path().join("vsock.sock");
-        let vm = vmm::start(&vm_config(&config, initrd, uds.clone()))?;
+        let scratch = (config.scratch_disk_mib)
+            .map(|mib| scratch::create(runtime.path(), mib))
+            .transpose()?;
+        let vm = vmm::start(&vm_config(&config, initrd, uds.clone(), scratch.clone()))?;
         let vm_running = Instant::now();
-        let conn = connect_agent(&vm, &uds, config.boot_timeout)?;
+        let link = (config.network)
+            .then(|| net::configure_host_side(&vm))
+            .transpose()?;
+        let mut conn = connect_agent(&vm, &uds, config.boot_timeout)?;
+        if let Some(link) = &link {
+            net::configure_guest(&mut conn, link)?;
+        }
         let agent_ready = Instant::now();
         let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
         let writer = Arc::new(Mutex::new(conn.try_clone().map_err(io)?));
@@ -375,6 +393,7 @@ impl Sandbox {
             runtime: Mutex::new(Some(runtime)),
             containers: AtomicU32::new(0),
             container_env: Mutex::default(),
+            writable_layer: scratch::writable_layer(scratch.as_deref()),
         })
     }
 
@@ -471,7 +490,7 @@ impl Sandbox {
             user: spec.user.clone().or_else(|| self.image.user.clone()),
             tty: spec.tty,
             limits: spec.limits,
-            writable_layer: WritableLayer::Tmpfs,
+            writable_layer: self.writable_layer.clone(),
             hostname: Some(format!("husk-{}", self.id)),
         };
         let process = self.request(&run, container.clone(), stdio)?;
@@ -586,15 +605,29 @@ impl Drop for Sandbox {
     }
 }
 
-fn vm_config(config: &SandboxConfig, initrd: PathBuf, uds: PathBuf) -> VmConfig {
+fn vm_config(
+    config: &SandboxConfig,
+    initrd: PathBuf,
+    uds: PathBuf,
+    scratch: Option<PathBuf>,
+) -> VmConfig {
     let image_disk = BlockConfig {
         path: config.image.fs_image.clone(),
         read_only: true,
         id: Some("husk-image".into()),
         root: false,
     };
+    // vda is the image, vdb the scratch disk (scratch::GUEST_DEVICE), then the others.
     let mut disks = vec![image_disk];
+    disks.extend(scratch.map(scratch::block_config));
     disks.extend(config.disks.iter().cloned());
+    // The sandbox's own card comes first, so it is the guest's eth0.
+    let mut nets: Vec<NetConfig> = config
+        .network
+        .then(NetConfig::default)
+        .into_iter()
+        .collect();
+    nets.extend(config.nets.iter().cloned());
     VmConfig {
         initrd: Some(initrd),
         cmdline: "quiet".into(),
@@ -602,7 +635,7 @@ fn vm_config(config: &SandboxConfig, initrd: PathBuf, uds: PathBuf) -> VmConfig 
         memory_mib: config.memory_mib,
         console: config.console.clone(),
         disks,
-        nets: config.nets.clone(),
+        nets,
         vsock: Some(VsockConfig {
             cid: GUEST_CID,
             uds,

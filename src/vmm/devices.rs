@@ -68,6 +68,7 @@ pub struct VirtioDevices {
     /// the VM's lifetime.
     pending: Vec<Registration>,
     disks: usize,
+    taps: Vec<String>,
 }
 
 impl VirtioDevices {
@@ -78,6 +79,7 @@ impl VirtioDevices {
             cmdline: Vec::new(),
             pending: Vec::new(),
             disks: 0,
+            taps: Vec::new(),
         })
     }
 
@@ -112,6 +114,11 @@ impl VirtioDevices {
         }
         self.cmdline.push(info.slot.cmdline());
         Ok(())
+    }
+
+    /// The TAP interface of each network card, in the configuration's order.
+    pub fn tap_names(&self) -> &[String] {
+        &self.taps
     }
 
     /// Give KVM every device's irqfd and queue ioeventfds.
@@ -213,6 +220,7 @@ pub fn create(
     for net in &config.nets {
         let what = format!("network {}", net.tap.as_deref().unwrap_or("(new TAP)"));
         let dev = Net::new(net.clone()).map_err(|e| failed(what)(&e))?;
+        devices.taps.push(dev.tap_name().to_string());
         devices.add(mem, bus, dev)?;
     }
     if let Some(vsock) = &config.vsock {

@@ -113,6 +113,7 @@ pub struct RunningVm {
     console: Arc<ConsoleLog>,
     started: Instant,
     kernel: PathBuf,
+    taps: Vec<String>,
     // Kept alive for the VM's lifetime: dropping them closes the VM and its memory.
     _vm: VmFd,
     _ram: GuestRam,
@@ -177,6 +178,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
         what: "vCPU signal handler".into(),
         source,
     })?;
+    let taps = virtio.tap_names().to_vec();
     let mut running = RunningVm {
         shared,
         device_loop: Some(virtio.start()?),
@@ -187,6 +189,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
         console,
         started,
         kernel: config.kernel.clone(),
+        taps,
         _vm: vm,
         _ram: ram,
     };
@@ -400,6 +403,12 @@ impl RunningVm {
             "{}\n--- guest kernel log, read from guest memory ---\n{log}",
             self.console.tail()
         )
+    }
+
+    /// The host TAP interface of each network card, in the configuration's order; a TAP
+    /// husk created exists as long as the VM does.
+    pub fn tap_names(&self) -> &[String] {
+        &self.taps
     }
 
     /// Wait up to `timeout` for the guest to end by itself, then stop it; report.

@@ -1,7 +1,9 @@
-//! The two ioctls the agent needs: a terminal's window size and an interface's flags.
+//! The ioctls the agent needs: a terminal's window size, and an interface's flags,
+//! IPv4 address and netmask, and the default route.
 
 use std::fs::File;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::pty::Winsize;
@@ -16,27 +18,53 @@ pub fn set_window_size(tty: &File, size: &Winsize) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets IFF_UP on the interface `name` (e.g. `lo`).
-pub fn interface_up(name: &str) -> io::Result<()> {
+/// An AF_INET datagram socket, the handle interface and routing ioctls go through.
+fn inet_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket creation; the fd is owned right below.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: raw is a fresh fd nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// An `ifreq` naming `name`, the rest zero.
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
-    if bytes.len() >= request.ifr_name.len() {
+    if bytes.is_empty() || bytes.len() >= request.ifr_name.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "interface name too long",
+            format!("bad interface name {name:?}"),
         ));
     }
     for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
+    Ok(request)
+}
+
+/// `address` as a generic `sockaddr` holding a `sockaddr_in` (port 0).
+fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
+    let inet = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(address).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr and sockaddr_in are both 16 bytes of plain data; the kernel reads
+    // a sockaddr whose family says how to interpret the rest.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(inet) }
+}
+
+/// Sets IFF_UP on the interface `name` (e.g. `lo`).
+pub fn interface_up(name: &str) -> io::Result<()> {
+    let socket = inet_socket()?;
+    let mut request = ifreq(name)?;
     // SAFETY: request is a valid ifreq naming the interface; the kernel fills ifru_flags.
     if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } < 0 {
         return Err(io::Error::last_os_error());
@@ -48,4 +76,99 @@ pub fn interface_up(name: &str) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Gives the interface `name` the IPv4 `address` and `netmask` (SIOCSIFADDR, then
+/// SIOCSIFNETMASK: setting the address resets the mask to its class default).
+pub fn set_ipv4(name: &str, address: Ipv4Addr, netmask: Ipv4Addr) -> io::Result<()> {
+    let socket = inet_socket()?;
+    let mut request = ifreq(name)?;
+    request.ifr_ifru.ifru_addr = sockaddr(address);
+    // SAFETY: request is a valid ifreq with an AF_INET address; the kernel only reads it.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFADDR, &request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    request.ifr_ifru.ifru_netmask = sockaddr(netmask);
+    // SAFETY: as above, with the netmask member set.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFNETMASK, &request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `struct rtentry` of `<linux/route.h>` (x86_64 layout), for SIOCADDRT.
+#[repr(C)]
+struct RtEntry {
+    pad1: libc::c_ulong,
+    dst: libc::sockaddr,
+    gateway: libc::sockaddr,
+    genmask: libc::sockaddr,
+    flags: libc::c_ushort,
+    pad2: libc::c_short,
+    pad3: libc::c_ulong,
+    pad4: *mut libc::c_void,
+    metric: libc::c_short,
+    dev: *mut libc::c_char,
+    mtu: libc::c_ulong,
+    window: libc::c_ulong,
+    irtt: libc::c_ushort,
+}
+
+/// Adds the default route (0.0.0.0/0) through `gateway`; the kernel picks the interface
+/// whose subnet holds the gateway.
+pub fn add_default_route(gateway: Ipv4Addr) -> io::Result<()> {
+    let socket = inet_socket()?;
+    let route = RtEntry {
+        pad1: 0,
+        dst: sockaddr(Ipv4Addr::UNSPECIFIED),
+        gateway: sockaddr(gateway),
+        genmask: sockaddr(Ipv4Addr::UNSPECIFIED),
+        flags: libc::RTF_UP | libc::RTF_GATEWAY,
+        pad2: 0,
+        pad3: 0,
+        pad4: std::ptr::null_mut(),
+        metric: 0,
+        dev: std::ptr::null_mut(),
+        mtu: 0,
+        window: 0,
+        irtt: 0,
+    };
+    // SAFETY: route is a complete rtentry (no device name: a null rt_dev is allowed);
+    // the kernel only reads it.
+    if unsafe {
+        libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCADDRT,
+            &route as *const RtEntry,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtentry_has_the_kernel_size() {
+        // struct rtentry on x86_64: pad1 8, three sockaddrs 48, flags + pad2 4, padding
+        // 4, pad3 8, pad4 8, metric 2 + padding 6, dev 8, mtu 8, window 8, irtt 2 +
+        // padding 6 = 120.
+        assert_eq!(std::mem::size_of::<RtEntry>(), 120);
+    }
+
+    #[test]
+    fn sockaddr_holds_the_address_in_network_order() {
+        let addr = sockaddr(Ipv4Addr::new(10, 213, 0, 2));
+        assert_eq!(addr.sa_family, libc::AF_INET as libc::sa_family_t);
+        assert_eq!(&addr.sa_data[2..6], &[10, -43, 0, 2]);
+    }
+
+    #[test]
+    fn interface_name_of_16_bytes_is_refused() {
+        assert!(ifreq("sixteen-bytes-xx").is_err());
+    }
 }

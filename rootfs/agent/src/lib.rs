@@ -21,8 +21,12 @@ pub mod console;
 #[allow(unsafe_code, reason = "mounts between fork and exec: raw syscalls")]
 pub mod container_fs;
 pub mod init;
-#[allow(unsafe_code, reason = "TIOCSWINSZ and SIOCSIFFLAGS ioctls")]
+#[allow(
+    unsafe_code,
+    reason = "TIOCSWINSZ, interface (SIOCSIF*) and route (SIOCADDRT) ioctls"
+)]
 pub mod ioctl;
+pub mod network;
 pub mod outbox;
 pub mod prepare;
 pub mod process;

@@ -2,6 +2,11 @@
 //! scratch disk holding the upper and work dirs, and overlayfs merging them, all under
 //! `<state_dir>/<id>/`. Mounted in the agent's namespace before the fork; the child
 //! pivots into `merged`.
+//!
+//! A scratch disk is shared by every container of the guest: each container mounts it
+//! (a second mount of an ext4 device shares the first one's superblock) and keeps its
+//! layer in a directory of its own, `<disk>/<id>/{upper,work}`, which starts empty and
+//! is removed at teardown.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,6 +40,15 @@ pub enum RootfsError {
         #[source]
         source: std::io::Error,
     },
+    /// A stale directory could not be removed.
+    #[error("remove {path}")]
+    Remove {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A mount failed.
     #[error("mount {what} on {target}")]
     Mount {
@@ -53,6 +67,9 @@ pub enum RootfsError {
 pub struct Rootfs {
     dir: PathBuf,
     mounted: Vec<PathBuf>,
+    /// The container's directory on a shared scratch disk, removed before the disk is
+    /// unmounted.
+    disk_layer: Option<PathBuf>,
 }
 
 fn mkdir(path: &Path) -> Result<(), RootfsError> {
@@ -60,6 +77,17 @@ fn mkdir(path: &Path) -> Result<(), RootfsError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Removes `path` and everything below it; a missing path is fine.
+fn remove_tree(path: &Path) -> Result<(), RootfsError> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RootfsError::Remove {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The overlayfs mount options for the three directories.
@@ -83,8 +111,9 @@ impl Rootfs {
         let mut rootfs = Self {
             dir: state_dir.join(id),
             mounted: Vec::new(),
+            disk_layer: None,
         };
-        if let Err(e) = rootfs.mount_layers(lower, writable) {
+        if let Err(e) = rootfs.mount_layers(id, lower, writable) {
             rootfs.unmount();
             return Err(e);
         }
@@ -93,6 +122,7 @@ impl Rootfs {
 
     fn mount_layers(
         &mut self,
+        id: &str,
         lower: &LowerLayer,
         writable: &WritableLayer,
     ) -> Result<(), RootfsError> {
@@ -111,19 +141,29 @@ impl Rootfs {
             }
         };
         let scratch = self.dir.join("scratch");
-        match writable {
+        let layer = match writable {
             WritableLayer::Tmpfs => {
-                self.mount_one(None, &scratch, "tmpfs", MsFlags::empty(), Some("mode=755"))?
+                self.mount_one(None, &scratch, "tmpfs", MsFlags::empty(), Some("mode=755"))?;
+                scratch
             }
-            WritableLayer::Disk { device } => self.mount_one(
-                Some(Path::new(device)),
-                &scratch,
-                "ext4",
-                MsFlags::empty(),
-                None,
-            )?,
-        }
-        let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+            WritableLayer::Disk { device } => {
+                // The host formatted the disk with lazily initialised inode tables; the
+                // unused ones read as zeros from the sparse file, so skip zeroing them.
+                self.mount_one(
+                    Some(Path::new(device)),
+                    &scratch,
+                    "ext4",
+                    MsFlags::empty(),
+                    Some("noinit_itable"),
+                )?;
+                let layer = scratch.join(id);
+                // A leftover of an earlier container with this id is not ours to reuse.
+                remove_tree(&layer)?;
+                self.disk_layer = Some(layer.clone());
+                layer
+            }
+        };
+        let (upper, work) = (layer.join("upper"), layer.join("work"));
         mkdir(&upper)?;
         mkdir(&work)?;
         let options = overlay_options(&lower_dir, &upper, &work);
@@ -170,8 +210,16 @@ impl Rootfs {
     /// Unmounts everything (lazily, so late processes cannot block it) and removes the
     /// container's state directory. Best effort.
     pub fn unmount(&mut self) {
+        let merged = self.merged();
         while let Some(target) = self.mounted.pop() {
             let _ = umount2(&target, MntFlags::MNT_DETACH);
+            if target == merged {
+                // The overlay is gone: its layer on a shared disk can go too, while the
+                // disk is still mounted.
+                if let Some(layer) = self.disk_layer.take() {
+                    let _ = remove_tree(&layer);
+                }
+            }
         }
         let _ = fs::remove_dir_all(&self.dir);
     }

@@ -207,6 +207,22 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
             rows,
             cols,
         } => agent.resize(process, TtySize { rows, cols }),
+        Message::Network {
+            interface,
+            address,
+            prefix_len,
+            gateway,
+        } => {
+            let reply = match crate::network::configure(&interface, address, prefix_len, gateway) {
+                Ok(()) => Message::NetworkReady,
+                Err(e) => {
+                    let message = error_chain(&e);
+                    crate::console::log(&message);
+                    Message::Error { message }
+                }
+            };
+            outbox.send(&reply);
+        }
         Message::Shutdown => return Some(Outcome::Shutdown),
         other => {
             let message = format!("unexpected message from the host: {other:?}");

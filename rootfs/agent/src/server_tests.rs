@@ -202,3 +202,20 @@ fn protocol_crate_host_handshake_is_accepted() {
     write_message(&mut host, &Message::Shutdown).expect("send");
     assert_eq!(handle.join().expect("loop"), Outcome::Shutdown);
 }
+
+#[test]
+fn network_request_with_bad_gateway_answers_error_and_the_loop_goes_on() {
+    let (mut host, handle, _state) = start();
+    handshake(&mut host);
+    let request = Message::Network {
+        interface: "eth0".into(),
+        address: std::net::Ipv4Addr::new(10, 213, 0, 2),
+        prefix_len: 30,
+        gateway: std::net::Ipv4Addr::new(192, 168, 0, 1),
+    };
+    write_message(&mut host, &request).expect("send");
+    let message = expect_error(&mut host);
+    assert!(message.contains("gateway 192.168.0.1"), "{message}");
+    write_message(&mut host, &Message::Shutdown).expect("send");
+    assert_eq!(handle.join().expect("loop"), Outcome::Shutdown);
+}

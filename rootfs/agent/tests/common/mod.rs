@@ -1,6 +1,10 @@
 //! A harness for driving the agent's container runtime on the host: a busybox lower
 //! directory, an agent whose frames arrive on a channel, and helpers to collect a
 //! process's output and exit status.
+#![allow(
+    dead_code,
+    reason = "each integration test crate uses its own subset of the harness"
+)]
 
 use std::collections::HashMap;
 use std::fs;

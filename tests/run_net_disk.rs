@@ -1,0 +1,192 @@
+//! Integration tests of `husk run --disk` and `husk run --net` with the real guest
+//! kernel, the real agent and a real TAP. One test-host boot runs every sandbox; the
+//! script prints `key=value` lines that the test asserts on.
+//!
+//! The test host has no e2fsprogs, so this machine's `mkfs.ext4` goes in with its
+//! shared libraries and dynamic loader, behind a wrapper on the script's PATH.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{agent, assets, run_script, store_tar, WorkDir};
+
+const CHECKS: &str = r#"
+tar xf store.tar
+export HUSK_DATA_DIR=$PWD/store TMPDIR=$PWD/tmp
+mkdir tmp bin
+cat > bin/mkfs.ext4 <<WRAPPER
+#!/bin/sh
+exec $PWD/e2fs/ld.so --library-path $PWD/e2fs $PWD/e2fs/mkfs.ext4 "\$@"
+WRAPPER
+chmod 755 bin/mkfs.ext4
+export PATH=$PWD/bin:$PATH
+R="./husk run --kernel vmlinux"
+
+# --disk: the writable layer is on the scratch disk, holds more than the memory limit
+# would let a tmpfs hold, and every sandbox starts with a fresh one.
+cat > disk1.sh <<'GUEST'
+echo "disk1-df-total-kib=$(df -k / | awk 'NR == 2 {print $2}')"
+echo data > /etc/written && echo "disk1-readback=$(cat /etc/written)"
+GUEST
+$R -i --disk 64 busybox -- sh < disk1.sh; echo "disk1-status=$?"
+cat > disk2.sh <<'GUEST'
+test -e /etc/written && echo "disk2-written=present" || echo "disk2-written=absent"
+dd if=/dev/zero of=/big bs=1M count=40 2>/dev/null; echo "disk2-big-status=$?"
+sync
+echo "disk2-big-bytes=$(wc -c < /big)"
+GUEST
+$R -i --disk 64 --memory 32 busybox -- sh < disk2.sh; echo "disk2-status=$?"
+$R --disk 8 busybox -- true 2> small.err; echo "disk-small-status=$?"
+echo "disk-small-error=$(cat small.err)"
+
+# --net: the container reaches listeners on the host's end of the link, both ways.
+ip link set lo up
+mkdir www
+echo hello-from-host > www/greeting
+busybox httpd -f -p 7003 -h www &
+httpd=$!
+mkfifo keep-open
+timeout 600 nc -l -p 7002 < keep-open > from-guest &
+listener=$!
+exec 3> keep-open
+cat > net.sh <<'GUEST'
+gw=$(ip route | awk '/^default/ {print $3}')
+echo "net-gateway=$gw"
+echo "net-address=$(ip -4 addr show eth0 | awk '/inet / {print $2}')"
+echo "net-links=$(echo $(ls /sys/class/net))"
+# No -T: Debian's busybox wget crashes with it.
+echo "net-wget=$(wget -q -O - "http://$gw:7003/greeting")"
+echo hello-from-guest | nc -w 5 "$gw" 7002; echo "net-nc-status=$?"
+GUEST
+$R -i --net busybox -- sh < net.sh > net.out; echo "net-status=$?"
+cat net.out
+wait $listener
+exec 3>&-
+kill $httpd
+echo "net-from-guest=$(cat from-guest)"
+echo "taps-after=$(ls /sys/class/net | grep -c '^husk')"
+
+# A conflict: a new interface's index is the last one plus one, so the next TAP's link
+# is the one after this run's; its host address goes on lo first, and husk must refuse.
+net_address=$(sed -n 's/^net-address=//p' net.out)
+third=${net_address#10.213.}; c=${third%%.*}; d=${third#*.}; d=${d%%/*}
+next=$(( ((c * 256 + d) / 4 + 1) % 16384 * 4 ))
+taken=10.213.$((next / 256)).$((next % 256 + 1))
+echo "conflict-address=$taken"
+ip addr add "$taken/32" dev lo
+$R --net busybox -- true 2> conflict.err; echo "conflict-status=$?"
+echo "conflict-error=$(cat conflict.err)"
+ip addr del "$taken/32" dev lo
+echo "taps-after-conflict=$(ls /sys/class/net | grep -c '^husk')"
+
+left=0
+for f in /proc/[0-9]*/cmdline; do
+    tr '\0' ' ' < "$f" 2>/dev/null | grep -q '^\./husk ' && left=$((left + 1))
+done
+echo "husk-processes-left=$left"
+echo "tmp-left=$(ls -A tmp | tr '\n' ' ')"
+"#;
+
+/// This machine's mkfs.ext4, its libraries and the dynamic loader, as `run_script`
+/// files under `e2fs/` (the loader as `e2fs/ld.so`).
+fn mkfs_ext4_files() -> Vec<(PathBuf, String)> {
+    let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("mkfs.ext4 not found: install e2fsprogs");
+    let real = mkfs.canonicalize().expect("resolve mkfs.ext4");
+    let ldd = Command::new("ldd").arg(&real).output().expect("run ldd");
+    assert!(ldd.status.success(), "ldd {}", real.display());
+    let mut files = vec![(real, "e2fs/mkfs.ext4".to_string())];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libx.so => /path (0x...)" for a library, "/path (0x...)" for the loader.
+        let (path, name) = match line.split_once("=> ") {
+            Some((_, rest)) => {
+                let path = rest.split_whitespace().next().unwrap_or_default();
+                let base = Path::new(path).file_name().unwrap_or_default();
+                (path, format!("e2fs/{}", base.to_string_lossy()))
+            }
+            None => (
+                line.split_whitespace().next().unwrap_or_default(),
+                "e2fs/ld.so".to_string(),
+            ),
+        };
+        if path.starts_with('/') {
+            let real = Path::new(path).canonicalize().expect("resolve a library");
+            files.push((real, name));
+        }
+    }
+    files
+}
+
+fn number(value: Option<&str>) -> u64 {
+    value.and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn run_with_scratch_disk_and_network_reaches_the_host_and_cleans_up() {
+    let dir = WorkDir::new();
+    let store = store_tar(&dir);
+    let agent = agent();
+    let assets = assets();
+    let e2fs = mkfs_ext4_files();
+    let mut files: Vec<(&Path, &str)> = vec![
+        (assets.husk.as_path(), "husk"),
+        (agent.as_path(), "husk-agent"),
+        (assets.kernel.as_path(), "vmlinux"),
+        (store.as_path(), "store.tar"),
+    ];
+    files.extend(e2fs.iter().map(|(p, n)| (p.as_path(), n.as_str())));
+    let out = run_script(CHECKS, &files);
+    // --disk: the root's size is the 64 MiB disk's (less ext4's metadata), not a tmpfs's.
+    assert_eq!(out.value("disk1-status"), Some("0"), "{out}");
+    let df_total = number(out.value("disk1-df-total-kib"));
+    assert!((40_000..=65_536).contains(&df_total), "{out}");
+    assert_eq!(out.value("disk1-readback"), Some("data"), "{out}");
+    assert_eq!(out.value("disk2-written"), Some("absent"), "{out}");
+    assert_eq!(out.value("disk2-big-status"), Some("0"), "{out}");
+    assert_eq!(out.value("disk2-big-bytes"), Some("41943040"), "{out}");
+    assert_eq!(out.value("disk2-status"), Some("0"), "{out}");
+    assert_eq!(out.value("disk-small-status"), Some("125"), "{out}");
+    assert!(
+        out.value("disk-small-error")
+            .is_some_and(|e| e.contains("8 MiB is out of range")),
+        "{out}"
+    );
+    // --net
+    assert_eq!(out.value("net-status"), Some("0"), "{out}");
+    let address = out.value("net-address").unwrap_or_default();
+    assert!(
+        address.starts_with("10.213.") && address.ends_with("/30"),
+        "{out}"
+    );
+    assert!(
+        out.value("net-gateway")
+            .is_some_and(|g| g.starts_with("10.213.")),
+        "{out}"
+    );
+    assert!(
+        out.value("net-links")
+            .is_some_and(|l| l.split(' ').any(|link| link == "eth0")),
+        "{out}"
+    );
+    assert_eq!(out.value("net-wget"), Some("hello-from-host"), "{out}");
+    assert_eq!(out.value("net-nc-status"), Some("0"), "{out}");
+    assert_eq!(
+        out.value("net-from-guest"),
+        Some("hello-from-guest"),
+        "{out}"
+    );
+    assert_eq!(out.value("taps-after"), Some("0"), "{out}");
+    assert_eq!(out.value("conflict-status"), Some("125"), "{out}");
+    assert!(
+        out.value("conflict-error")
+            .is_some_and(|e| e.contains("already in use") && e.contains("lo has")),
+        "{out}"
+    );
+    assert_eq!(out.value("taps-after-conflict"), Some("0"), "{out}");
+    assert_eq!(out.value("husk-processes-left"), Some("0"), "{out}");
+    assert_eq!(out.value("tmp-left"), Some(""), "{out}");
+}
