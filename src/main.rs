@@ -47,8 +47,11 @@ enum Command {
         /// The sandbox.
         name: String,
     },
-    /// Stop detached sandboxes: SIGTERM to the main command, then after the grace time
-    /// the VM is shut down (everything in it killed). The record stays for `logs`/`rm`.
+    /// Stop detached sandboxes (SIGTERM, then a shutdown after the grace time).
+    ///
+    /// SIGTERM goes to the main command; if the sandbox has not ended after the grace
+    /// time, its VM is shut down (everything in it killed). The record stays for
+    /// `husk logs` and `husk rm`.
     Stop {
         /// Seconds to wait after SIGTERM before shutting the VM down.
         #[arg(short, long, default_value_t = 10)]
@@ -80,15 +83,44 @@ enum Command {
     Kernel(KernelCommand),
 }
 
+/// How the command runs: the options `husk run` and `husk exec` share.
 #[derive(Args)]
-struct RunArgs {
+struct ProcessArgs {
     /// Pass this process's standard input to the command.
     #[arg(short, long)]
     interactive: bool,
     /// Give the command a terminal (a pseudo-terminal in the guest, sized like this one
-    /// and resized with it; this terminal is put in raw mode while it runs).
+    /// and resized with it; with -i this terminal is in raw mode while it runs).
     #[arg(short, long)]
     tty: bool,
+    /// Set an environment variable (repeatable), over the image's.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User inside the container: name, UID or UID:GID.
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+}
+
+impl ProcessArgs {
+    /// The process to run: `command` with these options (no terminal size yet).
+    fn spec(&self, command: Vec<String>) -> husk::sandbox::RunSpec {
+        husk::sandbox::RunSpec {
+            args: command,
+            env: self.env.clone(),
+            cwd: self.workdir.clone(),
+            user: self.user.clone(),
+            ..husk::sandbox::RunSpec::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    process: ProcessArgs,
     /// Run in the background: print the sandbox's name and exit once the command runs.
     #[arg(short, long)]
     detach: bool,
@@ -104,15 +136,6 @@ struct RunArgs {
     /// Memory limit of the container in MiB (the VM gets 64 MiB more for its kernel).
     #[arg(long, default_value_t = 256)]
     memory: u64,
-    /// Set an environment variable (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-    workdir: Option<String>,
-    /// User inside the container: name, UID or UID:GID.
-    #[arg(short = 'u', long = "user")]
-    user: Option<String>,
     /// Connect the sandbox to the host: a TAP husk creates (and removes at exit) with a
     /// /30 link, the host's end on the TAP and the guest's on eth0, default route via
     /// the host. Reaching further needs forwarding/NAT on the host, which husk leaves alone.
@@ -145,21 +168,8 @@ struct RunArgs {
 
 #[derive(Args)]
 struct ExecArgs {
-    /// Pass this process's standard input to the command.
-    #[arg(short, long)]
-    interactive: bool,
-    /// Give the command a terminal (see `husk run -t`).
-    #[arg(short, long)]
-    tty: bool,
-    /// Set an environment variable (repeatable), over the container's.
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-    workdir: Option<String>,
-    /// User inside the container: name, UID or UID:GID.
-    #[arg(short = 'u', long = "user")]
-    user: Option<String>,
+    #[command(flatten)]
+    process: ProcessArgs,
     /// The sandbox (`husk ps`).
     name: String,
     /// The command and its arguments.
@@ -495,7 +505,8 @@ fn resolve_image(
 fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
     use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
     use std::sync::atomic::{AtomicBool, Ordering};
-    if args.detach && args.interactive {
+    let process = &args.process;
+    if args.detach && process.interactive {
         return Err(
             "-d and -i cannot be combined: a detached sandbox's main command has no \
                     stdin (use `husk exec -i NAME ...` to talk to it)"
@@ -514,18 +525,14 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
         None => husk::kernel::cached(None)?.vmlinux,
     };
     let mut spec = RunSpec {
-        args: args.command,
-        env: args.env,
-        cwd: args.workdir,
-        user: args.user,
-        tty: None,
         limits: husk_protocol::Limits {
             memory_bytes: Some(args.memory << 20),
             ..Default::default()
         },
+        ..process.spec(args.command)
     };
     if args.detach {
-        spec.tty = args.tty.then_some(husk::sandbox::terminal::DEFAULT_SIZE);
+        spec.tty = process.tty.then_some(husk::sandbox::terminal::DEFAULT_SIZE);
         let request = husk::detached::Request {
             name: args.name.unwrap_or_else(husk::detached::generate_name),
             image_ref: args.image,
@@ -575,9 +582,9 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
             stopper.stop();
         });
     }
-    let (tty, raw) = tty_setup(args.tty, args.interactive)?;
+    let (tty, raw) = tty_setup(process.tty, process.interactive)?;
     spec.tty = tty;
-    let result = sandbox.run(&spec, Stdio::inherit(args.interactive));
+    let result = sandbox.run(&spec, Stdio::inherit(process.interactive));
     drop(raw);
     if timed_out.load(Ordering::SeqCst) {
         eprintln!(
@@ -614,16 +621,13 @@ fn exec(args: ExecArgs) -> Result<i32, Box<dyn std::error::Error>> {
     if let Ok(mut t) = target.lock() {
         *t = Some(Box::new(control.signaller()));
     }
-    let (tty, raw) = tty_setup(args.tty, args.interactive)?;
+    let process = &args.process;
+    let (tty, raw) = tty_setup(process.tty, process.interactive)?;
     let spec = RunSpec {
-        args: args.command,
-        env: args.env,
-        cwd: args.workdir,
-        user: args.user,
         tty,
-        ..RunSpec::default()
+        ..process.spec(args.command)
     };
-    let result = control.exec(&spec, Stdio::inherit(args.interactive));
+    let result = control.exec(&spec, Stdio::inherit(process.interactive));
     drop(raw);
     Ok(result?.docker_code())
 }

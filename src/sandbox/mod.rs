@@ -17,7 +17,6 @@
 
 pub mod agent;
 mod demux;
-mod ifconfig;
 pub mod initramfs;
 pub mod net;
 pub mod scratch;

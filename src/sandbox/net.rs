@@ -10,8 +10,8 @@ use std::os::unix::net::UnixStream;
 
 use husk_protocol::{read_message, write_message, Message, ProtocolError};
 
-use super::ifconfig;
 use crate::vmm::RunningVm;
+use husk_netif as ifconfig;
 
 /// The network all links are cut from: 10.213.0.0/16.
 pub const LINK_NETWORK: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 0);

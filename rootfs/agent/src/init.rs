@@ -151,7 +151,7 @@ pub fn setup_guest() -> Result<(), InitError> {
     move_root_to_tmpfs()?;
     mount_pseudo_filesystems()?;
     cgroup::enable_controllers(Path::new("/sys/fs/cgroup"))?;
-    crate::ioctl::interface_up("lo").map_err(InitError::Loopback)?;
+    husk_netif::interface_up("lo").map_err(InitError::Loopback)?;
     sethostname(GUEST_HOSTNAME).map_err(sys("sethostname", Path::new(GUEST_HOSTNAME)))?;
     Ok(())
 }

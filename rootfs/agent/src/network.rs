@@ -5,8 +5,6 @@
 
 use std::net::Ipv4Addr;
 
-use crate::ioctl;
-
 /// Errors of configuring the link.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -79,10 +77,11 @@ pub fn configure(
             source,
         }
     };
-    ioctl::set_ipv4(interface, address, mask).map_err(step("setting the address", interface))?;
-    ioctl::interface_up(interface).map_err(step("bringing the link up", interface))?;
-    ioctl::interface_up("lo").map_err(step("bringing the link up", "lo"))?;
-    match ioctl::add_default_route(gateway) {
+    husk_netif::set_ipv4(interface, address, mask)
+        .map_err(step("setting the address", interface))?;
+    husk_netif::interface_up(interface).map_err(step("bringing the link up", interface))?;
+    husk_netif::interface_up("lo").map_err(step("bringing the link up", "lo"))?;
+    match husk_netif::add_default_route(gateway) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         other => other.map_err(step("adding the default route", interface)),
     }
