@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use husk::config::ConsoleConfig;
-use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
+use husk::{RunSpec, Sandbox, SandboxImage, Stdio};
 
 /// A job: a name, a command, and the exit code it should end with. A job with `exec`
 /// starts `command` as a service container and runs `exec` inside it; the job's result
@@ -86,12 +86,14 @@ fn run_job(job: &Job, settings: Settings) -> Outcome {
     let start = Instant::now();
     let (stdio, stdout, stderr) = Stdio::capture();
     let exit = (|| {
-        let mut config = SandboxConfig::new(settings.image, settings.kernel);
-        config.boot_timeout = settings.timeout;
+        let mut builder =
+            Sandbox::builder(settings.image, settings.kernel).boot_timeout(settings.timeout);
         if let Some(dir) = &settings.console_dir {
-            config.console = ConsoleConfig::File(dir.join(format!("{}.console", job.name)));
+            builder = builder.console(ConsoleConfig::File(
+                dir.join(format!("{}.console", job.name)),
+            ));
         }
-        let sandbox = Sandbox::start(config).map_err(|e| e.to_string())?;
+        let sandbox = builder.start().map_err(|e| e.to_string())?;
         if let Some(stopper) = sandbox.stopper() {
             // The stopper outlives a finished job harmlessly: stopping an ended VM is a no-op.
             let timeout = settings.timeout;
@@ -128,7 +130,7 @@ fn run_with_exec(
     spec: &RunSpec,
     exec: &[&str],
     stdio: Stdio,
-) -> Result<husk::sandbox::ExitStatus, String> {
+) -> Result<husk::ExitStatus, String> {
     let (service_stdio, ..) = Stdio::capture();
     let service = sandbox
         .spawn(spec, service_stdio)

@@ -16,6 +16,11 @@ pub mod profile;
 pub mod sandbox;
 pub mod vmm;
 
+pub use sandbox::{
+    ExitStatus, Process, RunSpec, Sandbox, SandboxBuilder, SandboxConfig, SandboxError,
+    SandboxImage, Stdio,
+};
+
 /// An error and its chain of causes on one line (causes already in the text are skipped).
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();

@@ -247,6 +247,72 @@ impl SandboxConfig {
     }
 }
 
+/// Builds a [`Sandbox`]: `Sandbox::builder(image, kernel).cpus(2).network(true).start()`.
+#[derive(Debug, Clone)]
+pub struct SandboxBuilder {
+    config: SandboxConfig,
+}
+
+impl SandboxBuilder {
+    /// vCPUs (default 1).
+    pub fn cpus(mut self, cpus: u8) -> Self {
+        self.config.cpus = cpus;
+        self
+    }
+
+    /// Guest RAM in MiB (default 256).
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.config.memory_mib = mib;
+        self
+    }
+
+    /// A link to the host (`husk run --net`).
+    pub fn network(mut self, on: bool) -> Self {
+        self.config.network = on;
+        self
+    }
+
+    /// Writable layers on a scratch disk of `mib` MiB (`husk run --disk`).
+    pub fn scratch_disk_mib(mut self, mib: u64) -> Self {
+        self.config.scratch_disk_mib = Some(mib);
+        self
+    }
+
+    /// Another disk after the image (and the scratch disk).
+    pub fn disk(mut self, disk: BlockConfig) -> Self {
+        self.config.disks.push(disk);
+        self
+    }
+
+    /// Where the guest console goes (default: kept in memory for error reports).
+    pub fn console(mut self, console: ConsoleConfig) -> Self {
+        self.config.console = console;
+        self
+    }
+
+    /// How long the guest may take to boot to its agent (default 600 s).
+    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
+        self.config.boot_timeout = timeout;
+        self
+    }
+
+    /// The agent binary (default: [`agent::agent_binary`]).
+    pub fn agent(mut self, path: PathBuf) -> Self {
+        self.config.agent = Some(path);
+        self
+    }
+
+    /// The configuration built so far.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Boot the sandbox.
+    pub fn start(self) -> Result<Sandbox, SandboxError> {
+        Sandbox::start(self.config)
+    }
+}
+
 /// One process to run in the sandbox; empty fields take the image's defaults.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunSpec {
@@ -338,6 +404,13 @@ impl Process {
 }
 
 impl Sandbox {
+    /// A builder with defaults for everything but the image and the kernel.
+    pub fn builder(image: SandboxImage, kernel: PathBuf) -> SandboxBuilder {
+        SandboxBuilder {
+            config: SandboxConfig::new(image, kernel),
+        }
+    }
+
     /// Boot the VM and connect to its agent.
     pub fn start(config: SandboxConfig) -> Result<Self, SandboxError> {
         let created = Instant::now();
