@@ -568,7 +568,12 @@ fn report_execs(execs: &Execs) {
 fn report(husk: &[HuskSample], crun: &[CrunSample]) {
     let h = |path: &[&str]| median(husk.iter().filter_map(|s| s.field(path)).collect());
     let c = |f: fn(&CrunSample) -> f64| median(crun.iter().map(f).collect());
-    let rows: [(&str, f64, Option<f64>); 7] = [
+    let rows: [(&str, f64, Option<f64>); 8] = [
+        (
+            "agent initramfs ready (cached)",
+            h(&["sandbox", "initramfs_ready_ms"]),
+            None,
+        ),
         (
             "VM running (VM built, vCPUs run)",
             h(&["sandbox", "vm_running_ms"]),
@@ -634,8 +639,24 @@ fn report(husk: &[HuskSample], crun: &[CrunSample]) {
     println!("husk VM (median of {} runs, from --timings):", husk.len());
     for (name, path) in [
         (
+            "VM setup: guest loaded (ms from VM start)",
+            &["vm", "timeline", "guest_loaded_ms"][..],
+        ),
+        (
+            "VM setup: KVM VM ready (ms)",
+            &["vm", "timeline", "kvm_ready_ms"],
+        ),
+        (
+            "VM setup: vCPUs created (ms)",
+            &["vm", "timeline", "vcpus_created_ms"],
+        ),
+        (
+            "first KVM_RUN (ms)",
+            &["vm", "timeline", "first_kvm_run_ms"],
+        ),
+        (
             "VMM CPU time outside guest mode (ms)",
-            &["vm", "process", "vmm_cpu_ms"][..],
+            &["vm", "process", "vmm_cpu_ms"],
         ),
         (
             "  of which husk user code (ms)",

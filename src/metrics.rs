@@ -7,6 +7,12 @@ use serde::Serialize;
 /// Milestones of one VM run, in milliseconds from the start of `Vm::start`.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Timeline {
+    /// Guest RAM created, devices built, kernel, initrd and boot tables loaded.
+    pub guest_loaded_ms: Option<f64>,
+    /// KVM VM created with its memory, irqchip, PIT and device eventfds.
+    pub kvm_ready_ms: Option<f64>,
+    /// vCPUs created and set up (registers, CPUID, MSRs).
+    pub vcpus_created_ms: Option<f64>,
     /// First KVM_RUN of the boot vCPU.
     pub first_kvm_run_ms: Option<f64>,
     /// First byte the guest wrote to its console.

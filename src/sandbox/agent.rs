@@ -1,5 +1,8 @@
 //! The guest side of a sandbox: the husk-agent binary and the initramfs that makes it
 //! PID 1 (`/init` plus `/dev/console`, nothing else), cached by the agent's digest.
+//! Hashing the agent on every start costs more than the rest of the VM's setup on a
+//! slow host, so a stamp of the agent file's identity (device, inode, size, mtime,
+//! ctime: any write changes ctime) remembers which archive it built.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +39,50 @@ pub fn agent_binary() -> Result<PathBuf, SandboxError> {
 
 /// Build (or reuse) the agent initramfs in `cache_dir`; returns its path.
 pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf, SandboxError> {
+    let stamp = file_stamp(agent).map(|s| cache_dir.join("stamps").join(s));
+    if let Some(known) = stamp.as_ref().and_then(|s| std::fs::read_to_string(s).ok()) {
+        let path = cache_dir.join(known.trim());
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    let path = build_initramfs(agent, cache_dir)?;
+    if let (Some(stamp), Some(name)) = (stamp, path.file_name()) {
+        // Best effort: without the stamp the next start hashes again.
+        drop(write_atomically(&stamp, name.to_string_lossy().as_bytes()));
+    }
+    Ok(path)
+}
+
+/// The identity of `file` as it is now: changes whenever its content may have.
+fn file_stamp(file: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(file).ok()?;
+    Some(format!(
+        "{:x}-{:x}-{:x}-{:x}.{:x}-{:x}.{:x}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    ))
+}
+
+/// Write `data` to `path` through a temp file in its folder and a rename.
+fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Build (or find) the archive named by the agent's digest.
+fn build_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf, SandboxError> {
     let binary = std::fs::read(agent)
         .map_err(|e| SandboxError::Agent(format!("cannot read {}: {e}", agent.display())))?;
     let digest = Sha256::digest(&binary);
@@ -101,7 +148,39 @@ mod tests {
         let first = agent_initramfs(&agent, dir.path()).unwrap();
         let second = agent_initramfs(&agent, dir.path()).unwrap();
         assert_eq!(first, second);
+        // The second call took the stamp's word for it.
+        let stamps: Vec<_> = std::fs::read_dir(dir.path().join("stamps"))
+            .unwrap()
+            .collect();
+        assert_eq!(stamps.len(), 1);
         std::fs::write(&agent, b"another agent").unwrap();
         assert_ne!(agent_initramfs(&agent, dir.path()).unwrap(), first);
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_pointing_to_a_removed_archive_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("husk-agent");
+        std::fs::write(&agent, b"agent").unwrap();
+        let first = agent_initramfs(&agent, dir.path()).unwrap();
+        std::fs::remove_file(&first).unwrap();
+        assert_eq!(agent_initramfs(&agent, dir.path()).unwrap(), first);
+        assert!(first.is_file());
+    }
+
+    #[test]
+    fn a_stamp_changes_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"one").unwrap();
+        let before = file_stamp(&file).unwrap();
+        std::fs::write(&file, b"two!").unwrap();
+        assert_ne!(file_stamp(&file).unwrap(), before);
+        assert_eq!(file_stamp(&dir.path().join("missing")), None);
     }
 }

@@ -103,6 +103,7 @@ pub enum SandboxError {
 #[derive(Debug, Clone, Copy)]
 struct Marks {
     created: Instant,
+    initramfs_ready: Instant,
     vm_running: Instant,
     agent_ready: Instant,
     run_sent: Option<Instant>,
@@ -115,6 +116,7 @@ impl Default for Marks {
         let now = Instant::now();
         Self {
             created: now,
+            initramfs_ready: now,
             vm_running: now,
             agent_ready: now,
             run_sent: None,
@@ -127,6 +129,8 @@ impl Default for Marks {
 /// Milestones of a sandbox, in ms from the start of [`Sandbox::start`] (the last `run`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SandboxTimings {
+    /// The runtime folder exists and the agent initramfs is found (or built).
+    pub initramfs_ready_ms: Option<f64>,
     /// The VM is built and its vCPUs run (kernel loaded, devices wired).
     pub vm_running_ms: Option<f64>,
     /// The agent answered on vsock and the handshake is done (guest booted).
@@ -429,6 +433,7 @@ impl Sandbox {
         };
         let initrd =
             agent::agent_initramfs(&agent, &crate::kernel::cache_root().join("initramfs"))?;
+        let initramfs_ready = Instant::now();
         let uds = runtime.path().join("vsock.sock");
         let scratch = (config.scratch_disk_mib)
             .map(|mib| scratch::create(runtime.path(), mib))
@@ -457,6 +462,7 @@ impl Sandbox {
             current: Arc::new(AtomicU32::new(0)),
             marks: Mutex::new(Marks {
                 created,
+                initramfs_ready,
                 vm_running,
                 agent_ready,
                 ..Marks::default()
@@ -487,6 +493,7 @@ impl Sandbox {
         let m = *self.marks();
         let ms = |t: Option<Instant>| crate::metrics::ms_since(m.created, t);
         SandboxTimings {
+            initramfs_ready_ms: ms(Some(m.initramfs_ready)),
             vm_running_ms: ms(Some(m.vm_running)),
             agent_ready_ms: ms(Some(m.agent_ready)),
             run_sent_ms: ms(m.run_sent),

@@ -102,6 +102,14 @@ fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Setup { what, source }
 }
 
+/// When `start` finished each setup stage.
+#[derive(Debug, Clone, Copy)]
+struct SetupMarks {
+    guest_loaded: Instant,
+    kvm_ready: Instant,
+    vcpus_created: Instant,
+}
+
 /// A VM whose vCPUs are running.
 pub struct RunningVm {
     shared: Arc<VcpuShared>,
@@ -112,6 +120,7 @@ pub struct RunningVm {
     memory: GuestMemoryMmap,
     console: Arc<ConsoleLog>,
     started: Instant,
+    setup: SetupMarks,
     kernel: PathBuf,
     taps: Vec<String>,
     // Kept alive for the VM's lifetime: dropping them closes the VM and its memory.
@@ -151,6 +160,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
     let virtio = devices::create(&ram.memory, &mut mmio, config)?;
     let entry = load_guest(config, &ram.memory, &virtio.cmdline())?;
     arch::mptable::setup_mptable(&ram.memory, config.cpus)?;
+    let guest_loaded = Instant::now();
 
     let kvm = crate::kvm::open()?;
     if let Some(warning) = KvmFlavor::probe().warning() {
@@ -160,6 +170,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
     register_memory(&vm, &ram.memory)?;
     create_platform(&vm)?;
     virtio.register(&vm)?;
+    let kvm_ready = Instant::now();
 
     let console = Arc::new(ConsoleLog::default());
     let exit = Arc::new(ExitSink::default());
@@ -174,6 +185,11 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
         profiling: config.profile,
     });
     let vcpus = create_vcpus(&kvm, &vm, config.cpus, &ram.memory, &entry, &shared)?;
+    let setup = SetupMarks {
+        guest_loaded,
+        kvm_ready,
+        vcpus_created: Instant::now(),
+    };
     vcpu::install_kick_handler().map_err(|source| VmError::Thread {
         what: "vCPU signal handler".into(),
         source,
@@ -188,6 +204,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
         memory: ram.memory.clone(),
         console,
         started,
+        setup,
         kernel: config.kernel.clone(),
         taps,
         _vm: vm,
@@ -467,6 +484,9 @@ impl RunningVm {
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         RunMetrics {
             timeline: Timeline {
+                guest_loaded_ms: ms_since(self.started, Some(self.setup.guest_loaded)),
+                kvm_ready_ms: ms_since(self.started, Some(self.setup.kvm_ready)),
+                vcpus_created_ms: ms_since(self.started, Some(self.setup.vcpus_created)),
                 first_kvm_run_ms: ms_since(self.started, self.shared.first_run.get().copied()),
                 first_console_byte_ms: ms_since(self.started, self.console.first_byte()),
                 exit_ms: ms_since(self.started, Some(ended)),

@@ -155,3 +155,32 @@ pub fn setup_guest() -> Result<(), InitError> {
     sethostname(GUEST_HOSTNAME).map_err(sys("sethostname", Path::new(GUEST_HOSTNAME)))?;
     Ok(())
 }
+
+/// Seconds since the guest booted (CLOCK_BOOTTIME), for telling where a slow boot went.
+pub fn since_boot() -> Option<f64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    Some(now.tv_sec() as f64 + now.tv_nsec() as f64 / 1e9)
+}
+
+/// `" (agent started at S s, ready at T s after boot)"`.
+pub fn boot_times(started: Option<f64>, ready: Option<f64>) -> String {
+    match (started, ready) {
+        (Some(s), Some(r)) => format!(" (agent started at {s:.2} s, ready at {r:.2} s after boot)"),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod boot_time_tests {
+    use super::*;
+
+    #[test]
+    fn boot_times_read_well() {
+        assert_eq!(
+            boot_times(Some(1.834), Some(2.5)),
+            " (agent started at 1.83 s, ready at 2.50 s after boot)"
+        );
+        assert_eq!(boot_times(None, Some(2.5)), "");
+        assert!(since_boot().is_some_and(|t| t > 0.0));
+    }
+}

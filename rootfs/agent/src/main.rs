@@ -12,6 +12,7 @@ use husk_agent::{console, init, reaper, server};
 use husk_protocol::AGENT_VSOCK_PORT;
 
 fn main() {
+    let started = init::since_boot();
     std::panic::set_hook(Box::new(|info| console::fatal(&format!("panic: {info}"))));
     if std::process::id() == 1 {
         if let Err(e) = init::setup_guest() {
@@ -34,7 +35,10 @@ fn main() {
         Ok(listener) => listener,
         Err(e) => console::fatal(&format!("listen on vsock port {AGENT_VSOCK_PORT}: {e}")),
     };
-    console::log(&format!("listening on vsock port {AGENT_VSOCK_PORT}"));
+    console::log(&format!(
+        "listening on vsock port {AGENT_VSOCK_PORT}{}",
+        init::boot_times(started, init::since_boot())
+    ));
     if let Err(e) = server::serve(&mut listener, &agent, &outbox) {
         console::fatal(&format!("accept on vsock port {AGENT_VSOCK_PORT}: {e}"));
     }
