@@ -713,6 +713,11 @@ fn each_sandbox(
     verb: &str,
     action: impl Fn(&str) -> Result<(), husk::detached::DetachedError>,
 ) -> CliResult {
+    if let [name] = names {
+        action(name)?;
+        println!("{name}");
+        return Ok(());
+    }
     let mut failed = Vec::new();
     for name in names {
         match action(name) {

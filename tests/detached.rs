@@ -31,6 +31,10 @@ $R -d --name web busybox -- true 2>dup.txt; echo "dup-status=$?"
 echo "dup-named=$(grep -c 'named web already exists' dup.txt)"
 $R -d --name 'bad/name' busybox -- true 2>bad.txt; echo "bad-name-status=$?"
 echo "bad-name-named=$(grep -c 'bad/name' bad.txt)"
+# The monitor's own failure reaches the caller, and leaves no record.
+$R -d --name nocpu --cpus 0 busybox -- true 2>nocpu.txt; echo "nocpu-status=$?"
+echo "nocpu-named=$(grep -c 'failed to start.*cpus' nocpu.txt)"
+echo "nocpu-gone=$(test -e run/nocpu || echo yes)"
 echo "ps-running=$(./husk ps | grep -c '^web .*running')"
 echo "exec-sees-state=$(./husk exec web sh -c 'until [ -e /tmp/state ]; do sleep 0.1; done; cat /tmp/state')"
 ./husk exec web sh -c 'exit 7'; echo "exec-status=$?"
@@ -141,6 +145,9 @@ fn detached_sandboxes_exec_log_stop_and_leave_nothing() {
         ("dup-named", "1"),
         ("bad-name-status", "125"),
         ("bad-name-named", "1"),
+        ("nocpu-status", "125"),
+        ("nocpu-named", "1"),
+        ("nocpu-gone", "yes"),
         ("ps-running", "1"),
         ("exec-sees-state", "up"),
         ("exec-status", "7"),
