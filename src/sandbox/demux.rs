@@ -314,6 +314,67 @@ mod tests {
         assert!(matches!(late, Err(SandboxError::Lost(_))));
     }
 
+    fn agent_message() -> impl proptest::strategy::Strategy<Value = Message> {
+        use proptest::prelude::*;
+        let id = 0u32..4;
+        let data = || prop::collection::vec(any::<u8>(), 0..64);
+        prop_oneof![
+            id.clone()
+                .prop_map(|process_id| Message::Started { process_id }),
+            "[a-z ]{0,12}".prop_map(|message| Message::Error { message }),
+            (id.clone(), data()).prop_map(|(process, data)| Message::Stdout { process, data }),
+            (id.clone(), data()).prop_map(|(process, data)| Message::Stderr { process, data }),
+            (id, any::<Option<i32>>(), any::<bool>()).prop_map(|(process, code, oom_killed)| {
+                let status = ExitStatus {
+                    code,
+                    signal: None,
+                    oom_killed,
+                };
+                Message::Exited { process, status }
+            }),
+            Just(Message::Shutdown),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever a hostile guest sends, in whatever order (answers to nothing, the
+        /// same process started twice, exits of strangers), every request and every
+        /// process gets an answer once the connection ends: nothing hangs or panics.
+        #[test]
+        fn any_agent_stream_ends_every_wait(
+            messages in proptest::collection::vec(agent_message(), 0..40),
+            requests in 1u32..4,
+        ) {
+            let agent = FakeAgent::new();
+            let (demux, reader) =
+                Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
+            let mut guest = agent.guest;
+            let guest_thread = std::thread::spawn(move || {
+                for message in &messages {
+                    if write_message(&mut guest, message).is_err() {
+                        break;
+                    }
+                }
+                // Dropping the guest end closes the connection.
+            });
+            let mut running = Vec::new();
+            for n in 0..requests {
+                let sinks = (Box::new(std::io::sink()), Box::new(std::io::sink()));
+                if let Ok(accepted) = demux.request(&exec(n), sinks.0, sinks.1) {
+                    running.push(accepted.exit);
+                }
+            }
+            guest_thread.join().unwrap();
+            for exit in running {
+                // An exit status, a lost connection, or a dropped route: never a hang.
+                drop(exit.recv());
+            }
+            reader.join().unwrap();
+            proptest::prop_assert!(!demux.closed_reason().is_empty());
+        }
+    }
+
     #[test]
     fn garbage_from_the_guest_ends_the_connection_without_a_panic() {
         let agent = FakeAgent::new();
