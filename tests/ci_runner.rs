@@ -3,9 +3,9 @@
 //! into a running service container and then kills the service.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use common::{agent, assets, run_script, store_tar, WorkDir};
+use common::run_sandbox_script;
 
 /// The example binary cargo built next to husk (`cargo test` builds examples).
 fn example() -> PathBuf {
@@ -30,15 +30,8 @@ for f in consoles/*; do echo "== $f"; tail -n 20 "$f"; done
 
 #[test]
 fn ci_runner_example_runs_jobs_two_at_a_time_and_collects_results() {
-    let dir = WorkDir::new();
-    let (store, agent, example, assets) = (store_tar(&dir), agent(), example(), assets());
-    let files: Vec<(&Path, &str)> = vec![
-        (example.as_path(), "ci_runner"),
-        (agent.as_path(), "husk-agent"),
-        (assets.kernel.as_path(), "vmlinux"),
-        (store.as_path(), "store.tar"),
-    ];
-    let out = run_script(RUN_EXAMPLE, &files);
+    let example = example();
+    let out = run_sandbox_script(RUN_EXAMPLE, &[(example.as_path(), "ci_runner")]);
     assert_eq!(out.value("example-status"), Some("0"), "{out}");
     assert!(out.stdout.contains("job=build exit=0"), "{out}");
     assert!(out.stdout.contains("job=lint exit=3"), "{out}");

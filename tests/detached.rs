@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{agent, assets, run_script, store_tar, WorkDir};
+use common::run_sandbox_script;
 
 /// Plays the user at a terminal (`pty-run`).
 const GUEST_TOOL: &str = env!("CARGO_BIN_EXE_husk-guest-tool");
@@ -126,18 +126,8 @@ echo "tmp-left=$(ls -A tmp | tr '\n' ' ')"
 
 #[test]
 fn detached_sandboxes_exec_log_stop_and_leave_nothing() {
-    let dir = WorkDir::new();
-    let store = store_tar(&dir);
-    let agent = agent();
-    let assets = assets();
-    let files: Vec<(&Path, &str)> = vec![
-        (assets.husk.as_path(), "husk"),
-        (Path::new(GUEST_TOOL), "husk-guest-tool"),
-        (agent.as_path(), "husk-agent"),
-        (assets.kernel.as_path(), "vmlinux"),
-        (store.as_path(), "store.tar"),
-    ];
-    let out = run_script(DETACHED_CHECKS, &files);
+    let tool = [(Path::new(GUEST_TOOL), "husk-guest-tool")];
+    let out = run_sandbox_script(DETACHED_CHECKS, &tool);
     let expect = [
         ("detach-status", "0"),
         ("detach-name", "web"),

@@ -3,9 +3,7 @@
 //! and checks each; the script prints `key=value` lines that the test asserts on.
 mod common;
 
-use std::path::Path;
-
-use common::{agent, assets, run_script, store_tar, WorkDir};
+use common::run_sandbox_script;
 
 const RUN_CHECKS: &str = r#"
 tar xf store.tar
@@ -49,17 +47,7 @@ echo "tmp-left=$(ls -A tmp | tr '\n' ' ')"
 /// death is checked through the OOM kill (SIGKILL from the kernel, reported as 137).
 #[test]
 fn run_streams_stdio_returns_exit_codes_and_isolates_the_image() {
-    let dir = WorkDir::new();
-    let store = store_tar(&dir);
-    let agent = agent();
-    let assets = assets();
-    let files: Vec<(&Path, &str)> = vec![
-        (assets.husk.as_path(), "husk"),
-        (agent.as_path(), "husk-agent"),
-        (assets.kernel.as_path(), "vmlinux"),
-        (store.as_path(), "store.tar"),
-    ];
-    let out = run_script(RUN_CHECKS, &files);
+    let out = run_sandbox_script(RUN_CHECKS, &[]);
     assert_eq!(out.value("true-status"), Some("0"), "{out}");
     assert_eq!(out.value("exit3-status"), Some("3"), "{out}");
     assert_eq!(out.value("kill9-status"), Some("137"), "{out}");

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{agent, assets, run_script, store_tar, WorkDir};
+use common::run_sandbox_script;
 
 const CHECKS: &str = r#"
 tar xf store.tar
@@ -127,19 +127,12 @@ fn number(value: Option<&str>) -> u64 {
 
 #[test]
 fn run_with_scratch_disk_and_network_reaches_the_host_and_cleans_up() {
-    let dir = WorkDir::new();
-    let store = store_tar(&dir);
-    let agent = agent();
-    let assets = assets();
     let e2fs = mkfs_ext4_files();
-    let mut files: Vec<(&Path, &str)> = vec![
-        (assets.husk.as_path(), "husk"),
-        (agent.as_path(), "husk-agent"),
-        (assets.kernel.as_path(), "vmlinux"),
-        (store.as_path(), "store.tar"),
-    ];
-    files.extend(e2fs.iter().map(|(p, n)| (p.as_path(), n.as_str())));
-    let out = run_script(CHECKS, &files);
+    let files: Vec<(&Path, &str)> = e2fs
+        .iter()
+        .map(|(p, n)| (p.as_path(), n.as_str()))
+        .collect();
+    let out = run_sandbox_script(CHECKS, &files);
     // --disk: the root's size is the 64 MiB disk's (less ext4's metadata), not a tmpfs's.
     assert_eq!(out.value("disk1-status"), Some("0"), "{out}");
     let df_total = number(out.value("disk1-df-total-kib"));

@@ -215,6 +215,22 @@ pub fn run_script(script: &str, files: &[(&Path, &str)]) -> Output {
     }
 }
 
+/// Runs `script` (as [`run_script`]) with what a sandbox needs in its work directory:
+/// `husk`, `husk-agent`, the guest kernel as `vmlinux` and an image store holding
+/// busybox as `store.tar`; then `extra` files.
+pub fn run_sandbox_script(script: &str, extra: &[(&Path, &str)]) -> Output {
+    let dir = WorkDir::new();
+    let (store, agent, assets) = (store_tar(&dir), agent(), assets());
+    let mut files: Vec<(&Path, &str)> = vec![
+        (assets.husk.as_path(), "husk"),
+        (agent.as_path(), "husk-agent"),
+        (assets.kernel.as_path(), "vmlinux"),
+        (store.as_path(), "store.tar"),
+    ];
+    files.extend_from_slice(extra);
+    run_script(script, &files)
+}
+
 /// Like `run_script`, with the QEMU peer available to the script: `husk-peer-qemu`
 /// (QEMU `microvm` on KVM, taking `husk boot`'s options) on its `PATH`, and in the test
 /// host QEMU itself with its libraries and firmware. For peer comparisons and for
