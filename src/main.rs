@@ -574,12 +574,22 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
         return Ok(128 + early);
     }
     let timed_out = std::sync::Arc::new(AtomicBool::new(false));
-    if let (Some(secs), Some(stopper)) = (args.timeout, sandbox.stopper()) {
-        let flag = timed_out.clone();
+    let sandbox = std::sync::Arc::new(sandbox);
+    if let Some(secs) = args.timeout {
+        let (flag, watched) = (timed_out.clone(), std::sync::Arc::downgrade(&sandbox));
         std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_secs(secs));
-            flag.store(true, Ordering::SeqCst);
-            stopper.stop();
+            if let Some(sandbox) = watched.upgrade() {
+                flag.store(true, Ordering::SeqCst);
+                // What the guest was doing, before the VM is gone.
+                eprintln!(
+                    "husk: --timeout: the guest's last output:\n{}",
+                    sandbox.failure_output()
+                );
+                if let Some(stopper) = sandbox.stopper() {
+                    stopper.stop();
+                }
+            }
         });
     }
     let (tty, raw) = tty_setup(process.tty, process.interactive)?;

@@ -21,7 +21,9 @@ exec $PWD/e2fs/ld.so --library-path $PWD/e2fs $PWD/e2fs/mkfs.ext4 "\$@"
 WRAPPER
 chmod 755 bin/mkfs.ext4
 export PATH=$PWD/bin:$PATH
-R="./husk run --kernel vmlinux"
+# A hung guest fails its run in 5 minutes with the guest's last output (exit 124),
+# not the whole test host at its own timeout.
+R="./husk run --kernel vmlinux --timeout 300"
 
 # --disk: the writable layer is on the scratch disk, holds more than the memory limit
 # would let a tmpfs hold, and every sandbox starts with a fresh one.

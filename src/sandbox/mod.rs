@@ -54,6 +54,8 @@ use crate::vmm::{self, RunningVm, VmError};
 const GUEST_CID: u64 = 3;
 /// How long a guest may take to reset after Shutdown before the host stops it.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The least time a guest that accepted the agent connection gets to send its Hello.
+const HANDSHAKE_MIN: Duration = Duration::from_secs(30);
 /// How often to retry the agent while the guest boots.
 const CONNECT_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -520,6 +522,15 @@ impl Sandbox {
         }
     }
 
+    /// The end of the guest console and of the guest kernel's log (read from guest
+    /// memory), for reporting a guest that stopped answering.
+    pub fn failure_output(&self) -> String {
+        self.vm()
+            .as_ref()
+            .map(RunningVm::failure_output)
+            .unwrap_or_default()
+    }
+
     /// The end of the guest console (for error reports).
     pub fn console_tail(&self) -> String {
         self.vm()
@@ -742,7 +753,14 @@ fn connect_agent(
         }
         match vsock::connect_once(uds, husk_protocol::AGENT_VSOCK_PORT) {
             Ok(mut conn) => {
-                host_handshake(&mut conn)?;
+                // A guest that accepted but never greets must not hang the host.
+                let left = timeout.saturating_sub(start.elapsed()).max(HANDSHAKE_MIN);
+                let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
+                conn.set_read_timeout(Some(left)).map_err(io)?;
+                if let Err(e) = host_handshake(&mut conn) {
+                    return Err(down(format!("the agent's handshake failed: {e}")));
+                }
+                conn.set_read_timeout(None).map_err(io)?;
                 return Ok(conn);
             }
             Err(e) if start.elapsed() >= timeout => {
