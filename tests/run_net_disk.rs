@@ -49,7 +49,8 @@ echo hello-from-host > www/greeting
 busybox httpd -f -p 7003 -h www &
 httpd=$!
 mkfifo keep-open
-timeout 600 nc -l -p 7002 < keep-open > from-guest &
+# Just longer than a husk run may take (--timeout 300): a hung guest fails in minutes.
+timeout 330 nc -l -p 7002 < keep-open > from-guest &
 listener=$!
 exec 3> keep-open
 cat > net.sh <<'GUEST'
