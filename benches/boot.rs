@@ -26,13 +26,7 @@ use std::time::Instant;
 const INIT_MARKER: &str = "HUSK-TEST: init started";
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(pos) = args.iter().position(|a| a == "--inner") {
-        inner(&args[pos + 1..]);
-        return;
-    }
-    // `cargo bench` passes `--bench`; anything else is ignored.
-    outer();
+    common::dispatch(outer, inner);
 }
 
 fn outer() {

@@ -25,12 +25,7 @@ mod support;
 use support::{boot_vmm, finish_host_tool, host_tool, sh, spawn_host_tool, Values, Vmm};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(pos) = args.iter().position(|a| a == "--inner") {
-        inner(&args[pos + 1..]);
-        return;
-    }
-    outer();
+    common::dispatch(outer, inner);
 }
 
 fn stdout_of(cmd: &mut Command) -> Option<String> {

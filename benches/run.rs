@@ -47,13 +47,7 @@ const ROOTFS_MNT: &str = "rootfs-mnt";
 const ROOTFS_TREE: &str = "rootfs-tree";
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(pos) = args.iter().position(|a| a == "--inner") {
-        inner(&args[pos + 1..]);
-        return;
-    }
-    // `cargo bench` passes `--bench`; anything else is ignored.
-    outer();
+    common::dispatch(outer, inner);
 }
 
 /// crun on this machine: `$HUSK_BENCH_CRUN` or `crun` on `PATH`.

@@ -53,3 +53,13 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+/// A bench's entry: `--inner ARGS...` runs the measuring half (in the test host or
+/// here), anything else (`cargo bench` passes `--bench`) the outer half.
+pub fn dispatch(outer: fn(), inner: fn(&[String])) {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--inner") {
+        Some(pos) => inner(&args[pos + 1..]),
+        None => outer(),
+    }
+}
