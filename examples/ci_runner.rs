@@ -10,6 +10,8 @@
 //! Prints one `job=NAME exit=CODE stdout=...` line per job, then `jobs=N failed=M`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use husk::config::ConsoleConfig;
@@ -94,23 +96,36 @@ fn run_job(job: &Job, settings: Settings) -> Outcome {
             ));
         }
         let sandbox = builder.start().map_err(|e| e.to_string())?;
-        if let Some(stopper) = sandbox.stopper() {
-            // The stopper outlives a finished job harmlessly: stopping an ended VM is a no-op.
-            let timeout = settings.timeout;
-            std::thread::spawn(move || {
-                std::thread::sleep(timeout);
-                stopper.stop();
-            });
-        }
         let spec = RunSpec {
             args: job.command.iter().map(|s| s.to_string()).collect(),
             env: vec![format!("CI_JOB={}", job.name)],
             ..RunSpec::default()
         };
-        let status = match job.exec {
-            None => sandbox.run(&spec, stdio).map_err(|e| e.to_string())?,
-            Some(exec) => run_with_exec(&sandbox, &spec, exec, stdio)?,
-        };
+        let timed_out = AtomicBool::new(false);
+        let status = std::thread::scope(|scope| {
+            // A job that overruns is ended from the host; its run then fails. Dropping
+            // `done` when the job ends first lets the watchdog go.
+            let (done, finished) = mpsc::channel::<()>();
+            if let Some(stopper) = sandbox.stopper() {
+                let timed_out = &timed_out;
+                scope.spawn(move || {
+                    if finished.recv_timeout(settings.timeout) == Err(RecvTimeoutError::Timeout) {
+                        timed_out.store(true, Ordering::SeqCst);
+                        stopper.stop();
+                    }
+                });
+            }
+            let status = match job.exec {
+                None => sandbox.run(&spec, stdio).map_err(|e| e.to_string()),
+                Some(exec) => run_with_exec(&sandbox, &spec, exec, stdio),
+            };
+            drop(done);
+            status
+        })
+        .map_err(|e| match timed_out.load(Ordering::SeqCst) {
+            true => format!("timed out after {:?} ({e})", settings.timeout),
+            false => e,
+        })?;
         sandbox.stop().map_err(|e| e.to_string())?;
         Ok(status.docker_code())
     })();

@@ -145,8 +145,9 @@ struct RunArgs {
     /// file, removed at exit) instead of in guest RAM.
     #[arg(long = "disk", value_name = "SIZE_MIB")]
     disk: Option<u64>,
-    /// Give up and stop the sandbox after SECONDS (exit code 124; a detached sandbox is
-    /// stopped and shows as such in `husk ps -a`).
+    /// Give up after SECONDS from the start, boot included: the sandbox is stopped, the
+    /// guest's last console and kernel log lines are printed, and the exit code is 124
+    /// (a detached sandbox is stopped and shows as such in `husk ps -a`).
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
     /// Guest kernel [default: `husk kernel path`].
@@ -503,8 +504,17 @@ fn resolve_image(
 }
 
 fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
-    use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
+    use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxError, SandboxImage, Stdio};
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let began = Instant::now();
+    let limit = args.timeout.map(Duration::from_secs);
+    let timed_out_message = || {
+        eprintln!(
+            "husk: the sandbox was stopped after {} s (--timeout)",
+            args.timeout.unwrap_or(0)
+        );
+    };
     let process = &args.process;
     if args.detach && process.interactive {
         return Err(
@@ -557,13 +567,22 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
     config.memory_mib = args.memory + 64;
     config.network = args.net;
     config.scratch_disk_mib = args.disk;
-    if let Some(secs) = args.timeout {
-        config.boot_timeout = std::time::Duration::from_secs(secs);
+    if let Some(limit) = limit {
+        config.boot_timeout = limit;
     }
     if let Some(path) = args.console {
         config.console = ConsoleConfig::File(path);
     }
-    let sandbox = Sandbox::start(config)?;
+    let sandbox = match Sandbox::start(config) {
+        Ok(sandbox) => sandbox,
+        // The guest's last output is in the error.
+        Err(e @ SandboxError::AgentDown { .. }) if limit.is_some_and(|l| began.elapsed() >= l) => {
+            eprintln!("husk: {}", render(&e));
+            timed_out_message();
+            return Ok(124);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Ok(mut t) = target.lock() {
         *t = Some(Box::new(sandbox.signaller()));
     }
@@ -573,14 +592,20 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
         drop(sandbox.stop());
         return Ok(128 + early);
     }
-    let timed_out = std::sync::Arc::new(AtomicBool::new(false));
-    let sandbox = std::sync::Arc::new(sandbox);
-    if let Some(secs) = args.timeout {
-        let (flag, watched) = (timed_out.clone(), std::sync::Arc::downgrade(&sandbox));
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_secs(secs));
-            if let Some(sandbox) = watched.upgrade() {
-                flag.store(true, Ordering::SeqCst);
+    let timed_out = AtomicBool::new(false);
+    let (tty, raw) = tty_setup(process.tty, process.interactive)?;
+    spec.tty = tty;
+    let result = std::thread::scope(|scope| {
+        // Dropping `done` (the run ended) wakes the watchdog early.
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        if let Some(limit) = limit {
+            let (sandbox, timed_out) = (&sandbox, &timed_out);
+            scope.spawn(move || {
+                let left = limit.saturating_sub(began.elapsed());
+                if finished.recv_timeout(left) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    return;
+                }
+                timed_out.store(true, Ordering::SeqCst);
                 // What the guest was doing, before the VM is gone.
                 eprintln!(
                     "husk: --timeout: the guest's last output:\n{}",
@@ -589,18 +614,15 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
                 if let Some(stopper) = sandbox.stopper() {
                     stopper.stop();
                 }
-            }
-        });
-    }
-    let (tty, raw) = tty_setup(process.tty, process.interactive)?;
-    spec.tty = tty;
-    let result = sandbox.run(&spec, Stdio::inherit(process.interactive));
+            });
+        }
+        let result = sandbox.run(&spec, Stdio::inherit(process.interactive));
+        drop(done);
+        result
+    });
     drop(raw);
     if timed_out.load(Ordering::SeqCst) {
-        eprintln!(
-            "husk: the sandbox was stopped after {} s (--timeout)",
-            args.timeout.unwrap_or(0)
-        );
+        timed_out_message();
         return Ok(124);
     }
     let status = result?;

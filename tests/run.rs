@@ -38,6 +38,11 @@ echo "second-run=$($R busybox -- sh -c 'test -e /etc/written && echo present || 
 $R --memory 32 busybox -- dd if=/dev/zero of=/dev/null bs=64M count=1 2>oom.txt
 echo "oom-status=$?"
 echo "oom-reported=$(grep -c 'memory limit' oom.txt)"
+# --timeout ends a run whose process never does: the guest's output, then 124.
+./husk run --kernel vmlinux --timeout 20 busybox -- sleep 1000 2>timeout.err
+echo "timeout-status=$?"
+echo "timeout-reported=$(grep -c 'stopped after 20 s (--timeout)' timeout.err)"
+echo "timeout-guest-log=$(grep -c 'guest kernel log, read from guest memory' timeout.err)"
 echo "digest-unchanged=$(test "$digest_before" = "$(sha256sum store/images/sha256/*.erofs | cut -d' ' -f1)" && echo yes)"
 echo "husk-processes-left=$(husk_processes)"
 echo "tmp-left=$(ls -A tmp | tr '\n' ' ')"
@@ -69,6 +74,9 @@ fn run_streams_stdio_returns_exit_codes_and_isolates_the_image() {
     assert_eq!(out.value("second-run"), Some("absent"), "{out}");
     assert_eq!(out.value("oom-status"), Some("137"), "{out}");
     assert_eq!(out.value("oom-reported"), Some("1"), "{out}");
+    assert_eq!(out.value("timeout-status"), Some("124"), "{out}");
+    assert_eq!(out.value("timeout-reported"), Some("1"), "{out}");
+    assert_eq!(out.value("timeout-guest-log"), Some("1"), "{out}");
     assert_eq!(out.value("digest-unchanged"), Some("yes"), "{out}");
     assert_eq!(out.value("husk-processes-left"), Some("0"), "{out}");
     assert_eq!(out.value("tmp-left"), Some(""), "{out}");

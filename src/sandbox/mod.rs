@@ -9,6 +9,8 @@
 //! sandbox.exec(container, spec, stdio) start another Process in a running container
 //! process.wait()           the process's exit status (process.signal/resize meanwhile)
 //! sandbox.stop()           ask the agent to shut down, wait for the VM, clean up
+//! sandbox.stopper()        a handle that ends the sandbox from another thread (a
+//!                          timeout): every run, wait and request then returns
 //! ```
 //! A sandbox is `Sync`: several threads may spawn, exec and wait at once; one reader
 //! thread per sandbox routes the agent's frames to the processes ([`demux`]).
@@ -184,6 +186,27 @@ impl Signaller {
     }
 }
 
+/// Ends a sandbox from any thread, whatever its guest is doing: the VM is stopped from the
+/// host and the agent connection is closed, so every `run`, [`Process::wait`] and request
+/// in progress returns (with [`SandboxError::Lost`]). The sandbox's resources are released
+/// by its `stop` or drop, as usual. Stopping twice, or after the sandbox ended, does
+/// nothing.
+#[derive(Clone)]
+pub struct Stopper {
+    vm: vmm::Stopper,
+    conn: Arc<UnixStream>,
+}
+
+impl Stopper {
+    /// End the sandbox now.
+    pub fn stop(&self) {
+        self.vm.stop();
+        // A guest that is alive but stuck would keep the connection (and every wait on
+        // it) open; closing our end ends the reader thread, which fails what waits.
+        drop(self.conn.shutdown(std::net::Shutdown::Both));
+    }
+}
+
 /// The image a sandbox runs: its filesystem image and defaults from its config.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SandboxImage {
@@ -341,8 +364,9 @@ pub struct Sandbox {
     id: String,
     image: SandboxImage,
     vm: Mutex<Option<RunningVm>>,
-    /// The agent connection, kept to shut it down once the VM is gone.
-    conn: UnixStream,
+    /// The agent connection, kept to shut it down once the VM is gone (or a
+    /// [`Stopper`] ends the sandbox).
+    conn: Arc<UnixStream>,
     demux: Arc<demux::Demux>,
     reader: Mutex<Option<JoinHandle<()>>>,
     /// The process the current `run` streams (0: none), for signal forwarding.
@@ -445,12 +469,25 @@ impl Sandbox {
         let link = (config.network)
             .then(|| net::configure_host_side(&vm))
             .transpose()?;
+        let deadline = Instant::now() + config.boot_timeout;
         let mut conn = connect_agent(&vm, &uds, config.boot_timeout)?;
-        if let Some(link) = &link {
-            net::configure_guest(&mut conn, link)?;
-        }
-        let agent_ready = Instant::now();
         let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
+        if let Some(link) = &link {
+            // The handshake's read timeout still holds: a guest that never answers the
+            // network request fails the boot instead of hanging the host.
+            let left = deadline.saturating_duration_since(Instant::now());
+            conn.set_read_timeout(Some(left.max(HANDSHAKE_MIN)))
+                .map_err(io)?;
+            net::configure_guest(&mut conn, link).map_err(|e| match e {
+                net::NetError::Protocol(e) => SandboxError::AgentDown {
+                    reason: format!("the agent did not configure the network: {e}"),
+                    console: vm.failure_output(),
+                },
+                other => other.into(),
+            })?;
+        }
+        conn.set_read_timeout(None).map_err(io)?;
+        let agent_ready = Instant::now();
         let writer = Arc::new(Mutex::new(conn.try_clone().map_err(io)?));
         let (demux, reader) =
             demux::Demux::start(conn.try_clone().map_err(io)?, writer).map_err(io)?;
@@ -458,7 +495,7 @@ impl Sandbox {
             id,
             image: config.image,
             vm: Mutex::new(Some(vm)),
-            conn,
+            conn: Arc::new(conn),
             demux,
             reader: Mutex::new(Some(reader)),
             current: Arc::new(AtomicU32::new(0)),
@@ -504,9 +541,13 @@ impl Sandbox {
         }
     }
 
-    /// A handle that ends the VM from another thread (a timeout, Ctrl-C).
-    pub fn stopper(&self) -> Option<vmm::Stopper> {
-        self.vm().as_ref().map(RunningVm::stopper)
+    /// A handle that ends this sandbox from another thread (a timeout): see [`Stopper`].
+    /// None once the sandbox is stopped.
+    pub fn stopper(&self) -> Option<Stopper> {
+        self.vm().as_ref().map(|vm| Stopper {
+            vm: vm.stopper(),
+            conn: self.conn.clone(),
+        })
     }
 
     /// Whether the VM still runs.
@@ -734,7 +775,8 @@ fn vm_config(
     }
 }
 
-/// Retry the agent's port until it answers, the guest ends, or `timeout` passes.
+/// Retry the agent's port until it answers, the guest ends, or `timeout` passes. The
+/// connection comes back with a read timeout still set.
 fn connect_agent(
     vm: &RunningVm,
     uds: &std::path::Path,
@@ -760,7 +802,6 @@ fn connect_agent(
                 if let Err(e) = host_handshake(&mut conn) {
                     return Err(down(format!("the agent's handshake failed: {e}")));
                 }
-                conn.set_read_timeout(None).map_err(io)?;
                 return Ok(conn);
             }
             Err(e) if start.elapsed() >= timeout => {
