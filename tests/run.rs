@@ -43,6 +43,7 @@ echo "oom-reported=$(grep -c 'memory limit' oom.txt)"
 echo "timeout-status=$?"
 echo "timeout-reported=$(grep -c 'stopped after 20 s (--timeout)' timeout.err)"
 echo "timeout-guest-log=$(grep -c 'guest kernel log, read from guest memory' timeout.err)"
+echo "timeout-vcpu=$(grep -c '^vcpu0: rip 0x' timeout.err)"
 echo "digest-unchanged=$(test "$digest_before" = "$(sha256sum store/images/sha256/*.erofs | cut -d' ' -f1)" && echo yes)"
 echo "husk-processes-left=$(husk_processes)"
 echo "tmp-left=$(ls -A tmp | tr '\n' ' ')"
@@ -77,6 +78,7 @@ fn run_streams_stdio_returns_exit_codes_and_isolates_the_image() {
     assert_eq!(out.value("timeout-status"), Some("124"), "{out}");
     assert_eq!(out.value("timeout-reported"), Some("1"), "{out}");
     assert_eq!(out.value("timeout-guest-log"), Some("1"), "{out}");
+    assert_eq!(out.value("timeout-vcpu"), Some("1"), "{out}");
     assert_eq!(out.value("digest-unchanged"), Some("yes"), "{out}");
     assert_eq!(out.value("husk-processes-left"), Some("0"), "{out}");
     assert_eq!(out.value("tmp-left"), Some(""), "{out}");

@@ -122,6 +122,12 @@ impl Reader<'_> {
 /// The values of the symbols named in `names`, in the same order (`None` for a name the
 /// table does not hold). The first definition of a name wins.
 pub fn lookup(path: &Path, names: &[&str]) -> Result<Vec<Option<u64>>, SymbolsError> {
+    let (syms, strings) = read_tables(path)?;
+    Ok(find_symbols(&syms, &strings, names))
+}
+
+/// The symbol table and its string table of the ELF64 file at `path`.
+fn read_tables(path: &Path) -> Result<(Vec<u8>, Vec<u8>), SymbolsError> {
     let file = File::open(path).map_err(|source| SymbolsError::Read {
         path: path.to_path_buf(),
         source,
@@ -135,9 +141,50 @@ pub fn lookup(path: &Path, names: &[&str]) -> Result<Vec<Option<u64>>, SymbolsEr
     let strtab = sections
         .get(symtab.link as usize)
         .ok_or_else(|| reader.malformed("bad string table link"))?;
-    let syms = reader.read(symtab.offset, symtab.size)?;
-    let strings = reader.read(strtab.offset, strtab.size)?;
-    Ok(find_symbols(&syms, &strings, names))
+    Ok((
+        reader.read(symtab.offset, symtab.size)?,
+        reader.read(strtab.offset, strtab.size)?,
+    ))
+}
+
+/// The function symbol that `address` falls in, as `name+0xoffset`: the function with
+/// the highest start at or below `address` whose size covers it (or, for a symbol
+/// without a size, the nearest one below). `None` when no function is found.
+pub fn describe_address(path: &Path, address: u64) -> Result<Option<String>, SymbolsError> {
+    let (syms, strings) = read_tables(path)?;
+    Ok(containing_function(&syms, &strings, address))
+}
+
+/// ELF symbol type of a function (low nibble of `st_info`).
+const STT_FUNC: u8 = 2;
+
+fn containing_function(syms: &[u8], strings: &[u8], address: u64) -> Option<String> {
+    let mut best: Option<(u64, u32)> = None;
+    for sym in syms.chunks_exact(SYM_SIZE) {
+        let (Some(name_off), Some(&info), Some(value), Some(size)) =
+            (u32_at(sym, 0), sym.get(4), u64_at(sym, 8), u64_at(sym, 16))
+        else {
+            continue;
+        };
+        if info & 0xf != STT_FUNC || value > address {
+            continue;
+        }
+        if size != 0 && address - value >= size {
+            continue;
+        }
+        if best.is_none_or(|(v, _)| value > v) {
+            best = Some((value, name_off));
+        }
+    }
+    let (value, name_off) = best?;
+    let name = symbol_name(strings, name_off)?;
+    Some(format!("{name}+{:#x}", address - value))
+}
+
+fn symbol_name(strings: &[u8], offset: u32) -> Option<&str> {
+    let s = strings.get(offset as usize..)?;
+    let end = s.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&s[..end]).ok()
 }
 
 /// Scans ELF64 symbols `syms` (names in `strings`) for `names`.
@@ -147,10 +194,7 @@ fn find_symbols(syms: &[u8], strings: &[u8], names: &[&str]) -> Vec<Option<u64>>
         let (Some(name_off), Some(value)) = (u32_at(sym, 0), u64_at(sym, 8)) else {
             continue;
         };
-        let Some(name) = strings.get(name_off as usize..).and_then(|s| {
-            let end = s.iter().position(|&b| b == 0)?;
-            std::str::from_utf8(&s[..end]).ok()
-        }) else {
+        let Some(name) = symbol_name(strings, name_off) else {
             continue;
         };
         if let Some(i) = names.iter().position(|n| *n == name) {
@@ -219,6 +263,55 @@ pub(crate) mod tests {
     fn first_definition_of_a_name_wins() {
         let elf = write_temp(&tiny_elf(&[("x", 1), ("x", 2)]));
         assert_eq!(lookup(elf.path(), &["x"]).expect("lookup"), vec![Some(1)]);
+    }
+
+    /// A symbol table of functions (name, start, size), with one data symbol mixed in.
+    fn function_table(funcs: &[(&str, u64, u64)]) -> (Vec<u8>, Vec<u8>) {
+        let mut strings = vec![0u8];
+        let mut table = vec![0u8; SYM_SIZE];
+        let data = [("a_variable", 0x1004, 4, 1u8)];
+        let all = funcs
+            .iter()
+            .map(|&(n, v, s)| (n, v, s, STT_FUNC))
+            .chain(data);
+        for (name, value, size, kind) in all {
+            let mut sym = [0u8; SYM_SIZE];
+            sym[..4].copy_from_slice(&(strings.len() as u32).to_le_bytes());
+            sym[4] = 0x10 | kind; // STB_GLOBAL
+            sym[8..16].copy_from_slice(&value.to_le_bytes());
+            sym[16..24].copy_from_slice(&size.to_le_bytes());
+            table.extend_from_slice(&sym);
+            strings.extend_from_slice(name.as_bytes());
+            strings.push(0);
+        }
+        (table, strings)
+    }
+
+    #[test]
+    fn an_address_is_named_by_the_function_that_holds_it() {
+        let (syms, strings) = function_table(&[("first", 0x1000, 0x40), ("second", 0x1040, 0x10)]);
+        let name = |a| containing_function(&syms, &strings, a);
+        assert_eq!(name(0x1000).as_deref(), Some("first+0x0"));
+        assert_eq!(name(0x1004).as_deref(), Some("first+0x4"));
+        assert_eq!(name(0x104f).as_deref(), Some("second+0xf"));
+        // Past the end of the last function, and before the first one.
+        assert_eq!(name(0x1050), None);
+        assert_eq!(name(0xfff), None);
+    }
+
+    #[test]
+    fn a_function_without_a_size_covers_up_to_the_next_one() {
+        let (syms, strings) = function_table(&[("asm_entry", 0x2000, 0), ("later", 0x3000, 8)]);
+        let name = |a| containing_function(&syms, &strings, a);
+        assert_eq!(name(0x2abc).as_deref(), Some("asm_entry+0xabc"));
+        assert_eq!(name(0x3004).as_deref(), Some("later+0x4"));
+    }
+
+    #[test]
+    fn a_truncated_table_names_nothing_and_does_not_panic() {
+        let (syms, strings) = function_table(&[("f", 0x1000, 0x10)]);
+        assert_eq!(containing_function(&syms[..30], &strings, 0x1000), None);
+        assert_eq!(containing_function(&syms, &strings[..1], 0x1000), None);
     }
 
     #[test]

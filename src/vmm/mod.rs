@@ -8,6 +8,7 @@ pub mod devices;
 pub mod exit;
 pub mod guest_log;
 pub mod vcpu;
+pub mod vcpu_state;
 
 use std::fs::File;
 use std::io::Write;
@@ -38,6 +39,9 @@ use vcpu::{ExitCounters, ExitSink, Vcpu, VcpuShared};
 
 /// Lines of the guest kernel's log shown when a guest fails (see [`RunningVm::failure_output`]).
 const FAILURE_LOG_LINES: usize = 60;
+
+/// How long a hung guest's report waits for its vCPUs' registers.
+const VCPU_STATE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How often the profiler samples each vCPU.
 const PROFILE_INTERVAL: Duration = Duration::from_millis(1);
@@ -183,6 +187,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
         counters: ExitCounters::default(),
         first_run: Default::default(),
         profiling: config.profile,
+        states: vcpu_state::StateBoard::new(usize::from(config.cpus)),
     });
     let vcpus = create_vcpus(&kvm, &vm, config.cpus, &ram.memory, &entry, &shared)?;
     let setup = SetupMarks {
@@ -409,15 +414,43 @@ impl RunningVm {
         guest_log::tail(&self.memory, &self.kernel, lines)
     }
 
-    /// What to show when the guest failed or hangs: the console's tail, then the end of
-    /// the kernel's log from guest memory (a `quiet` guest prints little, and a triple
-    /// fault prints nothing), or why that log could not be read.
+    /// Where each running vCPU is now: its threads are kicked out of KVM_RUN and read
+    /// their registers. A vCPU that does not answer within `timeout` (its thread has
+    /// ended, or is busy in a device) is left out.
+    pub fn vcpu_states(&self, timeout: Duration) -> Vec<vcpu_state::VcpuState> {
+        let generation = self.shared.states.request();
+        for handle in self.vcpu_threads.iter().filter(|h| !h.is_finished()) {
+            vcpu::kick(handle.as_pthread_t());
+        }
+        self.shared.states.collect(generation, timeout)
+    }
+
+    /// What to show when the guest failed or hangs: the console's tail, the end of the
+    /// kernel's log from guest memory (a `quiet` guest prints little, and a triple
+    /// fault prints nothing), or why that log could not be read, and where the vCPUs
+    /// are (named through the kernel's symbols when it has them).
     pub fn failure_output(&self) -> String {
         let log = self
             .kernel_log_tail(FAILURE_LOG_LINES)
             .unwrap_or_else(|e| format!("(not available: {e})\n"));
+        let mut vcpus = String::new();
+        for state in self.vcpu_states(VCPU_STATE_TIMEOUT) {
+            let symbol = (state.cpl == 0)
+                .then(|| {
+                    let address = vcpu::profile_address(state.rip, false);
+                    boot::symbols::describe_address(&self.kernel, address).ok()
+                })
+                .flatten()
+                .flatten();
+            vcpus.push_str(&state.describe(symbol.as_deref()));
+            vcpus.push('\n');
+        }
+        if vcpus.is_empty() {
+            vcpus.push_str("(no vCPU is running)\n");
+        }
         format!(
-            "{}\n--- guest kernel log, read from guest memory ---\n{log}",
+            "{}\n--- guest kernel log, read from guest memory ---\n{log}\
+             --- vCPUs ---\n{vcpus}",
             self.console.tail()
         )
     }

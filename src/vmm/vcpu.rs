@@ -15,6 +15,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::exit::{ExitCause, InternalError};
+use super::vcpu_state::{StateBoard, VcpuState};
 use crate::devices::bus::Bus;
 use crate::profile::RipHistogram;
 
@@ -130,6 +131,8 @@ pub struct VcpuShared {
     pub first_run: std::sync::OnceLock<Instant>,
     /// Sample the RIP on every kick (the guest profiler is on).
     pub profiling: bool,
+    /// Requests for the vCPUs' registers (a hung guest's report).
+    pub states: StateBoard,
 }
 
 /// One vCPU and its loop.
@@ -214,6 +217,10 @@ impl Vcpu {
                 if self.shared.profiling {
                     self.sample();
                 }
+                let fd = &self.fd;
+                self.shared
+                    .states
+                    .answer_if_asked(vcpu, || VcpuState::read(vcpu, fd));
                 None
             }
             Err(e) => Some(ExitCause::RunFailed {
