@@ -58,9 +58,9 @@ gw=$(ip route | awk '/^default/ {print $3}')
 echo "net-gateway=$gw"
 echo "net-address=$(ip -4 addr show eth0 | awk '/inet / {print $2}')"
 echo "net-links=$(echo $(ls /sys/class/net))"
-# No -T: Debian's busybox wget crashes with it.
-echo "net-wget=$(wget -q -O - "http://$gw:7003/greeting")"
-echo hello-from-guest | nc -w 5 "$gw" 7002; echo "net-nc-status=$?"
+# No -T: Debian's busybox wget crashes with it; timeout bounds each step instead.
+echo "net-wget=$(timeout 60 wget -q -O - "http://$gw:7003/greeting")"
+echo hello-from-guest | timeout 60 nc -w 5 "$gw" 7002; echo "net-nc-status=$?"
 GUEST
 $R -i --net busybox -- sh < net.sh > net.out; echo "net-status=$?"
 cat net.out
