@@ -33,6 +33,46 @@ apt_install() {
     fi
 }
 
+# backports_apt CMD ARGS...: runs apt-get or apt-cache CMD on Debian's backports of this
+# release only, through a private sources list and package lists in the cache, so the
+# system's apt setup is left as it is. The KVM test host's kernel comes from there (see
+# scripts/README.md, "Where the test host differs from hardware KVM").
+backports_apt() {
+    local dir codename
+    dir=$(husk_cache_dir)/testhost/apt
+    codename=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-bookworm}")
+    mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/sources.list.d"
+    printf 'deb http://deb.debian.org/debian %s-backports main\n' "$codename" >"$dir/sources.list"
+    "$1" -o Dir::Etc::SourceList="$dir/sources.list" -o Dir::Etc::SourceParts="$dir/sources.list.d" \
+        -o Dir::State::Lists="$dir/lists" -o Dir::Cache="$dir/cache" \
+        -o APT::Sandbox::User=root "${@:2}"
+}
+
+# apt_install_backports PKG...: installs PKG from Debian's backports of this release,
+# adding the backports to the system's apt sources (in
+# /etc/apt/sources.list.d/husk-backports.list) if they are not there. Backports have a
+# low priority, so nothing else moves to them.
+apt_install_backports() {
+    local codename list=/etc/apt/sources.list.d/husk-backports.list
+    codename=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-bookworm}")
+    [[ $(id -u) -eq 0 ]] || die "installing $* from ${codename}-backports needs root"
+    if ! grep -rqs "^[^#]*${codename}-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        note "adding ${codename}-backports to apt's sources ($list)"
+        printf 'deb http://deb.debian.org/debian %s-backports main\n' "$codename" >"$list"
+    fi
+    note "installing $* from ${codename}-backports"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update >&2 || die "apt-get update failed"
+    apt-get install -y --no-install-recommends -t "${codename}-backports" "$@" >&2 \
+        || die "apt-get install -t ${codename}-backports $* failed"
+}
+
+# testhost_kernel_deb KPKG DIR: downloads the test host's kernel package KPKG (from the
+# backports, see backports_apt) into DIR.
+testhost_kernel_deb() {
+    (cd "$2" && backports_apt apt-get download "$1" >&2) || die "apt-get download $1 (backports) failed"
+}
+
 # newc_node NAME MODE MAJOR MINOR: writes one newc cpio entry for a device node (MODE in
 # octal with the file type bits, e.g. 020600 for a character device). Used to put
 # /dev/console into an initramfs without mknod (and so without root).
