@@ -637,7 +637,18 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
         timed_out_message();
         return Ok(124);
     }
-    let status = result?;
+    let status = match result {
+        Ok(status) => status,
+        // The guest died under the container: show how far its kernel got.
+        Err(e @ SandboxError::Lost(_)) if !sandbox.is_running() => {
+            eprintln!(
+                "husk: the guest's last output:\n{}",
+                sandbox.failure_output()
+            );
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if status.oom_killed {
         eprintln!("husk: the container was killed for exceeding its memory limit");
     }

@@ -50,6 +50,10 @@ pub(crate) struct Demux {
     /// Held while a request is queued and sent.
     order: Mutex<()>,
     writer: Writer,
+    /// Why the connection is being ended from the host side, when that is known better
+    /// than by the read error it causes (the VM ended). Not under `state`: the reader
+    /// holds that while it writes output, which can block.
+    end_reason: Mutex<Option<String>>,
 }
 
 /// A request the agent accepted.
@@ -65,6 +69,7 @@ impl Demux {
             state: Mutex::default(),
             order: Mutex::new(()),
             writer,
+            end_reason: Mutex::new(None),
         });
         let reader = demux.clone();
         let handle = std::thread::Builder::new()
@@ -124,6 +129,13 @@ impl Demux {
         send(&self.writer, message)
     }
 
+    /// Record why the host is about to end the connection; waiters get this reason
+    /// rather than the read error. The first reason given wins.
+    pub fn end_because(&self, reason: String) {
+        let mut slot = self.end_reason.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(reason);
+    }
+
     /// Why the connection ended ("" while it is open).
     pub fn closed_reason(&self) -> String {
         self.state().closed.clone().unwrap_or_default()
@@ -137,6 +149,12 @@ impl Demux {
                 Err(e) => break format!("reading from the guest agent: {e}"),
             }
         };
+        let given = self
+            .end_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let reason = given.unwrap_or(reason);
         log::debug!("agent connection ended: {reason}");
         let mut state = self.state();
         for request in state.pending.drain(..) {

@@ -60,6 +60,9 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_MIN: Duration = Duration::from_secs(30);
 /// How often to retry the agent while the guest boots.
 const CONNECT_INTERVAL: Duration = Duration::from_millis(10);
+/// How long the agent connection stays open after the guest ended cleanly, for frames
+/// still passing through the vsock device.
+const CLEAN_END_GRACE: Duration = Duration::from_millis(200);
 
 /// Errors of a sandbox's life.
 #[derive(Debug, thiserror::Error)]
@@ -491,11 +494,13 @@ impl Sandbox {
         let writer = Arc::new(Mutex::new(conn.try_clone().map_err(io)?));
         let (demux, reader) =
             demux::Demux::start(conn.try_clone().map_err(io)?, writer).map_err(io)?;
+        let conn = Arc::new(conn);
+        watch_vm(vm.exit_watch(), &demux, &conn).map_err(io)?;
         Ok(Self {
             id,
             image: config.image,
             vm: Mutex::new(Some(vm)),
-            conn: Arc::new(conn),
+            conn,
             demux,
             reader: Mutex::new(Some(reader)),
             current: Arc::new(AtomicU32::new(0)),
@@ -726,6 +731,37 @@ impl Sandbox {
     }
 }
 
+/// End the agent connection when the VM ends, however it ends. A guest that dies on its
+/// own (a triple fault, a panic) leaves the host's end of the vsock stream open, since
+/// the device outlives its vCPUs until the sandbox is stopped; without this, every
+/// process wait and request would hang on it. The thread ends with the VM, which always
+/// ends: stop and drop end it.
+fn watch_vm(
+    watch: vmm::ExitWatch,
+    demux: &Arc<demux::Demux>,
+    conn: &Arc<UnixStream>,
+) -> std::io::Result<()> {
+    let (demux, conn) = (demux.clone(), conn.clone());
+    std::thread::Builder::new()
+        .name("husk-vm-watch".into())
+        .spawn(move || {
+            let end = watch.wait();
+            let reason = match &end {
+                Ok(vmm::exit::VmExit::Stopped) => "the sandbox's VM was stopped".to_string(),
+                Ok(end) => format!("the guest ended ({end:?}) while the sandbox ran"),
+                Err(e) => format!("the guest failed: {e}"),
+            };
+            demux.end_because(reason);
+            if end.is_ok() {
+                // Frames a guest sent just before it ended cleanly (Exited of processes
+                // a Shutdown killed) may still be on their way through the device.
+                std::thread::sleep(CLEAN_END_GRACE);
+            }
+            drop(conn.shutdown(std::net::Shutdown::Both));
+        })
+        .map(drop)
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Some(vm) = self.vm().take() {
@@ -847,6 +883,54 @@ impl SandboxImage {
             working_dir: config.working_dir.clone(),
             user: config.user.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use husk_protocol::{read_message, write_message, Message};
+
+    use super::tests_support::{Capture, FakeAgent};
+    use super::*;
+    use crate::vmm::exit::ExitCause;
+
+    #[test]
+    fn a_guest_that_dies_ends_every_wait_with_its_failure() {
+        let agent = FakeAgent::new();
+        let (demux, reader) =
+            demux::Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
+        let conn = Arc::new(agent.host.try_clone().unwrap());
+        let (watch, exit) = vmm::ExitWatch::without_vm();
+        watch_vm(watch, &demux, &conn).unwrap();
+        let mut guest = agent.guest;
+        let guest_thread = std::thread::spawn(move || {
+            assert!(matches!(read_message(&mut guest), Ok(Message::Exec { .. })));
+            write_message(&mut guest, &Message::Started { process_id: 7 }).unwrap();
+            // The guest keeps its end open, as the vsock device does after a crash.
+            guest
+        });
+        let exec = Message::Exec {
+            container_id: "c".into(),
+            args: vec!["cat".into()],
+            env: vec![],
+            cwd: None,
+            user: None,
+            tty: None,
+        };
+        let (out, err) = (Capture::default(), Capture::default());
+        let accepted = demux.request(&exec, Box::new(out), Box::new(err)).unwrap();
+        let _guest = guest_thread.join().unwrap();
+        exit.report(ExitCause::TripleFault { vcpu: 0, rip: None });
+        let ended = accepted.exit.recv_timeout(Duration::from_secs(10));
+        let reason = ended.expect("the wait ended").unwrap_err();
+        assert!(
+            reason.contains("the guest failed: guest triple fault on vCPU 0"),
+            "{reason}"
+        );
+        reader.join().unwrap();
+        assert!(demux.closed_reason().contains("triple fault"));
     }
 }
 

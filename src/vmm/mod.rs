@@ -153,6 +153,47 @@ impl Stopper {
     }
 }
 
+/// A handle that waits, from any thread, for the VM to end and says how it ended: a
+/// guest that dies on its own (triple fault, panic, emulation failure) must end whatever
+/// waits on it, not only what waits on the VM itself.
+#[derive(Clone)]
+pub struct ExitWatch {
+    exit: Arc<ExitSink>,
+    memory: GuestMemoryMmap,
+    console: Arc<ConsoleLog>,
+}
+
+impl ExitWatch {
+    /// Block until the VM ends; how it ended, classified as [`RunningVm::wait`] does.
+    pub fn wait(&self) -> Result<VmExit, GuestError> {
+        let cause = self.exit.wait();
+        classify(cause, warm_flag(&self.memory), &self.console.tail())
+    }
+}
+
+#[cfg(test)]
+impl ExitWatch {
+    /// A watch with no VM behind it, and the sink a test reports the VM's end into.
+    pub(crate) fn without_vm() -> (Self, Arc<ExitSink>) {
+        let exit = Arc::new(ExitSink::default());
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)])
+            .expect("a page of test memory");
+        let watch = Self {
+            exit: exit.clone(),
+            memory,
+            console: Arc::new(ConsoleLog::default()),
+        };
+        (watch, exit)
+    }
+}
+
+/// The flag a panicking Linux leaves at 0x472 before it resets (see [`exit::classify`]).
+fn warm_flag(memory: &GuestMemoryMmap) -> u16 {
+    memory
+        .read_obj::<u16>(GuestAddress(WARM_REBOOT_FLAG_ADDR))
+        .unwrap_or(0)
+}
+
 /// Build a VM from `config` and start its vCPUs.
 pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
     let started = Instant::now();
@@ -392,6 +433,15 @@ impl RunningVm {
         Stopper(self.shared.exit.clone())
     }
 
+    /// A handle that waits for this VM's end from another thread.
+    pub fn exit_watch(&self) -> ExitWatch {
+        ExitWatch {
+            exit: self.shared.exit.clone(),
+            memory: self.memory.clone(),
+            console: self.console.clone(),
+        }
+    }
+
     /// Why the VM ended, if it has (not yet classified: see [`RunningVm::wait`]).
     pub fn exit_cause(&self) -> Option<ExitCause> {
         self.shared.exit.peek()
@@ -480,11 +530,7 @@ impl RunningVm {
         let cause = self.shared.exit.wait();
         let ended = Instant::now();
         let samples = self.shutdown();
-        let warm_flag = self
-            .memory
-            .read_obj::<u16>(GuestAddress(WARM_REBOOT_FLAG_ADDR))
-            .unwrap_or(0);
-        let outcome = classify(cause, warm_flag, &self.console.tail());
+        let outcome = classify(cause, warm_flag(&self.memory), &self.console.tail());
         let metrics = self.metrics(ended);
         RunReport {
             outcome,

@@ -65,7 +65,10 @@ pub struct Connection {
     pub state: ConnState,
     /// The host socket may have bytes to read (edge-triggered readiness seen).
     pub readable: bool,
-    /// A CREDIT_REQUEST is outstanding.
+    /// A CREDIT_REQUEST went out and the guest has not announced new credit since. The
+    /// guest answers a request even when it has nothing new, so asking again on that
+    /// answer would bounce packets for as long as its reader is slow; the housekeeping
+    /// tick allows one more request instead (see [`Connection::retry_credit_request`]).
     pub credit_requested: bool,
     /// The guest will not receive more (SHUTDOWN with RCV).
     pub peer_no_rcv: bool,
@@ -103,10 +106,23 @@ impl Connection {
         }
     }
 
-    /// Take the guest's credit fields from any packet it sent on this connection.
+    /// Take the guest's credit fields from any packet it sent on this connection. New
+    /// credit ends an outstanding request.
     pub fn update_peer_credit(&mut self, hdr: &Header) {
+        if hdr.buf_alloc != self.peer_buf_alloc || hdr.fwd_cnt != self.peer_fwd_cnt.0 {
+            self.credit_requested = false;
+        }
         self.peer_buf_alloc = hdr.buf_alloc;
         self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
+    }
+
+    /// Allow another CREDIT_REQUEST if the guest still gives no credit (called once per
+    /// housekeeping tick): a guest that never announces credit unasked stalls the
+    /// stream for at most a tick, and one that does costs nothing.
+    pub fn retry_credit_request(&mut self) {
+        if self.peer_credit() == 0 {
+            self.credit_requested = false;
+        }
     }
 
     /// Bytes the host may still send to the guest.

@@ -162,7 +162,8 @@ impl Muxer {
     }
 
     /// Drop host clients that never sent their CONNECT line and host-initiated
-    /// connections the guest never answered (RST to the guest), as of `now`.
+    /// connections the guest never answered (RST to the guest), as of `now`; let
+    /// connections the guest gives no credit ask for it once more.
     pub fn expire(&mut self, now: Instant) {
         let late: Vec<u32> = self
             .pending
@@ -182,6 +183,9 @@ impl Muxer {
             .map(|(k, _)| *k)
             .collect();
         unanswered.into_iter().for_each(|k| self.reset_conn(k));
+        self.conns
+            .values_mut()
+            .for_each(Connection::retry_credit_request);
     }
 
     fn token(&mut self) -> u32 {

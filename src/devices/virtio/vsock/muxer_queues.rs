@@ -109,7 +109,8 @@ impl Muxer {
                     self.reset_conn(key);
                 }
             },
-            OP_CREDIT_UPDATE => conn.credit_requested = false,
+            // update_peer_credit above took its credit.
+            OP_CREDIT_UPDATE => {}
             OP_CREDIT_REQUEST => self.ctrl.push_back(conn.header(OP_CREDIT_UPDATE, cid)),
             OP_SHUTDOWN if hdr.flags & SHUTDOWN_BOTH == SHUTDOWN_BOTH => {
                 let _ = conn.flush_to_host();
@@ -180,6 +181,9 @@ impl Muxer {
                 let bufs = &chain.writable;
                 let len = match source {
                     _ if !chain.readable.is_empty() || total_len(bufs) < HDR_LEN => 0,
+                    // No room for a byte of data: the buffer goes back empty (the driver
+                    // drops it) rather than being offered to this connection forever.
+                    RxSource::Conn(_) if total_len(bufs) == HDR_LEN => 0,
                     RxSource::Ctrl => self.write_ctrl(mem, bufs),
                     RxSource::Conn(key) => match self.fill_from_conn(key, mem, bufs) {
                         Some(len) => len,
@@ -247,9 +251,17 @@ impl Muxer {
                 (h, 0)
             }
         };
-        let data_bufs = sub_range(bufs, HDR_LEN, n).ok()?;
-        write_bytes(mem, bufs, 0, &hdr.to_bytes()).ok()?;
-        write_bytes(mem, &data_bufs, 0, &data[..n]).ok()?;
+        let written = sub_range(bufs, HDR_LEN, n).ok().and_then(|data_bufs| {
+            write_bytes(mem, bufs, 0, &hdr.to_bytes()).ok()?;
+            write_bytes(mem, &data_bufs, 0, &data[..n]).ok()
+        });
+        if written.is_none() {
+            // The bytes left the host socket but cannot reach the guest: the stream is
+            // broken, so both ends learn it (RST) instead of silently missing data.
+            log::debug!("vsock: RX buffer of host port {} not writable", key.0);
+            self.reset_conn(key);
+            return Some(0);
+        }
         Some(u32::try_from(HDR_LEN + n).expect("at most 64 KiB + header"))
     }
 }

@@ -160,6 +160,45 @@ fn host_data_is_capped_by_guest_credit() {
 }
 
 #[test]
+fn credit_request_is_not_repeated_until_new_credit_or_a_tick() {
+    let (mut m, mem) = (muxer(), memory());
+    let (mut client, port) = established(&mut m, &mem);
+    let mut h = guest(OP_CREDIT_UPDATE, 1024, port);
+    h.buf_alloc = 3;
+    m.guest_packet(&h, &[]);
+    client.write_all(b"ping").unwrap();
+    let (first, _) = rx_one(&mut m, &mem).unwrap();
+    let (second, _) = rx_one(&mut m, &mem).unwrap();
+    assert_eq!((first.len, second.op), (3, OP_CREDIT_REQUEST));
+    // The guest answers with the same credit: no second request bounces back.
+    m.guest_packet(&h, &[]);
+    assert!(rx_one(&mut m, &mem).is_none());
+    // A housekeeping tick allows one more.
+    m.expire(std::time::Instant::now());
+    assert_eq!(rx_one(&mut m, &mem).unwrap().0.op, OP_CREDIT_REQUEST);
+    assert!(rx_one(&mut m, &mem).is_none());
+    // New credit from the guest: the rest of the data flows.
+    h.fwd_cnt = 3;
+    m.guest_packet(&h, &[]);
+    let (third, data) = rx_one(&mut m, &mem).unwrap();
+    assert_eq!((third.op, data.as_slice()), (OP_RW, &b"g"[..]));
+}
+
+#[test]
+fn header_only_rx_buffer_goes_back_empty_and_data_waits_for_the_next() {
+    let (mut m, mem) = (muxer(), memory());
+    let (mut client, _) = established(&mut m, &mem);
+    client.write_all(b"ping").unwrap();
+    let (mock, mut q) = queue(&mem, 0, 16);
+    mock.add_desc_chains(&[w(RXBUF, HDR_LEN as u32)], 0)
+        .unwrap();
+    let drained = m.process_rx(&mut q, &mem).unwrap();
+    assert_eq!((drained.used, used(&mock, 0).1), (1, 0));
+    let (h, data) = rx_one(&mut m, &mem).unwrap();
+    assert_eq!((h.op, data.as_slice()), (OP_RW, &b"ping"[..]));
+}
+
+#[test]
 fn host_eof_sends_shutdown_send() {
     let (mut m, mem) = (muxer(), memory());
     let (client, _) = established(&mut m, &mem);
