@@ -223,7 +223,9 @@ until nc -w 2 10.0.2.15 7001 < to-guest; do
     n=$((n + 1)); [ $n -gt 600 ] && break; sleep 0.5
 done
 wait $husk
-echo "husk-status=$?"
+status=$?
+echo "husk-status=$status"
+[ $status = 0 ] || kill $listener 2>/dev/null
 wait $listener
 exec 3>&-
 echo "to-guest-sha=$(sha256sum < to-guest | cut -d' ' -f1)"
@@ -282,9 +284,14 @@ timeout 600 ./husk-guest-tool uds-listen "$PWD/v.sock_6000" --send 256K > uds-li
 listener=$!
 $BOOT --cmdline "$CMDLINE" --vsock "cid=3,uds=$PWD/v.sock" &
 husk=$!
-./husk-guest-tool uds-connect "$PWD/v.sock" 5000 --send 64M --recv 64M --patience 600
+./husk-guest-tool uds-connect "$PWD/v.sock" 5000 --send 64M --recv 64M --patience 600 &
+client=$!
 wait $husk
-echo "husk-status=$?"
+status=$?
+echo "husk-status=$status"
+# A guest that failed will not connect or send: do not wait out the helpers' patience.
+[ $status = 0 ] || kill $client $listener 2>/dev/null
+wait $client
 wait $listener
 cat uds-listen.out
 ./husk-guest-tool pattern-sum 64M

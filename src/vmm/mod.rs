@@ -485,12 +485,17 @@ impl RunningVm {
             .unwrap_or_else(|e| format!("(not available: {e})\n"));
         let mut vcpus = String::new();
         for state in self.vcpu_states(VCPU_STATE_TIMEOUT) {
+            // A kernel-mode RIP in none of the kernel's functions means the guest's state
+            // is corrupt (or it runs code it generated); say so rather than nothing.
             let symbol = (state.cpl == 0)
                 .then(|| {
                     let address = vcpu::profile_address(state.rip, false);
-                    boot::symbols::describe_address(&self.kernel, address).ok()
+                    match boot::symbols::describe_address(&self.kernel, address) {
+                        Ok(Some(name)) => Some(name),
+                        Ok(None) => Some("in none of the kernel's functions".to_string()),
+                        Err(_) => None,
+                    }
                 })
-                .flatten()
                 .flatten();
             vcpus.push_str(&state.describe(symbol.as_deref()));
             vcpus.push('\n');

@@ -285,12 +285,13 @@ fn run_in_test_host(script: &str, files: &[(&Path, &str)], with_qemu: bool) -> O
         )
     };
     let mut out = run(&mut cmd);
-    if test_host_died(&out) {
-        // The nested test host's kernel can die under load whatever its guests do (see
-        // scripts/README.md); that says nothing about husk. The script runs once more in
-        // a fresh test host, and the death is logged where `scripts/test` reports it.
-        // A timeout is not retried: a hung husk looks like one.
-        note_test_host_death(&out.stderr);
+    if let Some(what) = test_host_fault(&out) {
+        // The nested test host's kernel can die under load, and its emulated SVM can
+        // corrupt a guest vCPU, whatever husk does (see scripts/README.md); that says
+        // nothing about husk. The script runs once more in a fresh test host, and the
+        // fault is logged where `scripts/test` reports it. A timeout is not retried: a
+        // hung husk looks like one.
+        note_test_host_fault(what, &out.stderr);
         out = run(&mut cmd);
     }
     assert!(
@@ -301,16 +302,28 @@ fn run_in_test_host(script: &str, files: &[(&Path, &str)], with_qemu: bool) -> O
     out
 }
 
-/// Whether the test host itself died (its kernel crashed or QEMU ended) before the
-/// script finished, as opposed to the script failing or the test host timing out.
-fn test_host_died(out: &Output) -> bool {
-    out.status == 125
+/// What went wrong in the test host itself, if anything did: it died (its kernel crashed
+/// or QEMU ended) before the script finished, or its emulator corrupted a guest vCPU
+/// (`scripts/testhost` says so, having killed that VMM). A script that merely failed, or
+/// a test host that timed out, is neither.
+fn test_host_fault(out: &Output) -> Option<&'static str> {
+    let died = out.status == 125
         && (out
             .stderr
             .contains("test host failed: the test host stopped before COMMAND finished")
             || out
                 .stderr
-                .contains("test host failed: qemu-system-x86_64 exited with status"))
+                .contains("test host failed: qemu-system-x86_64 exited with status"));
+    if died {
+        Some("the KVM test host died")
+    } else if out
+        .stderr
+        .contains("testhost: emulator corrupted a guest vCPU")
+    {
+        Some("the KVM test host's emulator corrupted a guest vCPU")
+    } else {
+        None
+    }
 }
 
 /// Where test-host deaths are logged for `scripts/test` to report at its end.
@@ -318,14 +331,14 @@ pub fn test_host_deaths_log() -> PathBuf {
     repo_dir().join("target/testhost-deaths.log")
 }
 
-fn note_test_host_death(stderr: &str) {
+fn note_test_host_fault(what: &str, stderr: &str) {
     use std::io::Write;
     let test = std::thread::current()
         .name()
         .unwrap_or("a test")
         .to_string();
     let console: Vec<&str> = stderr.lines().rev().take(12).collect();
-    let mut entry = format!("--- {test}: the KVM test host died; running its script again\n");
+    let mut entry = format!("--- {test}: {what}; running its script again\n");
     for line in console.into_iter().rev() {
         entry.push_str(line);
         entry.push('\n');
