@@ -54,6 +54,17 @@ echo "exec-parallel=$(cat a.txt)$(cat b.txt)"
 e=$!
 while ! grep -q ready trap.txt; do sleep 0.2; done
 kill -TERM $e; wait $e; echo "exec-sigterm-status=$?"
+# A process that never reads its stdin holds up only its own input: another exec, and a
+# signal to it, still get through.
+head -c 8388608 /dev/zero | ./husk exec -i web sleep 1000 &
+stuck=$!
+sleep 2
+echo "exec-beside-unread-stdin=$(timeout 120 ./husk exec web echo alive)"
+kill -TERM $stuck
+n=0
+while kill -0 $stuck 2>/dev/null && [ $n -lt 120 ]; do sleep 1; n=$((n + 1)); done
+kill -0 $stuck 2>/dev/null && { echo "unread-stdin-exec=still-running"; kill -9 $stuck; }
+wait $stuck; echo "unread-stdin-sigterm-status=$?"
 echo "exec-tty=$(./husk exec -t web sh -c '[ -t 0 ] && [ -t 1 ] && echo term; stty size; tty' | tr -d '\r' | tr '\n' ' ' | sed 's/ $//')"
 # At a terminal (husk-guest-tool plays the user): the window's size, a resize, typed
 # input in raw mode, and Ctrl-C, through `husk exec -it` and `husk run -it`.
@@ -148,6 +159,8 @@ fn detached_sandboxes_exec_log_stop_and_leave_nothing() {
         ("exec-stdin-same", "yes"),
         ("exec-parallel", "AB"),
         ("exec-sigterm-status", "42"),
+        ("exec-beside-unread-stdin", "alive"),
+        ("unread-stdin-sigterm-status", "143"),
         ("pty-exec-status", "5"),
         ("pty-run-status", "5"),
         ("exec-missing-status", "125"),

@@ -108,6 +108,14 @@ fn stdin_close_round_trips() {
 }
 
 #[test]
+fn stdin_ack_round_trips() {
+    round_trip(Message::StdinAck {
+        process: 3,
+        bytes: 65536,
+    });
+}
+
+#[test]
 fn stdout_round_trips() {
     round_trip(Message::Stdout {
         process: 4,

@@ -162,6 +162,16 @@ pub enum Message {
         /// The target process.
         process: ProcessId,
     },
+    /// Agent → host: the agent is done with `bytes` more bytes of a process's stdin
+    /// (written to the process, or dropped because its stdin is closed). The host keeps
+    /// at most [`crate::STDIN_WINDOW`] unacknowledged stdin bytes per process, so a
+    /// process that does not read holds up only its own input.
+    StdinAck {
+        /// The process.
+        process: ProcessId,
+        /// Bytes finished with since the last acknowledgement.
+        bytes: u64,
+    },
     /// Agent → host: bytes a process wrote to stdout (or to its terminal).
     #[serde(skip)]
     Stdout {

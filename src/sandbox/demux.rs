@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 
 use husk_protocol::{read_message, ExitStatus, Message, ProcessId, ProtocolError};
 
+use super::stdio::StdinWindow;
 use super::{send, SandboxError, Writer};
 
 /// Where a process's output goes.
@@ -29,6 +30,7 @@ struct Route {
     stdout: Sink,
     stderr: Sink,
     exit: Sender<ExitResult>,
+    stdin: Arc<StdinWindow>,
 }
 
 struct Request {
@@ -60,6 +62,8 @@ pub(crate) struct Demux {
 pub(crate) struct Accepted {
     pub process: ProcessId,
     pub exit: Receiver<ExitResult>,
+    /// The process's stdin window, moved by the agent's `StdinAck`s.
+    pub stdin: Arc<StdinWindow>,
 }
 
 impl Demux {
@@ -92,6 +96,7 @@ impl Demux {
     ) -> Result<Accepted, SandboxError> {
         let (exit_tx, exit_rx) = mpsc::channel();
         let (reply_tx, reply_rx) = mpsc::channel();
+        let stdin = Arc::new(StdinWindow::default());
         {
             let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
             {
@@ -104,6 +109,7 @@ impl Demux {
                         stdout,
                         stderr,
                         exit: exit_tx,
+                        stdin: stdin.clone(),
                     },
                     reply: reply_tx,
                 });
@@ -118,6 +124,7 @@ impl Demux {
             Ok(Ok(process)) => Ok(Accepted {
                 process,
                 exit: exit_rx,
+                stdin,
             }),
             Ok(Err(message)) => Err(SandboxError::Refused(message)),
             Err(_) => Err(SandboxError::Lost(self.closed_reason())),
@@ -161,6 +168,7 @@ impl Demux {
             drop(request.reply.send(Err(reason.clone())));
         }
         for (_, route) in state.routes.drain() {
+            route.stdin.close();
             drop(route.exit.send(Err(reason.clone())));
         }
         state.closed = Some(reason);
@@ -190,8 +198,14 @@ impl Demux {
                     write_out(&mut route.stderr, &data);
                 }
             }
+            Message::StdinAck { process, bytes } => {
+                if let Some(route) = state.routes.get(&process) {
+                    route.stdin.release(bytes);
+                }
+            }
             Message::Exited { process, status } => {
                 if let Some(mut route) = state.routes.remove(&process) {
+                    route.stdin.close();
                     drop(route.stdout.flush());
                     drop(route.stderr.flush());
                     drop(route.exit.send(Ok(status)));
@@ -290,6 +304,38 @@ mod tests {
         drop(guest_thread.join().unwrap());
         reader.join().unwrap();
         assert!(demux.closed_reason().contains("closed"));
+    }
+
+    #[test]
+    fn stdin_acks_open_the_window_and_the_exit_closes_it() {
+        use husk_protocol::STDIN_WINDOW;
+        let agent = FakeAgent::new();
+        let (demux, _reader) =
+            Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
+        let mut guest = agent.guest;
+        write_message(&mut guest, &Message::Started { process_id: 7 }).unwrap();
+        let (out, err) = (Capture::default(), Capture::default());
+        let accepted = demux
+            .request(&exec(1), Box::new(out), Box::new(err))
+            .unwrap();
+        assert!(accepted.stdin.acquire(STDIN_WINDOW));
+        let waiter = {
+            let window = accepted.stdin.clone();
+            std::thread::spawn(move || window.acquire(10))
+        };
+        let ack = Message::StdinAck {
+            process: 7,
+            bytes: 100,
+        };
+        write_message(&mut guest, &ack).unwrap();
+        assert!(waiter.join().unwrap(), "the ack made room");
+        let exited = Message::Exited {
+            process: 7,
+            status: status(0),
+        };
+        write_message(&mut guest, &exited).unwrap();
+        accepted.exit.recv().unwrap().unwrap();
+        assert!(!accepted.stdin.acquire(1), "no acks come after the exit");
     }
 
     #[test]

@@ -682,12 +682,12 @@ impl Sandbox {
         };
         match stdio.stdin {
             Some(input) => {
-                let demux = self.demux.clone();
+                let (demux, window) = (self.demux.clone(), accepted.stdin.clone());
                 let id = process.id;
                 // The user's stdin may block forever (a terminal); the thread is not joined.
                 std::thread::Builder::new()
                     .name("husk-stdin".into())
-                    .spawn(move || stdio::forward_stdin(input, &demux, id))
+                    .spawn(move || stdio::forward_stdin(input, &demux, id, &window))
                     .map_err(husk_protocol::ProtocolError::Io)?;
             }
             None => self.demux.send(&Message::StdinClose {

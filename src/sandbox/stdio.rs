@@ -1,9 +1,9 @@
 //! Where a sandboxed process's stdio comes from and goes to.
 
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-use husk_protocol::{Message, ProcessId, MAX_DATA_CHUNK};
+use husk_protocol::{Message, ProcessId, MAX_DATA_CHUNK, STDIN_WINDOW};
 
 use super::demux::{Demux, Sink};
 
@@ -69,14 +69,75 @@ impl Write for Buffer {
     }
 }
 
-/// Copy `input` to the process until its end, then close the process's stdin.
-pub(crate) fn forward_stdin(mut input: Box<dyn Read + Send>, demux: &Demux, process: ProcessId) {
+/// The stdin bytes of one process that are on their way to it: sent to the agent and
+/// not yet acknowledged (`StdinAck`), at most [`STDIN_WINDOW`].
+#[derive(Default)]
+pub(crate) struct StdinWindow {
+    state: Mutex<WindowState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct WindowState {
+    in_flight: u64,
+    /// The process ended or the connection is gone: nothing will be acknowledged.
+    closed: bool,
+}
+
+impl StdinWindow {
+    fn state(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait until `n` more bytes fit in the window and count them; false once the window
+    /// is closed. A chunk always fits in an empty window.
+    pub fn acquire(&self, n: u64) -> bool {
+        let mut state = self.state();
+        loop {
+            if state.closed {
+                return false;
+            }
+            if state.in_flight == 0 || state.in_flight + n <= STDIN_WINDOW {
+                state.in_flight += n;
+                return true;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The agent is done with `n` bytes.
+    pub fn release(&self, n: u64) {
+        let mut state = self.state();
+        state.in_flight = state.in_flight.saturating_sub(n);
+        self.changed.notify_all();
+    }
+
+    /// No more acknowledgements will come (the process ended, or the connection).
+    pub fn close(&self) {
+        self.state().closed = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Copy `input` to the process until its end, then close the process's stdin. At most
+/// [`STDIN_WINDOW`] bytes are unacknowledged at a time, so a process that does not read
+/// holds up only its own stdin, never the agent's other requests.
+pub(crate) fn forward_stdin(
+    mut input: Box<dyn Read + Send>,
+    demux: &Demux,
+    process: ProcessId,
+    window: &StdinWindow,
+) {
     let mut buf = vec![0u8; MAX_DATA_CHUNK];
     loop {
         let n = match input.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if !window.acquire(n as u64) {
+            // The process ended: the rest of the input has nowhere to go.
+            return;
+        }
         let msg = Message::Stdin {
             process,
             data: buf[..n].to_vec(),
@@ -86,4 +147,41 @@ pub(crate) fn forward_stdin(mut input: Box<dyn Read + Send>, demux: &Demux, proc
         }
     }
     drop(demux.send(&Message::StdinClose { process }));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn window_blocks_past_its_size_until_released_or_closed() {
+        let window = Arc::new(StdinWindow::default());
+        assert!(window.acquire(STDIN_WINDOW - 10));
+        let waiter = {
+            let window = window.clone();
+            std::thread::spawn(move || window.acquire(20))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "20 more bytes do not fit");
+        window.release(10);
+        assert!(waiter.join().unwrap());
+        let waiter = {
+            let window = window.clone();
+            std::thread::spawn(move || window.acquire(STDIN_WINDOW))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished());
+        window.close();
+        assert!(!waiter.join().unwrap(), "a closed window takes nothing");
+    }
+
+    #[test]
+    fn a_chunk_fits_an_empty_window_whatever_its_size() {
+        let window = StdinWindow::default();
+        assert!(window.acquire(STDIN_WINDOW * 2));
+        window.release(STDIN_WINDOW * 2);
+        assert!(window.acquire(1));
+    }
 }

@@ -306,13 +306,20 @@ impl Agent {
                 }
             }
         }
-        let process = Arc::new(Process::new(
+        match Process::new(
+            id,
             pid,
             container.to_string(),
             ends.stdin,
             ends.pty,
-        ));
-        self.processes().insert(id, process);
+            self.outbox.clone(),
+        ) {
+            Ok(process) => {
+                self.processes().insert(id, Arc::new(process));
+            }
+            // Its stdin is dropped (the process sees EOF); output and exit still flow.
+            Err(e) => crate::console::log(&format!("process {id}: no stdin thread: {e}")),
+        }
         let agent = Arc::clone(self);
         let completion = std::thread::Builder::new()
             .name(format!("wait-{id}"))
@@ -368,13 +375,11 @@ impl Agent {
         self.processes().get(&id).cloned()
     }
 
-    /// Writes stdin bytes to process `id`. Unknown ids (a process that just ended) are
-    /// ignored: the host learns of the end from Exited.
+    /// Queues stdin bytes for process `id` (without blocking). Unknown ids (a process
+    /// that just ended) are ignored: the host learns of the end from Exited.
     pub fn stdin(&self, id: ProcessId, data: &[u8]) {
         if let Some(process) = self.process(id) {
-            if let Err(e) = process.write_stdin(data) {
-                crate::console::log(&format!("process {id}: stdin: {e}"));
-            }
+            process.write_stdin(data);
         }
     }
 
