@@ -67,6 +67,8 @@ fn root_stdin_round_trips_through_cat() {
     let outcome = h.wait(process);
     assert_eq!(outcome.stdout.len(), data.len());
     assert!(outcome.stdout == data, "stdin came back changed");
+    // Every chunk was acknowledged, before the exit.
+    assert_eq!(outcome.stdin_acked, data.len() as u64);
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub struct Outcome {
     pub status: Option<ExitStatus>,
     /// Whether Started came (it must precede every other frame of the process).
     pub started: bool,
+    /// Stdin bytes the agent acknowledged (`StdinAck`).
+    pub stdin_acked: u64,
 }
 
 impl Outcome {
@@ -188,6 +190,7 @@ impl Harness {
             Message::Stdout { process, data } => self.started(process).stdout.extend(data),
             Message::Stderr { process, data } => self.started(process).stderr.extend(data),
             Message::Exited { process, status } => self.started(process).status = Some(status),
+            Message::StdinAck { process, bytes } => self.started(process).stdin_acked += bytes,
             Message::Started { process_id } => {
                 self.done.entry(process_id).or_default().started = true
             }
