@@ -362,15 +362,18 @@ fn boot(args: Box<BootArgs>) -> CliResult {
     });
     // A guest that broke (triple fault, emulation failure) may have printed nothing:
     // show the end of its kernel log, read from guest memory, before the VM goes.
-    use husk::vmm::exit::ExitCause;
-    match vm.wait_for_exit() {
-        ExitCause::ResetRequested | ExitCause::Stopped | ExitCause::SystemEvent(_) => {}
-        _ => match vm.kernel_log_tail(30) {
+    // (A panic prints its own message on the console.)
+    let broke = vm
+        .exit_watch()
+        .wait()
+        .is_err_and(|e| !matches!(e, husk::vmm::exit::GuestError::Panic(_)));
+    if broke {
+        match vm.kernel_log_tail(30) {
             Ok(log) => {
                 eprintln!("husk: the guest kernel's last messages (from guest memory):\n{log}")
             }
             Err(e) => eprintln!("husk: the guest kernel's log is not readable: {e}"),
-        },
+        }
     }
     let report = vm.wait();
     let signal = signalled.load(std::sync::atomic::Ordering::SeqCst);

@@ -50,6 +50,7 @@ use crate::config::{ConsoleConfig, VmConfig};
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::vsock::VsockConfig;
+use crate::vmm::exit::VmExit;
 use crate::vmm::{self, RunningVm, VmError};
 
 /// The guest CID of every sandbox (each VM has its own vsock device and host socket).
@@ -60,8 +61,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_MIN: Duration = Duration::from_secs(30);
 /// How often to retry the agent while the guest boots.
 const CONNECT_INTERVAL: Duration = Duration::from_millis(10);
-/// How long the agent connection stays open after the guest ended cleanly, for frames
-/// still passing through the vsock device.
+/// How long the agent connection stays open after the guest reset or powered off by
+/// itself, for frames still passing through the vsock device.
 const CLEAN_END_GRACE: Duration = Duration::from_millis(200);
 
 /// Errors of a sandbox's life.
@@ -190,23 +191,19 @@ impl Signaller {
 }
 
 /// Ends a sandbox from any thread, whatever its guest is doing: the VM is stopped from the
-/// host and the agent connection is closed, so every `run`, [`Process::wait`] and request
-/// in progress returns (with [`SandboxError::Lost`]). The sandbox's resources are released
-/// by its `stop` or drop, as usual. Stopping twice, or after the sandbox ended, does
-/// nothing.
+/// host, and its end closes the agent connection (see [`watch_vm`]), so every `run`,
+/// [`Process::wait`] and request in progress returns (with [`SandboxError::Lost`]). The
+/// sandbox's resources are released by its `stop` or drop, as usual. Stopping twice, or
+/// after the sandbox ended, does nothing.
 #[derive(Clone)]
 pub struct Stopper {
     vm: vmm::Stopper,
-    conn: Arc<UnixStream>,
 }
 
 impl Stopper {
     /// End the sandbox now.
     pub fn stop(&self) {
         self.vm.stop();
-        // A guest that is alive but stuck would keep the connection (and every wait on
-        // it) open; closing our end ends the reader thread, which fails what waits.
-        drop(self.conn.shutdown(std::net::Shutdown::Both));
     }
 }
 
@@ -549,10 +546,7 @@ impl Sandbox {
     /// A handle that ends this sandbox from another thread (a timeout): see [`Stopper`].
     /// None once the sandbox is stopped.
     pub fn stopper(&self) -> Option<Stopper> {
-        self.vm().as_ref().map(|vm| Stopper {
-            vm: vm.stopper(),
-            conn: self.conn.clone(),
-        })
+        self.vm().as_ref().map(|vm| Stopper { vm: vm.stopper() })
     }
 
     /// Whether the VM still runs.
@@ -747,14 +741,14 @@ fn watch_vm(
         .spawn(move || {
             let end = watch.wait();
             let reason = match &end {
-                Ok(vmm::exit::VmExit::Stopped) => "the sandbox's VM was stopped".to_string(),
+                Ok(VmExit::Stopped) => "the sandbox's VM was stopped".to_string(),
                 Ok(end) => format!("the guest ended ({end:?}) while the sandbox ran"),
                 Err(e) => format!("the guest failed: {e}"),
             };
             demux.end_because(reason);
-            if end.is_ok() {
-                // Frames a guest sent just before it ended cleanly (Exited of processes
-                // a Shutdown killed) may still be on their way through the device.
+            if matches!(end, Ok(VmExit::Reset | VmExit::PowerOff)) {
+                // Frames a guest sent just before it ended by itself may still be on
+                // their way through the device.
                 std::thread::sleep(CLEAN_END_GRACE);
             }
             drop(conn.shutdown(std::net::Shutdown::Both));

@@ -516,12 +516,6 @@ impl RunningVm {
         &self.taps
     }
 
-    /// Block until the VM's end is reported (by a vCPU or the host), without tearing it
-    /// down: guest memory can still be read (see [`RunningVm::kernel_log_tail`]).
-    pub fn wait_for_exit(&self) -> ExitCause {
-        self.shared.exit.wait()
-    }
-
     /// Wait up to `timeout` for the guest to end by itself, then stop it; report.
     pub fn wait_or_stop(self, timeout: Duration) -> RunReport {
         if self.shared.exit.wait_timeout(timeout).is_none() {

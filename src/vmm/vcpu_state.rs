@@ -80,21 +80,17 @@ impl fmt::Display for VcpuState {
     }
 }
 
-#[derive(Default)]
-struct Board {
-    /// The generation asked for last.
-    wanted: u64,
-    /// Per vCPU: the generation answered and what was read.
-    answers: Vec<(u64, Option<VcpuState>)>,
-}
+/// Per vCPU: the generation answered last and what was read.
+type Answers = Vec<(u64, Option<VcpuState>)>;
 
 /// Requests and answers of vCPU states, shared by a VM's vCPU threads.
 #[derive(Default)]
 pub struct StateBoard {
-    /// `board.wanted`, readable without the lock: a kick that is not a state request
-    /// (a stop, a profiler sample) costs the vCPU one atomic load.
+    /// The generation asked for last (0: never). Changed only under the `answers` lock,
+    /// read without it: a kick that is not a state request (a stop, a profiler sample)
+    /// costs the vCPU one atomic load.
     wanted: AtomicU64,
-    board: Mutex<Board>,
+    answers: Mutex<Answers>,
     answered: Condvar,
 }
 
@@ -103,21 +99,20 @@ impl StateBoard {
     pub fn new(vcpus: usize) -> Self {
         Self {
             wanted: AtomicU64::new(0),
-            board: Mutex::new(Board {
-                wanted: 0,
-                answers: vec![(0, None); vcpus],
-            }),
+            answers: Mutex::new(vec![(0, None); vcpus]),
             answered: Condvar::new(),
         }
+    }
+
+    fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
+        self.answers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Asks every vCPU for its state; returns the generation to wait for. The caller
     /// then kicks the vCPU threads.
     pub fn request(&self) -> u64 {
-        let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
-        board.wanted += 1;
-        self.wanted.store(board.wanted, Ordering::Release);
-        board.wanted
+        let _answers = self.answers();
+        self.wanted.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// Called by vCPU `id` out of KVM_RUN: answers a pending request with `read()`.
@@ -125,9 +120,9 @@ impl StateBoard {
         if self.wanted.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
-        let wanted = board.wanted;
-        let Some(slot) = board.answers.get_mut(usize::from(id)) else {
+        let mut answers = self.answers();
+        let wanted = self.wanted.load(Ordering::Acquire);
+        let Some(slot) = answers.get_mut(usize::from(id)) else {
             return;
         };
         if slot.0 < wanted {
@@ -139,15 +134,13 @@ impl StateBoard {
     /// Waits up to `timeout` for every vCPU to answer `generation`; returns the answers
     /// (a vCPU that did not answer, or could not read its registers, is left out).
     pub fn collect(&self, generation: u64, timeout: Duration) -> Vec<VcpuState> {
-        let board = self.board.lock().unwrap_or_else(|e| e.into_inner());
-        let (board, _) = self
+        let (answers, _) = self
             .answered
-            .wait_timeout_while(board, timeout, |b| {
-                b.answers.iter().any(|(g, _)| *g < generation)
+            .wait_timeout_while(self.answers(), timeout, |a| {
+                a.iter().any(|(g, _)| *g < generation)
             })
             .unwrap_or_else(|e| e.into_inner());
-        board
-            .answers
+        answers
             .iter()
             .filter(|(g, _)| *g >= generation)
             .filter_map(|(_, s)| *s)

@@ -308,30 +308,32 @@ fn run_in_test_host(script: &str, files: &[(&Path, &str)], with_qemu: bool) -> O
 /// (`scripts/testhost` says so too; see scripts/README.md for why that is taken as the
 /// emulator's). A script that merely failed, or a test host that timed out, is none.
 fn test_host_fault(out: &Output) -> Option<&'static str> {
-    let died = out.status == 125
-        && (out
-            .stderr
-            .contains("test host failed: the test host stopped before COMMAND finished")
-            || out
-                .stderr
-                .contains("test host failed: qemu-system-x86_64 exited with status"));
-    if died {
-        Some("the KVM test host died")
-    } else if out
-        .stderr
-        .contains("testhost: emulator corrupted a guest vCPU")
-    {
-        Some("the KVM test host's emulator corrupted a guest vCPU")
-    } else if out
-        .stderr
-        .contains("testhost: a guest vCPU triple-faulted in the test host")
-    {
-        // Not proven one by one (the emulator saves no usable state at a triple fault),
-        // but seen right after a proven corruption, and only with this emulator.
-        Some("a guest triple-faulted in the KVM test host")
-    } else {
-        None
-    }
+    // What `scripts/testhost` prints for each (the first two only with its status 125).
+    // A triple fault is not proven the emulator's one by one (it saves no usable state
+    // then), but one came right after a proven corruption, and none was ever traced to
+    // husk.
+    const FAULTS: [(&str, &str); 4] = [
+        (
+            "test host failed: the test host stopped before COMMAND finished",
+            "the KVM test host died",
+        ),
+        (
+            "test host failed: qemu-system-x86_64 exited with status",
+            "the KVM test host died",
+        ),
+        (
+            "testhost: emulator corrupted a guest vCPU",
+            "the KVM test host's emulator corrupted a guest vCPU",
+        ),
+        (
+            "testhost: a guest vCPU triple-faulted in the test host",
+            "a guest triple-faulted in the KVM test host",
+        ),
+    ];
+    FAULTS
+        .iter()
+        .find(|(said, _)| out.stderr.contains(said))
+        .map(|(_, what)| *what)
 }
 
 /// Where test-host deaths are logged for `scripts/test` to report at its end.

@@ -109,10 +109,7 @@ fn write_stdin(
                         broken = true;
                     }
                 }
-                outbox.send(&Message::StdinAck {
-                    process: id,
-                    bytes: data.len() as u64,
-                });
+                ack(outbox, id, &data);
             }
             StdinOp::Close => {
                 if terminal && !broken {
@@ -155,6 +152,14 @@ pub fn forward(
 }
 
 /// What the request loop hands a process's stdin thread.
+/// Tells the host the agent is done with `data` of process `id`'s stdin.
+fn ack(outbox: &Outbox, id: ProcessId, data: &[u8]) {
+    outbox.send(&Message::StdinAck {
+        process: id,
+        bytes: data.len() as u64,
+    });
+}
+
 enum StdinOp {
     Data(Vec<u8>),
     Close,
@@ -208,10 +213,7 @@ impl Process {
             .as_ref()
             .is_some_and(|tx| tx.send(StdinOp::Data(data.to_vec())).is_ok());
         if !queued {
-            self.outbox.send(&Message::StdinAck {
-                process: self.id,
-                bytes: data.len() as u64,
-            });
+            ack(&self.outbox, self.id, data);
         }
     }
 
