@@ -248,6 +248,10 @@ struct BootArgs {
     /// Leave out the virtio entropy device.
     #[arg(long)]
     no_rng: bool,
+    /// Stop the VM after S seconds if it is still running, print where the guest was
+    /// (console, kernel log, vCPUs, virtio queues) and exit 124.
+    #[arg(long, value_name = "S")]
+    timeout: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -363,10 +367,33 @@ fn boot(args: Box<BootArgs>) -> CliResult {
     // A guest that broke (triple fault, emulation failure) may have printed nothing:
     // show the end of its kernel log, read from guest memory, before the VM goes.
     // (A panic prints its own message on the console.)
-    let broke = vm
-        .exit_watch()
-        .wait()
-        .is_err_and(|e| !matches!(e, husk::vmm::exit::GuestError::Panic(_)));
+    let timed_out = std::sync::atomic::AtomicBool::new(false);
+    let broke = std::thread::scope(|scope| {
+        // Dropping `done` (the VM ended) wakes the watchdog early.
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        if let Some(secs) = args.timeout {
+            let (vm, timed_out) = (&vm, &timed_out);
+            scope.spawn(move || {
+                let limit = std::time::Duration::from_secs(secs);
+                if finished.recv_timeout(limit) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    return;
+                }
+                timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
+                // Where the guest is, before the VM is gone.
+                eprintln!(
+                    "husk: --timeout: the guest still ran after {secs} s; its last output:\n{}",
+                    vm.failure_output()
+                );
+                vm.stopper().stop();
+            });
+        }
+        let broke = vm
+            .exit_watch()
+            .wait()
+            .is_err_and(|e| !matches!(e, husk::vmm::exit::GuestError::Panic(_)));
+        drop(done);
+        broke
+    });
     if broke {
         match vm.kernel_log_tail(30) {
             Ok(log) => {
@@ -380,6 +407,10 @@ fn boot(args: Box<BootArgs>) -> CliResult {
     if signal != 0 {
         eprintln!("husk: stopped by signal {signal}");
         std::process::exit(128 + signal);
+    }
+    if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("husk: the VM was stopped after --timeout");
+        std::process::exit(124);
     }
     if let Some(path) = &args.timings {
         let json = serde_json::to_string_pretty(&report.metrics)?;

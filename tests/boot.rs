@@ -210,7 +210,8 @@ fn boot_of_bzimage_runs_init_and_resets_cleanly() {
 }
 
 /// SIGTERM to `husk boot` stops the VM and cleans up: the vsock socket is removed, the
-/// TAP husk created is gone, and husk exits 128+15.
+/// TAP husk created is gone, and husk exits 128+15. Then `--timeout` does the same to a
+/// guest that would sleep on: husk reports where it was and exits 124.
 const BOOT_TERMINATED: &str = r#"
 "$PWD/husk" boot --kernel vmlinux --initrd initrd.cpio --memory 256 --console console.log \
     --cmdline "husk.test=shell rdinit=/bin/busybox -- sleep 1000" \
@@ -225,10 +226,16 @@ wait $husk
 echo "husk-status=$?"
 echo "socket-after=$(test -e v.sock && echo yes || echo no)"
 echo "taps-after=$(ls /sys/class/net | grep -c '^husk')"
+"$PWD/husk" boot --kernel vmlinux --initrd initrd.cpio --memory 256 --console console2.log \
+    --cmdline "husk.test=shell rdinit=/bin/busybox -- sleep 1000" \
+    --vsock "cid=3,uds=$PWD/v2.sock" --net tap= --timeout 30
+echo "timeout-status=$?"
+echo "socket-after-timeout=$(test -e v2.sock && echo yes || echo no)"
+echo "taps-after-timeout=$(ls /sys/class/net | grep -c '^husk')"
 "#;
 
 #[test]
-fn sigterm_stops_boot_and_removes_socket_and_tap() {
+fn sigterm_or_timeout_stops_boot_and_removes_socket_and_tap() {
     let assets = assets();
     let out = run_script(BOOT_TERMINATED, &assets.files());
     assert_eq!(out.value("socket-while-running"), Some("yes"), "{out}");
@@ -236,4 +243,20 @@ fn sigterm_stops_boot_and_removes_socket_and_tap() {
     assert_eq!(out.value("husk-status"), Some("143"), "{out}");
     assert_eq!(out.value("socket-after"), Some("no"), "{out}");
     assert_eq!(out.value("taps-after"), Some("0"), "{out}");
+    // --timeout: the report names the vCPUs and every device, then everything is gone.
+    assert_eq!(out.value("timeout-status"), Some("124"), "{out}");
+    for part in [
+        "--timeout: the guest still ran after 30 s",
+        "--- vCPUs ---\nvcpu0: rip",
+        "--- devices ---\nvirtio-net: ",
+        "(TAP husk",
+        "virtio-vsock: ",
+        "vsock: 0 connection(s)",
+        "virtio-rng: ",
+        "the VM was stopped after --timeout",
+    ] {
+        assert!(out.stderr.contains(part), "no {part:?} in {out}");
+    }
+    assert_eq!(out.value("socket-after-timeout"), Some("no"), "{out}");
+    assert_eq!(out.value("taps-after-timeout"), Some("0"), "{out}");
 }

@@ -39,7 +39,7 @@ cp husk-guest-tool g/bin/husk-guest-tool
 chmod 755 g/bin/husk-guest-tool
 (cd g && find bin guest.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
 cat initrd.cpio extra.cpio > guest.cpio
-BOOT="./husk boot --kernel vmlinux --initrd guest.cpio --memory 256 --console console.log"
+BOOT="./husk boot --kernel vmlinux --initrd guest.cpio --memory 256 --console console.log --timeout 480"
 CMDLINE="quiet rdinit=/bin/busybox -- sh /guest.sh"
 "#;
 

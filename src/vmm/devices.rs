@@ -6,8 +6,9 @@
 //! event-manager subscriber; one thread runs the loop until the VM stops.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -69,6 +70,8 @@ pub struct VirtioDevices {
     pending: Vec<Registration>,
     disks: usize,
     taps: Vec<String>,
+    /// Every device, for [`DeviceLoop::describe`].
+    all: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 impl VirtioDevices {
@@ -80,6 +83,7 @@ impl VirtioDevices {
             pending: Vec::new(),
             disks: 0,
             taps: Vec::new(),
+            all: Vec::new(),
         })
     }
 
@@ -94,6 +98,7 @@ impl VirtioDevices {
     {
         let dev = Arc::new(Mutex::new(dev));
         self.events.add_subscriber(dev.clone());
+        self.all.push(dev.clone());
         let info = self.manager.attach(mem.clone(), dev)?;
         let base = info.slot.base;
         bus.insert(info.transport.clone(), base, info.slot.len)?;
@@ -175,6 +180,7 @@ impl VirtioDevices {
         Ok(DeviceLoop {
             stop,
             thread: Some(thread),
+            devices: self.all,
         })
     }
 }
@@ -249,9 +255,37 @@ pub fn disk_name(index: usize) -> String {
 pub struct DeviceLoop {
     stop: Arc<StopState>,
     thread: Option<JoinHandle<()>>,
+    devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 impl DeviceLoop {
+    /// Every device's [`VirtioDevice::describe`], one after the other. A device the
+    /// loop thread holds for longer than `patience` is reported as busy (a device stuck
+    /// in its own work is itself the answer) rather than waited for.
+    pub fn describe(&self, patience: Duration) -> String {
+        let mut out = String::new();
+        for device in &self.devices {
+            let start = Instant::now();
+            let line = loop {
+                match device.try_lock() {
+                    Ok(d) => break d.describe(),
+                    Err(TryLockError::Poisoned(p)) => {
+                        break format!("{} (a device thread panicked)", p.into_inner().describe())
+                    }
+                    Err(TryLockError::WouldBlock) if start.elapsed() < patience => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(TryLockError::WouldBlock) => {
+                        break format!("a device busy for over {patience:?} in the event loop")
+                    }
+                }
+            };
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    }
+
     /// Stop the loop and join its thread; devices (TAPs, sockets) are dropped with it.
     pub fn stop(&mut self) {
         self.stop.stopped.store(true, Ordering::Release);

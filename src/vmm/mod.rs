@@ -477,8 +477,9 @@ impl RunningVm {
 
     /// What to show when the guest failed or hangs: the console's tail, the end of the
     /// kernel's log from guest memory (a `quiet` guest prints little, and a triple
-    /// fault prints nothing), or why that log could not be read, and where the vCPUs
-    /// are (named through the kernel's symbols when it has them).
+    /// fault prints nothing), or why that log could not be read, where the vCPUs are
+    /// (named through the kernel's symbols when it has them), and where each virtio
+    /// device's queues stand.
     pub fn failure_output(&self) -> String {
         let log = self
             .kernel_log_tail(FAILURE_LOG_LINES)
@@ -503,9 +504,13 @@ impl RunningVm {
         if vcpus.is_empty() {
             vcpus.push_str("(no vCPU is running)\n");
         }
+        let devices = match &self.device_loop {
+            Some(devices) => devices.describe(VCPU_STATE_TIMEOUT),
+            None => "(the devices are gone)\n".to_string(),
+        };
         format!(
             "{}\n--- guest kernel log, read from guest memory ---\n{log}\
-             --- vCPUs ---\n{vcpus}",
+             --- vCPUs ---\n{vcpus}--- devices ---\n{devices}",
             self.console.tail()
         )
     }

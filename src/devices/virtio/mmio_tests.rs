@@ -28,6 +28,9 @@ impl VirtioDevice for Dummy {
         data.fill(offset as u8 + 0x10);
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    fn describe(&self) -> String {
+        "dummy".into()
+    }
     fn activate(
         &mut self,
         _mem: GuestMemoryMmap,

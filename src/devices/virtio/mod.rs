@@ -207,6 +207,9 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), VirtioError>;
     /// Return to the state before `activate` (the driver wrote 0 to Status).
     fn reset(&mut self);
+    /// Where the device stands (queues, and device-specific state), for the report of a
+    /// guest that failed or hangs.
+    fn describe(&self) -> String;
 }
 
 #[cfg(test)]

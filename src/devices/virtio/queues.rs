@@ -209,6 +209,29 @@ impl QueueSet {
         }
     }
 
+    /// A report of where each queue stands, for a guest that hangs: the driver's avail
+    /// index against the device's next one (a gap the device does not serve means a
+    /// lost notification), the used index against the driver's `used_event` (an
+    /// interrupt it waits for), and the interrupt status register.
+    pub fn describe(&self) -> String {
+        let Some(active) = &self.active else {
+            return format!("virtio-{}: not activated", self.name);
+        };
+        let state = if self.broken { "broken" } else { "running" };
+        let mut out = format!(
+            "virtio-{}: {state}, interrupt status {:#x}",
+            self.name,
+            active.interrupt.status()
+        );
+        for (i, queue) in active.queues.iter().enumerate() {
+            out.push_str(&format!(
+                "\n  queue {i}: {}",
+                describe_queue(queue, &active.mem)
+            ));
+        }
+        out
+    }
+
     /// Raise the used-ring interrupt.
     pub fn signal_used(&self) {
         if let Some(active) = &self.active {
@@ -217,6 +240,39 @@ impl QueueSet {
             }
         }
     }
+}
+
+/// One queue's indices as the device and the driver see them; `?` for what guest
+/// memory does not hold.
+fn describe_queue(queue: &Queue, mem: &GuestMemoryMmap) -> String {
+    use std::sync::atomic::Ordering;
+    use vm_memory::{Bytes, GuestAddress};
+    let show = |v: Option<u16>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
+    let size = u64::from(queue.size());
+    // The ring's trailing event fields (virtio 1.2 §2.7.6, §2.7.8): the driver's
+    // used_event after the avail ring, the device's avail_event after the used ring.
+    let field = |ring: u64, offset: u64| {
+        mem.read_obj::<u16>(GuestAddress(ring.checked_add(offset)?))
+            .ok()
+            .map(u16::from_le)
+    };
+    let avail = queue.avail_idx(mem, Ordering::Acquire).ok().map(|w| w.0);
+    let used = queue.used_idx(mem, Ordering::Acquire).ok().map(|w| w.0);
+    format!(
+        "size {}, avail idx {} (device at {}, notify it at {}), used idx {} (driver \
+         interrupted at {}), event idx {}",
+        queue.size(),
+        show(avail),
+        queue.next_avail(),
+        show(field(queue.used_ring(), 4 + 8 * size)),
+        show(used),
+        show(field(queue.avail_ring(), 4 + 2 * size)),
+        if queue.event_idx_enabled() {
+            "on"
+        } else {
+            "off"
+        }
+    )
 }
 
 /// Pop the next available chain of queue `index`.

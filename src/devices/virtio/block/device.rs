@@ -174,6 +174,14 @@ impl VirtioDevice for Block {
         self.queues.reset();
         self.state.acked_features = 0;
     }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} ({})",
+            self.queues.describe(),
+            self.state.config.path.display()
+        )
+    }
 }
 
 #[cfg(test)]

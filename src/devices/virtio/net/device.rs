@@ -151,6 +151,10 @@ impl VirtioDevice for Net {
         self.rx.clear();
         self.state.acked_features = 0;
     }
+
+    fn describe(&self) -> String {
+        format!("{} (TAP {})", self.queues.describe(), self.state.tap_name)
+    }
 }
 
 #[cfg(test)]

@@ -122,4 +122,8 @@ impl VirtioDevice for Rng {
         self.queues.reset();
         self.state = RngState::default();
     }
+
+    fn describe(&self) -> String {
+        self.queues.describe()
+    }
 }

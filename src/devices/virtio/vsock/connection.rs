@@ -193,8 +193,36 @@ impl Connection {
         Ok(())
     }
 
+    /// One line for a hang report: state and both directions' credit.
+    pub fn describe(&self) -> String {
+        let flag = |on: bool, text: &str| {
+            if on {
+                format!(", {text}")
+            } else {
+                String::new()
+            }
+        };
+        format!(
+            "host port {} <-> guest port {}: {:?}; to the guest: {} bytes sent, credit {} of \
+             {}{}{}; from the guest: {} bytes forwarded ({} announced), {} waiting for the \
+             host socket{}{}",
+            self.local_port,
+            self.peer_port,
+            self.state,
+            self.rx_cnt,
+            self.peer_credit(),
+            self.peer_buf_alloc,
+            flag(self.readable, "host socket readable"),
+            flag(self.credit_requested, "credit requested"),
+            self.fwd_cnt,
+            self.last_fwd_cnt_sent,
+            self.tx_buf.len(),
+            flag(self.peer_no_rcv, "guest receives no more"),
+            flag(self.peer_no_send, "guest sends no more"),
+        )
+    }
+
     /// Bytes waiting for the host socket.
-    #[cfg(test)]
     pub fn pending_to_host(&self) -> usize {
         self.tx_buf.len()
     }

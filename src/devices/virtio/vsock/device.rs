@@ -213,6 +213,10 @@ impl VirtioDevice for Vsock {
         self.muxer.reset();
         self.state.acked_features = 0;
     }
+
+    fn describe(&self) -> String {
+        format!("{}\n{}", self.queues.describe(), self.muxer.describe())
+    }
 }
 
 #[cfg(test)]

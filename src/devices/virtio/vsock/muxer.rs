@@ -17,7 +17,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::config::VsockConfig;
-use super::connection::{ConnState, Connection};
+use super::connection::{ConnError, ConnState, Connection};
 use super::packet::*;
 use crate::devices::virtio::descriptor::{read_bytes, total_len, write_bytes, Chain};
 use crate::devices::virtio::queues::{add_used, drain, needs_notification, pop, rearm, unpop};
@@ -150,6 +150,24 @@ impl Muxer {
         !self.ctrl.is_empty() || self.conns.values().any(|c| self.can_send(c))
     }
 
+    /// A report for a guest that hangs: every connection's credit and buffers, and
+    /// what waits for the guest.
+    pub fn describe(&self) -> String {
+        let throttled = if self.tx_throttled { ", TX paused" } else { "" };
+        let mut out = format!(
+            "vsock: {} connection(s), {} host client(s) before CONNECT, {} control \
+             packet(s) for the guest{throttled}",
+            self.conns.len(),
+            self.pending.len(),
+            self.ctrl.len()
+        );
+        for conn in self.conns.values() {
+            out.push_str("\n  ");
+            out.push_str(&conn.describe());
+        }
+        out
+    }
+
     /// Drop every connection (device or transport reset).
     pub fn reset(&mut self) {
         let keys: Vec<Key> = self.conns.keys().copied().collect();
@@ -265,16 +283,8 @@ impl Muxer {
         };
         conn.readable |= readable;
         if writable {
-            match conn.flush_to_host() {
-                Ok(()) if conn.needs_credit_update() => {
-                    self.ctrl.push_back(conn.header(OP_CREDIT_UPDATE, self.cid));
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    log::debug!("vsock: {e}");
-                    self.reset_conn(key);
-                }
-            }
+            let flushed = conn.flush_to_host();
+            self.after_flush(key, flushed);
         }
     }
 

@@ -99,32 +99,49 @@ impl Muxer {
                     self.reset_conn(key);
                 }
             }
-            OP_RW if established => match conn.send_to_host(data) {
-                Ok(()) if conn.needs_credit_update() => {
-                    self.ctrl.push_back(conn.header(OP_CREDIT_UPDATE, cid));
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    log::debug!("vsock: {e}");
-                    self.reset_conn(key);
-                }
-            },
+            OP_RW if established => {
+                let sent = conn.send_to_host(data);
+                self.after_flush(key, sent);
+            }
             // update_peer_credit above took its credit.
             OP_CREDIT_UPDATE => {}
             OP_CREDIT_REQUEST => self.ctrl.push_back(conn.header(OP_CREDIT_UPDATE, cid)),
-            OP_SHUTDOWN if hdr.flags & SHUTDOWN_BOTH == SHUTDOWN_BOTH => {
-                let _ = conn.flush_to_host();
-                self.reset_conn(key);
-            }
+            // A guest that closes sends both flags, possibly while its last bytes still
+            // wait for a slow host reader: they are delivered first (see
+            // `after_flush`), and only then does the connection end.
             OP_SHUTDOWN => {
                 conn.peer_no_rcv |= hdr.flags & SHUTDOWN_RCV != 0;
                 conn.peer_no_send |= hdr.flags & SHUTDOWN_SEND != 0;
-                if conn.flush_to_host().is_err() {
-                    self.reset_conn(key);
-                }
+                let flushed = conn.flush_to_host();
+                self.after_flush(key, flushed);
             }
             OP_RST => self.remove(key),
             _ => self.reset_conn(key),
+        }
+    }
+
+    /// Act on the outcome of moving guest bytes to the host socket of `key`: a failed
+    /// socket resets the connection; a connection the guest closed both ways ends
+    /// (RST) once its last bytes reached the host socket; otherwise the guest hears of
+    /// freed buffer space when enough was forwarded.
+    pub(super) fn after_flush(&mut self, key: Key, flushed: Result<(), ConnError>) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        match flushed {
+            Err(e) => {
+                log::debug!("vsock: {e}");
+                self.reset_conn(key);
+            }
+            Ok(()) if conn.peer_no_send && conn.peer_no_rcv => {
+                if conn.pending_to_host() == 0 {
+                    self.reset_conn(key);
+                }
+            }
+            Ok(()) if conn.needs_credit_update() => {
+                self.ctrl.push_back(conn.header(OP_CREDIT_UPDATE, self.cid));
+            }
+            Ok(()) => {}
         }
     }
 

@@ -71,12 +71,18 @@ fn host_client(m: &mut Muxer) -> (UnixStream, u32) {
 
 /// A host-initiated connection the guest accepted; returns the client and host port.
 fn established(m: &mut Muxer, mem: &GuestMemoryMmap) -> (UnixStream, u32) {
-    let (client, _) = host_client(m);
+    let (client, port, _) = established_with_token(m, mem);
+    (client, port)
+}
+
+/// Like [`established`], with the muxer's token of the host socket.
+fn established_with_token(m: &mut Muxer, mem: &GuestMemoryMmap) -> (UnixStream, u32, u32) {
+    let (client, token) = host_client(m);
     let (req, _) = rx_one(m, mem).unwrap();
     m.guest_packet(&guest(OP_RESPONSE, 1024, req.src_port), &[]);
     let mut line = String::new();
     BufReader::new(&client).read_line(&mut line).unwrap();
-    (client, req.src_port)
+    (client, req.src_port, token)
 }
 
 #[test]
@@ -267,6 +273,51 @@ fn guest_full_shutdown_resets_and_closes() {
     let (rst, _) = rx_one(&mut m, &mem).unwrap();
     assert_eq!(rst.op, OP_RST);
     assert_eq!(m.connection_count(), 0);
+}
+
+#[test]
+fn guest_close_delivers_bytes_the_host_socket_could_not_take_yet_then_resets() {
+    let (mut m, mem) = (muxer(), memory());
+    let (mut client, port, token) = established_with_token(&mut m, &mem);
+    // Fill the host socket: up to the host's credit, in 4 KiB packets, until bytes wait.
+    let chunk: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
+    let mut sent = 0usize;
+    while sent < BUF_ALLOC as usize {
+        let mut h = guest(OP_RW, 1024, port);
+        h.len = chunk.len() as u32;
+        m.guest_packet(&h, &chunk);
+        sent += chunk.len();
+        if m.conns.values().any(|c| c.pending_to_host() > 0) {
+            break;
+        }
+    }
+    assert!(m.conns.values().any(|c| c.pending_to_host() > 0));
+    let close = Header {
+        flags: SHUTDOWN_BOTH,
+        ..guest(OP_SHUTDOWN, 1024, port)
+    };
+    m.guest_packet(&close, &[]);
+    // The bytes still wait: no RST yet, the connection stays.
+    assert_eq!(m.connection_count(), 1);
+    assert!(!rx_ops(&mut m, &mem).contains(&OP_RST));
+    // The host reads; each writable event moves more, and the last one ends it.
+    client.set_nonblocking(true).unwrap();
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..1000 {
+        match client.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                m.on_stream_event(token, false, true);
+            }
+            Err(e) => panic!("host read: {e}"),
+        }
+    }
+    assert_eq!(received.len(), sent);
+    assert!(received.chunks(4096).all(|c| c == &chunk[..]));
+    assert_eq!(m.connection_count(), 0);
+    assert!(rx_ops(&mut m, &mem).contains(&OP_RST));
 }
 
 #[test]

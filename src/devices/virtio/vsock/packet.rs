@@ -27,6 +27,7 @@ pub const SHUTDOWN_RCV: u32 = 1;
 /// SHUTDOWN flag: the sender will send no more data.
 pub const SHUTDOWN_SEND: u32 = 2;
 /// Both SHUTDOWN flags.
+#[cfg(test)]
 pub const SHUTDOWN_BOTH: u32 = SHUTDOWN_RCV | SHUTDOWN_SEND;
 
 /// `struct virtio_vsock_hdr`.
