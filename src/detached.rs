@@ -28,17 +28,18 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use husk_protocol::{
     check_version, host_handshake, read_message, write_message, ExitStatus, Message, ProtocolError,
-    PROTOCOL_VERSION,
+    MAX_DATA_CHUNK, PROTOCOL_VERSION, STDIN_WINDOW,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::sandbox::stdio::StdinWindow;
 use crate::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
 
 /// Overrides where detached sandboxes live.
@@ -567,10 +568,48 @@ fn message_len(message: &Message) -> usize {
     }
 }
 
-/// A stdin fed from a channel: the client's `Stdin` frames; ends when the sender goes.
+/// A client's stdin on its way to the exec'd process: the `Stdin` frames the client
+/// sent and the monitor has not passed on yet. The client keeps at most
+/// [`STDIN_WINDOW`] bytes unacknowledged, so that is all the monitor ever holds of it.
+struct ClientStdin {
+    tx: Sender<Vec<u8>>,
+    unacked: Arc<AtomicU64>,
+}
+
+impl ClientStdin {
+    /// A channel for the client's stdin, and the reader that feeds the process from it
+    /// and acknowledges each chunk to the client through `acks`.
+    fn new(acks: Arc<ClientOut>) -> (Self, ChannelReader) {
+        let (tx, chunks) = mpsc::channel();
+        let unacked = Arc::new(AtomicU64::new(0));
+        let reader = ChannelReader {
+            chunks,
+            current: io::Cursor::default(),
+            acks,
+            unacked: unacked.clone(),
+        };
+        (Self { tx, unacked }, reader)
+    }
+
+    /// Queue `data`; false when the client overran its window (it ignores the acks).
+    fn push(&self, data: Vec<u8>) -> bool {
+        let len = data.len() as u64;
+        let before = self.unacked.fetch_add(len, Ordering::SeqCst);
+        if before + len > STDIN_WINDOW + MAX_DATA_CHUNK as u64 {
+            return false;
+        }
+        drop(self.tx.send(data));
+        true
+    }
+}
+
+/// The exec'd process's stdin, read from a [`ClientStdin`] channel; ends when the
+/// sender goes.
 struct ChannelReader {
     chunks: Receiver<Vec<u8>>,
     current: io::Cursor<Vec<u8>>,
+    acks: Arc<ClientOut>,
+    unacked: Arc<AtomicU64>,
 }
 
 impl Read for ChannelReader {
@@ -580,10 +619,17 @@ impl Read for ChannelReader {
             if n > 0 || buf.is_empty() {
                 return Ok(n);
             }
-            match self.chunks.recv() {
-                Ok(chunk) => self.current = io::Cursor::new(chunk),
-                Err(_) => return Ok(0),
-            }
+            let Ok(chunk) = self.chunks.recv() else {
+                return Ok(0);
+            };
+            let bytes = chunk.len() as u64;
+            self.unacked.fetch_sub(bytes, Ordering::SeqCst);
+            // A client that went away needs no acknowledgement.
+            drop(self.acks.send(&Message::StdinAck {
+                process: EXEC_PROCESS,
+                bytes,
+            }));
+            self.current = io::Cursor::new(chunk);
         }
     }
 }
@@ -617,7 +663,7 @@ fn serve_client(
         conn: Mutex::new(write_half),
         started: AtomicBool::new(false),
     });
-    let mut stdin: Option<Sender<Vec<u8>>> = None;
+    let mut stdin: Option<ClientStdin> = None;
     let mut exec: Option<Arc<crate::sandbox::Process>> = None;
     loop {
         let message = match read_message(&mut conn) {
@@ -638,8 +684,8 @@ fn serve_client(
                 tty,
                 ..
             } if exec.is_none() => {
-                let (tx, rx) = mpsc::channel();
-                stdin = Some(tx);
+                let (client_stdin, reader) = ClientStdin::new(out.clone());
+                stdin = Some(client_stdin);
                 let spec = RunSpec {
                     args,
                     env,
@@ -649,10 +695,7 @@ fn serve_client(
                     ..RunSpec::default()
                 };
                 let stdio = Stdio {
-                    stdin: Some(Box::new(ChannelReader {
-                        chunks: rx,
-                        current: io::Cursor::default(),
-                    })),
+                    stdin: Some(Box::new(reader)),
                     stdout: Box::new(FrameSink {
                         out: out.clone(),
                         stderr: false,
@@ -693,12 +736,18 @@ fn serve_client(
             Message::Exec { .. } => Some(Message::Error {
                 message: "one Exec per control connection".into(),
             }),
-            Message::Stdin { data, .. } => {
-                if let Some(tx) = &stdin {
-                    drop(tx.send(data));
+            Message::Stdin { data, .. } => match &stdin {
+                Some(client_stdin) if !client_stdin.push(data) => {
+                    stdin = None;
+                    Some(Message::Error {
+                        message: format!(
+                            "stdin sent beyond its window of {STDIN_WINDOW} unacknowledged \
+                             bytes; the process's stdin is closed"
+                        ),
+                    })
                 }
-                None
-            }
+                _ => None,
+            },
             Message::StdinClose { .. } => {
                 stdin = None;
                 None
@@ -830,14 +879,23 @@ impl Control {
             Message::Error { message } => return Err(DetachedError::Exec(message)),
             other => return Err(control(ProtocolError::Unexpected(format!("{other:?}")))),
         }
+        // The monitor acknowledges stdin as it passes it on; at most STDIN_WINDOW
+        // bytes are on their way, whatever the process does with them. Closed when
+        // this call returns, which ends the stdin thread at its next chunk.
+        let window = Arc::new(StdinWindow::default());
+        let _close = CloseOnDrop(window.clone());
         match stdio.stdin {
             Some(mut input) => {
                 let writer = self.writer.clone();
+                let window = window.clone();
                 // The user's stdin may block forever (a terminal); the thread is not joined.
                 std::thread::spawn(move || {
-                    let mut buf = vec![0u8; husk_protocol::MAX_DATA_CHUNK];
+                    let mut buf = vec![0u8; MAX_DATA_CHUNK];
                     let process = EXEC_PROCESS;
                     while let Ok(n @ 1..) = input.read(&mut buf) {
+                        if !window.acquire(n as u64) {
+                            return;
+                        }
                         let data = buf[..n].to_vec();
                         let mut conn = writer.lock().unwrap_or_else(|e| e.into_inner());
                         if write_message(&mut *conn, &Message::Stdin { process, data }).is_err() {
@@ -861,6 +919,7 @@ impl Control {
                 Message::Stderr { data, .. } => {
                     drop(stderr.write_all(&data).and_then(|()| stderr.flush()))
                 }
+                Message::StdinAck { bytes, .. } => window.release(bytes),
                 Message::Exited { status, .. } => return Ok(status),
                 Message::Error { message } => return Err(DetachedError::Exec(message)),
                 other => log::debug!("control: ignoring {other:?}"),
@@ -904,6 +963,15 @@ impl Control {
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// Closes a stdin window when dropped, so its sender stops on every way out.
+struct CloseOnDrop(Arc<StdinWindow>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -1042,19 +1110,52 @@ mod tests {
         assert!(describe(&running, false).starts_with("dead"));
     }
 
+    /// A client's stdin channel whose acknowledgements go to the returned socket.
+    fn client_stdin() -> (ClientStdin, ChannelReader, UnixStream) {
+        let (monitor, client) = UnixStream::pair().unwrap();
+        let out = Arc::new(ClientOut {
+            conn: Mutex::new(monitor),
+            started: AtomicBool::new(true),
+        });
+        let (stdin, reader) = ClientStdin::new(out);
+        (stdin, reader, client)
+    }
+
     #[test]
-    fn channel_reader_reads_chunks_then_ends() {
-        let (tx, rx) = mpsc::channel();
-        tx.send(b"ab".to_vec()).unwrap();
-        tx.send(Vec::new()).unwrap();
-        tx.send(b"cde".to_vec()).unwrap();
-        drop(tx);
-        let mut reader = ChannelReader {
-            chunks: rx,
-            current: io::Cursor::default(),
-        };
+    fn channel_reader_reads_chunks_acknowledging_each_then_ends() {
+        let (stdin, mut reader, mut client) = client_stdin();
+        assert!(stdin.push(b"ab".to_vec()));
+        assert!(stdin.push(Vec::new()));
+        assert!(stdin.push(b"cde".to_vec()));
+        drop(stdin);
         let mut all = Vec::new();
         reader.read_to_end(&mut all).unwrap();
         assert_eq!(all, b"abcde");
+        let acked: Vec<u64> = (0..3)
+            .map(|_| match read_message(&mut client).unwrap() {
+                Message::StdinAck { process, bytes } if process == EXEC_PROCESS => bytes,
+                other => panic!("expected a StdinAck, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(acked, [2, 0, 3]);
+        assert_eq!(reader.unacked.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn client_stdin_takes_a_window_and_a_chunk_then_refuses() {
+        let (stdin, mut reader, _client) = client_stdin();
+        let chunk = vec![7u8; MAX_DATA_CHUNK];
+        let fits = STDIN_WINDOW as usize / MAX_DATA_CHUNK + 1;
+        assert!((0..fits).all(|_| stdin.push(chunk.clone())));
+        // What the reader takes no longer counts.
+        let mut buf = vec![0u8; MAX_DATA_CHUNK];
+        reader.read_exact(&mut buf).unwrap();
+        assert_eq!(
+            reader.unacked.load(Ordering::SeqCst),
+            STDIN_WINDOW,
+            "one chunk taken"
+        );
+        assert!(stdin.push(chunk.clone()));
+        assert!(!stdin.push(chunk));
     }
 }

@@ -55,11 +55,13 @@ e=$!
 while ! grep -q ready trap.txt; do sleep 0.2; done
 kill -TERM $e; wait $e; echo "exec-sigterm-status=$?"
 # A process that never reads its stdin holds up only its own input: another exec, and a
-# signal to it, still get through.
-head -c 8388608 /dev/zero | ./husk exec -i web sleep 1000 &
+# signal to it, still get through. Its stdin stays in the pipe: the client, the monitor
+# and the agent each hold at most a window of it, so 64 MiB are never all taken.
+(head -c 67108864 /dev/zero; echo yes > stdin-all-taken) | ./husk exec -i web sleep 1000 &
 stuck=$!
 sleep 2
 echo "exec-beside-unread-stdin=$(timeout 120 ./husk exec web echo alive)"
+echo "unread-stdin-all-taken=$(cat stdin-all-taken 2>/dev/null || echo no)"
 kill -TERM $stuck
 n=0
 while kill -0 $stuck 2>/dev/null && [ $n -lt 120 ]; do sleep 1; n=$((n + 1)); done
@@ -160,6 +162,7 @@ fn detached_sandboxes_exec_log_stop_and_leave_nothing() {
         ("exec-parallel", "AB"),
         ("exec-sigterm-status", "42"),
         ("exec-beside-unread-stdin", "alive"),
+        ("unread-stdin-all-taken", "no"),
         ("unread-stdin-sigterm-status", "143"),
         ("pty-exec-status", "5"),
         ("pty-run-status", "5"),

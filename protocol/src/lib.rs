@@ -18,7 +18,7 @@ pub use message::{
 
 /// The protocol version. Bump it on any change to a message or to the framing; peers
 /// with different versions refuse each other at the handshake.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The AF_VSOCK port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -30,8 +30,9 @@ pub const MAX_FRAME_LEN: u32 = 1 << 20;
 /// [`MAX_FRAME_LEN`].
 pub const MAX_DATA_CHUNK: usize = 64 * 1024;
 
-/// Stdin bytes of one process the host may have sent and the agent not yet acknowledged
-/// with [`Message::StdinAck`] (1 MiB, 16 chunks). A window of at least one chunk.
+/// Stdin bytes of one process the host may have sent and the agent (or a detached
+/// sandbox's monitor) not yet acknowledged with [`Message::StdinAck`] (1 MiB, 16
+/// chunks). A window of at least one chunk.
 pub const STDIN_WINDOW: u64 = 1 << 20;
 
 /// Errors of reading, writing, encoding or decoding frames.

@@ -165,7 +165,8 @@ pub enum Message {
     /// Agent → host: the agent is done with `bytes` more bytes of a process's stdin
     /// (written to the process, or dropped because its stdin is closed). The host keeps
     /// at most [`crate::STDIN_WINDOW`] unacknowledged stdin bytes per process, so a
-    /// process that does not read holds up only its own input.
+    /// process that does not read holds up only its own input. A detached sandbox's
+    /// monitor sends it to its control clients the same way.
     StdinAck {
         /// The process.
         process: ProcessId,

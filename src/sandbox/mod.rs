@@ -23,7 +23,7 @@ pub mod initramfs;
 pub mod net;
 pub mod scratch;
 pub mod signals;
-mod stdio;
+pub(crate) mod stdio;
 pub mod terminal;
 pub mod vsock;
 
