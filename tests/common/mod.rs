@@ -286,11 +286,12 @@ fn run_in_test_host(script: &str, files: &[(&Path, &str)], with_qemu: bool) -> O
     };
     let mut out = run(&mut cmd);
     if let Some(what) = test_host_fault(&out) {
-        // The nested test host's kernel can die under load, and its emulated SVM can
-        // corrupt a guest vCPU, whatever husk does (see scripts/README.md); that says
-        // nothing about husk. The script runs once more in a fresh test host, and the
-        // fault is logged where `scripts/test` reports it. A timeout is not retried: a
-        // hung husk looks like one.
+        // The nested test host's kernel can die or freeze under load, and its emulated
+        // SVM can corrupt a guest vCPU, whatever husk does (see scripts/README.md); that
+        // says nothing about husk. The script runs once more in a fresh test host, and
+        // the fault is logged where `scripts/test` reports it. A timeout is not retried:
+        // a hung husk looks like one (a frozen test host does not: it stops its
+        // heartbeat, which a hung command never does).
         note_test_host_fault(what, &out.stderr);
         out = run(&mut cmd);
     }
@@ -303,7 +304,8 @@ fn run_in_test_host(script: &str, files: &[(&Path, &str)], with_qemu: bool) -> O
 }
 
 /// What went wrong in the test host itself, if anything did: it died (its kernel crashed
-/// or QEMU ended) before the script finished, its emulator corrupted a guest vCPU
+/// or QEMU ended) or froze (its heartbeat stopped) before the script finished, its
+/// emulator corrupted a guest vCPU
 /// (`scripts/testhost` says so, having killed that VMM), or a guest triple-faulted there
 /// (`scripts/testhost` says so too; see scripts/README.md for why that is taken as the
 /// emulator's). A script that merely failed, or a test host that timed out, is none.
@@ -312,10 +314,14 @@ fn test_host_fault(out: &Output) -> Option<&'static str> {
     // A triple fault is not proven the emulator's one by one (it saves no usable state
     // then), but one came right after a proven corruption, and none was ever traced to
     // husk.
-    const FAULTS: [(&str, &str); 4] = [
+    const FAULTS: [(&str, &str); 5] = [
         (
             "test host failed: the test host stopped before COMMAND finished",
             "the KVM test host died",
+        ),
+        (
+            "test host failed: the test host froze",
+            "the KVM test host froze",
         ),
         (
             "test host failed: qemu-system-x86_64 exited with status",
