@@ -56,11 +56,14 @@ while ! grep -q ready trap.txt; do sleep 0.2; done
 kill -TERM $e; wait $e; echo "exec-sigterm-status=$?"
 # A process that never reads its stdin holds up only its own input: another exec, and a
 # signal to it, still get through. Its stdin stays in the pipe: the client, the monitor
-# and the agent each hold at most a window of it, so 64 MiB are never all taken.
+# and the agent each hold at most a window of it, so 64 MiB are never all taken (a
+# monitor that buffered without bound had taken them 7 s after the other exec here).
 (head -c 67108864 /dev/zero; echo yes > stdin-all-taken) | ./husk exec -i web sleep 1000 &
 stuck=$!
 sleep 2
 echo "exec-beside-unread-stdin=$(timeout 120 ./husk exec web echo alive)"
+n=0
+while [ ! -e stdin-all-taken ] && [ $n -lt 40 ]; do sleep 1; n=$((n + 1)); done
 echo "unread-stdin-all-taken=$(cat stdin-all-taken 2>/dev/null || echo no)"
 kill -TERM $stuck
 n=0
