@@ -39,7 +39,7 @@ use husk_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::stdio::StdinWindow;
+use crate::sandbox::stdio::{forward_stdin, StdinWindow};
 use crate::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxImage, Stdio};
 
 /// Overrides where detached sandboxes live.
@@ -885,25 +885,15 @@ impl Control {
         let window = Arc::new(StdinWindow::default());
         let _close = CloseOnDrop(window.clone());
         match stdio.stdin {
-            Some(mut input) => {
+            Some(input) => {
                 let writer = self.writer.clone();
                 let window = window.clone();
                 // The user's stdin may block forever (a terminal); the thread is not joined.
                 std::thread::spawn(move || {
-                    let mut buf = vec![0u8; MAX_DATA_CHUNK];
-                    let process = EXEC_PROCESS;
-                    while let Ok(n @ 1..) = input.read(&mut buf) {
-                        if !window.acquire(n as u64) {
-                            return;
-                        }
-                        let data = buf[..n].to_vec();
+                    forward_stdin(input, EXEC_PROCESS, &window, |message| {
                         let mut conn = writer.lock().unwrap_or_else(|e| e.into_inner());
-                        if write_message(&mut *conn, &Message::Stdin { process, data }).is_err() {
-                            return;
-                        }
-                    }
-                    let mut conn = writer.lock().unwrap_or_else(|e| e.into_inner());
-                    drop(write_message(&mut *conn, &Message::StdinClose { process }));
+                        write_message(&mut *conn, message).is_ok()
+                    });
                 });
             }
             None => self.send(&Message::StdinClose {

@@ -328,6 +328,36 @@ fn kernel_build(jobs: Option<usize>) -> CliResult {
     Ok(())
 }
 
+/// Runs `work` on this thread while a watchdog waits up to `limit` (None: no watchdog);
+/// if `work` is still going then, `on_timeout` runs and should make it end. Returns what
+/// `work` returned and whether the watchdog fired.
+fn with_watchdog<T>(
+    limit: Option<std::time::Duration>,
+    on_timeout: impl FnOnce() + Send,
+    work: impl FnOnce() -> T,
+) -> (T, bool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    let fired = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        // Dropping `done` (the work ended) wakes the watchdog early.
+        let (done, finished) = channel::<()>();
+        if let Some(limit) = limit {
+            let fired = &fired;
+            scope.spawn(move || {
+                if finished.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
+                    fired.store(true, Ordering::SeqCst);
+                    on_timeout();
+                }
+            });
+        }
+        let result = work();
+        drop(done);
+        result
+    });
+    (result, fired.into_inner())
+}
+
 fn boot(args: Box<BootArgs>) -> CliResult {
     let mut config = VmConfig {
         initrd: args.initrd,
@@ -367,33 +397,23 @@ fn boot(args: Box<BootArgs>) -> CliResult {
     // A guest that broke (triple fault, emulation failure) may have printed nothing:
     // show the end of its kernel log, read from guest memory, before the VM goes.
     // (A panic prints its own message on the console.)
-    let timed_out = std::sync::atomic::AtomicBool::new(false);
-    let broke = std::thread::scope(|scope| {
-        // Dropping `done` (the VM ended) wakes the watchdog early.
-        let (done, finished) = std::sync::mpsc::channel::<()>();
-        if let Some(secs) = args.timeout {
-            let (vm, timed_out) = (&vm, &timed_out);
-            scope.spawn(move || {
-                let limit = std::time::Duration::from_secs(secs);
-                if finished.recv_timeout(limit) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                    return;
-                }
-                timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
-                // Where the guest is, before the VM is gone.
-                eprintln!(
-                    "husk: --timeout: the guest still ran after {secs} s; its last output:\n{}",
-                    vm.failure_output()
-                );
-                vm.stopper().stop();
-            });
-        }
-        let broke = vm
-            .exit_watch()
-            .wait()
-            .is_err_and(|e| !matches!(e, husk::vmm::exit::GuestError::Panic(_)));
-        drop(done);
-        broke
-    });
+    let (broke, timed_out) = with_watchdog(
+        args.timeout.map(std::time::Duration::from_secs),
+        || {
+            // Where the guest is, before the VM is gone.
+            eprintln!(
+                "husk: --timeout: the guest still ran after {} s; its last output:\n{}",
+                args.timeout.unwrap_or(0),
+                vm.failure_output()
+            );
+            vm.stopper().stop();
+        },
+        || {
+            vm.exit_watch()
+                .wait()
+                .is_err_and(|e| !matches!(e, husk::vmm::exit::GuestError::Panic(_)))
+        },
+    );
     if broke {
         match vm.kernel_log_tail(30) {
             Ok(log) => {
@@ -408,7 +428,7 @@ fn boot(args: Box<BootArgs>) -> CliResult {
         eprintln!("husk: stopped by signal {signal}");
         std::process::exit(128 + signal);
     }
-    if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+    if timed_out {
         eprintln!("husk: the VM was stopped after --timeout");
         std::process::exit(124);
     }
@@ -551,7 +571,7 @@ fn resolve_image(
 
 fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
     use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxError, SandboxImage, Stdio};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
     let began = Instant::now();
     let limit = args.timeout.map(Duration::from_secs);
@@ -638,36 +658,24 @@ fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
         drop(sandbox.stop());
         return Ok(128 + early);
     }
-    let timed_out = AtomicBool::new(false);
     let (tty, raw) = tty_setup(process.tty, process.interactive)?;
     spec.tty = tty;
-    let result = std::thread::scope(|scope| {
-        // Dropping `done` (the run ended) wakes the watchdog early.
-        let (done, finished) = std::sync::mpsc::channel::<()>();
-        if let Some(limit) = limit {
-            let (sandbox, timed_out) = (&sandbox, &timed_out);
-            scope.spawn(move || {
-                let left = limit.saturating_sub(began.elapsed());
-                if finished.recv_timeout(left) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                    return;
-                }
-                timed_out.store(true, Ordering::SeqCst);
-                // What the guest was doing, before the VM is gone.
-                eprintln!(
-                    "husk: --timeout: the guest's last output:\n{}",
-                    sandbox.failure_output()
-                );
-                if let Some(stopper) = sandbox.stopper() {
-                    stopper.stop();
-                }
-            });
-        }
-        let result = sandbox.run(&spec, Stdio::inherit(process.interactive));
-        drop(done);
-        result
-    });
+    let (result, timed_out) = with_watchdog(
+        limit.map(|l| l.saturating_sub(began.elapsed())),
+        || {
+            // What the guest was doing, before the VM is gone.
+            eprintln!(
+                "husk: --timeout: the guest's last output:\n{}",
+                sandbox.failure_output()
+            );
+            if let Some(stopper) = sandbox.stopper() {
+                stopper.stop();
+            }
+        },
+        || sandbox.run(&spec, Stdio::inherit(process.interactive)),
+    );
     drop(raw);
-    if timed_out.load(Ordering::SeqCst) {
+    if timed_out {
         timed_out_message();
         return Ok(124);
     }

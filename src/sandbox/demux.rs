@@ -227,6 +227,15 @@ mod tests {
     use crate::sandbox::tests_support::{Capture, FakeAgent};
     use husk_protocol::write_message;
 
+    /// A demux on a fake agent connection: the demux, its reader thread, and the
+    /// agent's end.
+    fn started() -> (Arc<Demux>, JoinHandle<()>, UnixStream) {
+        let agent = FakeAgent::new();
+        let (demux, reader) =
+            Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
+        (demux, reader, agent.guest)
+    }
+
     fn status(code: i32) -> ExitStatus {
         ExitStatus {
             code: Some(code),
@@ -248,10 +257,7 @@ mod tests {
 
     #[test]
     fn output_and_exit_reach_the_process_that_was_started() {
-        let agent = FakeAgent::new();
-        let (demux, reader) =
-            Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
-        let mut guest = agent.guest;
+        let (demux, reader, mut guest) = started();
         let guest_thread = std::thread::spawn(move || {
             // Two requests in order; answer them, interleave their output, end them.
             let first = read_message(&mut guest).unwrap();
@@ -309,10 +315,7 @@ mod tests {
     #[test]
     fn stdin_acks_open_the_window_and_the_exit_closes_it() {
         use husk_protocol::STDIN_WINDOW;
-        let agent = FakeAgent::new();
-        let (demux, _reader) =
-            Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
-        let mut guest = agent.guest;
+        let (demux, _reader, mut guest) = started();
         write_message(&mut guest, &Message::Started { process_id: 7 }).unwrap();
         let (out, err) = (Capture::default(), Capture::default());
         let accepted = demux
@@ -340,10 +343,7 @@ mod tests {
 
     #[test]
     fn a_refusal_goes_to_its_request_and_a_lost_connection_to_everyone() {
-        let agent = FakeAgent::new();
-        let (demux, reader) =
-            Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
-        let mut guest = agent.guest;
+        let (demux, reader, mut guest) = started();
         let guest_thread = std::thread::spawn(move || {
             read_message(&mut guest).unwrap();
             let message = "no such container: c".to_string();
@@ -410,10 +410,7 @@ mod tests {
             messages in proptest::collection::vec(agent_message(), 0..40),
             requests in 1u32..4,
         ) {
-            let agent = FakeAgent::new();
-            let (demux, reader) =
-                Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
-            let mut guest = agent.guest;
+            let (demux, reader, mut guest) = started();
             let guest_thread = std::thread::spawn(move || {
                 for message in &messages {
                     if write_message(&mut guest, message).is_err() {
@@ -441,10 +438,7 @@ mod tests {
 
     #[test]
     fn garbage_from_the_guest_ends_the_connection_without_a_panic() {
-        let agent = FakeAgent::new();
-        let (demux, reader) =
-            Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
-        let mut guest = agent.guest;
+        let (demux, reader, mut guest) = started();
         // A frame length far over the limit.
         guest.write_all(&[0xff, 0xff, 0xff, 0x7f, 1]).unwrap();
         reader.join().unwrap();

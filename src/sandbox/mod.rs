@@ -681,7 +681,9 @@ impl Sandbox {
                 // The user's stdin may block forever (a terminal); the thread is not joined.
                 std::thread::Builder::new()
                     .name("husk-stdin".into())
-                    .spawn(move || stdio::forward_stdin(input, &demux, id, &window))
+                    .spawn(move || {
+                        stdio::forward_stdin(input, id, &window, |m| demux.send(m).is_ok())
+                    })
                     .map_err(husk_protocol::ProtocolError::Io)?;
             }
             None => self.demux.send(&Message::StdinClose {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use husk_protocol::{Message, ProcessId, MAX_DATA_CHUNK, STDIN_WINDOW};
 
-use super::demux::{Demux, Sink};
+use super::demux::Sink;
 
 /// Where a process's stdio comes from and goes to.
 pub struct Stdio {
@@ -119,14 +119,15 @@ impl StdinWindow {
     }
 }
 
-/// Copy `input` to the process until its end, then close the process's stdin. At most
-/// [`STDIN_WINDOW`] bytes are unacknowledged at a time, so a process that does not read
-/// holds up only its own stdin, never the agent's other requests.
+/// Copy `input` to the process until its end, then close the process's stdin; `send`
+/// puts a message on the way (to the agent, or to a detached sandbox's monitor) and says
+/// whether it could. At most [`STDIN_WINDOW`] bytes are unacknowledged at a time, so a
+/// process that does not read holds up only its own stdin, never other requests.
 pub(crate) fn forward_stdin(
     mut input: Box<dyn Read + Send>,
-    demux: &Demux,
     process: ProcessId,
     window: &StdinWindow,
+    mut send: impl FnMut(&Message) -> bool,
 ) {
     let mut buf = vec![0u8; MAX_DATA_CHUNK];
     loop {
@@ -142,11 +143,11 @@ pub(crate) fn forward_stdin(
             process,
             data: buf[..n].to_vec(),
         };
-        if demux.send(&msg).is_err() {
+        if !send(&msg) {
             return;
         }
     }
-    drop(demux.send(&Message::StdinClose { process }));
+    send(&Message::StdinClose { process });
 }
 
 #[cfg(test)]
