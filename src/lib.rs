@@ -7,6 +7,7 @@ pub mod boot;
 pub mod config;
 pub mod detached;
 pub mod devices;
+pub mod digest;
 pub mod image;
 pub mod kernel;
 pub mod kvm;
@@ -14,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod profile;
 pub mod sandbox;
+pub mod snapshot;
 pub mod vmm;
 
 pub use sandbox::{

@@ -11,7 +11,8 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::arch::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
@@ -40,6 +41,32 @@ pub enum MemoryError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A snapshot's memory file is not the size of the RAM it should hold.
+    #[error(
+        "the memory file holds {actual} bytes, not the {mib} MiB of guest RAM the snapshot has"
+    )]
+    FileSize {
+        /// Guest RAM in MiB.
+        mib: u64,
+        /// The file's size.
+        actual: u64,
+    },
+    /// A snapshot's memory file could not be mapped.
+    #[error("cannot map the {mib} MiB memory file: {source}")]
+    MapFile {
+        /// Guest RAM in MiB.
+        mib: u64,
+        /// The mmap error.
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    /// The mapped regions do not form guest memory.
+    #[error("guest RAM of {mib} MiB: {message}")]
+    Regions {
+        /// Guest RAM in MiB.
+        mib: u64,
+        /// What is wrong.
+        message: String,
+    },
     /// Mapping the regions failed.
     #[error("cannot map {mib} MiB of guest RAM: {source}")]
     Map {
@@ -50,12 +77,25 @@ pub enum MemoryError {
     },
 }
 
-/// Guest RAM and the memfd that backs it.
+/// What the guest's RAM pages live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// A memfd mapped shared: the file holds every page the guest wrote.
+    Memfd,
+    /// A snapshot's memory file mapped private: pages the guest (or a device) wrote
+    /// since the restore are anonymous copies, the rest are the file's page cache,
+    /// shared by every VM restored from it.
+    Snapshot,
+}
+
+/// Guest RAM and the file that backs it.
 pub struct GuestRam {
     /// The mapped regions, shared with devices.
     pub memory: GuestMemoryMmap,
-    /// The memfd behind every region (region offsets are contiguous in it).
+    /// The file behind every region (region offsets are contiguous in it).
     pub file: Arc<File>,
+    /// How the file is mapped.
+    pub backing: Backing,
 }
 
 /// The RAM ranges for `size` bytes: from 0 up to the MMIO hole, the rest from 4 GiB.
@@ -125,7 +165,49 @@ pub fn create(mib: u64) -> Result<GuestRam, MemoryError> {
         .collect();
     let memory = GuestMemoryMmap::from_ranges_with_files(ranges)
         .map_err(|source| MemoryError::Map { mib, source })?;
-    Ok(GuestRam { memory, file })
+    Ok(GuestRam {
+        memory,
+        file,
+        backing: Backing::Memfd,
+    })
+}
+
+/// Map a snapshot's memory file of `mib` MiB as guest RAM, privately: nothing is read
+/// now, pages load on first touch, and writes never reach the file.
+pub fn map_snapshot(file: File, mib: u64) -> Result<GuestRam, MemoryError> {
+    let size = validate_size(mib, host_ram_mib())?;
+    let actual = file
+        .metadata()
+        .map_err(|source| MemoryError::Memfd { mib, source })?
+        .len();
+    if actual != size {
+        return Err(MemoryError::FileSize { mib, actual });
+    }
+    let file = Arc::new(file);
+    let mut offset = 0;
+    let mut regions = Vec::new();
+    for (addr, len) in ram_ranges(size) {
+        let len_usize = usize::try_from(len).map_err(|_| MemoryError::FileSize { mib, actual })?;
+        let mapping = MmapRegionBuilder::new(len_usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+            .build()
+            .map_err(|source| MemoryError::MapFile { mib, source })?;
+        let region =
+            GuestRegionMmap::new(mapping, addr).ok_or(MemoryError::FileSize { mib, actual })?;
+        regions.push(region);
+        offset += len;
+    }
+    let memory = GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Regions {
+        mib,
+        message: e.to_string(),
+    })?;
+    Ok(GuestRam {
+        memory,
+        file,
+        backing: Backing::Snapshot,
+    })
 }
 
 #[cfg(test)]

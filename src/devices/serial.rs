@@ -5,6 +5,8 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -89,7 +91,30 @@ impl Write for ConsoleOut {
 
 /// COM1 as a bus device.
 pub struct SerialDevice {
-    uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>,
+    uart: Serial<IrqTrigger, NoEvents, ConsoleOut>,
+}
+
+/// The UART's registers and unread input as plain data (vm-superio's `SerialState`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialPersist {
+    /// Divisor latch, low and high byte.
+    pub baud_divisor: [u8; 2],
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// SCR.
+    pub scratch: u8,
+    /// Input the guest has not read yet.
+    pub in_buffer: Vec<u8>,
 }
 
 impl SerialDevice {
@@ -97,6 +122,45 @@ impl SerialDevice {
     pub fn new(irq: EventFd, out: ConsoleOut) -> Self {
         Self {
             uart: Serial::new(IrqTrigger(irq), out),
+        }
+    }
+
+    /// A UART in the saved state `saved`; a FIFO longer than the UART's is refused.
+    pub fn from_state(
+        saved: &SerialPersist,
+        irq: EventFd,
+        out: ConsoleOut,
+    ) -> Result<Self, crate::vmm::VmError> {
+        let state = SerialState {
+            baud_divisor_low: saved.baud_divisor[0],
+            baud_divisor_high: saved.baud_divisor[1],
+            interrupt_enable: saved.interrupt_enable,
+            interrupt_identification: saved.interrupt_identification,
+            line_control: saved.line_control,
+            line_status: saved.line_status,
+            modem_control: saved.modem_control,
+            modem_status: saved.modem_status,
+            scratch: saved.scratch,
+            in_buffer: saved.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&state, IrqTrigger(irq), NoEvents, out)
+            .map_err(|e| crate::vmm::VmError::Serial(format!("{e:?}")))?;
+        Ok(Self { uart })
+    }
+
+    /// The UART's state.
+    pub fn persist(&self) -> SerialPersist {
+        let s = self.uart.state();
+        SerialPersist {
+            baud_divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 
@@ -170,6 +234,22 @@ mod tests {
         let tail = log.tail();
         assert_eq!(tail.len(), TAIL_BYTES);
         assert!(tail.ends_with("aend"));
+    }
+
+    #[test]
+    fn registers_and_unread_input_survive_a_restore() {
+        let (mut dev, _, _) = device();
+        dev.write(3, &[0x03]);
+        dev.write(7, &[0x5a]);
+        dev.enqueue_input(b"ab");
+        let saved = dev.persist();
+        let out = ConsoleOut::new(None, Arc::new(ConsoleLog::default()));
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut back = SerialDevice::from_state(&saved, irq, out).unwrap();
+        assert_eq!(back.persist(), saved);
+        let mut data = [0u8; 1];
+        back.read(0, &mut data);
+        assert_eq!(data[0], b'a');
     }
 
     #[test]

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::initramfs::{write_archive, Entry};
 use super::SandboxError;
+use crate::digest::{file_stamp, write_atomically};
 
 /// Where the agent binary is: `$HUSK_AGENT`, else `husk-agent` next to the running
 /// executable (cargo builds both into the same folder).
@@ -52,33 +53,6 @@ pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf, Sandbo
         drop(write_atomically(&stamp, name.to_string_lossy().as_bytes()));
     }
     Ok(path)
-}
-
-/// The identity of `file` as it is now: changes whenever its content may have.
-fn file_stamp(file: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(file).ok()?;
-    Some(format!(
-        "{:x}-{:x}-{:x}-{:x}.{:x}-{:x}.{:x}",
-        m.dev(),
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec()
-    ))
-}
-
-/// Write `data` to `path` through a temp file in its folder and a rename.
-fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(data)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// Build (or find) the archive named by the agent's digest.
@@ -171,16 +145,5 @@ mod stamp_tests {
         std::fs::remove_file(&first).unwrap();
         assert_eq!(agent_initramfs(&agent, dir.path()).unwrap(), first);
         assert!(first.is_file());
-    }
-
-    #[test]
-    fn a_stamp_changes_with_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, b"one").unwrap();
-        let before = file_stamp(&file).unwrap();
-        std::fs::write(&file, b"two!").unwrap();
-        assert_ne!(file_stamp(&file).unwrap(), before);
-        assert_eq!(file_stamp(&dir.path().join("missing")), None);
     }
 }

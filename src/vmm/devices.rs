@@ -6,7 +6,7 @@
 //! event-manager subscriber; one thread runs the loop until the VM stops.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,9 @@ use crate::config::VmConfig;
 use crate::devices::bus::Bus;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::manager::VirtioManager;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::Net;
+use crate::devices::virtio::persist::{PersistError, SlotState};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
@@ -58,6 +60,9 @@ pub enum DeviceError {
     /// The event loop could not be set up or started.
     #[error("device event loop: {0}")]
     Loop(String),
+    /// A slot's saved state could not be put back.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
 }
 
 /// Devices wired into a VM, before their loop starts.
@@ -72,6 +77,8 @@ pub struct VirtioDevices {
     taps: Vec<String>,
     /// Every device, for [`DeviceLoop::describe`].
     all: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    /// Every device's transport, in slot order (the same order as `all`).
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl VirtioDevices {
@@ -84,6 +91,7 @@ impl VirtioDevices {
             disks: 0,
             taps: Vec::new(),
             all: Vec::new(),
+            transports: Vec::new(),
         })
     }
 
@@ -102,6 +110,7 @@ impl VirtioDevices {
         let info = self.manager.attach(mem.clone(), dev)?;
         let base = info.slot.base;
         bus.insert(info.transport.clone(), base, info.slot.len)?;
+        self.transports.push(info.transport.clone());
         let gsi = info.slot.irq;
         self.pending.push(Registration::Irq {
             fd: info.irqfd,
@@ -154,6 +163,26 @@ impl VirtioDevices {
         Ok(())
     }
 
+    /// Put each slot's saved state back (a restore, before any vCPU runs): the slots
+    /// must be the snapshot's, in order.
+    pub fn restore(&self, slots: &[SlotState]) -> Result<(), DeviceError> {
+        if slots.len() != self.transports.len() {
+            return Err(DeviceError::Create {
+                what: "devices".into(),
+                message: format!(
+                    "the snapshot has {} virtio devices, this VM {}",
+                    slots.len(),
+                    self.transports.len()
+                ),
+            });
+        }
+        for (i, (transport, saved)) in self.transports.iter().zip(slots).enumerate() {
+            let mut transport = transport.lock().unwrap_or_else(|e| e.into_inner());
+            transport.restore(i, saved)?;
+        }
+        Ok(())
+    }
+
     /// Start the event loop thread; it runs until [`DeviceLoop::stop`].
     pub fn start(mut self) -> Result<DeviceLoop, DeviceError> {
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::Loop(e.to_string()))?;
@@ -181,6 +210,7 @@ impl VirtioDevices {
             stop,
             thread: Some(thread),
             devices: self.all,
+            transports: self.transports,
         })
     }
 }
@@ -256,9 +286,34 @@ pub struct DeviceLoop {
     stop: Arc<StopState>,
     thread: Option<JoinHandle<()>>,
     devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
+/// Every device locked: the event loop waits at its next event while these live.
+pub type DeviceGuards<'a> = Vec<MutexGuard<'a, dyn VirtioDevice + 'static>>;
+
 impl DeviceLoop {
+    /// Lock every device (so the event loop stops touching guest memory and queues)
+    /// and read each slot's state. The vCPUs must be parked: they take the transport
+    /// locks, then a device's, and here devices are locked first.
+    pub fn hold(&self) -> (DeviceGuards<'_>, Vec<SlotState>) {
+        let guards: DeviceGuards<'_> = self
+            .devices
+            .iter()
+            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        let slots = self
+            .transports
+            .iter()
+            .zip(&guards)
+            .map(|(t, dev)| {
+                let t = t.lock().unwrap_or_else(|e| e.into_inner());
+                t.save_with(&**dev)
+            })
+            .collect();
+        (guards, slots)
+    }
+
     /// Every device's [`VirtioDevice::describe`], one after the other. A device the
     /// loop thread holds for longer than `patience` is reported as busy (a device stuck
     /// in its own work is itself the answer) rather than waited for.

@@ -15,7 +15,9 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::exit::{ExitCause, InternalError};
-use super::vcpu_state::{StateBoard, VcpuState};
+use super::hang_report::{StateBoard, VcpuPlace};
+use super::parking::{Parking, Saved};
+use super::vstate::vcpu::{saveable_msrs, VcpuState};
 use crate::devices::bus::Bus;
 use crate::profile::RipHistogram;
 
@@ -133,6 +135,19 @@ pub struct VcpuShared {
     pub profiling: bool,
     /// Requests for the vCPUs' registers (a hung guest's report).
     pub states: StateBoard,
+    /// Pause and save requests.
+    pub parking: Parking,
+    /// What saving a vCPU's state needs to know about this host's KVM.
+    pub save: SaveContext,
+}
+
+/// What a vCPU needs to save its state: KVM's MSR list and XSAVE2 size.
+#[derive(Debug, Clone, Default)]
+pub struct SaveContext {
+    /// The MSRs KVM lists as saveable (KVM_GET_MSR_INDEX_LIST).
+    pub msr_list: Vec<u32>,
+    /// This host's KVM_CAP_XSAVE2 size (0: the legacy area suffices).
+    pub xsave2_size: usize,
 }
 
 /// One vCPU and its loop.
@@ -220,7 +235,10 @@ impl Vcpu {
                 let fd = &self.fd;
                 self.shared
                     .states
-                    .answer_if_asked(vcpu, || VcpuState::read(vcpu, fd));
+                    .answer_if_asked(vcpu, || VcpuPlace::read(vcpu, fd));
+                if self.shared.parking.pause_wanted() {
+                    self.park();
+                }
                 None
             }
             Err(e) => Some(ExitCause::RunFailed {
@@ -228,6 +246,20 @@ impl Vcpu {
                 errno: e.errno(),
             }),
         }
+    }
+
+    /// Park until resumed, saving this vCPU's state when asked. Reached only after an
+    /// `EINTR` exit, so the port or MMIO access of any earlier exit is complete.
+    fn park(&self) {
+        let shared = &self.shared;
+        let stopping = || shared.stop.load(Ordering::Acquire);
+        shared.parking.park(self.id, stopping, || self.save_state());
+    }
+
+    fn save_state(&self) -> Saved {
+        let ctx = &self.shared.save;
+        let msrs = saveable_msrs(&ctx.msr_list, self.id, &self.fd).map_err(|e| e.to_string())?;
+        VcpuState::save(self.id, &self.fd, &msrs, ctx.xsave2_size).map_err(|e| e.to_string())
     }
 
     /// Record where the guest is. Kernel code that runs before paging (the PVH entry)

@@ -438,6 +438,9 @@ impl BusDevice for MmioTransport {
     }
 }
 
+#[path = "mmio_persist.rs"]
+mod persist;
+
 #[cfg(test)]
 #[path = "mmio_tests.rs"]
 mod tests;

@@ -24,6 +24,7 @@ pub mod descriptor;
 pub mod manager;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod queues;
 pub mod rng;
 pub mod vsock;
@@ -139,6 +140,14 @@ impl Interrupt {
         self.evt.write(1).map_err(VirtioError::Signal)
     }
 
+    /// Set `bits` in InterruptStatus and signal the irqfd (a restore re-raising what
+    /// the driver had not acknowledged).
+    pub fn raise_bits(&self, bits: u32) {
+        if let Err(e) = self.raise(bits) {
+            log::warn!("virtio: {e}");
+        }
+    }
+
     /// Tell the guest a used ring changed.
     pub fn signal_used_queue(&self) -> Result<(), VirtioError> {
         self.raise(INT_VRING)
@@ -210,6 +219,16 @@ pub trait VirtioDevice: Send {
     /// Where the device stands (queues, and device-specific state), for the report of a
     /// guest that failed or hangs.
     fn describe(&self) -> String;
+    /// What the device keeps beyond its transport and queues, for a snapshot.
+    fn persist(&self) -> persist::DevicePersist;
+    /// The positions of the active queues (empty when not activated).
+    fn queue_snapshots(&self) -> Vec<persist::QueueSnapshot>;
+    /// Called once a restore has activated the device again, before any vCPU runs;
+    /// `saved` is what [`VirtioDevice::persist`] gave in the snapshot. True when the
+    /// configuration space the driver read has changed (the transport then tells it).
+    fn after_restore(&mut self, _saved: &persist::DevicePersist) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

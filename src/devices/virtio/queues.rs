@@ -232,6 +232,23 @@ impl QueueSet {
         out
     }
 
+    /// The positions of the active queues, for a snapshot (empty when inactive).
+    pub fn snapshots(&self) -> Vec<super::persist::QueueSnapshot> {
+        self.active.as_ref().map_or_else(Vec::new, |active| {
+            active
+                .queues
+                .iter()
+                .map(super::persist::QueueSnapshot::of)
+                .collect()
+        })
+    }
+
+    /// Make the event loop look at every queue once (after a restore: a notification
+    /// the guest sent just before the snapshot may not have been served).
+    pub fn kick_all(&self) {
+        (0..self.evts.len()).for_each(|i| self.requeue(i));
+    }
+
     /// Raise the used-ring interrupt.
     pub fn signal_used(&self) {
         if let Some(active) = &self.active {

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::config::BlockConfig;
 use super::disk::{Disk, DiskError, WriteZeroes};
 use super::request::{self, MAX_DESCRIPTORS, MAX_DISCARD_SECTORS, SECTOR_SIZE};
+use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
 use crate::devices::virtio::queues::QueueSet;
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VirtioError, TYPE_BLOCK, VIRTIO_RING_F_EVENT_IDX,
@@ -181,6 +182,18 @@ impl VirtioDevice for Block {
             self.queues.describe(),
             self.state.config.path.display()
         )
+    }
+
+    fn persist(&self) -> DevicePersist {
+        self.persist_state()
+    }
+
+    fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
+        self.saved_queues()
+    }
+
+    fn after_restore(&mut self, saved: &DevicePersist) -> bool {
+        self.restored(saved)
     }
 }
 

@@ -8,9 +8,11 @@ mod config;
 mod device;
 mod disk;
 mod event_handler;
+mod persist;
 mod request;
 
 pub use config::{BlockConfig, BlockConfigError};
 pub use device::{Block, BlockError, BlockState, QUEUE_SIZE};
 pub use disk::{Disk, DiskError, WriteZeroes};
+pub use persist::BlockPersist;
 pub use request::{process_queue, SECTOR_SIZE};

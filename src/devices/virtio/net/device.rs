@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::config::{MacAddr, NetConfig};
 use super::queues::{self, RxState};
 use super::tap::{Tap, TapError};
+use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
 use crate::devices::virtio::queues::QueueSet;
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VirtioError, TYPE_NET, VIRTIO_RING_F_EVENT_IDX,
@@ -154,6 +155,18 @@ impl VirtioDevice for Net {
 
     fn describe(&self) -> String {
         format!("{} (TAP {})", self.queues.describe(), self.state.tap_name)
+    }
+
+    fn persist(&self) -> DevicePersist {
+        self.persist_state()
+    }
+
+    fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
+        self.saved_queues()
+    }
+
+    fn after_restore(&mut self, _saved: &DevicePersist) -> bool {
+        self.restored()
     }
 }
 

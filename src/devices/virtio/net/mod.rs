@@ -8,10 +8,12 @@
 mod config;
 mod device;
 mod event_handler;
+mod persist;
 mod queues;
 mod tap;
 
 pub use config::{MacAddr, NetConfig, NetConfigError};
 pub use device::{Net, NetError, NetState, QUEUE_SIZE};
+pub use persist::NetPersist;
 pub use queues::{process_rx, process_tx, FrameIo, RxState, NET_HDR_LEN};
 pub use tap::{Tap, TapError};

@@ -9,6 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::request;
+use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
 use crate::devices::virtio::queues::QueueSet;
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VirtioError, TYPE_RNG, VIRTIO_RING_F_EVENT_IDX,
@@ -125,5 +126,18 @@ impl VirtioDevice for Rng {
 
     fn describe(&self) -> String {
         self.queues.describe()
+    }
+
+    fn persist(&self) -> DevicePersist {
+        DevicePersist::Rng
+    }
+
+    fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
+        self.queues.snapshots()
+    }
+
+    fn after_restore(&mut self, _saved: &DevicePersist) -> bool {
+        self.queues.kick_all();
+        false
     }
 }

@@ -11,6 +11,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::config::{VsockConfig, VsockConfigError};
 use super::muxer::{Muxer, MuxerError};
 use crate::devices::virtio::descriptor::Chain;
+use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
 use crate::devices::virtio::queues::{add_used, pop, Drained, QueueError, QueueSet};
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VirtioError, TYPE_VSOCK, VIRTIO_RING_F_EVENT_IDX,
@@ -216,6 +217,18 @@ impl VirtioDevice for Vsock {
 
     fn describe(&self) -> String {
         format!("{}\n{}", self.queues.describe(), self.muxer.describe())
+    }
+
+    fn persist(&self) -> DevicePersist {
+        self.persist_state()
+    }
+
+    fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
+        self.saved_queues()
+    }
+
+    fn after_restore(&mut self, _saved: &DevicePersist) -> bool {
+        self.restored()
     }
 }
 

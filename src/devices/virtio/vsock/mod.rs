@@ -13,8 +13,10 @@ mod device;
 mod event_handler;
 mod muxer;
 mod packet;
+mod persist;
 
 pub use config::{VsockConfig, VsockConfigError};
 pub use device::{Vsock, VsockError, VsockState, QUEUE_SIZE};
 pub use muxer::{FdChange, Muxer, MuxerError};
 pub use packet::{Header, HDR_LEN, HOST_CID};
+pub use persist::VsockPersist;

@@ -19,7 +19,7 @@ const RFLAGS_IF: u64 = 1 << 9;
 
 /// One vCPU's registers of interest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VcpuState {
+pub struct VcpuPlace {
     /// The vCPU's index.
     pub id: u8,
     /// Instruction pointer.
@@ -34,7 +34,7 @@ pub struct VcpuState {
     pub mp_state: Option<u32>,
 }
 
-impl VcpuState {
+impl VcpuPlace {
     /// Reads the state of `fd` (on its own thread, out of KVM_RUN).
     pub fn read(id: u8, fd: &VcpuFd) -> Option<Self> {
         let regs = fd.get_regs().ok()?;
@@ -74,14 +74,14 @@ impl VcpuState {
     }
 }
 
-impl fmt::Display for VcpuState {
+impl fmt::Display for VcpuPlace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.describe(None))
     }
 }
 
 /// Per vCPU: the generation answered last and what was read.
-type Answers = Vec<(u64, Option<VcpuState>)>;
+type Answers = Vec<(u64, Option<VcpuPlace>)>;
 
 /// Requests and answers of vCPU states, shared by a VM's vCPU threads.
 #[derive(Default)]
@@ -116,7 +116,7 @@ impl StateBoard {
     }
 
     /// Called by vCPU `id` out of KVM_RUN: answers a pending request with `read()`.
-    pub fn answer_if_asked(&self, id: u8, read: impl FnOnce() -> Option<VcpuState>) {
+    pub fn answer_if_asked(&self, id: u8, read: impl FnOnce() -> Option<VcpuPlace>) {
         if self.wanted.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -133,7 +133,7 @@ impl StateBoard {
 
     /// Waits up to `timeout` for every vCPU to answer `generation`; returns the answers
     /// (a vCPU that did not answer, or could not read its registers, is left out).
-    pub fn collect(&self, generation: u64, timeout: Duration) -> Vec<VcpuState> {
+    pub fn collect(&self, generation: u64, timeout: Duration) -> Vec<VcpuPlace> {
         let (answers, _) = self
             .answered
             .wait_timeout_while(self.answers(), timeout, |a| {
@@ -153,8 +153,8 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn state(id: u8) -> VcpuState {
-        VcpuState {
+    fn state(id: u8) -> VcpuPlace {
+        VcpuPlace {
             id,
             rip: 0xffff_ffff_8100_1000,
             rsp: 0xffff_c900_0000_3f00,

@@ -1,0 +1,207 @@
+//! Writing guest RAM to a snapshot's memory file, sparsely: the file has the RAM's size,
+//! and only pages holding something other than zeros are written, so never-touched and
+//! zeroed pages stay holes (they take no disk, and read back as zeros when mapped).
+//!
+//! RAM on a memfd is read through the file with `SEEK_DATA`/`SEEK_HOLE`, which skips
+//! pages the guest never touched without faulting them in. RAM restored from a snapshot
+//! is read through its private mapping (untouched pages come from the old file's page
+//! cache).
+#![allow(unsafe_code, reason = "lseek(SEEK_DATA/SEEK_HOLE) has no safe wrapper")]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::memory::{Backing, GuestRam};
+
+/// Bytes read and written per step.
+const CHUNK: usize = 1 << 20;
+/// The unit a hole is made of.
+const PAGE: usize = 4096;
+
+/// What a memory file write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Guest RAM in bytes (the file's length).
+    pub total: u64,
+    /// Bytes of non-zero pages written.
+    pub written: u64,
+}
+
+/// The next data offset at or after `from` in `file`, or `None` past the last data.
+fn seek(file: &File, from: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let offset = libc::off_t::try_from(from).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: lseek only moves the file offset of a descriptor `file` owns.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if at >= 0 {
+        return Ok(Some(at as u64));
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENXIO) => Ok(None),
+        _ => Err(err),
+    }
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
+}
+
+/// Write the non-zero pages of `data` (which sits at `offset` of RAM) into `out`.
+fn write_pages(out: &File, offset: u64, data: &[u8], stats: &mut MemoryStats) -> io::Result<()> {
+    for (i, page) in data.chunks(PAGE).enumerate() {
+        if !is_zero(page) {
+            out.write_all_at(page, offset + (i * PAGE) as u64)?;
+            stats.written += page.len() as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Write `ram` to a new file at `path` (which must not exist); with `durable`, the file
+/// is synced before this returns.
+pub fn write(ram: &GuestRam, path: &Path, durable: bool) -> io::Result<MemoryStats> {
+    let out = File::options().write(true).create_new(true).open(path)?;
+    let total: u64 = ram.memory.iter().map(|r| r.len()).sum();
+    out.set_len(total)?;
+    let mut stats = MemoryStats { total, written: 0 };
+    let mut buf = vec![0u8; CHUNK];
+    match ram.backing {
+        Backing::Memfd => write_from_memfd(&ram.file, total, &out, &mut buf, &mut stats)?,
+        Backing::Snapshot => write_from_mapping(ram, &out, &mut buf, &mut stats)?,
+    }
+    if durable {
+        out.sync_all()?;
+    }
+    Ok(stats)
+}
+
+/// The memfd holds RAM at the same offsets as the memory file will.
+fn write_from_memfd(
+    memfd: &File,
+    total: u64,
+    out: &File,
+    buf: &mut [u8],
+    stats: &mut MemoryStats,
+) -> io::Result<()> {
+    let mut at = 0;
+    while at < total {
+        let Some(start) = seek(memfd, at, libc::SEEK_DATA)? else {
+            break;
+        };
+        let end = seek(memfd, start, libc::SEEK_HOLE)?
+            .unwrap_or(total)
+            .min(total);
+        let mut pos = start;
+        while pos < end {
+            let n = usize::try_from(end - pos).unwrap_or(CHUNK).min(buf.len());
+            memfd.read_exact_at(&mut buf[..n], pos)?;
+            write_pages(out, pos, &buf[..n], stats)?;
+            pos += n as u64;
+        }
+        at = end;
+    }
+    Ok(())
+}
+
+/// RAM mapped from another file: read it region by region through the guest's view.
+fn write_from_mapping(
+    ram: &GuestRam,
+    out: &File,
+    buf: &mut [u8],
+    stats: &mut MemoryStats,
+) -> io::Result<()> {
+    let mut file_offset = 0u64;
+    for region in ram.memory.iter() {
+        let len = region.len();
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from(len - done).unwrap_or(CHUNK).min(buf.len());
+            let addr = region.start_addr().unchecked_add(done);
+            ram.memory
+                .read_slice(&mut buf[..n], addr)
+                .map_err(io::Error::other)?;
+            write_pages(out, file_offset + done, &buf[..n], stats)?;
+            done += n as u64;
+        }
+        file_offset += len;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestAddress;
+
+    #[test]
+    fn only_non_zero_pages_are_written_and_the_file_reads_back_the_same() {
+        let ram = crate::memory::create(32).unwrap();
+        ram.memory
+            .write_obj(0xdead_beef_u32, GuestAddress(0x1234))
+            .unwrap();
+        ram.memory.write_obj(7u8, GuestAddress(0x1ff_f000)).unwrap();
+        ram.memory.write_obj(0u64, GuestAddress(0x50_0000)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let stats = write(&ram, &path, false).unwrap();
+        assert_eq!(
+            stats,
+            MemoryStats {
+                total: 32 << 20,
+                written: 2 * PAGE as u64
+            }
+        );
+        let back = crate::memory::map_snapshot(File::open(&path).unwrap(), 32).unwrap();
+        let word: u32 = back.memory.read_obj(GuestAddress(0x1234)).unwrap();
+        let byte: u8 = back.memory.read_obj(GuestAddress(0x1ff_f000)).unwrap();
+        assert_eq!((word, byte), (0xdead_beef, 7));
+    }
+
+    #[test]
+    fn a_restored_ram_is_written_with_its_own_changes() {
+        let ram = crate::memory::create(32).unwrap();
+        ram.memory.write_obj(1u8, GuestAddress(0)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("first");
+        write(&ram, &first, false).unwrap();
+        let restored = crate::memory::map_snapshot(File::open(&first).unwrap(), 32).unwrap();
+        restored
+            .memory
+            .write_obj(2u8, GuestAddress(0x3000))
+            .unwrap();
+        let second = dir.path().join("second");
+        let stats = write(&restored, &second, false).unwrap();
+        assert_eq!(stats.written, 2 * PAGE as u64);
+        let back = crate::memory::map_snapshot(File::open(&second).unwrap(), 32).unwrap();
+        let bytes: [u8; 2] = [
+            back.memory.read_obj(GuestAddress(0)).unwrap(),
+            back.memory.read_obj(GuestAddress(0x3000)).unwrap(),
+        ];
+        assert_eq!(bytes, [1, 2]);
+        // The first file is untouched by the restored VM's writes.
+        let first_again = crate::memory::map_snapshot(File::open(&first).unwrap(), 32).unwrap();
+        assert_eq!(
+            first_again
+                .memory
+                .read_obj::<u8>(GuestAddress(0x3000))
+                .unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn an_existing_file_is_not_overwritten() {
+        let ram = crate::memory::create(32).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        std::fs::write(&path, b"keep").unwrap();
+        assert!(write(&ram, &path, false).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+    }
+}

@@ -1,0 +1,234 @@
+//! Snapshots of a VM: a folder with the state file ([`format`]) and the memory file
+//! ([`memory`]). [`create`] pauses the VM (if it runs), holds its devices still, writes
+//! both files and lets it go on; [`load`] reads and checks a snapshot without touching
+//! KVM state; [`restore`] builds a running VM from it (see `vmm::restore`).
+//!
+//! ```text
+//! DIR/state    header, fingerprint, vCPU/VM/device state (docs/design.md, "Snapshots")
+//! DIR/memory   guest RAM, as large as it, with holes for zero pages
+//! ```
+
+pub mod fingerprint;
+pub mod format;
+pub mod memory;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{Cap, Kvm};
+
+use crate::vmm::{self, RestoreOptions, RunningVm, VmError};
+use fingerprint::{device_list, Expect, Fingerprint, HostFingerprint, Mismatch};
+use format::{FormatError, StateFile};
+pub use memory::MemoryStats;
+
+/// The state file's name in a snapshot folder.
+pub const STATE_FILE: &str = "state";
+/// The memory file's name in a snapshot folder.
+pub const MEMORY_FILE: &str = "memory";
+
+/// Errors taking, reading or restoring a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file could not be read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The state file is not a good snapshot.
+    #[error("{path}: {source}")]
+    Format {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong.
+        source: FormatError,
+    },
+    /// The snapshot does not fit this host or this request.
+    #[error(transparent)]
+    Mismatch(#[from] Mismatch),
+    /// KVM could not be asked about this host.
+    #[error(transparent)]
+    Kvm(#[from] crate::kvm::KvmError),
+    /// Pausing, saving or rebuilding the VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.to_path_buf();
+    move |source| SnapshotError::Io { what, path, source }
+}
+
+/// How to take a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// The guest agent's digest, recorded in the fingerprint (sandbox snapshots).
+    pub agent_digest: Option<String>,
+    /// Sync both files to disk before returning (templates and user snapshots; a
+    /// fork's short-lived snapshot skips it).
+    pub durable: bool,
+}
+
+/// What taking a snapshot did and how long each part took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Created {
+    /// The memory file.
+    pub memory: MemoryStats,
+    /// Size of the state file.
+    pub state_bytes: u64,
+    /// Parking the vCPUs.
+    pub pause: Duration,
+    /// Saving vCPU, VM and device state.
+    pub save_state: Duration,
+    /// Writing the memory file.
+    pub write_memory: Duration,
+}
+
+/// This host's side of a fingerprint.
+pub fn host_fingerprint(kvm: &Kvm) -> Result<HostFingerprint, SnapshotError> {
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmError::Setup {
+            what: "reading the supported CPUID",
+            source: e,
+        })?;
+    let (cpu_vendor, cpu_family, cpu_model) = fingerprint::host_cpu();
+    let xsave2 = usize::try_from(kvm.check_extension_int(Cap::Xsave2)).unwrap_or(0);
+    Ok(HostFingerprint {
+        cpu_vendor,
+        cpu_family,
+        cpu_model,
+        supported_cpuid: supported
+            .as_slice()
+            .iter()
+            .map(|e| [e.function, e.index, e.eax, e.ebx, e.ecx, e.edx])
+            .collect(),
+        xsave2_size: if xsave2 > std::mem::size_of::<kvm_bindings::kvm_xsave>() {
+            xsave2
+        } else {
+            0
+        },
+    })
+}
+
+/// Snapshot `vm` into the new folder `dir` (its parent must exist). A running VM is
+/// paused for the time it takes and resumed after; a paused one stays paused.
+pub fn create(
+    vm: &RunningVm,
+    dir: &Path,
+    options: &CreateOptions,
+) -> Result<Created, SnapshotError> {
+    std::fs::create_dir(dir).map_err(io("cannot create the snapshot folder", dir))?;
+    let config = vm.config();
+    let kernel_sha256 =
+        crate::digest::sha256_cached(&config.kernel, &crate::kernel::cache_root().join("digests"))
+            .map_err(io("cannot read the kernel", &config.kernel))?;
+    let host = host_fingerprint(&crate::kvm::open()?)?;
+    let fingerprint = Fingerprint {
+        host,
+        memory_mib: config.memory_mib,
+        vcpus: config.cpus,
+        devices: device_list(config),
+        kernel_sha256,
+        agent_digest: options.agent_digest.clone(),
+    };
+    let started = Instant::now();
+    let was_paused = vm.is_paused();
+    if !was_paused {
+        vm.pause()?;
+    }
+    let result = write_both(vm, dir, fingerprint, options.durable, started);
+    if !was_paused {
+        vm.resume();
+    }
+    result
+}
+
+fn write_both(
+    vm: &RunningVm,
+    dir: &Path,
+    fingerprint: Fingerprint,
+    durable: bool,
+    started: Instant,
+) -> Result<Created, SnapshotError> {
+    let paused = Instant::now();
+    let quiesced = vm.quiesce()?;
+    let saved = Instant::now();
+    let memory_path = dir.join(MEMORY_FILE);
+    let memory = memory::write(vm.guest_ram(), &memory_path, durable)
+        .map_err(io("cannot write guest memory to", &memory_path))?;
+    let written = Instant::now();
+    let file = StateFile {
+        husk_version: env!("CARGO_PKG_VERSION").to_string(),
+        fingerprint,
+        state: quiesced.state,
+    };
+    let state_path = dir.join(STATE_FILE);
+    let bytes = format::encode(&file).map_err(|source| SnapshotError::Format {
+        path: state_path.clone(),
+        source,
+    })?;
+    write_file(&state_path, &bytes, durable)?;
+    Ok(Created {
+        memory,
+        state_bytes: bytes.len() as u64,
+        pause: paused - started,
+        save_state: saved - paused,
+        write_memory: written - saved,
+    })
+}
+
+fn write_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), SnapshotError> {
+    use std::io::Write;
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io("cannot create", path))?;
+    f.write_all(bytes).map_err(io("cannot write", path))?;
+    if durable {
+        f.sync_all().map_err(io("cannot sync", path))?;
+    }
+    Ok(())
+}
+
+/// A snapshot read and checked, ready to restore.
+pub struct Loaded {
+    /// The state file's body.
+    pub file: StateFile,
+    /// The memory file, open.
+    pub memory: File,
+}
+
+/// Read the snapshot in `dir`, check it against this host (CPU, CPUID, KVM) and
+/// `expect`; nothing of a VM is built yet.
+pub fn load(dir: &Path, expect: &Expect) -> Result<Loaded, SnapshotError> {
+    let state_path = dir.join(STATE_FILE);
+    let bytes = std::fs::read(&state_path).map_err(io("cannot read", &state_path))?;
+    let file = format::decode(&bytes).map_err(|source| SnapshotError::Format {
+        path: state_path.clone(),
+        source,
+    })?;
+    let here = host_fingerprint(&crate::kvm::open()?)?;
+    file.fingerprint.host.check(&here)?;
+    file.fingerprint.check_expected(expect)?;
+    let memory_path = dir.join(MEMORY_FILE);
+    let memory = File::open(&memory_path).map_err(io("cannot open", &memory_path))?;
+    Ok(Loaded { file, memory })
+}
+
+/// Load the snapshot in `dir` and build a running VM from it.
+pub fn restore(
+    dir: &Path,
+    expect: &Expect,
+    options: &RestoreOptions,
+) -> Result<RunningVm, SnapshotError> {
+    let loaded = load(dir, expect)?;
+    Ok(vmm::restore(&loaded.file.state, loaded.memory, options)?)
+}
