@@ -1,0 +1,186 @@
+//! The `husk` command line: parses arguments and calls the library. Each command's
+//! arguments and code live in a module of their own.
+
+mod boot;
+mod images;
+mod run;
+mod sandboxes;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use boot::BootArgs;
+use images::{ImageCommand, KernelCommand};
+use run::RunArgs;
+use sandboxes::ExecArgs;
+
+/// husk: a tiny KVM micro-VM monitor that runs containers inside the guest.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a kernel (and initrd) in a micro-VM and stream its console.
+    ///
+    /// Exits 0 when the guest resets or powers off cleanly, and 1 with one line on stderr
+    /// when it panics, triple-faults or cannot run.
+    Boot(Box<BootArgs>),
+    /// Run a command in a container inside a new micro-VM, like `docker run`.
+    ///
+    /// Streams the command's stdout and stderr, and exits with its exit code (128+N when
+    /// it was killed by signal N, 137 when the memory limit killed it, 125 when husk
+    /// itself failed). With -d the sandbox keeps running in the background, named, for
+    /// `husk exec`, `ps`, `logs`, `stop` and `rm`.
+    Run(Box<RunArgs>),
+    /// Run another command in a detached sandbox's container, like `docker exec`.
+    ///
+    /// Exits with the command's exit code (125 when husk failed).
+    Exec(Box<ExecArgs>),
+    /// List detached sandboxes (running ones; -a for all).
+    Ps {
+        /// Also list sandboxes that have ended.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Print the output of a detached sandbox's main command (stdout, then stderr).
+    Logs {
+        /// Keep printing new output until the sandbox ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// The sandbox.
+        name: String,
+    },
+    /// Stop detached sandboxes (SIGTERM, then a shutdown after the grace time).
+    ///
+    /// SIGTERM goes to the main command; if the sandbox has not ended after the grace
+    /// time, its VM is shut down (everything in it killed). The record stays for
+    /// `husk logs` and `husk rm`.
+    Stop {
+        /// Seconds to wait after SIGTERM before shutting the VM down.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        /// The sandboxes.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove ended detached sandboxes (their state and logs).
+    Rm {
+        /// Stop running ones first (no grace time).
+        #[arg(short, long)]
+        force: bool,
+        /// The sandboxes.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// The monitor process of a detached sandbox (started by `husk run -d`).
+    #[command(name = "__monitor", hide = true)]
+    Monitor {
+        /// The sandbox's folder.
+        dir: PathBuf,
+    },
+    /// Import, list and remove container images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Build or locate the husk guest kernel.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+}
+
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn || std::env::var_os("HUSK_DEBUG").is_some()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let level = match r.level() {
+                log::Level::Warn => "warning".to_string(),
+                l => l.as_str().to_lowercase(),
+            };
+            eprintln!("husk: {level}: {}", r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+pub(crate) use husk::error_chain as render;
+
+fn main() -> ExitCode {
+    static LOGGER: StderrLogger = StderrLogger;
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Debug);
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Boot(args) => boot::boot(args),
+        Command::Run(args) => return exit_code(run::run_container(*args)),
+        Command::Exec(args) => return exit_code(sandboxes::exec(*args)),
+        Command::Ps { all } => sandboxes::ps(all),
+        Command::Logs { follow, name } => sandboxes::logs(&name, follow),
+        Command::Stop { time, names } => sandboxes::stop(&names, time),
+        Command::Rm { force, names } => sandboxes::rm(&names, force),
+        Command::Monitor { dir } => husk::detached::monitor(&dir),
+        Command::Image(cmd) => images::image(cmd),
+        Command::Kernel(KernelCommand::Build { jobs }) => images::kernel_build(jobs),
+        Command::Kernel(KernelCommand::Path) => husk::kernel::cached(None)
+            .map(|k| println!("{}", k.vmlinux.display()))
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("husk: error: {}", render(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub(crate) type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Runs `work` on this thread while a watchdog waits up to `limit` (None: no watchdog);
+/// if `work` is still going then, `on_timeout` runs and should make it end. Returns what
+/// `work` returned and whether the watchdog fired.
+pub(crate) fn with_watchdog<T>(
+    limit: Option<std::time::Duration>,
+    on_timeout: impl FnOnce() + Send,
+    work: impl FnOnce() -> T,
+) -> (T, bool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    let fired = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        // Dropping `done` (the work ended) wakes the watchdog early.
+        let (done, finished) = channel::<()>();
+        if let Some(limit) = limit {
+            let fired = &fired;
+            scope.spawn(move || {
+                if finished.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
+                    fired.store(true, Ordering::SeqCst);
+                    on_timeout();
+                }
+            });
+        }
+        let result = work();
+        drop(done);
+        result
+    });
+    (result, fired.into_inner())
+}
+
+/// `husk run` and `husk exec` exit with the command's code, or 125 when husk itself
+/// failed (as docker does).
+fn exit_code(result: Result<i32, Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("husk: error: {}", render(e.as_ref()));
+            ExitCode::from(125)
+        }
+    }
+}

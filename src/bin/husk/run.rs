@@ -1,0 +1,319 @@
+//! `husk run`: a command in a container in a new micro-VM, in the foreground or
+//! detached; the signal forwarding and terminal handling it shares with `husk exec`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use husk::config::ConsoleConfig;
+
+use crate::{render, with_watchdog};
+
+/// How the command runs: the options `husk run` and `husk exec` share.
+#[derive(Args)]
+pub(crate) struct ProcessArgs {
+    /// Pass this process's standard input to the command.
+    #[arg(short, long)]
+    pub(crate) interactive: bool,
+    /// Give the command a terminal (a pseudo-terminal in the guest, sized like this one
+    /// and resized with it; with -i this terminal is in raw mode while it runs).
+    #[arg(short, long)]
+    pub(crate) tty: bool,
+    /// Set an environment variable (repeatable), over the image's.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User inside the container: name, UID or UID:GID.
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+}
+
+impl ProcessArgs {
+    /// The process to run: `command` with these options (no terminal size yet).
+    pub(crate) fn spec(&self, command: Vec<String>) -> husk::sandbox::RunSpec {
+        husk::sandbox::RunSpec {
+            args: command,
+            env: self.env.clone(),
+            cwd: self.workdir.clone(),
+            user: self.user.clone(),
+            ..husk::sandbox::RunSpec::default()
+        }
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    process: ProcessArgs,
+    /// Run in the background: print the sandbox's name and exit once the command runs.
+    #[arg(short, long)]
+    detach: bool,
+    /// Name of a detached sandbox [default: husk-XXXXXXXX].
+    #[arg(long, requires = "detach")]
+    name: Option<String>,
+    /// Remove a detached sandbox's record (logs, state) when it ends.
+    #[arg(long, requires = "detach")]
+    rm: bool,
+    /// vCPUs of the sandbox VM.
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Memory limit of the container in MiB (the VM gets 64 MiB more for its kernel).
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    /// Connect the sandbox to the host: a TAP husk creates (and removes at exit) with a
+    /// /30 link, the host's end on the TAP and the guest's on eth0, default route via
+    /// the host. Reaching further needs forwarding/NAT on the host, which husk leaves alone.
+    #[arg(long)]
+    net: bool,
+    /// Keep the container's writable layer on a scratch disk of SIZE MiB (a sparse ext4
+    /// file, removed at exit) instead of in guest RAM.
+    #[arg(long = "disk", value_name = "SIZE_MIB")]
+    disk: Option<u64>,
+    /// Give up after SECONDS from the start, boot included: the sandbox is stopped, the
+    /// guest's last console and kernel log lines are printed, and the exit code is 124
+    /// (a detached sandbox is stopped and shows as such in `husk ps -a`).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// Guest kernel [default: `husk kernel path`].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Write the guest console to FILE (for debugging the guest).
+    #[arg(long, value_name = "FILE")]
+    console: Option<PathBuf>,
+    /// Write the sandbox's milestones (VM running, agent ready, process started and
+    /// exited, torn down) and the VM's metrics as JSON to FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "detach")]
+    timings: Option<PathBuf>,
+    /// The image: a name or digest from `husk image ls`; `busybox` is built on first use.
+    image: String,
+    /// The command and its arguments [default: the image's].
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Where forwarded signals and terminal resizes go once a process runs.
+pub(crate) trait Forward: Send {
+    fn signal(&self, signal: i32) -> bool;
+    fn resize(&self, size: husk::sandbox::TtySize) -> bool;
+}
+
+impl Forward for husk::sandbox::Signaller {
+    fn signal(&self, signal: i32) -> bool {
+        self.send(signal)
+    }
+    fn resize(&self, size: husk::sandbox::TtySize) -> bool {
+        husk::sandbox::Signaller::resize(self, size)
+    }
+}
+
+impl Forward for husk::detached::ControlSignaller {
+    fn signal(&self, signal: i32) -> bool {
+        husk::detached::ControlSignaller::signal(self, signal)
+    }
+    fn resize(&self, size: husk::sandbox::TtySize) -> bool {
+        husk::detached::ControlSignaller::resize(self, size)
+    }
+}
+
+pub(crate) type ForwardTarget = std::sync::Arc<std::sync::Mutex<Option<Box<dyn Forward>>>>;
+
+/// Block Ctrl-C and friends (call before any thread starts) and forward them, and
+/// terminal resizes, to the target once it is set. Returns the target and the signal
+/// that arrived while there was none (0 if none did).
+pub(crate) fn forward_signals(
+) -> std::io::Result<(ForwardTarget, std::sync::Arc<std::sync::atomic::AtomicI32>)> {
+    use husk::sandbox::{signals, terminal};
+    use std::sync::atomic::Ordering;
+    signals::block()?;
+    let pending = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let target: ForwardTarget = std::sync::Arc::default();
+    let (early, to) = (pending.clone(), target.clone());
+    std::thread::spawn(move || loop {
+        let sig = signals::wait();
+        let guard = to.lock().unwrap_or_else(|e| e.into_inner());
+        if sig == libc::SIGWINCH {
+            if let (Some(t), Some(size)) = (guard.as_ref(), terminal::window_size()) {
+                t.resize(size);
+            }
+        } else if !guard.as_ref().is_some_and(|t| t.signal(sig)) {
+            early.store(sig, Ordering::SeqCst);
+        }
+    });
+    Ok((target, pending))
+}
+
+/// The terminal of `-t`: its size, and raw mode when stdin is one and is read.
+pub(crate) fn tty_setup(
+    tty: bool,
+    interactive: bool,
+) -> std::io::Result<(
+    Option<husk::sandbox::TtySize>,
+    Option<husk::sandbox::terminal::RawMode>,
+)> {
+    use husk::sandbox::terminal;
+    if !tty {
+        return Ok((None, None));
+    }
+    let size = terminal::window_size().unwrap_or(terminal::DEFAULT_SIZE);
+    let raw = if interactive {
+        terminal::RawMode::enable()?
+    } else {
+        None
+    };
+    Ok((Some(size), raw))
+}
+
+fn resolve_image(
+    store: &husk::image::ImageStore,
+    name: &str,
+) -> Result<husk::image::Image, Box<dyn std::error::Error>> {
+    match store.resolve(name) {
+        Ok(image) => Ok(image),
+        Err(_) if name == "busybox" => Ok(store.ensure_busybox(true)?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Error>> {
+    use husk::sandbox::{RunSpec, Sandbox, SandboxConfig, SandboxError, SandboxImage, Stdio};
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let began = Instant::now();
+    let limit = args.timeout.map(Duration::from_secs);
+    let timed_out_message = || {
+        eprintln!(
+            "husk: the sandbox was stopped after {} s (--timeout)",
+            args.timeout.unwrap_or(0)
+        );
+    };
+    let process = &args.process;
+    if args.detach && process.interactive {
+        return Err(
+            "-d and -i cannot be combined: a detached sandbox's main command has no \
+                    stdin (use `husk exec -i NAME ...` to talk to it)"
+                .into(),
+        );
+    }
+    if let Some(name) = &args.name {
+        husk::detached::validate_name(name)?;
+    }
+    // Before any thread starts: Ctrl-C and friends go to the forwarding thread only.
+    let (target, pending) = forward_signals()?;
+    let store = husk::image::ImageStore::open(None)?;
+    let image = resolve_image(&store, &args.image)?;
+    let kernel = match args.kernel {
+        Some(k) => k,
+        None => husk::kernel::cached(None)?.vmlinux,
+    };
+    let mut spec = RunSpec {
+        limits: husk_protocol::Limits {
+            memory_bytes: Some(args.memory << 20),
+            ..Default::default()
+        },
+        ..process.spec(args.command)
+    };
+    if args.detach {
+        spec.tty = process.tty.then_some(husk::sandbox::terminal::DEFAULT_SIZE);
+        let request = husk::detached::Request {
+            name: args.name.unwrap_or_else(husk::detached::generate_name),
+            image_ref: args.image,
+            image: SandboxImage::from_store(&image),
+            kernel,
+            cpus: args.cpus,
+            memory_mib: args.memory + 64,
+            network: args.net,
+            scratch_disk_mib: args.disk,
+            console: args.console,
+            spec,
+            remove_on_exit: args.rm,
+            timeout: args.timeout.map(std::time::Duration::from_secs),
+        };
+        let husk = std::env::current_exe()?;
+        let dir = husk::detached::launch(&request, &husk)?;
+        println!("{}", dir.name());
+        return Ok(0);
+    }
+    let mut config = SandboxConfig::new(SandboxImage::from_store(&image), kernel);
+    config.cpus = args.cpus;
+    config.memory_mib = args.memory + 64;
+    config.network = args.net;
+    config.scratch_disk_mib = args.disk;
+    if let Some(limit) = limit {
+        config.boot_timeout = limit;
+    }
+    if let Some(path) = args.console {
+        config.console = ConsoleConfig::File(path);
+    }
+    let sandbox = match Sandbox::start(config) {
+        Ok(sandbox) => sandbox,
+        // The guest's last output is in the error.
+        Err(e @ SandboxError::AgentDown { .. }) if limit.is_some_and(|l| began.elapsed() >= l) => {
+            eprintln!("husk: {}", render(&e));
+            timed_out_message();
+            return Ok(124);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Ok(mut t) = target.lock() {
+        *t = Some(Box::new(sandbox.signaller()));
+    }
+    let early = pending.load(Ordering::SeqCst);
+    if early != 0 {
+        // Signalled while the VM booted: nothing to forward to yet; stop cleanly.
+        drop(sandbox.stop());
+        return Ok(128 + early);
+    }
+    let (tty, raw) = tty_setup(process.tty, process.interactive)?;
+    spec.tty = tty;
+    let (result, timed_out) = with_watchdog(
+        limit.map(|l| l.saturating_sub(began.elapsed())),
+        || {
+            // What the guest was doing, before the VM is gone.
+            eprintln!(
+                "husk: --timeout: the guest's last output:\n{}",
+                sandbox.failure_output()
+            );
+            if let Some(stopper) = sandbox.stopper() {
+                stopper.stop();
+            }
+        },
+        || sandbox.run(&spec, Stdio::inherit(process.interactive)),
+    );
+    drop(raw);
+    if timed_out {
+        timed_out_message();
+        return Ok(124);
+    }
+    let status = match result {
+        Ok(status) => status,
+        // The guest died under the container: show how far its kernel got.
+        Err(e @ SandboxError::Lost(_)) if !sandbox.is_running() => {
+            eprintln!(
+                "husk: the guest's last output:\n{}",
+                sandbox.failure_output()
+            );
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if status.oom_killed {
+        eprintln!("husk: the container was killed for exceeding its memory limit");
+    }
+    let timings = sandbox.timings();
+    let stop_started = std::time::Instant::now();
+    let report = sandbox.stop()?;
+    if let Some(path) = &args.timings {
+        let torn_down_ms = timings
+            .process_exited_ms
+            .map(|t| t + husk::metrics::ms(stop_started.elapsed()));
+        let json = serde_json::json!({ "sandbox": timings, "torn_down_ms": torn_down_ms, "vm": report.metrics });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Err(e) = report.outcome {
+        log::warn!("the sandbox VM ended badly after the container exited: {e}");
+    }
+    Ok(status.docker_code())
+}

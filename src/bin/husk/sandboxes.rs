@@ -1,0 +1,159 @@
+//! The commands on detached sandboxes: `exec`, `ps`, `logs`, `stop`, `rm`.
+
+use clap::Args;
+
+use crate::run::{forward_signals, tty_setup, ProcessArgs};
+use crate::{render, CliResult};
+
+#[derive(Args)]
+pub(crate) struct ExecArgs {
+    #[command(flatten)]
+    process: ProcessArgs,
+    /// The sandbox (`husk ps`).
+    name: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+pub(crate) fn exec(args: ExecArgs) -> Result<i32, Box<dyn std::error::Error>> {
+    use husk::sandbox::{RunSpec, Stdio};
+    let (target, _) = forward_signals()?;
+    let mut control = husk::detached::Control::connect(&args.name)?;
+    if let Ok(mut t) = target.lock() {
+        *t = Some(Box::new(control.signaller()));
+    }
+    let process = &args.process;
+    let (tty, raw) = tty_setup(process.tty, process.interactive)?;
+    let spec = RunSpec {
+        tty,
+        ..process.spec(args.command)
+    };
+    let result = control.exec(&spec, Stdio::inherit(process.interactive));
+    drop(raw);
+    Ok(result?.docker_code())
+}
+
+pub(crate) fn ps(all: bool) -> CliResult {
+    use husk::detached::{describe, SandboxDir};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!(
+        "{:<20} {:<16} {:<28} {:>10}  STATUS",
+        "NAME", "IMAGE", "COMMAND", "CREATED"
+    );
+    for dir in SandboxDir::list()? {
+        let Ok(state) = dir.state() else { continue };
+        let running = dir.is_running();
+        if !all && !running {
+            continue;
+        }
+        let mut command = state.command.join(" ");
+        if command.chars().count() > 28 {
+            command = command.chars().take(25).collect::<String>() + "...";
+        }
+        let age = now.saturating_sub(state.created);
+        let created = match age {
+            0..=119 => format!("{age}s ago"),
+            120..=7199 => format!("{}m ago", age / 60),
+            _ => format!("{}h ago", age / 3600),
+        };
+        println!(
+            "{:<20} {:<16} {:<28} {:>10}  {}",
+            state.name,
+            state.image,
+            command,
+            created,
+            describe(&state, running)
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn logs(name: &str, follow: bool) -> CliResult {
+    use std::io::{Read, Write};
+    let dir = husk::detached::SandboxDir::open(name)?;
+    let mut files = Vec::new();
+    for stderr in [false, true] {
+        let path = dir.log(stderr);
+        match std::fs::File::open(&path) {
+            Ok(file) => files.push((file, stderr)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot open {}: {e}", path.display()).into()),
+        }
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Checked before reading, so output written just before the end is not missed.
+        let running = follow && dir.is_running();
+        for (file, stderr) in &mut files {
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                if *stderr {
+                    std::io::stderr().write_all(&buf[..n])?;
+                } else {
+                    std::io::stdout().write_all(&buf[..n])?;
+                }
+            }
+        }
+        std::io::stdout().flush()?;
+        if !running {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Apply `action` to every sandbox named, printing each name done and each error;
+/// fails naming those that failed.
+fn each_sandbox(
+    names: &[String],
+    verb: &str,
+    action: impl Fn(&str) -> Result<(), husk::detached::DetachedError>,
+) -> CliResult {
+    if let [name] = names {
+        action(name)?;
+        println!("{name}");
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for name in names {
+        match action(name) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("husk: error: {}", render(&e));
+                failed.push(name.as_str());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("could not {verb}: {}", failed.join(", ")).into())
+    }
+}
+
+pub(crate) fn stop(names: &[String], grace_secs: u64) -> CliResult {
+    let grace = std::time::Duration::from_secs(grace_secs);
+    each_sandbox(names, "stop", |name| {
+        husk::detached::stop(name, grace).map(drop)
+    })
+}
+
+pub(crate) fn rm(names: &[String], force: bool) -> CliResult {
+    use husk::detached::{DetachedError, SandboxDir};
+    each_sandbox(names, "remove", |name| {
+        let dir = SandboxDir::open(name)?;
+        if dir.is_running() {
+            if !force {
+                return Err(DetachedError::Running(name.to_string()));
+            }
+            husk::detached::stop(name, std::time::Duration::ZERO)?;
+        }
+        dir.remove()
+    })
+}
