@@ -59,34 +59,108 @@ pub(crate) struct BootArgs {
     /// (console, kernel log, vCPUs, virtio queues) and exit 124.
     #[arg(long, value_name = "S")]
     timeout: Option<u64>,
+    /// Snapshot the VM into DIR (a new folder) the first time its console prints TEXT;
+    /// the guest then runs on (see --snapshot-stop).
+    #[arg(long, value_name = "TEXT", requires = "snapshot_dir")]
+    snapshot_on: Option<String>,
+    /// Where --snapshot-on writes the snapshot.
+    #[arg(long, value_name = "DIR", requires = "snapshot_on")]
+    snapshot_dir: Option<PathBuf>,
+    /// Stop the VM once --snapshot-on has written the snapshot (exit 0).
+    #[arg(long, requires = "snapshot_on")]
+    snapshot_stop: bool,
+    /// Restore the VM of the snapshot in DIR instead of booting a kernel: vCPUs, memory
+    /// and devices come from the snapshot; --disk replaces the backing files of its
+    /// disks in order, --net the backends of its cards, --vsock gives its vsock device
+    /// a new socket, --console takes the console.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "profile_guest"])]
+    restore: Option<PathBuf>,
+}
+
+/// Snapshot `vm` into `dir` once its console shows `text`; with `stop`, stop it after.
+/// Ends when the VM does.
+fn snapshot_when(vm: &husk::vmm::RunningVm, text: &str, dir: &std::path::Path, stop: bool) {
+    while vm.is_running() {
+        if vm.console_tail().contains(text) {
+            // With --snapshot-stop the guest must not run on after its snapshot.
+            if stop {
+                if let Err(e) = vm.pause() {
+                    eprintln!("husk: error: snapshot: {}", crate::render(&e));
+                }
+            }
+            let options = husk::snapshot::CreateOptions::default();
+            match husk::snapshot::create(vm, dir, &options) {
+                Ok(done) => eprintln!(
+                    "husk: snapshot written to {} ({} KiB of {} MiB memory written; paused \
+                     {:.1} ms, state {:.1} ms, memory {:.1} ms)",
+                    dir.display(),
+                    done.memory.written >> 10,
+                    done.memory.total >> 20,
+                    husk::metrics::ms(done.pause),
+                    husk::metrics::ms(done.save_state),
+                    husk::metrics::ms(done.write_memory),
+                ),
+                Err(e) => eprintln!("husk: error: snapshot: {}", crate::render(&e)),
+            }
+            if stop {
+                vm.stopper().stop();
+            }
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The restore options `husk boot --restore` builds from its flags.
+fn restore_options(args: &BootArgs, console: ConsoleConfig) -> husk::vmm::RestoreOptions {
+    husk::vmm::RestoreOptions {
+        disks: args
+            .disks
+            .iter()
+            .map(|d| d.path.clone())
+            .enumerate()
+            .collect(),
+        nets: args.nets.iter().cloned().enumerate().collect(),
+        vsock: args.vsock.clone(),
+        console,
+        paused: false,
+    }
 }
 
 pub(crate) fn boot(args: Box<BootArgs>) -> CliResult {
+    let console = args
+        .console
+        .clone()
+        .map_or(ConsoleConfig::Stdout, ConsoleConfig::File);
     let mut config = VmConfig {
-        initrd: args.initrd,
-        cmdline: args.cmdline,
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone(),
         cpus: args.cpus,
         memory_mib: args.memory,
-        console: args
-            .console
-            .map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
+        console: console.clone(),
         profile: args.profile_guest.is_some(),
-        disks: args.disks,
-        nets: args.nets,
-        vsock: args.vsock,
+        disks: args.disks.clone(),
+        nets: args.nets.clone(),
+        vsock: args.vsock.clone(),
         rng: !args.no_rng,
         ..VmConfig::new(args.kernel.clone().unwrap_or_default())
     };
     // Numbers first: a bad --cpus is reported even when no kernel is built yet.
     config.validate_resources()?;
-    if args.kernel.is_none() {
+    if args.kernel.is_none() && args.restore.is_none() {
         config.kernel = husk::kernel::cached(None)?.vmlinux;
     }
-    let kernel = config.kernel.clone();
     // Ctrl-C or SIGTERM stop the VM through the same path as a guest exit, so TAPs,
     // sockets and threads are cleaned up before husk exits.
     husk::sandbox::signals::block()?;
-    let vm = husk::vmm::start(&config)?;
+    let vm = match &args.restore {
+        Some(dir) => {
+            let expect = husk::snapshot::fingerprint::Expect::default();
+            husk::snapshot::restore(dir, &expect, &restore_options(&args, console))?
+        }
+        None => husk::vmm::start(&config)?,
+    };
+    let kernel = vm.config().kernel.clone();
     let stopper = vm.stopper();
     let signalled = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
     let flag = signalled.clone();
@@ -100,23 +174,29 @@ pub(crate) fn boot(args: Box<BootArgs>) -> CliResult {
     // A guest that broke (triple fault, emulation failure) may have printed nothing:
     // show the end of its kernel log, read from guest memory, before the VM goes.
     // (A panic prints its own message on the console.)
-    let (broke, timed_out) = with_watchdog(
-        args.timeout.map(std::time::Duration::from_secs),
-        || {
-            // Where the guest is, before the VM is gone.
-            eprintln!(
-                "husk: --timeout: the guest still ran after {} s; its last output:\n{}",
-                args.timeout.unwrap_or(0),
-                vm.failure_output()
-            );
-            vm.stopper().stop();
-        },
-        || {
-            vm.exit_watch()
-                .wait()
-                .is_err_and(|e| !matches!(e, husk::vmm::exit::GuestError::Panic(_)))
-        },
-    );
+    let (broke, timed_out) = std::thread::scope(|scope| {
+        if let (Some(text), Some(dir)) = (&args.snapshot_on, &args.snapshot_dir) {
+            let (vm, stop) = (&vm, args.snapshot_stop);
+            scope.spawn(move || snapshot_when(vm, text, dir, stop));
+        }
+        with_watchdog(
+            args.timeout.map(std::time::Duration::from_secs),
+            || {
+                // Where the guest is, before the VM is gone.
+                eprintln!(
+                    "husk: --timeout: the guest still ran after {} s; its last output:\n{}",
+                    args.timeout.unwrap_or(0),
+                    vm.failure_output()
+                );
+                vm.stopper().stop();
+            },
+            || {
+                vm.exit_watch()
+                    .wait()
+                    .is_err_and(|e| !matches!(e, husk::vmm::exit::GuestError::Panic(_)))
+            },
+        )
+    });
     if broke {
         match vm.kernel_log_tail(30) {
             Ok(log) => {
@@ -142,6 +222,7 @@ pub(crate) fn boot(args: Box<BootArgs>) -> CliResult {
     if let Some(path) = &args.profile_guest {
         let map = args
             .system_map
+            .clone()
             .unwrap_or_else(|| kernel.with_file_name("System.map"));
         let symbols = husk::profile::SymbolTable::from_system_map(&map)?;
         let mut out = std::fs::File::create(path)

@@ -220,13 +220,26 @@ impl VcpuState {
 
     /// Write this state into a fresh vCPU of a VM that already has its irqchip. The
     /// order matters: CPUID first (KVM checks MSRs and XCR0 against it), the TSC rate
-    /// before the TSC MSR, the LAPIC before the MP state and the pending events.
+    /// before any TSC value, and the LAPIC before the MSRs: KVM drops a write of
+    /// TSC_DEADLINE unless the LAPIC's timer is already in TSC-deadline mode, and the
+    /// guest would wait forever for its next timer interrupt. Pending events last.
     /// `host_xsave2_size` is this host's [`xsave2_size`].
     pub fn restore(&self, vcpu: &VcpuFd, host_xsave2_size: usize) -> Result<(), VcpuStateError> {
         let id = self.id;
         vcpu.set_cpuid2(&self.cpuid)
             .map_err(kvm(id, "KVM_SET_CPUID2"))?;
         self.restore_tsc_rate(vcpu)?;
+        vcpu.set_mp_state(self.mp_state)
+            .map_err(kvm(id, "KVM_SET_MP_STATE"))?;
+        vcpu.set_regs(&self.regs).map_err(kvm(id, "KVM_SET_REGS"))?;
+        vcpu.set_sregs(&self.sregs)
+            .map_err(kvm(id, "KVM_SET_SREGS"))?;
+        restore_xsave(id, vcpu, &self.xsave, host_xsave2_size)?;
+        vcpu.set_xcrs(&self.xcrs).map_err(kvm(id, "KVM_SET_XCRS"))?;
+        vcpu.set_debug_regs(&self.debug_regs)
+            .map_err(kvm(id, "KVM_SET_DEBUGREGS"))?;
+        vcpu.set_lapic(&self.lapic)
+            .map_err(kvm(id, "KVM_SET_LAPIC"))?;
         let total = self.msrs.as_slice().len();
         let set = vcpu.set_msrs(&self.msrs).map_err(kvm(id, "KVM_SET_MSRS"))?;
         if set != total {
@@ -237,17 +250,6 @@ impl VcpuState {
                 index: self.msrs.as_slice()[set].index,
             });
         }
-        vcpu.set_regs(&self.regs).map_err(kvm(id, "KVM_SET_REGS"))?;
-        vcpu.set_sregs(&self.sregs)
-            .map_err(kvm(id, "KVM_SET_SREGS"))?;
-        restore_xsave(id, vcpu, &self.xsave, host_xsave2_size)?;
-        vcpu.set_xcrs(&self.xcrs).map_err(kvm(id, "KVM_SET_XCRS"))?;
-        vcpu.set_debug_regs(&self.debug_regs)
-            .map_err(kvm(id, "KVM_SET_DEBUGREGS"))?;
-        vcpu.set_lapic(&self.lapic)
-            .map_err(kvm(id, "KVM_SET_LAPIC"))?;
-        vcpu.set_mp_state(self.mp_state)
-            .map_err(kvm(id, "KVM_SET_MP_STATE"))?;
         vcpu.set_vcpu_events(&self.vcpu_events)
             .map_err(kvm(id, "KVM_SET_VCPU_EVENTS"))?;
         Ok(())
