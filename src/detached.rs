@@ -638,6 +638,7 @@ fn greet(conn: &mut UnixStream) -> Result<(), ProtocolError> {
     let hello = Message::Hello {
         version: PROTOCOL_VERSION,
         agent_version: format!("husk-monitor {}", env!("CARGO_PKG_VERSION")),
+        generation: 0,
     };
     write_message(conn, &hello)?;
     match read_message(conn)? {

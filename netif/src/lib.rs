@@ -116,6 +116,26 @@ pub fn interface_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives the interface `name` the Ethernet address `mac` (SIOCSIFHWADDR).
+pub fn set_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let socket = inet_socket()?;
+    let mut request = ifreq(name)?;
+    let mut data = [0 as libc::c_char; 14];
+    for (d, b) in data.iter_mut().zip(mac) {
+        *d = b as libc::c_char;
+    }
+    request.ifr_ifru.ifru_hwaddr = libc::sockaddr {
+        sa_family: libc::ARPHRD_ETHER,
+        sa_data: data,
+    };
+    // SAFETY: request is a valid ifreq with an Ethernet hardware address; the kernel
+    // only reads it.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFHWADDR, &request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Gives the interface `name` the IPv4 `address` and `netmask` (SIOCSIFADDR, then
 /// SIOCSIFNETMASK: setting the address resets the mask to its class default).
 pub fn set_ipv4(name: &str, address: Ipv4Addr, netmask: Ipv4Addr) -> io::Result<()> {

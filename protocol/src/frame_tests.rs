@@ -45,7 +45,27 @@ fn hello_round_trips() {
     round_trip(Message::Hello {
         version: 1,
         agent_version: "0.1.0".into(),
+        generation: 3,
     });
+}
+
+#[test]
+fn restored_round_trips() {
+    round_trip(Message::Restored {
+        generation: 4,
+        entropy: vec![1, 2, 3, 255],
+        unix_time_ns: 1_790_000_000_000_000_000,
+        hostname: "husk-abc".into(),
+        disks: vec![crate::DiskSize {
+            name: "vda".into(),
+            sectors: 2048,
+        }],
+    });
+}
+
+#[test]
+fn restored_ack_round_trips() {
+    round_trip(Message::RestoredAck { generation: 4 });
 }
 
 #[test]
@@ -179,6 +199,7 @@ fn network_round_trips() {
         address: std::net::Ipv4Addr::new(10, 213, 0, 6),
         prefix_len: 30,
         gateway: std::net::Ipv4Addr::new(10, 213, 0, 5),
+        mac: Some("02:00:00:aa:bb:cc".into()),
     });
 }
 
@@ -202,6 +223,7 @@ fn network_example_of_the_protocol_doc_parses() {
             address: std::net::Ipv4Addr::new(10, 213, 0, 6),
             prefix_len: 30,
             gateway: std::net::Ipv4Addr::new(10, 213, 0, 5),
+            mac: None,
         }
     );
 }

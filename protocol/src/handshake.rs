@@ -7,15 +7,31 @@ use crate::frame::{read_message, write_message};
 use crate::message::Message;
 use crate::{check_version, ProtocolError, PROTOCOL_VERSION};
 
+/// What the agent said in its Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Greeting {
+    /// The agent's crate version.
+    pub agent_version: String,
+    /// The sandbox generation that answered (see [`Message::Hello`]).
+    pub generation: u64,
+}
+
 /// Performs the host side of the handshake on a fresh connection and returns the
-/// agent's version string. On a version mismatch the agent is told with an Error
-/// message before [`ProtocolError::VersionMismatch`] is returned.
-pub fn host_handshake<S: Read + Write>(stream: &mut S) -> Result<String, ProtocolError> {
-    let (version, agent_version) = match read_message(stream)? {
+/// agent's greeting. On a version mismatch the agent is told with an Error message
+/// before [`ProtocolError::VersionMismatch`] is returned.
+pub fn host_handshake<S: Read + Write>(stream: &mut S) -> Result<Greeting, ProtocolError> {
+    let (version, greeting) = match read_message(stream)? {
         Message::Hello {
             version,
             agent_version,
-        } => (version, agent_version),
+            generation,
+        } => (
+            version,
+            Greeting {
+                agent_version,
+                generation,
+            },
+        ),
         Message::Error { message } => return Err(ProtocolError::Refused(message)),
         other => return Err(ProtocolError::Unexpected(format!("{other:?}"))),
     };
@@ -34,7 +50,7 @@ pub fn host_handshake<S: Read + Write>(stream: &mut S) -> Result<String, Protoco
             version: PROTOCOL_VERSION,
         },
     )?;
-    Ok(agent_version)
+    Ok(greeting)
 }
 
 #[cfg(test)]
@@ -82,8 +98,13 @@ mod tests {
         let mut stream = agent_says(&Message::Hello {
             version: PROTOCOL_VERSION,
             agent_version: "0.1.0".into(),
+            generation: 2,
         });
-        assert_eq!(host_handshake(&mut stream).expect("handshake"), "0.1.0");
+        let greeting = Greeting {
+            agent_version: "0.1.0".into(),
+            generation: 2,
+        };
+        assert_eq!(host_handshake(&mut stream).expect("handshake"), greeting);
         assert_eq!(
             host_wrote(&stream),
             Message::HelloAck {
@@ -97,6 +118,7 @@ mod tests {
         let mut stream = agent_says(&Message::Hello {
             version: 7,
             agent_version: "9.9.9".into(),
+            generation: 0,
         });
         let err = host_handshake(&mut stream).unwrap_err();
         assert!(

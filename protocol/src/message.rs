@@ -100,6 +100,10 @@ pub enum Message {
         version: u32,
         /// The agent's crate version, for logs.
         agent_version: String,
+        /// Which generation of the sandbox answers: 0 after a boot, then the number
+        /// the host gave in the last [`Message::Restored`]. A guest restored from a
+        /// snapshot greets with the snapshot's generation until the host gives it its own.
+        generation: u64,
     },
     /// Host → agent, the answer to a compatible [`Message::Hello`].
     HelloAck {
@@ -231,9 +235,46 @@ pub enum Message {
         prefix_len: u8,
         /// The default gateway (the host's end of the link).
         gateway: Ipv4Addr,
+        /// A MAC address to give the interface first (`aa:bb:cc:dd:ee:ff`): a guest
+        /// restored from a snapshot keeps the snapshot's otherwise.
+        #[serde(default)]
+        mac: Option<String>,
     },
     /// Agent → host: the answer to a successful [`Message::Network`].
     NetworkReady,
+    /// Host → agent, right after the handshake with a guest restored from a snapshot,
+    /// before anything else: become a sandbox of its own. The agent mixes `entropy`
+    /// into the kernel's random pool and reseeds it (two clones of one snapshot must not
+    /// share random numbers), sets the wall clock, takes `hostname`, and waits until
+    /// each disk in `disks` shows its size (the host swapped the backing files and
+    /// announced the change). Answered by [`Message::RestoredAck`] or [`Message::Error`].
+    Restored {
+        /// The sandbox's new generation; later Hellos carry it.
+        generation: u64,
+        /// Fresh random bytes from the host (at least 32).
+        entropy: Vec<u8>,
+        /// The host's wall clock, in ns since the Unix epoch.
+        unix_time_ns: u64,
+        /// The guest's hostname.
+        hostname: String,
+        /// Disks whose size changed, and the size to wait for.
+        disks: Vec<DiskSize>,
+    },
+    /// Agent → host: the answer to a successful [`Message::Restored`].
+    RestoredAck {
+        /// The generation the agent took.
+        generation: u64,
+    },
+}
+
+/// A disk and the size it must show, for [`Message::Restored`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSize {
+    /// The guest block device's name under /sys/block, e.g. `vda`.
+    pub name: String,
+    /// Its size in 512-byte sectors.
+    pub sectors: u64,
 }
 
 #[cfg(test)]

@@ -478,7 +478,7 @@ impl Sandbox {
             let left = deadline.saturating_duration_since(Instant::now());
             conn.set_read_timeout(Some(left.max(HANDSHAKE_MIN)))
                 .map_err(io)?;
-            net::configure_guest(&mut conn, link).map_err(|e| match e {
+            net::configure_guest(&mut conn, link, None).map_err(|e| match e {
                 net::NetError::Protocol(e) => SandboxError::AgentDown {
                     reason: format!("the agent did not configure the network: {e}"),
                     console: vm.failure_output(),

@@ -154,14 +154,20 @@ pub fn configure_tap(tap: &str) -> Result<GuestNet, NetError> {
     Ok(link)
 }
 
-/// Ask the agent to configure the guest's end of `link` and wait for its answer. Right
-/// after the handshake, so no other frame can come first.
-pub fn configure_guest(conn: &mut UnixStream, link: &GuestNet) -> Result<(), NetError> {
+/// Ask the agent to configure the guest's end of `link` (with `mac` first, for a guest
+/// restored from a snapshot) and wait for its answer. Right after the handshake, so no
+/// other frame can come first.
+pub fn configure_guest(
+    conn: &mut UnixStream,
+    link: &GuestNet,
+    mac: Option<String>,
+) -> Result<(), NetError> {
     let request = Message::Network {
         interface: GUEST_INTERFACE.into(),
         address: link.guest,
         prefix_len: link.prefix_len,
         gateway: link.host,
+        mac,
     };
     write_message(conn, &request)?;
     match read_message(conn)? {
@@ -275,7 +281,7 @@ mod tests {
             write_message(&mut agent, &Message::NetworkReady).unwrap();
             request
         });
-        configure_guest(&mut host, &link).unwrap();
+        configure_guest(&mut host, &link, Some("02:00:00:00:00:01".into())).unwrap();
         assert_eq!(
             peer.join().unwrap(),
             Message::Network {
@@ -283,6 +289,7 @@ mod tests {
                 address: addr("10.213.0.22"),
                 prefix_len: 30,
                 gateway: addr("10.213.0.21"),
+                mac: Some("02:00:00:00:00:01".into()),
             }
         );
     }
@@ -295,7 +302,7 @@ mod tests {
             let message = "no such device".to_string();
             write_message(&mut agent, &Message::Error { message }).unwrap();
         });
-        let err = configure_guest(&mut host, &GuestNet::for_ifindex("husk0", 1)).unwrap_err();
+        let err = configure_guest(&mut host, &GuestNet::for_ifindex("husk0", 1), None).unwrap_err();
         peer.join().unwrap();
         assert!(err.to_string().contains("no such device"), "{err}");
     }

@@ -256,7 +256,9 @@ pub fn create(
     for net in &config.nets {
         let what = format!("network {}", net.tap.as_deref().unwrap_or("(new TAP)"));
         let dev = Net::new(net.clone()).map_err(|e| failed(what)(&e))?;
-        devices.taps.push(dev.tap_name().to_string());
+        if !net.unplugged {
+            devices.taps.push(dev.tap_name().to_string());
+        }
         devices.add(mem, bus, dev)?;
     }
     if let Some(vsock) = &config.vsock {

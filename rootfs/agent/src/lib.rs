@@ -31,6 +31,8 @@ pub mod outbox;
 pub mod prepare;
 pub mod process;
 pub mod reaper;
+#[allow(unsafe_code, reason = "RNDADDENTROPY and RNDRESEEDCRNG ioctls")]
+pub mod restore;
 pub mod rootfs;
 pub mod server;
 #[allow(unsafe_code, reason = "fork and pipe2")]

@@ -60,6 +60,31 @@ pub fn validate(
     Ok(mask)
 }
 
+/// Gives `interface` the MAC address `mac` (`aa:bb:cc:dd:ee:ff`), if one is asked for.
+pub fn set_mac(interface: &str, mac: Option<&str>) -> Result<(), NetworkError> {
+    let Some(text) = mac else {
+        return Ok(());
+    };
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| NetworkError::Invalid(format!("mac address {text:?}")))?;
+    let mac: [u8; 6] = bytes
+        .try_into()
+        .map_err(|_| NetworkError::Invalid(format!("mac address {text:?}")))?;
+    if mac[0] & 1 != 0 {
+        return Err(NetworkError::Invalid(format!(
+            "mac address {text} is multicast"
+        )));
+    }
+    husk_netif::set_mac(interface, mac).map_err(|source| NetworkError::Step {
+        step: "setting the MAC address",
+        interface: interface.to_string(),
+        source,
+    })
+}
+
 /// Configures `interface` with `address/prefix_len`, brings it and `lo` up and routes
 /// everything through `gateway`. A default route left by an earlier request is kept.
 pub fn configure(

@@ -71,6 +71,7 @@ fn handshake<C: Connection>(connection: &mut C) -> Result<Box<dyn Write + Send>,
     let hello = Message::Hello {
         version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        generation: crate::restore::generation(),
     };
     if let Err(e) = write_message(&mut writer, &hello) {
         crate::console::log(&format!("handshake: {e}"));
@@ -212,9 +213,36 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
             address,
             prefix_len,
             gateway,
+            mac,
         } => {
-            let reply = match crate::network::configure(&interface, address, prefix_len, gateway) {
+            let configured = crate::network::set_mac(&interface, mac.as_deref())
+                .and_then(|()| crate::network::configure(&interface, address, prefix_len, gateway));
+            let reply = match configured {
                 Ok(()) => Message::NetworkReady,
+                Err(e) => {
+                    let message = error_chain(&e);
+                    crate::console::log(&message);
+                    Message::Error { message }
+                }
+            };
+            outbox.send(&reply);
+        }
+        Message::Restored {
+            generation,
+            entropy,
+            unix_time_ns,
+            hostname,
+            disks,
+        } => {
+            let identity = crate::restore::Identity {
+                generation,
+                entropy: &entropy,
+                unix_time_ns,
+                hostname: &hostname,
+                disks: &disks,
+            };
+            let reply = match crate::restore::apply(&identity) {
+                Ok(()) => Message::RestoredAck { generation },
                 Err(e) => {
                     let message = error_chain(&e);
                     crate::console::log(&message);

@@ -197,8 +197,9 @@ fn second_connection_is_served_after_the_first_disconnects() {
 #[test]
 fn protocol_crate_host_handshake_is_accepted() {
     let (mut host, handle, _state) = start();
-    let agent_version = husk_protocol::host_handshake(&mut host).expect("handshake");
-    assert_eq!(agent_version, env!("CARGO_PKG_VERSION"));
+    let greeting = husk_protocol::host_handshake(&mut host).expect("handshake");
+    assert_eq!(greeting.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(greeting.generation, 0);
     write_message(&mut host, &Message::Shutdown).expect("send");
     assert_eq!(handle.join().expect("loop"), Outcome::Shutdown);
 }
@@ -212,10 +213,30 @@ fn network_request_with_bad_gateway_answers_error_and_the_loop_goes_on() {
         address: std::net::Ipv4Addr::new(10, 213, 0, 2),
         prefix_len: 30,
         gateway: std::net::Ipv4Addr::new(192, 168, 0, 1),
+        mac: None,
     };
     write_message(&mut host, &request).expect("send");
     let message = expect_error(&mut host);
     assert!(message.contains("gateway 192.168.0.1"), "{message}");
+    write_message(&mut host, &Message::Shutdown).expect("send");
+    assert_eq!(handle.join().expect("loop"), Outcome::Shutdown);
+}
+
+#[test]
+fn a_restore_with_too_little_entropy_answers_error_and_keeps_the_generation() {
+    let (mut host, handle, _state) = start();
+    handshake(&mut host);
+    let request = Message::Restored {
+        generation: 9,
+        entropy: vec![1; 4],
+        unix_time_ns: 0,
+        hostname: "husk-x".into(),
+        disks: vec![],
+    };
+    write_message(&mut host, &request).expect("send");
+    let message = expect_error(&mut host);
+    assert!(message.contains("4 bytes of entropy"), "{message}");
+    assert_eq!(crate::restore::generation(), 0);
     write_message(&mut host, &Message::Shutdown).expect("send");
     assert_eq!(handle.join().expect("loop"), Outcome::Shutdown);
 }

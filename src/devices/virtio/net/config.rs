@@ -88,6 +88,20 @@ pub struct NetConfig {
     pub tap: Option<String>,
     /// Guest MAC address.
     pub mac: Option<MacAddr>,
+    /// No TAP at all: the card exists for the guest, but its frames go nowhere and none
+    /// arrive (a template's network slot, kept for a sandbox without a network).
+    #[serde(default)]
+    pub unplugged: bool,
+}
+
+impl NetConfig {
+    /// A card without a TAP (see [`NetConfig::unplugged`]).
+    pub fn unplugged() -> Self {
+        Self {
+            unplugged: true,
+            ..Self::default()
+        }
+    }
 }
 
 /// Check an interface name the way Linux's `dev_valid_name` does.

@@ -9,7 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::config::{MacAddr, NetConfig};
-use super::queues::{self, RxState};
+use super::queues::{self, FrameIo, RxState};
 use super::tap::{Tap, TapError};
 use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
 use crate::devices::virtio::queues::QueueSet;
@@ -47,11 +47,36 @@ pub struct NetState {
     pub acked_features: u64,
 }
 
+/// Where a card's frames go.
+#[derive(Debug)]
+pub(super) enum Backend {
+    /// A TAP on the host.
+    Tap(Tap),
+    /// Nowhere: sent frames are dropped, none arrive.
+    Unplugged,
+}
+
+impl FrameIo for Backend {
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Tap(tap) => tap.read_frame(buf),
+            Self::Unplugged => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Tap(tap) => tap.write_frame(frame),
+            Self::Unplugged => Ok(frame.len()),
+        }
+    }
+}
+
 /// A virtio network card on a TAP.
 #[derive(Debug)]
 pub struct Net {
     pub(super) queues: QueueSet,
-    pub(super) tap: Tap,
+    pub(super) tap: Backend,
     pub(super) rx: RxState,
     state: NetState,
 }
@@ -59,9 +84,16 @@ pub struct Net {
 impl Net {
     /// Open (or create) the TAP of `config` and pick the MAC.
     pub fn new(config: NetConfig) -> Result<Self, NetError> {
-        let tap = Tap::open(config.tap.as_deref())?;
+        let tap = match config.unplugged {
+            true => Backend::Unplugged,
+            false => Backend::Tap(Tap::open(config.tap.as_deref())?),
+        };
+        let tap_name = match &tap {
+            Backend::Tap(tap) => tap.name().to_string(),
+            Backend::Unplugged => String::new(),
+        };
         let state = NetState {
-            tap_name: tap.name().to_string(),
+            tap_name,
             mac: config.mac.unwrap_or_else(MacAddr::random),
             acked_features: 0,
             config,
@@ -79,7 +111,7 @@ impl Net {
         self.state.clone()
     }
 
-    /// The TAP interface name (to configure on the host).
+    /// The TAP interface name (to configure on the host); empty when unplugged.
     pub fn tap_name(&self) -> &str {
         &self.state.tap_name
     }
@@ -180,11 +212,21 @@ mod tests {
         let net = Net::new(NetConfig {
             tap: None,
             mac: Some(mac),
+            unplugged: false,
         })
         .unwrap();
         let mut b = [0u8; 6];
         net.read_config(0, &mut b);
         assert_eq!(b, mac.0);
         assert!(net.tap_name().starts_with("husk"));
+    }
+
+    #[test]
+    fn an_unplugged_card_drops_what_it_sends_and_receives_nothing() {
+        let mut net = Net::new(NetConfig::unplugged()).unwrap();
+        assert_eq!(net.tap_name(), "");
+        assert_eq!(net.tap.write_frame(&[0; 64]).unwrap(), 64);
+        let err = net.tap.read_frame(&mut [0; 64]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
     }
 }

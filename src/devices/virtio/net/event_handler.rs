@@ -2,6 +2,7 @@
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
+use super::device::Backend;
 use super::Net;
 use crate::devices::virtio::queues::ACTIVATE_TOKEN;
 
@@ -27,9 +28,12 @@ impl MutEventSubscriber for Net {
 
     fn init(&mut self, ops: &mut EventOps) {
         self.queues.init_events(ops);
+        let Backend::Tap(tap) = &self.tap else {
+            return;
+        };
         let set = EventSet::IN | EventSet::EDGE_TRIGGERED;
-        if let Err(e) = ops.add(Events::with_data(&self.tap, TAP_TOKEN, set)) {
-            log::error!("virtio-net: cannot watch tap {}: {e}", self.tap.name());
+        if let Err(e) = ops.add(Events::with_data(tap, TAP_TOKEN, set)) {
+            log::error!("virtio-net: cannot watch tap {}: {e}", tap.name());
         }
     }
 }
