@@ -175,6 +175,13 @@ pub struct Request {
     pub remove_on_exit: bool,
     /// Stop the sandbox this long after it was started (`--timeout`).
     pub timeout: Option<Duration>,
+    /// Start from a template (false: `--cold`).
+    #[serde(default = "yes")]
+    pub warm: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where a sandbox is in its life.
@@ -483,6 +490,7 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
     config.network = request.network;
     config.scratch_disk_mib = request.scratch_disk_mib;
     config.runtime_parent = Some(dir.path.clone());
+    config.warm = request.warm;
     if let Some(console) = &request.console {
         config.console = crate::config::ConsoleConfig::File(console.clone());
     }

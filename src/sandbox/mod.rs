@@ -18,12 +18,17 @@
 //! released when it is stopped or dropped, so many sandboxes can live in one process.
 
 pub mod agent;
+mod config;
+mod connect;
 mod demux;
 pub mod initramfs;
+pub mod launch;
 pub mod net;
+mod process;
 pub mod scratch;
 pub mod signals;
 pub(crate) mod stdio;
+pub mod template;
 pub mod terminal;
 pub mod vsock;
 
@@ -31,26 +36,23 @@ use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use husk_protocol::{
-    host_handshake, write_message, ImageSpec, Limits, Message, ProcessId, WritableLayer,
-};
+use husk_protocol::{write_message, ImageSpec, Message, WritableLayer};
 
 pub use husk_protocol::Limits as ContainerLimits;
 
+pub use config::{RunSpec, SandboxBuilder, SandboxConfig, SandboxImage};
 pub use demux::Sink;
 pub use husk_protocol::{ExitStatus, TtySize};
+pub use process::Process;
 pub use stdio::{Buffer, Stdio};
+pub use template::Template;
 
-use crate::config::{ConsoleConfig, VmConfig};
-use crate::devices::virtio::block::BlockConfig;
-use crate::devices::virtio::net::NetConfig;
-use crate::devices::virtio::vsock::VsockConfig;
-use crate::vmm::exit::VmExit;
+use connect::{new_id, runtime_root, watch_vm};
+
 use crate::vmm::{self, RunningVm, VmError};
 
 /// The guest CID of every sandbox (each VM has its own vsock device and host socket).
@@ -105,6 +107,12 @@ pub enum SandboxError {
     /// The network (`--net`) could not be set up.
     #[error(transparent)]
     Network(#[from] net::NetError),
+    /// A template could not be made, read or removed.
+    #[error("template: {0}")]
+    Template(String),
+    /// A snapshot could not be taken or restored.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// Instants of a sandbox's life.
@@ -207,163 +215,13 @@ impl Stopper {
     }
 }
 
-/// The image a sandbox runs: its filesystem image and defaults from its config.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct SandboxImage {
-    /// The read-only filesystem image (erofs), attached as the guest's first disk.
-    pub fs_image: PathBuf,
-    /// Filesystem type of `fs_image`.
-    pub fstype: String,
-    /// Default environment (`K=V`).
-    pub env: Vec<String>,
-    /// Default command: entrypoint followed by cmd.
-    pub command: Vec<String>,
-    /// Default working directory.
-    pub working_dir: Option<String>,
-    /// Default user.
-    pub user: Option<String>,
-}
-
-/// How to build a sandbox.
-#[derive(Debug, Clone)]
-pub struct SandboxConfig {
-    /// The image.
-    pub image: SandboxImage,
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Agent binary (default: [`agent::agent_binary`]).
-    pub agent: Option<PathBuf>,
-    /// vCPUs.
-    pub cpus: u8,
-    /// Guest RAM in MiB.
-    pub memory_mib: u64,
-    /// More disks after the image (vdb, ...).
-    pub disks: Vec<BlockConfig>,
-    /// Network cards.
-    pub nets: Vec<NetConfig>,
-    /// Give the guest a network: a TAP husk creates, a /30 link between host and guest,
-    /// the guest's eth0 configured by the agent ([`net`]).
-    pub network: bool,
-    /// Put the containers' writable layers on a scratch disk of this many MiB (a sparse
-    /// ext4 file in the runtime folder, removed with it) instead of a tmpfs in guest RAM.
-    pub scratch_disk_mib: Option<u64>,
-    /// Guest console (default: kept in memory only, shown when the agent fails).
-    pub console: ConsoleConfig,
-    /// How long the guest may take to boot to its agent.
-    pub boot_timeout: Duration,
-    /// Where the sandbox's runtime folder (sockets, scratch disk) is created [default:
-    /// `$XDG_RUNTIME_DIR`, else the temp folder]. The folder is removed at the end.
-    pub runtime_parent: Option<PathBuf>,
-}
-
-impl SandboxConfig {
-    /// Defaults for everything but the image and the kernel.
-    pub fn new(image: SandboxImage, kernel: PathBuf) -> Self {
-        Self {
-            image,
-            kernel,
-            agent: None,
-            cpus: 1,
-            memory_mib: 256,
-            disks: Vec::new(),
-            nets: Vec::new(),
-            network: false,
-            scratch_disk_mib: None,
-            console: ConsoleConfig::Off,
-            boot_timeout: Duration::from_secs(600),
-            runtime_parent: None,
-        }
-    }
-}
-
-/// Builds a [`Sandbox`]: `Sandbox::builder(image, kernel).cpus(2).network(true).start()`.
-#[derive(Debug, Clone)]
-pub struct SandboxBuilder {
-    config: SandboxConfig,
-}
-
-impl SandboxBuilder {
-    /// vCPUs (default 1).
-    pub fn cpus(mut self, cpus: u8) -> Self {
-        self.config.cpus = cpus;
-        self
-    }
-
-    /// Guest RAM in MiB (default 256).
-    pub fn memory_mib(mut self, mib: u64) -> Self {
-        self.config.memory_mib = mib;
-        self
-    }
-
-    /// A link to the host (`husk run --net`).
-    pub fn network(mut self, on: bool) -> Self {
-        self.config.network = on;
-        self
-    }
-
-    /// Writable layers on a scratch disk of `mib` MiB (`husk run --disk`).
-    pub fn scratch_disk_mib(mut self, mib: u64) -> Self {
-        self.config.scratch_disk_mib = Some(mib);
-        self
-    }
-
-    /// Another disk after the image (and the scratch disk).
-    pub fn disk(mut self, disk: BlockConfig) -> Self {
-        self.config.disks.push(disk);
-        self
-    }
-
-    /// Where the guest console goes (default: kept in memory for error reports).
-    pub fn console(mut self, console: ConsoleConfig) -> Self {
-        self.config.console = console;
-        self
-    }
-
-    /// How long the guest may take to boot to its agent (default 600 s).
-    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
-        self.config.boot_timeout = timeout;
-        self
-    }
-
-    /// The agent binary (default: [`agent::agent_binary`]).
-    pub fn agent(mut self, path: PathBuf) -> Self {
-        self.config.agent = Some(path);
-        self
-    }
-
-    /// The configuration built so far.
-    pub fn config(&self) -> &SandboxConfig {
-        &self.config
-    }
-
-    /// Boot the sandbox.
-    pub fn start(self) -> Result<Sandbox, SandboxError> {
-        Sandbox::start(self.config)
-    }
-}
-
-/// One process to run in the sandbox; empty fields take the image's defaults.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct RunSpec {
-    /// Command and arguments (empty: the image's command).
-    pub args: Vec<String>,
-    /// Extra environment, `K=V`, over the image's.
-    pub env: Vec<String>,
-    /// Working directory.
-    pub cwd: Option<String>,
-    /// User (`name`, `uid` or `uid:gid`).
-    pub user: Option<String>,
-    /// A terminal of this size instead of pipes.
-    pub tty: Option<TtySize>,
-    /// cgroup limits of the container.
-    pub limits: Limits,
-}
-
 /// A running sandbox.
 pub struct Sandbox {
     id: String,
     image: SandboxImage,
     vm: Mutex<Option<RunningVm>>,
+    /// Started from a template.
+    warm: bool,
     /// The agent connection, kept to shut it down once the VM is gone (or a
     /// [`Stopper`] ends the sandbox).
     conn: Arc<UnixStream>,
@@ -382,57 +240,6 @@ pub struct Sandbox {
     writable_layer: WritableLayer,
 }
 
-/// A process running in a sandbox's container.
-pub struct Process {
-    id: ProcessId,
-    container: String,
-    exit: Mutex<Receiver<demux::ExitResult>>,
-    ended: std::sync::OnceLock<Result<ExitStatus, String>>,
-    demux: Arc<demux::Demux>,
-    started: Instant,
-}
-
-impl Process {
-    /// The agent's number for this process.
-    pub fn id(&self) -> ProcessId {
-        self.id
-    }
-
-    /// The container it runs in (give it to [`Sandbox::exec`] to run more there).
-    pub fn container_id(&self) -> &str {
-        &self.container
-    }
-
-    /// Send it a signal.
-    pub fn signal(&self, signal: i32) -> Result<(), SandboxError> {
-        let process = self.id;
-        Ok(self.demux.send(&Message::Signal { process, signal })?)
-    }
-
-    /// Resize its terminal (processes started with a `tty`).
-    pub fn resize(&self, size: TtySize) -> Result<(), SandboxError> {
-        let message = Message::Resize {
-            process: self.id,
-            rows: size.rows,
-            cols: size.cols,
-        };
-        Ok(self.demux.send(&message)?)
-    }
-
-    /// Wait for it to end; its output has all been written when this returns. Other
-    /// threads may signal or resize it meanwhile; later calls return the same result.
-    pub fn wait(&self) -> Result<ExitStatus, SandboxError> {
-        let ended = self.ended.get_or_init(|| {
-            let exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
-            match exit.recv() {
-                Ok(result) => result,
-                Err(_) => Err(self.demux.closed_reason()),
-            }
-        });
-        ended.clone().map_err(SandboxError::Lost)
-    }
-}
-
 impl Sandbox {
     /// A builder with defaults for everything but the image and the kernel.
     pub fn builder(image: SandboxImage, kernel: PathBuf) -> SandboxBuilder {
@@ -441,8 +248,18 @@ impl Sandbox {
         }
     }
 
-    /// Boot the VM and connect to its agent.
+    /// Start the sandbox's VM (from a template when it fits one, see
+    /// [`SandboxConfig::warm`]) and connect to its agent.
     pub fn start(config: SandboxConfig) -> Result<Self, SandboxError> {
+        Self::start_with(config, None)
+    }
+
+    /// Start the sandbox's VM from `template` (see [`Template::start`]), or as
+    /// [`Sandbox::start`] does without one.
+    pub(crate) fn start_with(
+        config: SandboxConfig,
+        template: Option<&Template>,
+    ) -> Result<Self, SandboxError> {
         let created = Instant::now();
         let id = new_id();
         let runtime_root = config.runtime_parent.clone().unwrap_or_else(runtime_root);
@@ -460,43 +277,29 @@ impl Sandbox {
         let initrd =
             agent::agent_initramfs(&agent, &crate::kernel::cache_root().join("initramfs"))?;
         let initramfs_ready = Instant::now();
-        let uds = runtime.path().join("vsock.sock");
         let scratch = (config.scratch_disk_mib)
             .map(|mib| scratch::create(runtime.path(), mib))
             .transpose()?;
-        let vm = vmm::start(&vm_config(&config, initrd, uds.clone(), scratch.clone()))?;
-        let vm_running = Instant::now();
-        let link = (config.network)
-            .then(|| net::configure_host_side(&vm))
-            .transpose()?;
-        let deadline = Instant::now() + config.boot_timeout;
-        let mut conn = connect_agent(&vm, &uds, config.boot_timeout)?;
-        let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
-        if let Some(link) = &link {
-            // The handshake's read timeout still holds: a guest that never answers the
-            // network request fails the boot instead of hanging the host.
-            let left = deadline.saturating_duration_since(Instant::now());
-            conn.set_read_timeout(Some(left.max(HANDSHAKE_MIN)))
-                .map_err(io)?;
-            net::configure_guest(&mut conn, link, None).map_err(|e| match e {
-                net::NetError::Protocol(e) => SandboxError::AgentDown {
-                    reason: format!("the agent did not configure the network: {e}"),
-                    console: vm.failure_output(),
-                },
-                other => other.into(),
-            })?;
-        }
-        conn.set_read_timeout(None).map_err(io)?;
+        let paths = launch::LaunchPaths {
+            runtime: runtime.path(),
+            initrd,
+            scratch: scratch.clone(),
+            hostname: format!("husk-{id}"),
+        };
+        let launched = launch::launch(&config, paths, template)?;
         let agent_ready = Instant::now();
+        let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
+        let conn = launched.conn;
         let writer = Arc::new(Mutex::new(conn.try_clone().map_err(io)?));
         let (demux, reader) =
             demux::Demux::start(conn.try_clone().map_err(io)?, writer).map_err(io)?;
         let conn = Arc::new(conn);
-        watch_vm(vm.exit_watch(), &demux, &conn).map_err(io)?;
+        watch_vm(launched.vm.exit_watch(), &demux, &conn).map_err(io)?;
         Ok(Self {
             id,
             image: config.image,
-            vm: Mutex::new(Some(vm)),
+            vm: Mutex::new(Some(launched.vm)),
+            warm: launched.warm,
             conn,
             demux,
             reader: Mutex::new(Some(reader)),
@@ -504,7 +307,7 @@ impl Sandbox {
             marks: Mutex::new(Marks {
                 created,
                 initramfs_ready,
-                vm_running,
+                vm_running: launched.vm_running,
                 agent_ready,
                 ..Marks::default()
             }),
@@ -514,6 +317,11 @@ impl Sandbox {
             container_env: Mutex::default(),
             writable_layer: scratch::writable_layer(scratch.as_deref()),
         })
+    }
+
+    /// Whether this sandbox started from a template.
+    pub fn is_warm(&self) -> bool {
+        self.warm
     }
 
     /// This sandbox's id.
@@ -727,37 +535,6 @@ impl Sandbox {
     }
 }
 
-/// End the agent connection when the VM ends, however it ends. A guest that dies on its
-/// own (a triple fault, a panic) leaves the host's end of the vsock stream open, since
-/// the device outlives its vCPUs until the sandbox is stopped; without this, every
-/// process wait and request would hang on it. The thread ends with the VM, which always
-/// ends: stop and drop end it.
-fn watch_vm(
-    watch: vmm::ExitWatch,
-    demux: &Arc<demux::Demux>,
-    conn: &Arc<UnixStream>,
-) -> std::io::Result<()> {
-    let (demux, conn) = (demux.clone(), conn.clone());
-    std::thread::Builder::new()
-        .name("husk-vm-watch".into())
-        .spawn(move || {
-            let end = watch.wait();
-            let reason = match &end {
-                Ok(VmExit::Stopped) => "the sandbox's VM was stopped".to_string(),
-                Ok(end) => format!("the guest ended ({end:?}) while the sandbox ran"),
-                Err(e) => format!("the guest failed: {e}"),
-            };
-            demux.end_because(reason);
-            if matches!(end, Ok(VmExit::Reset | VmExit::PowerOff)) {
-                // Frames a guest sent just before it ended by itself may still be on
-                // their way through the device.
-                std::thread::sleep(CLEAN_END_GRACE);
-            }
-            drop(conn.shutdown(std::net::Shutdown::Both));
-        })
-        .map(drop)
-}
-
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Some(vm) = self.vm().take() {
@@ -765,120 +542,6 @@ impl Drop for Sandbox {
             drop(vm.wait());
         }
         self.release();
-    }
-}
-
-fn vm_config(
-    config: &SandboxConfig,
-    initrd: PathBuf,
-    uds: PathBuf,
-    scratch: Option<PathBuf>,
-) -> VmConfig {
-    let image_disk = BlockConfig {
-        path: config.image.fs_image.clone(),
-        read_only: true,
-        id: Some("husk-image".into()),
-        root: false,
-    };
-    // vda is the image, vdb the scratch disk (scratch::GUEST_DEVICE), then the others.
-    let mut disks = vec![image_disk];
-    disks.extend(scratch.map(scratch::block_config));
-    disks.extend(config.disks.iter().cloned());
-    // The sandbox's own card comes first, so it is the guest's eth0.
-    let mut nets: Vec<NetConfig> = config
-        .network
-        .then(NetConfig::default)
-        .into_iter()
-        .collect();
-    nets.extend(config.nets.iter().cloned());
-    VmConfig {
-        initrd: Some(initrd),
-        cmdline: "quiet".into(),
-        cpus: config.cpus,
-        memory_mib: config.memory_mib,
-        console: config.console.clone(),
-        disks,
-        nets,
-        vsock: Some(VsockConfig {
-            cid: GUEST_CID,
-            uds,
-        }),
-        ..VmConfig::new(config.kernel.clone())
-    }
-}
-
-/// Retry the agent's port until it answers, the guest ends, or `timeout` passes. The
-/// connection comes back with a read timeout still set.
-fn connect_agent(
-    vm: &RunningVm,
-    uds: &std::path::Path,
-    timeout: Duration,
-) -> Result<UnixStream, SandboxError> {
-    let start = Instant::now();
-    let down = |reason: String| SandboxError::AgentDown {
-        reason,
-        console: vm.failure_output(),
-    };
-    loop {
-        if let Some(cause) = vm.exit_cause() {
-            return Err(down(format!(
-                "the guest ended before its agent answered ({cause:?})"
-            )));
-        }
-        match vsock::connect_once(uds, husk_protocol::AGENT_VSOCK_PORT) {
-            Ok(mut conn) => {
-                // A guest that accepted but never greets must not hang the host.
-                let left = timeout.saturating_sub(start.elapsed()).max(HANDSHAKE_MIN);
-                let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
-                conn.set_read_timeout(Some(left)).map_err(io)?;
-                if let Err(e) = host_handshake(&mut conn) {
-                    return Err(down(format!("the agent's handshake failed: {e}")));
-                }
-                return Ok(conn);
-            }
-            Err(e) if start.elapsed() >= timeout => {
-                return Err(down(format!(
-                    "no answer on vsock port 1024 within {timeout:?} ({e})"
-                )))
-            }
-            Err(_) => std::thread::sleep(CONNECT_INTERVAL),
-        }
-    }
-}
-
-/// A short id, unique enough for one host: process id and clock.
-fn new_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("{:x}{:05x}", std::process::id(), nanos & 0xfffff)
-}
-
-/// `$XDG_RUNTIME_DIR`, else the system temp folder.
-fn runtime_root() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir)
-}
-
-impl SandboxImage {
-    /// The image of the image store's `image`.
-    pub fn from_store(image: &crate::image::Image) -> Self {
-        let config = &image.config;
-        Self {
-            fs_image: image.fs_image.clone(),
-            fstype: "erofs".into(),
-            env: config.env.clone(),
-            command: config
-                .entrypoint
-                .iter()
-                .chain(&config.cmd)
-                .cloned()
-                .collect(),
-            working_dir: config.working_dir.clone(),
-            user: config.user.clone(),
-        }
     }
 }
 

@@ -5,6 +5,7 @@ mod boot;
 mod images;
 mod run;
 mod sandboxes;
+mod templates;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ use boot::BootArgs;
 use images::{ImageCommand, KernelCommand};
 use run::RunArgs;
 use sandboxes::ExecArgs;
+use templates::TemplateCommand;
 
 /// husk: a tiny KVM micro-VM monitor that runs containers inside the guest.
 #[derive(Parser)]
@@ -90,6 +92,10 @@ enum Command {
     /// Build or locate the husk guest kernel.
     #[command(subcommand)]
     Kernel(KernelCommand),
+    /// Build, list and remove templates (snapshots of booted guests `husk run` starts
+    /// sandboxes from instead of booting a kernel).
+    #[command(subcommand)]
+    Template(TemplateCommand),
 }
 
 struct StderrLogger;
@@ -127,6 +133,7 @@ fn main() -> ExitCode {
         Command::Rm { force, names } => sandboxes::rm(&names, force),
         Command::Monitor { dir } => husk::detached::monitor(&dir),
         Command::Image(cmd) => images::image(cmd),
+        Command::Template(cmd) => templates::template(cmd),
         Command::Kernel(KernelCommand::Build { jobs }) => images::kernel_build(jobs),
         Command::Kernel(KernelCommand::Path) => husk::kernel::cached(None)
             .map(|k| println!("{}", k.vmlinux.display()))

@@ -76,6 +76,10 @@ pub(crate) struct RunArgs {
     /// (a detached sandbox is stopped and shows as such in `husk ps -a`).
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
+    /// Boot the guest kernel instead of starting from a template (a snapshot of a
+    /// booted guest for these vCPUs and memory, made on first use: `husk template`).
+    #[arg(long)]
+    cold: bool,
     /// Guest kernel [default: `husk kernel path`].
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -229,6 +233,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             spec,
             remove_on_exit: args.rm,
             timeout: args.timeout.map(std::time::Duration::from_secs),
+            warm: !args.cold,
         };
         let husk = std::env::current_exe()?;
         let dir = husk::detached::launch(&request, &husk)?;
@@ -240,6 +245,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     config.memory_mib = args.memory + 64;
     config.network = args.net;
     config.scratch_disk_mib = args.disk;
+    config.warm = !args.cold;
     if let Some(limit) = limit {
         config.boot_timeout = limit;
     }

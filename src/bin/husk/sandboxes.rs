@@ -34,11 +34,21 @@ pub(crate) fn exec(args: ExecArgs) -> Result<i32, Box<dyn std::error::Error>> {
     Ok(result?.docker_code())
 }
 
-pub(crate) fn ps(all: bool) -> CliResult {
-    use husk::detached::{describe, SandboxDir};
+/// How long ago `created` (seconds since the epoch) was: `5s ago`, `3m ago`, `2h ago`.
+pub(crate) fn age(created: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let age = now.saturating_sub(created);
+    match age {
+        0..=119 => format!("{age}s ago"),
+        120..=7199 => format!("{}m ago", age / 60),
+        _ => format!("{}h ago", age / 3600),
+    }
+}
+
+pub(crate) fn ps(all: bool) -> CliResult {
+    use husk::detached::{describe, SandboxDir};
     println!(
         "{:<20} {:<16} {:<28} {:>10}  STATUS",
         "NAME", "IMAGE", "COMMAND", "CREATED"
@@ -53,12 +63,7 @@ pub(crate) fn ps(all: bool) -> CliResult {
         if command.chars().count() > 28 {
             command = command.chars().take(25).collect::<String>() + "...";
         }
-        let age = now.saturating_sub(state.created);
-        let created = match age {
-            0..=119 => format!("{age}s ago"),
-            120..=7199 => format!("{}m ago", age / 60),
-            _ => format!("{}h ago", age / 3600),
-        };
+        let created = age(state.created);
         println!(
             "{:<20} {:<16} {:<28} {:>10}  {}",
             state.name,

@@ -1,0 +1,234 @@
+//! How to build a sandbox: its image, its configuration and builder, the processes it
+//! runs, and the VM configuration a cold boot derives from them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use husk_protocol::{Limits, TtySize};
+
+use super::{scratch, Sandbox, SandboxError, GUEST_CID};
+use crate::config::{ConsoleConfig, VmConfig};
+use crate::devices::virtio::block::BlockConfig;
+use crate::devices::virtio::net::NetConfig;
+use crate::devices::virtio::vsock::VsockConfig;
+
+/// The image a sandbox runs: its filesystem image and defaults from its config.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SandboxImage {
+    /// The read-only filesystem image (erofs), attached as the guest's first disk.
+    pub fs_image: PathBuf,
+    /// Filesystem type of `fs_image`.
+    pub fstype: String,
+    /// Default environment (`K=V`).
+    pub env: Vec<String>,
+    /// Default command: entrypoint followed by cmd.
+    pub command: Vec<String>,
+    /// Default working directory.
+    pub working_dir: Option<String>,
+    /// Default user.
+    pub user: Option<String>,
+}
+
+/// How to build a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The image.
+    pub image: SandboxImage,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Agent binary (default: [`agent::agent_binary`]).
+    pub agent: Option<PathBuf>,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// More disks after the image (vdb, ...).
+    pub disks: Vec<BlockConfig>,
+    /// Network cards.
+    pub nets: Vec<NetConfig>,
+    /// Give the guest a network: a TAP husk creates, a /30 link between host and guest,
+    /// the guest's eth0 configured by the agent ([`net`]).
+    pub network: bool,
+    /// Put the containers' writable layers on a scratch disk of this many MiB (a sparse
+    /// ext4 file in the runtime folder, removed with it) instead of a tmpfs in guest RAM.
+    pub scratch_disk_mib: Option<u64>,
+    /// Guest console (default: kept in memory only, shown when the agent fails).
+    pub console: ConsoleConfig,
+    /// How long the guest may take to boot to its agent.
+    pub boot_timeout: Duration,
+    /// Where the sandbox's runtime folder (sockets, scratch disk) is created [default:
+    /// `$XDG_RUNTIME_DIR`, else the temp folder]. The folder is removed at the end.
+    pub runtime_parent: Option<PathBuf>,
+    /// Start from a template (a snapshot of a booted guest, made on first use) instead
+    /// of booting the kernel, when the sandbox's devices fit one (default: true).
+    pub warm: bool,
+}
+
+impl SandboxConfig {
+    /// Defaults for everything but the image and the kernel.
+    pub fn new(image: SandboxImage, kernel: PathBuf) -> Self {
+        Self {
+            image,
+            kernel,
+            agent: None,
+            cpus: 1,
+            memory_mib: 256,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            network: false,
+            scratch_disk_mib: None,
+            console: ConsoleConfig::Off,
+            boot_timeout: Duration::from_secs(600),
+            runtime_parent: None,
+            warm: true,
+        }
+    }
+}
+
+/// Builds a [`Sandbox`]: `Sandbox::builder(image, kernel).cpus(2).network(true).start()`.
+#[derive(Debug, Clone)]
+pub struct SandboxBuilder {
+    pub(super) config: SandboxConfig,
+}
+
+impl SandboxBuilder {
+    /// vCPUs (default 1).
+    pub fn cpus(mut self, cpus: u8) -> Self {
+        self.config.cpus = cpus;
+        self
+    }
+
+    /// Guest RAM in MiB (default 256).
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.config.memory_mib = mib;
+        self
+    }
+
+    /// A link to the host (`husk run --net`).
+    pub fn network(mut self, on: bool) -> Self {
+        self.config.network = on;
+        self
+    }
+
+    /// Writable layers on a scratch disk of `mib` MiB (`husk run --disk`).
+    pub fn scratch_disk_mib(mut self, mib: u64) -> Self {
+        self.config.scratch_disk_mib = Some(mib);
+        self
+    }
+
+    /// Another disk after the image (and the scratch disk).
+    pub fn disk(mut self, disk: BlockConfig) -> Self {
+        self.config.disks.push(disk);
+        self
+    }
+
+    /// Where the guest console goes (default: kept in memory for error reports).
+    pub fn console(mut self, console: ConsoleConfig) -> Self {
+        self.config.console = console;
+        self
+    }
+
+    /// How long the guest may take to boot to its agent (default 600 s).
+    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
+        self.config.boot_timeout = timeout;
+        self
+    }
+
+    /// Start from a template (default) or, with `false`, boot the kernel (`--cold`).
+    pub fn warm(mut self, warm: bool) -> Self {
+        self.config.warm = warm;
+        self
+    }
+
+    /// The agent binary (default: [`agent::agent_binary`]).
+    pub fn agent(mut self, path: PathBuf) -> Self {
+        self.config.agent = Some(path);
+        self
+    }
+
+    /// The configuration built so far.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Boot the sandbox.
+    pub fn start(self) -> Result<Sandbox, SandboxError> {
+        Sandbox::start(self.config)
+    }
+}
+
+/// One process to run in the sandbox; empty fields take the image's defaults.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RunSpec {
+    /// Command and arguments (empty: the image's command).
+    pub args: Vec<String>,
+    /// Extra environment, `K=V`, over the image's.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// User (`name`, `uid` or `uid:gid`).
+    pub user: Option<String>,
+    /// A terminal of this size instead of pipes.
+    pub tty: Option<TtySize>,
+    /// cgroup limits of the container.
+    pub limits: Limits,
+}
+
+impl SandboxImage {
+    /// The image of the image store's `image`.
+    pub fn from_store(image: &crate::image::Image) -> Self {
+        let config = &image.config;
+        Self {
+            fs_image: image.fs_image.clone(),
+            fstype: "erofs".into(),
+            env: config.env.clone(),
+            command: config
+                .entrypoint
+                .iter()
+                .chain(&config.cmd)
+                .cloned()
+                .collect(),
+            working_dir: config.working_dir.clone(),
+            user: config.user.clone(),
+        }
+    }
+}
+
+pub(super) fn vm_config(
+    config: &SandboxConfig,
+    initrd: PathBuf,
+    uds: PathBuf,
+    scratch: Option<PathBuf>,
+) -> VmConfig {
+    let image_disk = BlockConfig {
+        path: config.image.fs_image.clone(),
+        read_only: true,
+        id: Some("husk-image".into()),
+        root: false,
+    };
+    // vda is the image, vdb the scratch disk (scratch::GUEST_DEVICE), then the others.
+    let mut disks = vec![image_disk];
+    disks.extend(scratch.map(scratch::block_config));
+    disks.extend(config.disks.iter().cloned());
+    // The sandbox's own card comes first, so it is the guest's eth0.
+    let mut nets: Vec<NetConfig> = config
+        .network
+        .then(NetConfig::default)
+        .into_iter()
+        .collect();
+    nets.extend(config.nets.iter().cloned());
+    VmConfig {
+        initrd: Some(initrd),
+        cmdline: "quiet".into(),
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        console: config.console.clone(),
+        disks,
+        nets,
+        vsock: Some(VsockConfig {
+            cid: GUEST_CID,
+            uds,
+        }),
+        ..VmConfig::new(config.kernel.clone())
+    }
+}

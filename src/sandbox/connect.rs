@@ -1,0 +1,99 @@
+//! Reaching a sandbox's agent: connecting while the guest boots (or wakes from a
+//! template), and watching the VM so that its end ends every wait on the agent.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use husk_protocol::host_handshake;
+
+use super::{demux, vsock, SandboxError, CLEAN_END_GRACE, CONNECT_INTERVAL, HANDSHAKE_MIN};
+use crate::vmm::exit::VmExit;
+use crate::vmm::{self, RunningVm};
+
+/// End the agent connection when the VM ends, however it ends. A guest that dies on its
+/// own (a triple fault, a panic) leaves the host's end of the vsock stream open, since
+/// the device outlives its vCPUs until the sandbox is stopped; without this, every
+/// process wait and request would hang on it. The thread ends with the VM, which always
+/// ends: stop and drop end it.
+pub(super) fn watch_vm(
+    watch: vmm::ExitWatch,
+    demux: &Arc<demux::Demux>,
+    conn: &Arc<UnixStream>,
+) -> std::io::Result<()> {
+    let (demux, conn) = (demux.clone(), conn.clone());
+    std::thread::Builder::new()
+        .name("husk-vm-watch".into())
+        .spawn(move || {
+            let end = watch.wait();
+            let reason = match &end {
+                Ok(VmExit::Stopped) => "the sandbox's VM was stopped".to_string(),
+                Ok(end) => format!("the guest ended ({end:?}) while the sandbox ran"),
+                Err(e) => format!("the guest failed: {e}"),
+            };
+            demux.end_because(reason);
+            if matches!(end, Ok(VmExit::Reset | VmExit::PowerOff)) {
+                // Frames a guest sent just before it ended by itself may still be on
+                // their way through the device.
+                std::thread::sleep(CLEAN_END_GRACE);
+            }
+            drop(conn.shutdown(std::net::Shutdown::Both));
+        })
+        .map(drop)
+}
+
+/// Retry the agent's port until it answers, the guest ends, or `timeout` passes. The
+/// connection comes back with a read timeout still set.
+pub(super) fn connect_agent(
+    vm: &RunningVm,
+    uds: &std::path::Path,
+    timeout: Duration,
+) -> Result<UnixStream, SandboxError> {
+    let start = Instant::now();
+    let down = |reason: String| SandboxError::AgentDown {
+        reason,
+        console: vm.failure_output(),
+    };
+    loop {
+        if let Some(cause) = vm.exit_cause() {
+            return Err(down(format!(
+                "the guest ended before its agent answered ({cause:?})"
+            )));
+        }
+        match vsock::connect_once(uds, husk_protocol::AGENT_VSOCK_PORT) {
+            Ok(mut conn) => {
+                // A guest that accepted but never greets must not hang the host.
+                let left = timeout.saturating_sub(start.elapsed()).max(HANDSHAKE_MIN);
+                let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
+                conn.set_read_timeout(Some(left)).map_err(io)?;
+                if let Err(e) = host_handshake(&mut conn) {
+                    return Err(down(format!("the agent's handshake failed: {e}")));
+                }
+                return Ok(conn);
+            }
+            Err(e) if start.elapsed() >= timeout => {
+                return Err(down(format!(
+                    "no answer on vsock port 1024 within {timeout:?} ({e})"
+                )))
+            }
+            Err(_) => std::thread::sleep(CONNECT_INTERVAL),
+        }
+    }
+}
+
+/// A short id, unique enough for one host: process id and clock.
+pub(super) fn new_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{:x}{:05x}", std::process::id(), nanos & 0xfffff)
+}
+
+/// `$XDG_RUNTIME_DIR`, else the system temp folder.
+pub(super) fn runtime_root() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}

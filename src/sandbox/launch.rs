@@ -1,0 +1,217 @@
+//! Bringing a sandbox's VM up to an agent that answers: a cold boot of the kernel, or a
+//! warm start from a template (restore, attach the sandbox's own disks, card and
+//! socket, then give the guest its identity: `Restored` with fresh entropy, the time,
+//! its hostname and the disk sizes to wait for).
+
+use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use husk_protocol::{read_message, write_message, DiskSize, Message};
+
+use super::connect::connect_agent;
+use super::template::{Template, TemplateSpec, IMAGE_SLOT, NET_SLOT, SCRATCH_SLOT};
+use super::{config, net, SandboxConfig, SandboxError, GUEST_CID, HANDSHAKE_MIN};
+use crate::devices::virtio::net::{MacAddr, NetConfig};
+use crate::devices::virtio::vsock::VsockConfig;
+use crate::vmm::{self, RestoreOptions, RunningVm};
+
+/// A VM whose agent answered, and what the host set up for it.
+pub(super) struct Launched {
+    /// The VM.
+    pub vm: RunningVm,
+    /// The agent connection, handshake (and identity, network) done.
+    pub conn: UnixStream,
+    /// When the VM was built and running.
+    pub vm_running: Instant,
+    /// Whether it came from a template.
+    pub warm: bool,
+}
+
+/// What a launch works with.
+pub(super) struct LaunchPaths<'a> {
+    /// The sandbox's runtime folder.
+    pub runtime: &'a Path,
+    /// The agent initramfs.
+    pub initrd: PathBuf,
+    /// The scratch disk, if any.
+    pub scratch: Option<PathBuf>,
+    /// The sandbox's hostname.
+    pub hostname: String,
+}
+
+/// Whether `config` can start from a template: templates have exactly the sandbox's
+/// own devices (image, scratch, one card, vsock, rng) and nothing more.
+pub fn fits_template(config: &SandboxConfig) -> bool {
+    config.warm && config.disks.is_empty() && config.nets.is_empty()
+}
+
+/// Start `config`'s VM, from `template` or a template found (or built) for it when it
+/// fits one, else by booting; then reach its agent.
+pub(super) fn launch(
+    config: &SandboxConfig,
+    paths: LaunchPaths<'_>,
+    template: Option<&Template>,
+) -> Result<Launched, SandboxError> {
+    let uds = paths.runtime.join("vsock.sock");
+    let deadline = Instant::now() + config.boot_timeout;
+    let (vm, warm, mac) = if fits_template(config) || template.is_some() {
+        let (vm, mac) = restore(config, &paths, uds.clone(), template)?;
+        (vm, true, mac)
+    } else {
+        let vm_config = config::vm_config(
+            config,
+            paths.initrd.clone(),
+            uds.clone(),
+            paths.scratch.clone(),
+        );
+        (vmm::start(&vm_config)?, false, None)
+    };
+    let vm_running = Instant::now();
+    let link = (config.network)
+        .then(|| net::configure_host_side(&vm))
+        .transpose()?;
+    let mut conn = connect_agent(&vm, &uds, config.boot_timeout)?;
+    let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
+    // The handshake's read timeout still holds: a guest that never answers what
+    // follows fails the start instead of hanging the host.
+    let left = deadline.saturating_duration_since(Instant::now());
+    conn.set_read_timeout(Some(left.max(HANDSHAKE_MIN)))
+        .map_err(io)?;
+    if warm {
+        identify(&mut conn, config, &paths).map_err(|e| agent_down(&vm, "take its identity", e))?;
+    }
+    if let Some(link) = &link {
+        let mac = mac.map(|m| m.to_string());
+        net::configure_guest(&mut conn, link, mac).map_err(|e| match e {
+            net::NetError::Protocol(e) => agent_down(&vm, "configure the network", e),
+            other => other.into(),
+        })?;
+    }
+    conn.set_read_timeout(None).map_err(io)?;
+    Ok(Launched {
+        vm,
+        conn,
+        vm_running,
+        warm,
+    })
+}
+
+fn agent_down(vm: &RunningVm, what: &str, e: impl std::fmt::Display) -> SandboxError {
+    SandboxError::AgentDown {
+        reason: format!("the agent did not {what}: {e}"),
+        console: vm.failure_output(),
+    }
+}
+
+/// The template spec for `config`.
+pub fn template_spec(config: &SandboxConfig, initrd: PathBuf) -> TemplateSpec {
+    TemplateSpec {
+        kernel: config.kernel.clone(),
+        initrd,
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        boot_timeout: config.boot_timeout,
+    }
+}
+
+/// Restore the template's VM with the sandbox's own image, scratch disk, card and
+/// socket; the MAC given to a plugged card.
+fn restore(
+    config: &SandboxConfig,
+    paths: &LaunchPaths<'_>,
+    uds: PathBuf,
+    template: Option<&Template>,
+) -> Result<(RunningVm, Option<MacAddr>), SandboxError> {
+    let spec = template_spec(config, paths.initrd.clone());
+    let found;
+    let template = match template {
+        Some(t) => t,
+        None => {
+            found = Template::ensure(&spec)?;
+            &found
+        }
+    };
+    let empty = paths.runtime.join("empty.img");
+    if paths.scratch.is_none() {
+        std::fs::write(&empty, b"").map_err(|e| SandboxError::Runtime {
+            dir: paths.runtime.to_path_buf(),
+            source: e,
+        })?;
+    }
+    let scratch = paths.scratch.clone().unwrap_or(empty);
+    let mac = config.network.then(MacAddr::random);
+    let card = match mac {
+        Some(mac) => NetConfig {
+            mac: Some(mac),
+            ..NetConfig::default()
+        },
+        None => NetConfig::unplugged(),
+    };
+    let options = RestoreOptions {
+        disks: BTreeMap::from([
+            (IMAGE_SLOT, config.image.fs_image.clone()),
+            (SCRATCH_SLOT, scratch),
+        ]),
+        nets: BTreeMap::from([(NET_SLOT, card)]),
+        vsock: Some(VsockConfig {
+            cid: GUEST_CID,
+            uds,
+        }),
+        console: config.console.clone(),
+        paused: false,
+    };
+    Ok((template.restore_vm(&spec, &options)?, mac))
+}
+
+/// Tell a restored guest who it is (see `Message::Restored`) and wait for its answer.
+fn identify(
+    conn: &mut UnixStream,
+    config: &SandboxConfig,
+    paths: &LaunchPaths<'_>,
+) -> Result<(), husk_protocol::ProtocolError> {
+    let random = random_bytes(72)?;
+    let (seed, entropy) = random.split_at(8);
+    let generation = u64::from_le_bytes(seed.try_into().unwrap_or([0; 8])).max(1);
+    let mut disks = vec![DiskSize {
+        name: "vda".into(),
+        sectors: sectors(&config.image.fs_image),
+    }];
+    if let Some(scratch) = &paths.scratch {
+        disks.push(DiskSize {
+            name: "vdb".into(),
+            sectors: sectors(scratch),
+        });
+    }
+    let restored = Message::Restored {
+        generation,
+        entropy: entropy.to_vec(),
+        unix_time_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+        hostname: paths.hostname.clone(),
+        disks,
+    };
+    write_message(conn, &restored)?;
+    match read_message(conn)? {
+        Message::RestoredAck { generation: g } if g == generation => Ok(()),
+        Message::Error { message } => Err(husk_protocol::ProtocolError::Refused(message)),
+        other => Err(husk_protocol::ProtocolError::Unexpected(format!(
+            "{other:?} instead of RestoredAck for generation {generation}"
+        ))),
+    }
+}
+
+/// A file's size in 512-byte sectors (0 if it cannot be read).
+fn sectors(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len() / 512)
+}
+
+/// `n` bytes from the kernel's CSPRNG.
+pub fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf)
+}
