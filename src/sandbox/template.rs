@@ -160,6 +160,16 @@ impl Template {
     pub fn ensure(spec: &TemplateSpec) -> Result<Self, SandboxError> {
         let dir = root().join(spec.name());
         let kernel_sha256 = spec.kernel_sha256()?;
+        if let Some(fresh) = Self::open(&dir).ok().filter(|t| {
+            t.staleness(&kernel_sha256, &agent_digest(&spec.initrd))
+                .is_none()
+        }) {
+            return Ok(fresh);
+        }
+        // One builder at a time per template: sandboxes starting together (in one
+        // process or several) wait for the first one's build instead of each making
+        // one and replacing the others' under their feet.
+        let _lock = lock(&spec.name())?;
         match Self::open(&dir) {
             Ok(t) => match t.staleness(&kernel_sha256, &agent_digest(&spec.initrd)) {
                 None => return Ok(t),
@@ -240,7 +250,9 @@ impl Template {
     /// Boot a VM for `spec` to its agent, snapshot it, and store it as the template
     /// (replacing the one there).
     pub fn build(spec: &TemplateSpec) -> Result<Self, SandboxError> {
-        Self::build_with(spec, &spec.kernel_sha256()?)
+        let kernel_sha256 = spec.kernel_sha256()?;
+        let _lock = lock(&spec.name())?;
+        Self::build_with(spec, &kernel_sha256)
     }
 
     fn build_with(spec: &TemplateSpec, kernel_sha256: &str) -> Result<Self, SandboxError> {
@@ -328,6 +340,21 @@ fn spec_for(config: &super::SandboxConfig) -> Result<TemplateSpec, SandboxError>
 }
 
 impl Template {}
+
+/// Hold the build lock of template `name` (released when the file is dropped).
+fn lock(name: &str) -> Result<std::fs::File, SandboxError> {
+    let root = root();
+    std::fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
+    let path = root.join(format!(".{name}.lock"));
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("cannot open", &path))?;
+    file.lock().map_err(io("cannot lock", &path))?;
+    Ok(file)
+}
 
 /// Put the finished template folder `built` at `dir`. A template already there is
 /// replaced; if another process installed one meanwhile, theirs is kept.

@@ -13,6 +13,7 @@ pub mod format;
 pub mod memory;
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -209,8 +210,15 @@ pub struct Loaded {
 /// Read the snapshot in `dir`, check it against this host (CPU, CPUID, KVM) and
 /// `expect`; nothing of a VM is built yet.
 pub fn load(dir: &Path, expect: &Expect) -> Result<Loaded, SnapshotError> {
+    // Both files are opened through one handle on the folder, so a folder replaced
+    // meanwhile (a template rebuilt) gives both files of one snapshot or an error,
+    // never the state of one and the memory of another.
+    let handle = File::open(dir).map_err(io("cannot open", dir))?;
+    let pinned = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+    let memory_path = dir.join(MEMORY_FILE);
+    let memory = File::open(pinned.join(MEMORY_FILE)).map_err(io("cannot open", &memory_path))?;
     let state_path = dir.join(STATE_FILE);
-    let bytes = std::fs::read(&state_path).map_err(io("cannot read", &state_path))?;
+    let bytes = std::fs::read(pinned.join(STATE_FILE)).map_err(io("cannot read", &state_path))?;
     let file = format::decode(&bytes).map_err(|source| SnapshotError::Format {
         path: state_path.clone(),
         source,
@@ -218,8 +226,6 @@ pub fn load(dir: &Path, expect: &Expect) -> Result<Loaded, SnapshotError> {
     let here = host_fingerprint(&crate::kvm::open()?)?;
     file.fingerprint.host.check(&here)?;
     file.fingerprint.check_expected(expect)?;
-    let memory_path = dir.join(MEMORY_FILE);
-    let memory = File::open(&memory_path).map_err(io("cannot open", &memory_path))?;
     Ok(Loaded { file, memory })
 }
 

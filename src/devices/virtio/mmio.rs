@@ -418,7 +418,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(out) if offset % 4 == 0 => *out = self.read_register(offset).to_le_bytes(),
+            Ok(out) if offset.is_multiple_of(4) => *out = self.read_register(offset).to_le_bytes(),
             _ => {
                 log::debug!("virtio-mmio: bad register read {offset:#x}/{}", data.len());
                 data.fill(0);
@@ -432,7 +432,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(v) if offset % 4 == 0 => self.write_register(offset, u32::from_le_bytes(v)),
+            Ok(v) if offset.is_multiple_of(4) => self.write_register(offset, u32::from_le_bytes(v)),
             _ => log::debug!("virtio-mmio: bad register write {offset:#x}/{}", data.len()),
         }
     }

@@ -76,7 +76,7 @@ pub fn handle_request(
 fn byte_range(disk: &Disk, sector: u64, len: u64) -> Option<u64> {
     let offset = sector.checked_mul(SECTOR_SIZE)?;
     let end = offset.checked_add(len)?;
-    (len % SECTOR_SIZE == 0 && end <= disk.sectors() * SECTOR_SIZE).then_some(offset)
+    (len.is_multiple_of(SECTOR_SIZE) && end <= disk.sectors() * SECTOR_SIZE).then_some(offset)
 }
 
 fn execute(mem: &GuestMemoryMmap, out: &[Buffer], in_bufs: &[Buffer], disk: &mut Disk) -> Outcome {
