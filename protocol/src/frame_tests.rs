@@ -64,6 +64,19 @@ fn restored_round_trips() {
 }
 
 #[test]
+fn control_requests_round_trip() {
+    round_trip(Message::Pause);
+    round_trip(Message::Resume);
+    round_trip(Message::SnapshotTo {
+        dir: "/tmp/s".into(),
+        durable: true,
+    });
+    round_trip(Message::Done {
+        detail: "paused".into(),
+    });
+}
+
+#[test]
 fn restored_ack_round_trips() {
     round_trip(Message::RestoredAck { generation: 4 });
 }

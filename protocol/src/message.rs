@@ -265,6 +265,24 @@ pub enum Message {
         /// The generation the agent took.
         generation: u64,
     },
+    /// Control socket, client → monitor: pause the sandbox's guest. Answered by
+    /// [`Message::Done`] or [`Message::Error`].
+    Pause,
+    /// Control socket, client → monitor: let a paused guest run again.
+    Resume,
+    /// Control socket, client → monitor: save the sandbox into the new folder `dir`
+    /// (synced to disk when `durable`), for `husk snapshot create` and `husk fork`.
+    SnapshotTo {
+        /// The folder to create.
+        dir: String,
+        /// Sync the files before answering.
+        durable: bool,
+    },
+    /// Control socket, monitor → client: the request is done; `detail` says how.
+    Done {
+        /// A line for the user.
+        detail: String,
+    },
 }
 
 /// A disk and the size it must show, for [`Message::Restored`].

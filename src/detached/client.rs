@@ -4,7 +4,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,8 @@ use husk_protocol::{
 };
 
 use super::{
-    io_err, DetachedError, Request, SandboxDir, State, Status, EXEC_PROCESS, MAIN_PROCESS,
+    generate_name, io_err, DetachedError, DetachedSnapshot, Request, RestoreFrom, SandboxDir,
+    State, Status, DETACHED_FILE, EXEC_PROCESS, MAIN_PROCESS,
 };
 use crate::sandbox::stdio::{forward_stdin, StdinWindow};
 use crate::sandbox::{RunSpec, Stdio};
@@ -146,6 +147,38 @@ impl Control {
         }
     }
 
+    /// Send a request that is answered by `Done` or `Error`; the `Done`'s detail.
+    fn request(&mut self, message: &Message) -> Result<String, DetachedError> {
+        self.send(message)?;
+        let control = |source| DetachedError::Control {
+            name: self.name.clone(),
+            source,
+        };
+        loop {
+            match read_message(&mut self.conn).map_err(control)? {
+                Message::Done { detail } => return Ok(detail),
+                Message::Error { message } => return Err(DetachedError::Exec(message)),
+                other => log::debug!("control: ignoring {other:?}"),
+            }
+        }
+    }
+
+    /// Pause the sandbox's guest.
+    pub fn pause(&mut self) -> Result<String, DetachedError> {
+        self.request(&Message::Pause)
+    }
+
+    /// Let the sandbox's guest run again.
+    pub fn resume(&mut self) -> Result<String, DetachedError> {
+        self.request(&Message::Resume)
+    }
+
+    /// Save the sandbox into the new folder `dir` (absolute: the monitor resolves it).
+    pub fn snapshot_to(&mut self, dir: &Path, durable: bool) -> Result<String, DetachedError> {
+        let dir = dir.to_string_lossy().into_owned();
+        self.request(&Message::SnapshotTo { dir, durable })
+    }
+
     /// Signal the sandbox's main process.
     pub fn signal_main(&self, signal: i32) -> Result<(), DetachedError> {
         self.send(&Message::Signal {
@@ -192,6 +225,96 @@ impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         self.0.close();
     }
+}
+
+/// `husk snapshot restore DIR --name NAME`: start a detached sandbox named `name`
+/// (`None`: a new name) from the snapshot `husk snapshot create` wrote in `dir`.
+pub fn restore_snapshot(
+    dir: &Path,
+    name: Option<String>,
+    husk: &Path,
+) -> Result<SandboxDir, DetachedError> {
+    let dir = absolute(dir)?;
+    let path = dir.join(DETACHED_FILE);
+    let text = fs::read_to_string(&path).map_err(io_err("cannot read", &path))?;
+    let saved: DetachedSnapshot = serde_json::from_str(&text)
+        .map_err(|e| io_err("corrupt", &path)(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    let request = restore_request(saved, dir, name.unwrap_or_else(generate_name), false);
+    launch(&request, husk)
+}
+
+/// `husk fork NAME --name NEW`: snapshot the running sandbox `name` into the new
+/// sandbox's folder and start that one from it; `name` runs on. The new sandbox's
+/// logs start with a copy of `name`'s.
+pub fn fork(
+    name: &str,
+    new_name: Option<String>,
+    husk: &Path,
+) -> Result<SandboxDir, DetachedError> {
+    let source = SandboxDir::open(name)?;
+    let new_name = new_name.unwrap_or_else(generate_name);
+    let dir = SandboxDir::create(&new_name)?;
+    let result = fork_into(&source, &dir, husk);
+    if result.is_err() {
+        drop(dir.remove());
+    }
+    result.map(|()| dir)
+}
+
+fn fork_into(source: &SandboxDir, dir: &SandboxDir, husk: &Path) -> Result<(), DetachedError> {
+    let snapshot = dir.path.join("fork-snapshot");
+    let mut control = Control::connect(&source.name)?;
+    control.snapshot_to(&snapshot, false)?;
+    for stderr in [false, true] {
+        // Best effort: a missing log is an empty one.
+        drop(fs::copy(source.log(stderr), dir.log(stderr)));
+    }
+    let path = snapshot.join(DETACHED_FILE);
+    let text = fs::read_to_string(&path).map_err(io_err("cannot read", &path))?;
+    let saved: DetachedSnapshot = serde_json::from_str(&text)
+        .map_err(|e| io_err("corrupt", &path)(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    let request = restore_request(saved, snapshot, dir.name.clone(), true);
+    launch_in(dir, &request, husk)
+}
+
+/// The monitor request that restores `saved` from `dir` as sandbox `name`.
+fn restore_request(
+    saved: DetachedSnapshot,
+    dir: PathBuf,
+    name: String,
+    remove_after: bool,
+) -> Request {
+    Request {
+        name,
+        restore: Some(RestoreFrom {
+            dir,
+            main_process: saved.main_process,
+            main_container: saved.main_container,
+            remove_after,
+        }),
+        // The new sandbox's own timeout would start again; a restored one has none.
+        timeout: None,
+        ..saved.request
+    }
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf, DetachedError> {
+    std::path::absolute(dir).map_err(io_err("cannot resolve", dir))
+}
+
+/// `husk pause`, `husk resume`: ask sandbox `name`'s monitor.
+pub fn pause_or_resume(name: &str, pause: bool) -> Result<String, DetachedError> {
+    let mut control = Control::connect(name)?;
+    match pause {
+        true => control.pause(),
+        false => control.resume(),
+    }
+}
+
+/// `husk snapshot create NAME DIR`.
+pub fn snapshot_create(name: &str, dir: &Path) -> Result<String, DetachedError> {
+    let dir = absolute(dir)?;
+    Control::connect(name)?.snapshot_to(&dir, true)
 }
 
 /// `husk stop`: SIGTERM to the main process, then after `grace` a shutdown; returns

@@ -12,9 +12,17 @@ use husk_protocol::{
     PROTOCOL_VERSION, STDIN_WINDOW,
 };
 
-use super::monitor::Event;
+use super::monitor::{Event, Monitor};
 use super::{EXEC_PROCESS, MAIN_PROCESS};
-use crate::sandbox::{RunSpec, Sandbox, Stdio};
+use crate::sandbox::{RunSpec, Stdio};
+
+/// The answer to a control request that has no process: `Done` or `Error`.
+fn done(result: Result<String, String>) -> Message {
+    match result {
+        Ok(detail) => Message::Done { detail },
+        Err(message) => Message::Error { message },
+    }
+}
 
 /// The writing half of a control connection; `Started` goes out before any output.
 pub(super) struct ClientOut {
@@ -157,12 +165,8 @@ fn greet(conn: &mut UnixStream) -> Result<(), ProtocolError> {
     }
 }
 
-pub(super) fn serve_client(
-    mut conn: UnixStream,
-    sandbox: &Sandbox,
-    main: &crate::sandbox::Process,
-    events: &Sender<Event>,
-) {
+pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sender<Event>) {
+    let (sandbox, main) = (&*monitor.sandbox, &*monitor.main);
     if let Err(e) = greet(&mut conn) {
         log::debug!("control client went away during the handshake: {e}");
         return;
@@ -285,6 +289,11 @@ pub(super) fn serve_client(
                 drop(events.send(Event::Stop("husk stop")));
                 None
             }
+            Message::Pause => Some(done(monitor.pause())),
+            Message::Resume => Some(done(monitor.resume())),
+            Message::SnapshotTo { dir, durable } => Some(done(
+                monitor.snapshot_to(std::path::Path::new(&dir), durable),
+            )),
             other => Some(Message::Error {
                 message: format!("not a control request: {other:?}"),
             }),

@@ -39,9 +39,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::sandbox::{RunSpec, SandboxImage};
 
-pub use client::{launch, stop, Control, ControlSignaller};
+pub use client::{
+    fork, launch, pause_or_resume, restore_snapshot, snapshot_create, stop, Control,
+    ControlSignaller,
+};
 pub use dir::SandboxDir;
-pub use monitor::monitor;
+pub use monitor::{monitor, DetachedSnapshot, DETACHED_FILE};
 
 /// Overrides where detached sandboxes live.
 pub const ROOT_ENV: &str = "HUSK_RUNTIME_DIR";
@@ -179,6 +182,24 @@ pub struct Request {
     /// Start from a template (false: `--cold`).
     #[serde(default = "yes")]
     pub warm: bool,
+    /// Restore a sandbox snapshot instead of starting one (`husk snapshot restore`,
+    /// `husk fork`).
+    #[serde(default)]
+    pub restore: Option<RestoreFrom>,
+}
+
+/// A sandbox snapshot a monitor starts from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreFrom {
+    /// The snapshot folder.
+    pub dir: PathBuf,
+    /// The main process in it.
+    pub main_process: u32,
+    /// The main process's container.
+    pub main_container: String,
+    /// Remove the folder once the sandbox runs (a fork's snapshot).
+    pub remove_after: bool,
 }
 
 fn yes() -> bool {
@@ -193,6 +214,8 @@ pub enum Status {
     Starting,
     /// The main process runs.
     Running,
+    /// The guest is paused (`husk pause`).
+    Paused,
     /// The main process ended (or was killed when the sandbox was stopped).
     Exited {
         /// docker-style exit code: the code, or 128 + signal.
@@ -234,7 +257,10 @@ pub struct State {
 pub fn describe(state: &State, running: bool) -> String {
     match (&state.status, running) {
         (Status::Running | Status::Starting, true) => "running".into(),
-        (Status::Running | Status::Starting, false) => "dead (its monitor is gone)".into(),
+        (Status::Paused, true) => "paused".into(),
+        (Status::Running | Status::Starting | Status::Paused, false) => {
+            "dead (its monitor is gone)".into()
+        }
         (Status::Exited { code, oom_killed }, _) => {
             format!("exited ({code}){}", if *oom_killed { ", OOM" } else { "" })
         }

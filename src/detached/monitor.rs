@@ -6,17 +6,95 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use husk_protocol::ExitStatus;
+use serde::{Deserialize, Serialize};
 
 use super::control::serve_client;
 use super::{io_err, Request, SandboxDir, State, Status, KILL_TIMEOUT};
-use crate::sandbox::{Sandbox, SandboxConfig, Stdio};
-use husk_protocol::ExitStatus;
+use crate::sandbox::{Process, RestoreSandbox, Sandbox, SandboxConfig, Stdio};
 
 pub(super) enum Event {
     MainExited(Result<ExitStatus, String>),
     Stop(&'static str),
+}
+
+/// What the monitor's threads share.
+pub(super) struct Monitor {
+    /// The sandbox's folder.
+    pub dir: SandboxDir,
+    /// What started it.
+    pub request: Request,
+    /// `state.json` as last written.
+    pub state: Mutex<State>,
+    /// The sandbox.
+    pub sandbox: Arc<Sandbox>,
+    /// Its main process.
+    pub main: Arc<Process>,
+}
+
+/// What a detached sandbox's snapshot adds to a sandbox snapshot (`detached.json`): how
+/// to run it as a detached sandbox again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetachedSnapshot {
+    /// The request the saved sandbox was started with.
+    pub request: Request,
+    /// Its main process, to adopt.
+    pub main_process: u32,
+    /// The main process's container.
+    pub main_container: String,
+}
+
+/// The detached part's file in a snapshot folder.
+pub const DETACHED_FILE: &str = "detached.json";
+
+impl Monitor {
+    /// Record `status` in `state.json`.
+    pub(super) fn set_status(&self, status: Status) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.status = status;
+        if let Err(e) = self.dir.write_state(&state) {
+            log::warn!("{e}");
+        }
+    }
+
+    /// Pause the guest (`husk pause`).
+    pub(super) fn pause(&self) -> Result<String, String> {
+        self.sandbox.pause().map_err(|e| crate::error_chain(&e))?;
+        self.set_status(Status::Paused);
+        Ok("paused".into())
+    }
+
+    /// Let the guest run again (`husk resume`).
+    pub(super) fn resume(&self) -> Result<String, String> {
+        self.sandbox.resume().map_err(|e| crate::error_chain(&e))?;
+        self.set_status(Status::Running);
+        Ok("running".into())
+    }
+
+    /// Save the sandbox into `dir` (`husk snapshot create`, `husk fork`).
+    pub(super) fn snapshot_to(&self, dir: &Path, durable: bool) -> Result<String, String> {
+        let report = self
+            .sandbox
+            .snapshot_to(dir, durable)
+            .map_err(|e| crate::error_chain(&e))?;
+        let detached = DetachedSnapshot {
+            request: self.request.clone(),
+            main_process: self.main.id(),
+            main_container: self.main.container_id().to_string(),
+        };
+        let path = dir.join(DETACHED_FILE);
+        let json = serde_json::to_vec_pretty(&detached).map_err(|e| e.to_string())?;
+        fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(format!(
+            "{} KiB of memory, paused {:.0} ms",
+            report.vm.memory.written >> 10,
+            crate::metrics::ms(report.total)
+        ))
+    }
 }
 
 /// The monitor of `husk run -d` (the hidden `husk __monitor DIR` command): reads a
@@ -65,6 +143,19 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     dir.write_state(&state)?;
     println!("ok");
     io::stdout().flush()?;
+    let remove_on_exit = request.remove_on_exit;
+    let monitor = Arc::new(Monitor {
+        dir: dir.clone(),
+        request,
+        state: Mutex::new(state),
+        sandbox: sandbox.clone(),
+        main: main.clone(),
+    });
+    if let Some(from) = monitor.request.restore.as_ref().filter(|r| r.remove_after) {
+        // A fork's snapshot: the restored VM maps its memory file, which stays
+        // readable after the folder is gone.
+        drop(fs::remove_dir_all(&from.dir));
+    }
 
     let (events, next) = mpsc::channel();
     {
@@ -73,7 +164,7 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             drop(events.send(Event::MainExited(main.wait().map_err(|e| e.to_string()))));
         });
     }
-    if let Some(timeout) = request.timeout {
+    if let Some(timeout) = monitor.request.timeout {
         let events = events.clone();
         std::thread::spawn(move || {
             std::thread::sleep(timeout.saturating_sub(created.elapsed()));
@@ -91,11 +182,11 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     {
-        let (sandbox, main) = (sandbox.clone(), main.clone());
+        let monitor = monitor.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (sandbox, main, events) = (sandbox.clone(), main.clone(), events.clone());
-                std::thread::spawn(move || serve_client(conn, &sandbox, &main, &events));
+                let (monitor, events) = (monitor.clone(), events.clone());
+                std::thread::spawn(move || serve_client(conn, &monitor, &events));
             }
         });
     }
@@ -121,7 +212,7 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     if let Err(e) = sandbox.stop() {
         log::warn!("stopping the sandbox VM: {e}");
     }
-    state.status = match ended {
+    let status = match ended {
         Ok(status) => Status::Exited {
             code: status.docker_code(),
             oom_killed: status.oom_killed,
@@ -132,10 +223,10 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         Err(message) => Status::Failed { message },
     };
     drop(sandbox);
-    if request.remove_on_exit {
+    if remove_on_exit {
         dir.remove()?;
     } else {
-        dir.write_state(&state)?;
+        monitor.set_status(status);
     }
     Ok(())
 }
@@ -156,7 +247,6 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
     if let Some(console) = &request.console {
         config.console = crate::config::ConsoleConfig::File(console.clone());
     }
-    let sandbox = Sandbox::start(config)?;
     let log = |stderr: bool| {
         let path = dir.log(stderr);
         OpenOptions::new()
@@ -165,12 +255,37 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
             .open(&path)
             .map_err(io_err("cannot open", &path))
     };
-    let stdio = Stdio {
-        stdin: None,
-        stdout: Box::new(log(false)?),
-        stderr: Box::new(log(true)?),
+    let (sandbox, main) = match &request.restore {
+        None => {
+            let sandbox = Sandbox::start(config)?;
+            let stdio = Stdio {
+                stdin: None,
+                stdout: Box::new(log(false)?),
+                stderr: Box::new(log(true)?),
+            };
+            let main = sandbox.spawn(&request.spec, stdio)?;
+            (sandbox, main)
+        }
+        Some(from) => {
+            let adopt = vec![(
+                from.main_process,
+                from.main_container.clone(),
+                Box::new(log(false)?) as crate::sandbox::Sink,
+                Box::new(log(true)?) as crate::sandbox::Sink,
+            )];
+            let options = RestoreSandbox {
+                console: config.console,
+                runtime_parent: config.runtime_parent,
+                timeout: config.boot_timeout,
+                adopt,
+            };
+            let (sandbox, mut processes) = Sandbox::restore(&from.dir, options)?;
+            let main = processes
+                .pop()
+                .ok_or("the restored sandbox has no main process")?;
+            (sandbox, main)
+        }
     };
-    let main = sandbox.spawn(&request.spec, stdio)?;
     let socket = dir.control_socket();
     let listener = UnixListener::bind(&socket).map_err(io_err("cannot listen on", &socket))?;
     Ok((Arc::new(sandbox), Arc::new(main), listener))

@@ -68,9 +68,40 @@ pub(crate) struct Accepted {
 
 impl Demux {
     /// Start routing the frames read from `conn`; writes go through `writer`.
+    #[cfg(test)]
     pub fn start(conn: UnixStream, writer: Writer) -> std::io::Result<(Arc<Self>, JoinHandle<()>)> {
+        let (demux, handle, _) = Self::start_adopting(conn, writer, Vec::new())?;
+        Ok((demux, handle))
+    }
+
+    /// [`Demux::start`], with routes for processes that already run (in a guest
+    /// restored from a snapshot): they exist before the first frame is read, so none
+    /// of their output or exit is missed.
+    pub fn start_adopting(
+        conn: UnixStream,
+        writer: Writer,
+        adopted: Vec<(ProcessId, Sink, Sink)>,
+    ) -> std::io::Result<(Arc<Self>, JoinHandle<()>, Vec<Accepted>)> {
+        let mut state = State::default();
+        let mut accepted = Vec::with_capacity(adopted.len());
+        for (process, stdout, stderr) in adopted {
+            let (exit, exit_rx) = mpsc::channel();
+            let stdin = Arc::new(StdinWindow::default());
+            let route = Route {
+                stdout,
+                stderr,
+                exit,
+                stdin: stdin.clone(),
+            };
+            state.routes.insert(process, route);
+            accepted.push(Accepted {
+                process,
+                exit: exit_rx,
+                stdin,
+            });
+        }
         let demux = Arc::new(Self {
-            state: Mutex::default(),
+            state: Mutex::new(state),
             order: Mutex::new(()),
             writer,
             end_reason: Mutex::new(None),
@@ -79,7 +110,7 @@ impl Demux {
         let handle = std::thread::Builder::new()
             .name("husk-agent-rx".into())
             .spawn(move || reader.read_loop(conn))?;
-        Ok((demux, handle))
+        Ok((demux, handle, accepted))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

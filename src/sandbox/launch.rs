@@ -15,6 +15,7 @@ use super::template::{Template, TemplateSpec, IMAGE_SLOT, NET_SLOT, SCRATCH_SLOT
 use super::{config, net, SandboxConfig, SandboxError, GUEST_CID, HANDSHAKE_MIN};
 use crate::devices::virtio::net::{MacAddr, NetConfig};
 use crate::devices::virtio::vsock::VsockConfig;
+use crate::snapshot::{self, fingerprint::Expect};
 use crate::vmm::{self, RestoreOptions, RunningVm};
 
 /// A VM whose agent answered, and what the host set up for it.
@@ -47,26 +48,72 @@ pub fn fits_template(config: &SandboxConfig) -> bool {
     config.warm && config.disks.is_empty() && config.nets.is_empty()
 }
 
-/// Start `config`'s VM, from `template` or a template found (or built) for it when it
-/// fits one, else by booting; then reach its agent.
+/// Where `config` starts from, given a template the caller chose (if any).
+pub(super) fn origin_for<'a>(config: &SandboxConfig, template: Option<&'a Template>) -> Origin<'a> {
+    match template {
+        Some(t) => Origin::Template(Some(t)),
+        None if fits_template(config) => Origin::Template(None),
+        None => Origin::Boot,
+    }
+}
+
+/// Where a sandbox's VM comes from.
+pub(super) enum Origin<'a> {
+    /// A boot of the kernel.
+    Boot,
+    /// A template: this one, or the one for the sandbox's vCPUs and RAM (found or built).
+    Template(Option<&'a Template>),
+    /// A sandbox snapshot's VM (its `vm` folder).
+    Snapshot(&'a Path),
+}
+
+/// Start `config`'s VM from `origin`, then reach its agent (and, for a restored VM,
+/// give it its identity).
 pub(super) fn launch(
     config: &SandboxConfig,
     paths: LaunchPaths<'_>,
-    template: Option<&Template>,
+    origin: Origin<'_>,
 ) -> Result<Launched, SandboxError> {
     let uds = paths.runtime.join("vsock.sock");
     let deadline = Instant::now() + config.boot_timeout;
-    let (vm, warm, mac) = if fits_template(config) || template.is_some() {
-        let (vm, mac) = restore(config, &paths, uds.clone(), template)?;
-        (vm, true, mac)
-    } else {
-        let vm_config = config::vm_config(
-            config,
-            paths.initrd.clone(),
-            uds.clone(),
-            paths.scratch.clone(),
-        );
-        (vmm::start(&vm_config)?, false, None)
+    let (vm, warm, mac) = match origin {
+        Origin::Boot => {
+            let vm_config = config::vm_config(
+                config,
+                paths.initrd.clone(),
+                uds.clone(),
+                paths.scratch.clone(),
+            );
+            (vmm::start(&vm_config)?, false, None)
+        }
+        Origin::Template(template) => {
+            let spec = template_spec(config, paths.initrd.clone());
+            let found;
+            let template = match template {
+                Some(t) => t,
+                None => {
+                    found = Template::ensure(&spec)?;
+                    &found
+                }
+            };
+            let expect = template.expect(&spec);
+            let (vm, mac) = restore(
+                config,
+                &paths,
+                uds.clone(),
+                &template.snapshot_dir(),
+                &expect,
+            )?;
+            (vm, true, mac)
+        }
+        Origin::Snapshot(dir) => {
+            let expect = Expect {
+                agent_digest: Some(super::template::agent_digest(&paths.initrd)),
+                ..Expect::default()
+            };
+            let (vm, mac) = restore(config, &paths, uds.clone(), dir, &expect)?;
+            (vm, true, mac)
+        }
     };
     let vm_running = Instant::now();
     let link = (config.network)
@@ -116,45 +163,47 @@ pub fn template_spec(config: &SandboxConfig, initrd: PathBuf) -> TemplateSpec {
     }
 }
 
-/// Restore the template's VM with the sandbox's own image, scratch disk, card and
-/// socket; the MAC given to a plugged card.
+/// Restore the VM of the snapshot in `dir` with the sandbox's own image, scratch
+/// disk, card and socket; the MAC given to a plugged card.
 fn restore(
     config: &SandboxConfig,
     paths: &LaunchPaths<'_>,
     uds: PathBuf,
-    template: Option<&Template>,
+    dir: &Path,
+    expect: &Expect,
 ) -> Result<(RunningVm, Option<MacAddr>), SandboxError> {
-    let spec = template_spec(config, paths.initrd.clone());
-    let found;
-    let template = match template {
-        Some(t) => t,
-        None => {
-            found = Template::ensure(&spec)?;
-            &found
-        }
-    };
-    let empty = paths.runtime.join("empty.img");
-    if paths.scratch.is_none() {
-        std::fs::write(&empty, b"").map_err(|e| SandboxError::Runtime {
-            dir: paths.runtime.to_path_buf(),
-            source: e,
-        })?;
+    let loaded = snapshot::load(dir, expect)?;
+    let saved = &loaded.file.state.config;
+    let mut disks = BTreeMap::from([(IMAGE_SLOT, config.image.fs_image.clone())]);
+    if saved.disks.len() > SCRATCH_SLOT {
+        let scratch = match &paths.scratch {
+            Some(scratch) => scratch.clone(),
+            None => {
+                let empty = paths.runtime.join("empty.img");
+                std::fs::write(&empty, b"").map_err(|e| SandboxError::Runtime {
+                    dir: paths.runtime.to_path_buf(),
+                    source: e,
+                })?;
+                empty
+            }
+        };
+        disks.insert(SCRATCH_SLOT, scratch);
     }
-    let scratch = paths.scratch.clone().unwrap_or(empty);
-    let mac = config.network.then(MacAddr::random);
-    let card = match mac {
-        Some(mac) => NetConfig {
-            mac: Some(mac),
-            ..NetConfig::default()
-        },
-        None => NetConfig::unplugged(),
-    };
+    let mac = (config.network && !saved.nets.is_empty()).then(MacAddr::random);
+    let mut nets = BTreeMap::new();
+    if !saved.nets.is_empty() {
+        let card = match mac {
+            Some(mac) => NetConfig {
+                mac: Some(mac),
+                ..NetConfig::default()
+            },
+            None => NetConfig::unplugged(),
+        };
+        nets.insert(NET_SLOT, card);
+    }
     let options = RestoreOptions {
-        disks: BTreeMap::from([
-            (IMAGE_SLOT, config.image.fs_image.clone()),
-            (SCRATCH_SLOT, scratch),
-        ]),
-        nets: BTreeMap::from([(NET_SLOT, card)]),
+        disks,
+        nets,
         vsock: Some(VsockConfig {
             cid: GUEST_CID,
             uds,
@@ -162,7 +211,10 @@ fn restore(
         console: config.console.clone(),
         paused: false,
     };
-    Ok((template.restore_vm(&spec, &options)?, mac))
+    Ok((
+        vmm::restore(&loaded.file.state, loaded.memory, &options)?,
+        mac,
+    ))
 }
 
 /// Tell a restored guest who it is (see `Message::Restored`) and wait for its answer.

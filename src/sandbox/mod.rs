@@ -24,6 +24,7 @@ mod demux;
 pub mod initramfs;
 pub mod launch;
 pub mod net;
+mod persist;
 mod process;
 pub mod scratch;
 pub mod signals;
@@ -40,13 +41,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use husk_protocol::{write_message, ImageSpec, Message, WritableLayer};
+use husk_protocol::{write_message, ImageSpec, Message, ProcessId, WritableLayer};
 
 pub use husk_protocol::Limits as ContainerLimits;
 
 pub use config::{RunSpec, SandboxBuilder, SandboxConfig, SandboxImage};
 pub use demux::Sink;
 pub use husk_protocol::{ExitStatus, TtySize};
+pub use persist::{RestoreSandbox, SandboxSnapshot, SnapshotReport};
 pub use process::Process;
 pub use stdio::{Buffer, Stdio};
 pub use template::Template;
@@ -238,6 +240,37 @@ pub struct Sandbox {
     container_env: Mutex<HashMap<String, Vec<String>>>,
     /// Where containers' writable layers go (tmpfs, or the scratch disk).
     writable_layer: WritableLayer,
+    /// The scratch disk's file, if any.
+    scratch: Option<PathBuf>,
+}
+
+/// What a sandbox is made of besides its VM and agent connection.
+struct Assembly {
+    id: String,
+    image: SandboxImage,
+    runtime: tempfile::TempDir,
+    scratch: Option<PathBuf>,
+    marks: Marks,
+    containers: u32,
+    container_env: HashMap<String, Vec<String>>,
+}
+
+/// The sandbox's runtime folder (sockets, scratch disk), removed when it ends.
+fn runtime_dir(config: &SandboxConfig, id: &str) -> Result<tempfile::TempDir, SandboxError> {
+    let root = config.runtime_parent.clone().unwrap_or_else(runtime_root);
+    tempfile::Builder::new()
+        .prefix(&format!("husk-{id}-"))
+        .tempdir_in(&root)
+        .map_err(|source| SandboxError::Runtime { dir: root, source })
+}
+
+/// The agent initramfs for `config`'s agent (built once per agent, cached).
+fn agent_initrd(config: &SandboxConfig) -> Result<PathBuf, SandboxError> {
+    let agent = match &config.agent {
+        Some(p) => p.clone(),
+        None => agent::agent_binary()?,
+    };
+    agent::agent_initramfs(&agent, &crate::kernel::cache_root().join("initramfs"))
 }
 
 impl Sandbox {
@@ -262,20 +295,8 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         let created = Instant::now();
         let id = new_id();
-        let runtime_root = config.runtime_parent.clone().unwrap_or_else(runtime_root);
-        let runtime = tempfile::Builder::new()
-            .prefix(&format!("husk-{id}-"))
-            .tempdir_in(&runtime_root)
-            .map_err(|source| SandboxError::Runtime {
-                dir: runtime_root,
-                source,
-            })?;
-        let agent = match &config.agent {
-            Some(p) => p.clone(),
-            None => agent::agent_binary()?,
-        };
-        let initrd =
-            agent::agent_initramfs(&agent, &crate::kernel::cache_root().join("initramfs"))?;
+        let runtime = runtime_dir(&config, &id)?;
+        let initrd = agent_initrd(&config)?;
         let initramfs_ready = Instant::now();
         let scratch = (config.scratch_disk_mib)
             .map(|mib| scratch::create(runtime.path(), mib))
@@ -286,37 +307,75 @@ impl Sandbox {
             scratch: scratch.clone(),
             hostname: format!("husk-{id}"),
         };
-        let launched = launch::launch(&config, paths, template)?;
-        let agent_ready = Instant::now();
+        let launched = launch::launch(&config, paths, launch::origin_for(&config, template))?;
+        let marks = Marks {
+            created,
+            initramfs_ready,
+            vm_running: launched.vm_running,
+            agent_ready: Instant::now(),
+            ..Marks::default()
+        };
+        let parts = Assembly {
+            id,
+            image: config.image,
+            runtime,
+            scratch,
+            marks,
+            containers: 0,
+            container_env: HashMap::new(),
+        };
+        Ok(Self::assemble(parts, launched, Vec::new())?.0)
+    }
+
+    /// A sandbox around a launched VM, with routes for `adopt`ed processes that already
+    /// run in it (a restored snapshot's).
+    fn assemble(
+        parts: Assembly,
+        launched: launch::Launched,
+        adopt: Vec<(ProcessId, String, Sink, Sink)>,
+    ) -> Result<(Self, Vec<Process>), SandboxError> {
         let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
         let conn = launched.conn;
         let writer = Arc::new(Mutex::new(conn.try_clone().map_err(io)?));
-        let (demux, reader) =
-            demux::Demux::start(conn.try_clone().map_err(io)?, writer).map_err(io)?;
+        let (containers, routes): (Vec<String>, Vec<_>) = adopt
+            .into_iter()
+            .map(|(p, container, out, err)| (container, (p, out, err)))
+            .unzip();
+        let (demux, reader, accepted) =
+            demux::Demux::start_adopting(conn.try_clone().map_err(io)?, writer, routes)
+                .map_err(io)?;
         let conn = Arc::new(conn);
         watch_vm(launched.vm.exit_watch(), &demux, &conn).map_err(io)?;
-        Ok(Self {
-            id,
-            image: config.image,
+        let processes = accepted
+            .into_iter()
+            .zip(containers)
+            .map(|(a, container)| Process {
+                id: a.process,
+                container,
+                exit: Mutex::new(a.exit),
+                ended: std::sync::OnceLock::new(),
+                demux: demux.clone(),
+                started: Instant::now(),
+            })
+            .collect();
+        let sandbox = Self {
+            id: parts.id,
+            image: parts.image,
             vm: Mutex::new(Some(launched.vm)),
             warm: launched.warm,
             conn,
             demux,
             reader: Mutex::new(Some(reader)),
             current: Arc::new(AtomicU32::new(0)),
-            marks: Mutex::new(Marks {
-                created,
-                initramfs_ready,
-                vm_running: launched.vm_running,
-                agent_ready,
-                ..Marks::default()
-            }),
-            runtime_path: runtime.path().to_path_buf(),
-            runtime: Mutex::new(Some(runtime)),
-            containers: AtomicU32::new(0),
-            container_env: Mutex::default(),
-            writable_layer: scratch::writable_layer(scratch.as_deref()),
-        })
+            marks: Mutex::new(parts.marks),
+            runtime_path: parts.runtime.path().to_path_buf(),
+            runtime: Mutex::new(Some(parts.runtime)),
+            containers: AtomicU32::new(parts.containers),
+            container_env: Mutex::new(parts.container_env),
+            writable_layer: scratch::writable_layer(parts.scratch.as_deref()),
+            scratch: parts.scratch,
+        };
+        Ok((sandbox, processes))
     }
 
     /// Whether this sandbox started from a template.

@@ -287,15 +287,9 @@ impl Template {
         Ok(Self { dir, info })
     }
 
-    /// Restore this template's VM with `options` (the sandbox's own disks, card and
-    /// socket), checking that it was made for `spec`.
-    pub(super) fn restore_vm(
-        &self,
-        spec: &TemplateSpec,
-        options: &vmm::RestoreOptions,
-    ) -> Result<vmm::RunningVm, SandboxError> {
-        let expect = spec.expect(&self.info.kernel_sha256);
-        Ok(snapshot::restore(&self.snapshot_dir(), &expect, options)?)
+    /// What a restore of this template for `spec` must find in its snapshot.
+    pub(super) fn expect(&self, spec: &TemplateSpec) -> Expect {
+        spec.expect(&self.info.kernel_sha256)
     }
 }
 

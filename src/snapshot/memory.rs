@@ -6,16 +6,14 @@
 //! pages the guest never touched without faulting them in. RAM restored from a snapshot
 //! is read through its private mapping (untouched pages come from the old file's page
 //! cache).
-#![allow(unsafe_code, reason = "lseek(SEEK_DATA/SEEK_HOLE) has no safe wrapper")]
-
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
+use super::files::seek;
 use crate::memory::{Backing, GuestRam};
 
 /// Bytes read and written per step.
@@ -30,21 +28,6 @@ pub struct MemoryStats {
     pub total: u64,
     /// Bytes of non-zero pages written.
     pub written: u64,
-}
-
-/// The next data offset at or after `from` in `file`, or `None` past the last data.
-fn seek(file: &File, from: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let offset = libc::off_t::try_from(from).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: lseek only moves the file offset of a descriptor `file` owns.
-    let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
-    if at >= 0 {
-        return Ok(Some(at as u64));
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::ENXIO) => Ok(None),
-        _ => Err(err),
-    }
 }
 
 fn is_zero(page: &[u8]) -> bool {

@@ -8,6 +8,7 @@
 //! DIR/memory   guest RAM, as large as it, with holes for zero pages
 //! ```
 
+pub mod files;
 pub mod fingerprint;
 pub mod format;
 pub mod memory;

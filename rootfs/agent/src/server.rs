@@ -118,6 +118,11 @@ pub fn handle_connection<C: Connection>(
                 break;
             }
         };
+        // Frames held since an earlier connection was lost go out before the answer to
+        // this host's first request, except Restored, whose answer comes first.
+        if !matches!(message, Message::Restored { .. }) {
+            outbox.release();
+        }
         if dispatch(message, agent, outbox) == Some(Outcome::Shutdown) {
             return Outcome::Shutdown;
         }
@@ -249,7 +254,8 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
                     Message::Error { message }
                 }
             };
-            outbox.send(&reply);
+            outbox.send_now(&reply);
+            outbox.release();
         }
         Message::Shutdown => return Some(Outcome::Shutdown),
         other => {

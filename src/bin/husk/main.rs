@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use boot::BootArgs;
 use images::{ImageCommand, KernelCommand};
 use run::RunArgs;
-use sandboxes::ExecArgs;
+use sandboxes::{ExecArgs, SnapshotCommand};
 use templates::TemplateCommand;
 
 /// husk: a tiny KVM micro-VM monitor that runs containers inside the guest.
@@ -71,6 +71,32 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Pause detached sandboxes: their guests stop running until `husk resume`.
+    Pause {
+        /// The sandboxes.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Let paused sandboxes run again.
+    Resume {
+        /// The sandboxes.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Clone a running detached sandbox: the new one starts with a copy of its memory,
+    /// its container's processes and its writable layer, and an identity of its own
+    /// (hostname, MAC, address, vsock socket); the original runs on.
+    Fork {
+        /// The sandbox to clone.
+        #[arg(value_name = "NAME")]
+        source: String,
+        /// The new sandbox's name [default: husk-XXXXXXXX].
+        #[arg(long = "name", value_name = "NEW")]
+        new_name: Option<String>,
+    },
+    /// Save a detached sandbox to a folder, or start one from such a folder.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Remove ended detached sandboxes (their state and logs).
     Rm {
         /// Stop running ones first (no grace time).
@@ -131,6 +157,10 @@ fn main() -> ExitCode {
         Command::Logs { follow, name } => sandboxes::logs(&name, follow),
         Command::Stop { time, names } => sandboxes::stop(&names, time),
         Command::Rm { force, names } => sandboxes::rm(&names, force),
+        Command::Pause { names } => sandboxes::pause(&names, true),
+        Command::Resume { names } => sandboxes::pause(&names, false),
+        Command::Fork { source, new_name } => sandboxes::fork(&source, new_name),
+        Command::Snapshot(cmd) => sandboxes::snapshot(cmd),
         Command::Monitor { dir } => husk::detached::monitor(&dir),
         Command::Image(cmd) => images::image(cmd),
         Command::Template(cmd) => templates::template(cmd),

@@ -234,6 +234,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             remove_on_exit: args.rm,
             timeout: args.timeout.map(std::time::Duration::from_secs),
             warm: !args.cold,
+            restore: None,
         };
         let husk = std::env::current_exe()?;
         let dir = husk::detached::launch(&request, &husk)?;

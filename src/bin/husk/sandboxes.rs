@@ -1,6 +1,8 @@
 //! The commands on detached sandboxes: `exec`, `ps`, `logs`, `stop`, `rm`.
 
-use clap::Args;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
 
 use crate::run::{forward_signals, tty_setup, ProcessArgs};
 use crate::{render, CliResult};
@@ -161,4 +163,54 @@ pub(crate) fn rm(names: &[String], force: bool) -> CliResult {
         }
         dir.remove()
     })
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SnapshotCommand {
+    /// Save the running detached sandbox NAME into the new folder DIR: its VM (memory
+    /// and state), its scratch disk and how to run it. It is paused meanwhile.
+    Create {
+        /// The sandbox.
+        name: String,
+        /// The folder to create.
+        dir: PathBuf,
+    },
+    /// Start a detached sandbox from DIR (made by `husk snapshot create`, by any husk
+    /// process, gone or not): its processes run on from where they were.
+    Restore {
+        /// The snapshot folder.
+        dir: PathBuf,
+        /// The new sandbox's name [default: husk-XXXXXXXX].
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+pub(crate) fn pause(names: &[String], pause: bool) -> CliResult {
+    let verb = if pause { "pause" } else { "resume" };
+    each_sandbox(names, verb, |name| {
+        husk::detached::pause_or_resume(name, pause).map(drop)
+    })
+}
+
+pub(crate) fn fork(name: &str, new_name: Option<String>) -> CliResult {
+    let husk = std::env::current_exe()?;
+    let dir = husk::detached::fork(name, new_name, &husk)?;
+    println!("{}", dir.name());
+    Ok(())
+}
+
+pub(crate) fn snapshot(cmd: SnapshotCommand) -> CliResult {
+    match cmd {
+        SnapshotCommand::Create { name, dir } => {
+            let detail = husk::detached::snapshot_create(&name, &dir)?;
+            eprintln!("husk: {name} saved to {} ({detail})", dir.display());
+        }
+        SnapshotCommand::Restore { dir, name } => {
+            let husk = std::env::current_exe()?;
+            let sandbox = husk::detached::restore_snapshot(&dir, name, &husk)?;
+            println!("{}", sandbox.name());
+        }
+    }
+    Ok(())
 }
