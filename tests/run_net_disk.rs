@@ -6,21 +6,17 @@
 //! shared libraries and dynamic loader, behind a wrapper on the script's PATH.
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::run_sandbox_script;
+use common::{mkfs_ext4_files, run_sandbox_script, MKFS_EXT4_ON_PATH};
 
 const CHECKS: &str = r#"
 tar xf store.tar
 export HUSK_DATA_DIR=$PWD/store TMPDIR=$PWD/tmp
-mkdir tmp bin
-cat > bin/mkfs.ext4 <<WRAPPER
-#!/bin/sh
-exec $PWD/e2fs/ld.so --library-path $PWD/e2fs $PWD/e2fs/mkfs.ext4 "\$@"
-WRAPPER
-chmod 755 bin/mkfs.ext4
-export PATH=$PWD/bin:$PATH
+mkdir tmp
+"#;
+
+const CHECKS_AFTER_SETUP: &str = r#"
 # A hung guest fails its run in 5 minutes with the guest's last output (exit 124),
 # not the whole test host at its own timeout.
 R="./husk run --kernel vmlinux --timeout 300"
@@ -91,39 +87,6 @@ echo "husk-processes-left=$left"
 echo "tmp-left=$(ls -A tmp | tr '\n' ' ')"
 "#;
 
-/// This machine's mkfs.ext4, its libraries and the dynamic loader, as `run_script`
-/// files under `e2fs/` (the loader as `e2fs/ld.so`).
-fn mkfs_ext4_files() -> Vec<(PathBuf, String)> {
-    let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .expect("mkfs.ext4 not found: install e2fsprogs");
-    let real = mkfs.canonicalize().expect("resolve mkfs.ext4");
-    let ldd = Command::new("ldd").arg(&real).output().expect("run ldd");
-    assert!(ldd.status.success(), "ldd {}", real.display());
-    let mut files = vec![(real, "e2fs/mkfs.ext4".to_string())];
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        // "libx.so => /path (0x...)" for a library, "/path (0x...)" for the loader.
-        let (path, name) = match line.split_once("=> ") {
-            Some((_, rest)) => {
-                let path = rest.split_whitespace().next().unwrap_or_default();
-                let base = Path::new(path).file_name().unwrap_or_default();
-                (path, format!("e2fs/{}", base.to_string_lossy()))
-            }
-            None => (
-                line.split_whitespace().next().unwrap_or_default(),
-                "e2fs/ld.so".to_string(),
-            ),
-        };
-        if path.starts_with('/') {
-            let real = Path::new(path).canonicalize().expect("resolve a library");
-            files.push((real, name));
-        }
-    }
-    files
-}
-
 fn number(value: Option<&str>) -> u64 {
     value.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
@@ -135,7 +98,8 @@ fn run_with_scratch_disk_and_network_reaches_the_host_and_cleans_up() {
         .iter()
         .map(|(p, n)| (p.as_path(), n.as_str()))
         .collect();
-    let out = run_sandbox_script(CHECKS, &files);
+    let script = format!("{CHECKS}{MKFS_EXT4_ON_PATH}{CHECKS_AFTER_SETUP}");
+    let out = run_sandbox_script(&script, &files);
     // --disk: the root's size is the 64 MiB disk's (less ext4's metadata), not a tmpfs's.
     assert_eq!(out.value("disk1-status"), Some("0"), "{out}");
     let df_total = number(out.value("disk1-df-total-kib"));

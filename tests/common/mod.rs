@@ -463,3 +463,48 @@ pub fn store_tar(dir: &WorkDir) -> PathBuf {
     tar.finish().expect("finish store.tar");
     tar_path
 }
+
+/// Shell lines that put the `mkfs.ext4` of [`mkfs_ext4_files`] on the script's PATH
+/// (the test host has no e2fsprogs).
+pub const MKFS_EXT4_ON_PATH: &str = r#"
+mkdir -p bin
+cat > bin/mkfs.ext4 <<WRAPPER
+#!/bin/sh
+exec $PWD/e2fs/ld.so --library-path $PWD/e2fs $PWD/e2fs/mkfs.ext4 "\$@"
+WRAPPER
+chmod 755 bin/mkfs.ext4
+export PATH=$PWD/bin:$PATH
+"#;
+
+/// This machine's mkfs.ext4, its libraries and the dynamic loader, as `run_script`
+/// files under `e2fs/` (the loader as `e2fs/ld.so`).
+pub fn mkfs_ext4_files() -> Vec<(PathBuf, String)> {
+    let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("mkfs.ext4 not found: install e2fsprogs");
+    let real = mkfs.canonicalize().expect("resolve mkfs.ext4");
+    let ldd = Command::new("ldd").arg(&real).output().expect("run ldd");
+    assert!(ldd.status.success(), "ldd {}", real.display());
+    let mut files = vec![(real, "e2fs/mkfs.ext4".to_string())];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libx.so => /path (0x...)" for a library, "/path (0x...)" for the loader.
+        let (path, name) = match line.split_once("=> ") {
+            Some((_, rest)) => {
+                let path = rest.split_whitespace().next().unwrap_or_default();
+                let base = Path::new(path).file_name().unwrap_or_default();
+                (path, format!("e2fs/{}", base.to_string_lossy()))
+            }
+            None => (
+                line.split_whitespace().next().unwrap_or_default(),
+                "e2fs/ld.so".to_string(),
+            ),
+        };
+        if path.starts_with('/') {
+            let real = Path::new(path).canonicalize().expect("resolve a library");
+            files.push((real, name));
+        }
+    }
+    files
+}

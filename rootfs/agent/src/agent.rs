@@ -221,6 +221,31 @@ impl Agent {
         }
     }
 
+    /// Gives every container named `old` (the hostname the guest had) the hostname
+    /// `new`: a guest restored from a snapshot is a new sandbox, its containers too.
+    /// Each rename runs on a thread of its own, which joins the container's UTS
+    /// namespace for the call (setns changes only the calling thread's).
+    pub fn rename_containers(&self, old: &str, new: &str) -> Result<(), AgentError> {
+        let mut containers = self.containers();
+        for container in containers.values_mut().filter(|c| c.hostname == old) {
+            let path = format!("/proc/{}/ns/uts", container.init_pid);
+            let ns = File::open(&path).map_err(io_err(format!("open {path}")))?;
+            let name = new.to_string();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUTS)?;
+                nix::unistd::sethostname(&name)?;
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the renaming thread panicked")))
+            .map_err(io_err(format!(
+                "set the hostname of the container in {path}"
+            )))?;
+            container.hostname = new.to_string();
+        }
+        Ok(())
+    }
+
     /// Starts a process in the running container `container_id`; sends Started and
     /// returns its process id.
     pub fn exec(

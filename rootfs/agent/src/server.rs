@@ -246,10 +246,19 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
                 hostname: &hostname,
                 disks: &disks,
             };
-            let reply = match crate::restore::apply(&identity) {
+            let old = nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let applied = crate::restore::apply(&identity)
+                .map_err(|e| error_chain(&e))
+                .and_then(|()| {
+                    agent
+                        .rename_containers(&old, &hostname)
+                        .map_err(|e| error_chain(&e))
+                });
+            let reply = match applied {
                 Ok(()) => Message::RestoredAck { generation },
-                Err(e) => {
-                    let message = error_chain(&e);
+                Err(message) => {
                     crate::console::log(&message);
                     Message::Error { message }
                 }
