@@ -243,7 +243,11 @@ struct BootArgs {
     nets: Vec<NetConfig>,
     /// Add a virtio-vsock device with guest CID N; host programs reach the guest through
     /// the Unix socket PATH (`CONNECT <port>`), guest connections to port P reach PATH_P.
-    #[arg(long, value_name = "cid=N,uds=PATH")]
+    /// `max_sockets` bounds the host sockets the guest can make husk hold at once
+    /// (connections either way and host clients before their CONNECT line; default
+    /// 128, at most 1024): guest connections beyond it are refused (RST), host clients
+    /// wait until one closes.
+    #[arg(long, value_name = "cid=N,uds=PATH[,max_sockets=N]")]
     vsock: Option<VsockConfig>,
     /// Leave out the virtio entropy device.
     #[arg(long)]
@@ -851,4 +855,20 @@ fn rm(names: &[String], force: bool) -> CliResult {
         }
         dir.remove()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use husk::devices::virtio::vsock::{DEFAULT_MAX_SOCKETS, MAX_SOCKETS_LIMIT};
+
+    #[test]
+    fn boot_help_states_the_vsock_budget_the_library_uses() {
+        let mut cli = super::Cli::command();
+        let boot = cli.find_subcommand_mut("boot").expect("a boot command");
+        let help = boot.render_long_help().to_string();
+        let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let budget = format!("default {DEFAULT_MAX_SOCKETS}, at most {MAX_SOCKETS_LIMIT}");
+        assert!(words.contains(&budget), "{help}");
+    }
 }

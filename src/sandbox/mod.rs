@@ -799,10 +799,7 @@ fn vm_config(
         console: config.console.clone(),
         disks,
         nets,
-        vsock: Some(VsockConfig {
-            cid: GUEST_CID,
-            uds,
-        }),
+        vsock: Some(VsockConfig::new(GUEST_CID, uds)),
         ..VmConfig::new(config.kernel.clone())
     }
 }

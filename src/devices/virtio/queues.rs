@@ -123,6 +123,19 @@ impl QueueSet {
         self.broken = false;
     }
 
+    /// The notify eventfds of the current activation, in queue order.
+    pub fn events(&self) -> &[EventFd] {
+        &self.evts
+    }
+
+    /// Take every notify eventfd (current and stale) out of the set, for a device that
+    /// watches them itself and closes them at its reset; the set then holds none.
+    pub fn take_events(&mut self) -> Vec<EventFd> {
+        let mut all = std::mem::take(&mut self.evts);
+        all.append(&mut self.stale);
+        all
+    }
+
     /// Active and not broken.
     pub fn is_running(&self) -> bool {
         self.active.is_some() && !self.broken
