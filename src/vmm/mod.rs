@@ -6,6 +6,7 @@
 
 pub mod devices;
 pub mod exit;
+pub mod fd_limit;
 pub mod guest_log;
 pub mod vcpu;
 pub mod vcpu_state;
@@ -100,6 +101,9 @@ pub enum VmError {
     /// A virtio device could not be created or wired.
     #[error(transparent)]
     Device(#[from] devices::DeviceError),
+    /// The process has no room for this VM's file descriptors.
+    #[error(transparent)]
+    Descriptors(#[from] fd_limit::FdLimitError),
 }
 
 fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -130,6 +134,8 @@ pub struct RunningVm {
     // Kept alive for the VM's lifetime: dropping them closes the VM and its memory.
     _vm: VmFd,
     _ram: GuestRam,
+    /// This VM's share of the process's descriptor limit, given back last.
+    fds: fd_limit::FdReservation,
 }
 
 /// How a VM run ended, and what it cost.
@@ -198,6 +204,9 @@ fn warm_flag(memory: &GuestMemoryMmap) -> u16 {
 pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
     let started = Instant::now();
     config.validate()?;
+    // Before anything of the VM exists, its share of the descriptor limit, so VMs in
+    // one process cannot exhaust it together (a guest's vsock budget included).
+    let fds = fd_limit::reserve(fd_limit::vm_fds(config))?;
     // Everything that only reads the user's input comes before KVM, so a bad kernel or
     // initrd is named even on a host without /dev/kvm.
     let ram = crate::memory::create(config.memory_mib)?;
@@ -255,6 +264,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
         taps,
         _vm: vm,
         _ram: ram,
+        fds,
     };
     for vcpu in vcpus {
         running.spawn_vcpu(vcpu)?;
@@ -426,6 +436,12 @@ impl RunningVm {
             })?;
         self.profiler = Some(handle);
         Ok(())
+    }
+
+    /// The file descriptors this VM reserved of the process's limit: the most it can
+    /// hold at once (see [`fd_limit::vm_fds`]).
+    pub fn reserved_fds(&self) -> usize {
+        self.fds.fds()
     }
 
     /// A handle to stop this VM from another thread.

@@ -67,6 +67,13 @@ pub struct QueueSet {
 }
 
 impl QueueSet {
+    /// File descriptors a set of `queues` queues may hold at once: the activation
+    /// eventfd, and the notify eventfd clones of the current and of the previous
+    /// activation (kept until the loop has unregistered them).
+    pub const fn max_fds(queues: usize) -> usize {
+        1 + 2 * queues
+    }
+
     /// An inactive set for device `name` with queues of `max_sizes`.
     pub fn new(name: &'static str, max_sizes: &[u16]) -> Result<Self, VirtioError> {
         Ok(Self {

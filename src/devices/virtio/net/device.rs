@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::config::{MacAddr, NetConfig};
 use super::queues::{self, RxState};
 use super::tap::{Tap, TapError};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::queues::QueueSet;
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VirtioError, TYPE_NET, VIRTIO_RING_F_EVENT_IDX,
@@ -56,6 +57,10 @@ pub struct Net {
 }
 
 impl Net {
+    /// File descriptors the device and its virtio-mmio transport hold at most: the
+    /// TAP, the queue set and the transport's eventfds (two queues).
+    pub const MAX_FDS: usize = 1 + QueueSet::max_fds(2) + MmioTransport::max_fds(2);
+
     /// Open (or create) the TAP of `config` and pick the MAC.
     pub fn new(config: NetConfig) -> Result<Self, NetError> {
         let tap = Tap::open(config.tap.as_deref())?;

@@ -13,6 +13,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::config::{VsockConfig, VsockConfigError};
 use super::muxer::{Muxer, MuxerError};
 use crate::devices::virtio::descriptor::Chain;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::queues::{add_used, pop, Drained, QueueError, QueueSet};
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VirtioError, TYPE_VSOCK, VIRTIO_RING_F_EVENT_IDX,
@@ -20,6 +21,7 @@ use crate::devices::virtio::{
 
 /// Size of each of the three queues.
 pub const QUEUE_SIZE: u16 = 256;
+const QUEUES: usize = 3;
 pub(super) const RX: usize = 0;
 pub(super) const TX: usize = 1;
 pub(super) const EVENT: usize = 2;
@@ -72,6 +74,16 @@ pub struct Vsock {
 }
 
 impl Vsock {
+    /// File descriptors a device built from `config` and its virtio-mmio transport
+    /// hold at most: the listener, the timer, the device's epoll, the queue set's
+    /// activation eventfd, the queue eventfd clones (closed at reset, so one
+    /// activation's worth), the transport's eventfds, and the host sockets the guest
+    /// may make it hold (the budget).
+    pub fn max_fds(config: &VsockConfig) -> usize {
+        let own = 3 + 1 + QUEUES;
+        own + MmioTransport::max_fds(QUEUES) + config.max_sockets
+    }
+
     /// Listen on `config.uds` for a guest with CID `config.cid`.
     pub fn new(config: VsockConfig) -> Result<Self, VsockError> {
         config.validate()?;
@@ -83,7 +95,7 @@ impl Vsock {
             .watch(timer.as_raw_fd(), TIMER_TOKEN, EventSet::IN)
             .map_err(VsockError::WatchTimer)?;
         Ok(Self {
-            queues: QueueSet::new("vsock", &[QUEUE_SIZE; 3])?,
+            queues: QueueSet::new("vsock", &[QUEUE_SIZE; QUEUES])?,
             muxer,
             timer,
             state: VsockState {
