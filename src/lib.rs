@@ -16,6 +16,9 @@ pub mod profile;
 pub mod sandbox;
 pub mod vmm;
 
+#[cfg(test)]
+pub(crate) mod test_log;
+
 pub use sandbox::{
     ExitStatus, Process, RunSpec, Sandbox, SandboxBuilder, SandboxConfig, SandboxError,
     SandboxImage, Stdio,

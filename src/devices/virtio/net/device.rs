@@ -64,6 +64,11 @@ impl Net {
     /// Open (or create) the TAP of `config` and pick the MAC.
     pub fn new(config: NetConfig) -> Result<Self, NetError> {
         let tap = Tap::open(config.tap.as_deref())?;
+        Self::with_tap(config, tap)
+    }
+
+    /// A device on `tap`, already open.
+    pub(crate) fn with_tap(config: NetConfig, tap: Tap) -> Result<Self, NetError> {
         let state = NetState {
             tap_name: tap.name().to_string(),
             mac: config.mac.unwrap_or_else(MacAddr::random),

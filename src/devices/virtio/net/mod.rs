@@ -10,6 +10,8 @@ mod device;
 mod event_handler;
 mod queues;
 mod tap;
+#[cfg(test)]
+mod transport_tests;
 
 pub use config::{MacAddr, NetConfig, NetConfigError};
 pub use device::{Net, NetError, NetState, QUEUE_SIZE};
