@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use husk::devices::virtio::block::{self, BlockConfig, Disk};
 use husk::devices::virtio::net;
 use husk::devices::virtio::rng;
-use husk::devices::virtio::vsock::{FdChange, Header, Muxer, VsockConfig, HDR_LEN, HOST_CID};
+use husk::devices::virtio::vsock::{
+    Header, Muxer, VsockConfig, FIRST_STREAM_TOKEN, HDR_LEN, HOST_CID,
+};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -227,16 +229,18 @@ fn write_pkt(mem: &GuestMemoryMmap, at: u64, op: u16, len: u32) {
         .expect("hdr");
 }
 
+/// The token of the newest host socket that is ready (a new one is writable at once).
+fn stream_token(muxer: &Muxer) -> Option<u32> {
+    let ready = muxer.ready().into_iter().map(|(token, _)| token);
+    ready.filter(|&t| t >= FIRST_STREAM_TOKEN).max()
+}
+
 fn bench_vsock_tx(size: u32) {
     let mem = memory();
     let uds = format!("/tmp/husk-bench-vsock-{}.sock", std::process::id());
     let received = Arc::new(AtomicU64::new(0));
     let host = vsock_host(&uds, received.clone());
-    let mut muxer = Muxer::new(&VsockConfig {
-        cid: 3,
-        uds: uds.clone().into(),
-    })
-    .expect("muxer");
+    let mut muxer = Muxer::new(&VsockConfig::new(3, uds.clone())).expect("muxer");
     let mut tx = Ring::new(&mem, 0, 2, |c, j| match j {
         0 => (0x8000 + u64::from(c) * 64, HDR_LEN as u32, 0),
         _ => (data(c), size, 0),
@@ -248,10 +252,7 @@ fn bench_vsock_tx(size: u32) {
     write_pkt(&mem, 0x8000, 1, 0);
     tx.offer_all(&mem);
     muxer.process_tx(&mut txq, &mem).expect("connect");
-    let token = match muxer.take_fd_changes().pop() {
-        Some(FdChange::Add { token, .. }) => token,
-        _ => panic!("no connection to {uds}_52"),
-    };
+    let token = stream_token(&muxer).unwrap_or_else(|| panic!("no connection to {uds}_52"));
     // The RESPONSE tells the guest the host's buffer: never send more per batch.
     rx.offer_all(&mem);
     let got = muxer.process_rx(&mut rxq, &mem).expect("response").used;
@@ -336,10 +337,7 @@ fn vsock_rx_setup(
     let mut client = std::os::unix::net::UnixStream::connect(uds).expect("connect");
     std::io::Write::write_all(&mut client, b"CONNECT 1024\n").expect("connect line");
     muxer.accept();
-    let token = match muxer.take_fd_changes().pop() {
-        Some(FdChange::Add { token, .. }) => token,
-        _ => panic!("no host client on {uds}"),
-    };
+    let token = stream_token(muxer).unwrap_or_else(|| panic!("no host client on {uds}"));
     muxer.on_stream_event(token, true, false);
     rx.offer(mem, 1);
     muxer.process_rx(rxq, mem).expect("request");
@@ -376,11 +374,7 @@ fn guest_pkt(mem: &GuestMemoryMmap, op: u16, host_port: u32, fwd_cnt: u32) {
 fn bench_vsock_rx(buf: u32) {
     let mem = memory();
     let uds = format!("/tmp/husk-bench-vsock-rx-{}.sock", std::process::id());
-    let mut muxer = Muxer::new(&VsockConfig {
-        cid: 3,
-        uds: uds.clone().into(),
-    })
-    .expect("muxer");
+    let mut muxer = Muxer::new(&VsockConfig::new(3, uds.clone())).expect("muxer");
     let mut rx = Ring::new(&mem, 0x20000, 1, |c, _| {
         (0x100_0000 + u64::from(c) * 0x1_1000, buf, F_WRITE)
     });

@@ -18,6 +18,9 @@ pub mod sandbox;
 pub mod snapshot;
 pub mod vmm;
 
+#[cfg(test)]
+pub(crate) mod test_log;
+
 pub use sandbox::{
     ExitStatus, Process, RunSpec, Sandbox, SandboxBuilder, SandboxConfig, SandboxError,
     SandboxImage, Stdio,

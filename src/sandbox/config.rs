@@ -225,10 +225,7 @@ pub(super) fn vm_config(
         console: config.console.clone(),
         disks,
         nets,
-        vsock: Some(VsockConfig {
-            cid: GUEST_CID,
-            uds,
-        }),
+        vsock: Some(VsockConfig::new(GUEST_CID, uds)),
         ..VmConfig::new(config.kernel.clone())
     }
 }

@@ -204,10 +204,7 @@ fn restore(
     let options = RestoreOptions {
         disks,
         nets,
-        vsock: Some(VsockConfig {
-            cid: GUEST_CID,
-            uds,
-        }),
+        vsock: Some(VsockConfig::new(GUEST_CID, uds)),
         console: config.console.clone(),
         paused: false,
     };

@@ -392,10 +392,7 @@ fn template_config(spec: &TemplateSpec, dir: &Path, uds: PathBuf) -> VmConfig {
             disk("empty-scratch.img", false, "husk-scratch"),
         ],
         nets: vec![NetConfig::unplugged()],
-        vsock: Some(VsockConfig {
-            cid: super::GUEST_CID,
-            uds,
-        }),
+        vsock: Some(VsockConfig::new(super::GUEST_CID, uds)),
         ..VmConfig::new(spec.kernel.clone())
     }
 }

@@ -35,12 +35,15 @@ use super::persist::MicrovmState;
 use super::running::{Parts, SetupMarks};
 use super::vcpu::{ExitCounters, ExitSink, SaveContext, Vcpu, VcpuShared};
 use super::vstate::vcpu::xsave2_size;
-use super::{devices, hang_report, setup, RunningVm, VmError};
+use super::{devices, fd_limit, hang_report, setup, RunningVm, VmError};
 
 /// Build a VM from `config` and start its vCPUs.
 pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
     let started = Instant::now();
     config.validate()?;
+    // Before anything of the VM exists, its share of the descriptor limit, so VMs in
+    // one process cannot exhaust it together (a guest's vsock budget included).
+    let fds = fd_limit::reserve(fd_limit::vm_fds(config))?;
     // Everything that only reads the user's input comes before KVM, so a bad kernel or
     // initrd is named even on a host without /dev/kvm.
     let ram = crate::memory::create(config.memory_mib)?;
@@ -74,6 +77,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
         console,
         serial,
         config: config.clone(),
+        fds,
         started,
         setup: SetupMarks {
             guest_loaded,
@@ -145,6 +149,7 @@ pub fn restore(
     let started = Instant::now();
     let config = restore_config(&state.config, options)?;
     config.validate_resources()?;
+    let fds = fd_limit::reserve(fd_limit::vm_fds(&config))?;
     let ram = crate::memory::map_snapshot(memory, config.memory_mib)?;
     let mut mmio = Bus::new();
     let virtio = devices::create(&ram.memory, &mut mmio, &config)?;
@@ -174,6 +179,7 @@ pub fn restore(
         console,
         serial,
         config,
+        fds,
         started,
         setup: SetupMarks {
             guest_loaded,

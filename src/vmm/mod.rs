@@ -5,6 +5,7 @@
 pub mod builder;
 pub mod devices;
 pub mod exit;
+pub mod fd_limit;
 pub mod guest_log;
 pub mod hang_report;
 pub mod parking;
@@ -122,6 +123,9 @@ pub enum VmError {
     /// The VM is not in a state that allows the request.
     #[error("{0}")]
     State(String),
+    /// The process has no room for this VM's file descriptors.
+    #[error(transparent)]
+    Descriptors(#[from] fd_limit::FdLimitError),
 }
 
 fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {

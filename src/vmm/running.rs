@@ -21,7 +21,7 @@ use crate::profile::RipHistogram;
 use super::exit::{classify, ExitCause};
 use super::vcpu::{self, Vcpu, VcpuShared};
 use super::{
-    devices, guest_log, hang_report, warm_flag, ExitWatch, RunReport, Stopper, VmError,
+    devices, fd_limit, guest_log, hang_report, warm_flag, ExitWatch, RunReport, Stopper, VmError,
     FAILURE_LOG_LINES, PROFILE_INTERVAL, VCPU_STATE_TIMEOUT,
 };
 
@@ -49,6 +49,7 @@ pub(super) struct Parts {
     pub console: Arc<ConsoleLog>,
     pub serial: Arc<Mutex<SerialDevice>>,
     pub config: VmConfig,
+    pub fds: fd_limit::FdReservation,
     pub started: Instant,
     pub setup: SetupMarks,
 }
@@ -72,6 +73,8 @@ pub struct RunningVm {
     // Dropping these closes the VM and unmaps its memory; they go last.
     pub(super) vm: VmFd,
     pub(super) ram: GuestRam,
+    /// This VM's share of the process's descriptor limit, given back last.
+    fds: fd_limit::FdReservation,
 }
 
 impl RunningVm {
@@ -98,6 +101,7 @@ impl RunningVm {
             vm: parts.vm,
             ram: parts.ram,
             config: parts.config,
+            fds: parts.fds,
         };
         for vcpu in parts.vcpus {
             running.spawn_vcpu(vcpu)?;
@@ -181,6 +185,12 @@ impl RunningVm {
             })?;
         self.profiler = Some(handle);
         Ok(())
+    }
+
+    /// The file descriptors this VM reserved of the process's limit: the most it can
+    /// hold at once (see [`fd_limit::vm_fds`]).
+    pub fn reserved_fds(&self) -> usize {
+        self.fds.fds()
     }
 
     /// A handle to stop this VM from another thread.

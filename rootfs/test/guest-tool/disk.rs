@@ -40,6 +40,28 @@ fn open(path: &str, write: bool, direct: bool) -> io::Result<File> {
         .map_err(|e| io::Error::new(e.kind(), format!("open {path}: {e}")))
 }
 
+/// Waits until `path` starts with `text`, reading its first block with O_DIRECT every
+/// 200 ms (so a disk the host writes behind the guest's back is read afresh), for at
+/// most `patience`. A mailbox the host can write while the guest's vsock is busy.
+pub fn wait_for(path: &str, text: &str, patience: std::time::Duration) -> io::Result<()> {
+    let deadline = Instant::now() + patience;
+    let mut buf = AlignedBuf::new();
+    loop {
+        let mut file = open(path, false, true)?;
+        let n = file.read(buf.get(ALIGN))?;
+        if buf.get(ALIGN)[..n].starts_with(text.as_bytes()) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{path} did not start with {text:?} in time"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Reads up to `limit` bytes (all of it when `None`) from the start of `path`.
 pub fn read(path: &str, limit: Option<u64>, direct: bool, check: bool) -> io::Result<Transfer> {
     let mut file = open(path, false, direct)?;

@@ -8,6 +8,7 @@
 //! does with `--half-close`.
 
 mod disk;
+mod flood;
 mod pty;
 mod sock;
 mod stream;
@@ -23,6 +24,12 @@ usage: husk-guest-tool COMMAND ARGS [OPTIONS]
   vsock-connect CID PORT     connect over AF_VSOCK (CID 2 is the host)
   uds-connect PATH PORT      host side of husk's vsock: CONNECT PORT through PATH
   uds-listen PATH            host side: accept a guest connection on PATH (<uds>_<port>)
+  uds-hold PATH              host side: accept every connection on PATH and hold it
+                             open, unread, until killed
+  vsock-flood CID PORT       --count N non-blocking AF_VSOCK connects at once; prints
+                             how many connected, were refused, failed or were pending
+                             after --patience; with --hold keeps them until killed
+  wait-for PATH TEXT         wait (--patience) until PATH starts with TEXT (O_DIRECT)
   tcp-listen PORT            accept one TCP connection
   tcp-connect ADDR PORT      connect over TCP
   read-file PATH             read PATH sequentially (--bytes N, default all)
@@ -34,6 +41,7 @@ usage: husk-guest-tool COMMAND ARGS [OPTIONS]
                              WHEN=type:TEXT, \r = Enter, ^C = Ctrl-C); exits with
                              CMD's code
 options: --send N  --recv N|eof  --half-close  --no-check  --direct  --bytes N
+         --count N  --hold
          --patience SECS (how long connects retry, default 300)
 sizes take K, M or G (binary) suffixes";
 
@@ -47,6 +55,8 @@ struct Options {
     direct: bool,
     bytes: Option<u64>,
     patience: Duration,
+    count: usize,
+    hold: bool,
 }
 
 fn bad(msg: String) -> io::Error {
@@ -78,6 +88,8 @@ fn parse(args: &[String]) -> io::Result<(Vec<String>, Options)> {
         direct: false,
         bytes: None,
         patience: Duration::from_secs(300),
+        count: 1,
+        hold: false,
     };
     let mut positional = Vec::new();
     let mut it = args.iter();
@@ -95,6 +107,8 @@ fn parse(args: &[String]) -> io::Result<(Vec<String>, Options)> {
             }
             "--bytes" => opts.bytes = Some(size(&value()?)?),
             "--patience" => opts.patience = Duration::from_secs(size(&value()?)?),
+            "--count" => opts.count = number(&value()?)?,
+            "--hold" => opts.hold = true,
             "--half-close" => opts.half_close = true,
             "--no-check" => opts.check = false,
             "--direct" => opts.direct = true,
@@ -144,6 +158,19 @@ fn run(cmd: &str, pos: &[String], opts: &Options) -> io::Result<()> {
             send_then_recv(cmd, conn, opts)
         }
         ("uds-listen", [path]) => recv_then_send(cmd, sock::uds_accept(path)?, opts),
+        ("uds-hold", [path]) => sock::uds_hold(path),
+        ("vsock-flood", [cid, port]) => {
+            let out = flood::flood(number(cid)?, number(port)?, opts.count, patience)?;
+            out.print();
+            if opts.hold {
+                println!("{cmd}-holding=yes");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            Ok(())
+        }
+        ("wait-for", [path, text]) => disk::wait_for(path, text, patience),
         ("tcp-listen", [port]) => recv_then_send(cmd, sock::tcp_accept(number(port)?)?, opts),
         ("tcp-connect", [addr, port]) => {
             let conn = sock::tcp_connect(addr, number(port)?, patience)?;

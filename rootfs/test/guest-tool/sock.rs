@@ -121,6 +121,38 @@ pub fn uds_accept(path: &str) -> io::Result<File> {
     Ok(File::from(OwnedFd::from(stream)))
 }
 
+/// Listens on the Unix socket `path` and accepts every connection, holding each open
+/// without reading, until killed: a host service with many clients. Raises its own
+/// descriptor limit as far as it may first.
+pub fn uds_hold(path: &str) -> io::Result<()> {
+    raise_fd_limit();
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    println!("uds-hold-listening={path}");
+    let mut held = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => held.push(stream),
+            // Out of descriptors: keep what is held and try again later.
+            Err(_) => sleep(RETRY_PAUSE),
+        }
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, valid for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads one rlimit struct, valid for the call.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
+}
+
 /// Accepts one TCP connection on `port` (all addresses).
 pub fn tcp_accept(port: u16) -> io::Result<File> {
     let listener = TcpListener::bind(("0.0.0.0", port))?;

@@ -50,7 +50,11 @@ pub(crate) struct BootArgs {
     nets: Vec<NetConfig>,
     /// Add a virtio-vsock device with guest CID N; host programs reach the guest through
     /// the Unix socket PATH (`CONNECT <port>`), guest connections to port P reach PATH_P.
-    #[arg(long, value_name = "cid=N,uds=PATH")]
+    /// `max_sockets` bounds the host sockets the guest can make husk hold at once
+    /// (connections either way and host clients before their CONNECT line; default
+    /// 128, at most 1024): guest connections beyond it are refused (RST), host clients
+    /// wait until one closes.
+    #[arg(long, value_name = "cid=N,uds=PATH[,max_sockets=N]")]
     vsock: Option<VsockConfig>,
     /// Leave out the virtio entropy device.
     #[arg(long)]

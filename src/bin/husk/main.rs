@@ -221,3 +221,19 @@ fn exit_code(result: Result<i32, Box<dyn std::error::Error>>) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use husk::devices::virtio::vsock::{DEFAULT_MAX_SOCKETS, MAX_SOCKETS_LIMIT};
+
+    #[test]
+    fn boot_help_states_the_vsock_budget_the_library_uses() {
+        let mut cli = super::Cli::command();
+        let boot = cli.find_subcommand_mut("boot").expect("a boot command");
+        let help = boot.render_long_help().to_string();
+        let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let budget = format!("default {DEFAULT_MAX_SOCKETS}, at most {MAX_SOCKETS_LIMIT}");
+        assert!(words.contains(&budget), "{help}");
+    }
+}

@@ -110,7 +110,7 @@ fn vsock_muxer() -> Muxer {
     static N: AtomicUsize = AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
     let uds = std::env::temp_dir().join(format!("husk-prop-{}-{n}.sock", std::process::id()));
-    Muxer::new(&VsockConfig { cid: 3, uds }).expect("muxer")
+    Muxer::new(&VsockConfig::new(3, uds)).expect("muxer")
 }
 
 /// Completed chains never exceed what the driver made available.

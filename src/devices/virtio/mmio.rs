@@ -96,6 +96,12 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
+    /// File descriptors the transport of a device with `queues` queues holds: the
+    /// irqfd and one notify eventfd per queue.
+    pub const fn max_fds(queues: usize) -> usize {
+        1 + queues
+    }
+
     /// Wrap `device`, whose queues live in `mem`.
     pub fn new(
         mem: GuestMemoryMmap,

@@ -67,6 +67,13 @@ pub struct QueueSet {
 }
 
 impl QueueSet {
+    /// File descriptors a set of `queues` queues may hold at once: the activation
+    /// eventfd, and the notify eventfd clones of the current and of the previous
+    /// activation (kept until the loop has unregistered them).
+    pub const fn max_fds(queues: usize) -> usize {
+        1 + 2 * queues
+    }
+
     /// An inactive set for device `name` with queues of `max_sizes`.
     pub fn new(name: &'static str, max_sizes: &[u16]) -> Result<Self, VirtioError> {
         Ok(Self {
@@ -121,6 +128,19 @@ impl QueueSet {
     pub fn reset(&mut self) {
         self.active = None;
         self.broken = false;
+    }
+
+    /// The notify eventfds of the current activation, in queue order.
+    pub fn events(&self) -> &[EventFd] {
+        &self.evts
+    }
+
+    /// Take every notify eventfd (current and stale) out of the set, for a device that
+    /// watches them itself and closes them at its reset; the set then holds none.
+    pub fn take_events(&mut self) -> Vec<EventFd> {
+        let mut all = std::mem::take(&mut self.evts);
+        all.append(&mut self.stale);
+        all
     }
 
     /// Active and not broken.

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::config::BlockConfig;
 use super::disk::{Disk, DiskError, WriteZeroes};
 use super::request::{self, MAX_DESCRIPTORS, MAX_DISCARD_SECTORS, SECTOR_SIZE};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
 use crate::devices::virtio::queues::QueueSet;
 use crate::devices::virtio::{
@@ -96,6 +97,10 @@ fn features(disk: &Disk) -> u64 {
 }
 
 impl Block {
+    /// File descriptors the device and its virtio-mmio transport hold at most: the
+    /// image, the queue set and the transport's eventfds (one queue).
+    pub const MAX_FDS: usize = 1 + QueueSet::max_fds(1) + MmioTransport::max_fds(1);
+
     /// Open the image of `config`.
     pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
         let disk = Disk::open(&config)?;

@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::config::{MacAddr, NetConfig};
 use super::queues::{self, FrameIo, RxState};
 use super::tap::{Tap, TapError};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
 use crate::devices::virtio::queues::QueueSet;
 use crate::devices::virtio::{
@@ -82,12 +83,26 @@ pub struct Net {
 }
 
 impl Net {
+    /// File descriptors the device and its virtio-mmio transport hold at most: the
+    /// TAP, the queue set and the transport's eventfds (two queues).
+    pub const MAX_FDS: usize = 1 + QueueSet::max_fds(2) + MmioTransport::max_fds(2);
+
     /// Open (or create) the TAP of `config` and pick the MAC.
     pub fn new(config: NetConfig) -> Result<Self, NetError> {
         let tap = match config.unplugged {
             true => Backend::Unplugged,
             false => Backend::Tap(Tap::open(config.tap.as_deref())?),
         };
+        Self::with_backend(config, tap)
+    }
+
+    /// A device on `tap`, already open.
+    #[cfg(test)]
+    pub(crate) fn with_tap(config: NetConfig, tap: Tap) -> Result<Self, NetError> {
+        Self::with_backend(config, Backend::Tap(tap))
+    }
+
+    fn with_backend(config: NetConfig, tap: Backend) -> Result<Self, NetError> {
         let tap_name = match &tap {
             Backend::Tap(tap) => tap.name().to_string(),
             Backend::Unplugged => String::new(),

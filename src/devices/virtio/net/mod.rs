@@ -11,6 +11,8 @@ mod event_handler;
 mod persist;
 mod queues;
 mod tap;
+#[cfg(test)]
+mod transport_tests;
 
 pub use config::{MacAddr, NetConfig, NetConfigError};
 pub use device::{Net, NetError, NetState, QUEUE_SIZE};

@@ -117,6 +117,18 @@ impl Tap {
     }
 }
 
+#[cfg(test)]
+impl Tap {
+    /// A stand-in for a TAP in tests: one end of a non-blocking datagram socket pair,
+    /// which moves whole frames as a TAP does.
+    pub(crate) fn from_socket(sock: std::os::unix::net::UnixDatagram) -> Self {
+        Self {
+            file: File::from(std::os::fd::OwnedFd::from(sock)),
+            name: "test-tap".into(),
+        }
+    }
+}
+
 impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()

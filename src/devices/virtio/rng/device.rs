@@ -9,6 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::request;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
 use crate::devices::virtio::queues::QueueSet;
 use crate::devices::virtio::{
@@ -54,6 +55,10 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// File descriptors the device and its virtio-mmio transport hold at most:
+    /// `/dev/urandom`, the queue set and the transport's eventfds (one queue).
+    pub const MAX_FDS: usize = 1 + QueueSet::max_fds(1) + MmioTransport::max_fds(1);
+
     /// A device reading from `/dev/urandom`.
     pub fn new() -> Result<Self, RngError> {
         let source = File::open(ENTROPY_PATH).map_err(|source| RngError::Open {

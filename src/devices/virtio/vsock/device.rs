@@ -1,16 +1,19 @@
 //! The virtio-vsock device: three queues, the guest CID config, and the muxer.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::config::{VsockConfig, VsockConfigError};
 use super::muxer::{Muxer, MuxerError};
 use crate::devices::virtio::descriptor::Chain;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
 use crate::devices::virtio::queues::{add_used, pop, Drained, QueueError, QueueSet};
 use crate::devices::virtio::{
@@ -19,13 +22,17 @@ use crate::devices::virtio::{
 
 /// Size of each of the three queues.
 pub const QUEUE_SIZE: u16 = 256;
-const RX: usize = 0;
-const TX: usize = 1;
-const EVENT: usize = 2;
+const QUEUES: usize = 3;
+pub(super) const RX: usize = 0;
+pub(super) const TX: usize = 1;
+pub(super) const EVENT: usize = 2;
 /// Period of the connection-timeout check.
 const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
 const EVENT_TRANSPORT_RESET: u32 = 0;
+/// Token of the housekeeping timer in the device's epoll (queue eventfds use their
+/// index, host sockets tokens from [`FIRST_STREAM_TOKEN`](super::muxer::FIRST_STREAM_TOKEN)).
+pub(super) const TIMER_TOKEN: u32 = 0x103;
 
 /// Errors creating a vsock device.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +49,9 @@ pub enum VsockError {
     /// The housekeeping timer could not be created.
     #[error("virtio-vsock timer")]
     Timer(#[source] vmm_sys_util::errno::Error),
+    /// The housekeeping timer could not be watched.
+    #[error("virtio-vsock timer")]
+    WatchTimer(#[source] std::io::Error),
 }
 
 /// The device's state as plain data (connections are not part of it: a restored
@@ -65,20 +75,54 @@ pub struct Vsock {
 }
 
 impl Vsock {
+    /// File descriptors a device built from `config` and its virtio-mmio transport
+    /// hold at most: the listener, the timer, the device's epoll, the queue set's
+    /// activation eventfd, the queue eventfd clones (closed at reset, so one
+    /// activation's worth), the transport's eventfds, and the host sockets the guest
+    /// may make it hold (the budget).
+    pub fn max_fds(config: &VsockConfig) -> usize {
+        let own = 3 + 1 + QUEUES;
+        own + MmioTransport::max_fds(QUEUES) + config.max_sockets
+    }
+
     /// Listen on `config.uds` for a guest with CID `config.cid`.
     pub fn new(config: VsockConfig) -> Result<Self, VsockError> {
         config.validate()?;
         let mut timer = TimerFd::new().map_err(VsockError::Timer)?;
         timer.reset(TICK, Some(TICK)).map_err(VsockError::Timer)?;
+        let muxer = Muxer::new(&config)?;
+        let poller = muxer.poller();
+        poller
+            .watch(timer.as_raw_fd(), TIMER_TOKEN, EventSet::IN)
+            .map_err(VsockError::WatchTimer)?;
         Ok(Self {
-            queues: QueueSet::new("vsock", &[QUEUE_SIZE; 3])?,
-            muxer: Muxer::new(&config)?,
+            queues: QueueSet::new("vsock", &[QUEUE_SIZE; QUEUES])?,
+            muxer,
             timer,
             state: VsockState {
                 config,
                 acked_features: 0,
             },
         })
+    }
+
+    /// Stop watching the queue eventfds and close them (this device's clones; the
+    /// transport keeps its own for KVM).
+    fn release_queue_events(&mut self) {
+        for evt in self.queues.take_events() {
+            self.muxer.poller().unwatch(evt.as_raw_fd());
+        }
+    }
+
+    /// Watch the queue eventfds of a new activation, by queue index.
+    fn watch_queue_events(&self) -> std::io::Result<()> {
+        for (index, evt) in self.queues.events().iter().enumerate() {
+            let token = u32::try_from(index).expect("three queues");
+            self.muxer
+                .poller()
+                .watch(evt.as_raw_fd(), token, EventSet::IN)?;
+        }
+        Ok(())
     }
 
     /// The device's state.
@@ -206,11 +250,32 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<Interrupt>,
         queues: Vec<(Queue, EventFd)>,
     ) -> Result<(), VirtioError> {
-        self.queues.activate(mem, interrupt, queues)
+        self.release_queue_events();
+        self.queues.activate(mem, interrupt, queues)?;
+        let watched = self
+            .watch_queue_events()
+            .map_err(|source| VirtioError::Backend {
+                device: "vsock",
+                source,
+            });
+        if watched.is_err() {
+            self.queues.reset();
+            self.release_queue_events();
+        }
+        watched?;
+        // Host clients may have asked for guest ports before the driver was ready:
+        // have the loop look at the RX queue once.
+        self.queues.requeue(RX);
+        Ok(())
     }
 
+    /// Runs on the vCPU thread that wrote status 0; everything the device held for
+    /// the guest (host sockets and their buffers, the queue eventfds, control packets)
+    /// is closed or freed before it returns (see `poller.rs`). The listener and the
+    /// timer belong to the device, not to the guest, and stay.
     fn reset(&mut self) {
         self.queues.reset();
+        self.release_queue_events();
         self.muxer.reset();
         self.state.acked_features = 0;
     }
@@ -243,7 +308,7 @@ mod tests {
     fn vsock(tag: &str) -> Vsock {
         let uds =
             std::env::temp_dir().join(format!("husk-vsock-dev-{tag}-{}.sock", std::process::id()));
-        Vsock::new(VsockConfig { cid: 42, uds }).unwrap()
+        Vsock::new(VsockConfig::new(42, uds)).unwrap()
     }
 
     #[test]
@@ -279,7 +344,7 @@ mod tests {
     #[test]
     fn cid_below_three_is_rejected() {
         let uds = std::env::temp_dir().join("husk-vsock-never.sock");
-        let e = Vsock::new(VsockConfig { cid: 1, uds }).unwrap_err();
+        let e = Vsock::new(VsockConfig::new(1, uds)).unwrap_err();
         assert_eq!(
             e.to_string(),
             "bad vsock cid \"1\": must be a number from 3 to 4294967294"

@@ -1,95 +1,89 @@
-//! Event-manager glue of virtio-vsock: queue eventfds, the listening socket and one
-//! edge-triggered registration per host stream.
+//! Event-manager glue of virtio-vsock: the loop watches one fd of the device, its own
+//! epoll (`poller.rs`), and each wake-up serves what that epoll reports: queue
+//! eventfds, the listening socket, the timer and the host streams.
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
-use super::muxer::{FdChange, LISTENER_TOKEN};
+use super::device::{EVENT, RX, TIMER_TOKEN, TX};
+use super::muxer::LISTENER_TOKEN;
 use super::Vsock;
-use crate::devices::virtio::queues::ACTIVATE_TOKEN;
 
-/// Event data of the housekeeping timer.
-const TIMER_TOKEN: u32 = 0x103;
+/// Event data of the device's epoll in the loop.
+const POLL_TOKEN: u32 = 0x104;
+/// Tokens of the queue eventfds in the device's epoll: their queue index.
+const RX_TOKEN: u32 = RX as u32;
+const TX_TOKEN: u32 = TX as u32;
+const EVENT_TOKEN: u32 = EVENT as u32;
 
 impl Vsock {
-    fn apply_fd_changes(&mut self, ops: &mut EventOps) {
-        for change in self.muxer.take_fd_changes() {
-            let result = match &change {
-                FdChange::Add { fd, token } => {
-                    let set = EventSet::IN
-                        | EventSet::OUT
-                        | EventSet::EDGE_TRIGGERED
-                        | EventSet::READ_HANG_UP;
-                    ops.add(Events::with_data_raw(*fd, *token, set))
+    /// Serve one batch of the device's epoll, then fill the RX queue.
+    fn on_ready(&mut self) {
+        for (token, set) in self.muxer.ready() {
+            match token {
+                // Nothing waits for RX or event buffers themselves; the RX pass below
+                // uses new buffers.
+                RX_TOKEN => {
+                    self.queues.take_queue_event(RX);
                 }
-                // Removed before the socket is dropped, while its fd is still valid.
-                FdChange::Remove(stream) => ops.remove(Events::empty(stream)),
-            };
-            if let Err(e) = result {
-                log::warn!("vsock: event registration: {e}");
+                EVENT_TOKEN => {
+                    self.queues.take_queue_event(EVENT);
+                }
+                TX_TOKEN => {
+                    if self.queues.take_queue_event(TX) {
+                        self.process_tx();
+                    }
+                }
+                LISTENER_TOKEN => self.muxer.accept(),
+                TIMER_TOKEN => self.on_timer(),
+                token => {
+                    let readable =
+                        set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP);
+                    self.muxer
+                        .on_stream_event(token, readable, set.contains(EventSet::OUT));
+                }
             }
         }
+        self.process_rx();
     }
 }
 
 impl MutEventSubscriber for Vsock {
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let set = events.event_set();
-        match events.data() {
-            ACTIVATE_TOKEN => self.queues.on_activate(ops),
-            0 => {
-                self.queues.take_queue_event(0);
-            }
-            1 => {
-                if self.queues.take_queue_event(1) {
-                    self.process_tx();
-                }
-            }
-            // The driver refilled the event queue; nothing waits for it.
-            2 => {
-                self.queues.take_queue_event(2);
-            }
-            LISTENER_TOKEN => self.muxer.accept(),
-            TIMER_TOKEN => self.on_timer(),
-            token => {
-                let readable =
-                    set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP);
-                self.muxer
-                    .on_stream_event(token, readable, set.contains(EventSet::OUT));
-            }
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == POLL_TOKEN {
+            self.on_ready();
         }
-        self.process_rx();
-        self.apply_fd_changes(ops);
     }
 
+    /// Level-triggered: the loop comes back while the device's epoll has events left
+    /// after a batch.
     fn init(&mut self, ops: &mut EventOps) {
-        self.queues.init_events(ops);
-        let listener = Events::with_data(self.muxer.listener(), LISTENER_TOKEN, EventSet::IN);
-        if let Err(e) = ops.add(listener) {
-            log::error!("vsock: cannot watch the host socket: {e}");
-        }
-        let timer = Events::with_data(&self.timer, TIMER_TOKEN, EventSet::IN);
-        if let Err(e) = ops.add(timer) {
-            log::error!("vsock: cannot watch the timer: {e}");
+        let poll = Events::with_data(self.muxer.poller(), POLL_TOKEN, EventSet::IN);
+        if let Err(e) = ops.add(poll) {
+            log::error!("vsock: cannot watch the device's epoll: {e}");
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::os::unix::net::UnixStream;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use event_manager::{EventManager, SubscriberOps};
+    use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use super::*;
     use crate::devices::virtio::descriptor::test_util::*;
-    use crate::devices::virtio::vsock::{Header, VsockConfig, HDR_LEN};
+    use crate::devices::virtio::vsock::packet::{OP_REQUEST, OP_RESPONSE, TYPE_STREAM};
+    use crate::devices::virtio::vsock::{Header, VsockConfig, HDR_LEN, HOST_CID};
     use crate::devices::virtio::{Interrupt, VirtioDevice};
 
     type Manager = EventManager<Arc<Mutex<Vsock>>>;
+    type Mock<'m> = MockSplitQueue<'m, GuestMemoryMmap>;
 
     fn run(manager: &mut Manager, rounds: usize) {
         (0..rounds).for_each(|_| {
@@ -97,58 +91,136 @@ mod tests {
         });
     }
 
-    fn rx_header(mem: &GuestMemoryMmap) -> Header {
+    fn header_at(mem: &GuestMemoryMmap, addr: u64) -> Header {
         let mut raw = [0u8; HDR_LEN];
-        mem.read_slice(&mut raw, GuestAddress(0x10000)).unwrap();
+        mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
         Header::from_bytes(&raw)
     }
 
-    #[test]
-    fn host_client_reaches_guest_and_back_through_event_loop() {
-        let mem = memory();
-        let (rx, rxq) = queue(&mem, 0, 16);
-        let (_tx, txq) = queue(&mem, 0x4000, 16);
-        let (_ev, evq) = queue(&mem, 0x8000, 16);
-        rx.add_desc_chains(&[w(0x10000, 4096)], 0).unwrap();
-        let uds = std::env::temp_dir().join(format!("husk-vsock-el-{}.sock", std::process::id()));
+    /// A vsock device in an event loop, as the VMM wires it.
+    fn device_in_loop(tag: &str) -> (Arc<Mutex<Vsock>>, Manager, std::path::PathBuf) {
+        let name = format!("husk-vsock-el-{tag}-{}.sock", std::process::id());
+        let uds = std::env::temp_dir().join(name);
         let vsock = Arc::new(Mutex::new(
-            Vsock::new(VsockConfig {
-                cid: 3,
-                uds: uds.clone(),
-            })
-            .unwrap(),
+            Vsock::new(VsockConfig::new(3, uds.clone())).unwrap(),
         ));
         let mut manager = Manager::new().unwrap();
         manager.add_subscriber(vsock.clone());
-        let queues = [rxq, txq, evq]
-            .into_iter()
-            .map(|q| (q, EventFd::new(EFD_NONBLOCK).unwrap()));
+        (vsock, manager, uds)
+    }
+
+    /// Activate `vsock` with three queues at `base` (0x4000 apart) and one 4 KiB RX
+    /// buffer at `base + 0xc000`, as the transport does: the device gets clones of
+    /// the notify eventfds. Returns the RX mock and the transport's eventfds.
+    fn activate<'m>(
+        vsock: &Mutex<Vsock>,
+        mem: &'m GuestMemoryMmap,
+        base: u64,
+    ) -> (Mock<'m>, Vec<EventFd>) {
+        let (rx, rxq) = queue(mem, base, 16);
+        let (_tx, txq) = queue(mem, base + 0x4000, 16);
+        let (_ev, evq) = queue(mem, base + 0x8000, 16);
+        rx.add_desc_chains(&[w(base + 0xc000, 4096)], 0).unwrap();
+        let evts: Vec<EventFd> = (0..3)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
+        let clones = evts.iter().map(|e| e.try_clone().unwrap());
+        let queues = [rxq, txq, evq].into_iter().zip(clones).collect();
         let irq = Arc::new(Interrupt::new().unwrap());
         vsock
             .lock()
             .unwrap()
-            .activate(mem.clone(), irq, queues.collect())
+            .activate(mem.clone(), irq, queues)
             .unwrap();
-        let mut client = UnixStream::connect(&uds).unwrap();
+        (rx, evts)
+    }
+
+    /// A host client that sent `CONNECT 1024`, with a read timeout.
+    fn host_client(uds: &std::path::Path) -> UnixStream {
+        let mut client = UnixStream::connect(uds).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         client.write_all(b"CONNECT 1024\n").unwrap();
-        run(&mut manager, 4);
-        let req = rx_header(&mem);
-        assert_eq!(
-            (req.op, req.dst_port),
-            (crate::devices::virtio::vsock::packet::OP_REQUEST, 1024)
-        );
-        let resp = Header {
+        client
+    }
+
+    /// The guest's RESPONSE to the host's REQUEST `req`.
+    fn response(req: &Header) -> Header {
+        Header {
             src_cid: 3,
-            dst_cid: 2,
-            src_port: 1024,
+            dst_cid: HOST_CID,
+            src_port: req.dst_port,
             dst_port: req.src_port,
-            type_: 1,
-            op: 2,
+            type_: TYPE_STREAM,
+            op: OP_RESPONSE,
             ..Default::default()
-        };
-        vsock.lock().unwrap().muxer.guest_packet(&resp, &[]);
+        }
+    }
+
+    #[test]
+    fn host_client_reaches_guest_and_back_through_event_loop() {
+        let (vsock, mut manager, uds) = device_in_loop("basic");
+        let mem = memory();
+        let _queues = activate(&vsock, &mem, 0);
+        let client = host_client(&uds);
+        run(&mut manager, 4);
+        let req = header_at(&mem, 0xc000);
+        assert_eq!((req.op, req.dst_port), (OP_REQUEST, 1024));
+        vsock
+            .lock()
+            .unwrap()
+            .muxer
+            .guest_packet(&response(&req), &[]);
         let mut line = String::new();
         BufReader::new(&client).read_line(&mut line).unwrap();
         assert_eq!(line, format!("OK {}\n", req.src_port));
+    }
+
+    #[test]
+    fn reset_closes_host_sockets_and_queue_eventfds_without_the_loop() {
+        let (vsock, mut manager, uds) = device_in_loop("reset");
+        let mem = memory();
+        let (_rx, evts) = activate(&vsock, &mem, 0);
+        let mut client = host_client(&uds);
+        run(&mut manager, 4);
+        let req = header_at(&mem, 0xc000);
+        vsock
+            .lock()
+            .unwrap()
+            .muxer
+            .guest_packet(&response(&req), &[]);
+        BufReader::new(&client)
+            .read_line(&mut String::new())
+            .unwrap();
+        vsock.lock().unwrap().reset();
+        evts.iter().for_each(|e| e.write(1).unwrap());
+        let dev = vsock.lock().unwrap();
+        let queue_events = dev
+            .muxer
+            .ready()
+            .into_iter()
+            .filter(|&(t, _)| t < 3)
+            .count();
+        assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0);
+        assert_eq!(queue_events, 0);
+        assert!(dev.queues.events().is_empty());
+        assert_eq!(dev.muxer.sockets_held(), 0);
+    }
+
+    #[test]
+    fn device_reset_and_activated_again_serves_a_new_host_client() {
+        let (vsock, mut manager, uds) = device_in_loop("again");
+        let mem = memory();
+        let first = activate(&vsock, &mem, 0);
+        let _old = host_client(&uds);
+        run(&mut manager, 4);
+        vsock.lock().unwrap().reset();
+        drop(first);
+        let _second = activate(&vsock, &mem, 0x20000);
+        let _new = host_client(&uds);
+        run(&mut manager, 4);
+        let req = header_at(&mem, 0x2c000);
+        assert_eq!((req.op, req.dst_port), (OP_REQUEST, 1024));
     }
 }

@@ -4,8 +4,10 @@
 //! `CONNECT <port>\n`, gets `OK <host_port>\n`, and then talks to guest port `<port>`.
 //! A guest connection to host port P is connected to the Unix socket `<uds>_P`.
 //! `packet` is the wire header, `connection` one stream's state and credit accounting,
-//! `muxer` routes packets between the queues and the host sockets, `device` is the
-//! `VirtioDevice`, and `event_handler` registers the sockets with the event loop.
+//! `muxer` routes packets between the queues and the host sockets within the
+//! configured budget, `poller` is the device's own epoll (every fd of the device, so a
+//! reset can close them at once), `device` is the `VirtioDevice`, and `event_handler`
+//! serves that epoll from the event loop.
 
 mod config;
 mod connection;
@@ -14,9 +16,11 @@ mod event_handler;
 mod muxer;
 mod packet;
 mod persist;
+mod poller;
 
-pub use config::{VsockConfig, VsockConfigError};
+pub use config::{VsockConfig, VsockConfigError, DEFAULT_MAX_SOCKETS, MAX_SOCKETS_LIMIT};
 pub use device::{Vsock, VsockError, VsockState, QUEUE_SIZE};
-pub use muxer::{FdChange, Muxer, MuxerError};
+pub use muxer::{Muxer, MuxerError, FIRST_STREAM_TOKEN};
 pub use packet::{Header, HDR_LEN, HOST_CID};
 pub use persist::VsockPersist;
+pub use poller::Poller;

@@ -1,39 +1,46 @@
 //! Routes vsock packets between the guest queues and host Unix sockets.
 //!
-//! The muxer owns the listening socket, the connections and a queue of control
-//! packets for the guest. It never touches epoll: sockets it opens or closes are
-//! reported as [`FdChange`]s, which the event handler applies (a socket is only
-//! dropped after it left the epoll set). Its queue processing runs on any guest
-//! memory, so tests drive it with in-memory queues and real socket pairs.
+//! The muxer owns the listening socket, the connections, a queue of control packets
+//! for the guest, and the device's [`Poller`]: every socket it opens is watched there
+//! at once, and every socket it closes leaves it first (see `poller.rs` for why the
+//! device has an epoll of its own). What the guest can make it hold is bounded by the
+//! configured budget (`max_sockets`): host sockets of connections and host clients
+//! before their CONNECT line together, and with them the buffers each connection may
+//! fill ([`BUF_ALLOC`](super::connection::BUF_ALLOC) at most). A guest connection
+//! beyond the budget gets an RST before any socket is opened; a host client beyond it
+//! waits in the listener's backlog (the listener is not watched) until a socket is
+//! released. Its queue processing runs on any guest memory, so tests drive it with
+//! in-memory queues and real socket pairs.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
 
 use super::config::VsockConfig;
 use super::connection::{ConnError, ConnState, Connection};
 use super::packet::*;
+use super::poller::Poller;
 use crate::devices::virtio::descriptor::{read_bytes, total_len, write_bytes, Chain};
 use crate::devices::virtio::queues::{add_used, drain, needs_notification, pop, rearm, unpop};
 use crate::devices::virtio::queues::{Drained, QueueError};
 
 /// Event data of the listening socket.
 pub const LISTENER_TOKEN: u32 = 0x101;
-const FIRST_STREAM_TOKEN: u32 = 0x1000;
+/// Tokens from here on name host sockets; lower ones are the device's own fds.
+pub const FIRST_STREAM_TOKEN: u32 = 0x1000;
 /// Largest payload of one packet (Linux uses 64 KiB buffers).
 pub const MAX_PKT_DATA: usize = 64 * 1024;
 /// Most descriptors in one packet.
 const MAX_DESCRIPTORS: usize = 64;
 /// Control packets that may wait for RX buffers before TX processing pauses.
 pub const MAX_CTRL: usize = 1024;
-/// Most connections at once.
-pub const MAX_CONNS: usize = 1024;
 const MAX_CONNECT_LINE: usize = 32;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 const TX_BUDGET: usize = 256;
@@ -56,21 +63,16 @@ pub enum MuxerError {
         #[source]
         source: io::Error,
     },
+    /// The device's epoll could not be created or set up.
+    #[error("vsock epoll")]
+    Poll(#[source] io::Error),
 }
 
-/// A socket the event loop must start or stop watching.
-#[derive(Debug)]
-pub enum FdChange {
-    /// Watch `fd` (edge-triggered, in and out) with event data `token`.
-    Add {
-        /// The socket.
-        fd: RawFd,
-        /// Event data.
-        token: u32,
-    },
-    /// Stop watching this socket, then drop it.
-    Remove(UnixStream),
-}
+/// What a host stream is watched for: edge-triggered input, output and peer shutdown.
+const STREAM_EVENTS: EventSet = EventSet::IN
+    .union(EventSet::OUT)
+    .union(EventSet::EDGE_TRIGGERED)
+    .union(EventSet::READ_HANG_UP);
 
 type Key = (u32, u32);
 
@@ -92,7 +94,13 @@ pub struct Muxer {
     tokens: HashMap<u32, Key>,
     pending: HashMap<u32, Pending>,
     ctrl: VecDeque<Header>,
-    fd_changes: Vec<FdChange>,
+    poller: Poller,
+    /// Most host sockets held at once (connections and host clients before CONNECT).
+    max_sockets: usize,
+    /// The listener is not watched because the budget is spent.
+    listener_paused: bool,
+    /// The guest met the budget once (logged at warn level only the first time).
+    budget_warned: bool,
     next_token: u32,
     next_local_port: u32,
     last_rx: Option<Key>,
@@ -112,9 +120,13 @@ impl Muxer {
             path: config.uds.clone(),
             source,
         };
+        let poller = Poller::new().map_err(MuxerError::Poll)?;
         let listener = UnixListener::bind(&config.uds).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
-        Ok(Self {
+        let fd = listener.as_raw_fd();
+        let watched = poller.watch(fd, LISTENER_TOKEN, EventSet::IN);
+        // The socket file exists now: the muxer's drop removes it, also on this error.
+        let muxer = Self {
             cid: config.cid,
             uds: config.uds.clone(),
             listener,
@@ -122,17 +134,28 @@ impl Muxer {
             tokens: HashMap::new(),
             pending: HashMap::new(),
             ctrl: VecDeque::new(),
-            fd_changes: Vec::new(),
+            poller,
+            max_sockets: config.max_sockets,
+            listener_paused: false,
+            budget_warned: false,
             next_token: FIRST_STREAM_TOKEN,
             next_local_port: FIRST_LOCAL_PORT,
             last_rx: None,
             tx_throttled: false,
-        })
+        };
+        watched.map_err(MuxerError::Poll)?;
+        Ok(muxer)
     }
 
-    /// The listening socket (the event handler watches it for input).
-    pub fn listener(&self) -> &UnixListener {
-        &self.listener
+    /// The device's epoll: the muxer's sockets are in it, and the device adds its
+    /// queue eventfds and timer (tokens below [`FIRST_STREAM_TOKEN`]).
+    pub fn poller(&self) -> &Poller {
+        &self.poller
+    }
+
+    /// Events waiting in the device's epoll (see [`Poller::ready`]).
+    pub fn ready(&self) -> Vec<(u32, EventSet)> {
+        self.poller.ready()
     }
 
     /// Number of open connections.
@@ -140,9 +163,50 @@ impl Muxer {
         self.conns.len()
     }
 
-    /// Sockets opened or closed since the last call.
-    pub fn take_fd_changes(&mut self) -> Vec<FdChange> {
-        std::mem::take(&mut self.fd_changes)
+    /// Host sockets held now: connections and host clients before their CONNECT line.
+    pub fn sockets_held(&self) -> usize {
+        self.conns.len() + self.pending.len()
+    }
+
+    fn has_room(&self) -> bool {
+        self.sockets_held() < self.max_sockets
+    }
+
+    /// Stop watching `stream` and close it.
+    fn release(&mut self, stream: UnixStream) {
+        self.poller.unwatch(stream.as_raw_fd());
+        drop(stream);
+        if self.listener_paused && self.has_room() {
+            self.watch_listener(EventSet::IN);
+        }
+    }
+
+    /// Watch the listener for `set` (empty: paused while the budget is spent).
+    fn watch_listener(&mut self, set: EventSet) {
+        let fd = self.listener.as_raw_fd();
+        match self.poller.rewatch(fd, LISTENER_TOKEN, set) {
+            Ok(()) => self.listener_paused = set.is_empty(),
+            Err(e) => log::warn!(
+                "vsock: cannot change the watch of {}: {e}",
+                self.uds.display()
+            ),
+        }
+    }
+
+    /// Say once per device that the guest reached its budget, then quietly.
+    fn note_budget_spent(&mut self, what: &str) {
+        let (held, max) = (self.sockets_held(), self.max_sockets);
+        match std::mem::replace(&mut self.budget_warned, true) {
+            false => log::warn!(
+                "vsock {}: {held} of {max} host sockets in use; {what} refused (and \
+                 further ones, quietly)",
+                self.uds.display()
+            ),
+            true => log::debug!(
+                "vsock {}: budget of {max} spent; {what} refused",
+                self.uds.display()
+            ),
+        }
     }
 
     /// Whether packets wait for the guest.
@@ -155,10 +219,12 @@ impl Muxer {
     pub fn describe(&self) -> String {
         let throttled = if self.tx_throttled { ", TX paused" } else { "" };
         let mut out = format!(
-            "vsock: {} connection(s), {} host client(s) before CONNECT, {} control \
-             packet(s) for the guest{throttled}",
+            "vsock: {} connection(s), {} host client(s) before CONNECT ({} of {} host \
+             sockets), {} control packet(s) for the guest{throttled}",
             self.conns.len(),
             self.pending.len(),
+            self.sockets_held(),
+            self.max_sockets,
             self.ctrl.len()
         );
         for conn in self.conns.values() {
@@ -168,14 +234,16 @@ impl Muxer {
         out
     }
 
-    /// Drop every connection (device or transport reset).
+    /// Close every connection and host client now, with their buffers (device or
+    /// transport reset); only the listener stays.
     pub fn reset(&mut self) {
         let keys: Vec<Key> = self.conns.keys().copied().collect();
         keys.into_iter().for_each(|k| self.remove(k));
         let pending = std::mem::take(&mut self.pending);
-        self.fd_changes
-            .extend(pending.into_values().map(|p| FdChange::Remove(p.stream)));
-        self.ctrl.clear();
+        pending.into_values().for_each(|p| self.release(p.stream));
+        self.tokens.clear();
+        self.ctrl = VecDeque::new();
+        self.last_rx = None;
         self.tx_throttled = false;
     }
 
@@ -191,7 +259,7 @@ impl Muxer {
             .collect();
         for token in late {
             if let Some(p) = self.pending.remove(&token) {
-                self.fd_changes.push(FdChange::Remove(p.stream));
+                self.release(p.stream);
             }
         }
         let unanswered: Vec<Key> = self
@@ -206,16 +274,21 @@ impl Muxer {
             .for_each(Connection::retry_credit_request);
     }
 
+    /// A token no live socket has (they wrap after 2^32 - 4096 sockets).
     fn token(&mut self) -> u32 {
-        let t = self.next_token;
-        self.next_token = self.next_token.wrapping_add(1).max(FIRST_STREAM_TOKEN);
-        t
+        loop {
+            let t = self.next_token;
+            self.next_token = self.next_token.wrapping_add(1).max(FIRST_STREAM_TOKEN);
+            if !self.tokens.contains_key(&t) && !self.pending.contains_key(&t) {
+                return t;
+            }
+        }
     }
 
     fn remove(&mut self, key: Key) {
         if let Some(conn) = self.conns.remove(&key) {
             self.tokens.retain(|_, k| *k != key);
-            self.fd_changes.push(FdChange::Remove(conn.stream));
+            self.release(conn.stream);
         }
     }
 
@@ -239,16 +312,25 @@ impl Muxer {
         }
     }
 
-    /// Accept every waiting host client.
+    /// Accept waiting host clients while the budget has room; when it has none, stop
+    /// watching the listener (the next release watches it again).
     pub fn accept(&mut self) {
         loop {
+            if !self.has_room() {
+                self.note_budget_spent("host client");
+                return self.watch_listener(EventSet::empty());
+            }
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() || self.pending.len() >= MAX_CONNS {
+                    if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
                     let token = self.token();
                     let fd = stream.as_raw_fd();
+                    if let Err(e) = self.poller.watch(fd, token, STREAM_EVENTS) {
+                        log::warn!("vsock: cannot watch a host client: {e}");
+                        continue;
+                    }
                     let (line, deadline) = (Vec::new(), Instant::now() + CONNECT_TIMEOUT);
                     let pending = Pending {
                         stream,
@@ -256,7 +338,6 @@ impl Muxer {
                         deadline,
                     };
                     self.pending.insert(token, pending);
-                    self.fd_changes.push(FdChange::Add { fd, token });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -309,14 +390,15 @@ impl Muxer {
         let Some(p) = self.pending.remove(&token) else {
             return;
         };
+        // The socket moves from `pending` to `conns`: the budget counts it the same.
         let port = std::str::from_utf8(&p.line)
             .ok()
             .and_then(|l| l.strip_prefix("CONNECT "))
             .and_then(|n| n.trim().parse::<u32>().ok())
-            .filter(|_| complete && self.conns.len() < MAX_CONNS);
+            .filter(|_| complete);
         match port {
             Some(port) => self.host_connect(token, p.stream, port),
-            None => self.fd_changes.push(FdChange::Remove(p.stream)),
+            None => self.release(p.stream),
         }
     }
 
@@ -334,25 +416,33 @@ impl Muxer {
         self.tokens.insert(token, key);
     }
 
+    /// A guest REQUEST to host port `hdr.dst_port`: connect to `<uds>_<port>` if the
+    /// budget has room (checked before the socket exists), else RST.
     fn guest_connect(&mut self, hdr: &Header) {
+        if !self.has_room() {
+            self.note_budget_spent("guest connection");
+            return self.ctrl.push_back(self.rst_reply(hdr));
+        }
         let path = format!("{}_{}", self.uds.display(), hdr.dst_port);
         let stream = match UnixStream::connect(&path) {
-            Ok(s) if self.conns.len() < MAX_CONNS && s.set_nonblocking(true).is_ok() => s,
+            Ok(s) if s.set_nonblocking(true).is_ok() => s,
             Ok(_) => return self.ctrl.push_back(self.rst_reply(hdr)),
             Err(e) => {
                 log::debug!("vsock: guest connect to {path}: {e}");
                 return self.ctrl.push_back(self.rst_reply(hdr));
             }
         };
-        let key = (hdr.dst_port, hdr.src_port);
         let token = self.token();
-        let fd = stream.as_raw_fd();
+        if let Err(e) = self.poller.watch(stream.as_raw_fd(), token, STREAM_EVENTS) {
+            log::warn!("vsock: cannot watch the socket of {path}: {e}");
+            return self.ctrl.push_back(self.rst_reply(hdr));
+        }
+        let key = (hdr.dst_port, hdr.src_port);
         let mut conn = Connection::new(stream, hdr.dst_port, hdr.src_port, ConnState::Established);
         conn.update_peer_credit(hdr);
         self.ctrl.push_back(conn.header(OP_RESPONSE, self.cid));
         self.conns.insert(key, conn);
         self.tokens.insert(token, key);
-        self.fd_changes.push(FdChange::Add { fd, token });
     }
 }
 
@@ -370,3 +460,7 @@ mod queues;
 #[cfg(test)]
 #[path = "muxer_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "muxer_budget_tests.rs"]
+mod budget_tests;
