@@ -2,6 +2,8 @@
 //! here or inside the KVM test host, and the statistics it prints.
 #![allow(dead_code, reason = "each benchmark uses its own subset")]
 
+pub mod crun;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -26,6 +26,10 @@ pub(super) struct Launched {
     pub conn: UnixStream,
     /// When the VM was built and running.
     pub vm_running: Instant,
+    /// When the snapshot was read and checked (restores only).
+    pub loaded: Option<Instant>,
+    /// When the agent answered the handshake.
+    pub answered: Instant,
     /// Whether it came from a template.
     pub warm: bool,
 }
@@ -76,6 +80,7 @@ pub(super) fn launch(
 ) -> Result<Launched, SandboxError> {
     let uds = paths.runtime.join("vsock.sock");
     let deadline = Instant::now() + config.boot_timeout;
+    let mut loaded = None;
     let (vm, warm, mac) = match origin {
         Origin::Boot => {
             let vm_config = config::vm_config(
@@ -103,6 +108,7 @@ pub(super) fn launch(
                 uds.clone(),
                 &template.snapshot_dir(),
                 &expect,
+                &mut loaded,
             )?;
             (vm, true, mac)
         }
@@ -111,7 +117,7 @@ pub(super) fn launch(
                 agent_digest: Some(super::template::agent_digest(&paths.initrd)),
                 ..Expect::default()
             };
-            let (vm, mac) = restore(config, &paths, uds.clone(), dir, &expect)?;
+            let (vm, mac) = restore(config, &paths, uds.clone(), dir, &expect, &mut loaded)?;
             (vm, true, mac)
         }
     };
@@ -120,6 +126,7 @@ pub(super) fn launch(
         .then(|| net::configure_host_side(&vm))
         .transpose()?;
     let mut conn = connect_agent(&vm, &uds, config.boot_timeout)?;
+    let answered = Instant::now();
     let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
     // The handshake's read timeout still holds: a guest that never answers what
     // follows fails the start instead of hanging the host.
@@ -141,6 +148,8 @@ pub(super) fn launch(
         vm,
         conn,
         vm_running,
+        loaded,
+        answered,
         warm,
     })
 }
@@ -171,8 +180,10 @@ fn restore(
     uds: PathBuf,
     dir: &Path,
     expect: &Expect,
+    loaded_at: &mut Option<Instant>,
 ) -> Result<(RunningVm, Option<MacAddr>), SandboxError> {
     let loaded = snapshot::load(dir, expect)?;
+    *loaded_at = Some(Instant::now());
     let saved = &loaded.file.state.config;
     let mut disks = BTreeMap::from([(IMAGE_SLOT, config.image.fs_image.clone())]);
     if saved.disks.len() > SCRATCH_SLOT {

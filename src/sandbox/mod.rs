@@ -122,6 +122,10 @@ pub enum SandboxError {
 struct Marks {
     created: Instant,
     initramfs_ready: Instant,
+    /// A restore's snapshot was read and checked (template found or built first).
+    snapshot_loaded: Option<Instant>,
+    /// The agent answered the handshake (before identity and network).
+    agent_answered: Option<Instant>,
     vm_running: Instant,
     agent_ready: Instant,
     run_sent: Option<Instant>,
@@ -135,6 +139,8 @@ impl Default for Marks {
         Self {
             created: now,
             initramfs_ready: now,
+            snapshot_loaded: None,
+            agent_answered: None,
             vm_running: now,
             agent_ready: now,
             run_sent: None,
@@ -149,6 +155,12 @@ impl Default for Marks {
 pub struct SandboxTimings {
     /// The runtime folder exists and the agent initramfs is found (or built).
     pub initramfs_ready_ms: Option<f64>,
+    /// Warm starts: the template (or snapshot) was found, read and checked.
+    pub snapshot_loaded_ms: Option<f64>,
+    /// The agent answered the handshake (warm: before it took its identity).
+    pub agent_answered_ms: Option<f64>,
+    /// Whether the sandbox started from a template or snapshot.
+    pub warm: bool,
     /// The VM is built and its vCPUs run (kernel loaded, devices wired).
     pub vm_running_ms: Option<f64>,
     /// The agent answered on vsock and the handshake is done (guest booted).
@@ -312,6 +324,8 @@ impl Sandbox {
             created,
             initramfs_ready,
             vm_running: launched.vm_running,
+            snapshot_loaded: launched.loaded,
+            agent_answered: Some(launched.answered),
             agent_ready: Instant::now(),
             ..Marks::default()
         };
@@ -402,6 +416,9 @@ impl Sandbox {
         let ms = |t: Option<Instant>| crate::metrics::ms_since(m.created, t);
         SandboxTimings {
             initramfs_ready_ms: ms(Some(m.initramfs_ready)),
+            snapshot_loaded_ms: ms(m.snapshot_loaded),
+            agent_answered_ms: ms(m.agent_answered),
+            warm: self.warm,
             vm_running_ms: ms(Some(m.vm_running)),
             agent_ready_ms: ms(Some(m.agent_ready)),
             run_sent_ms: ms(m.run_sent),

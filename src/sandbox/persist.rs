@@ -253,6 +253,8 @@ impl Sandbox {
             created,
             initramfs_ready,
             vm_running: launched.vm_running,
+            snapshot_loaded: launched.loaded,
+            agent_answered: Some(launched.answered),
             agent_ready: Instant::now(),
             ..Marks::default()
         };

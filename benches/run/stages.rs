@@ -1,0 +1,194 @@
+//! `husk run busybox -- true` measured as a whole and by stage, warm (from a template)
+//! and cold (`--cold`, a kernel boot), against `crun run`; and the tables of medians.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use super::common::crun::{ms, CrunSample};
+use super::common::median;
+
+/// One `husk run`: wall time and the `--timings` JSON.
+pub struct HuskSample {
+    pub wall_ms: f64,
+    pub timings: serde_json::Value,
+}
+
+impl HuskSample {
+    pub fn field(&self, path: &[&str]) -> Option<f64> {
+        let mut v = &self.timings;
+        for key in path {
+            v = v.get(key)?;
+        }
+        v.as_f64()
+    }
+}
+
+/// `husk run [--cold] busybox -- true` once.
+pub fn husk_once(husk: &str, timings: &Path, cold: bool) -> HuskSample {
+    let _ = std::fs::remove_file(timings);
+    let mut cmd = Command::new(husk);
+    cmd.args(["run", "--kernel", "vmlinux", "--timings"])
+        .arg(timings)
+        .args(cold.then_some("--cold"))
+        .args(["busybox", "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let start = Instant::now();
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let wall_ms = ms(start.elapsed());
+    assert!(status.success(), "{cmd:?} failed: {status}");
+    let text = std::fs::read_to_string(timings).expect("husk wrote its timings");
+    HuskSample {
+        wall_ms,
+        timings: serde_json::from_str(&text).expect("timings are JSON"),
+    }
+}
+
+/// Median, minimum and maximum, as `med (min–max)`.
+pub fn spread(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.1} ({:.1}–{:.1})", median(v.to_vec()), min, max)
+}
+
+/// The headline: wall time spawn → exit of each, with min/max and the ratios.
+pub fn report_wall(warm: &[HuskSample], cold: &[HuskSample], crun: &[CrunSample]) {
+    let w: Vec<f64> = warm.iter().map(|s| s.wall_ms).collect();
+    let c: Vec<f64> = cold.iter().map(|s| s.wall_ms).collect();
+    let r: Vec<f64> = crun.iter().map(|s| s.run_wall_ms).collect();
+    let (mw, mc, mr) = (median(w.clone()), median(c.clone()), median(r.clone()));
+    println!();
+    println!(
+        "`husk run busybox -- true`, spawn -> exit, median (min–max) ms of {} rounds:",
+        w.len()
+    );
+    println!("  husk warm (template)   {}", spread(&w));
+    println!("  husk --cold (boot)     {}", spread(&c));
+    println!("  crun run               {}", spread(&r));
+    println!(
+        "  warm/crun {:.2}   cold/crun {:.2}   warm/cold {:.3}",
+        mw / mr,
+        mc / mr,
+        mw / mc
+    );
+}
+
+/// A crun step that matches a husk stage, if any.
+type Peer = Option<fn(&CrunSample) -> f64>;
+
+/// Stage by stage, cumulative from the sandbox's start, warm and cold side by side.
+pub fn report_stages(warm: &[HuskSample], cold: &[HuskSample], crun: &[CrunSample]) {
+    let h =
+        |s: &[HuskSample], path: &[&str]| median(s.iter().filter_map(|x| x.field(path)).collect());
+    let c = |f: fn(&CrunSample) -> f64| median(crun.iter().map(f).collect());
+    println!();
+    println!(
+        "{:<46} {:>10} {:>10} {:>10}",
+        "stage (median ms, cumulative)", "warm", "cold", "crun"
+    );
+    let rows: [(&str, &[&str], Peer); 9] = [
+        (
+            "agent initramfs ready (cached)",
+            &["sandbox", "initramfs_ready_ms"],
+            None,
+        ),
+        (
+            "template found, snapshot read and checked",
+            &["sandbox", "snapshot_loaded_ms"],
+            None,
+        ),
+        (
+            "VM running (restored / kernel loaded)",
+            &["sandbox", "vm_running_ms"],
+            None,
+        ),
+        (
+            "agent answered (handshake)",
+            &["sandbox", "agent_answered_ms"],
+            None,
+        ),
+        (
+            "agent ready (warm: identity taken)",
+            &["sandbox", "agent_ready_ms"],
+            None,
+        ),
+        ("Run sent", &["sandbox", "run_sent_ms"], None),
+        (
+            "process started (crun: create+start)",
+            &["sandbox", "process_started_ms"],
+            Some(|s| s.started_ms),
+        ),
+        (
+            "process exited",
+            &["sandbox", "process_exited_ms"],
+            Some(|s| s.exited_ms),
+        ),
+        (
+            "torn down (crun: + delete)",
+            &["torn_down_ms"],
+            Some(|s| s.deleted_ms),
+        ),
+    ];
+    for (name, path, peer) in rows {
+        let peer = peer.map_or_else(|| "-".to_string(), |f| format!("{:.1}", c(f)));
+        println!(
+            "{name:<46} {:>10.1} {:>10.1} {peer:>10}",
+            h(warm, path),
+            h(cold, path)
+        );
+    }
+    println!();
+    println!("inside the VMM (median ms from the VMM's start; warm = restore):");
+    for (name, path) in [
+        (
+            "memory mapped (warm) / kernel loaded (cold), devices built",
+            &["vm", "timeline", "guest_loaded_ms"][..],
+        ),
+        (
+            "KVM VM ready (warm: + VM state)",
+            &["vm", "timeline", "kvm_ready_ms"],
+        ),
+        (
+            "vCPUs created (warm: + vCPU and device state)",
+            &["vm", "timeline", "vcpus_created_ms"],
+        ),
+        (
+            "first guest instruction (first KVM_RUN)",
+            &["vm", "timeline", "first_kvm_run_ms"],
+        ),
+        (
+            "VMM CPU time outside guest mode",
+            &["vm", "process", "vmm_cpu_ms"],
+        ),
+        (
+            "VMM RSS excl. guest RAM (KiB)",
+            &["vm", "process", "vmm_rss_kib"],
+        ),
+        (
+            "guest RAM touched, RssShmem (KiB)",
+            &["vm", "process", "shmem_rss_kib"],
+        ),
+    ] {
+        println!(
+            "  {name:<58} {:>10.1} {:>10.1}",
+            h(warm, path),
+            h(cold, path)
+        );
+    }
+    println!(
+        "husk outside the sandbox (process start, store, exit: wall - torn down): warm {:.1}, cold {:.1}",
+        median(warm.iter().filter_map(|s| Some(s.wall_ms - s.field(&["torn_down_ms"])?)).collect()),
+        median(cold.iter().filter_map(|s| Some(s.wall_ms - s.field(&["torn_down_ms"])?)).collect())
+    );
+    println!(
+        "crun steps (median ms): create {:.1}, start {:.1}, run to exit seen {:.1}, delete {:.1}; `crun --version` alone {:.1}",
+        c(|s| s.created_ms),
+        c(|s| s.started_ms - s.created_ms),
+        c(|s| s.exited_ms - s.started_ms),
+        c(|s| s.deleted_ms - s.exited_ms),
+        c(|s| s.exec_ms)
+    );
+}
