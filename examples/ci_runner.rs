@@ -1,20 +1,25 @@
 //! A CI runner in miniature: runs a batch of jobs, each in its own husk sandbox (a
 //! micro-VM), several at once from one process, and collects every job's output and
-//! exit code.
+//! exit code. The sandboxes start from one template (a snapshot of a booted guest),
+//! built once before the first job: no job waits for a kernel to boot.
 //!
 //! ```sh
 //! cargo run --release --example ci_runner -- [--parallel N] [--kernel VMLINUX]
-//!     [--job-timeout SECS] [--console-dir DIR]
+//!     [--job-timeout SECS] [--console-dir DIR] [--cold]
 //! ```
-//! The busybox image is built on first use; the kernel defaults to `husk kernel path`.
-//! Prints one `job=NAME exit=CODE stdout=...` line per job, then `jobs=N failed=M`.
+//! The busybox image is built on first use; the kernel defaults to `husk kernel path`;
+//! `--cold` boots every sandbox instead. Prints `template=...`, one `job=NAME
+//! exit=CODE stdout=...` line per job, then `jobs=N failed=M`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use husk::config::ConsoleConfig;
+use husk::sandbox::Template;
 use husk::{RunSpec, Sandbox, SandboxImage, Stdio};
 
 /// A job: a name, a command, and the exit code it should end with. A job with `exec`
@@ -82,6 +87,8 @@ struct Settings {
     timeout: Duration,
     /// Where each job's guest console goes (`<dir>/<job>.console`), if anywhere.
     console_dir: Option<PathBuf>,
+    /// The template every sandbox starts from (`None`: each boots).
+    template: Option<Arc<Template>>,
 }
 
 fn run_job(job: &Job, settings: Settings) -> Outcome {
@@ -95,7 +102,11 @@ fn run_job(job: &Job, settings: Settings) -> Outcome {
                 dir.join(format!("{}.console", job.name)),
             ));
         }
-        let sandbox = builder.start().map_err(|e| e.to_string())?;
+        let sandbox = match &settings.template {
+            Some(template) => template.start(builder.config().clone()),
+            None => builder.warm(false).start(),
+        }
+        .map_err(|e| e.to_string())?;
         let spec = RunSpec {
             args: job.command.iter().map(|s| s.to_string()).collect(),
             env: vec![format!("CI_JOB={}", job.name)],
@@ -187,13 +198,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let image = SandboxImage::from_store(&store.ensure_busybox(false)?);
     let timeout = Duration::from_secs(arg("--job-timeout").map_or(Ok(300), |t| t.parse())?);
     let console_dir = arg("--console-dir").map(PathBuf::from);
+    let started = Instant::now();
+    let cold = std::env::args().any(|a| a == "--cold");
+    let template = match cold {
+        true => None,
+        false => {
+            let config = Sandbox::builder(image.clone(), kernel.clone()).boot_timeout(timeout);
+            let template = Template::for_config(config.config())?;
+            println!(
+                "template={} made_in_ms={:.0} ready_after_ms={:.0}",
+                template.info().name,
+                template.info().build_ms,
+                husk::metrics::ms(started.elapsed())
+            );
+            Some(Arc::new(template))
+        }
+    };
     let settings = Settings {
         image,
         kernel,
         timeout,
         console_dir,
+        template,
     };
-    let started = Instant::now();
     let mut outcomes = Vec::new();
     for batch in JOBS.chunks(parallel.max(1)) {
         let handles: Vec<_> = batch

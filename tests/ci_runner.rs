@@ -1,6 +1,7 @@
 //! The library example `examples/ci_runner.rs` runs for real: five jobs, two sandboxes at
-//! a time from one process, with their outputs and exit codes collected; one job execs
-//! into a running service container and then kills the service.
+//! a time from one process, all started from one template built first, with their
+//! outputs and exit codes collected; one job execs into a running service container
+//! and then kills the service.
 mod common;
 
 use std::path::PathBuf;
@@ -47,4 +48,8 @@ fn ci_runner_example_runs_jobs_two_at_a_time_and_collects_results() {
         "{out}"
     );
     assert!(out.stdout.contains("jobs=5 failed=0 parallel=2"), "{out}");
+    assert!(
+        out.stdout.contains("template=1cpu-256mib made_in_ms="),
+        "{out}"
+    );
 }
