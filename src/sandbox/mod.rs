@@ -133,6 +133,21 @@ struct Marks {
     process_exited: Option<Instant>,
 }
 
+impl Marks {
+    /// The marks of a sandbox whose agent is ready now.
+    fn launched(created: Instant, initramfs_ready: Instant, launched: &launch::Launched) -> Self {
+        Self {
+            created,
+            initramfs_ready,
+            vm_running: launched.vm_running,
+            snapshot_loaded: launched.loaded,
+            agent_answered: Some(launched.answered),
+            agent_ready: Instant::now(),
+            ..Marks::default()
+        }
+    }
+}
+
 impl Default for Marks {
     fn default() -> Self {
         let now = Instant::now();
@@ -320,15 +335,7 @@ impl Sandbox {
             hostname: format!("husk-{id}"),
         };
         let launched = launch::launch(&config, paths, launch::origin_for(&config, template))?;
-        let marks = Marks {
-            created,
-            initramfs_ready,
-            vm_running: launched.vm_running,
-            snapshot_loaded: launched.loaded,
-            agent_answered: Some(launched.answered),
-            agent_ready: Instant::now(),
-            ..Marks::default()
-        };
+        let marks = Marks::launched(created, initramfs_ready, &launched);
         let parts = Assembly {
             id,
             image: config.image,

@@ -249,15 +249,7 @@ impl Sandbox {
             hostname: format!("husk-{id}"),
         };
         let launched = launch::launch(&config, paths, Origin::Snapshot(&dir.join(VM_DIR)))?;
-        let marks = Marks {
-            created,
-            initramfs_ready,
-            vm_running: launched.vm_running,
-            snapshot_loaded: launched.loaded,
-            agent_answered: Some(launched.answered),
-            agent_ready: Instant::now(),
-            ..Marks::default()
-        };
+        let marks = Marks::launched(created, initramfs_ready, &launched);
         let parts = Assembly {
             id,
             image: saved.image,

@@ -34,9 +34,6 @@ impl VirtioDevice for Dummy {
     fn persist(&self) -> crate::devices::virtio::persist::DevicePersist {
         crate::devices::virtio::persist::DevicePersist::Rng
     }
-    fn queue_snapshots(&self) -> Vec<crate::devices::virtio::persist::QueueSnapshot> {
-        Vec::new()
-    }
     fn activate(
         &mut self,
         _mem: GuestMemoryMmap,

@@ -221,8 +221,14 @@ pub trait VirtioDevice: Send {
     fn describe(&self) -> String;
     /// What the device keeps beyond its transport and queues, for a snapshot.
     fn persist(&self) -> persist::DevicePersist;
+    /// The device's queue set, when it keeps one (every real device does).
+    fn queue_set(&self) -> Option<&queues::QueueSet> {
+        None
+    }
     /// The positions of the active queues (empty when not activated).
-    fn queue_snapshots(&self) -> Vec<persist::QueueSnapshot>;
+    fn queue_snapshots(&self) -> Vec<persist::QueueSnapshot> {
+        self.queue_set().map(|q| q.snapshots()).unwrap_or_default()
+    }
     /// Called once a restore has activated the device again, before any vCPU runs;
     /// `saved` is what [`VirtioDevice::persist`] gave in the snapshot. True when the
     /// configuration space the driver read has changed (the transport then tells it).

@@ -15,7 +15,7 @@ use super::config::BlockConfig;
 use super::disk::{Disk, DiskError, WriteZeroes};
 use super::request::{self, MAX_DESCRIPTORS, MAX_DISCARD_SECTORS, SECTOR_SIZE};
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
+use crate::devices::virtio::persist::DevicePersist;
 use crate::devices::virtio::queues::QueueSet;
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VirtioError, TYPE_BLOCK, VIRTIO_RING_F_EVENT_IDX,
@@ -193,8 +193,8 @@ impl VirtioDevice for Block {
         self.persist_state()
     }
 
-    fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
-        self.saved_queues()
+    fn queue_set(&self) -> Option<&QueueSet> {
+        Some(&self.queues)
     }
 
     fn after_restore(&mut self, saved: &DevicePersist) -> bool {

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Block;
-use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
+use crate::devices::virtio::persist::DevicePersist;
 
 /// The block device's own snapshot state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,10 +23,6 @@ impl Block {
             capacity_sectors: self.disk().sectors(),
             read_only: self.disk().read_only(),
         })
-    }
-
-    pub(super) fn saved_queues(&self) -> Vec<QueueSnapshot> {
-        self.queues.snapshots()
     }
 
     /// After a restore: look at the queue once; true when the capacity changed.

@@ -12,7 +12,7 @@ use super::config::{MacAddr, NetConfig};
 use super::queues::{self, FrameIo, RxState};
 use super::tap::{Tap, TapError};
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
+use crate::devices::virtio::persist::DevicePersist;
 use crate::devices::virtio::queues::QueueSet;
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VirtioError, TYPE_NET, VIRTIO_RING_F_EVENT_IDX,
@@ -208,8 +208,8 @@ impl VirtioDevice for Net {
         self.persist_state()
     }
 
-    fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
-        self.saved_queues()
+    fn queue_set(&self) -> Option<&QueueSet> {
+        Some(&self.queues)
     }
 
     fn after_restore(&mut self, _saved: &DevicePersist) -> bool {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{MacAddr, Net};
-use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
+use crate::devices::virtio::persist::DevicePersist;
 
 /// The network card's own snapshot state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,10 +18,6 @@ impl Net {
         DevicePersist::Net(NetPersist {
             mac: self.state().mac,
         })
-    }
-
-    pub(super) fn saved_queues(&self) -> Vec<QueueSnapshot> {
-        self.queues.snapshots()
     }
 
     /// After a restore: look at both queues once.

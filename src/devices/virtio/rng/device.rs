@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::request;
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
+use crate::devices::virtio::persist::DevicePersist;
 use crate::devices::virtio::queues::QueueSet;
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VirtioError, TYPE_RNG, VIRTIO_RING_F_EVENT_IDX,
@@ -137,8 +137,8 @@ impl VirtioDevice for Rng {
         DevicePersist::Rng
     }
 
-    fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
-        self.queues.snapshots()
+    fn queue_set(&self) -> Option<&QueueSet> {
+        Some(&self.queues)
     }
 
     fn after_restore(&mut self, _saved: &DevicePersist) -> bool {

@@ -14,7 +14,7 @@ use super::config::{VsockConfig, VsockConfigError};
 use super::muxer::{Muxer, MuxerError};
 use crate::devices::virtio::descriptor::Chain;
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
+use crate::devices::virtio::persist::DevicePersist;
 use crate::devices::virtio::queues::{add_used, pop, Drained, QueueError, QueueSet};
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VirtioError, TYPE_VSOCK, VIRTIO_RING_F_EVENT_IDX,
@@ -288,8 +288,8 @@ impl VirtioDevice for Vsock {
         self.persist_state()
     }
 
-    fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
-        self.saved_queues()
+    fn queue_set(&self) -> Option<&QueueSet> {
+        Some(&self.queues)
     }
 
     fn after_restore(&mut self, _saved: &DevicePersist) -> bool {

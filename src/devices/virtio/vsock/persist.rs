@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Vsock;
-use crate::devices::virtio::persist::{DevicePersist, QueueSnapshot};
+use crate::devices::virtio::persist::DevicePersist;
 
 /// The vsock device's own snapshot state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,10 +20,6 @@ impl Vsock {
         DevicePersist::Vsock(VsockPersist {
             cid: self.state().config.cid,
         })
-    }
-
-    pub(super) fn saved_queues(&self) -> Vec<QueueSnapshot> {
-        self.queues.snapshots()
     }
 
     /// After a restore: reset every guest connection, then serve the queues.
