@@ -269,6 +269,8 @@ pub struct Sandbox {
     writable_layer: WritableLayer,
     /// The scratch disk's file, if any.
     scratch: Option<PathBuf>,
+    /// Stop through the agent (the caller's disks must be synced).
+    graceful_stop: bool,
 }
 
 /// What a sandbox is made of besides its VM and agent connection.
@@ -280,6 +282,7 @@ struct Assembly {
     marks: Marks,
     containers: u32,
     container_env: HashMap<String, Vec<String>>,
+    graceful_stop: bool,
 }
 
 /// The sandbox's runtime folder (sockets, scratch disk), removed when it ends.
@@ -344,6 +347,7 @@ impl Sandbox {
             marks,
             containers: 0,
             container_env: HashMap::new(),
+            graceful_stop: !config.disks.is_empty(),
         };
         Ok(Self::assemble(parts, launched, Vec::new())?.0)
     }
@@ -395,6 +399,7 @@ impl Sandbox {
             container_env: Mutex::new(parts.container_env),
             writable_layer: scratch::writable_layer(parts.scratch.as_deref()),
             scratch: parts.scratch,
+            graceful_stop: parts.graceful_stop,
         };
         Ok((sandbox, processes))
     }
@@ -584,15 +589,19 @@ impl Sandbox {
         Ok(process)
     }
 
-    /// Ask the agent to shut the guest down (its containers are killed) and wait for
-    /// the VM to end. Processes still waited for get their exit or a `Lost` error.
+    /// End the sandbox and wait for its VM to end. Processes still waited for get
+    /// their exit or a `Lost` error. A sandbox with disks of the caller's
+    /// ([`SandboxConfig::disks`]) asks its agent to shut the guest down (containers
+    /// killed, filesystems synced); any other is stopped from the host at once: its
+    /// image is read-only and its scratch disk and memory are thrown away, so nothing
+    /// in the guest is worth the round trip.
     pub fn stop(&self) -> Result<vmm::RunReport, SandboxError> {
         let Some(vm) = self.vm().take() else {
             return Err(SandboxError::Refused(
                 "the sandbox is already stopped".into(),
             ));
         };
-        if self.demux.send(&Message::Shutdown).is_err() {
+        if !self.graceful_stop || self.demux.send(&Message::Shutdown).is_err() {
             vm.stopper().stop();
         }
         // A guest that does not reset in time is stopped from the host.

@@ -258,6 +258,7 @@ impl Sandbox {
             marks,
             containers: saved.containers,
             container_env: saved.container_env,
+            graceful_stop: false,
         };
         Sandbox::assemble(parts, launched, options.adopt)
     }
