@@ -149,6 +149,13 @@ pub fn restore(
     let started = Instant::now();
     let config = restore_config(&state.config, options)?;
     config.validate_resources()?;
+    let ids: Vec<u8> = state.vcpus.iter().map(|v| v.id).collect();
+    if ids != (0..config.cpus).collect::<Vec<u8>>() {
+        return Err(VmError::State(format!(
+            "the snapshot's configuration has {} vCPUs but its state holds vCPUs {ids:?}",
+            config.cpus
+        )));
+    }
     let fds = fd_limit::reserve(fd_limit::vm_fds(&config))?;
     let ram = crate::memory::map_snapshot(memory, config.memory_mib)?;
     let mut mmio = Bus::new();
