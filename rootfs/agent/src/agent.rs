@@ -355,16 +355,9 @@ impl Agent {
                     let _ = forwarder.join();
                 }
                 agent.processes().remove(&id);
-                if let Ending::Init {
-                    id: cid,
-                    mut rootfs,
-                    cgroup,
-                } = ending
-                {
-                    agent.containers().remove(&cid);
-                    rootfs.unmount();
-                    cgroup.iter().for_each(|c| c.remove());
-                }
+                // The exit is reported as soon as the output is complete: the host (a
+                // `husk run` waiting to return) need not wait for the container's
+                // teardown, which follows. The container's id is taken until then.
                 let status = ExitStatus {
                     code,
                     signal,
@@ -374,6 +367,16 @@ impl Agent {
                     process: id,
                     status,
                 });
+                if let Ending::Init {
+                    id: cid,
+                    mut rootfs,
+                    cgroup,
+                } = ending
+                {
+                    rootfs.unmount();
+                    cgroup.iter().for_each(|c| c.remove());
+                    agent.containers().remove(&cid);
+                }
             });
         if let Err(e) = completion {
             crate::console::log(&format!("process {id}: no completion thread: {e}"));

@@ -156,6 +156,11 @@ fn root_directory_recreated_over_the_image_is_empty() {
 fn root_container_state_is_removed_after_exit() {
     let mut h = Harness::new();
     h.run_to_end("cleanup", &["true"]);
+    // The exit is reported before the teardown, which follows at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.agent.container_count() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert!(!h.state.join("cleanup").exists());
     let cgroup = h.cgroup_root.as_ref().map(|r| r.join("husk/cleanup"));
     assert!(!cgroup.is_some_and(|c| c.exists()));
