@@ -2,6 +2,7 @@
 //!
 //! The library owns everything; the `husk` binary only parses its command line. See
 //! `docs/design.md` for the boot steps, the threads and the devices.
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod config;

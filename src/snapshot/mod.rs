@@ -127,6 +127,16 @@ pub fn create(
     options: &CreateOptions,
 ) -> Result<Created, SnapshotError> {
     std::fs::create_dir(dir).map_err(io("cannot create the snapshot folder", dir))?;
+    create_files(vm, &dir.join(STATE_FILE), &dir.join(MEMORY_FILE), options)
+}
+
+/// Snapshot `vm` into the new files `state_path` and `memory_path`.
+pub fn create_files(
+    vm: &RunningVm,
+    state_path: &Path,
+    memory_path: &Path,
+    options: &CreateOptions,
+) -> Result<Created, SnapshotError> {
     let config = vm.config();
     let kernel_sha256 =
         crate::digest::sha256_cached(&config.kernel, &crate::kernel::cache_root().join("digests"))
@@ -145,38 +155,47 @@ pub fn create(
     if !was_paused {
         vm.pause()?;
     }
-    let result = write_both(vm, dir, fingerprint, options.durable, started);
+    let targets = Targets {
+        state: state_path,
+        memory: memory_path,
+        durable: options.durable,
+    };
+    let result = write_both(vm, &targets, fingerprint, started);
     if !was_paused {
         vm.resume();
     }
     result
 }
 
+/// Where a snapshot goes.
+struct Targets<'a> {
+    state: &'a Path,
+    memory: &'a Path,
+    durable: bool,
+}
+
 fn write_both(
     vm: &RunningVm,
-    dir: &Path,
+    targets: &Targets<'_>,
     fingerprint: Fingerprint,
-    durable: bool,
     started: Instant,
 ) -> Result<Created, SnapshotError> {
     let paused = Instant::now();
     let quiesced = vm.quiesce()?;
     let saved = Instant::now();
-    let memory_path = dir.join(MEMORY_FILE);
-    let memory = memory::write(vm.guest_ram(), &memory_path, durable)
-        .map_err(io("cannot write guest memory to", &memory_path))?;
+    let memory = memory::write(vm.guest_ram(), targets.memory, targets.durable)
+        .map_err(io("cannot write guest memory to", targets.memory))?;
     let written = Instant::now();
     let file = StateFile {
         husk_version: env!("CARGO_PKG_VERSION").to_string(),
         fingerprint,
         state: quiesced.state,
     };
-    let state_path = dir.join(STATE_FILE);
     let bytes = format::encode(&file).map_err(|source| SnapshotError::Format {
-        path: state_path.clone(),
+        path: targets.state.to_path_buf(),
         source,
     })?;
-    write_file(&state_path, &bytes, durable)?;
+    write_file(targets.state, &bytes, targets.durable)?;
     Ok(Created {
         memory,
         state_bytes: bytes.len() as u64,
@@ -220,8 +239,29 @@ pub fn load(dir: &Path, expect: &Expect) -> Result<Loaded, SnapshotError> {
     let memory = File::open(pinned.join(MEMORY_FILE)).map_err(io("cannot open", &memory_path))?;
     let state_path = dir.join(STATE_FILE);
     let bytes = std::fs::read(pinned.join(STATE_FILE)).map_err(io("cannot read", &state_path))?;
-    let file = format::decode(&bytes).map_err(|source| SnapshotError::Format {
-        path: state_path.clone(),
+    check(&state_path, &bytes, memory, expect)
+}
+
+/// Read the snapshot made of `state_path` and `memory_path` and check it (see [`load`]).
+pub fn load_files(
+    state_path: &Path,
+    memory_path: &Path,
+    expect: &Expect,
+) -> Result<Loaded, SnapshotError> {
+    let memory = File::open(memory_path).map_err(io("cannot open", memory_path))?;
+    let bytes = std::fs::read(state_path).map_err(io("cannot read", state_path))?;
+    check(state_path, &bytes, memory, expect)
+}
+
+/// Decode a state file's `bytes` and check its fingerprint.
+fn check(
+    state_path: &Path,
+    bytes: &[u8],
+    memory: File,
+    expect: &Expect,
+) -> Result<Loaded, SnapshotError> {
+    let file = format::decode(bytes).map_err(|source| SnapshotError::Format {
+        path: state_path.to_path_buf(),
         source,
     })?;
     let here = host_fingerprint(&crate::kvm::open()?)?;

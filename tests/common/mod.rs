@@ -479,26 +479,39 @@ export PATH=$PWD/bin:$PATH
 /// This machine's mkfs.ext4, its libraries and the dynamic loader, as `run_script`
 /// files under `e2fs/` (the loader as `e2fs/ld.so`).
 pub fn mkfs_ext4_files() -> Vec<(PathBuf, String)> {
-    let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
-        .into_iter()
+    host_tool_files(
+        &["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"],
+        "e2fs",
+        "install e2fsprogs",
+    )
+}
+
+/// The first of `candidates` that exists on this machine, with its shared libraries and
+/// the dynamic loader, as `run_script` files under `dir/` (the loader as `dir/ld.so`):
+/// the test host lacks most tools, and a tool runs there as
+/// `dir/ld.so --library-path dir dir/NAME`.
+pub fn host_tool_files(candidates: &[&str], dir: &str, hint: &str) -> Vec<(PathBuf, String)> {
+    let tool = candidates
+        .iter()
         .map(Path::new)
         .find(|p| p.exists())
-        .expect("mkfs.ext4 not found: install e2fsprogs");
-    let real = mkfs.canonicalize().expect("resolve mkfs.ext4");
+        .unwrap_or_else(|| panic!("none of {candidates:?} found: {hint}"));
+    let real = tool.canonicalize().expect("resolve the tool");
+    let name = tool.file_name().unwrap_or_default().to_string_lossy();
     let ldd = Command::new("ldd").arg(&real).output().expect("run ldd");
     assert!(ldd.status.success(), "ldd {}", real.display());
-    let mut files = vec![(real, "e2fs/mkfs.ext4".to_string())];
+    let mut files = vec![(real, format!("{dir}/{name}"))];
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         // "libx.so => /path (0x...)" for a library, "/path (0x...)" for the loader.
         let (path, name) = match line.split_once("=> ") {
             Some((_, rest)) => {
                 let path = rest.split_whitespace().next().unwrap_or_default();
                 let base = Path::new(path).file_name().unwrap_or_default();
-                (path, format!("e2fs/{}", base.to_string_lossy()))
+                (path, format!("{dir}/{}", base.to_string_lossy()))
             }
             None => (
                 line.split_whitespace().next().unwrap_or_default(),
-                "e2fs/ld.so".to_string(),
+                format!("{dir}/ld.so"),
             ),
         };
         if path.starts_with('/') {

@@ -6,6 +6,7 @@ mod images;
 mod run;
 mod sandboxes;
 mod templates;
+mod vmm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,11 @@ enum Command {
     /// Exits 0 when the guest resets or powers off cleanly, and 1 with one line on stderr
     /// when it panics, triple-faults or cannot run.
     Boot(Box<BootArgs>),
+    /// One VM in this process, configured and driven over a REST API on a Unix socket
+    /// (a Firecracker-compatible subset), or from a config file.
+    ///
+    /// Exits 0 when the guest resets or powers off cleanly, 1 when it fails.
+    Vmm(Box<vmm::VmmArgs>),
     /// Run a command in a container inside a new micro-VM, like `docker run`.
     ///
     /// Streams the command's stdout and stderr, and exits with its exit code (128+N when
@@ -151,6 +157,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Boot(args) => boot::boot(args),
+        Command::Vmm(args) => vmm::vmm(*args),
         Command::Run(args) => return exit_code(run::run_container(*args)),
         Command::Exec(args) => return exit_code(sandboxes::exec(*args)),
         Command::Ps { all } => sandboxes::ps(all),

@@ -92,6 +92,10 @@ pub struct NetConfig {
     /// arrive (a template's network slot, kept for a sandbox without a network).
     #[serde(default)]
     pub unplugged: bool,
+    /// The card's name for an API client (`iface_id`), so that a restore can give it a
+    /// new TAP by name.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 impl NetConfig {

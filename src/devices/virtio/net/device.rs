@@ -228,6 +228,7 @@ mod tests {
             tap: None,
             mac: Some(mac),
             unplugged: false,
+            id: None,
         })
         .unwrap();
         let mut b = [0u8; 6];

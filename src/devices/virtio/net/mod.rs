@@ -14,7 +14,7 @@ mod tap;
 #[cfg(test)]
 mod transport_tests;
 
-pub use config::{MacAddr, NetConfig, NetConfigError};
+pub use config::{validate_ifname, MacAddr, NetConfig, NetConfigError};
 pub use device::{Net, NetError, NetState, QUEUE_SIZE};
 pub use persist::NetPersist;
 pub use queues::{process_rx, process_tx, FrameIo, RxState, NET_HDR_LEN};

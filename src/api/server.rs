@@ -1,0 +1,186 @@
+//! The `husk vmm` process: one VM, configured and driven over the API socket (or from
+//! a config file), until the VM ends; then the process reports how it ended and exits.
+//!
+//! Threads: the caller's (waits for the VM's end), `husk-api` (accepts on the socket and
+//! serves one connection at a time, each request to its end), and the VM's own.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use super::controller::Controller;
+use super::http::{read_request, write_response};
+use super::model::FullVmConfiguration;
+use super::resources::Resources;
+use crate::config::ConsoleConfig;
+use crate::vmm::RunReport;
+
+/// Errors of the VMM process itself (a request's errors go back to its client).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The API socket could not be made.
+    #[error("cannot listen on the API socket {path}: {source}")]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The config file is unreadable or wrong.
+    #[error("config file {path}: {message}")]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Without an API the VM never starts.
+    #[error("--no-api needs --config-file: nothing could start the VM")]
+    NothingToStart,
+}
+
+/// How `husk vmm` runs.
+#[derive(Debug, Clone)]
+pub struct VmmOptions {
+    /// The API socket (none with `--no-api`).
+    pub api_sock: Option<PathBuf>,
+    /// Firecracker's config JSON: the VM is configured from it and started at once.
+    pub config_file: Option<PathBuf>,
+    /// The instance id `GET /` reports.
+    pub id: String,
+    /// Where the guest console goes.
+    pub console: ConsoleConfig,
+}
+
+/// Run the VMM: serve the API, start the VM when asked (or at once from a config
+/// file), and return its report once it ends.
+pub fn run(options: &VmmOptions) -> Result<RunReport, ServeError> {
+    let mut resources = match &options.config_file {
+        Some(path) => load_config(path)?,
+        None => Resources::default(),
+    };
+    resources.console = options.console.clone();
+    let (started, watch) = mpsc::channel();
+    let controller = Arc::new(Mutex::new(Controller::new(
+        options.id.clone(),
+        resources,
+        started,
+    )));
+    let _socket = match &options.api_sock {
+        Some(path) => Some(serve(path, controller.clone())?),
+        None if options.config_file.is_none() => return Err(ServeError::NothingToStart),
+        None => None,
+    };
+    stop_on_signals(controller.clone(), options.api_sock.clone());
+    if options.config_file.is_some() {
+        let start = super::http::Request {
+            method: "PUT".into(),
+            path: "/actions".into(),
+            body: serde_json::to_vec(&serde_json::json!({"action_type": "InstanceStart"}))
+                .unwrap_or_default(),
+            close: false,
+        };
+        let response = lock(&controller).handle(&start);
+        if response.status >= 300 {
+            return Err(ServeError::ConfigFile {
+                path: options.config_file.clone().unwrap_or_default(),
+                message: response.body.unwrap_or_default(),
+            });
+        }
+    }
+    // The API thread serves for as long as the process lives; the VM's end ends it.
+    let exit = watch
+        .recv()
+        .expect("the controller lives as long as this function");
+    drop(exit.wait());
+    let vm = lock(&controller)
+        .take_vm()
+        .expect("a VM that started is there until taken");
+    Ok(vm.wait())
+}
+
+/// SIGTERM, SIGINT, SIGHUP or SIGQUIT (blocked by the caller) stop the VM, which ends
+/// the process through its usual path; before the VM started, the process exits at once
+/// (128 + the signal), its API socket removed.
+fn stop_on_signals(controller: Arc<Mutex<Controller>>, socket: Option<PathBuf>) {
+    std::thread::spawn(move || loop {
+        let signal = crate::sandbox::signals::wait_forwarded();
+        match lock(&controller).stopper() {
+            Some(stopper) => stopper.stop(),
+            None => {
+                if let Some(path) = &socket {
+                    drop(std::fs::remove_file(path));
+                }
+                std::process::exit(128 + signal);
+            }
+        }
+    });
+}
+
+fn lock(c: &Mutex<Controller>) -> std::sync::MutexGuard<'_, Controller> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn load_config(path: &Path) -> Result<Resources, ServeError> {
+    let err = |message: String| ServeError::ConfigFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let full: FullVmConfiguration = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    Resources::from_file(full).map_err(|e| err(e.to_string()))
+}
+
+/// The API socket, removed when dropped.
+pub struct ApiSocket(PathBuf);
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        drop(std::fs::remove_file(&self.0));
+    }
+}
+
+/// Listen on `path` (mode 0600: only this user may drive the VM) and serve requests
+/// on a thread of their own.
+pub fn serve(path: &Path, controller: Arc<Mutex<Controller>>) -> Result<ApiSocket, ServeError> {
+    let listen = |source| ServeError::Listen {
+        path: path.to_path_buf(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(listen)?;
+    let socket = ApiSocket(path.to_path_buf());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen)?;
+    std::thread::Builder::new()
+        .name("husk-api".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                serve_connection(conn, &controller);
+            }
+        })
+        .map_err(listen)?;
+    Ok(socket)
+}
+
+/// Requests of one connection, in turn, until the client closes.
+fn serve_connection(mut conn: UnixStream, controller: &Mutex<Controller>) {
+    let mut pending = Vec::new();
+    loop {
+        let request = match read_request(&mut conn, &mut pending) {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(e) => {
+                if let Some(response) = e.response() {
+                    drop(write_response(&mut conn, &response, true));
+                }
+                return;
+            }
+        };
+        log::debug!("api: {} {}", request.method, request.path);
+        let response = lock(controller).handle(&request);
+        if write_response(&mut conn, &response, request.close).is_err() || request.close {
+            return;
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `husk vmm`'s API driven with curl, the way Firecracker's getting-started guide
+//! drives Firecracker: configure, start, pause, snapshot, resume, then load the snapshot
+//! in a second `husk vmm`; the error paths on the way; and a VM from `--config-file`
+//! without an API. In the KVM test host, with the real guest kernel.
+mod common;
+
+use common::{assets, host_tool_files, run_script};
+
+/// The guest: writes a marker to its drive, counts to 40 on the console, resets.
+const GUEST: &str = r#"#!/bin/sh
+export PATH=/bin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
+/bin/busybox --install -s /bin 2>/dev/null
+printf api-disk | dd of=/dev/vda conv=notrunc 2>/dev/null
+sync
+i=0
+while [ $i -lt 40 ]; do i=$((i+1)); echo "count=$i"; usleep 100000; done
+reboot -f
+"#;
+
+const HOST: &str = r#"
+mkdir -p g bin
+cat > g/guest.sh <<'GUEST_EOF'
+GUEST_SCRIPT
+GUEST_EOF
+(cd g && echo guest.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
+cat initrd.cpio extra.cpio > guest.cpio
+cat > bin/curl <<WRAPPER
+#!/bin/sh
+exec $PWD/curl/ld.so --library-path $PWD/curl $PWD/curl/curl "\$@"
+WRAPPER
+chmod 755 bin/curl
+export PATH=$PWD/bin:$PATH
+head -c 1048576 /dev/zero > data.img
+# call NAME METHOD PATH [BODY]: prints NAME-status and NAME-body.
+call() {
+    name=$1 method=$2 path=$3 body=$4
+    if [ -n "$body" ]; then
+        code=$(curl -s --unix-socket "$SOCK" -X "$method" "http://localhost$path" \
+            -H 'Content-Type: application/json' -d "$body" -o body.txt -w '%{http_code}')
+    else
+        code=$(curl -s --unix-socket "$SOCK" -X "$method" "http://localhost$path" -o body.txt -w '%{http_code}')
+    fi
+    echo "$name-status=$code"
+    echo "$name-body=$(cat body.txt)"
+}
+wait_for() { n=0; until grep -q "$2" "$1" 2>/dev/null; do n=$((n+1)); [ $n -gt 3000 ] && return 1; sleep 0.2; done; }
+SOCK=$PWD/api.sock
+./husk vmm --api-sock "$SOCK" --console console.log 2> vmm.err &
+vmm=$!
+n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done
+echo "socket-mode=$(stat -c %a "$SOCK")"
+call info GET /
+call machine PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+call machine-get GET /machine-config
+call unknown-field PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128, "turbo": true}'
+call bad-cpus PUT /machine-config '{"vcpu_count": 64, "mem_size_mib": 128}'
+call wrong-method DELETE /machine-config
+call no-path GET /balloon
+call boot PUT /boot-source "{\"kernel_image_path\": \"$PWD/vmlinux\", \"initrd_path\": \"$PWD/guest.cpio\", \"boot_args\": \"quiet rdinit=/bin/busybox -- sh /guest.sh\"}"
+call drive PUT /drives/data "{\"drive_id\": \"data\", \"path_on_host\": \"$PWD/data.img\", \"is_root_device\": false, \"is_read_only\": false}"
+call vsock PUT /vsock "{\"guest_cid\": 3, \"uds_path\": \"$PWD/v.sock\"}"
+call start PUT /actions '{"action_type": "InstanceStart"}'
+call running GET /
+call late-drive PUT /drives/more "{\"drive_id\": \"more\", \"path_on_host\": \"$PWD/data.img\", \"is_root_device\": false, \"is_read_only\": true}"
+wait_for console.log 'count=5$' && echo "guest-counting=yes"
+call pause PATCH /vm '{"state": "Paused"}'
+call paused GET /
+call snapshot PUT /snapshot/create "{\"snapshot_path\": \"$PWD/snap.state\", \"mem_file_path\": \"$PWD/snap.mem\"}"
+call resume PATCH /vm '{"state": "Resumed"}'
+call config GET /vm/config
+wait $vmm; echo "vmm-status=$?"
+echo "socket-left=$(test -e "$SOCK" && echo yes || echo no)"
+echo "disk-marker=$(head -c 8 data.img)"
+echo "first-last-count=$(tr -d '\r' < console.log | grep '^count=' | tail -1)"
+
+# A second husk vmm loads the snapshot and resumes it.
+SOCK=$PWD/api2.sock
+./husk vmm --api-sock "$SOCK" --console console2.log 2> vmm2.err &
+vmm2=$!
+n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done
+call load-both PUT /snapshot/load "{\"snapshot_path\": \"$PWD/snap.state\", \"mem_file_path\": \"$PWD/snap.mem\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$PWD/snap.mem\"}}"
+call load PUT /snapshot/load "{\"snapshot_path\": \"$PWD/snap.state\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$PWD/snap.mem\"}, \"resume_vm\": true, \"vsock_override\": {\"uds_path\": \"$PWD/v2.sock\"}}"
+call loaded GET /
+wait $vmm2; echo "vmm2-status=$?"
+echo "second-first-count=$(tr -d '\r' < console2.log | grep '^count=' | head -1)"
+echo "second-last-count=$(tr -d '\r' < console2.log | grep '^count=' | tail -1)"
+
+# Without an API: the VM of a config file.
+cat > vm.json <<EOF
+{"boot-source": {"kernel_image_path": "$PWD/vmlinux", "initrd_path": "$PWD/guest.cpio",
+  "boot_args": "quiet rdinit=/bin/busybox -- sh /guest.sh"},
+ "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+ "drives": [{"drive_id": "data", "path_on_host": "$PWD/data.img", "is_root_device": false, "is_read_only": false}]}
+EOF
+./husk vmm --no-api --config-file vm.json --console console3.log; echo "config-file-status=$?"
+echo "config-file-last-count=$(tr -d '\r' < console3.log | grep '^count=' | tail -1)"
+echo '{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "gpus": []}' > bad.json
+./husk vmm --no-api --config-file bad.json 2> bad.err; echo "bad-config-status=$?"
+echo "bad-config-error=$(cat bad.err)"
+echo "husk-processes-left=$(husk_processes)"
+"#;
+
+#[test]
+fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_does() {
+    let curl = host_tool_files(&["/usr/bin/curl"], "curl", "install curl");
+    let assets = assets();
+    let mut files = assets.files();
+    files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));
+    let script = HOST.replace("GUEST_SCRIPT", GUEST.trim_end());
+    let out = run_script(&script, &files);
+    let is = |key: &str, want: &str| assert_eq!(out.value(key), Some(want), "{key}\n{out}");
+    let has = |key: &str, part: &str| {
+        assert!(
+            out.value(key).is_some_and(|v| v.contains(part)),
+            "{key} lacks {part:?}\n{out}"
+        )
+    };
+    is("socket-mode", "600");
+    is("info-status", "200");
+    has("info-body", r#""state":"Not started""#);
+    is("machine-status", "204");
+    has("machine-get-body", r#""mem_size_mib":128"#);
+    is("unknown-field-status", "400");
+    has("unknown-field-body", "unknown field `turbo`");
+    is("bad-cpus-status", "400");
+    has("bad-cpus-body", "vcpu_count 64");
+    is("wrong-method-status", "405");
+    is("no-path-status", "404");
+    is("boot-status", "204");
+    is("drive-status", "204");
+    is("vsock-status", "204");
+    is("start-status", "204");
+    has("running-body", r#""state":"Running""#);
+    is("late-drive-status", "400");
+    has("late-drive-body", "not allowed after the VM started");
+    is("guest-counting", "yes");
+    is("pause-status", "204");
+    has("paused-body", r#""state":"Paused""#);
+    is("snapshot-status", "204");
+    is("resume-status", "204");
+    has("config-body", r#""drive_id":"data""#);
+    is("vmm-status", "0");
+    is("socket-left", "no");
+    is("disk-marker", "api-disk");
+    is("first-last-count", "count=40");
+    is("load-both-status", "400");
+    has(
+        "load-both-body",
+        "exactly one of mem_file_path and mem_backend",
+    );
+    is("load-status", "204");
+    has("loaded-body", r#""state":"Running""#);
+    is("vmm2-status", "0");
+    is("second-last-count", "count=40");
+    let first: u32 = out
+        .value("second-first-count")
+        .and_then(|v| v.trim_start_matches("count=").parse().ok())
+        .unwrap_or_else(|| panic!("no count after the load\n{out}"));
+    assert!(
+        (6..40).contains(&first),
+        "the loaded guest started at count {first}\n{out}"
+    );
+    is("config-file-status", "0");
+    is("config-file-last-count", "count=40");
+    is("bad-config-status", "1");
+    has("bad-config-error", "unknown field `gpus`");
+    is("husk-processes-left", "0");
+}
