@@ -6,7 +6,7 @@ mod common;
 
 use common::{assets, host_tool_files, run_script};
 
-/// The guest: writes a marker to its drive, counts to 40 on the console, resets.
+/// The guest: writes a marker to its drive, counts to 100 on the console, resets.
 const GUEST: &str = r#"#!/bin/sh
 export PATH=/bin
 /bin/busybox mount -t proc proc /proc
@@ -15,7 +15,7 @@ export PATH=/bin
 printf api-disk | dd of=/dev/vda conv=notrunc 2>/dev/null
 sync
 i=0
-while [ $i -lt 40 ]; do i=$((i+1)); echo "count=$i"; usleep 100000; done
+while [ $i -lt 100 ]; do i=$((i+1)); echo "count=$i"; usleep 100000; done
 reboot -f
 "#;
 
@@ -64,7 +64,7 @@ call vsock PUT /vsock "{\"guest_cid\": 3, \"uds_path\": \"$PWD/v.sock\"}"
 call start PUT /actions '{"action_type": "InstanceStart"}'
 call running GET /
 call late-drive PUT /drives/more "{\"drive_id\": \"more\", \"path_on_host\": \"$PWD/data.img\", \"is_root_device\": false, \"is_read_only\": true}"
-wait_for console.log 'count=5$' && echo "guest-counting=yes"
+wait_for console.log 'count=5' && echo "guest-counting=yes"
 call pause PATCH /vm '{"state": "Paused"}'
 call paused GET /
 call snapshot PUT /snapshot/create "{\"snapshot_path\": \"$PWD/snap.state\", \"mem_file_path\": \"$PWD/snap.mem\"}"
@@ -83,6 +83,7 @@ n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; do
 call load-both PUT /snapshot/load "{\"snapshot_path\": \"$PWD/snap.state\", \"mem_file_path\": \"$PWD/snap.mem\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$PWD/snap.mem\"}}"
 call load PUT /snapshot/load "{\"snapshot_path\": \"$PWD/snap.state\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$PWD/snap.mem\"}, \"resume_vm\": true, \"vsock_override\": {\"uds_path\": \"$PWD/v2.sock\"}}"
 call loaded GET /
+grep -q '"state":"Running"' body.txt || kill $vmm2
 wait $vmm2; echo "vmm2-status=$?"
 echo "second-first-count=$(tr -d '\r' < console2.log | grep '^count=' | head -1)"
 echo "second-last-count=$(tr -d '\r' < console2.log | grep '^count=' | tail -1)"
@@ -144,7 +145,7 @@ fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_doe
     is("vmm-status", "0");
     is("socket-left", "no");
     is("disk-marker", "api-disk");
-    is("first-last-count", "count=40");
+    is("first-last-count", "count=100");
     is("load-both-status", "400");
     has(
         "load-both-body",
@@ -153,7 +154,7 @@ fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_doe
     is("load-status", "204");
     has("loaded-body", r#""state":"Running""#);
     is("vmm2-status", "0");
-    is("second-last-count", "count=40");
+    is("second-last-count", "count=100");
     let first: u32 = out
         .value("second-first-count")
         .and_then(|v| v.trim_start_matches("count=").parse().ok())
@@ -163,7 +164,7 @@ fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_doe
         "the loaded guest started at count {first}\n{out}"
     );
     is("config-file-status", "0");
-    is("config-file-last-count", "count=40");
+    is("config-file-last-count", "count=100");
     is("bad-config-status", "1");
     has("bad-config-error", "unknown field `gpus`");
     is("husk-processes-left", "0");
