@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Milestones of one VM run, in milliseconds from the start of `Vm::start`.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Timeline {
     /// Guest RAM created, devices built, kernel, initrd and boot tables loaded.
     pub guest_loaded_ms: Option<f64>,
@@ -27,7 +27,7 @@ pub fn ms_since(start: Instant, at: Option<Instant>) -> Option<f64> {
 }
 
 /// VM exits by kind.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ExitCounts {
     /// Port reads.
     pub io_in: u64,
@@ -44,7 +44,7 @@ pub struct ExitCounts {
 }
 
 /// CPU time and memory of this process, from procfs.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ProcessStats {
     /// User + system CPU time not spent running the guest, in ms.
     pub vmm_cpu_ms: f64,
@@ -116,7 +116,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// Everything measured about one run.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct RunMetrics {
     /// Milestones.
     pub timeline: Timeline,

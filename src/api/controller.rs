@@ -148,10 +148,9 @@ impl Controller {
                 let _: Metrics = parse(body)?;
                 ok()
             }
-            (["husk", "report"], "GET") => {
-                let report = self.running("GET /husk/report")?.failure_output();
-                json(&serde_json::json!({ "report": report }))
-            }
+            (["husk", rest @ ..], method) => self
+                .husk_route(rest, method, body)
+                .unwrap_or_else(|| Err(ApiError::NotFound(req.path.clone()))),
             (path, method) if known(path) => Err(ApiError::MethodNotAllowed {
                 method: method.to_string(),
                 path: req.path.clone(),
@@ -352,9 +351,11 @@ fn known(path: &[&str]) -> bool {
             | ["snapshot", "create" | "load"]
             | ["logger"]
             | ["metrics"]
-            | ["husk", "report"]
     )
 }
+
+#[path = "husk_routes.rs"]
+mod husk_routes;
 
 #[cfg(test)]
 mod tests {

@@ -23,6 +23,7 @@
 //! naming the field and value; an unknown path 404, a known path with another method
 //! 405; a request the VM's state does not allow (a drive put after start) 400 saying so.
 
+pub mod client;
 pub mod controller;
 pub mod http;
 pub mod model;

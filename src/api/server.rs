@@ -52,6 +52,29 @@ pub struct VmmOptions {
     pub id: String,
     /// Where the guest console goes.
     pub console: ConsoleConfig,
+    /// Write how the VM ended ([`ExitReport`], JSON) to this file before exiting.
+    pub exit_report: Option<PathBuf>,
+    /// Stop the VM (or exit, before it started) when standard input reaches its end:
+    /// the parent holds the other end of a pipe, which closes when it goes.
+    pub die_with_parent: bool,
+}
+
+/// How a VMM process's VM ended, written for its parent (`--exit-report`): the parent
+/// cannot ask once the process, and with it the guest's memory, is gone.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ExitReport {
+    /// A clean end.
+    pub end: Option<crate::vmm::exit::VmExit>,
+    /// The guest's failure, if it failed.
+    pub error: Option<String>,
+    /// The failure was a kernel panic (its message is on the console).
+    pub panic: bool,
+    /// For a failed guest: console tail, kernel log, vCPUs, devices.
+    pub report: Option<String>,
+    /// The console's last KiB.
+    pub console: String,
+    /// What the run cost.
+    pub metrics: crate::metrics::RunMetrics,
 }
 
 /// Run the VMM: serve the API, start the VM when asked (or at once from a config
@@ -74,6 +97,9 @@ pub fn run(options: &VmmOptions) -> Result<RunReport, ServeError> {
         None => None,
     };
     stop_on_signals(controller.clone(), options.api_sock.clone());
+    if options.die_with_parent {
+        stop_on_stdin_eof(controller.clone(), options.api_sock.clone());
+    }
     if options.config_file.is_some() {
         let start = super::http::Request {
             method: "PUT".into(),
@@ -107,16 +133,30 @@ pub fn run(options: &VmmOptions) -> Result<RunReport, ServeError> {
 fn stop_on_signals(controller: Arc<Mutex<Controller>>, socket: Option<PathBuf>) {
     std::thread::spawn(move || loop {
         let signal = crate::sandbox::signals::wait_forwarded();
-        match lock(&controller).stopper() {
-            Some(stopper) => stopper.stop(),
-            None => {
-                if let Some(path) = &socket {
-                    drop(std::fs::remove_file(path));
-                }
-                std::process::exit(128 + signal);
-            }
-        }
+        end(&controller, socket.as_deref(), signal);
     });
+}
+
+/// Like [`stop_on_signals`], when standard input ends (the parent went).
+fn stop_on_stdin_eof(controller: Arc<Mutex<Controller>>, socket: Option<PathBuf>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while std::io::Read::read(&mut std::io::stdin(), &mut buf).is_ok_and(|n| n > 0) {}
+        end(&controller, socket.as_deref(), 0);
+    });
+}
+
+/// Stop the VM, or, before it started, exit at once with `128 + signal`.
+fn end(controller: &Mutex<Controller>, socket: Option<&Path>, signal: i32) {
+    match lock(controller).stopper() {
+        Some(stopper) => stopper.stop(),
+        None => {
+            if let Some(path) = socket {
+                drop(std::fs::remove_file(path));
+            }
+            std::process::exit(128 + signal);
+        }
+    }
 }
 
 fn lock(c: &Mutex<Controller>) -> std::sync::MutexGuard<'_, Controller> {

@@ -91,7 +91,7 @@ impl Monitor {
         fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(format!(
             "{} KiB of memory, paused {:.0} ms",
-            report.vm.memory.written >> 10,
+            report.memory_written >> 10,
             crate::metrics::ms(report.total)
         ))
     }

@@ -8,9 +8,20 @@ use std::time::{Duration, Instant};
 
 use husk_protocol::host_handshake;
 
+use super::vmm_process::VmmProcess;
 use super::{demux, vsock, SandboxError, CLEAN_END_GRACE, CONNECT_INTERVAL, HANDSHAKE_MIN};
+use crate::api::server::ExitReport;
 use crate::vmm::exit::VmExit;
-use crate::vmm::{self, RunningVm};
+
+/// Why an ended VM's agent connection is gone, for every wait that ends with it.
+pub(super) fn end_reason(report: &ExitReport) -> String {
+    match (&report.end, &report.error) {
+        (_, Some(e)) => format!("the guest failed: {e}"),
+        (Some(VmExit::Stopped), None) => "the sandbox's VM was stopped".to_string(),
+        (Some(end), None) => format!("the guest ended ({end:?}) while the sandbox ran"),
+        (None, None) => "the sandbox's VM ended".to_string(),
+    }
+}
 
 /// End the agent connection when the VM ends, however it ends. A guest that dies on its
 /// own (a triple fault, a panic) leaves the host's end of the vsock stream open, since
@@ -18,7 +29,7 @@ use crate::vmm::{self, RunningVm};
 /// process wait and request would hang on it. The thread ends with the VM, which always
 /// ends: stop and drop end it.
 pub(super) fn watch_vm(
-    watch: vmm::ExitWatch,
+    vm: Arc<VmmProcess>,
     demux: &Arc<demux::Demux>,
     conn: &Arc<UnixStream>,
 ) -> std::io::Result<()> {
@@ -26,14 +37,9 @@ pub(super) fn watch_vm(
     std::thread::Builder::new()
         .name("husk-vm-watch".into())
         .spawn(move || {
-            let end = watch.wait();
-            let reason = match &end {
-                Ok(VmExit::Stopped) => "the sandbox's VM was stopped".to_string(),
-                Ok(end) => format!("the guest ended ({end:?}) while the sandbox ran"),
-                Err(e) => format!("the guest failed: {e}"),
-            };
-            demux.end_because(reason);
-            if matches!(end, Ok(VmExit::Reset | VmExit::PowerOff)) {
+            let report = vm.wait(None).unwrap_or_default();
+            demux.end_because(end_reason(&report));
+            if matches!(report.end, Some(VmExit::Reset | VmExit::PowerOff)) {
                 // Frames a guest sent just before it ended by itself may still be on
                 // their way through the device.
                 std::thread::sleep(CLEAN_END_GRACE);
@@ -46,7 +52,7 @@ pub(super) fn watch_vm(
 /// Retry the agent's port until it answers, the guest ends, or `timeout` passes. The
 /// connection comes back with a read timeout still set.
 pub(super) fn connect_agent(
-    vm: &RunningVm,
+    vm: &VmmProcess,
     uds: &std::path::Path,
     timeout: Duration,
 ) -> Result<UnixStream, SandboxError> {
@@ -56,9 +62,10 @@ pub(super) fn connect_agent(
         console: vm.failure_output(),
     };
     loop {
-        if let Some(cause) = vm.exit_cause() {
+        if let Some(report) = vm.exit_report() {
             return Err(down(format!(
-                "the guest ended before its agent answered ({cause:?})"
+                "the guest ended before its agent answered ({})",
+                end_reason(&report)
             )));
         }
         match vsock::connect_once(uds, husk_protocol::AGENT_VSOCK_PORT) {

@@ -12,16 +12,17 @@ use husk_protocol::{read_message, write_message, DiskSize, Message};
 
 use super::connect::connect_agent;
 use super::template::{Template, TemplateSpec, IMAGE_SLOT, NET_SLOT, SCRATCH_SLOT};
+use super::vmm_process::VmmProcess;
 use super::{config, net, SandboxConfig, SandboxError, GUEST_CID, HANDSHAKE_MIN};
 use crate::devices::virtio::net::{MacAddr, NetConfig};
 use crate::devices::virtio::vsock::VsockConfig;
 use crate::snapshot::{self, fingerprint::Expect};
-use crate::vmm::{self, RestoreOptions, RunningVm};
+use crate::vmm::RestoreOptions;
 
 /// A VM whose agent answered, and what the host set up for it.
 pub(super) struct Launched {
-    /// The VM.
-    pub vm: RunningVm,
+    /// The VM's process.
+    pub vm: VmmProcess,
     /// The agent connection, handshake (and identity, network) done.
     pub conn: UnixStream,
     /// When the VM was built and running.
@@ -81,7 +82,8 @@ pub(super) fn launch(
     let uds = paths.runtime.join("vsock.sock");
     let deadline = Instant::now() + config.boot_timeout;
     let mut loaded = None;
-    let (vm, warm, mac) = match origin {
+    let vm = VmmProcess::spawn(paths.runtime, &paths.hostname)?;
+    let (warm, mac) = match origin {
         Origin::Boot => {
             let vm_config = config::vm_config(
                 config,
@@ -89,7 +91,8 @@ pub(super) fn launch(
                 uds.clone(),
                 paths.scratch.clone(),
             );
-            (vmm::start(&vm_config)?, false, None)
+            vm.start(&vm_config)?;
+            (false, None)
         }
         Origin::Template(template) => {
             let spec = template_spec(config, paths.initrd.clone());
@@ -102,29 +105,34 @@ pub(super) fn launch(
                 }
             };
             let expect = template.expect(&spec);
-            let (vm, mac) = restore(
-                config,
-                &paths,
-                uds.clone(),
-                &template.snapshot_dir(),
-                &expect,
-                &mut loaded,
-            )?;
-            (vm, true, mac)
+            let dir = template.snapshot_dir();
+            let restore = Restore {
+                vm: &vm,
+                dir: &dir,
+                expect: &expect,
+                uds: uds.clone(),
+            };
+            (true, restore.run(config, &paths, &mut loaded)?)
         }
         Origin::Snapshot(dir) => {
             let expect = Expect {
                 agent_digest: Some(super::template::agent_digest(&paths.initrd)),
                 ..Expect::default()
             };
-            let (vm, mac) = restore(config, &paths, uds.clone(), dir, &expect, &mut loaded)?;
-            (vm, true, mac)
+            let restore = Restore {
+                vm: &vm,
+                dir,
+                expect: &expect,
+                uds: uds.clone(),
+            };
+            (true, restore.run(config, &paths, &mut loaded)?)
         }
     };
     let vm_running = Instant::now();
-    let link = (config.network)
-        .then(|| net::configure_host_side(&vm))
-        .transpose()?;
+    let link = match config.network {
+        true => Some(net::configure_host_side(&vm.tap_names()?)?),
+        false => None,
+    };
     let mut conn = connect_agent(&vm, &uds, config.boot_timeout)?;
     let answered = Instant::now();
     let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
@@ -154,7 +162,7 @@ pub(super) fn launch(
     })
 }
 
-fn agent_down(vm: &RunningVm, what: &str, e: impl std::fmt::Display) -> SandboxError {
+fn agent_down(vm: &VmmProcess, what: &str, e: impl std::fmt::Display) -> SandboxError {
     SandboxError::AgentDown {
         reason: format!("the agent did not {what}: {e}"),
         console: vm.failure_output(),
@@ -172,57 +180,62 @@ pub fn template_spec(config: &SandboxConfig, initrd: PathBuf) -> TemplateSpec {
     }
 }
 
-/// Restore the VM of the snapshot in `dir` with the sandbox's own image, scratch
-/// disk, card and socket; the MAC given to a plugged card.
-fn restore(
-    config: &SandboxConfig,
-    paths: &LaunchPaths<'_>,
+/// A restore of the snapshot in `dir`, checked against `expect`, in the VMM `vm`.
+struct Restore<'a> {
+    vm: &'a VmmProcess,
+    dir: &'a Path,
+    expect: &'a Expect,
     uds: PathBuf,
-    dir: &Path,
-    expect: &Expect,
-    loaded_at: &mut Option<Instant>,
-) -> Result<(RunningVm, Option<MacAddr>), SandboxError> {
-    let loaded = snapshot::load(dir, expect)?;
-    *loaded_at = Some(Instant::now());
-    let saved = &loaded.file.state.config;
-    let mut disks = BTreeMap::from([(IMAGE_SLOT, config.image.fs_image.clone())]);
-    if saved.disks.len() > SCRATCH_SLOT {
-        let scratch = match &paths.scratch {
-            Some(scratch) => scratch.clone(),
-            None => {
-                let empty = paths.runtime.join("empty.img");
-                std::fs::write(&empty, b"").map_err(|e| SandboxError::Runtime {
-                    dir: paths.runtime.to_path_buf(),
-                    source: e,
-                })?;
-                empty
-            }
+}
+
+impl Restore<'_> {
+    /// Restore with the sandbox's own image, scratch disk, card and socket; the MAC
+    /// given to a plugged card.
+    fn run(
+        self,
+        config: &SandboxConfig,
+        paths: &LaunchPaths<'_>,
+        loaded_at: &mut Option<Instant>,
+    ) -> Result<Option<MacAddr>, SandboxError> {
+        let saved = snapshot::read_config(self.dir)?;
+        *loaded_at = Some(Instant::now());
+        let mut disks = BTreeMap::from([(IMAGE_SLOT, config.image.fs_image.clone())]);
+        if saved.disks.len() > SCRATCH_SLOT {
+            let scratch = match &paths.scratch {
+                Some(scratch) => scratch.clone(),
+                None => {
+                    let empty = paths.runtime.join("empty.img");
+                    std::fs::write(&empty, b"").map_err(|e| SandboxError::Runtime {
+                        dir: paths.runtime.to_path_buf(),
+                        source: e,
+                    })?;
+                    empty
+                }
+            };
+            disks.insert(SCRATCH_SLOT, scratch);
+        }
+        let mac = (config.network && !saved.nets.is_empty()).then(MacAddr::random);
+        let mut nets = BTreeMap::new();
+        if !saved.nets.is_empty() {
+            let card = match mac {
+                Some(mac) => NetConfig {
+                    mac: Some(mac),
+                    ..NetConfig::default()
+                },
+                None => NetConfig::unplugged(),
+            };
+            nets.insert(NET_SLOT, card);
+        }
+        let options = RestoreOptions {
+            disks,
+            nets,
+            vsock: Some(VsockConfig::new(GUEST_CID, self.uds)),
+            console: config.console.clone(),
+            paused: false,
         };
-        disks.insert(SCRATCH_SLOT, scratch);
+        self.vm.restore(self.dir, self.expect, &options)?;
+        Ok(mac)
     }
-    let mac = (config.network && !saved.nets.is_empty()).then(MacAddr::random);
-    let mut nets = BTreeMap::new();
-    if !saved.nets.is_empty() {
-        let card = match mac {
-            Some(mac) => NetConfig {
-                mac: Some(mac),
-                ..NetConfig::default()
-            },
-            None => NetConfig::unplugged(),
-        };
-        nets.insert(NET_SLOT, card);
-    }
-    let options = RestoreOptions {
-        disks,
-        nets,
-        vsock: Some(VsockConfig::new(GUEST_CID, uds)),
-        console: config.console.clone(),
-        paused: false,
-    };
-    Ok((
-        vmm::restore(&loaded.file.state, loaded.memory, &options)?,
-        mac,
-    ))
 }
 
 /// Tell a restored guest who it is (see `Message::Restored`) and wait for its answer.

@@ -31,6 +31,7 @@ pub mod signals;
 pub(crate) mod stdio;
 pub mod template;
 pub mod terminal;
+pub mod vmm_process;
 pub mod vsock;
 
 use std::collections::HashMap;
@@ -55,7 +56,9 @@ pub use template::Template;
 
 use connect::{new_id, runtime_root, watch_vm};
 
-use crate::vmm::{self, RunningVm, VmError};
+use crate::api::server::ExitReport;
+use crate::vmm::VmError;
+use vmm_process::{VmmProcess, VmmStopper};
 
 /// The guest CID of every sandbox (each VM has its own vsock device and host socket).
 const GUEST_CID: u64 = 3;
@@ -115,6 +118,9 @@ pub enum SandboxError {
     /// A snapshot could not be taken or restored.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// The VMM process could not be started or driven.
+    #[error("VMM process: {0}")]
+    Vmm(String),
 }
 
 /// Instants of a sandbox's life.
@@ -234,7 +240,7 @@ impl Signaller {
 /// after the sandbox ended, does nothing.
 #[derive(Clone)]
 pub struct Stopper {
-    vm: vmm::Stopper,
+    vm: VmmStopper,
 }
 
 impl Stopper {
@@ -248,7 +254,7 @@ impl Stopper {
 pub struct Sandbox {
     id: String,
     image: SandboxImage,
-    vm: Mutex<Option<RunningVm>>,
+    vm: Mutex<Option<Arc<VmmProcess>>>,
     /// Started from a template.
     warm: bool,
     /// The agent connection, kept to shut it down once the VM is gone (or a
@@ -370,7 +376,8 @@ impl Sandbox {
             demux::Demux::start_adopting(conn.try_clone().map_err(io)?, writer, routes)
                 .map_err(io)?;
         let conn = Arc::new(conn);
-        watch_vm(launched.vm.exit_watch(), &demux, &conn).map_err(io)?;
+        let vm = Arc::new(launched.vm);
+        watch_vm(vm.clone(), &demux, &conn).map_err(io)?;
         let processes = accepted
             .into_iter()
             .zip(containers)
@@ -386,7 +393,7 @@ impl Sandbox {
         let sandbox = Self {
             id: parts.id,
             image: parts.image,
-            vm: Mutex::new(Some(launched.vm)),
+            vm: Mutex::new(Some(vm)),
             warm: launched.warm,
             conn,
             demux,
@@ -418,7 +425,7 @@ impl Sandbox {
         self.marks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn vm(&self) -> MutexGuard<'_, Option<RunningVm>> {
+    fn vm(&self) -> MutexGuard<'_, Option<Arc<VmmProcess>>> {
         self.vm.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -447,7 +454,7 @@ impl Sandbox {
 
     /// Whether the VM still runs.
     pub fn is_running(&self) -> bool {
-        self.vm().as_ref().is_some_and(RunningVm::is_running)
+        self.vm().as_ref().is_some_and(|vm| vm.is_running())
     }
 
     /// A handle that forwards signals to the process the current `run` streams.
@@ -463,7 +470,7 @@ impl Sandbox {
     pub fn failure_output(&self) -> String {
         self.vm()
             .as_ref()
-            .map(RunningVm::failure_output)
+            .map(|vm| vm.failure_output())
             .unwrap_or_default()
     }
 
@@ -471,7 +478,7 @@ impl Sandbox {
     pub fn console_tail(&self) -> String {
         self.vm()
             .as_ref()
-            .map(RunningVm::console_tail)
+            .map(|vm| vm.console_tail())
             .unwrap_or_default()
     }
 
@@ -595,17 +602,17 @@ impl Sandbox {
     /// killed, filesystems synced); any other is stopped from the host at once: its
     /// image is read-only and its scratch disk and memory are thrown away, so nothing
     /// in the guest is worth the round trip.
-    pub fn stop(&self) -> Result<vmm::RunReport, SandboxError> {
+    pub fn stop(&self) -> Result<ExitReport, SandboxError> {
         let Some(vm) = self.vm().take() else {
             return Err(SandboxError::Refused(
                 "the sandbox is already stopped".into(),
             ));
         };
-        if !self.graceful_stop || self.demux.send(&Message::Shutdown).is_err() {
-            vm.stopper().stop();
-        }
-        // A guest that does not reset in time is stopped from the host.
-        let report = vm.wait_or_stop(SHUTDOWN_TIMEOUT);
+        let report = match self.graceful_stop && self.demux.send(&Message::Shutdown).is_ok() {
+            // A guest that does not reset in time is stopped from the host.
+            true => vm.wait(Some(SHUTDOWN_TIMEOUT)).unwrap_or_else(|| vm.stop()),
+            false => vm.stop(),
+        };
         self.release();
         Ok(report)
     }
@@ -630,8 +637,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Some(vm) = self.vm().take() {
-            vm.stopper().stop();
-            drop(vm.wait());
+            vm.stop();
         }
         self.release();
     }
@@ -645,7 +651,6 @@ mod tests {
 
     use super::tests_support::{Capture, FakeAgent};
     use super::*;
-    use crate::vmm::exit::ExitCause;
 
     #[test]
     fn a_guest_that_dies_ends_every_wait_with_its_failure() {
@@ -653,8 +658,8 @@ mod tests {
         let (demux, reader) =
             demux::Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
         let conn = Arc::new(agent.host.try_clone().unwrap());
-        let (watch, exit) = vmm::ExitWatch::without_vm();
-        watch_vm(watch, &demux, &conn).unwrap();
+        let (vm, ending) = VmmProcess::without_process();
+        watch_vm(Arc::new(vm), &demux, &conn).unwrap();
         let mut guest = agent.guest;
         let guest_thread = std::thread::spawn(move || {
             assert!(matches!(read_message(&mut guest), Ok(Message::Exec { .. })));
@@ -673,7 +678,10 @@ mod tests {
         let (out, err) = (Capture::default(), Capture::default());
         let accepted = demux.request(&exec, Box::new(out), Box::new(err)).unwrap();
         let _guest = guest_thread.join().unwrap();
-        exit.report(ExitCause::TripleFault { vcpu: 0, rip: None });
+        ending(ExitReport {
+            error: Some("guest triple fault on vCPU 0 (RIP unknown: KVM reset the vCPU)".into()),
+            ..ExitReport::default()
+        });
         let ended = accepted.exit.recv_timeout(Duration::from_secs(10));
         let reason = ended.expect("the wait ended").unwrap_err();
         assert!(

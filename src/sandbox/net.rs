@@ -10,7 +10,6 @@ use std::os::unix::net::UnixStream;
 
 use husk_protocol::{read_message, write_message, Message, ProtocolError};
 
-use crate::vmm::RunningVm;
 use husk_netif as ifconfig;
 
 /// The network all links are cut from: 10.213.0.0/16.
@@ -124,8 +123,8 @@ impl GuestNet {
 
 /// Give the VM's first TAP its host address and bring it up; returns the link. Fails
 /// when another interface already has an address in the link's /30.
-pub fn configure_host_side(vm: &RunningVm) -> Result<GuestNet, NetError> {
-    configure_tap(vm.tap_names().first().ok_or(NetError::NoTap)?)
+pub fn configure_host_side(taps: &[String]) -> Result<GuestNet, NetError> {
+    configure_tap(taps.first().ok_or(NetError::NoTap)?)
 }
 
 /// Give `tap` the host address of its link and bring it up; returns the link.

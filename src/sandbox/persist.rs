@@ -21,13 +21,14 @@ use husk_protocol::{ProcessId, WritableLayer};
 use serde::{Deserialize, Serialize};
 
 use super::launch::{self, LaunchPaths, Origin};
+use super::vmm_process::VmmProcess;
 use super::{
     agent_initrd, new_id, runtime_dir, Assembly, Marks, Process, Sandbox, SandboxConfig,
     SandboxError, SandboxImage, Sink,
 };
 use crate::config::ConsoleConfig;
+use crate::snapshot;
 use crate::snapshot::files::copy_sparse;
-use crate::snapshot::{self, CreateOptions};
 
 /// The sandbox description's file in a snapshot folder.
 pub const SANDBOX_FILE: &str = "sandbox.json";
@@ -67,8 +68,10 @@ pub struct SandboxSnapshot {
 /// How a sandbox snapshot was made.
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotReport {
-    /// The VM's part.
-    pub vm: snapshot::Created,
+    /// Bytes of guest memory the snapshot holds (non-zero pages).
+    pub memory_written: u64,
+    /// How long the VM's state and memory took to write, in ms.
+    pub vm_ms: f64,
     /// How the scratch disk was copied, if there is one.
     pub scratch: Option<snapshot::files::Copied>,
     /// The whole snapshot, pause to resume.
@@ -108,15 +111,13 @@ impl Sandbox {
     /// stop running, their host side waits.
     pub fn pause(&self) -> Result<(), SandboxError> {
         let vm = self.vm();
-        let vm = vm.as_ref().ok_or_else(stopped)?;
-        Ok(vm.pause()?)
+        vm.as_ref().ok_or_else(stopped)?.set_paused(true)
     }
 
     /// Let a paused guest run again.
     pub fn resume(&self) -> Result<(), SandboxError> {
         let vm = self.vm();
-        vm.as_ref().ok_or_else(stopped)?.resume();
-        Ok(())
+        vm.as_ref().ok_or_else(stopped)?.set_paused(false)
     }
 
     /// Whether the guest is paused.
@@ -144,15 +145,17 @@ impl Sandbox {
         std::fs::create_dir(dir).map_err(io("cannot create", dir))?;
         let was_paused = vm.is_paused();
         if !was_paused {
-            vm.pause()?;
+            vm.set_paused(true)?;
         }
         let result = self.write_snapshot(vm, dir, durable);
         if !was_paused {
-            vm.resume();
+            vm.set_paused(false)?;
         }
         let (created, scratch) = result?;
         Ok(SnapshotReport {
-            vm: created,
+            memory_written: created["memory_written"].as_u64().unwrap_or(0),
+            vm_ms: created["save_state_ms"].as_f64().unwrap_or(0.0)
+                + created["write_memory_ms"].as_f64().unwrap_or(0.0),
             scratch,
             total: started.elapsed(),
         })
@@ -161,16 +164,13 @@ impl Sandbox {
     /// The paused VM, its scratch disk and the description, into `dir`.
     fn write_snapshot(
         &self,
-        vm: &crate::vmm::RunningVm,
+        vm: &VmmProcess,
         dir: &Path,
         durable: bool,
-    ) -> Result<(snapshot::Created, Option<snapshot::files::Copied>), SandboxError> {
-        let config = vm.config();
-        let options = CreateOptions {
-            agent_digest: config.initrd.as_deref().map(super::template::agent_digest),
-            durable,
-        };
-        let created = snapshot::create(vm, &dir.join(VM_DIR), &options)?;
+    ) -> Result<(serde_json::Value, Option<snapshot::files::Copied>), SandboxError> {
+        let config = vm.config()?;
+        let digest = config.initrd.as_deref().map(super::template::agent_digest);
+        let created = vm.snapshot(&dir.join(VM_DIR), durable, digest.as_deref())?;
         let scratch = match &self.scratch {
             Some(path) => {
                 let copy = dir.join(SCRATCH_FILE);
@@ -188,7 +188,7 @@ impl Sandbox {
             kernel: config.kernel.clone(),
             cpus: config.cpus,
             memory_mib: config.memory_mib,
-            network: !vm.tap_names().is_empty(),
+            network: !vm.tap_names()?.is_empty(),
             scratch: self.scratch.is_some(),
             containers: self.containers.load(std::sync::atomic::Ordering::SeqCst),
             container_env: self

@@ -65,3 +65,12 @@ pub fn wait_forwarded() -> i32 {
         }
     }
 }
+
+/// Send `signal` to process `pid` (a child the caller has not reaped).
+pub fn send(pid: i32, signal: i32) -> std::io::Result<()> {
+    // SAFETY: kill only reads its integer arguments.
+    match unsafe { libc::kill(pid, signal) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}

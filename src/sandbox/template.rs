@@ -25,14 +25,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::connect::{connect_agent, runtime_root};
+use super::vmm_process::VmmProcess;
 use super::SandboxError;
 use crate::config::{ConsoleConfig, VmConfig};
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::vsock::VsockConfig;
 use crate::snapshot::fingerprint::Expect;
-use crate::snapshot::{self, CreateOptions};
-use crate::vmm;
 
 /// The device list every template has (see the module documentation).
 pub const DEVICES: &str = "blk,blk,net,vsock,rng";
@@ -411,19 +410,16 @@ fn snapshot_booted_vm(spec: &TemplateSpec, dir: &Path) -> Result<u64, SandboxErr
         .tempdir_in(runtime_root())
         .map_err(io("cannot create a runtime folder in", &runtime_root()))?;
     let uds = runtime.path().join("vsock.sock");
-    let vm = vmm::start(&template_config(spec, dir, uds.clone()))?;
+    let vm = VmmProcess::spawn(runtime.path(), "husk-template")?;
+    vm.start(&template_config(spec, dir, uds.clone()))?;
     // The connection stays open into the snapshot: a restored guest gets a transport
     // reset, which ends it, and its agent accepts the restored sandbox's connection.
     let conn = connect_agent(&vm, &uds, spec.boot_timeout)?;
-    let options = CreateOptions {
-        agent_digest: Some(agent_digest(&spec.initrd)),
-        durable: true,
-    };
-    let created = snapshot::create(&vm, &dir.join(SNAPSHOT_DIR), &options);
-    vm.stopper().stop();
-    drop(vm.wait());
+    let digest = agent_digest(&spec.initrd);
+    let created = vm.snapshot(&dir.join(SNAPSHOT_DIR), true, Some(&digest));
+    vm.stop();
     drop(conn);
-    Ok(created?.memory.written)
+    Ok(created?["memory_written"].as_u64().unwrap_or(0))
 }
 
 #[cfg(test)]

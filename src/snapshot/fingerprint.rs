@@ -79,7 +79,8 @@ fn short(digest: &str) -> String {
 }
 
 /// What a caller expects of the VM in a snapshot (fields left `None` are not checked).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Expect {
     /// The kernel's sha256.
     pub kernel_sha256: Option<String>,

@@ -242,6 +242,18 @@ pub fn load(dir: &Path, expect: &Expect) -> Result<Loaded, SnapshotError> {
     check(&state_path, &bytes, memory, expect)
 }
 
+/// The configuration a snapshot's VM was built from (its devices, in slot order): the
+/// state file decoded, nothing else opened or checked (the VMM that restores it does).
+pub fn read_config(dir: &Path) -> Result<crate::config::VmConfig, SnapshotError> {
+    let state_path = dir.join(STATE_FILE);
+    let bytes = std::fs::read(&state_path).map_err(io("cannot read", &state_path))?;
+    let file = format::decode(&bytes).map_err(|source| SnapshotError::Format {
+        path: state_path,
+        source,
+    })?;
+    Ok(file.state.config)
+}
+
 /// Read the snapshot made of `state_path` and `memory_path` and check it (see [`load`]).
 pub fn load_files(
     state_path: &Path,

@@ -88,7 +88,8 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
 }
 
 /// What a restore changes of the saved VM: its backends and how it starts.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RestoreOptions {
     /// New backing files by disk slot (0 is vda); a slot not named keeps its saved file.
     pub disks: BTreeMap<usize, PathBuf>,

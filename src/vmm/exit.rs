@@ -100,7 +100,7 @@ impl fmt::Display for InternalError {
 }
 
 /// A clean end of the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VmExit {
     /// The guest rebooted (for husk, a reboot ends the VM).
     Reset,

@@ -171,22 +171,6 @@ impl ExitWatch {
     }
 }
 
-#[cfg(test)]
-impl ExitWatch {
-    /// A watch with no VM behind it, and the sink a test reports the VM's end into.
-    pub(crate) fn without_vm() -> (Self, Arc<ExitSink>) {
-        let exit = Arc::new(ExitSink::default());
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)])
-            .expect("a page of test memory");
-        let watch = Self {
-            exit: exit.clone(),
-            memory,
-            console: Arc::new(ConsoleLog::default()),
-        };
-        (watch, exit)
-    }
-}
-
 /// The flag a panicking Linux leaves at 0x472 before it resets (see [`exit::classify`]).
 fn warm_flag(memory: &GuestMemoryMmap) -> u16 {
     memory

@@ -319,7 +319,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    if let Err(e) = report.outcome {
+    if let Some(e) = report.error {
         log::warn!("the sandbox VM ended badly after the container exited: {e}");
     }
     Ok(status.docker_code())

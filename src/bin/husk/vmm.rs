@@ -26,6 +26,14 @@ pub(crate) struct VmmArgs {
     /// Write the guest console to FILE instead of standard output.
     #[arg(long, value_name = "FILE")]
     console: Option<PathBuf>,
+    /// When the VM ends, write how (clean end or failure, the guest's last output,
+    /// metrics) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    exit_report: Option<PathBuf>,
+    /// Stop the VM when standard input reaches its end (the parent holds a pipe to it,
+    /// which closes when the parent goes).
+    #[arg(long)]
+    die_with_parent: bool,
 }
 
 pub(crate) fn vmm(args: VmmArgs) -> CliResult {
@@ -36,6 +44,8 @@ pub(crate) fn vmm(args: VmmArgs) -> CliResult {
         console: args
             .console
             .map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
+        exit_report: args.exit_report,
+        die_with_parent: args.die_with_parent,
     };
     // A signal stops the VM through the same path as a guest exit; the API socket goes.
     husk::sandbox::signals::block()?;

@@ -1,0 +1,352 @@
+//! A sandbox's VM in a process of its own: `husk vmm`, spawned for the sandbox and
+//! driven over its API socket. The caller never maps guest memory or runs a vCPU; a
+//! guest that escaped its VMM would find itself in that process, not in the caller.
+//!
+//! The process dies with its parent (`--die-with-parent`), removes its socket when it
+//! ends, and writes how its VM ended ([`ExitReport`]) for the parent, which learns of
+//! the end when the process exits.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::SandboxError;
+use crate::api::client::ApiClient;
+use crate::api::server::ExitReport;
+use crate::config::VmConfig;
+use crate::snapshot::fingerprint::Expect;
+use crate::vmm::RestoreOptions;
+
+/// How long a new `husk vmm` may take to listen on its socket.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopped VMM process may take to exit.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the `husk` binary is: `$HUSK_BIN`, this executable if it is `husk`, else
+/// `husk` next to it (or one folder up, for test and bench binaries in `deps/`).
+pub fn husk_binary() -> Result<PathBuf, SandboxError> {
+    if let Some(path) = std::env::var_os("HUSK_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| SandboxError::Vmm(format!("cannot find this executable: {e}")))?;
+    if exe.file_name().is_some_and(|n| n == "husk") {
+        return Ok(exe);
+    }
+    let beside = exe.with_file_name("husk");
+    let above = exe.parent().and_then(Path::parent).map(|d| d.join("husk"));
+    [Some(beside), above]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            SandboxError::Vmm(format!(
+                "no husk binary next to {}: build it (`cargo build --release`) or set HUSK_BIN",
+                exe.display()
+            ))
+        })
+}
+
+/// The process's end, once the waiter has seen it.
+#[derive(Default)]
+struct Ending {
+    report: Mutex<Option<ExitReport>>,
+    ended: Condvar,
+}
+
+/// A running `husk vmm` and its API.
+pub struct VmmProcess {
+    api: ApiClient,
+    pid: u32,
+    ending: Arc<Ending>,
+    /// The VMM's stdin: it stops its VM when this closes.
+    _lifeline: Option<std::process::ChildStdin>,
+}
+
+fn vmm_err(what: &str) -> impl Fn(crate::api::client::ClientError) -> SandboxError + '_ {
+    move |e| SandboxError::Vmm(format!("{what}: {e}"))
+}
+
+impl VmmProcess {
+    /// Spawn `husk vmm` with its socket and exit report in `runtime`, and wait until
+    /// it listens.
+    pub fn spawn(runtime: &Path, id: &str) -> Result<Self, SandboxError> {
+        let socket = runtime.join("api.sock");
+        let report = runtime.join("exit.json");
+        let log = std::fs::File::create(runtime.join("vmm.log")).map_err(|source| {
+            SandboxError::Runtime {
+                dir: runtime.to_path_buf(),
+                source,
+            }
+        })?;
+        let husk = husk_binary()?;
+        let mut child = Command::new(&husk)
+            .arg("vmm")
+            .arg("--api-sock")
+            .arg(&socket)
+            .arg("--exit-report")
+            .arg(&report)
+            .args(["--id", id, "--die-with-parent"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| SandboxError::Vmm(format!("cannot start {} vmm: {e}", husk.display())))?;
+        let started = Instant::now();
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(runtime.join("vmm.log")).unwrap_or_default();
+                return Err(SandboxError::Vmm(format!(
+                    "husk vmm ended ({status}) before it listened: {log}"
+                )));
+            }
+            if started.elapsed() > LISTEN_TIMEOUT {
+                drop(child.kill());
+                return Err(SandboxError::Vmm(format!(
+                    "husk vmm did not listen on {} within {LISTEN_TIMEOUT:?}",
+                    socket.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let pid = child.id();
+        // The VMM watches the other end: when this process (or this handle) goes,
+        // the pipe closes and the VMM stops its VM.
+        let lifeline = child.stdin.take();
+        let ending = Arc::new(Ending::default());
+        wait_in_background(child, report, ending.clone())?;
+        Ok(Self {
+            api: ApiClient::new(&socket, None),
+            pid,
+            ending,
+            _lifeline: lifeline,
+        })
+    }
+
+    /// Boot `config`'s VM.
+    pub fn start(&self, config: &VmConfig) -> Result<(), SandboxError> {
+        let body = serde_json::to_value(config).map_err(|e| SandboxError::Vmm(e.to_string()))?;
+        self.api
+            .call("PUT", "/husk/start", Some(&body))
+            .map(drop)
+            .map_err(vmm_err("starting the VM"))
+    }
+
+    /// Restore the snapshot in `dir` (checked against `expect`) with `options`.
+    pub fn restore(
+        &self,
+        dir: &Path,
+        expect: &Expect,
+        options: &RestoreOptions,
+    ) -> Result<(), SandboxError> {
+        let body = json!({ "dir": dir, "expect": expect, "options": options });
+        self.api
+            .call("PUT", "/husk/restore", Some(&body))
+            .map(drop)
+            .map_err(vmm_err("restoring the VM"))
+    }
+
+    /// The VM's TAPs, in its cards' order.
+    pub fn tap_names(&self) -> Result<Vec<String>, SandboxError> {
+        let info = self
+            .api
+            .call("GET", "/husk/info", None)
+            .map_err(vmm_err("asking for the VM's TAPs"))?;
+        Ok(serde_json::from_value(info["taps"].clone()).unwrap_or_default())
+    }
+
+    /// The configuration the VM runs with.
+    pub fn config(&self) -> Result<VmConfig, SandboxError> {
+        let info = self
+            .api
+            .call("GET", "/husk/info", None)
+            .map_err(vmm_err("asking for the VM's configuration"))?;
+        serde_json::from_value(info["config"].clone()).map_err(|e| SandboxError::Vmm(e.to_string()))
+    }
+
+    /// Pause or resume the guest.
+    pub fn set_paused(&self, paused: bool) -> Result<(), SandboxError> {
+        let state = if paused { "Paused" } else { "Resumed" };
+        self.api
+            .call("PATCH", "/vm", Some(&json!({ "state": state })))
+            .map(drop)
+            .map_err(vmm_err("changing the VM's state"))
+    }
+
+    /// Whether the guest is paused.
+    pub fn is_paused(&self) -> bool {
+        self.api
+            .call("GET", "/", None)
+            .is_ok_and(|info| info["state"] == "Paused")
+    }
+
+    /// Snapshot the VM into the new folder `dir`; the VMM's account of it.
+    pub fn snapshot(
+        &self,
+        dir: &Path,
+        durable: bool,
+        agent_digest: Option<&str>,
+    ) -> Result<serde_json::Value, SandboxError> {
+        let body = json!({ "dir": dir, "durable": durable, "agent_digest": agent_digest });
+        self.api
+            .call("PUT", "/husk/snapshot", Some(&body))
+            .map_err(vmm_err("snapshotting the VM"))
+    }
+
+    /// What to show of a guest that failed or hangs: the running guest's report, or the
+    /// one its process left when it ended.
+    pub fn failure_output(&self) -> String {
+        if let Some(report) = self.exit_report() {
+            return report.report.unwrap_or(report.console);
+        }
+        self.api
+            .call("GET", "/husk/report", None)
+            .ok()
+            .and_then(|r| r["report"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// The end of the guest console.
+    pub fn console_tail(&self) -> String {
+        if let Some(report) = self.exit_report() {
+            return report.console;
+        }
+        self.api
+            .call("GET", "/husk/console", None)
+            .ok()
+            .and_then(|r| r["console"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// How the VM ended, once it has.
+    pub fn exit_report(&self) -> Option<ExitReport> {
+        self.ending
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the VM (its process) still runs.
+    pub fn is_running(&self) -> bool {
+        self.exit_report().is_none()
+    }
+
+    /// Block until the VM ends, at most `timeout` (`None`: for as long as it takes).
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<ExitReport> {
+        let report = self.ending.report.lock().unwrap_or_else(|e| e.into_inner());
+        let report = match timeout {
+            Some(t) => {
+                self.ending
+                    .ended
+                    .wait_timeout_while(report, t, |r| r.is_none())
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => self
+                .ending
+                .ended
+                .wait_while(report, |r| r.is_none())
+                .unwrap_or_else(|e| e.into_inner()),
+        };
+        report.clone()
+    }
+
+    /// A handle that stops the VM from any thread.
+    pub fn stopper(&self) -> VmmStopper {
+        VmmStopper {
+            pid: self.pid,
+            ending: self.ending.clone(),
+        }
+    }
+
+    /// Stop the VM (SIGTERM: the VMM stops it as a guest end would) and wait for the
+    /// process, killing it if it does not go.
+    pub fn stop(&self) -> ExitReport {
+        self.stopper().stop();
+        if let Some(report) = self.wait(Some(EXIT_TIMEOUT)) {
+            return report;
+        }
+        signal(self.pid, libc::SIGKILL);
+        self.wait(None).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+impl VmmProcess {
+    /// A handle with no process behind it, and the function that ends it with a report.
+    pub(crate) fn without_process() -> (Self, impl Fn(ExitReport)) {
+        let ending = Arc::new(Ending::default());
+        let vm = Self {
+            api: ApiClient::new(Path::new("/nonexistent/api.sock"), None),
+            pid: 0,
+            ending: ending.clone(),
+            _lifeline: None,
+        };
+        let end = move |report| {
+            *ending.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+            ending.ended.notify_all();
+        };
+        (vm, end)
+    }
+}
+
+/// Stops a VMM process from any thread; nothing once it has ended.
+#[derive(Clone)]
+pub struct VmmStopper {
+    pid: u32,
+    ending: Arc<Ending>,
+}
+
+impl VmmStopper {
+    /// Ask the VMM to stop its VM.
+    pub fn stop(&self) {
+        let ended = self
+            .ending
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if !ended {
+            signal(self.pid, libc::SIGTERM);
+        }
+    }
+}
+
+/// kill(2) on the VMM child. Its pid cannot have been reused: the waiter thread reaps
+/// the child, and a stop after that finds the report and sends nothing.
+fn signal(pid: u32, signal: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        drop(crate::sandbox::signals::send(pid, signal));
+    }
+}
+
+/// Reap `child` on a thread of its own, then publish its exit report.
+fn wait_in_background(
+    mut child: Child,
+    report: PathBuf,
+    ending: Arc<Ending>,
+) -> Result<(), SandboxError> {
+    std::thread::Builder::new()
+        .name("husk-vmm-wait".into())
+        .spawn(move || {
+            let status = child.wait();
+            let read = std::fs::read(&report)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<ExitReport>(&bytes).ok());
+            let report = read.unwrap_or_else(|| ExitReport {
+                error: Some(match status {
+                    Ok(s) => format!("the VMM process ended ({s}) without a report"),
+                    Err(e) => format!("the VMM process could not be waited for: {e}"),
+                }),
+                ..ExitReport::default()
+            });
+            *ending.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+            ending.ended.notify_all();
+        })
+        .map(drop)
+        .map_err(|e| SandboxError::Vmm(format!("cannot start the VMM's waiter: {e}")))
+}
