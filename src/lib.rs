@@ -10,6 +10,7 @@ pub mod detached;
 pub mod devices;
 pub mod digest;
 pub mod image;
+pub mod jail;
 pub mod kernel;
 pub mod kvm;
 pub mod memory;

@@ -63,6 +63,10 @@ call drive PUT /drives/data "{\"drive_id\": \"data\", \"path_on_host\": \"$PWD/d
 call vsock PUT /vsock "{\"guest_cid\": 3, \"uds_path\": \"$PWD/v.sock\"}"
 call start PUT /actions '{"action_type": "InstanceStart"}'
 call running GET /
+# Every thread of the running VMM is under a seccomp filter (mode 2), with no_new_privs.
+echo "vmm-threads=$(ls /proc/$vmm/task | wc -l)"
+echo "vmm-threads-filtered=$(cat /proc/$vmm/task/*/status | grep -c '^Seccomp:[[:space:]]*2$')"
+echo "vmm-no-new-privs=$(grep '^NoNewPrivs:' /proc/$vmm/status | tr -dc 0-9)"
 call late-drive PUT /drives/more "{\"drive_id\": \"more\", \"path_on_host\": \"$PWD/data.img\", \"is_root_device\": false, \"is_read_only\": true}"
 wait_for console.log 'count=5' && echo "guest-counting=yes"
 call pause PATCH /vm '{"state": "Paused"}'
@@ -97,6 +101,52 @@ cat > vm.json <<EOF
 EOF
 ./husk vmm --no-api --config-file vm.json --console console3.log; echo "config-file-status=$?"
 echo "config-file-last-count=$(tr -d '\r' < console3.log | grep '^count=' | tail -1)"
+# A vCPU that makes a forbidden call (the test hook: execve once filtered) kills the
+# process with SIGSYS; with --no-seccomp the hook does nothing and the guest runs.
+HUSK_TEST_VCPU_EXECVE=1 ./husk vmm --no-api --config-file vm.json --console console4.log
+echo "forbidden-status=$?"
+HUSK_TEST_VCPU_EXECVE=1 ./husk vmm --no-api --no-seccomp --config-file vm.json --console console5.log
+echo "unfiltered-status=$?"
+# A jailed VMM: its files bound at their paths, the API socket's folder writable by
+# the jail's uid; its limits in a cgroup of its own. Then kill -9 of it.
+mkdir jrun && cp data.img jrun/data.img && chown -R 1000:1000 jrun
+SOCK=$PWD/jrun/api.sock
+./husk vmm --api-sock "$SOCK" --console "$PWD/jrun/console.log" --id jailed \
+    --jail /tmp/husk-jail --uid 1000 --gid 1001 --bind "$PWD/vmlinux" --bind "$PWD/guest.cpio" \
+    --bind "$PWD/jrun:rw" --cgroup pids.max=64 --cgroup memory.max=512M 2> jvmm.err &
+jsup=$!
+n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done
+call jmachine PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+call jboot PUT /boot-source "{\"kernel_image_path\": \"$PWD/vmlinux\", \"initrd_path\": \"$PWD/guest.cpio\", \"boot_args\": \"quiet rdinit=/bin/busybox -- sh /guest.sh\"}"
+call jdrive PUT /drives/data "{\"drive_id\": \"data\", \"path_on_host\": \"$PWD/jrun/data.img\", \"is_root_device\": false, \"is_read_only\": false}"
+call jstart PUT /actions '{"action_type": "InstanceStart"}'
+wait_for jrun/console.log 'count=5' && echo "jail-guest-counting=yes"
+jvmm=$(cat /proc/$jsup/task/$jsup/children | tr -d ' ')
+st=/proc/$jvmm/status
+echo "jail-ids=$(awk '/^Uid:/{print $2}' $st):$(awk '/^Gid:/{print $2}' $st)"
+echo "jail-groups=$(awk '/^Groups:/{print $2}' $st)"
+echo "jail-caps=$(awk '/^CapEff:/{print $2}' $st) $(awk '/^CapPrm:/{print $2}' $st) $(awk '/^CapBnd:/{print $2}' $st)"
+echo "jail-no-new-privs=$(awk '/^NoNewPrivs:/{print $2}' $st)"
+echo "jail-threads=$(ls /proc/$jvmm/task | wc -l)"
+echo "jail-threads-filtered=$(cat /proc/$jvmm/task/*/status | grep -c '^Seccomp:[[:space:]]*2$')"
+echo "jail-root=$(ls -A /proc/$jvmm/root | tr '\n' ' ')"
+echo "jail-dev=$(ls /proc/$jvmm/root/dev | tr '\n' ' ')"
+echo "jail-pid-in-ns=$(awk '/^NSpid:/{print $3}' $st)"
+echo "jail-own-mount-ns=$(test "$(readlink /proc/$jvmm/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" && echo yes)"
+echo "jail-cgroup=$(cat /proc/$jvmm/cgroup)"
+echo "jail-pids-max=$(cat /sys/fs/cgroup$(cut -d: -f3 /proc/$jvmm/cgroup)/pids.max)"
+echo "jail-fds=$(ls /proc/$jvmm/fd | wc -l)"
+echo "jail-host-dir=$(ls -A /tmp/husk-jail | wc -l)"
+kill -9 $jvmm
+wait $jsup; echo "jail-vmm-status=$?"
+echo "jail-dir-left=$(test -e /tmp/husk-jail && echo yes || echo no)"
+echo "jail-cgroups-left=$(find /sys/fs/cgroup/husk -mindepth 1 -type d | wc -l)"
+# Refusals: not empty, uid 0.
+mkdir -p full && touch full/x
+./husk vmm --api-sock "$PWD/x.sock" --jail "$PWD/full" --uid 1000 --gid 1000 2> jfull.err; echo "jail-full-status=$?"
+echo "jail-full-error=$(cat jfull.err)"
+./husk vmm --api-sock "$PWD/x.sock" --jail /tmp/j0 --uid 0 --gid 0 2> jroot.err; echo "jail-root-status=$?"
+echo "jail-root-error=$(cat jroot.err)"
 echo '{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "gpus": []}' > bad.json
 ./husk vmm --no-api --config-file bad.json 2> bad.err; echo "bad-config-status=$?"
 echo "bad-config-error=$(cat bad.err)"
@@ -134,6 +184,13 @@ fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_doe
     is("vsock-status", "204");
     is("start-status", "204");
     has("running-body", r#""state":"Running""#);
+    let threads: u32 = out
+        .value("vmm-threads")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no thread count\n{out}"));
+    assert!(threads >= 4, "{threads} threads\n{out}");
+    is("vmm-threads-filtered", &threads.to_string());
+    is("vmm-no-new-privs", "1");
     is("late-drive-status", "400");
     has("late-drive-body", "not allowed after the VM started");
     is("guest-counting", "yes");
@@ -165,6 +222,38 @@ fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_doe
     );
     is("config-file-status", "0");
     is("config-file-last-count", "count=100");
+    // 128 + SIGSYS.
+    is("forbidden-status", "159");
+    is("unfiltered-status", "0");
+    is("jmachine-status", "204");
+    is("jboot-status", "204");
+    is("jdrive-status", "204");
+    is("jstart-status", "204");
+    is("jail-guest-counting", "yes");
+    is("jail-ids", "1000:1001");
+    is("jail-groups", "");
+    is(
+        "jail-caps",
+        "0000000000000000 0000000000000000 0000000000000000",
+    );
+    is("jail-no-new-privs", "1");
+    let jail_threads = out.value("jail-threads").unwrap_or("none").to_string();
+    is("jail-threads-filtered", &jail_threads);
+    // Only what was bound, the devices and /proc: /work holds the bound files.
+    is("jail-root", "dev proc work ");
+    is("jail-dev", "kvm net null urandom ");
+    is("jail-pid-in-ns", "1");
+    is("jail-own-mount-ns", "yes");
+    has("jail-cgroup", "0::/husk/jailed-");
+    is("jail-pids-max", "64");
+    is("jail-host-dir", "0");
+    is("jail-vmm-status", "137");
+    is("jail-dir-left", "no");
+    is("jail-cgroups-left", "0");
+    is("jail-full-status", "1");
+    has("jail-full-error", "the folder is not empty");
+    is("jail-root-status", "1");
+    has("jail-root-error", "neither uid 0 nor gid 0");
     is("bad-config-status", "1");
     has("bad-config-error", "unknown field `gpus`");
     is("husk-processes-left", "0");

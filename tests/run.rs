@@ -44,6 +44,10 @@ echo "timeout-status=$?"
 echo "timeout-reported=$(grep -c 'stopped after 20 s (--timeout)' timeout.err)"
 echo "timeout-guest-log=$(grep -c 'guest kernel log, read from guest memory' timeout.err)"
 echo "timeout-vcpu=$(grep -c '^vcpu0: rip 0x' timeout.err)"
+# A VMM killed by its seccomp filter (the test hook makes its vCPU call execve) fails
+# the run with a message that says so.
+HUSK_TEST_VCPU_EXECVE=1 $R --cold busybox -- true 2>sigsys.err; echo "sigsys-status=$?"
+echo "sigsys-reported=$(grep -c 'killed by its seccomp filter (SIGSYS)' sigsys.err)"
 echo "digest-unchanged=$(test "$digest_before" = "$(sha256sum store/images/sha256/*.erofs | cut -d' ' -f1)" && echo yes)"
 echo "husk-processes-left=$(husk_processes)"
 echo "tmp-left=$(ls -A tmp | tr '\n' ' ')"
@@ -80,6 +84,8 @@ fn run_streams_stdio_returns_exit_codes_and_isolates_the_image() {
     assert_eq!(out.value("timeout-guest-log"), Some("1"), "{out}");
     assert_eq!(out.value("timeout-vcpu"), Some("1"), "{out}");
     assert_eq!(out.value("digest-unchanged"), Some("yes"), "{out}");
+    assert_ne!(out.value("sigsys-status"), Some("0"), "{out}");
+    assert_eq!(out.value("sigsys-reported"), Some("1"), "{out}");
     assert_eq!(out.value("husk-processes-left"), Some("0"), "{out}");
     assert_eq!(out.value("tmp-left"), Some(""), "{out}");
 }

@@ -57,6 +57,7 @@ seq "$(head -1 counts)" 60 > expected-counts
 cmp -s counts expected-counts && echo "second-counts-consecutive=yes"
 grep '^count=' first.log second.txt -h | tr -d '\r' | sed 's/.*up=//' > ups
 sort -n -c ups 2>/dev/null && echo "uptime-never-goes-back=yes"
+echo "uptimes-around-restore=$(grep '^count=' first.txt | tail -2 | sed 's/.*up=//' | tr '\n' ' ')| $(grep '^count=' second.txt | head -3 | sed 's/.*up=//' | tr '\n' ' ')"
 grep '^guest-' second.txt | sed 's/^/second-/'
 # Damaged snapshots: each refused with one line, no VM left behind.
 cp -r snap trunc && head -c 100 snap/state > trunc/state

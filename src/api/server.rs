@@ -39,6 +39,9 @@ pub enum ServeError {
     /// Without an API the VM never starts.
     #[error("--no-api needs --config-file: nothing could start the VM")]
     NothingToStart,
+    /// The process's syscall filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::vmm::seccomp::SeccompError),
 }
 
 /// How `husk vmm` runs.
@@ -85,6 +88,9 @@ pub fn run(options: &VmmOptions) -> Result<RunReport, ServeError> {
         None => Resources::default(),
     };
     resources.console = options.console.clone();
+    // Before the first request is read: from here on the process runs no program and
+    // makes no process (see `vmm::seccomp`); nothing when the mode is off.
+    crate::vmm::seccomp::apply_process()?;
     let (started, watch) = mpsc::channel();
     let controller = Arc::new(Mutex::new(Controller::new(
         options.id.clone(),
@@ -120,11 +126,46 @@ pub fn run(options: &VmmOptions) -> Result<RunReport, ServeError> {
     let exit = watch
         .recv()
         .expect("the controller lives as long as this function");
-    drop(exit.wait());
+    let ended = exit.wait();
     let vm = lock(&controller)
         .take_vm()
         .expect("a VM that started is there until taken");
-    Ok(vm.wait())
+    // What only the live VM can tell (its memory, vCPUs, devices) is read before the
+    // VM is taken down.
+    let failure = ended.is_err().then(|| vm.failure_output());
+    let console = vm.console_tail();
+    let run = vm.wait();
+    if let Some(path) = &options.exit_report {
+        let report = ExitReport::new(&run, failure, console);
+        if let Err(e) = report.write(path) {
+            log::error!("cannot write the exit report {}: {e}", path.display());
+        }
+    }
+    Ok(run)
+}
+
+impl ExitReport {
+    /// The report of `run`, with the failure output taken from the live VM.
+    pub fn new(run: &RunReport, failure: Option<String>, console: String) -> Self {
+        Self {
+            end: run.outcome.as_ref().ok().copied(),
+            error: run.outcome.as_ref().err().map(ToString::to_string),
+            panic: matches!(run.outcome, Err(crate::vmm::exit::GuestError::Panic(_))),
+            report: failure,
+            console,
+            metrics: run.metrics.clone(),
+        }
+    }
+
+    /// Write the report as JSON to `path` whole: to a temporary file beside it, then
+    /// renamed over it, so a reader never sees half of one.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        let mut temp = path.as_os_str().to_owned();
+        temp.push(".tmp");
+        std::fs::write(&temp, bytes)?;
+        std::fs::rename(&temp, path)
+    }
 }
 
 /// SIGTERM, SIGINT, SIGHUP or SIGQUIT (blocked by the caller) stop the VM, which ends
@@ -222,5 +263,39 @@ fn serve_connection(mut conn: UnixStream, controller: &Mutex<Controller>) {
         if write_response(&mut conn, &response, request.close).is_err() || request.close {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::exit::{GuestError, VmExit};
+
+    fn run(outcome: Result<VmExit, GuestError>) -> RunReport {
+        RunReport {
+            outcome,
+            metrics: crate::metrics::RunMetrics::default(),
+            samples: crate::profile::RipHistogram::default(),
+        }
+    }
+
+    #[test]
+    fn an_exit_report_says_how_the_vm_ended_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exit.json");
+        let panicked = run(Err(GuestError::Panic("Oops".into())));
+        let report = ExitReport::new(&panicked, Some("the log".into()), "tail".into());
+        report.write(&path).unwrap();
+        let read: ExitReport = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(read.panic);
+        assert_eq!(read.error.as_deref(), Some("guest kernel panic: Oops"));
+        assert_eq!(read.report.as_deref(), Some("the log"));
+        assert_eq!(read.console, "tail");
+        assert_eq!(read.end, None);
+        // Only the report is left: the temporary file was renamed over it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let clean = ExitReport::new(&run(Ok(VmExit::Reset)), None, String::new());
+        assert_eq!(clean.end, Some(VmExit::Reset));
+        assert!(clean.error.is_none() && !clean.panic);
     }
 }

@@ -66,11 +66,30 @@ pub struct VmmProcess {
     _lifeline: Option<std::process::ChildStdin>,
 }
 
-fn vmm_err(what: &str) -> impl Fn(crate::api::client::ClientError) -> SandboxError + '_ {
-    move |e| SandboxError::Vmm(format!("{what}: {e}"))
-}
+/// How long a broken API exchange waits for the process's end, whose report says more
+/// than the broken socket does.
+const BROKEN_CALL_GRACE: Duration = Duration::from_secs(2);
 
 impl VmmProcess {
+    /// The error of a failed call for `what`: when the exchange broke because the
+    /// process ended, what ended it.
+    fn call_err<'a>(
+        &'a self,
+        what: &'a str,
+    ) -> impl Fn(crate::api::client::ClientError) -> SandboxError + 'a {
+        move |e| {
+            let broken = !matches!(e, crate::api::client::ClientError::Refused { .. });
+            let ended = broken
+                .then(|| self.wait(Some(BROKEN_CALL_GRACE)))
+                .flatten()
+                .and_then(|report| report.error);
+            match ended {
+                Some(why) => SandboxError::Vmm(format!("{what}: {why}")),
+                None => SandboxError::Vmm(format!("{what}: {e}")),
+            }
+        }
+    }
+
     /// Spawn `husk vmm` with its socket and exit report in `runtime`, and wait until
     /// it listens.
     pub fn spawn(runtime: &Path, id: &str) -> Result<Self, SandboxError> {
@@ -132,7 +151,7 @@ impl VmmProcess {
         self.api
             .call("PUT", "/husk/start", Some(&body))
             .map(drop)
-            .map_err(vmm_err("starting the VM"))
+            .map_err(self.call_err("starting the VM"))
     }
 
     /// Restore the snapshot in `dir` (checked against `expect`) with `options`.
@@ -146,7 +165,7 @@ impl VmmProcess {
         self.api
             .call("PUT", "/husk/restore", Some(&body))
             .map(drop)
-            .map_err(vmm_err("restoring the VM"))
+            .map_err(self.call_err("restoring the VM"))
     }
 
     /// The VM's TAPs, in its cards' order.
@@ -154,7 +173,7 @@ impl VmmProcess {
         let info = self
             .api
             .call("GET", "/husk/info", None)
-            .map_err(vmm_err("asking for the VM's TAPs"))?;
+            .map_err(self.call_err("asking for the VM's TAPs"))?;
         Ok(serde_json::from_value(info["taps"].clone()).unwrap_or_default())
     }
 
@@ -163,7 +182,7 @@ impl VmmProcess {
         let info = self
             .api
             .call("GET", "/husk/info", None)
-            .map_err(vmm_err("asking for the VM's configuration"))?;
+            .map_err(self.call_err("asking for the VM's configuration"))?;
         serde_json::from_value(info["config"].clone()).map_err(|e| SandboxError::Vmm(e.to_string()))
     }
 
@@ -173,7 +192,7 @@ impl VmmProcess {
         self.api
             .call("PATCH", "/vm", Some(&json!({ "state": state })))
             .map(drop)
-            .map_err(vmm_err("changing the VM's state"))
+            .map_err(self.call_err("changing the VM's state"))
     }
 
     /// Whether the guest is paused.
@@ -193,7 +212,7 @@ impl VmmProcess {
         let body = json!({ "dir": dir, "durable": durable, "agent_digest": agent_digest });
         self.api
             .call("PUT", "/husk/snapshot", Some(&body))
-            .map_err(vmm_err("snapshotting the VM"))
+            .map_err(self.call_err("snapshotting the VM"))
     }
 
     /// What to show of a guest that failed or hangs: the running guest's report, or the
@@ -339,7 +358,7 @@ fn wait_in_background(
                 .and_then(|bytes| serde_json::from_slice::<ExitReport>(&bytes).ok());
             let report = read.unwrap_or_else(|| ExitReport {
                 error: Some(match status {
-                    Ok(s) => format!("the VMM process ended ({s}) without a report"),
+                    Ok(s) => unreported_end(s),
                     Err(e) => format!("the VMM process could not be waited for: {e}"),
                 }),
                 ..ExitReport::default()
@@ -349,4 +368,36 @@ fn wait_in_background(
         })
         .map(drop)
         .map_err(|e| SandboxError::Vmm(format!("cannot start the VMM's waiter: {e}")))
+}
+
+/// What ended a VMM process that wrote no exit report.
+fn unreported_end(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(libc::SIGSYS) => "the VMM process was killed by its seccomp filter (SIGSYS): it \
+             made a system call outside its allow-list (the host's `dmesg | grep type=1326` \
+             names it)"
+            .into(),
+        Some(libc::SIGKILL) => "the VMM process was killed (SIGKILL)".into(),
+        Some(signal) => format!("the VMM process was killed by signal {signal}"),
+        None => format!("the VMM process ended ({status}) without a report"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::unreported_end;
+
+    #[test]
+    fn an_end_without_report_says_what_ended_the_process() {
+        let sigsys = unreported_end(ExitStatus::from_raw(libc::SIGSYS));
+        assert!(sigsys.contains("seccomp filter (SIGSYS)"), "{sigsys}");
+        let killed = unreported_end(ExitStatus::from_raw(libc::SIGKILL));
+        assert_eq!(killed, "the VMM process was killed (SIGKILL)");
+        let exited = unreported_end(ExitStatus::from_raw(3 << 8));
+        assert!(exited.contains("exit status: 3"), "{exited}");
+    }
 }

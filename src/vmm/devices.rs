@@ -193,12 +193,16 @@ impl VirtioDevices {
         let subscriber: Subscriber = Arc::new(Mutex::new(LoopStop(stop.clone())));
         self.events.add_subscriber(subscriber);
         let state = stop.clone();
+        let (filtered, result) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("husk-devices".into())
             .spawn(move || {
                 let mut events = self.events;
                 let _keep_registered = self.pending;
-                while !state.stopped.load(Ordering::Acquire) {
+                let applied = super::seccomp::apply(super::seccomp::ThreadKind::Devices);
+                let ok = applied.is_ok();
+                drop(filtered.send(applied));
+                while ok && !state.stopped.load(Ordering::Acquire) {
                     if let Err(e) = events.run() {
                         log::error!("device event loop failed: {e:?}");
                         break;
@@ -206,12 +210,18 @@ impl VirtioDevices {
                 }
             })
             .map_err(|e| DeviceError::Loop(e.to_string()))?;
-        Ok(DeviceLoop {
+        let applied = result
+            .recv()
+            .unwrap_or_else(|_| Err(super::seccomp::SeccompError::thread_gone("devices")));
+        let device_loop = DeviceLoop {
             stop,
             thread: Some(thread),
             devices: self.all,
             transports: self.transports,
-        })
+        };
+        // On failure the loop never ran; dropping it joins the thread.
+        applied.map_err(|e| DeviceError::Loop(e.to_string()))?;
+        Ok(device_loop)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod hang_report;
 pub mod parking;
 pub mod persist;
 pub mod running;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vstate;
 
@@ -123,6 +124,9 @@ pub enum VmError {
     /// The VM is not in a state that allows the request.
     #[error("{0}")]
     State(String),
+    /// A thread's syscall filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     /// The process has no room for this VM's file descriptors.
     #[error(transparent)]
     Descriptors(#[from] fd_limit::FdLimitError),

@@ -19,6 +19,7 @@ use crate::metrics::{ms_since, ExitCounts, RunMetrics, Timeline};
 use crate::profile::RipHistogram;
 
 use super::exit::{classify, ExitCause};
+use super::seccomp::{self, ThreadKind};
 use super::vcpu::{self, Vcpu, VcpuShared};
 use super::{
     devices, fd_limit, guest_log, hang_report, warm_flag, ExitWatch, RunReport, Stopper, VmError,
@@ -159,12 +160,27 @@ impl RunningVm {
 
     fn spawn_vcpu(&mut self, vcpu: Vcpu) -> Result<(), VmError> {
         let name = format!("husk-vcpu{}", self.vcpu_threads.len());
+        let (filtered, result) = std::sync::mpsc::sync_channel(1);
         let handle = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || vcpu.run())
+            .spawn(move || {
+                // The vCPU's own filter goes on before the guest runs a single instruction.
+                let applied = seccomp::apply(ThreadKind::Vcpu);
+                let ok = applied.is_ok();
+                drop(filtered.send(applied));
+                if ok {
+                    seccomp::forbidden_call_if_testing();
+                    vcpu.run()
+                } else {
+                    RipHistogram::default()
+                }
+            })
             .map_err(|source| VmError::Thread { what: name, source })?;
+        let applied = result
+            .recv()
+            .unwrap_or_else(|_| Err(seccomp::SeccompError::thread_gone("vcpu")));
         self.vcpu_threads.push(handle);
-        Ok(())
+        applied.map_err(VmError::Seccomp)
     }
 
     fn spawn_profiler(&mut self) -> Result<(), VmError> {

@@ -277,7 +277,13 @@ fn run_in_test_host(script: &str, files: &[(&Path, &str)], with_qemu: bool) -> O
     for (src, name) in files {
         cmd.arg("--file").arg(format!("{}:{name}", src.display()));
     }
-    cmd.args(["--env", "WORK=/work", "--", "sh", "-c", script]);
+    // `HUSK_SECCOMP=log` goes through to the VMM processes; whatever the mode, the
+    // kernel's record of calls outside a filter (logged, or fatal: SIGSYS) ends stderr.
+    if let Ok(mode) = std::env::var("HUSK_SECCOMP") {
+        cmd.arg("--env").arg(format!("HUSK_SECCOMP={mode}"));
+    }
+    let script = format!("( {script}\n)\n{SECCOMP_EPILOGUE}");
+    cmd.args(["--env", "WORK=/work", "--", "sh", "-c", &script]);
     let run = |cmd: &mut Command| {
         Output::from(
             cmd.output()
@@ -298,6 +304,15 @@ fn run_in_test_host(script: &str, files: &[(&Path, &str)], with_qemu: bool) -> O
         note_test_host_fault(what, &out.stderr);
         out = run(&mut cmd);
     }
+    if std::env::var_os("HUSK_SECCOMP").is_some() {
+        for line in out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("seccomp-record:"))
+        {
+            eprintln!("{line}");
+        }
+    }
     assert!(
         !(out.status == 125 && out.stderr.contains("test host failed")),
         "the KVM test host failed (not the test):\n{}",
@@ -305,6 +320,13 @@ fn run_in_test_host(script: &str, files: &[(&Path, &str)], with_qemu: bool) -> O
     );
     out
 }
+
+/// Ends a test host script: its status kept, the kernel's seccomp records (audit type
+/// 1326: a call outside a VMM's filter, with its number) on stderr, each line starting
+/// `seccomp-record:` (`HUSK_SECCOMP=log cargo test -- --nocapture` lists them).
+const SECCOMP_EPILOGUE: &str = r#"rc=$?
+dmesg 2>/dev/null | grep 'type=1326' | tail -n 50 | sed 's/^/seccomp-record: /' >&2
+exit $rc"#;
 
 /// How many times a script runs again after a fault of the test host itself. Loops of
 /// parallel sandboxes met such a fault every 10 to 50 boots (scripts/README.md), so one

@@ -34,9 +34,70 @@ pub(crate) struct VmmArgs {
     /// which closes when the parent goes).
     #[arg(long)]
     die_with_parent: bool,
+    /// Install no syscall filters. By default the process may not run programs, make
+    /// processes, mount, trace, or open network sockets, and its vCPU and device threads
+    /// may not open files; a call outside the lists kills it with SIGSYS
+    /// (HUSK_SECCOMP=log logs such calls to the kernel log instead).
+    #[arg(long)]
+    no_seccomp: bool,
+    #[command(flatten)]
+    jail: JailArgs,
+}
+
+/// Jailing the process (needs root): see `husk::jail`.
+#[derive(Args)]
+struct JailArgs {
+    /// Jail the process in DIR before it serves: new mount, pid, ipc and uts
+    /// namespaces, a root holding only the --bind paths (at their host paths) and
+    /// /dev/kvm, /dev/net/tun, /dev/null, /dev/urandom, /proc; uid and gid dropped to
+    /// --uid/--gid with every capability; a cgroup v2 leaf when cgroup v2 is mounted.
+    /// DIR is made if missing and must be empty.
+    #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
+    jail: Option<PathBuf>,
+    /// The jail's uid (not 0). Files the VM opens must be readable by it, and its disks
+    /// and the API socket's folder writable.
+    #[arg(long, value_name = "UID", requires = "jail")]
+    uid: Option<u32>,
+    /// The jail's gid (not 0).
+    #[arg(long, value_name = "GID", requires = "jail")]
+    gid: Option<u32>,
+    /// A host path the jail holds at the same path: read-only, or writable with `:rw`
+    /// (the API socket's folder, disks, snapshot folders). Repeatable.
+    #[arg(long = "bind", value_name = "PATH[:rw]", requires = "jail")]
+    binds: Vec<husk::jail::Bind>,
+    /// Join this network namespace (such as /run/netns/NAME).
+    #[arg(long, value_name = "PATH", requires = "jail")]
+    netns: Option<PathBuf>,
+    /// A limit of the VM's cgroup: the controller file KEY gets VALUE (memory.max=1G,
+    /// pids.max=64, cpu.max="50000 100000"). Repeatable.
+    #[arg(long, value_name = "KEY=VALUE", requires = "jail")]
+    cgroup: Vec<husk::jail::CgroupLimit>,
+    /// RLIMIT_NOFILE in the jail.
+    #[arg(long, value_name = "N", default_value_t = 4096, requires = "jail")]
+    max_files: u64,
+    /// RLIMIT_FSIZE in the jail, in bytes (snapshots write files as large as the RAM).
+    #[arg(long, value_name = "BYTES", requires = "jail")]
+    max_file_size: Option<u64>,
+}
+
+impl JailArgs {
+    fn config(self, id: &str) -> Option<husk::jail::JailConfig> {
+        Some(husk::jail::JailConfig {
+            dir: self.jail?,
+            uid: self.uid?,
+            gid: self.gid?,
+            netns: self.netns,
+            cgroup: self.cgroup,
+            binds: self.binds,
+            id: id.to_string(),
+            max_files: self.max_files,
+            max_file_size: self.max_file_size,
+        })
+    }
 }
 
 pub(crate) fn vmm(args: VmmArgs) -> CliResult {
+    let jail = args.jail.config(&args.id);
     let options = husk::api::server::VmmOptions {
         api_sock: args.api_sock,
         config_file: args.config_file,
@@ -47,8 +108,17 @@ pub(crate) fn vmm(args: VmmArgs) -> CliResult {
         exit_report: args.exit_report,
         die_with_parent: args.die_with_parent,
     };
+    husk::vmm::seccomp::set_mode(if args.no_seccomp {
+        husk::vmm::seccomp::Mode::Off
+    } else {
+        husk::vmm::seccomp::Mode::Kill
+    });
     // A signal stops the VM through the same path as a guest exit; the API socket goes.
     husk::sandbox::signals::block()?;
+    if let Some(jail) = &jail {
+        // From here on this is the jailed child; the caller's process supervises it.
+        husk::jail::enter(jail)?;
+    }
     let report = husk::api::server::run(&options)?;
     report.outcome?;
     Ok(())
