@@ -143,6 +143,20 @@ fn monitor_pid(runtime: &Path, name: &str) -> u32 {
     state["monitor_pid"].as_u64().expect("monitor_pid") as u32
 }
 
+/// The children of every thread of `pid` (a detached sandbox's `husk vmm` is a child
+/// of whichever monitor thread spawned it).
+fn children(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the monitor's tasks");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 /// Start `n` idle detached sandboxes from the template, measure, remove them.
 pub fn clones(husk: &str, runtime: &Path, n: usize) {
     let before = host_used_kib();
@@ -171,9 +185,13 @@ pub fn clones(husk: &str, runtime: &Path, n: usize) {
     let guest = |line: &str| line.ends_with("/snapshot/memory");
     let (mut pss, mut dirtied, mut beyond) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
-        let pid = monitor_pid(runtime, &format!("idle{i}"));
-        let total = smaps_kib(pid, |_| true, "Pss") as f64;
-        let dirty = smaps_kib(pid, guest, "Anonymous") as f64;
+        // The sandbox's processes: its monitor and the monitor's `husk vmm`.
+        let monitor = monitor_pid(runtime, &format!("idle{i}"));
+        let mut pids = children(monitor);
+        pids.push(monitor);
+        let total: u64 = pids.iter().map(|&p| smaps_kib(p, |_| true, "Pss")).sum();
+        let dirty: u64 = pids.iter().map(|&p| smaps_kib(p, guest, "Anonymous")).sum();
+        let (total, dirty) = (total as f64, dirty as f64);
         pss.push(total / 1024.0);
         dirtied.push(dirty / 1024.0);
         beyond.push((total - dirty) / 1024.0);
@@ -182,7 +200,7 @@ pub fn clones(husk: &str, runtime: &Path, n: usize) {
         check(&mut husk_cmd(husk, &["rm", "-f", &format!("idle{i}")]));
     }
     println!(
-        "N={n:>2} idle clones: PSS per clone {} MiB, of which pages its guest dirtied {} MiB, \
+        "N={n:>2} idle clones: PSS per clone (its monitor and VMM processes) {} MiB, of which pages its guest dirtied {} MiB, \
          beyond them {} MiB; host memory in use +{:.1} MiB per clone; {:.2} clones/s ({:.0} ms each)",
         spread(&pss),
         spread(&dirtied),
