@@ -5,7 +5,8 @@
 //! and the restore broken down. Then detached sandboxes: `run -d` warm against `crun run
 //! -d`, `exec`, `husk fork`, and N = 1, 8, 32 idle clones of one template: PSS per clone
 //! and what their guests dirtied, host memory, clones per second. Medians with min and
-//! max; ratios printed. Asserts nothing about time.
+//! max; ratios printed. Then the library's `Template::start` with a pre-spawned VMM
+//! from a `VmmPool` against one spawned per sandbox. Asserts nothing about time.
 //!
 //! On hardware KVM it runs here (as root, crun on `PATH`); otherwise it copies itself,
 //! husk, husk-agent, the guest kernel, the busybox image store, crun and its shared
@@ -27,6 +28,8 @@
 mod clones;
 #[path = "common/mod.rs"]
 mod common;
+#[path = "run/library.rs"]
+mod library;
 #[path = "run/stages.rs"]
 mod stages;
 
@@ -260,6 +263,7 @@ fn inner(args: &[String]) {
     {
         clones::clones(&husk, &runtime, n);
     }
+    library::pool_rounds(&work, rounds);
     let _ = Command::new("umount").arg(work.join(ROOTFS_MNT)).status();
     check(Command::new(&husk).args(["template", "ls"]));
 }

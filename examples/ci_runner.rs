@@ -1,7 +1,9 @@
 //! A CI runner in miniature: runs a batch of jobs, each in its own husk sandbox (a
 //! micro-VM), several at once from one process, and collects every job's output and
 //! exit code. The sandboxes start from one template (a snapshot of a booted guest),
-//! built once before the first job: no job waits for a kernel to boot.
+//! built once before the first job: no job waits for a kernel to boot; and each takes a
+//! VMM process already spawned by a pool (as many as run at once) instead of spawning
+//! its own.
 //!
 //! ```sh
 //! cargo run --release --example ci_runner -- [--parallel N] [--kernel VMLINUX]
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use husk::config::ConsoleConfig;
-use husk::sandbox::Template;
+use husk::sandbox::{Template, VmmPool};
 use husk::{RunSpec, Sandbox, SandboxImage, Stdio};
 
 /// A job: a name, a command, and the exit code it should end with. A job with `exec`
@@ -89,14 +91,17 @@ struct Settings {
     console_dir: Option<PathBuf>,
     /// The template every sandbox starts from (`None`: each boots).
     template: Option<Arc<Template>>,
+    /// Pre-spawned VMM processes the sandboxes take.
+    pool: Arc<VmmPool>,
 }
 
 fn run_job(job: &Job, settings: Settings) -> Outcome {
     let start = Instant::now();
     let (stdio, stdout, stderr) = Stdio::capture();
     let exit = (|| {
-        let mut builder =
-            Sandbox::builder(settings.image, settings.kernel).boot_timeout(settings.timeout);
+        let mut builder = Sandbox::builder(settings.image, settings.kernel)
+            .boot_timeout(settings.timeout)
+            .pool(settings.pool.clone());
         if let Some(dir) = &settings.console_dir {
             builder = builder.console(ConsoleConfig::File(
                 dir.join(format!("{}.console", job.name)),
@@ -214,12 +219,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(Arc::new(template))
         }
     };
+    let pool = Arc::new(VmmPool::new(parallel.max(1), None)?);
     let settings = Settings {
         image,
         kernel,
         timeout,
         console_dir,
         template,
+        pool,
     };
     let mut outcomes = Vec::new();
     for batch in JOBS.chunks(parallel.max(1)) {

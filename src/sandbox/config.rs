@@ -62,6 +62,9 @@ pub struct SandboxConfig {
     /// Start from a template (a snapshot of a booted guest, made on first use) instead
     /// of booting the kernel, when the sandbox's devices fit one (default: true).
     pub warm: bool,
+    /// Take a pre-spawned `husk vmm` from this pool instead of spawning one (default:
+    /// none).
+    pub pool: Option<std::sync::Arc<super::pool::VmmPool>>,
 }
 
 impl SandboxConfig {
@@ -81,6 +84,7 @@ impl SandboxConfig {
             boot_timeout: Duration::from_secs(600),
             runtime_parent: None,
             warm: true,
+            pool: None,
         }
     }
 }
@@ -137,6 +141,12 @@ impl SandboxBuilder {
     /// Start from a template (default) or, with `false`, boot the kernel (`--cold`).
     pub fn warm(mut self, warm: bool) -> Self {
         self.config.warm = warm;
+        self
+    }
+
+    /// Take pre-spawned VMMs from `pool` (see [`super::VmmPool`]).
+    pub fn pool(mut self, pool: std::sync::Arc<super::pool::VmmPool>) -> Self {
+        self.config.pool = Some(pool);
         self
     }
 

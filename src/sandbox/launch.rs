@@ -72,17 +72,22 @@ pub(super) enum Origin<'a> {
     Snapshot(&'a Path),
 }
 
-/// Start `config`'s VM from `origin`, then reach its agent (and, for a restored VM,
-/// give it its identity).
+/// Start `config`'s VM from `origin` in `vm` (a pooled VMM listening in the runtime
+/// folder) or a VMM spawned for it, then reach its agent (and, for a restored VM, give
+/// it its identity).
 pub(super) fn launch(
     config: &SandboxConfig,
     paths: LaunchPaths<'_>,
     origin: Origin<'_>,
+    vm: Option<VmmProcess>,
 ) -> Result<Launched, SandboxError> {
     let uds = paths.runtime.join("vsock.sock");
     let deadline = Instant::now() + config.boot_timeout;
     let mut loaded = None;
-    let vm = VmmProcess::spawn(paths.runtime, &paths.hostname)?;
+    let vm = match vm {
+        Some(vm) => vm,
+        None => VmmProcess::spawn(paths.runtime, &paths.hostname)?,
+    };
     let (warm, mac) = match origin {
         Origin::Boot => {
             let vm_config = config::vm_config(

@@ -25,6 +25,7 @@ pub mod initramfs;
 pub mod launch;
 pub mod net;
 mod persist;
+mod pool;
 mod process;
 pub mod scratch;
 pub mod signals;
@@ -50,6 +51,7 @@ pub use config::{RunSpec, SandboxBuilder, SandboxConfig, SandboxImage};
 pub use demux::Sink;
 pub use husk_protocol::{ExitStatus, TtySize};
 pub use persist::{RestoreSandbox, SandboxSnapshot, SnapshotReport};
+pub use pool::VmmPool;
 pub use process::Process;
 pub use stdio::{Buffer, Stdio};
 pub use template::Template;
@@ -331,7 +333,11 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         let created = Instant::now();
         let id = new_id();
-        let runtime = runtime_dir(&config, &id)?;
+        // A pooled VMM comes with its runtime folder, already listening in it.
+        let (runtime, pooled_vm) = match config.pool.as_ref().and_then(|p| p.take()) {
+            Some(pooled) => (pooled.runtime, Some(pooled.vm)),
+            None => (runtime_dir(&config, &id)?, None),
+        };
         let initrd = agent_initrd(&config)?;
         let initramfs_ready = Instant::now();
         let scratch = (config.scratch_disk_mib)
@@ -343,7 +349,8 @@ impl Sandbox {
             scratch: scratch.clone(),
             hostname: format!("husk-{id}"),
         };
-        let launched = launch::launch(&config, paths, launch::origin_for(&config, template))?;
+        let origin = launch::origin_for(&config, template);
+        let launched = launch::launch(&config, paths, origin, pooled_vm)?;
         let marks = Marks::launched(created, initramfs_ready, &launched);
         let parts = Assembly {
             id,

@@ -248,7 +248,7 @@ impl Sandbox {
             scratch: scratch.clone(),
             hostname: format!("husk-{id}"),
         };
-        let launched = launch::launch(&config, paths, Origin::Snapshot(&dir.join(VM_DIR)))?;
+        let launched = launch::launch(&config, paths, Origin::Snapshot(&dir.join(VM_DIR)), None)?;
         let marks = Marks::launched(created, initramfs_ready, &launched);
         let parts = Assembly {
             id,

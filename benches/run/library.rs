@@ -1,0 +1,72 @@
+//! The library's path, as a CI runner uses it: `Template::start` with the sandbox's VMM
+//! spawned for it against one taken from a `VmmPool` (pre-spawned, listening), each
+//! round a sandbox started, `true` run in it, the sandbox stopped; timed in this
+//! process from the call to the exit code.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use husk::sandbox::{Template, VmmPool};
+use husk::{RunSpec, Sandbox, SandboxImage, Stdio};
+
+use crate::common::crun::ms;
+use crate::stages::spread;
+
+/// One sandbox: start, `true`, stop; (ms to started, ms to the exit code).
+fn once(template: &Template, builder: husk::SandboxBuilder) -> (f64, f64) {
+    let began = Instant::now();
+    let sandbox = template
+        .start(builder.config().clone())
+        .expect("start a sandbox from the template");
+    let started = ms(began.elapsed());
+    let spec = RunSpec {
+        args: vec!["true".into()],
+        ..RunSpec::default()
+    };
+    let (stdio, _, _) = Stdio::capture();
+    let status = sandbox.run(&spec, stdio).expect("run true");
+    let done = ms(began.elapsed());
+    assert_eq!(status.code, Some(0), "true failed: {status:?}");
+    drop(sandbox.stop());
+    (started, done)
+}
+
+/// `rounds` of each, alternating, after one warm-up of each.
+pub fn pool_rounds(work: &Path, rounds: usize) {
+    std::env::set_var("HUSK_BIN", work.join("husk"));
+    let store = husk::image::ImageStore::open(None).expect("open the bench's store");
+    let image = SandboxImage::from_store(&store.resolve("busybox").expect("the busybox image"));
+    let builder =
+        || Sandbox::builder(image.clone(), work.join("vmlinux")).agent(work.join("husk-agent"));
+    let template = Template::for_config(builder().config()).expect("the template");
+    let pool = Arc::new(VmmPool::new(1, None).expect("a VMM pool"));
+    let pooled = || builder().pool(pool.clone());
+    let (mut spawned, mut taken) = (Vec::new(), Vec::new());
+    once(&template, builder());
+    once(&template, pooled());
+    for _ in 0..rounds {
+        spawned.push(once(&template, builder()));
+        // Steady state of a runner between jobs: its pool has refilled.
+        assert!(
+            pool.wait_ready(1, Duration::from_secs(30)),
+            "the pool refills"
+        );
+        taken.push(once(&template, pooled()));
+    }
+    let column = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        spread(&v.iter().map(pick).collect::<Vec<_>>())
+    };
+    println!();
+    println!("library, Template::start + run `true` + stop, {rounds} rounds (ms):");
+    println!(
+        "  VMM spawned per sandbox: started {}, exit code {}",
+        column(&spawned, |s| s.0),
+        column(&spawned, |s| s.1)
+    );
+    println!(
+        "  VMM from a pool of 1:    started {}, exit code {}",
+        column(&taken, |s| s.0),
+        column(&taken, |s| s.1)
+    );
+}
