@@ -1,0 +1,213 @@
+//! The filters at work, each in a forked child (a kill must not end the test binary).
+#![allow(
+    unsafe_code,
+    reason = "the tests fork a child to be killed and wait for it"
+)]
+
+use seccompiler::SeccompAction;
+
+use super::lists::{process_rules, thread_rules};
+use super::*;
+
+const FORBIDDEN: &[libc::c_long] = &[
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_fork,
+    libc::SYS_vfork,
+    libc::SYS_ptrace,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_setns,
+    libc::SYS_unshare,
+    libc::SYS_chroot,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_kexec_load,
+    libc::SYS_bpf,
+    libc::SYS_process_vm_writev,
+    libc::SYS_setuid,
+    libc::SYS_keyctl,
+];
+
+#[test]
+fn every_list_compiles_to_a_filter() {
+    let programs = [
+        compile(
+            "process",
+            process_rules(),
+            SeccompAction::KillProcess,
+            SeccompAction::Allow,
+        ),
+        compile(
+            "vcpu",
+            thread_rules(ThreadKind::Vcpu),
+            SeccompAction::KillProcess,
+            SeccompAction::Allow,
+        ),
+        compile(
+            "devices",
+            thread_rules(ThreadKind::Devices),
+            SeccompAction::KillProcess,
+            SeccompAction::Allow,
+        ),
+    ];
+    for program in programs {
+        assert!(!program.unwrap().is_empty());
+    }
+}
+
+#[test]
+fn no_list_allows_running_a_program_or_changing_the_process() {
+    let lists = [
+        process_rules(),
+        thread_rules(ThreadKind::Vcpu),
+        thread_rules(ThreadKind::Devices),
+    ];
+    for (i, r) in lists.iter().enumerate() {
+        for forbidden in FORBIDDEN {
+            assert!(
+                !r.contains_key(forbidden),
+                "list {i} allows syscall {forbidden}"
+            );
+        }
+    }
+    // The threads that serve the guest open no files and make no threads.
+    for kind in [ThreadKind::Vcpu, ThreadKind::Devices] {
+        let r = thread_rules(kind);
+        for call in [
+            libc::SYS_openat,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_bind,
+            libc::SYS_unlinkat,
+        ] {
+            assert!(!r.contains_key(&call), "{kind:?} allows syscall {call}");
+        }
+    }
+}
+
+/// Run `body` in a forked child with the process filter and `thread`'s (if any)
+/// installed in `Kill` mode; the child's wait status.
+fn in_filtered_child(thread: Option<ThreadKind>, body: fn() -> i32) -> i32 {
+    // SAFETY: fork in a test; the child installs filters, runs `body` and leaves with
+    // _exit, touching no lock another thread of the parent may hold.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        set_mode(Mode::Kill);
+        let code = match apply_process().and_then(|()| thread.map_or(Ok(()), apply)) {
+            Ok(()) => body(),
+            Err(_) => 90,
+        };
+        // SAFETY: leaving the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child, with a valid status pointer.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid);
+    status
+}
+
+fn killed_by_sigsys(status: i32) -> bool {
+    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
+}
+
+#[test]
+fn executing_a_program_kills_the_process() {
+    let status = in_filtered_child(None, || {
+        let path = c"/bin/true";
+        let argv = [path.as_ptr(), std::ptr::null()];
+        // SAFETY: NUL-terminated strings and a NULL-terminated argv.
+        unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+        4
+    });
+    assert!(killed_by_sigsys(status), "status {status:#x}");
+}
+
+#[test]
+fn making_a_process_kills_it_but_threads_still_start() {
+    let status = in_filtered_child(None, || {
+        // Threads go through clone3 (refused with ENOSYS) and then clone.
+        let thread = std::thread::spawn(|| 7).join();
+        if thread.ok() != Some(7) {
+            return 5;
+        }
+        // SAFETY: fork; the child (if the filter let it be) leaves at once.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+        6
+    });
+    assert!(killed_by_sigsys(status), "status {status:#x}");
+}
+
+#[test]
+fn a_network_socket_kills_but_a_unix_one_is_allowed() {
+    let status = in_filtered_child(None, || {
+        if std::os::unix::net::UnixDatagram::unbound().is_err() {
+            return 5;
+        }
+        // SAFETY: socket takes plain integers.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        6
+    });
+    assert!(killed_by_sigsys(status), "status {status:#x}");
+}
+
+#[test]
+fn a_vcpu_thread_may_not_open_files() {
+    let ok = in_filtered_child(Some(ThreadKind::Vcpu), || {
+        // Its own work: eventfds, writes, time.
+        let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK);
+        match evt.and_then(|e| e.write(1)) {
+            Ok(()) => 0,
+            Err(_) => 5,
+        }
+    });
+    assert!(
+        libc::WIFEXITED(ok) && libc::WEXITSTATUS(ok) == 0,
+        "status {ok:#x}"
+    );
+    let status = in_filtered_child(Some(ThreadKind::Vcpu), || {
+        drop(std::fs::File::open("/proc/self/status"));
+        6
+    });
+    assert!(killed_by_sigsys(status), "status {status:#x}");
+}
+
+#[test]
+fn an_ioctl_outside_the_list_kills() {
+    let status = in_filtered_child(Some(ThreadKind::Devices), || {
+        // TIOCSTI (push a byte into a terminal's input) is not on any list.
+        let byte = 0u8;
+        // SAFETY: an ioctl on stdin with a valid pointer; it is refused anyway.
+        unsafe { libc::ioctl(0, libc::TIOCSTI, &byte) };
+        6
+    });
+    assert!(killed_by_sigsys(status), "status {status:#x}");
+}
+
+#[test]
+fn log_mode_comes_from_the_environment_only_instead_of_kill() {
+    // The mode is process-wide and set once: checked in a child.
+    // SAFETY: as in `in_filtered_child`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        std::env::set_var("HUSK_SECCOMP", "log");
+        set_mode(Mode::Kill);
+        let code = if mode() == Mode::Log { 0 } else { 1 };
+        // SAFETY: as above.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: as above.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status:#x}"
+    );
+}
