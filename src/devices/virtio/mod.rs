@@ -21,6 +21,7 @@
 
 pub mod block;
 pub mod descriptor;
+pub mod guest_io;
 pub mod manager;
 pub mod mmio;
 pub mod net;
