@@ -27,7 +27,8 @@ pub struct IoVecs<'m> {
     iov: Vec<libc::iovec>,
     /// Index of the first iovec not yet consumed by [`IoVecs::advance`].
     first: usize,
-    _mem: PhantomData<&'m GuestMemoryMmap>,
+    /// The memory the iovecs point into, borrowed for as long as they live.
+    _mem: PhantomData<&'m mut [u8]>,
 }
 
 impl<'m> IoVecs<'m> {
@@ -52,6 +53,19 @@ impl<'m> IoVecs<'m> {
             first: 0,
             _mem: PhantomData,
         })
+    }
+
+    /// One iovec over a buffer of the host's own (a frame staged by a device).
+    pub fn from_host(buf: &'m mut [u8]) -> Self {
+        let iov = vec![libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        Self {
+            iov,
+            first: 0,
+            _mem: PhantomData,
+        }
     }
 
     /// Bytes not yet consumed.
@@ -114,6 +128,22 @@ impl<'m> IoVecs<'m> {
                 None => libc::writev(fd.as_raw_fd(), iov.as_ptr(), count),
             }
         };
+        result(n)
+    }
+
+    /// One `writev` of `prefix` (bytes of the host's own, such as a header checked
+    /// and rebuilt by the device) followed by the buffers; bytes written.
+    pub fn write_with_prefix(&self, fd: &impl AsRawFd, prefix: &[u8]) -> io::Result<usize> {
+        let mut iov = Vec::with_capacity(1 + self.pending().len());
+        iov.push(libc::iovec {
+            iov_base: prefix.as_ptr().cast_mut().cast(),
+            iov_len: prefix.len(),
+        });
+        iov.extend_from_slice(&self.pending()[..self.pending().len().min(IOV_MAX - 1)]);
+        let count = libc::c_int::try_from(iov.len()).expect("at most IOV_MAX");
+        // SAFETY: the first iovec points to `prefix`, borrowed for the call; the rest as
+        // in `read_from`. `writev` only reads all of them.
+        let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), count) };
         result(n)
     }
 
@@ -218,6 +248,18 @@ mod tests {
         let mem = two_regions();
         let e = IoVecs::new(&mem, &[buf(0x1f00, 0x200)]).unwrap_err();
         assert!(matches!(e, DescriptorError::OutsideMemory { .. }));
+    }
+
+    #[test]
+    fn a_prefix_goes_out_before_the_buffers_in_one_datagram() {
+        let mem = two_regions();
+        mem.write_slice(b"body", GuestAddress(0x100)).unwrap();
+        let iov = IoVecs::new(&mem, &[buf(0x100, 4)]).unwrap();
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        assert_eq!(iov.write_with_prefix(&a, b"head").unwrap(), 8);
+        let mut out = [0u8; 16];
+        let n = b.recv(&mut out).unwrap();
+        assert_eq!(&out[..n], b"headbody");
     }
 
     #[test]

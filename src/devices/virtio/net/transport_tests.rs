@@ -9,7 +9,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::device::Net;
-use super::queues::NET_HDR_LEN;
+use super::header::NET_HDR_LEN;
 use super::tap::Tap;
 use super::NetConfig;
 use crate::devices::bus::BusDevice;
