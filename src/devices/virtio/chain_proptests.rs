@@ -147,6 +147,22 @@ proptest! {
     }
 
     #[test]
+    fn block_on_io_uring_survives_random_rings_and_finishes_what_it_took(ring in ring()) {
+        let (mem, img) = (memory(), TempImage::new(8192, 1));
+        let config = BlockConfig { path: img.0.clone(), read_only: false, id: None, root: false };
+        let disk = Disk::open(&config).expect("disk");
+        let mut q = install(&mem, &ring);
+        let mut uring = block::Ring::new(SIZE).expect("io_uring");
+        let started = block::start_in_flight(&mut q, &mem, &disk, &mut uring, 64);
+        let done = uring.wait_all(disk.file());
+        let finished = done.len();
+        let _ = block::finish_in_flight(&mut q, &mem, done);
+        prop_assert!(bounded(started));
+        prop_assert!(finished <= usize::from(SIZE));
+        prop_assert_eq!(uring.in_flight(), 0);
+    }
+
+    #[test]
     fn vsock_tx_survives_random_rings(ring in ring()) {
         let (mem, mut muxer) = (memory(), vsock_muxer());
         let mut q = install(&mem, &ring);

@@ -68,6 +68,12 @@ impl<'m> IoVecs<'m> {
         }
     }
 
+    /// The iovecs not consumed yet, for a submission the kernel uses after this call
+    /// (io_uring). The caller must keep the guest memory mapped until it is done.
+    pub fn into_raw(self) -> Vec<libc::iovec> {
+        self.iov[self.first..].to_vec()
+    }
+
     /// Bytes not yet consumed.
     pub fn len(&self) -> usize {
         self.iov[self.first..].iter().map(|v| v.iov_len).sum()

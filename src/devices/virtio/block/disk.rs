@@ -125,6 +125,11 @@ impl Disk {
         })
     }
 
+    /// The open image file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Image path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -83,6 +83,18 @@ pub enum Prepared {
 }
 
 impl IoRequest {
+    /// A request as `prepare` would make it (head 0), for tests.
+    #[cfg(test)]
+    pub fn for_test(kind: IoKind, offset: u64, bufs: Vec<Buffer>, status: Buffer) -> Self {
+        Self {
+            head: 0,
+            kind,
+            offset,
+            bufs,
+            status,
+        }
+    }
+
     /// Bytes of data.
     pub fn data_len(&self) -> usize {
         total_len(&self.bufs)
