@@ -187,6 +187,18 @@ impl<'m> IoVecs<'m> {
     }
 }
 
+/// Bytes waiting to be read on a socket (`FIONREAD`), to size a read into guest
+/// buffers before taking them.
+pub fn readable_bytes(fd: &impl AsRawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, valid for the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
+    match ret {
+        0.. => Ok(usize::try_from(n).unwrap_or(0)),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 fn to_off(offset: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput.into())
 }
@@ -266,6 +278,13 @@ mod tests {
         let mut out = [0u8; 16];
         let n = b.recv(&mut out).unwrap();
         assert_eq!(&out[..n], b"headbody");
+    }
+
+    #[test]
+    fn readable_bytes_counts_what_waits_on_a_socket() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(b"12345").unwrap();
+        assert_eq!(readable_bytes(&b).unwrap(), 5);
     }
 
     #[test]

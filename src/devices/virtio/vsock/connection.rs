@@ -272,6 +272,14 @@ impl Connection {
         self.tx_buf.len()
     }
 
+    /// Bytes waiting on the host socket: at least 1 (a read then still finds out about
+    /// end of stream or an error), and no limit when the kernel does not say.
+    pub fn waiting_from_host(&self) -> usize {
+        crate::devices::virtio::guest_io::readable_bytes(&self.stream)
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+
     /// Read from the host socket straight into guest buffers (one `readv`).
     pub fn read_into_guest(&mut self, iov: &IoVecs) -> io::Result<usize> {
         iov.read_from(&self.stream, None)

@@ -286,7 +286,8 @@ impl Muxer {
     }
 
     /// Pop more RX buffers after `first` for one read of `key`, while they can take
-    /// data and the guest's `credit` is not covered; each gets its data capacity.
+    /// data and `credit` bytes (the guest's credit, or less when fewer wait) are not
+    /// covered; each gets its data capacity.
     fn gather_rx(
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
@@ -333,7 +334,10 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&key) else {
             return Ok(None);
         };
-        let batch = Self::gather_rx(queue, mem, first, conn.peer_credit() as usize)?;
+        // Take only as many buffers as the bytes waiting need: a 64-byte message
+        // does not pop (and give back) a whole batch.
+        let want = (conn.peer_credit() as usize).min(conn.waiting_from_host());
+        let batch = Self::gather_rx(queue, mem, first, want)?;
         let give_back = |queue: &mut Queue, n: usize| {
             unpop_many(queue, u16::try_from(n).expect("at most RX_BATCH"));
         };
