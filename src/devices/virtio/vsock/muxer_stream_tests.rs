@@ -41,17 +41,17 @@ fn host_data_fills_several_rx_buffers_with_one_pass_in_order() {
     mock.add_desc_chains(&bufs, 0).unwrap();
     let d = m.process_rx(&mut q, &mem).unwrap();
     let lens: Vec<u32> = (0..3).map(|i| used(&mock, i).1).collect();
-    let mut got = Vec::new();
-    for (i, len) in lens.iter().enumerate() {
-        let (h, data) = rx_packet(&mem, i as u64, *len);
-        assert_eq!(
-            (h.op, h.src_port, h.len as usize),
-            (OP_RW, port, data.len())
-        );
-        got.extend(data);
-    }
+    let packets: Vec<(Header, Vec<u8>)> = (0..3)
+        .map(|i| rx_packet(&mem, i, lens[i as usize]))
+        .collect();
+    let heads: Vec<(u16, u32, usize)> = packets
+        .iter()
+        .map(|(h, d)| (h.op, h.src_port, h.len as usize - d.len()))
+        .collect();
+    let got: Vec<u8> = packets.into_iter().flat_map(|(_, d)| d).collect();
     assert_eq!(d.used, 3);
     assert_eq!(lens, [4096, 4096, (10_000 - 2 * 4052 + HDR_LEN) as u32]);
+    assert_eq!(heads, [(OP_RW, port, 0); 3]);
     assert_eq!(got, sent);
 }
 
