@@ -21,11 +21,8 @@ use crate::devices::virtio::guest_io::IoVecs;
 
 /// Receive buffer the host side advertises per connection.
 pub const BUF_ALLOC: u32 = 256 * 1024;
-/// Forwarded bytes after which the host announces its credit unasked: when less than
-/// one largest packet (64 KiB) of the guest's view of its credit would be left, as
-/// Linux's own vsock receiver does. Every announcement costs the guest an RX buffer
-/// and an interrupt; the guest can still send while it travels.
-const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC - 64 * 1024;
+/// Forwarded bytes after which the host announces its credit unasked.
+const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC / 4;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
