@@ -2,7 +2,9 @@
 //! read), virtio-vsock (a stream each way) and virtio-net (TCP over a TAP, each way) in
 //! husk, against QEMU `microvm` with the same devices and against the host doing the
 //! same work directly (file I/O, loopback TCP) as the upper bound; and husk's VM exits
-//! per MiB moved. Prints numbers and ratios; asserts nothing about time.
+//! per MiB moved; and small requests next to them: 512-byte O_DIRECT reads and writes
+//! per second on blk, 64-byte round trips per second (to an echo in the guest) on vsock
+//! and net. Prints numbers and ratios; asserts nothing about time.
 //!
 //! Like `benches/boot.rs`, it re-runs itself with `--inner` inside the KVM test host
 //! when this machine has no usable hardware KVM. Inside, `husk-guest-tool` moves the
@@ -108,9 +110,12 @@ case $w in
 blk)
     $t write-file /dev/vda --bytes ${mib}M --direct --no-check | sed 's/^/guest-/'
     $t read-file /dev/vda --bytes ${mib}M --direct --no-check | sed 's/^/guest-/'
+    $t write-file /dev/vda --bytes 1M --direct --no-check --block 512 | sed 's/^/guest-small-/'
+    $t read-file /dev/vda --bytes 1M --direct --no-check --block 512 | sed 's/^/guest-small-/'
     ;;
 vsock)
     $t vsock-listen 5000 --recv ${mib}M --send ${mib}M --no-check | sed 's/^/guest-/'
+    $t vsock-listen 5001 --echo | sed 's/^/guest-/'
     ;;
 net)
     ip link set lo up
@@ -119,6 +124,7 @@ net)
     $t tcp-listen 7001 --no-check | sed 's/^/guest-/'
     $t tcp-connect 10.0.2.1 7002 --send ${mib}M --half-close --no-check --patience 120 \
         | sed 's/^/guest-/'
+    $t tcp-listen 7003 --echo | sed 's/^/guest-/'
     ;;
 esac
 echo guest-bench-done=yes
@@ -202,6 +208,8 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
         if workload == "vsock" {
             fig.insert("from guest", mibps(&out, &format!("{cmd}-recv-mibps")));
         }
+        let rr = round_trips(vmm, workload);
+        fig.insert(RR_KEY, mibps(&rr, &format!("{}-rr-per-sec", refs[0])));
     }
     let guest = vm.wait();
     if let Some(listener) = host.take() {
@@ -212,6 +220,10 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
         "blk" => {
             fig.insert("write", mibps(&guest, "guest-write-file-mibps"));
             fig.insert("read", mibps(&guest, "guest-read-file-mibps"));
+            let small_w = mibps(&guest, "guest-small-write-file-iops");
+            fig.insert("512 B writes/s (O_DIRECT)", small_w);
+            let small_r = mibps(&guest, "guest-small-read-file-iops");
+            fig.insert("512 B reads/s (O_DIRECT)", small_r);
         }
         "vsock" => {
             // The guest's own clock: receive time starts at its first byte.
@@ -226,6 +238,22 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
         fig.insert("exits", exits);
     }
     fig
+}
+
+/// The row of the 64-byte round trips.
+const RR_KEY: &str = "64 B round trips/s";
+
+/// 64-byte round trips from the host to the guest's echo (vsock port 5001, TCP port
+/// 7003), once the stream is done.
+fn round_trips(vmm: Vmm, workload: &str) -> Values {
+    let args: &[&str] = match (workload, vmm) {
+        ("vsock", Vmm::Husk) => &["uds-connect", "v.sock", "5001"],
+        ("vsock", Vmm::Qemu) => &["vsock-connect", "3", "5001"],
+        _ => &["tcp-connect", "10.0.2.15", "7003"],
+    };
+    let mut args = args.to_vec();
+    args.extend(["--rr", "2000", "--patience", "300"]);
+    host_tool(&args)
 }
 
 /// The upper bound: the same tool doing the same work directly in the test host.
@@ -254,6 +282,10 @@ fn upper_bound(workload: &str, mib: u64) -> Figures {
             let _ = finish_host_tool(listener);
             fig.insert("to guest", mibps(&c, "tcp-connect-send-mibps"));
             fig.insert("from guest", mibps(&c, "tcp-connect-recv-mibps"));
+            let echo = spawn_host_tool(&["tcp-listen", "7101", "--echo"]);
+            let rr = host_tool(&["tcp-connect", "127.0.0.1", "7101", "--rr", "2000"]);
+            let _ = finish_host_tool(echo);
+            fig.insert(RR_KEY, mibps(&rr, "tcp-connect-rr-per-sec"));
         }
     }
     fig
@@ -314,7 +346,7 @@ fn report(
     println!();
     println!(
         "{:<28} {:>10} {:>10} {:>10} {:>11} {:>11}",
-        format!("{workload} MiB/s (median)"),
+        format!("{workload} MiB/s, ops/s (median)"),
         "husk",
         "qemu",
         "host",

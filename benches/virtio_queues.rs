@@ -309,7 +309,9 @@ fn bench_net_tx(size: u32) {
         size as usize,
         || {
             let n = ring.offer_all(&mem);
-            net::process_tx(&mut q, &mem, &mut dev, n).expect("tx").used
+            net::process_tx(&mut q, &mem, &mut dev, net::Offloads::default(), n)
+                .expect("tx")
+                .used
         },
     );
 }

@@ -305,15 +305,17 @@ pub struct DeviceLoop {
 pub type DeviceGuards<'a> = Vec<MutexGuard<'a, dyn VirtioDevice + 'static>>;
 
 impl DeviceLoop {
-    /// Lock every device (so the event loop stops touching guest memory and queues)
-    /// and read each slot's state. The vCPUs must be parked: they take the transport
+    /// Lock every device (so the event loop stops touching guest memory and queues),
+    /// let each finish what it has in flight, and read each slot's state. The vCPUs must be parked: they take the transport
     /// locks, then a device's, and here devices are locked first.
     pub fn hold(&self) -> (DeviceGuards<'_>, Vec<SlotState>) {
-        let guards: DeviceGuards<'_> = self
+        let mut guards: DeviceGuards<'_> = self
             .devices
             .iter()
             .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
             .collect();
+        // A device with requests in flight (blk on io_uring) completes them now.
+        guards.iter_mut().for_each(|g| g.quiesce());
         let slots = self
             .transports
             .iter()

@@ -63,14 +63,22 @@ pub fn wait_for(path: &str, text: &str, patience: std::time::Duration) -> io::Re
 }
 
 /// Reads up to `limit` bytes (all of it when `None`) from the start of `path`.
-pub fn read(path: &str, limit: Option<u64>, direct: bool, check: bool) -> io::Result<Transfer> {
+/// `block` bytes per call (at most [`CHUNK`]).
+pub fn read(
+    path: &str,
+    limit: Option<u64>,
+    block: usize,
+    direct: bool,
+    check: bool,
+) -> io::Result<Transfer> {
+    let block = block.clamp(1, CHUNK) as u64;
     let mut file = open(path, false, direct)?;
     let mut buf = AlignedBuf::new();
     let mut sum = Checksum::new();
     let start = Instant::now();
     let mut got = 0u64;
     loop {
-        let want = limit.map_or(CHUNK as u64, |l| (l - got).min(CHUNK as u64)) as usize;
+        let want = limit.map_or(block, |l| (l - got).min(block)) as usize;
         if want == 0 {
             break;
         }
@@ -93,7 +101,15 @@ pub fn read(path: &str, limit: Option<u64>, direct: bool, check: bool) -> io::Re
 /// Writes `total` pattern bytes at the start of `path`, then waits for them to be stable
 /// (fdatasync), which the elapsed time includes. Without `check` the first chunk of the
 /// pattern is repeated and no sum is kept, so only the device is measured.
-pub fn write(path: &str, total: u64, direct: bool, check: bool) -> io::Result<Transfer> {
+/// `block` bytes per call (at most [`CHUNK`]).
+pub fn write(
+    path: &str,
+    total: u64,
+    block: usize,
+    direct: bool,
+    check: bool,
+) -> io::Result<Transfer> {
+    let block = block.clamp(1, CHUNK) as u64;
     let mut file = open(path, true, direct)?;
     let mut buf = AlignedBuf::new();
     let mut sum = Checksum::new();
@@ -101,13 +117,13 @@ pub fn write(path: &str, total: u64, direct: bool, check: bool) -> io::Result<Tr
     let start = Instant::now();
     let mut done = 0u64;
     while done < total {
-        let n = (total - done).min(CHUNK as u64) as usize;
-        let block = buf.get(n);
+        let n = (total - done).min(block) as usize;
+        let data = buf.get(n);
         if check {
-            fill_pattern(block, done);
-            sum.update(block);
+            fill_pattern(data, done);
+            sum.update(data);
         }
-        file.write_all(block)?;
+        file.write_all(data)?;
         done += n as u64;
     }
     file.sync_data()?;

@@ -42,6 +42,10 @@ usage: husk-guest-tool COMMAND ARGS [OPTIONS]
                              CMD's code
 options: --send N  --recv N|eof  --half-close  --no-check  --direct  --bytes N
          --count N  --hold
+         --block N (read-file/write-file: bytes per call, default 256K; prints -iops)
+         --echo (listening commands: send back everything received, until EOF)
+         --rr N (connecting commands: N round trips of 64 bytes, TCP_NODELAY;
+                 prints -rr-per-sec)
          --patience SECS (how long connects retry, default 300)
 sizes take K, M or G (binary) suffixes";
 
@@ -57,6 +61,9 @@ struct Options {
     patience: Duration,
     count: usize,
     hold: bool,
+    block: Option<usize>,
+    echo: bool,
+    rr: u64,
 }
 
 fn bad(msg: String) -> io::Error {
@@ -90,6 +97,9 @@ fn parse(args: &[String]) -> io::Result<(Vec<String>, Options)> {
         patience: Duration::from_secs(300),
         count: 1,
         hold: false,
+        block: None,
+        echo: false,
+        rr: 0,
     };
     let mut positional = Vec::new();
     let mut it = args.iter();
@@ -109,6 +119,9 @@ fn parse(args: &[String]) -> io::Result<(Vec<String>, Options)> {
             "--patience" => opts.patience = Duration::from_secs(size(&value()?)?),
             "--count" => opts.count = number(&value()?)?,
             "--hold" => opts.hold = true,
+            "--block" => opts.block = Some(number(&value()?)?),
+            "--echo" => opts.echo = true,
+            "--rr" => opts.rr = number(&value()?)?,
             "--half-close" => opts.half_close = true,
             "--no-check" => opts.check = false,
             "--direct" => opts.direct = true,
@@ -124,8 +137,17 @@ fn number<T: std::str::FromStr>(text: &str) -> io::Result<T> {
         .map_err(|_| bad(format!("bad number {text:?}")))
 }
 
-/// Sends then receives on `conn` (the connecting side's order).
+/// Sends then receives on `conn` (the connecting side's order); with `--rr`, round
+/// trips instead.
 fn send_then_recv(cmd: &str, mut conn: File, opts: &Options) -> io::Result<()> {
+    if opts.rr > 0 {
+        sock::no_delay(&conn);
+        let secs = stream::round_trips(&mut conn, opts.rr)?.as_secs_f64();
+        println!("{cmd}-rr-count={}", opts.rr);
+        println!("{cmd}-rr-secs={secs:.3}");
+        println!("{cmd}-rr-per-sec={:.1}", opts.rr as f64 / secs.max(1e-9));
+        return Ok(());
+    }
     stream::send(&mut conn, opts.send, opts.check)?.print(&format!("{cmd}-send"));
     if opts.half_close {
         sock::half_close(&conn)?;
@@ -134,8 +156,14 @@ fn send_then_recv(cmd: &str, mut conn: File, opts: &Options) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives then sends on `conn` (the listening side's order).
+/// Receives then sends on `conn` (the listening side's order); with `--echo`, sends
+/// back what it receives.
 fn recv_then_send(cmd: &str, mut conn: File, opts: &Options) -> io::Result<()> {
+    if opts.echo {
+        sock::no_delay(&conn);
+        println!("{cmd}-echo-bytes={}", stream::echo(&mut conn)?);
+        return Ok(());
+    }
     stream::recv(&mut conn, opts.recv, opts.check)?.print(&format!("{cmd}-recv"));
     stream::send(&mut conn, opts.send, opts.check)?.print(&format!("{cmd}-send"));
     if opts.half_close {
@@ -177,14 +205,20 @@ fn run(cmd: &str, pos: &[String], opts: &Options) -> io::Result<()> {
             send_then_recv(cmd, conn, opts)
         }
         ("read-file", [path]) => {
-            disk::read(path, opts.bytes, opts.direct, opts.check)?.print(cmd);
+            let block = opts.block.unwrap_or(stream::CHUNK);
+            let t = disk::read(path, opts.bytes, block, opts.direct, opts.check)?;
+            t.print(cmd);
+            print_iops(cmd, &t, opts.block);
             Ok(())
         }
         ("write-file", [path]) => {
             let total = opts
                 .bytes
                 .ok_or_else(|| bad("write-file needs --bytes".into()))?;
-            disk::write(path, total, opts.direct, opts.check)?.print(cmd);
+            let block = opts.block.unwrap_or(stream::CHUNK);
+            let t = disk::write(path, total, block, opts.direct, opts.check)?;
+            t.print(cmd);
+            print_iops(cmd, &t, opts.block);
             Ok(())
         }
         ("pattern-sum", [n]) => {
@@ -192,6 +226,14 @@ fn run(cmd: &str, pos: &[String], opts: &Options) -> io::Result<()> {
             Ok(())
         }
         _ => Err(bad(format!("bad arguments for {cmd:?}\n{USAGE}"))),
+    }
+}
+
+/// With `--block`, the calls per second a transfer made.
+fn print_iops(cmd: &str, t: &stream::Transfer, block: Option<usize>) {
+    if let Some(block) = block {
+        let ops = t.bytes as f64 / block.max(1) as f64;
+        println!("{cmd}-iops={:.1}", ops / t.elapsed.as_secs_f64().max(1e-9));
     }
 }
 

@@ -169,6 +169,23 @@ pub fn tcp_connect(addr: &str, port: u16, patience: Duration) -> io::Result<File
     })
 }
 
+/// Turns off Nagle's algorithm on a TCP socket (a request of a round trip goes out at
+/// once); other sockets ignore it.
+pub fn no_delay(conn: &File) {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one int through the pointer, valid for the call; a
+    // socket that is not TCP fails with an error, which is ignored.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
 /// Ends the sending half of a socket, so the peer reads end of stream.
 pub fn half_close(conn: &File) -> io::Result<()> {
     // SAFETY: shutdown() has no memory arguments; conn's fd is open.

@@ -173,6 +173,45 @@ pub fn recv(input: &mut impl Read, limit: Option<u64>, check: bool) -> io::Resul
     })
 }
 
+/// Sends back everything `conn` receives until end of stream; the bytes echoed.
+pub fn echo<C: Read + Write>(conn: &mut C) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        conn.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+/// Bytes of one request and of its answer in [`round_trips`].
+pub const RR_SIZE: usize = 64;
+
+/// `count` round trips of [`RR_SIZE`] bytes through an echoing peer, each answer
+/// checked; the time they took.
+pub fn round_trips<C: Read + Write>(conn: &mut C, count: u64) -> io::Result<Duration> {
+    let mut request = [0u8; RR_SIZE];
+    let mut answer = [0u8; RR_SIZE];
+    let start = Instant::now();
+    for i in 0..count {
+        fill_pattern(&mut request, i * RR_SIZE as u64);
+        conn.write_all(&request)?;
+        conn.read_exact(&mut answer)?;
+        if answer != request {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("round trip {i} came back changed"),
+            ));
+        }
+    }
+    Ok(start.elapsed())
+}
+
 /// Expected checksum of the first `total` pattern bytes.
 pub fn pattern_sum(total: u64) -> String {
     let mut sum = Checksum::new();
@@ -232,6 +271,18 @@ mod tests {
         let mut long = Checksum::new();
         long.update(&[1, 2, 3, 0]);
         assert_ne!(short.hex(), long.hex());
+    }
+
+    #[test]
+    fn round_trips_through_an_echo_come_back_unchanged() {
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        let echo = std::thread::spawn(move || echo(&mut b));
+        round_trips(&mut a, 50).expect("every answer matches");
+        drop(a);
+        assert_eq!(
+            echo.join().expect("no panic").expect("echo ends at EOF"),
+            3200
+        );
     }
 
     #[test]

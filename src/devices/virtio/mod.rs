@@ -21,6 +21,7 @@
 
 pub mod block;
 pub mod descriptor;
+pub mod guest_io;
 pub mod manager;
 pub mod mmio;
 pub mod net;
@@ -216,6 +217,9 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), VirtioError>;
     /// Return to the state before `activate` (the driver wrote 0 to Status).
     fn reset(&mut self);
+    /// Finish every request the device has in flight, so that while its lock is held
+    /// neither guest memory nor its queues change (before a snapshot's state is read).
+    fn quiesce(&mut self) {}
     /// Where the device stands (queues, and device-specific state), for the report of a
     /// guest that failed or hangs.
     fn describe(&self) -> String;

@@ -419,6 +419,11 @@ pub fn unpop(queue: &mut Queue) {
     queue.go_to_previous_position();
 }
 
+/// Give the last `n` popped chains back to the ring, none of which was used.
+pub fn unpop_many(queue: &mut Queue, n: u16) {
+    queue.set_next_avail(queue.next_avail().wrapping_sub(n));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::config::BlockConfig;
 use super::disk::{Disk, DiskError, WriteZeroes};
+use super::inflight;
 use super::request::{self, MAX_DESCRIPTORS, MAX_DISCARD_SECTORS, SECTOR_SIZE};
+use super::ring::Ring;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::DevicePersist;
 use crate::devices::virtio::queues::QueueSet;
@@ -54,6 +56,10 @@ pub struct BlockState {
 #[derive(Debug)]
 pub struct Block {
     pub(super) queues: QueueSet,
+    /// Requests in flight, when io_uring is available (else each is served whole on
+    /// the event loop). Declared before `disk`, so it is dropped (waiting for the
+    /// kernel) before the file closes.
+    pub(super) ring: Option<Ring>,
     disk: Disk,
     config_space: [u8; CONFIG_LEN],
     state: BlockState,
@@ -98,8 +104,9 @@ fn features(disk: &Disk) -> u64 {
 
 impl Block {
     /// File descriptors the device and its virtio-mmio transport hold at most: the
-    /// image, the queue set and the transport's eventfds (one queue).
-    pub const MAX_FDS: usize = 1 + QueueSet::max_fds(1) + MmioTransport::max_fds(1);
+    /// image, the io_uring and its eventfd, the queue set and the transport's eventfds
+    /// (one queue).
+    pub const MAX_FDS: usize = 3 + QueueSet::max_fds(1) + MmioTransport::max_fds(1);
 
     /// Open the image of `config`.
     pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
@@ -109,8 +116,12 @@ impl Block {
             acked_features: 0,
             config,
         };
+        let ring = Ring::new(QUEUE_SIZE)
+            .inspect_err(|e| log::debug!("virtio-blk: no io_uring ({e}); one request at a time"))
+            .ok();
         Ok(Self {
             queues: QueueSet::new("blk", &[QUEUE_SIZE])?,
+            ring,
             config_space: config_space(&disk),
             disk,
             state,
@@ -127,7 +138,8 @@ impl Block {
         &self.disk
     }
 
-    /// Serve the request queue (called by the event handler on a notification).
+    /// Serve the request queue (called by the event handler on a notification): start
+    /// every request on the ring, or serve them one by one without one.
     pub(super) fn process(&mut self) {
         if !self.queues.is_running() {
             return;
@@ -135,9 +147,53 @@ impl Block {
         let Some(active) = self.queues.active.as_mut() else {
             return;
         };
-        let result =
-            request::process_queue(&mut active.queues[0], &active.mem, &mut self.disk, BUDGET);
+        let (queue, mem) = (&mut active.queues[0], &active.mem);
+        let result = match self.ring.as_mut() {
+            Some(ring) => inflight::start(queue, mem, &self.disk, ring, BUDGET),
+            None => request::process_queue(queue, mem, &mut self.disk, BUDGET),
+        };
         self.queues.finish(0, result);
+        // Requests on data in the page cache completed during the submission: answer
+        // them now rather than on the next turn of the loop.
+        if let Some(ring) = self.ring.as_mut() {
+            let done = ring.reap(self.disk.file());
+            self.complete(done);
+        }
+    }
+
+    /// Put what the ring finished in the used ring, then start what waited for room.
+    pub(super) fn on_completions(&mut self) {
+        let Some(ring) = self.ring.as_mut() else {
+            return;
+        };
+        let done = ring.reap(self.disk.file());
+        self.complete(done);
+        // Requests that waited for room in the ring.
+        self.process();
+    }
+
+    /// Put finished requests in the used ring and interrupt the driver if it asks.
+    fn complete(&mut self, done: Vec<super::ring::Completed>) {
+        if !self.queues.is_running() {
+            return;
+        }
+        let Some(active) = self.queues.active.as_mut() else {
+            return;
+        };
+        match inflight::finish(&mut active.queues[0], &active.mem, done) {
+            Ok(true) => self.queues.signal_used(),
+            Ok(false) => {}
+            Err(e) => self.queues.mark_broken(&e),
+        }
+    }
+
+    /// Wait for every request in flight and complete it (a snapshot: afterwards guest
+    /// memory and the queue change no more while the device is held).
+    fn drain_in_flight(&mut self) {
+        if let Some(ring) = self.ring.as_mut() {
+            let done = ring.wait_all(self.disk.file());
+            self.complete(done);
+        }
     }
 }
 
@@ -176,14 +232,27 @@ impl VirtioDevice for Block {
         self.queues.activate(mem, interrupt, queues)
     }
 
+    /// Waits for requests in flight first (the kernel may still be writing guest
+    /// memory); their results are dropped with the queue.
     fn reset(&mut self) {
+        if let Some(ring) = self.ring.as_mut() {
+            ring.wait_all(self.disk.file());
+        }
         self.queues.reset();
         self.state.acked_features = 0;
     }
 
+    fn quiesce(&mut self) {
+        self.drain_in_flight();
+    }
+
     fn describe(&self) -> String {
+        let in_flight = match &self.ring {
+            Some(ring) => format!("{} request(s) in flight on io_uring", ring.in_flight()),
+            None => "no io_uring".to_string(),
+        };
         format!(
-            "{} ({})",
+            "{} ({}, {in_flight})",
             self.queues.describe(),
             self.state.config.path.display()
         )

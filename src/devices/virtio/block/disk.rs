@@ -12,10 +12,11 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::config::{BlockConfig, ID_BYTES};
 use crate::devices::virtio::descriptor::Buffer;
+use crate::devices::virtio::guest_io::IoVecs;
 
 /// Errors opening a disk.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +125,11 @@ impl Disk {
         })
     }
 
+    /// The open image file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Image path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -154,34 +160,24 @@ impl Disk {
         &self.id
     }
 
-    /// Read from byte `offset` of the image into guest buffers.
-    pub fn read_into(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        offset: u64,
-        bufs: &[Buffer],
-    ) -> io::Result<()> {
-        self.file.seek(SeekFrom::Start(offset))?;
-        for b in bufs {
-            mem.read_exact_volatile_from(b.addr, &mut self.file, b.len as usize)
-                .map_err(io::Error::other)?;
-        }
-        Ok(())
+    /// Read from byte `offset` of the image into guest buffers (one `preadv` for the
+    /// whole request unless the kernel returns less).
+    pub fn read_into(&self, mem: &GuestMemoryMmap, offset: u64, bufs: &[Buffer]) -> io::Result<()> {
+        IoVecs::new(mem, bufs)
+            .map_err(io::Error::other)?
+            .read_exact_at(&self.file, offset)
     }
 
-    /// Write guest buffers to byte `offset` of the image.
+    /// Write guest buffers to byte `offset` of the image (one `pwritev`, as above).
     pub fn write_from(
-        &mut self,
+        &self,
         mem: &GuestMemoryMmap,
         offset: u64,
         bufs: &[Buffer],
     ) -> io::Result<()> {
-        self.file.seek(SeekFrom::Start(offset))?;
-        for b in bufs {
-            mem.write_all_volatile_to(b.addr, &mut self.file, b.len as usize)
-                .map_err(io::Error::other)?;
-        }
-        Ok(())
+        IoVecs::new(mem, bufs)
+            .map_err(io::Error::other)?
+            .write_all_at(&self.file, offset)
     }
 
     /// Make written data durable.

@@ -48,12 +48,96 @@ type Outcome = (u32, u32);
 const IOERR: Outcome = (VIRTIO_BLK_S_IOERR, 0);
 const UNSUPP: Outcome = (VIRTIO_BLK_S_UNSUPP, 0);
 
-/// Execute one chain on `disk`; returns the used length (data written + status).
-pub fn handle_request(
+/// What moves data or makes it durable: done later (the device's io_uring) or at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    /// VIRTIO_BLK_T_IN.
+    Read,
+    /// VIRTIO_BLK_T_OUT.
+    Write,
+    /// VIRTIO_BLK_T_FLUSH.
+    Flush,
+}
+
+/// A checked read, write or flush, with where its status byte goes.
+#[derive(Debug)]
+pub struct IoRequest {
+    /// Head index of the chain.
+    pub head: u16,
+    /// What to do.
+    pub kind: IoKind,
+    /// Byte offset in the image (reads and writes).
+    pub offset: u64,
+    /// The data buffers (guest memory, checked).
+    pub bufs: Vec<Buffer>,
+    status: Buffer,
+}
+
+/// A request after [`prepare`].
+#[derive(Debug)]
+pub enum Prepared {
+    /// Answered already (status written); the used length.
+    Done(u32),
+    /// To be carried out, then [`IoRequest::finish`]ed.
+    Io(IoRequest),
+}
+
+impl IoRequest {
+    /// A request as `prepare` would make it (head 0), for tests.
+    #[cfg(test)]
+    pub fn for_test(kind: IoKind, offset: u64, bufs: Vec<Buffer>, status: Buffer) -> Self {
+        Self {
+            head: 0,
+            kind,
+            offset,
+            bufs,
+            status,
+        }
+    }
+
+    /// Bytes of data.
+    pub fn data_len(&self) -> usize {
+        total_len(&self.bufs)
+    }
+
+    /// Carry the request out on this thread; whether it succeeded.
+    pub fn run_sync(&self, mem: &GuestMemoryMmap, disk: &Disk) -> bool {
+        let (what, result) = match self.kind {
+            IoKind::Read => ("read", disk.read_into(mem, self.offset, &self.bufs)),
+            IoKind::Write => ("write", disk.write_from(mem, self.offset, &self.bufs)),
+            IoKind::Flush => ("flush", disk.flush()),
+        };
+        if let Err(e) = &result {
+            let path = disk.path().display();
+            log::warn!("virtio-blk: {what} of {path} at {}: {e}", self.offset);
+        }
+        result.is_ok()
+    }
+
+    /// Write the status byte (OK or IOERR); the used length (data read + status).
+    pub fn finish(&self, mem: &GuestMemoryMmap, ok: bool) -> Result<u32, RequestError> {
+        let status = if ok {
+            VIRTIO_BLK_S_OK
+        } else {
+            VIRTIO_BLK_S_IOERR
+        };
+        let at = self.status.len as usize - 1;
+        write_bytes(mem, &[self.status], at, &[status as u8])?;
+        let data = match (self.kind, ok) {
+            (IoKind::Read, true) => u32::try_from(self.data_len()).unwrap_or(u32::MAX),
+            _ => 0,
+        };
+        Ok(data.saturating_add(1))
+    }
+}
+
+/// Check one chain; answer at once what needs no data transfer (and every malformed
+/// request that still has a status byte), hand reads, writes and flushes back.
+pub fn prepare(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
-    disk: &mut Disk,
-) -> Result<u32, RequestError> {
+    disk: &Disk,
+) -> Result<Prepared, RequestError> {
     let chain = Chain::parse(chain, mem, MAX_DESCRIPTORS)?;
     let head = chain.head;
     let last = *chain
@@ -63,13 +147,79 @@ pub fn handle_request(
         .ok_or(RequestError::NoStatus { head })?;
     let in_len = total_len(&chain.writable) - 1;
     let in_bufs = sub_range(&chain.writable, 0, in_len)?;
-    let (status, written) = execute(mem, &chain.readable, &in_bufs, disk);
-    let status_buf = Buffer {
-        addr: last.addr,
-        len: last.len,
+    let io = |kind, offset, bufs| {
+        Prepared::Io(IoRequest {
+            head,
+            kind,
+            offset,
+            bufs,
+            status: last,
+        })
     };
-    write_bytes(mem, &[status_buf], last.len as usize - 1, &[status as u8])?;
-    Ok(written + 1)
+    let (status, written) = match classify(mem, &chain.readable, in_bufs, disk) {
+        Classified::Io(kind, offset, bufs) => return Ok(io(kind, offset, bufs)),
+        Classified::Now(kind, data, in_bufs) => execute(mem, kind, &data, &in_bufs, disk),
+        Classified::Answer(outcome) => outcome,
+    };
+    write_bytes(mem, &[last], last.len as usize - 1, &[status as u8])?;
+    Ok(Prepared::Done(written + 1))
+}
+
+/// Execute one chain on `disk` on this thread; returns the used length.
+pub fn handle_request(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    disk: &Disk,
+) -> Result<u32, RequestError> {
+    match prepare(mem, chain, disk)? {
+        Prepared::Done(len) => Ok(len),
+        Prepared::Io(req) => {
+            let ok = req.run_sync(mem, disk);
+            req.finish(mem, ok)
+        }
+    }
+}
+
+/// A request sorted by what it needs.
+enum Classified {
+    /// A read, write or flush (kind, byte offset, data buffers).
+    Io(IoKind, u64, Vec<Buffer>),
+    /// Another type, done at once on (type, data after the header, device-writable data).
+    Now(u32, Vec<Buffer>, Vec<Buffer>),
+    /// Refused before anything is done.
+    Answer(Outcome),
+}
+
+fn classify(
+    mem: &GuestMemoryMmap,
+    out: &[Buffer],
+    in_bufs: Vec<Buffer>,
+    disk: &Disk,
+) -> Classified {
+    let mut hdr = [0u8; HEADER_LEN];
+    if read_bytes(mem, out, 0, &mut hdr).is_err() {
+        return Classified::Answer(IOERR);
+    }
+    let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+    let sector = u64::from_le_bytes(hdr[8..16].try_into().expect("8 bytes"));
+    let data_len = total_len(out) - HEADER_LEN;
+    let Ok(data) = sub_range(out, HEADER_LEN, data_len) else {
+        return Classified::Answer(IOERR);
+    };
+    let range = |bufs: &[Buffer]| byte_range(disk, sector, total_len(bufs) as u64);
+    match kind {
+        VIRTIO_BLK_T_IN if data.is_empty() => match range(&in_bufs) {
+            Some(offset) => Classified::Io(IoKind::Read, offset, in_bufs),
+            None => Classified::Answer(IOERR),
+        },
+        VIRTIO_BLK_T_OUT if in_bufs.is_empty() && !disk.read_only() => match range(&data) {
+            Some(offset) => Classified::Io(IoKind::Write, offset, data),
+            None => Classified::Answer(IOERR),
+        },
+        VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => Classified::Answer(IOERR),
+        VIRTIO_BLK_T_FLUSH => Classified::Io(IoKind::Flush, 0, Vec::new()),
+        _ => Classified::Now(kind, data, in_bufs),
+    }
 }
 
 /// The byte offset of `sector` if `len` bytes from there are inside the disk.
@@ -79,70 +229,22 @@ fn byte_range(disk: &Disk, sector: u64, len: u64) -> Option<u64> {
     (len.is_multiple_of(SECTOR_SIZE) && end <= disk.sectors() * SECTOR_SIZE).then_some(offset)
 }
 
-fn execute(mem: &GuestMemoryMmap, out: &[Buffer], in_bufs: &[Buffer], disk: &mut Disk) -> Outcome {
-    let mut hdr = [0u8; HEADER_LEN];
-    if read_bytes(mem, out, 0, &mut hdr).is_err() {
-        return IOERR;
-    }
-    let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-    let sector = u64::from_le_bytes(hdr[8..16].try_into().expect("8 bytes"));
-    let data_len = total_len(out) - HEADER_LEN;
-    let Ok(data) = sub_range(out, HEADER_LEN, data_len) else {
-        return IOERR;
-    };
+/// The requests that move no data (GET_ID, DISCARD, WRITE_ZEROES, unknown types), on
+/// `data` (after the header) and `in_bufs` (device-writable, before the status).
+fn execute(
+    mem: &GuestMemoryMmap,
+    kind: u32,
+    data: &[Buffer],
+    in_bufs: &[Buffer],
+    disk: &Disk,
+) -> Outcome {
     match kind {
-        VIRTIO_BLK_T_IN if data.is_empty() => read(mem, disk, sector, in_bufs),
-        VIRTIO_BLK_T_OUT if in_bufs.is_empty() && !disk.read_only() => {
-            write(mem, disk, sector, &data)
-        }
-        VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => IOERR,
-        VIRTIO_BLK_T_FLUSH => match disk.flush() {
-            Ok(()) => (VIRTIO_BLK_S_OK, 0),
-            Err(e) => {
-                log::warn!("virtio-blk: flush of {}: {e}", disk.path().display());
-                IOERR
-            }
-        },
         VIRTIO_BLK_T_GET_ID => get_id(mem, disk, in_bufs),
-        VIRTIO_BLK_T_DISCARD if disk.discard() => range_op(mem, disk, &data, false),
+        VIRTIO_BLK_T_DISCARD if disk.discard() => range_op(mem, disk, data, false),
         VIRTIO_BLK_T_WRITE_ZEROES if disk.write_zeroes() != WriteZeroes::Unsupported => {
-            range_op(mem, disk, &data, true)
+            range_op(mem, disk, data, true)
         }
         _ => UNSUPP,
-    }
-}
-
-fn read(mem: &GuestMemoryMmap, disk: &mut Disk, sector: u64, bufs: &[Buffer]) -> Outcome {
-    let len = total_len(bufs) as u64;
-    let Some(offset) = byte_range(disk, sector, len) else {
-        return IOERR;
-    };
-    match disk.read_into(mem, offset, bufs) {
-        Ok(()) => (VIRTIO_BLK_S_OK, u32::try_from(len).unwrap_or(u32::MAX)),
-        Err(e) => {
-            log::warn!(
-                "virtio-blk: read of {} at {offset}: {e}",
-                disk.path().display()
-            );
-            IOERR
-        }
-    }
-}
-
-fn write(mem: &GuestMemoryMmap, disk: &mut Disk, sector: u64, bufs: &[Buffer]) -> Outcome {
-    let len = total_len(bufs) as u64;
-    let Some(offset) = byte_range(disk, sector, len) else {
-        return IOERR;
-    };
-    match disk.write_from(mem, offset, bufs) {
-        Ok(()) => (VIRTIO_BLK_S_OK, 0),
-        Err(e) => {
-            log::warn!(
-                "virtio-blk: write of {} at {offset}: {e}",
-                disk.path().display()
-            );
-            IOERR
-        }
     }
 }
 
@@ -155,7 +257,7 @@ fn get_id(mem: &GuestMemoryMmap, disk: &Disk, bufs: &[Buffer]) -> Outcome {
 }
 
 /// Discard or write-zeroes with exactly one segment (max_*_seg = 1).
-fn range_op(mem: &GuestMemoryMmap, disk: &mut Disk, data: &[Buffer], zeroes: bool) -> Outcome {
+fn range_op(mem: &GuestMemoryMmap, disk: &Disk, data: &[Buffer], zeroes: bool) -> Outcome {
     let mut seg = [0u8; SEGMENT_LEN];
     if total_len(data) != SEGMENT_LEN || read_bytes(mem, data, 0, &mut seg).is_err() {
         return IOERR;

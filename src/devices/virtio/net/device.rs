@@ -9,8 +9,11 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::config::{MacAddr, NetConfig};
-use super::queues::{self, FrameIo, RxState};
+use super::header::{Offloads, NET_HDR_LEN, OFFERED};
+use super::queues::{self, FrameIo};
+use super::rx::RxState;
 use super::tap::{Tap, TapError};
+use crate::devices::virtio::guest_io::IoVecs;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::DevicePersist;
 use crate::devices::virtio::queues::QueueSet;
@@ -58,17 +61,17 @@ pub(super) enum Backend {
 }
 
 impl FrameIo for Backend {
-    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    fn read_frame(&mut self, iov: &IoVecs) -> std::io::Result<usize> {
         match self {
-            Self::Tap(tap) => tap.read_frame(buf),
+            Self::Tap(tap) => tap.read_frame(iov),
             Self::Unplugged => Err(std::io::ErrorKind::WouldBlock.into()),
         }
     }
 
-    fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+    fn write_frame(&mut self, hdr: &[u8; NET_HDR_LEN], iov: &IoVecs) -> std::io::Result<usize> {
         match self {
-            Self::Tap(tap) => tap.write_frame(frame),
-            Self::Unplugged => Ok(frame.len()),
+            Self::Tap(tap) => tap.write_frame(hdr, iov),
+            Self::Unplugged => Ok(hdr.len() + iov.len()),
         }
     }
 }
@@ -139,8 +142,22 @@ impl Net {
         let Some(active) = self.queues.active.as_mut() else {
             return;
         };
-        let result = queues::process_tx(&mut active.queues[TX], &active.mem, &mut self.tap, BUDGET);
+        let offloads = self.rx.offloads;
+        let q = &mut active.queues[TX];
+        let result = queues::process_tx(q, &active.mem, &mut self.tap, offloads, BUDGET);
         self.queues.finish(TX, result);
+    }
+
+    /// Set the offloads for both directions: TX headers are checked against them, and
+    /// the TAP learns what RX may carry. A TAP that refuses keeps handing over plain
+    /// frames, which every guest takes.
+    fn apply_offloads(&mut self, offloads: Offloads) {
+        self.rx.offloads = offloads;
+        if let Backend::Tap(tap) = &self.tap {
+            if let Err(e) = tap.set_offloads(offloads.tap_flags()) {
+                log::warn!("virtio-net: TUNSETOFFLOAD on {}: {e}", tap.name());
+            }
+        }
     }
 
     /// Deliver TAP frames to the guest.
@@ -166,13 +183,17 @@ impl VirtioDevice for Net {
         self.queues.max_sizes()
     }
 
-    /// Only the MAC and EVENT_IDX: no checksum or segmentation offloads.
+    /// The MAC, EVENT_IDX, checksum and TCP segmentation offloads both ways, and
+    /// merged RX buffers.
     fn avail_features(&self) -> u64 {
-        feature(VIRTIO_NET_F_MAC) | feature(VIRTIO_RING_F_EVENT_IDX)
+        feature(VIRTIO_NET_F_MAC) | feature(VIRTIO_RING_F_EVENT_IDX) | OFFERED
     }
 
+    /// Also tells the TAP what the guest takes (at FEATURES_OK, and at a restore from
+    /// the transport's saved state, for the new TAP).
     fn set_acked_features(&mut self, features: u64) {
         self.state.acked_features = features;
+        self.apply_offloads(Offloads::from_acked(features));
     }
 
     /// `struct virtio_net_config` up to `mac` (no STATUS, MQ or MTU features).
@@ -198,10 +219,17 @@ impl VirtioDevice for Net {
         self.queues.reset();
         self.rx.clear();
         self.state.acked_features = 0;
+        self.apply_offloads(Offloads::default());
     }
 
     fn describe(&self) -> String {
-        format!("{} (TAP {})", self.queues.describe(), self.state.tap_name)
+        format!(
+            "{} (TAP {}, {} RX chains taken and not filled, a frame waiting: {})",
+            self.queues.describe(),
+            self.state.tap_name,
+            self.rx.held_chains(),
+            self.rx.has_pending()
+        )
     }
 
     fn persist(&self) -> DevicePersist {
@@ -210,6 +238,10 @@ impl VirtioDevice for Net {
 
     fn queue_set(&self) -> Option<&QueueSet> {
         Some(&self.queues)
+    }
+
+    fn queue_snapshots(&self) -> Vec<crate::devices::virtio::persist::QueueSnapshot> {
+        self.snapshot_queues()
     }
 
     fn after_restore(&mut self, _saved: &DevicePersist) -> bool {
@@ -241,8 +273,18 @@ mod tests {
     fn an_unplugged_card_drops_what_it_sends_and_receives_nothing() {
         let mut net = Net::new(NetConfig::unplugged()).unwrap();
         assert_eq!(net.tap_name(), "");
-        assert_eq!(net.tap.write_frame(&[0; 64]).unwrap(), 64);
-        let err = net.tap.read_frame(&mut [0; 64]).unwrap_err();
+        let mut buf = [0u8; 64];
+        let hdr = [0u8; NET_HDR_LEN];
+        assert_eq!(
+            net.tap
+                .write_frame(&hdr, &IoVecs::from_host(&mut buf))
+                .unwrap(),
+            76
+        );
+        let err = net
+            .tap
+            .read_frame(&IoVecs::from_host(&mut buf))
+            .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
     }
 }

@@ -3,8 +3,22 @@ use std::os::unix::net::UnixDatagram;
 
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::devices::virtio::net::header::{F_NEEDS_CSUM, GSO_TCPV4};
+
 use super::*;
 use crate::devices::virtio::descriptor::test_util::*;
+use crate::devices::virtio::net::header::OFFERED;
+
+fn rx_state(offloads: Offloads) -> RxState {
+    let mut st = RxState::default();
+    st.readable = true;
+    st.offloads = offloads;
+    st
+}
+
+fn all_offloads() -> Offloads {
+    Offloads::from_acked(OFFERED)
+}
 
 fn pair() -> (UnixDatagram, UnixDatagram) {
     let (a, b) = UnixDatagram::pair().unwrap();
@@ -29,7 +43,7 @@ fn guest_frame_reaches_backend_with_zero_header() {
         .unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[r(0x10000, 17)], 0).unwrap();
-    let d = process_tx(&mut q, &mem, &mut dev, 16).unwrap();
+    let d = process_tx(&mut q, &mem, &mut dev, Offloads::default(), 16).unwrap();
     let mut out = [0u8; 64];
     let n = host.recv(&mut out).unwrap();
     assert_eq!(d.used, 1);
@@ -42,7 +56,7 @@ fn tx_chain_with_writable_buffer_is_dropped() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&linked(&[r(0x10000, 20), w(0x11000, 20)], 0), 0)
         .unwrap();
-    process_tx(&mut q, &mem, &mut dev, 16).unwrap();
+    process_tx(&mut q, &mem, &mut dev, Offloads::default(), 16).unwrap();
     assert_eq!(used(&mock, 0), (0, 0));
     assert!(host.recv(&mut [0u8; 64]).is_err());
 }
@@ -52,7 +66,7 @@ fn tx_chain_shorter_than_header_is_dropped() {
     let (mem, (mut dev, host)) = (memory(), pair());
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[r(0x10000, 4)], 0).unwrap();
-    process_tx(&mut q, &mem, &mut dev, 16).unwrap();
+    process_tx(&mut q, &mem, &mut dev, Offloads::default(), 16).unwrap();
     assert!(host.recv(&mut [0u8; 64]).is_err());
 }
 
@@ -62,10 +76,7 @@ fn backend_frame_reaches_guest_with_num_buffers_one() {
     host.send(&tap_frame(b"hello")).unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0x10000, 2048)], 0).unwrap();
-    let mut st = RxState {
-        readable: true,
-        ..Default::default()
-    };
+    let mut st = rx_state(Offloads::default());
     let d = process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
     let mut got = [0u8; 17];
     mem.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
@@ -86,10 +97,7 @@ fn frame_without_guest_buffer_waits() {
     let (mem, (mut dev, host)) = (memory(), pair());
     host.send(&tap_frame(b"hello")).unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
-    let mut st = RxState {
-        readable: true,
-        ..Default::default()
-    };
+    let mut st = rx_state(Offloads::default());
     process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
     mock.add_desc_chains(&[w(0x10000, 2048)], 0).unwrap();
     process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
@@ -102,10 +110,7 @@ fn frame_larger_than_buffer_is_dropped_and_buffer_returned_empty() {
     host.send(&tap_frame(&[1u8; 100])).unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0x10000, 50)], 0).unwrap();
-    let mut st = RxState {
-        readable: true,
-        ..Default::default()
-    };
+    let mut st = rx_state(Offloads::default());
     process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
     assert_eq!(used(&mock, 0), (0, 0));
 }
@@ -116,9 +121,154 @@ fn rx_buffer_outside_memory_is_a_queue_error() {
     host.send(&tap_frame(b"x")).unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0xfff00, 0x1000)], 0).unwrap();
-    let mut st = RxState {
-        readable: true,
-        ..Default::default()
-    };
+    let mut st = rx_state(Offloads::default());
     assert!(process_rx(&mut q, &mem, &mut dev, &mut st, 16).is_err());
+}
+
+/// A TSO header as Linux's virtio-net sends it for a 64 KiB TCP/IPv4 frame.
+fn tso_header() -> NetHeader {
+    NetHeader {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: 66,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    }
+}
+
+#[test]
+fn a_tso_frame_reaches_the_backend_with_its_header_when_negotiated() {
+    let (mem, (mut dev, host)) = (memory(), pair());
+    mem.write_slice(&tso_header().to_bytes(), GuestAddress(0x10000))
+        .unwrap();
+    let payload: Vec<u8> = (0..60000u32).map(|i| (i % 251) as u8).collect();
+    mem.write_slice(&payload, GuestAddress(0x20000)).unwrap();
+    let (mock, mut q) = queue(&mem, 0, 16);
+    let chain = linked(&[r(0x10000, 12), r(0x20000, 60000)], 0);
+    mock.add_desc_chains(&chain, 0).unwrap();
+    process_tx(&mut q, &mem, &mut dev, all_offloads(), 16).unwrap();
+    let mut out = vec![0u8; 70000];
+    let n = host.recv(&mut out).unwrap();
+    assert_eq!(&out[..NET_HDR_LEN], &tso_header().to_bytes());
+    assert_eq!(&out[NET_HDR_LEN..n], &payload[..]);
+}
+
+#[test]
+fn a_tso_frame_of_a_guest_without_offloads_goes_out_with_an_empty_header() {
+    let (mem, (mut dev, host)) = (memory(), pair());
+    mem.write_slice(&tso_header().to_bytes(), GuestAddress(0x10000))
+        .unwrap();
+    let (mock, mut q) = queue(&mem, 0, 16);
+    mock.add_desc_chains(&[r(0x10000, 100)], 0).unwrap();
+    process_tx(&mut q, &mem, &mut dev, Offloads::default(), 16).unwrap();
+    let mut out = [0u8; 128];
+    let n = host.recv(&mut out).unwrap();
+    assert_eq!((n, &out[..NET_HDR_LEN]), (100, &[0u8; NET_HDR_LEN][..]));
+}
+
+#[test]
+fn a_gso_frame_beyond_the_negotiated_offloads_is_dropped_and_completed() {
+    let (mem, (mut dev, host)) = (memory(), pair());
+    let csum_only = Offloads::from_acked(OFFERED & !(1 << 11));
+    mem.write_slice(&tso_header().to_bytes(), GuestAddress(0x10000))
+        .unwrap();
+    let (mock, mut q) = queue(&mem, 0, 16);
+    mock.add_desc_chains(&[r(0x10000, 1000)], 0).unwrap();
+    let d = process_tx(&mut q, &mem, &mut dev, csum_only, 16).unwrap();
+    assert_eq!((d.used, used(&mock, 0)), (1, (0, 0)));
+    assert!(host.recv(&mut [0u8; 64]).is_err());
+}
+
+/// `count` writable chains of `len` bytes from 0x10000, one descriptor each.
+fn rx_chains(
+    mock: &virtio_queue::mock::MockSplitQueue<'_, vm_memory::GuestMemoryMmap>,
+    count: u64,
+    len: u32,
+) {
+    let descs: Vec<_> = (0..count)
+        .map(|i| w(0x10000 + i * u64::from(len), len))
+        .collect();
+    mock.add_desc_chains(&descs, 0).unwrap();
+}
+
+/// The guest's view of a received frame spread over chains of `len` bytes from 0x10000.
+fn received(mem: &vm_memory::GuestMemoryMmap, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    mem.read_slice(&mut out, GuestAddress(0x10000)).unwrap();
+    out
+}
+
+#[test]
+fn a_large_frame_fills_merged_buffers_in_place_with_num_buffers() {
+    let (mem, (mut dev, host)) = (memory(), pair());
+    let payload: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+    let mut frame = tso_header().to_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    host.send(&frame).unwrap();
+    let (mock, mut q) = queue(&mem, 0, 64);
+    rx_chains(&mock, 40, 2048);
+    let mut st = rx_state(all_offloads());
+    let d = process_rx(&mut q, &mem, &mut dev, &mut st, 64).unwrap();
+    let got = received(&mem, frame.len());
+    let hdr = NetHeader::from_bytes(got[..NET_HDR_LEN].try_into().unwrap());
+    assert_eq!(d.used, 3);
+    assert_eq!(
+        (used(&mock, 0), used(&mock, 1), used(&mock, 2)),
+        ((0, 2048), (1, 2048), (2, 5012 - 4096))
+    );
+    assert_eq!(
+        hdr,
+        NetHeader {
+            num_buffers: 3,
+            ..tso_header()
+        }
+    );
+    assert_eq!(&got[NET_HDR_LEN..], &payload[..]);
+    assert_eq!(st.held_chains(), 33);
+}
+
+#[test]
+fn a_large_frame_waits_for_enough_merged_buffers_then_is_copied() {
+    let (mem, (mut dev, host)) = (memory(), pair());
+    let payload = vec![0x5au8; 5000];
+    host.send(&tap_frame(&payload)).unwrap();
+    let (mock, mut q) = queue(&mem, 0, 16);
+    rx_chains(&mock, 2, 2048);
+    let mut st = rx_state(all_offloads());
+    let first = process_rx(&mut q, &mem, &mut dev, &mut st, 64).unwrap();
+    mock.add_desc_chains(&[w(0x11000, 2048)], 2).unwrap();
+    let second = process_rx(&mut q, &mem, &mut dev, &mut st, 64).unwrap();
+    let got = received(&mem, 5012);
+    assert_eq!((first.used, second.used), (0, 3));
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3);
+    assert_eq!(&got[NET_HDR_LEN..], &payload[..]);
+}
+
+#[test]
+fn without_guest_csum_the_tap_header_reaches_the_guest_emptied() {
+    let (mem, (mut dev, host)) = (memory(), pair());
+    let mut frame = tso_header().to_bytes().to_vec();
+    frame.extend_from_slice(b"data");
+    host.send(&frame).unwrap();
+    let (mock, mut q) = queue(&mem, 0, 16);
+    mock.add_desc_chains(&[w(0x10000, 2048)], 0).unwrap();
+    let mut st = rx_state(Offloads::default());
+    process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
+    assert_eq!(&received(&mem, 16)[..], b"\0\0\0\0\0\0\0\0\0\0\x01\0data");
+}
+
+#[test]
+fn one_big_chain_takes_a_frame_in_place_without_merged_buffers() {
+    let (mem, (mut dev, host)) = (memory(), pair());
+    let tso_no_mrg = Offloads::from_acked(OFFERED & !(1 << 15));
+    host.send(&tap_frame(&[3u8; 30000])).unwrap();
+    let (mock, mut q) = queue(&mem, 0, 16);
+    mock.add_desc_chains(&[w(0x10000, 0x11000)], 0).unwrap();
+    let mut st = rx_state(tso_no_mrg);
+    let d = process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
+    assert_eq!((d.used, used(&mock, 0)), (1, (0, 30012)));
+    assert_eq!(received(&mem, 30012)[30011], 3);
+    assert_eq!(st.held_chains(), 0);
 }

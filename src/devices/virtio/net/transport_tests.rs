@@ -9,7 +9,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::device::Net;
-use super::queues::NET_HDR_LEN;
+use super::header::NET_HDR_LEN;
 use super::tap::Tap;
 use super::NetConfig;
 use crate::devices::bus::BusDevice;
@@ -130,4 +130,58 @@ fn driver_that_sets_up_only_the_tx_queue_gets_needs_reset_and_a_log_line() {
     assert!(needs_reset(&mut t));
     assert!(net.lock().unwrap().queues.active.is_none());
     assert_eq!(crate::test_log::count(line), before + 1);
+}
+
+/// Reset, then ACKNOWLEDGE, DRIVER, every feature the device offers, FEATURES_OK.
+fn negotiate_everything(t: &mut MmioTransport) {
+    wr(t, 0x70, 0);
+    wr(t, 0x70, 1);
+    wr(t, 0x70, 3);
+    wr(t, 0x14, 0);
+    let low = rd(t, 0x10);
+    wr(t, 0x24, 0);
+    wr(t, 0x20, low);
+    wr(t, 0x24, 1);
+    wr(t, 0x20, 1);
+    wr(t, 0x70, 0xb);
+}
+
+/// A frame as the TAP hands it over: an empty header, then `payload`.
+fn tap_frame(payload: &[u8]) -> Vec<u8> {
+    [&[0u8; NET_HDR_LEN][..], payload].concat()
+}
+
+#[test]
+fn a_snapshot_gives_back_the_rx_chains_the_device_had_taken_and_the_restored_device_fills_them() {
+    let mem = memory();
+    let (mut t, net, host) = net(&mem);
+    negotiate_everything(&mut t);
+    let rx = setup_queue(&mut t, &mem, 0, 0x10000);
+    let _tx = setup_queue(&mut t, &mem, 1, 0x20000);
+    wr(&mut t, 0x70, 0xf);
+    let bufs: Vec<_> = (0..16).map(|i| w(0x40000 + i * 0x2000, 0x2000)).collect();
+    rx.add_desc_chains(&bufs, 0).unwrap();
+    host.send(&tap_frame(b"before")).unwrap();
+    {
+        let mut dev = net.lock().unwrap();
+        dev.rx.readable = true;
+        dev.process_rx();
+    }
+    let held = net.lock().unwrap().rx.held_chains();
+    let saved = t.save_with(&*net.lock().unwrap());
+    let (mut restored, net2, host2) = self::net(&mem);
+    restored.restore(0, &saved).unwrap();
+    host2.send(&tap_frame(b"after")).unwrap();
+    {
+        let mut dev = net2.lock().unwrap();
+        dev.rx.readable = true;
+        dev.process_rx();
+    }
+    let mut got = [0u8; 5];
+    mem.read_slice(&mut got, GuestAddress(0x42000 + NET_HDR_LEN as u64))
+        .unwrap();
+    assert!(held > 0);
+    assert_eq!(saved.queues[0].next_avail, 1);
+    assert_eq!(used(&rx, 1), (1, NET_HDR_LEN as u32 + 5));
+    assert_eq!(&got, b"after");
 }

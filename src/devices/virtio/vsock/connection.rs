@@ -7,14 +7,17 @@
 //! that sends beyond its credit gets the connection reset.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use vm_memory::GuestMemoryMmap;
 
 use super::packet::{Header, HOST_CID, TYPE_STREAM};
+use crate::devices::virtio::descriptor::{read_bytes, total_len, Buffer};
+use crate::devices::virtio::guest_io::IoVecs;
 
 /// Receive buffer the host side advertises per connection.
 pub const BUF_ALLOC: u32 = 256 * 1024;
@@ -167,6 +170,48 @@ impl Connection {
         self.flush_to_host()
     }
 
+    /// Send a packet's payload straight from the guest's buffers `bufs` to the host
+    /// socket (one `writev`); only what the socket cannot take now is copied into the
+    /// connection's buffer. Bytes already buffered go first, so then all is buffered.
+    pub fn send_from_guest(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        bufs: &[Buffer],
+    ) -> Result<(), ConnError> {
+        let port = self.peer_port;
+        let len = total_len(bufs);
+        if self.tx_buf.len() + len > BUF_ALLOC as usize {
+            return Err(ConnError::Credit { port });
+        }
+        let mut sent = 0;
+        if self.tx_buf.is_empty() {
+            let io = |source| ConnError::Io { port, source };
+            let mut iov = IoVecs::new(mem, bufs).map_err(|e| io(io::Error::other(e)))?;
+            while !iov.is_empty() {
+                match iov.write_to(&self.stream, None) {
+                    Ok(0) => return Err(io(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        iov.advance(n);
+                        sent += n;
+                        self.fwd_cnt += Wrapping(u32::try_from(n).expect("below BUF_ALLOC"));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io(e)),
+                }
+            }
+        }
+        if sent < len {
+            let mut rest = vec![0u8; len - sent];
+            read_bytes(mem, bufs, sent, &mut rest).map_err(|e| ConnError::Io {
+                port,
+                source: io::Error::other(e),
+            })?;
+            self.tx_buf.extend(rest);
+        }
+        Ok(())
+    }
+
     /// Write buffered guest bytes until the host socket would block.
     pub fn flush_to_host(&mut self) -> Result<(), ConnError> {
         let port = self.peer_port;
@@ -227,14 +272,24 @@ impl Connection {
         self.tx_buf.len()
     }
 
-    /// Read from the host socket.
-    pub fn read_from_host(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
+    /// Bytes waiting on the host socket: at least 1 (a read then still finds out about
+    /// end of stream or an error), and no limit when the kernel does not say.
+    pub fn waiting_from_host(&self) -> usize {
+        crate::devices::virtio::guest_io::readable_bytes(&self.stream)
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+
+    /// Read from the host socket straight into guest buffers (one `readv`).
+    pub fn read_into_guest(&mut self, iov: &IoVecs) -> io::Result<usize> {
+        iov.read_from(&self.stream, None)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
     use crate::devices::virtio::vsock::packet::OP_RW;
 

@@ -366,6 +366,7 @@ impl Muxer {
         if writable {
             let flushed = conn.flush_to_host();
             self.after_flush(key, flushed);
+            self.announce_credit();
         }
     }
 
@@ -464,3 +465,7 @@ mod tests;
 #[cfg(test)]
 #[path = "muxer_budget_tests.rs"]
 mod budget_tests;
+
+#[cfg(test)]
+#[path = "muxer_stream_tests.rs"]
+mod stream_tests;

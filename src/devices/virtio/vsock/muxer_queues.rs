@@ -1,7 +1,20 @@
 //! The muxer's queue side: guest packets from TX, host packets into RX.
+//!
+//! Payload moves between guest buffers and host sockets without a copy of husk's own:
+//! a TX data packet is written to its host socket with one `writev` from the guest's
+//! buffers (only what the socket cannot take is buffered), and host data is read with
+//! one `readv` into the data parts of as many RX buffers as the guest's credit and the
+//! socket fill (a Linux guest posts 4 KiB RX buffers, so one call fills up to
+//! [`RX_BATCH`] packets). Credit updates for the guest are sent once per TX pass, for
+//! the connections that forwarded enough, not once per packet.
 
 use super::*;
 use crate::devices::virtio::descriptor::{sub_range, Buffer, DescriptorError};
+use crate::devices::virtio::guest_io::IoVecs;
+use crate::devices::virtio::queues::unpop_many;
+
+/// Most RX buffers one `readv` from a host socket fills.
+const RX_BATCH: usize = 64;
 
 /// Index of the RX queue.
 const RX: usize = 0;
@@ -41,8 +54,39 @@ impl Muxer {
             self.tx_packet(mem, &chain);
             Ok(0)
         })?;
+        self.announce_credit();
         self.tx_throttled = drained.more && self.ctrl.len() >= MAX_CTRL;
         Ok(drained)
+    }
+
+    /// Tell the guest of freed buffer space on every connection that forwarded enough
+    /// since its last announcement: once per pass, however many packets it took.
+    pub(super) fn announce_credit(&mut self) {
+        let cid = self.cid;
+        for conn in self.conns.values_mut() {
+            if conn.state != ConnState::Connecting && conn.needs_credit_update() {
+                self.ctrl.push_back(conn.header(OP_CREDIT_UPDATE, cid));
+            }
+        }
+    }
+
+    /// A data packet for an established connection, sent from guest memory; false
+    /// when the packet is not for one (the caller takes the general way).
+    fn rw_in_place(&mut self, mem: &GuestMemoryMmap, hdr: &Header, bufs: &[Buffer]) -> bool {
+        if hdr.src_cid != self.cid || hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
+            return false;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return false;
+        };
+        if conn.state == ConnState::Connecting {
+            return false;
+        }
+        conn.update_peer_credit(hdr);
+        let sent = conn.send_from_guest(mem, bufs);
+        self.after_flush(key, sent);
+        true
     }
 
     /// Decode one TX chain; malformed packets are dropped (the guest gets an RST
@@ -55,9 +99,16 @@ impl Muxer {
         }
         let hdr = Header::from_bytes(&raw);
         let len = hdr.len as usize;
-        let mut data = vec![0u8; len.min(MAX_PKT_DATA)];
-        if len > MAX_PKT_DATA || read_bytes(mem, &chain.readable, HDR_LEN, &mut data).is_err() {
+        let payload = sub_range(&chain.readable, HDR_LEN, len).ok();
+        let Some(payload) = payload.filter(|_| len <= MAX_PKT_DATA) else {
             log::debug!("vsock: TX packet {} has a bad length {len}", chain.head);
+            return self.ctrl.push_back(self.rst_reply(&hdr));
+        };
+        if hdr.op == OP_RW && self.rw_in_place(mem, &hdr, &payload) {
+            return;
+        }
+        let mut data = vec![0u8; len];
+        if read_bytes(mem, &payload, 0, &mut data).is_err() {
             return self.ctrl.push_back(self.rst_reply(&hdr));
         }
         self.guest_packet(&hdr, &data);
@@ -138,9 +189,7 @@ impl Muxer {
                     self.reset_conn(key);
                 }
             }
-            Ok(()) if conn.needs_credit_update() => {
-                self.ctrl.push_back(conn.header(OP_CREDIT_UPDATE, self.cid));
-            }
+            // Credit is announced by `announce_credit`, once per pass.
             Ok(()) => {}
         }
     }
@@ -195,20 +244,21 @@ impl Muxer {
                 let head = chain.head_index();
                 let chain =
                     Chain::parse(chain, mem, MAX_DESCRIPTORS).map_err(|e| request_error(RX, e))?;
-                let bufs = &chain.writable;
+                let bufs = chain.writable;
                 let len = match source {
-                    _ if !chain.readable.is_empty() || total_len(bufs) < HDR_LEN => 0,
+                    _ if !chain.readable.is_empty() || total_len(&bufs) < HDR_LEN => 0,
                     // No room for a byte of data: the buffer goes back empty (the driver
                     // drops it) rather than being offered to this connection forever.
-                    RxSource::Conn(_) if total_len(bufs) == HDR_LEN => 0,
-                    RxSource::Ctrl => self.write_ctrl(mem, bufs),
-                    RxSource::Conn(key) => match self.fill_from_conn(key, mem, bufs) {
-                        Some(len) => len,
-                        None => {
-                            unpop(queue);
-                            continue;
+                    RxSource::Conn(_) if total_len(&bufs) == HDR_LEN => 0,
+                    RxSource::Ctrl => self.write_ctrl(mem, &bufs),
+                    RxSource::Conn(key) => {
+                        let first = RxBuf { head, bufs };
+                        match self.fill_from_conn(queue, mem, key, first)? {
+                            Some(n) => used += n,
+                            None => unpop(queue),
                         }
-                    },
+                        continue;
+                    }
                 };
                 add_used(queue, mem, RX, head, len)?;
                 used += 1;
@@ -235,50 +285,144 @@ impl Muxer {
         }
     }
 
-    /// Move host bytes of `key` into one RX buffer; None when the socket had nothing.
-    fn fill_from_conn(&mut self, key: Key, mem: &GuestMemoryMmap, bufs: &[Buffer]) -> Option<u32> {
+    /// Pop more RX buffers after `first` for one read of `key`, while they can take
+    /// data and `credit` bytes (the guest's credit, or less when fewer wait) are not
+    /// covered; each gets its data capacity.
+    fn gather_rx(
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        first: RxBuf,
+        credit: usize,
+    ) -> Result<Vec<(RxBuf, usize)>, QueueError> {
+        let cap = |b: &RxBuf| (total_len(&b.bufs) - HDR_LEN).min(MAX_PKT_DATA);
+        let mut room = cap(&first).min(credit);
+        let mut batch = vec![(first, room)];
+        while batch.len() < RX_BATCH && room < credit {
+            let Some(chain) = pop(queue, mem, RX)? else {
+                break;
+            };
+            let head = chain.head_index();
+            let chain =
+                Chain::parse(chain, mem, MAX_DESCRIPTORS).map_err(|e| request_error(RX, e))?;
+            if !chain.readable.is_empty() || total_len(&chain.writable) <= HDR_LEN {
+                // Left for the loop, which returns it empty on its own.
+                unpop(queue);
+                break;
+            }
+            let buf = RxBuf {
+                head,
+                bufs: chain.writable,
+            };
+            let take = cap(&buf).min(credit - room);
+            room += take;
+            batch.push((buf, take));
+        }
+        Ok(batch)
+    }
+
+    /// Move host bytes of `key` into RX buffers, `first` and more (one `readv`); the
+    /// number used, or None when the socket had nothing (every buffer is given back
+    /// but `first`, which the caller gives back).
+    fn fill_from_conn(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        key: Key,
+        first: RxBuf,
+    ) -> Result<Option<usize>, QueueError> {
         let cid = self.cid;
-        let conn = self.conns.get_mut(&key)?;
-        let room = (total_len(bufs) - HDR_LEN).min(MAX_PKT_DATA);
-        let max = room.min(conn.peer_credit() as usize);
-        let mut data = vec![0u8; max];
-        let (hdr, n) = match conn.read_from_host(&mut data) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return Ok(None);
+        };
+        // Take only as many buffers as the bytes waiting need: a 64-byte message
+        // does not pop (and give back) a whole batch.
+        let want = (conn.peer_credit() as usize).min(conn.waiting_from_host());
+        let batch = Self::gather_rx(queue, mem, first, want)?;
+        let give_back = |queue: &mut Queue, n: usize| {
+            unpop_many(queue, u16::try_from(n).expect("at most RX_BATCH"));
+        };
+        let mut data = Vec::with_capacity(batch.len());
+        for (buf, take) in &batch {
+            data.extend(sub_range(&buf.bufs, HDR_LEN, *take).map_err(|e| request_error(RX, e))?);
+        }
+        let iov = IoVecs::new(mem, &data).map_err(|e| request_error(RX, e))?;
+        let hdr = match conn.read_into_guest(&iov) {
             Ok(0) => {
                 conn.readable = false;
                 conn.state = ConnState::HostClosed;
                 let mut h = conn.header(OP_SHUTDOWN, cid);
                 h.flags = SHUTDOWN_SEND;
-                (h, 0)
+                h
             }
             Ok(n) => {
-                conn.record_sent(u32::try_from(n).expect("at most 64 KiB"));
-                let mut h = conn.header(OP_RW, cid);
-                h.len = u32::try_from(n).expect("at most 64 KiB");
-                (h, n)
+                let used = self.complete_rx(queue, mem, key, &batch, n)?;
+                give_back(queue, batch.len() - used);
+                return Ok(Some(used));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 conn.readable = false;
-                return None;
+                give_back(queue, batch.len() - 1);
+                return Ok(None);
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                give_back(queue, batch.len() - 1);
+                return Ok(None);
+            }
             Err(e) => {
                 log::debug!("vsock: read from host port {}: {e}", key.0);
                 let h = conn.header(OP_RST, cid);
                 self.remove(key);
-                (h, 0)
+                h
             }
         };
-        let written = sub_range(bufs, HDR_LEN, n).ok().and_then(|data_bufs| {
-            write_bytes(mem, bufs, 0, &hdr.to_bytes()).ok()?;
-            write_bytes(mem, &data_bufs, 0, &data[..n]).ok()
-        });
-        if written.is_none() {
-            // The bytes left the host socket but cannot reach the guest: the stream is
-            // broken, so both ends learn it (RST) instead of silently missing data.
-            log::debug!("vsock: RX buffer of host port {} not writable", key.0);
-            self.reset_conn(key);
-            return Some(0);
-        }
-        Some(u32::try_from(HDR_LEN + n).expect("at most 64 KiB + header"))
+        // A control packet in the first buffer; the others go back.
+        give_back(queue, batch.len() - 1);
+        let (first, _) = &batch[0];
+        let len = match write_bytes(mem, &first.bufs, 0, &hdr.to_bytes()) {
+            Ok(()) => HDR_LEN as u32,
+            Err(_) => 0,
+        };
+        add_used(queue, mem, RX, first.head, len)?;
+        Ok(Some(1))
     }
+
+    /// Give the guest the `n` bytes a read put into the data parts of `batch`: each
+    /// buffer that got some gets its RW header; returns how many did.
+    fn complete_rx(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        key: Key,
+        batch: &[(RxBuf, usize)],
+        n: usize,
+    ) -> Result<usize, QueueError> {
+        let cid = self.cid;
+        let mut left = n;
+        let mut used = 0;
+        for (buf, take) in batch {
+            if left == 0 {
+                break;
+            }
+            let len = left.min(*take);
+            left -= len;
+            let Some(conn) = self.conns.get_mut(&key) else {
+                break;
+            };
+            let len32 = u32::try_from(len).expect("at most 64 KiB");
+            conn.record_sent(len32);
+            let mut h = conn.header(OP_RW, cid);
+            h.len = len32;
+            // Buffers were checked inside guest memory: the header always fits.
+            write_bytes(mem, &buf.bufs, 0, &h.to_bytes()).map_err(|e| request_error(RX, e))?;
+            add_used(queue, mem, RX, buf.head, len32 + HDR_LEN as u32)?;
+            used += 1;
+        }
+        Ok(used)
+    }
+}
+
+/// A popped RX chain's head and writable buffers.
+struct RxBuf {
+    head: u16,
+    bufs: Vec<Buffer>,
 }

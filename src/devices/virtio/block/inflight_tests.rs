@@ -1,0 +1,141 @@
+//! Tests of the block queue served through io_uring, on in-memory queues and tmpfs
+//! images: several requests in flight at once, their data and status, a flush after
+//! writes, and a device that finishes them before a snapshot or a reset.
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::*;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::*;
+use crate::devices::virtio::block::{Block, BlockConfig};
+use crate::devices::virtio::descriptor::test_util::*;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
+
+fn config(img: &TempImage) -> BlockConfig {
+    BlockConfig {
+        path: img.0.clone(),
+        read_only: false,
+        id: None,
+        root: false,
+    }
+}
+
+/// Request `i`: its header at 0x8000 + 32i, data at 0x20000 + 4 KiB i, status at
+/// 0x9000 + i; a 4 KiB read or write of sector 8i.
+fn request(mem: &GuestMemoryMmap, i: u64, kind: u32) -> Vec<virtio_queue::desc::RawDescriptor> {
+    let (hdr, data, status) = (0x8000 + 32 * i, 0x20000 + 4096 * i, 0x9000 + i);
+    mem.write_obj(kind, GuestAddress(hdr)).unwrap();
+    mem.write_obj(8 * i, GuestAddress(hdr + 8)).unwrap();
+    mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+    let data = match kind {
+        VIRTIO_BLK_T_IN => w(data, 4096),
+        VIRTIO_BLK_T_FLUSH => return vec![r(hdr, 16), w(status, 1)],
+        _ => r(data, 4096),
+    };
+    vec![r(hdr, 16), data, w(status, 1)]
+}
+
+/// Chains for `kinds`, linked one after the other in the descriptor table.
+fn chains(mem: &GuestMemoryMmap, kinds: &[u32]) -> Vec<virtio_queue::desc::RawDescriptor> {
+    let mut all = Vec::new();
+    for (i, kind) in kinds.iter().enumerate() {
+        let descs = request(mem, i as u64, *kind);
+        let first = u16::try_from(all.len()).unwrap();
+        all.extend(linked(&descs, first));
+    }
+    all
+}
+
+fn statuses(mem: &GuestMemoryMmap, n: u64) -> Vec<u8> {
+    (0..n)
+        .map(|i| mem.read_obj::<u8>(GuestAddress(0x9000 + i)).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_available_request_goes_on_the_ring_in_one_pass_and_all_complete_with_their_data() {
+    let (mem, img) = (memory(), TempImage::new(1 << 16, 0x6b));
+    let disk = Disk::open(&config(&img)).unwrap();
+    let (mock, mut q) = queue(&mem, 0, 16);
+    mock.add_desc_chains(&chains(&mem, &[VIRTIO_BLK_T_IN; 4]), 0)
+        .unwrap();
+    let mut ring = Ring::new(16).unwrap();
+    let d = start(&mut q, &mem, &disk, &mut ring, 64).unwrap();
+    let queued = ring.in_flight();
+    let done = ring.wait_all(disk.file());
+    let notify = finish(&mut q, &mem, done).unwrap();
+    assert_eq!((d.used, queued), (0, 4));
+    assert!(notify);
+    assert_eq!(mock.used().idx().load(), 4);
+    assert_eq!(statuses(&mem, 4), [VIRTIO_BLK_S_OK as u8; 4]);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(0x23fff)).unwrap(), 0x6b);
+}
+
+#[test]
+fn writes_then_a_flush_in_one_pass_all_succeed_and_land_in_the_image() {
+    let (mem, img) = (memory(), TempImage::new(1 << 16, 0));
+    let disk = Disk::open(&config(&img)).unwrap();
+    mem.write_slice(&[0x3c; 3 * 4096], GuestAddress(0x20000))
+        .unwrap();
+    let (mock, mut q) = queue(&mem, 0, 16);
+    let kinds = [
+        VIRTIO_BLK_T_OUT,
+        VIRTIO_BLK_T_OUT,
+        VIRTIO_BLK_T_OUT,
+        VIRTIO_BLK_T_FLUSH,
+    ];
+    mock.add_desc_chains(&chains(&mem, &kinds), 0).unwrap();
+    let mut ring = Ring::new(16).unwrap();
+    start(&mut q, &mem, &disk, &mut ring, 64).unwrap();
+    let done = ring.wait_all(disk.file());
+    finish(&mut q, &mem, done).unwrap();
+    let image = std::fs::read(&img.0).unwrap();
+    assert_eq!(statuses(&mem, 4), [VIRTIO_BLK_S_OK as u8; 4]);
+    assert!(image[..3 * 4096].iter().all(|&b| b == 0x3c));
+    assert!(image[3 * 4096..].iter().all(|&b| b == 0));
+}
+
+/// A running block device with `kinds` made available (not yet notified).
+fn device_with_requests<'m>(
+    mem: &'m GuestMemoryMmap,
+    img: &TempImage,
+    kinds: &[u32],
+) -> (
+    Block,
+    virtio_queue::mock::MockSplitQueue<'m, GuestMemoryMmap>,
+    Arc<Interrupt>,
+) {
+    let mut dev = Block::new(config(img)).unwrap();
+    let (mock, mut q) = queue(mem, 0, 32);
+    q.set_event_idx(false);
+    mock.add_desc_chains(&chains(mem, kinds), 0).unwrap();
+    let irq = Arc::new(Interrupt::new().unwrap());
+    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+    dev.activate(mem.clone(), irq.clone(), vec![(q, evt)])
+        .unwrap();
+    (dev, mock, irq)
+}
+
+#[test]
+fn a_device_held_for_a_snapshot_finishes_its_requests_in_flight_first() {
+    let (mem, img) = (memory(), TempImage::new(1 << 16, 0x5e));
+    let (mut dev, mock, irq) = device_with_requests(&mem, &img, &[VIRTIO_BLK_T_IN; 8]);
+    dev.process();
+    dev.quiesce();
+    assert_eq!(dev.ring.as_ref().map(Ring::in_flight), Some(0));
+    assert_eq!(mock.used().idx().load(), 8);
+    assert_eq!(statuses(&mem, 8), [VIRTIO_BLK_S_OK as u8; 8]);
+    assert_ne!(irq.status(), 0);
+}
+
+#[test]
+fn a_reset_waits_for_requests_in_flight_and_touches_the_queue_no_more() {
+    let (mem, img) = (memory(), TempImage::new(1 << 16, 0x5e));
+    let (mut dev, mock, _irq) = device_with_requests(&mem, &img, &[VIRTIO_BLK_T_IN; 8]);
+    dev.process();
+    let used_before = mock.used().idx().load();
+    dev.reset();
+    assert_eq!(dev.ring.as_ref().map(Ring::in_flight), Some(0));
+    assert_eq!(mock.used().idx().load(), used_before);
+}
