@@ -127,6 +127,9 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
+    // Submitting to and reaping a disk's io_uring, which can only read, write and sync
+    // (see `block::ring`); making or configuring one is the process list's.
+    libc::SYS_io_uring_enter,
 ];
 
 /// Host fds the devices serve: eventfds, timers, epoll, Unix sockets.
@@ -194,6 +197,8 @@ const BUILD: &[libc::c_long] = &[
     libc::SYS_getppid,
     libc::SYS_rt_sigtimedwait,
     libc::SYS_set_tid_address,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_register,
     // The x86-64 calls glibc makes for chmod, unlink, rename, mkdir, rmdir, readlink,
     // access, stat, open and dup2 (not their *at forms).
     libc::SYS_chmod,

@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
+use io_uring::register::Restriction;
 use io_uring::{opcode, squeue, types, IoUring};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
@@ -80,10 +81,26 @@ impl std::fmt::Debug for Ring {
 impl Ring {
     /// A ring for at most `depth` requests in flight, its completions signalled on an
     /// eventfd. Fails where io_uring is unavailable (old kernel, seccomp, sysctl).
+    ///
+    /// The ring can only ever read, write and sync (its restrictions are registered
+    /// before it is enabled, and no registration is allowed after): a thread that took
+    /// over the process could not use it to open files or sockets behind the syscall
+    /// filters' back.
     pub fn new(depth: u16) -> io::Result<Self> {
-        let ring = IoUring::new(u32::from(depth))?;
+        let ring = IoUring::builder()
+            .setup_r_disabled()
+            .build(u32::from(depth))?;
         let evt = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?;
-        ring.submitter().register_eventfd(evt.as_raw_fd())?;
+        let submitter = ring.submitter();
+        submitter.register_eventfd(evt.as_raw_fd())?;
+        let mut allowed = [
+            Restriction::sqe_op(opcode::Readv::CODE),
+            Restriction::sqe_op(opcode::Writev::CODE),
+            Restriction::sqe_op(opcode::Fsync::CODE),
+            Restriction::sqe_flags_allowed(squeue::Flags::IO_DRAIN.bits()),
+        ];
+        submitter.register_restrictions(&mut allowed)?;
+        submitter.register_enable_rings()?;
         Ok(Self {
             ring,
             evt,
@@ -292,5 +309,22 @@ mod tests {
         assert_eq!(done.len(), 1);
         assert!(done[0].ok);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x1fff)).unwrap(), 0x42);
+    }
+
+    #[test]
+    fn the_ring_refuses_anything_but_reads_writes_and_syncs() {
+        let mut ring = Ring::new(8).unwrap();
+        let path = c"/etc/hostname";
+        let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+            .build()
+            .user_data(7);
+        // SAFETY: the path outlives the submission, which the kernel refuses anyway.
+        unsafe { ring.ring.submission().push(&open).unwrap() };
+        ring.ring.submit_and_wait(1).unwrap();
+        let cqe = ring.ring.completion().next().unwrap();
+        assert_eq!((cqe.user_data(), cqe.result()), (7, -libc::EACCES));
+        // Nor may it be given anything more once enabled.
+        let err = ring.ring.submitter().register_eventfd(ring.evt.as_raw_fd());
+        assert!(err.is_err());
     }
 }
