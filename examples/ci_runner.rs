@@ -219,7 +219,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(Arc::new(template))
         }
     };
-    let pool = Arc::new(VmmPool::new(parallel.max(1), None)?);
+    let prototype = Sandbox::builder(image.clone(), kernel.clone());
+    let pool = Arc::new(VmmPool::new(parallel.max(1), prototype.config())?);
     let settings = Settings {
         image,
         kernel,

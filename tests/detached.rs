@@ -36,6 +36,14 @@ $R -d --name nocpu --cpus 0 busybox -- true 2>nocpu.txt; echo "nocpu-status=$?"
 echo "nocpu-named=$(grep -c 'failed to start.*cpus' nocpu.txt)"
 echo "nocpu-gone=$(test -e run/nocpu || echo yes)"
 echo "ps-running=$(./husk ps | grep -c '^web .*running')"
+# web's VMM runs jailed (the test runs as root): its supervisor's child has a uid of
+# husk's range, no capability, its own pid namespace, a seccomp filter on every thread.
+sup=$(for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^[^ ]*husk vmm .*--id husk-' && basename $p; done | head -1)
+vmm=$(cat /proc/$sup/task/*/children 2>/dev/null | tr -d ' ' | head -1)
+echo "vmm-uid-range=$(awk '/^Uid:/{print ($2 > 1900000000) ? "yes" : $2}' /proc/$vmm/status)"
+echo "vmm-caps=$(awk '/^CapEff:/{print $2}' /proc/$vmm/status)"
+echo "vmm-pid-in-ns=$(awk '/^NSpid:/{print $3}' /proc/$vmm/status)"
+echo "vmm-unfiltered-threads=$(grep -L '^Seccomp:[[:space:]]*2$' /proc/$vmm/task/*/status | wc -l)"
 echo "exec-sees-state=$(./husk exec web sh -c 'until [ -e /tmp/state ]; do sleep 0.1; done; cat /tmp/state')"
 ./husk exec web sh -c 'exit 7'; echo "exec-status=$?"
 echo "exec-flags=$(./husk exec -e X=1 -w /tmp -u 1000:1000 web sh -c 'echo $X,$(pwd),$(id -u)')"
@@ -155,6 +163,10 @@ fn detached_sandboxes_exec_log_stop_and_leave_nothing() {
         ("nocpu-named", "1"),
         ("nocpu-gone", "yes"),
         ("ps-running", "1"),
+        ("vmm-uid-range", "yes"),
+        ("vmm-caps", "0000000000000000"),
+        ("vmm-pid-in-ns", "1"),
+        ("vmm-unfiltered-threads", "0"),
         ("exec-sees-state", "up"),
         ("exec-status", "7"),
         ("exec-flags", "1,/tmp,1000"),

@@ -40,7 +40,7 @@ pub fn pool_rounds(work: &Path, rounds: usize) {
     let builder =
         || Sandbox::builder(image.clone(), work.join("vmlinux")).agent(work.join("husk-agent"));
     let template = Template::for_config(builder().config()).expect("the template");
-    let pool = Arc::new(VmmPool::new(1, None).expect("a VMM pool"));
+    let pool = Arc::new(VmmPool::new(1, builder().config()).expect("a VMM pool"));
     let pooled = || builder().pool(pool.clone());
     let (mut spawned, mut taken) = (Vec::new(), Vec::new());
     once(&template, builder());

@@ -30,12 +30,14 @@
 
 mod cgroup;
 mod creds;
+pub mod ids;
 mod mounts;
 mod supervisor;
 
 use std::path::{Path, PathBuf};
 
 pub use cgroup::CgroupLimit;
+pub use ids::JailIds;
 
 /// A path bound into the jail at the same absolute path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +121,12 @@ pub(crate) fn check(ret: libc::c_int, what: impl Into<String>) -> Result<libc::c
     }
 }
 
+/// Whether this process runs as root (effective uid 0), which a jail needs.
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid only returns a value.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// A path as a C string.
 pub(crate) fn c_path(path: &Path) -> Result<std::ffi::CString, JailError> {
     use std::os::unix::ffi::OsStrExt;
@@ -142,8 +150,7 @@ impl JailConfig {
                 self.uid, self.gid
             ));
         }
-        // SAFETY: geteuid only returns a value.
-        if unsafe { libc::geteuid() } != 0 {
+        if !running_as_root() {
             return bad(
                 "--jail needs root: it makes namespaces and device nodes, then drops to --uid"
                     .into(),

@@ -4,6 +4,7 @@
 //! slow host, so a stamp of the agent file's identity (device, inode, size, mtime,
 //! ctime: any write changes ctime) remembers which archive it built.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -63,6 +64,14 @@ fn build_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf, SandboxErr
     let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let path = cache_dir.join(format!("agent-{name}.cpio"));
     if path.is_file() {
+        // Archives cached before they were made readable to jailed VMMs.
+        let readable = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0);
+        if !readable {
+            let mode = std::fs::Permissions::from_mode(0o644);
+            std::fs::set_permissions(&path, mode).map_err(|e| {
+                SandboxError::Agent(format!("cannot chmod {}: {e}", path.display()))
+            })?;
+        }
         return Ok(path);
     }
     let entries = [
@@ -91,6 +100,8 @@ fn build_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf, SandboxErr
     let mut out = std::io::BufWriter::new(tmp);
     write_archive(&entries, &mut out).map_err(io)?;
     let tmp = out.into_inner().map_err(|e| io(e.into_error()))?;
+    // Readable by jailed VMMs, which run as uids of their own (it holds no secret).
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(io)?;
     tmp.persist(&path).map_err(|e| io(e.error))?;
     Ok(path)
 }

@@ -65,6 +65,9 @@ pub struct SandboxConfig {
     /// Take a pre-spawned `husk vmm` from this pool instead of spawning one (default:
     /// none).
     pub pool: Option<std::sync::Arc<super::pool::VmmPool>>,
+    /// Jail the sandbox's `husk vmm` when the caller is root (default: true; see
+    /// `sandbox::jailing` for what is jailed).
+    pub jail: bool,
 }
 
 impl SandboxConfig {
@@ -85,6 +88,7 @@ impl SandboxConfig {
             runtime_parent: None,
             warm: true,
             pool: None,
+            jail: true,
         }
     }
 }
@@ -141,6 +145,18 @@ impl SandboxBuilder {
     /// Start from a template (default) or, with `false`, boot the kernel (`--cold`).
     pub fn warm(mut self, warm: bool) -> Self {
         self.config.warm = warm;
+        self
+    }
+
+    /// Where the runtime folder is made (see [`SandboxConfig::runtime_parent`]).
+    pub fn runtime_parent(mut self, dir: PathBuf) -> Self {
+        self.config.runtime_parent = Some(dir);
+        self
+    }
+
+    /// Jail the sandbox's VMM when the caller is root (default: true).
+    pub fn jail(mut self, jail: bool) -> Self {
+        self.config.jail = jail;
         self
     }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use husk_protocol::{read_message, write_message, DiskSize, Message};
 
 use super::connect::connect_agent;
+use super::jailing::VmmJail;
 use super::template::{Template, TemplateSpec, IMAGE_SLOT, NET_SLOT, SCRATCH_SLOT};
 use super::vmm_process::VmmProcess;
 use super::{config, net, SandboxConfig, SandboxError, GUEST_CID, HANDSHAKE_MIN};
@@ -86,8 +87,22 @@ pub(super) fn launch(
     let mut loaded = None;
     let vm = match vm {
         Some(vm) => vm,
-        None => VmmProcess::spawn(paths.runtime, &paths.hostname)?,
+        None => {
+            // A snapshot to restore is read from the jail too.
+            let extra = match origin {
+                Origin::Snapshot(dir) => vec![crate::jail::Bind {
+                    path: dir.to_path_buf(),
+                    writable: false,
+                }],
+                _ => Vec::new(),
+            };
+            let jail = VmmJail::for_sandbox(config, paths.runtime, &paths.initrd, extra)?;
+            VmmProcess::spawn(paths.runtime, &paths.hostname, jail)?
+        }
     };
+    if let (Some(jail), Some(scratch)) = (vm.jail(), &paths.scratch) {
+        super::jailing::own(scratch, jail.uid())?;
+    }
     let (warm, mac) = match origin {
         Origin::Boot => {
             let vm_config = config::vm_config(

@@ -22,6 +22,7 @@ mod config;
 mod connect;
 mod demux;
 pub mod initramfs;
+pub mod jailing;
 pub mod launch;
 pub mod net;
 mod persist;
@@ -303,7 +304,7 @@ fn runtime_dir(config: &SandboxConfig, id: &str) -> Result<tempfile::TempDir, Sa
 }
 
 /// The agent initramfs for `config`'s agent (built once per agent, cached).
-fn agent_initrd(config: &SandboxConfig) -> Result<PathBuf, SandboxError> {
+pub(crate) fn agent_initrd(config: &SandboxConfig) -> Result<PathBuf, SandboxError> {
     let agent = match &config.agent {
         Some(p) => p.clone(),
         None => agent::agent_binary()?,
@@ -333,12 +334,13 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         let created = Instant::now();
         let id = new_id();
+        let initrd = agent_initrd(&config)?;
         // A pooled VMM comes with its runtime folder, already listening in it.
-        let (runtime, pooled_vm) = match config.pool.as_ref().and_then(|p| p.take()) {
+        let pooled = config.pool.as_ref().and_then(|p| p.take(&config, &initrd));
+        let (runtime, pooled_vm) = match pooled {
             Some(pooled) => (pooled.runtime, Some(pooled.vm)),
             None => (runtime_dir(&config, &id)?, None),
         };
-        let initrd = agent_initrd(&config)?;
         let initramfs_ready = Instant::now();
         let scratch = (config.scratch_disk_mib)
             .map(|mib| scratch::create(runtime.path(), mib))

@@ -1,17 +1,19 @@
 //! A pool of pre-spawned, API-ready `husk vmm` processes, for a program that starts many
 //! sandboxes (a CI runner): a sandbox whose config names the pool takes a waiting VMM
 //! and its runtime folder instead of spawning one, and a thread of the pool's own
-//! spawns the next in the background. Dropping the pool ends the VMMs still waiting
-//! (their lifeline pipes close) and its thread.
+//! spawns the next in the background. The VMMs are jailed (as root) for the files of
+//! the pool's prototype config; a sandbox whose files differ spawns its own. Dropping
+//! the pool ends the VMMs still waiting (their lifeline pipes close) and its thread.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::jailing::{self, VmmJail};
 use super::vmm_process::VmmProcess;
-use super::SandboxError;
+use super::{SandboxConfig, SandboxError};
 
 /// How long the pool waits after a failed spawn before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -32,6 +34,9 @@ struct State {
 struct Shared {
     size: usize,
     parent: PathBuf,
+    /// The config the VMMs are jailed for (its console aside).
+    prototype: SandboxConfig,
+    initrd: PathBuf,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -64,7 +69,8 @@ impl Shared {
                 dir: self.parent.clone(),
                 source,
             })?;
-        let vm = VmmProcess::spawn(runtime.path(), "husk-pooled")?;
+        let jail = VmmJail::for_sandbox(&self.prototype, runtime.path(), &self.initrd, Vec::new())?;
+        let vm = VmmProcess::spawn(runtime.path(), "husk-pooled", jail)?;
         Ok(Pooled { runtime, vm })
     }
 
@@ -96,12 +102,21 @@ impl Shared {
 }
 
 impl VmmPool {
-    /// A pool that keeps `size` VMMs ready, each in a runtime folder made in `parent`
-    /// (default: as sandboxes' own, `$XDG_RUNTIME_DIR` or the temp folder).
-    pub fn new(size: usize, parent: Option<PathBuf>) -> Result<Self, SandboxError> {
+    /// A pool that keeps `size` VMMs ready for sandboxes like `prototype` (its kernel,
+    /// image, agent, runtime parent), each in a runtime folder of its own.
+    pub fn new(size: usize, prototype: &SandboxConfig) -> Result<Self, SandboxError> {
+        let mut prototype = prototype.clone();
+        prototype.console = crate::config::ConsoleConfig::Off;
+        prototype.pool = None;
+        let initrd = super::agent_initrd(&prototype)?;
         let shared = Arc::new(Shared {
             size,
-            parent: parent.unwrap_or_else(super::connect::runtime_root),
+            parent: prototype
+                .runtime_parent
+                .clone()
+                .unwrap_or_else(super::connect::runtime_root),
+            prototype,
+            initrd,
             state: Mutex::new(State {
                 ready: VecDeque::new(),
                 closed: false,
@@ -137,8 +152,17 @@ impl VmmPool {
         state.ready.len() >= n
     }
 
-    /// A waiting VMM whose process still runs, if one is ready; the pool makes another.
-    pub(crate) fn take(&self) -> Option<Pooled> {
+    /// A waiting VMM whose process still runs and whose jail serves `config` (with the
+    /// agent `initrd`), if one is ready; the pool makes another.
+    pub(crate) fn take(&self, config: &SandboxConfig, initrd: &Path) -> Option<Pooled> {
+        let fits = match self.shared.lock().ready.front().map(|p| p.vm.jail()) {
+            Some(Some(jail)) => jail.serves(config, initrd),
+            Some(None) => !jailing::jails(config),
+            None => return None,
+        };
+        if !fits {
+            return None;
+        }
         let mut state = self.shared.lock();
         let taken = loop {
             match state.ready.pop_front() {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::connect::{connect_agent, runtime_root};
+use super::jailing::VmmJail;
 use super::vmm_process::VmmProcess;
 use super::SandboxError;
 use crate::config::{ConsoleConfig, VmConfig};
@@ -41,8 +42,9 @@ pub const IMAGE_SLOT: usize = 0;
 pub const SCRATCH_SLOT: usize = 1;
 /// The network card's slot.
 pub const NET_SLOT: usize = 0;
-/// Bumped when what a template VM is made of changes (devices, command line).
-const SHAPE_VERSION: u32 = 1;
+/// Bumped when what a template VM is made of changes (devices, command line) or how
+/// it is kept (2: readable by jailed VMMs through the shared gid).
+const SHAPE_VERSION: u32 = 2;
 /// The description of a template in its folder.
 const INFO_FILE: &str = "template.json";
 /// The snapshot's folder in a template.
@@ -410,7 +412,8 @@ fn snapshot_booted_vm(spec: &TemplateSpec, dir: &Path) -> Result<u64, SandboxErr
         .tempdir_in(runtime_root())
         .map_err(io("cannot create a runtime folder in", &runtime_root()))?;
     let uds = runtime.path().join("vsock.sock");
-    let vm = VmmProcess::spawn(runtime.path(), "husk-template")?;
+    let jail = VmmJail::for_template(&spec.kernel, &spec.initrd, runtime.path(), dir)?;
+    let vm = VmmProcess::spawn(runtime.path(), "husk-template", jail)?;
     vm.start(&template_config(spec, dir, uds.clone()))?;
     // The connection stays open into the snapshot: a restored guest gets a transport
     // reset, which ends it, and its agent accepts the restored sandbox's connection.
@@ -419,7 +422,10 @@ fn snapshot_booted_vm(spec: &TemplateSpec, dir: &Path) -> Result<u64, SandboxErr
     let created = vm.snapshot(&dir.join(SNAPSHOT_DIR), true, Some(&digest));
     vm.stop();
     drop(conn);
-    Ok(created?["memory_written"].as_u64().unwrap_or(0))
+    let written = created?["memory_written"].as_u64().unwrap_or(0);
+    // Every sandbox's VMM restores it, each jailed as a uid of its own.
+    super::jailing::share_with_jails(dir)?;
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -64,6 +64,10 @@ pub struct VmmProcess {
     ending: Arc<Ending>,
     /// The VMM's stdin: it stops its VM when this closes.
     _lifeline: Option<std::process::ChildStdin>,
+    /// Its jail (its uid stays reserved while this lives), if jailed.
+    jail: Option<super::jailing::VmmJail>,
+    /// The runtime folder it listens in.
+    runtime: PathBuf,
 }
 
 /// How long a broken API exchange waits for the process's end, whose report says more
@@ -90,9 +94,13 @@ impl VmmProcess {
         }
     }
 
-    /// Spawn `husk vmm` with its socket and exit report in `runtime`, and wait until
-    /// it listens.
-    pub fn spawn(runtime: &Path, id: &str) -> Result<Self, SandboxError> {
+    /// Spawn `husk vmm` with its socket and exit report in `runtime`, in `jail` if
+    /// given, and wait until it listens.
+    pub fn spawn(
+        runtime: &Path,
+        id: &str,
+        jail: Option<super::jailing::VmmJail>,
+    ) -> Result<Self, SandboxError> {
         let socket = runtime.join("api.sock");
         let report = runtime.join("exit.json");
         let log = std::fs::File::create(runtime.join("vmm.log")).map_err(|source| {
@@ -109,6 +117,7 @@ impl VmmProcess {
             .arg("--exit-report")
             .arg(&report)
             .args(["--id", id, "--die-with-parent"])
+            .args(jail.as_ref().map(|j| j.args()).unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
@@ -142,7 +151,14 @@ impl VmmProcess {
             pid,
             ending,
             _lifeline: lifeline,
+            jail,
+            runtime: runtime.to_path_buf(),
         })
+    }
+
+    /// Its jail, if jailed.
+    pub fn jail(&self) -> Option<&super::jailing::VmmJail> {
+        self.jail.as_ref()
     }
 
     /// Boot `config`'s VM.
@@ -204,6 +220,32 @@ impl VmmProcess {
 
     /// Snapshot the VM into the new folder `dir`; the VMM's account of it.
     pub fn snapshot(
+        &self,
+        dir: &Path,
+        durable: bool,
+        agent_digest: Option<&str>,
+    ) -> Result<serde_json::Value, SandboxError> {
+        let Some(jail) = &self.jail else {
+            return self.snapshot_at(dir, durable, agent_digest);
+        };
+        // A jailed VMM writes where its jail can: a folder of its runtime folder; the
+        // files then move to `dir`, readable by every jailed VMM (a restore's).
+        let staging = self.runtime.join("snapshot-out");
+        drop(std::fs::remove_dir_all(&staging));
+        std::fs::create_dir(&staging)
+            .map_err(|e| SandboxError::Vmm(format!("create {}: {e}", staging.display())))?;
+        super::jailing::own(&staging, jail.uid())?;
+        let created = self.snapshot_at(&staging, durable, agent_digest);
+        let moved = created.and_then(|v| {
+            super::jailing::move_snapshot(&staging, dir, durable)?;
+            super::jailing::share_with_jails(dir)?;
+            Ok(v)
+        });
+        drop(std::fs::remove_dir_all(&staging));
+        moved
+    }
+
+    fn snapshot_at(
         &self,
         dir: &Path,
         durable: bool,
@@ -304,6 +346,8 @@ impl VmmProcess {
             pid: 0,
             ending: ending.clone(),
             _lifeline: None,
+            jail: None,
+            runtime: PathBuf::new(),
         };
         let end = move |report| {
             *ending.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);

@@ -1,0 +1,251 @@
+//! Jailing a sandbox's `husk vmm` (`husk::jail`) when the caller is root: a uid of
+//! husk's range per VMM, the shared gid, and the jail's binds: the kernel, the agent
+//! initramfs, the image, the templates (read-only), the runtime folder (read-write), the
+//! console file, and whatever the start needs besides (a snapshot to restore, a template
+//! being built).
+//!
+//! Not jailed (the VMM runs as the caller, with its filters): a caller that is not root,
+//! `SandboxConfig::jail` off, and sandboxes with a network card or disks of the caller's
+//! (a jailed VMM can neither make a TAP nor open files its uid does not own; handing
+//! those over is still to do).
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::config::ConsoleConfig;
+use crate::jail::{Bind, JailIds};
+
+use super::{SandboxConfig, SandboxError};
+
+/// How a sandbox's VMM is jailed.
+#[derive(Debug)]
+pub struct VmmJail {
+    ids: JailIds,
+    dir: PathBuf,
+    binds: Vec<Bind>,
+}
+
+fn jail_err(e: crate::jail::JailError) -> SandboxError {
+    SandboxError::Vmm(e.to_string())
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> SandboxError {
+    move |e| SandboxError::Vmm(format!("{what}: {e}"))
+}
+
+/// The folder of husk's templates (every jailed VMM may read them).
+fn templates_dir() -> PathBuf {
+    crate::kernel::cache_root().join("templates")
+}
+
+/// Why `config`'s VMM runs unjailed, if it does.
+fn unjailed_because(config: &SandboxConfig) -> Option<&'static str> {
+    if !crate::jail::running_as_root() {
+        return Some("the caller is not root");
+    }
+    if !config.jail {
+        return Some("jailing is off for this sandbox");
+    }
+    if config.network || !config.nets.is_empty() {
+        return Some("it has a network card");
+    }
+    if !config.disks.is_empty() {
+        return Some("it has disks of the caller's");
+    }
+    None
+}
+
+fn read_only(path: &Path) -> Bind {
+    Bind {
+        path: path.to_path_buf(),
+        writable: false,
+    }
+}
+
+fn writable(path: &Path) -> Bind {
+    Bind {
+        path: path.to_path_buf(),
+        writable: true,
+    }
+}
+
+/// Whether `config`'s VMM is jailed.
+pub fn jails(config: &SandboxConfig) -> bool {
+    unjailed_because(config).is_none()
+}
+
+impl VmmJail {
+    /// A jail for a VMM listening in `runtime` (made the jail's, and bound writable)
+    /// holding `binds`; `console`, a file made the jail's and bound writable.
+    fn new(
+        runtime: &Path,
+        mut binds: Vec<Bind>,
+        console: Option<&Path>,
+    ) -> Result<Self, SandboxError> {
+        let parent = runtime.parent().unwrap_or(runtime);
+        let ids = JailIds::allocate(&parent.join("husk-jail-ids")).map_err(jail_err)?;
+        let dir = parent.join(format!("husk-jail-{}", ids.uid));
+        if let Some(path) = console {
+            std::fs::File::create(path).map_err(io_err(format!("create {}", path.display())))?;
+            own(path, ids.uid)?;
+            binds.push(writable(path));
+        }
+        own(runtime, ids.uid)?;
+        binds.push(writable(runtime));
+        Ok(Self { ids, dir, binds })
+    }
+
+    /// The jail for `config`'s VMM listening in `runtime`, with the agent `initrd` and
+    /// `extra` binds; `None` when it runs unjailed (said at debug level).
+    pub fn for_sandbox(
+        config: &SandboxConfig,
+        runtime: &Path,
+        initrd: &Path,
+        extra: Vec<Bind>,
+    ) -> Result<Option<Self>, SandboxError> {
+        if let Some(why) = unjailed_because(config) {
+            log::debug!("sandbox VMM not jailed: {why}");
+            return Ok(None);
+        }
+        let mut binds = vec![
+            read_only(&config.kernel),
+            read_only(initrd),
+            read_only(&config.image.fs_image),
+        ];
+        // Bound even before the first template exists: a pooled VMM may restore one
+        // made after it was spawned.
+        let templates = templates_dir();
+        std::fs::create_dir_all(&templates)
+            .map_err(io_err(format!("create {}", templates.display())))?;
+        binds.push(read_only(&templates));
+        binds.extend(extra);
+        let console = match &config.console {
+            ConsoleConfig::File(path) => Some(path.as_path()),
+            _ => None,
+        };
+        Self::new(runtime, binds, console).map(Some)
+    }
+
+    /// The jail of a template's VMM: its kernel and initramfs, and the template's
+    /// folder `dir` (its empty disks) made the jail's; `None` when not root.
+    pub fn for_template(
+        kernel: &Path,
+        initrd: &Path,
+        runtime: &Path,
+        dir: &Path,
+    ) -> Result<Option<Self>, SandboxError> {
+        if !crate::jail::running_as_root() {
+            return Ok(None);
+        }
+        let jail = Self::new(runtime, vec![read_only(kernel), read_only(initrd)], None)?;
+        for entry in std::fs::read_dir(dir).map_err(io_err(format!("list {}", dir.display())))? {
+            let entry = entry.map_err(io_err(format!("list {}", dir.display())))?;
+            own(&entry.path(), jail.uid())?;
+        }
+        own(dir, jail.uid())?;
+        let mut jail = jail;
+        jail.binds.push(writable(dir));
+        Ok(Some(jail))
+    }
+
+    /// Whether a VMM jailed for `config` (with `initrd`) could serve `other` with
+    /// `other_initrd` too: the same read-only files, no console file of its own.
+    pub fn serves(&self, config: &SandboxConfig, initrd: &Path) -> bool {
+        let has = |path: &Path| self.binds.iter().any(|b| b.path == path);
+        unjailed_because(config).is_none()
+            && has(&config.kernel)
+            && has(initrd)
+            && has(&config.image.fs_image)
+            && !matches!(config.console, ConsoleConfig::File(_))
+    }
+
+    /// The jail's uid.
+    pub fn uid(&self) -> u32 {
+        self.ids.uid
+    }
+
+    /// `husk vmm`'s arguments for this jail.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--jail".into(),
+            self.dir.clone().into(),
+            "--uid".into(),
+            self.ids.uid.to_string().into(),
+            "--gid".into(),
+            self.ids.gid.to_string().into(),
+        ];
+        for bind in &self.binds {
+            let mut value = bind.path.clone().into_os_string();
+            if bind.writable {
+                value.push(":rw");
+            }
+            args.push("--bind".into());
+            args.push(value);
+        }
+        args
+    }
+}
+
+/// Make `path` the jail uid's (with the shared gid).
+pub fn own(path: &Path, uid: u32) -> Result<(), SandboxError> {
+    let gid = crate::jail::ids::shared_gid().map_err(jail_err)?;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io_err(format!(
+        "chown {} to the jail's uid {uid}",
+        path.display()
+    )))
+}
+
+/// Let every jailed VMM read what is under `dir` (a template or a snapshot): owned by
+/// root and the shared gid, folders 0750, files 0640. Nothing when not root.
+pub fn share_with_jails(dir: &Path) -> Result<(), SandboxError> {
+    if !crate::jail::running_as_root() {
+        return Ok(());
+    }
+    let gid = crate::jail::ids::shared_gid().map_err(jail_err)?;
+    for entry in walkdir::WalkDir::new(dir) {
+        let entry = entry.map_err(|e| SandboxError::Vmm(format!("walk {}: {e}", dir.display())))?;
+        let path = entry.path();
+        std::os::unix::fs::lchown(path, Some(0), Some(gid))
+            .map_err(io_err(format!("chown {}", path.display())))?;
+        let mode = match entry.file_type().is_dir() {
+            true => 0o750,
+            false => 0o640,
+        };
+        if !entry.file_type().is_symlink() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(io_err(format!("chmod {}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Move the snapshot files in `from` to `to` (made if missing): renamed when both are
+/// on one filesystem, else copied sparsely (synced when `durable`).
+pub fn move_snapshot(from: &Path, to: &Path, durable: bool) -> Result<(), SandboxError> {
+    std::fs::create_dir_all(to).map_err(io_err(format!("create {}", to.display())))?;
+    let entries = std::fs::read_dir(from).map_err(io_err(format!("list {}", from.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err(format!("list {}", from.display())))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if std::fs::rename(&src, &dst).is_ok() {
+            continue;
+        }
+        crate::snapshot::files::copy_sparse(&src, &dst).map_err(io_err(format!(
+            "copy {} to {}",
+            src.display(),
+            dst.display()
+        )))?;
+        if durable {
+            std::fs::File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(format!("sync {}", dst.display())))?;
+        }
+    }
+    if durable {
+        std::fs::File::open(to)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(format!("sync {}", to.display())))?;
+    }
+    Ok(())
+}
