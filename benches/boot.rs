@@ -16,7 +16,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{env_or, hardware_kvm, median, run_stdout, tempdir};
+use common::{env_or, median, run_stdout};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -43,50 +43,17 @@ fn outer() {
     println!("# kernel: {}", kernel.display());
     let initrd = run_stdout(&mut Command::new(root.join("scripts/build-test-initramfs")));
     let initrd = initrd.lines().last().unwrap_or_default().to_string();
-    let me = std::env::current_exe().expect("the bench binary knows its path");
     let rounds = env_or("HUSK_BENCH_ROUNDS", "5");
     let cpus = env_or("HUSK_BENCH_CPUS", "1");
     let memory = env_or("HUSK_BENCH_MEMORY", "128");
-    let inner_args = [
-        "--inner",
-        "husk",
-        "vmlinux",
-        "initrd.cpio",
-        &rounds,
-        &cpus,
-        &memory,
+    let initrd = PathBuf::from(initrd);
+    let files = [
+        (husk.as_path(), "husk"),
+        (kernel.as_path(), "vmlinux"),
+        (initrd.as_path(), "initrd.cpio"),
     ];
-    let status = if hardware_kvm() {
-        let dir = tempdir("husk-bench");
-        for (src, name) in [
-            (&husk, "husk"),
-            (&kernel, "vmlinux"),
-            (&PathBuf::from(&initrd), "initrd.cpio"),
-        ] {
-            std::os::unix::fs::symlink(src, dir.join(name)).expect("symlink into the bench dir");
-        }
-        let status = Command::new(&me)
-            .args(inner_args)
-            .current_dir(&dir)
-            .status();
-        let _ = std::fs::remove_dir_all(&dir);
-        status
-    } else {
-        println!("# /dev/kvm is missing or paravirtual: running inside the KVM test host");
-        Command::new(root.join("scripts/testhost"))
-            .arg("run")
-            .arg("--with-qemu")
-            .args(["--file", &format!("{}:bench", me.display())])
-            .args(["--file", &format!("{}:husk", husk.display())])
-            .args(["--file", &format!("{}:vmlinux", kernel.display())])
-            .args(["--file", &format!("{initrd}:initrd.cpio")])
-            .arg("--")
-            .arg("./bench")
-            .args(inner_args)
-            .status()
-    };
-    let status = status.expect("the benchmark runner starts");
-    assert!(status.success(), "the boot benchmark failed: {status}");
+    let args = ["husk", "vmlinux", "initrd.cpio", &rounds, &cpus, &memory];
+    common::run_inner("boot", &files, &args);
 }
 
 /// One VMM run: when the init marker appeared, when the VMM exited, its max RSS.

@@ -18,14 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{env_or, hardware_kvm, median, tempdir};
+use common::{env_or, median};
 
 fn main() {
     common::dispatch(outer, inner);
 }
 
 fn outer() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let husk = PathBuf::from(env!("CARGO_BIN_EXE_husk"));
     let kernel = match std::env::var_os("HUSK_BENCH_KERNEL") {
         Some(path) => PathBuf::from(path),
@@ -35,35 +34,9 @@ fn outer() {
                 .vmlinux
         }
     };
-    let me = std::env::current_exe().expect("the bench binary knows its path");
     let rounds = env_or("HUSK_BENCH_ROUNDS", "20");
-    let inner_args = ["--inner", &rounds];
-    let status = if hardware_kvm() {
-        let dir = tempdir("husk-vmm-bench");
-        for (src, name) in [(&husk, "husk"), (&kernel, "vmlinux")] {
-            std::os::unix::fs::symlink(src, dir.join(name)).expect("symlink into the bench dir");
-        }
-        let status = Command::new(&me)
-            .args(inner_args)
-            .current_dir(&dir)
-            .status();
-        drop(std::fs::remove_dir_all(&dir));
-        status
-    } else {
-        println!("# /dev/kvm is missing or paravirtual: running inside the KVM test host");
-        Command::new(root.join("scripts/testhost"))
-            .arg("run")
-            .arg("--with-qemu")
-            .args(["--file", &format!("{}:bench", me.display())])
-            .args(["--file", &format!("{}:husk", husk.display())])
-            .args(["--file", &format!("{}:vmlinux", kernel.display())])
-            .arg("--")
-            .arg("./bench")
-            .args(inner_args)
-            .status()
-    };
-    let status = status.expect("the benchmark runner starts");
-    assert!(status.success(), "the vmm benchmark failed: {status}");
+    let files = [(husk.as_path(), "husk"), (kernel.as_path(), "vmlinux")];
+    common::run_inner("vmm", &files, &[&rounds]);
 }
 
 /// One start: time to ready, and resident memory once ready (all of it, and the

@@ -65,3 +65,36 @@ pub fn dispatch(outer: fn(), inner: fn(&[String])) {
         None => outer(),
     }
 }
+
+/// Run this bench binary's inner half with `args`, where KVM is: here (hardware KVM), in
+/// a fresh folder holding `files` (source, name) as symlinks; else in the KVM test host
+/// (`scripts/testhost run --with-qemu`) with `files` copied in. Fails the bench named
+/// `bench` if the inner half fails.
+pub fn run_inner(bench: &str, files: &[(&Path, &str)], args: &[&str]) {
+    let me = std::env::current_exe().expect("the bench binary knows its path");
+    let status = if hardware_kvm() {
+        let dir = tempdir(&format!("husk-{bench}-bench"));
+        for (src, name) in files {
+            std::os::unix::fs::symlink(src, dir.join(name)).expect("symlink into the bench dir");
+        }
+        let status = Command::new(&me)
+            .arg("--inner")
+            .args(args)
+            .current_dir(&dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&dir);
+        status
+    } else {
+        println!("# /dev/kvm is missing or paravirtual: running inside the KVM test host");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let mut cmd = Command::new(root.join("scripts/testhost"));
+        cmd.args(["run", "--with-qemu"])
+            .args(["--file", &format!("{}:bench", me.display())]);
+        for (src, name) in files {
+            cmd.args(["--file", &format!("{}:{name}", src.display())]);
+        }
+        cmd.args(["--", "./bench", "--inner"]).args(args).status()
+    };
+    let status = status.expect("the benchmark runner starts");
+    assert!(status.success(), "the {bench} benchmark failed: {status}");
+}
