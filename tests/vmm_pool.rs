@@ -42,13 +42,12 @@ fn jailed_uid(pid: u32) -> u32 {
         .unwrap_or(0)
 }
 
-/// The pool's runtime folders and the jails' folders in `parent`.
+/// The pool's runtime folders in `parent` (jails live elsewhere).
 fn pool_folders(parent: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(parent)
         .expect("list the pool's parent folder")
         .flatten()
         .map(|e| e.path())
-        .filter(|p| !p.ends_with("husk-jail-ids"))
         .collect()
 }
 

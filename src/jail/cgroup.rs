@@ -104,6 +104,15 @@ fn leaf_name(id: &str, pid: u32) -> String {
     format!("{id}-{pid}")
 }
 
+/// Remove the leaf the supervisor `pid` made for `id`, if it is still there (and
+/// empty).
+pub(super) fn remove_leaf_of(id: &str, pid: u32) {
+    let path = Path::new(CGROUP_ROOT).join("husk").join(leaf_name(id, pid));
+    if path.is_dir() {
+        Leaf { path }.remove();
+    }
+}
+
 impl Leaf {
     /// Make the leaf with `limits`; none when cgroup v2 is not mounted and no limit
     /// was asked for (a warning says so).

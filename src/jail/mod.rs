@@ -121,6 +121,23 @@ pub(crate) fn check(ret: libc::c_int, what: impl Into<String>) -> Result<libc::c
     }
 }
 
+/// Where jails live: `HUSK_JAIL_ROOT`, else `/run/husk/jails` (`ids/` holds the uid
+/// slots' lock files, `<uid>/` each jail's root while it runs).
+pub fn jails_root() -> PathBuf {
+    std::env::var_os("HUSK_JAIL_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/husk/jails"))
+}
+
+/// Remove what the jail in `dir` of the VM `id` leaves when its supervisor (`pid`) was
+/// killed before cleaning up: the folder (empty: the jail's mounts were its child's)
+/// and the cgroup leaf (empty: the child died with the supervisor). Errors are ignored:
+/// each may be gone already.
+pub fn remove_leftovers(dir: &Path, id: &str, supervisor: u32) {
+    drop(std::fs::remove_dir(dir));
+    cgroup::remove_leaf_of(id, supervisor);
+}
+
 /// Whether this process runs as root (effective uid 0), which a jail needs.
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid only returns a value.

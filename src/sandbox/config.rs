@@ -1,7 +1,7 @@
 //! How to build a sandbox: its image, its configuration and builder, the processes it
 //! runs, and the VM configuration a cold boot derives from them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use husk_protocol::{Limits, TtySize};
@@ -91,6 +91,33 @@ impl SandboxConfig {
             jail: true,
         }
     }
+
+    /// The same config with every host path absolute (relative ones taken from the
+    /// current folder): a jailed VMM sees the files at the same paths from the jail's
+    /// root, not from the caller's folder.
+    pub(super) fn with_absolute_paths(mut self) -> Result<Self, SandboxError> {
+        self.image.fs_image = absolute(&self.image.fs_image)?;
+        self.kernel = absolute(&self.kernel)?;
+        if let Some(agent) = &self.agent {
+            self.agent = Some(absolute(agent)?);
+        }
+        for disk in &mut self.disks {
+            disk.path = absolute(&disk.path)?;
+        }
+        if let ConsoleConfig::File(path) = &self.console {
+            self.console = ConsoleConfig::File(absolute(path)?);
+        }
+        if let Some(parent) = &self.runtime_parent {
+            self.runtime_parent = Some(absolute(parent)?);
+        }
+        Ok(self)
+    }
+}
+
+/// `path` made absolute against the current folder (not resolving links).
+pub(super) fn absolute(path: &Path) -> Result<PathBuf, SandboxError> {
+    std::path::absolute(path)
+        .map_err(|e| SandboxError::Vmm(format!("cannot make {} absolute: {e}", path.display())))
 }
 
 /// Builds a [`Sandbox`]: `Sandbox::builder(image, kernel).cpus(2).network(true).start()`.

@@ -83,9 +83,9 @@ impl VmmJail {
         mut binds: Vec<Bind>,
         console: Option<&Path>,
     ) -> Result<Self, SandboxError> {
-        let parent = runtime.parent().unwrap_or(runtime);
-        let ids = JailIds::allocate(&parent.join("husk-jail-ids")).map_err(jail_err)?;
-        let dir = parent.join(format!("husk-jail-{}", ids.uid));
+        let root = crate::jail::jails_root();
+        let ids = JailIds::allocate(&root.join("ids")).map_err(jail_err)?;
+        let dir = root.join(ids.uid.to_string());
         if let Some(path) = console {
             std::fs::File::create(path).map_err(io_err(format!("create {}", path.display())))?;
             own(path, ids.uid)?;
@@ -163,6 +163,11 @@ impl VmmJail {
     /// The jail's uid.
     pub fn uid(&self) -> u32 {
         self.ids.uid
+    }
+
+    /// The jail's folder (its root while the VMM runs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// `husk vmm`'s arguments for this jail.

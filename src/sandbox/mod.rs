@@ -333,6 +333,7 @@ impl Sandbox {
         template: Option<&Template>,
     ) -> Result<Self, SandboxError> {
         let created = Instant::now();
+        let config = config.with_absolute_paths()?;
         let id = new_id();
         let initrd = agent_initrd(&config)?;
         // A pooled VMM comes with its runtime folder, already listening in it.

@@ -105,7 +105,7 @@ impl VmmPool {
     /// A pool that keeps `size` VMMs ready for sandboxes like `prototype` (its kernel,
     /// image, agent, runtime parent), each in a runtime folder of its own.
     pub fn new(size: usize, prototype: &SandboxConfig) -> Result<Self, SandboxError> {
-        let mut prototype = prototype.clone();
+        let mut prototype = prototype.clone().with_absolute_paths()?;
         prototype.console = crate::config::ConsoleConfig::Off;
         prototype.pool = None;
         let initrd = super::agent_initrd(&prototype)?;

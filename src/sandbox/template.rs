@@ -123,6 +123,15 @@ impl TemplateSpec {
         format!("{}cpu-{}mib", self.cpus, self.memory_mib)
     }
 
+    /// The same spec with absolute file paths (a jailed VMM sees them from its root).
+    fn absolute(&self) -> Result<Self, SandboxError> {
+        Ok(Self {
+            kernel: super::config::absolute(&self.kernel)?,
+            initrd: super::config::absolute(&self.initrd)?,
+            ..self.clone()
+        })
+    }
+
     fn kernel_sha256(&self) -> Result<String, SandboxError> {
         crate::digest::sha256_cached(&self.kernel, &crate::kernel::cache_root().join("digests"))
             .map_err(io("cannot read the kernel", &self.kernel))
@@ -159,6 +168,7 @@ impl Template {
     /// The template for `spec`: the one on disk if it is fresh, else a new one. A stale
     /// one (another kernel or agent) is replaced, with a warning saying why.
     pub fn ensure(spec: &TemplateSpec) -> Result<Self, SandboxError> {
+        let spec = &spec.absolute()?;
         let dir = root().join(spec.name());
         let kernel_sha256 = spec.kernel_sha256()?;
         if let Some(fresh) = Self::open(&dir).ok().filter(|t| {
@@ -251,6 +261,7 @@ impl Template {
     /// Boot a VM for `spec` to its agent, snapshot it, and store it as the template
     /// (replacing the one there).
     pub fn build(spec: &TemplateSpec) -> Result<Self, SandboxError> {
+        let spec = &spec.absolute()?;
         let kernel_sha256 = spec.kernel_sha256()?;
         let _lock = lock(&spec.name())?;
         Self::build_with(spec, &kernel_sha256)

@@ -145,7 +145,12 @@ impl VmmProcess {
         // the pipe closes and the VMM stops its VM.
         let lifeline = child.stdin.take();
         let ending = Arc::new(Ending::default());
-        wait_in_background(child, report, ending.clone())?;
+        // A supervisor killed before it cleaned up leaves its jail's folder and cgroup.
+        let leftovers = jail.as_ref().map(|j| {
+            let (dir, id) = (j.dir().to_path_buf(), id.to_string());
+            Box::new(move || crate::jail::remove_leftovers(&dir, &id, pid)) as Cleanup
+        });
+        wait_in_background(child, report, ending.clone(), leftovers)?;
         Ok(Self {
             api: ApiClient::new(&socket, None),
             pid,
@@ -387,16 +392,23 @@ fn signal(pid: u32, signal: i32) {
     }
 }
 
-/// Reap `child` on a thread of its own, then publish its exit report.
+/// What to clean up after a VMM process ended.
+type Cleanup = Box<dyn FnOnce() + Send>;
+
+/// Reap `child` on a thread of its own, run `cleanup`, then publish its exit report.
 fn wait_in_background(
     mut child: Child,
     report: PathBuf,
     ending: Arc<Ending>,
+    cleanup: Option<Cleanup>,
 ) -> Result<(), SandboxError> {
     std::thread::Builder::new()
         .name("husk-vmm-wait".into())
         .spawn(move || {
             let status = child.wait();
+            if let Some(cleanup) = cleanup {
+                cleanup();
+            }
             let read = std::fs::read(&report)
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<ExitReport>(&bytes).ok());
