@@ -163,7 +163,7 @@ impl ImageStore {
         )
     }
 
-    fn images(&self) -> PathBuf {
+    pub(super) fn images(&self) -> PathBuf {
         self.root.join("images")
     }
 
@@ -183,7 +183,7 @@ impl ImageStore {
 
     /// Publishes a built image: metadata and erofs renamed into place (unless the same
     /// content is there already), then the name index; undone if the index fails.
-    fn commit(
+    pub(super) fn commit(
         &self,
         built: &Built,
         name: Option<&str>,

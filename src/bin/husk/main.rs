@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use boot::BootArgs;
-use images::{ImageCommand, KernelCommand};
+use images::{ImageCommand, KernelCommand, LoginArgs, PullArgs};
 use run::RunArgs;
 use sandboxes::{ExecArgs, SnapshotCommand};
 use templates::TemplateCommand;
@@ -112,6 +112,17 @@ enum Command {
         /// The sandbox's folder.
         dir: PathBuf,
     },
+    /// Pull an image from a registry into the image store, like `docker pull`.
+    ///
+    /// Follows the OCI distribution protocol (OCI and Docker schema 2 manifests, the
+    /// linux/amd64 image of a multi-platform one), checks every blob's digest, keeps
+    /// layers by digest so that images sharing them fetch them once, and stores the
+    /// image under its full name (docker.io/library/busybox:latest). Credentials come
+    /// from ~/.docker/config.json (`husk login`, or docker's own login).
+    Pull(PullArgs),
+    /// Store registry credentials in ~/.docker/config.json (checked with the registry
+    /// first).
+    Login(LoginArgs),
     /// Import, list and remove container images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -163,6 +174,8 @@ fn main() -> ExitCode {
         Command::Snapshot(cmd) => sandboxes::snapshot(cmd),
         Command::Monitor { dir } => husk::detached::monitor(&dir),
         Command::Image(cmd) => images::image(cmd),
+        Command::Pull(args) => images::pull(args),
+        Command::Login(args) => images::login(args),
         Command::Template(cmd) => templates::template(cmd),
         Command::Kernel(KernelCommand::Build { jobs }) => images::kernel_build(jobs),
         Command::Kernel(KernelCommand::Path) => husk::kernel::cached(None)

@@ -7,6 +7,7 @@ use clap::Args;
 
 use husk::config::ConsoleConfig;
 
+use crate::images::{PullPolicy, RegistryArgs};
 use crate::{render, with_watchdog};
 
 /// How the command runs: the options `husk run` and `husk exec` share.
@@ -90,7 +91,15 @@ pub(crate) struct RunArgs {
     /// exited, torn down) and the VM's metrics as JSON to FILE.
     #[arg(long, value_name = "FILE", conflicts_with = "detach")]
     timings: Option<PathBuf>,
-    /// The image: a name or digest from `husk image ls`; `busybox` is built on first use.
+    /// When to pull the image from its registry: when the store lacks it, always, or
+    /// never.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pull: PullPolicy,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// The image: a name or digest from `husk image ls`, or a registry reference
+    /// (pulled when missing, see `husk pull`); `busybox`, when the store has no image of
+    /// that name, is built from Debian's busybox-static.
     image: String,
     /// The command and its arguments [default: the image's].
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -169,14 +178,39 @@ pub(crate) fn tty_setup(
     Ok((Some(size), raw))
 }
 
+/// The image `husk run` names: a name or digest in the store, else the store's image
+/// of the full reference (`busybox` is `docker.io/library/busybox:latest`), else the
+/// built-in busybox for `busybox`, else a pull (as `policy` allows).
 fn resolve_image(
     store: &husk::image::ImageStore,
     name: &str,
+    policy: PullPolicy,
+    registry: &RegistryArgs,
 ) -> Result<husk::image::Image, Box<dyn std::error::Error>> {
-    match store.resolve(name) {
-        Ok(image) => Ok(image),
-        Err(_) if name == "busybox" => Ok(store.ensure_busybox(true)?),
-        Err(e) => Err(e.into()),
+    use husk::image::registry::Reference;
+    let pull = || {
+        let options = husk::image::PullOptions {
+            connection: registry.connection(),
+            progress: true,
+        };
+        store.pull(name, &options)
+    };
+    if policy == PullPolicy::Always {
+        return Ok(pull()?);
+    }
+    if let Ok(image) = store.resolve(name) {
+        return Ok(image);
+    }
+    let full = Reference::parse(name).ok().map(|r| r.to_string());
+    if let Some(image) = full.and_then(|full| store.resolve(&full).ok()) {
+        return Ok(image);
+    }
+    match policy {
+        _ if name == "busybox" => Ok(store.ensure_busybox(true)?),
+        PullPolicy::Never => {
+            Err(format!("no image {name:?} in the store (and --pull never)").into())
+        }
+        _ => Ok(pull()?),
     }
 }
 
@@ -206,7 +240,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     // Before any thread starts: Ctrl-C and friends go to the forwarding thread only.
     let (target, pending) = forward_signals()?;
     let store = husk::image::ImageStore::open(None)?;
-    let image = resolve_image(&store, &args.image)?;
+    let image = resolve_image(&store, &args.image, args.pull, &args.registry)?;
     let kernel = match args.kernel {
         Some(k) => k,
         None => husk::kernel::cached(None)?.vmlinux,
