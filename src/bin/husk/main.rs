@@ -2,6 +2,7 @@
 //! arguments and code live in a module of their own.
 
 mod boot;
+mod cp;
 mod images;
 mod run;
 mod sandboxes;
@@ -44,6 +45,14 @@ enum Command {
     ///
     /// Exits with the command's exit code (125 when husk failed).
     Exec(Box<ExecArgs>),
+    /// Copy files between a detached sandbox and the host, like `docker cp`.
+    ///
+    /// `husk cp NAME:PATH DEST` copies out of sandbox NAME's container, `husk cp SRC
+    /// NAME:PATH` into it; `-` as DEST writes a tar stream to stdout, as SRC reads one
+    /// from stdin. Modes and modification times are kept. Where a copy lands follows
+    /// docker: a directory goes into an existing directory under its own name (only
+    /// its contents for `SRC/.`), a file into a directory or onto a file.
+    Cp(cp::CpArgs),
     /// List detached sandboxes (running ones; -a for all).
     Ps {
         /// Also list sandboxes that have ended.
@@ -164,6 +173,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot::boot(args),
         Command::Run(args) => return exit_code(run::run_container(*args)),
         Command::Exec(args) => return exit_code(sandboxes::exec(*args)),
+        Command::Cp(args) => cp::cp(args),
         Command::Ps { all } => sandboxes::ps(all),
         Command::Logs { follow, name } => sandboxes::logs(&name, follow),
         Command::Stop { time, names } => sandboxes::stop(&names, time),

@@ -63,11 +63,30 @@ pub(crate) struct RunArgs {
     /// Memory limit of the container in MiB (the VM gets 64 MiB more for its kernel).
     #[arg(long, default_value_t = 256)]
     memory: u64,
-    /// Connect the sandbox to the host: a TAP husk creates (and removes at exit) with a
-    /// /30 link, the host's end on the TAP and the guest's on eth0, default route via
-    /// the host. Reaching further needs forwarding/NAT on the host, which husk leaves alone.
-    #[arg(long)]
-    net: bool,
+    /// The sandbox's network. none: no network card. link: a TAP husk creates (and
+    /// removes at exit) with a /30 link, the host's end on the TAP and the guest's on
+    /// eth0, default route via the host; the guest reaches the host only. nat: the
+    /// same link, and a way out through the host's NAT (per-sandbox nftables rules,
+    /// IPv4 forwarding on) with DNS servers in the guest's /etc/resolv.conf.
+    #[arg(long, value_enum, default_value_t = NetMode::None, value_name = "MODE")]
+    net: NetMode,
+    /// Publish the guest's TCP port on the host (repeatable; needs --net link or nat):
+    /// connections to HOST_PORT (on HOST_IP, default all addresses, loopback included)
+    /// go to GUEST_PORT in the sandbox.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp]"
+    )]
+    publish: Vec<husk::sandbox::Publish>,
+    /// A DNS server for the guest (repeatable; --net nat) [default: the host's own,
+    /// from /etc/resolv.conf, less loopback ones].
+    #[arg(long = "dns", value_name = "IP")]
+    dns: Vec<std::net::Ipv4Addr>,
+    /// Let the guest reach only this network beyond the host (repeatable; --net nat);
+    /// its DNS servers stay reachable.
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<husk::sandbox::Ipv4Net>,
     /// Keep the container's writable layer on a scratch disk of SIZE MiB (a sparse ext4
     /// file, removed at exit) instead of in guest RAM.
     #[arg(long = "disk", value_name = "SIZE_MIB")]
@@ -104,6 +123,35 @@ pub(crate) struct RunArgs {
     /// The command and its arguments [default: the image's].
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// `husk run --net`.
+#[derive(clap::ValueEnum, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum NetMode {
+    /// No network card.
+    #[default]
+    None,
+    /// A link to the host only.
+    Link,
+    /// The link, NAT through the host, DNS.
+    Nat,
+}
+
+impl RunArgs {
+    /// The network options as the library takes them: a card or not, NAT, ports.
+    fn network(&self) -> Result<(bool, Option<husk::sandbox::Nat>), String> {
+        if self.net == NetMode::None && !self.publish.is_empty() {
+            return Err("-p needs a network: --net link or --net nat".into());
+        }
+        if self.net != NetMode::Nat && !(self.dns.is_empty() && self.allow.is_empty()) {
+            return Err("--dns and --allow go with --net nat".into());
+        }
+        let nat = (self.net == NetMode::Nat).then(|| husk::sandbox::Nat {
+            dns: self.dns.clone(),
+            allow: self.allow.clone(),
+        });
+        Ok((self.net != NetMode::None, nat))
+    }
 }
 
 /// Where forwarded signals and terminal resizes go once a process runs.
@@ -237,6 +285,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     if let Some(name) = &args.name {
         husk::detached::validate_name(name)?;
     }
+    let (network, nat) = args.network()?;
     // Before any thread starts: Ctrl-C and friends go to the forwarding thread only.
     let (target, pending) = forward_signals()?;
     let store = husk::image::ImageStore::open(None)?;
@@ -261,7 +310,9 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             kernel,
             cpus: args.cpus,
             memory_mib: args.memory + 64,
-            network: args.net,
+            network,
+            nat,
+            publish: args.publish,
             scratch_disk_mib: args.disk,
             console: args.console,
             spec,
@@ -278,7 +329,9 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     let mut config = SandboxConfig::new(SandboxImage::from_store(&image), kernel);
     config.cpus = args.cpus;
     config.memory_mib = args.memory + 64;
-    config.network = args.net;
+    config.network = network;
+    config.nat = nat;
+    config.publish = args.publish.clone();
     config.scratch_disk_mib = args.disk;
     config.warm = !args.cold;
     if let Some(limit) = limit {
