@@ -87,7 +87,7 @@ fn cp_copies_both_ways_as_docker_does_and_refuses_as_docker_does() {
     is("out-contents", "artifact dir link ");
     is("out-link", "artifact");
     is("out-renamed", "built");
-    is("out-stream", "dir/ dir/sub/ dir/sub/f ");
+    is("out-stream", "dir dir/sub dir/sub/f ");
     is("in-file-status", "0");
     let mtime = out.value("in-file-mtime").unwrap_or_default();
     is("in-file", &format!("host-data 640 root {mtime} "));
