@@ -310,6 +310,29 @@ fn pull_from_an_open_registry_picks_amd64_shares_layers_and_refuses_bad_input() 
     );
     drop(tree);
 
+    // `husk run` pulls an image the store lacks (before it needs a kernel: this one
+    // does not exist, so the run fails after the pull), unless told never to.
+    let fresh = tempfile::tempdir().unwrap();
+    let run = ["run", "--kernel", "/nonexistent/vmlinux"];
+    let out = husk(
+        fresh.path(),
+        docker,
+        &[&run[..], &["--pull", "never", &other, "true"]].concat(),
+    );
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("--pull never"),
+        "{err}"
+    );
+    let out = husk(
+        fresh.path(),
+        docker,
+        &[&run[..], &[other.as_str(), "true"]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let fresh_store = husk::image::ImageStore::open(Some(fresh.path())).unwrap();
+    assert!(fresh_store.resolve(&other).is_ok(), "{}", stderr(&out));
+
     // Pulled again: up to date, the store as it was.
     let before = store_snapshot(data);
     let out = husk(data, docker, &["pull", "-q", &app]);

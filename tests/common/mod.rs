@@ -536,7 +536,10 @@ pub fn testhost_module_files(modules: &[&str]) -> Vec<(PathBuf, String)> {
     let order = fs::read_to_string(dir.join("load-order")).expect("read load-order");
     let mut files = vec![(dir.join("load-order"), "modules/load-order".to_string())];
     for module in order.lines() {
-        files.push((dir.join(format!("{module}.ko")), format!("modules/{module}.ko")));
+        files.push((
+            dir.join(format!("{module}.ko")),
+            format!("modules/{module}.ko"),
+        ));
     }
     files
 }
