@@ -6,14 +6,17 @@
 //! packet can go anywhere else: those namespaces have no other route. One test-host
 //! boot runs every check; the script prints `key=value` lines.
 //!
-//! The test host has no nftables or dnsmasq: this machine's go in with their libraries
-//! (as mkfs.ext4 does for the disk tests), and the test host kernel's nftables modules
-//! with `scripts/testhost-modules`.
+//! The test host has no nftables, dnsmasq or mkfs.ext4: this machine's go in with their
+//! libraries, and the test host kernel's nftables modules with
+//! `scripts/testhost-modules`.
 mod common;
 
 use std::path::Path;
 
-use common::{run_sandbox_script, testhost_module_files, tool_files, LOAD_MODULES};
+use common::{
+    mkfs_ext4_files, run_sandbox_script, testhost_module_files, tool_files, LOAD_MODULES,
+    MKFS_EXT4_ON_PATH,
+};
 
 const SETUP: &str = r#"
 tar xf store.tar
@@ -121,6 +124,7 @@ echo dependency-from-world > www/deps.txt
 ln -s "$PWD/husk" ci-bin/husk
 PATH=$PWD/ci-bin:$PATH HUSK_RUN_OPTS="--kernel vmlinux"     sh ./ci-job.sh checkout busybox http://web.test/deps.txt artifacts > ci.out 2>&1
 echo "ci-job-status=$?"
+cat ci.out >&2
 echo "ci-job-artifact=$(tr '\n' ' ' < artifacts/artifact.txt)"
 echo "ci-job-left=$(./husk ps -a | grep -c ci-job)"
 
@@ -132,6 +136,8 @@ fn nat_reaches_a_world_namespace_by_name_ports_publish_and_rules_go_with_the_san
     let example = common::repo_dir().join("examples/ci-job.sh");
     let mut owned = vec![(example, "ci-job.sh".to_string())];
     owned.extend(tool_files("nft", "nft", "nftables"));
+    // The CI job keeps its writable layer on a scratch disk (`--disk`).
+    owned.extend(mkfs_ext4_files());
     owned.extend(tool_files("dnsmasq", "dnsmasq", "dnsmasq-base"));
     owned.extend(testhost_module_files(&[
         "nf_tables",
@@ -144,7 +150,7 @@ fn nat_reaches_a_world_namespace_by_name_ports_publish_and_rules_go_with_the_san
         .map(|(p, n)| (p.as_path(), n.as_str()))
         .collect();
     let script = format!(
-        "{SETUP}{LOAD_MODULES}cat > host.sh <<'HOST'\n{HOST}\nHOST\nunshare -mn sh host.sh\n\
+        "{SETUP}{MKFS_EXT4_ON_PATH}{LOAD_MODULES}cat > host.sh <<'HOST'\n{HOST}\nHOST\nunshare -mn sh host.sh\n\
          echo \"husk-processes-left=$(husk_processes)\"\n"
     );
     let out = run_sandbox_script(&script, &files);

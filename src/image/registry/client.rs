@@ -382,6 +382,9 @@ fn endpoint(host: &str, default_port: u16) -> String {
 fn agent(tls: ureq::tls::TlsConfig) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
+        // A blob redirected to another host (a CDN, a bucket) goes with a signed URL;
+        // the registry's credentials stay with the registry.
+        .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
         .tls_config(tls)
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(120)))
