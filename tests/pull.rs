@@ -368,6 +368,14 @@ fn pull_from_an_open_registry_picks_amd64_shares_layers_and_refuses_bad_input() 
     );
     assert_eq!(store_snapshot(data), before);
 
+    // Removing an image drops the layers no other image was pulled from.
+    assert!(husk(data, docker, &["image", "rm", &app]).status.success());
+    assert_eq!(
+        layer_files(data),
+        sorted(vec![hex(&l1), hex(&l3)]),
+        "layer1 stays for other"
+    );
+
     // A registry that is down: the error names its host and port.
     let port = registry.port;
     drop(registry);

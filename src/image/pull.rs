@@ -74,7 +74,8 @@ impl ImageStore {
         };
         let built = import::build_plan(plan, Path::new(&name), tmp.path(), options.progress)?;
         fetched.keep();
-        self.commit(&built, Some(&name), &source, tmp.path())
+        let layers: Vec<String> = manifest.layers.iter().map(|l| l.digest.clone()).collect();
+        self.commit(&built, Some(&name), &source, &layers, tmp.path())
     }
 }
 

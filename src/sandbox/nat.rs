@@ -54,8 +54,14 @@ impl Rules {
 
 impl Drop for Rules {
     fn drop(&mut self) {
-        if let Err(e) = nft(&format!("delete table ip {}\n", self.table)) {
-            log::warn!("cannot remove the nftables table {}: {e}", self.table);
+        match nft(&format!("delete table ip {}\n", self.table)) {
+            Ok(()) => {}
+            // Another sandbox's start found the TAP gone (this VM stopped first) and
+            // removed the table already.
+            Err(e) if e.to_string().contains("No such file or directory") => {
+                log::debug!("nftables table {} was removed already", self.table)
+            }
+            Err(e) => log::warn!("cannot remove the nftables table {}: {e}", self.table),
         }
     }
 }
