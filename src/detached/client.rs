@@ -17,7 +17,7 @@ use super::{
     State, Status, DETACHED_FILE, EXEC_PROCESS, MAIN_PROCESS,
 };
 use crate::sandbox::stdio::{forward_stdin, StdinWindow};
-use crate::sandbox::{Copy, RunSpec, Stdio};
+use crate::sandbox::{CopyRequest, RunSpec, Stdio};
 
 /// A connection to a detached sandbox's monitor.
 pub struct Control {
@@ -106,7 +106,7 @@ impl Control {
     /// Run `copy` with the sandbox's container (`husk cp`): the archive comes as the
     /// process's stdout, or goes as its stdin; returns its status (code 1 after the
     /// reason on stderr). Refused while the sandbox is paused.
-    pub fn copy(&mut self, copy: &Copy, stdio: Stdio) -> Result<ExitStatus, DetachedError> {
+    pub fn copy(&mut self, copy: &CopyRequest, stdio: Stdio) -> Result<ExitStatus, DetachedError> {
         self.run(&copy.message(""), stdio)
     }
 

@@ -14,7 +14,7 @@ use husk_protocol::{
 
 use super::monitor::{Event, Monitor};
 use super::{EXEC_PROCESS, MAIN_PROCESS};
-use crate::sandbox::{Copy, RunSpec, Stdio};
+use crate::sandbox::{CopyRequest, RunSpec, Stdio};
 
 /// The answer to a control request that has no process: `Done` or `Error`.
 fn done(result: Result<String, String>) -> Message {
@@ -195,14 +195,14 @@ fn start(
                 .exec(container, &spec, stdio)
                 .map_err(|e| e.to_string());
         }
-        Message::CopyOut { path, .. } => Copy::Out { path },
+        Message::CopyOut { path, .. } => CopyRequest::Out { path },
         Message::CopyIn {
             path,
             contents,
             preserve_owner,
             as_is,
             ..
-        } => Copy::In {
+        } => CopyRequest::In {
             path,
             contents,
             preserve_owner,

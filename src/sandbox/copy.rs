@@ -9,7 +9,7 @@ use super::{Process, Sandbox, SandboxError, Stdio};
 
 /// One copy between the caller and a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Copy {
+pub enum CopyRequest {
     /// The container's `path` comes out as a tar stream on the process's stdout.
     Out {
         /// The source in the container.
@@ -29,13 +29,13 @@ pub enum Copy {
     },
 }
 
-impl Copy {
+impl CopyRequest {
     /// The request for container `container`.
     pub fn message(&self, container: &str) -> Message {
         let container_id = container.to_string();
         match self.clone() {
-            Copy::Out { path } => Message::CopyOut { container_id, path },
-            Copy::In {
+            CopyRequest::Out { path } => Message::CopyOut { container_id, path },
+            CopyRequest::In {
                 path,
                 contents,
                 preserve_owner,
@@ -53,13 +53,13 @@ impl Copy {
 
 impl Sandbox {
     /// Start `copy` with the running container `container`: its archive is the
-    /// process's stdout (`Copy::Out`) or must be given as its stdin (`Copy::In`); the
+    /// process's stdout (`CopyRequest::Out`) or must be given as its stdin (`CopyRequest::In`); the
     /// process ends with code 0, or 1 after the reason on its stderr. A missing
     /// source, or a destination whose parent is missing, is refused at once.
     pub fn copy(
         &self,
         container: &str,
-        copy: &Copy,
+        copy: &CopyRequest,
         stdio: Stdio,
     ) -> Result<Process, SandboxError> {
         self.request(&copy.message(container), container.to_string(), stdio)

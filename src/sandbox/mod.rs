@@ -50,7 +50,7 @@ use husk_protocol::{write_message, ImageSpec, Message, ProcessId, WritableLayer}
 pub use husk_protocol::Limits as ContainerLimits;
 
 pub use config::{RunSpec, SandboxBuilder, SandboxConfig, SandboxImage};
-pub use copy::Copy;
+pub use copy::CopyRequest;
 pub use demux::Sink;
 pub use husk_protocol::{ExitStatus, TtySize};
 pub use net::{Ipv4Net, Nat};

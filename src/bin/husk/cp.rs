@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use clap::Args;
 
 use husk::detached::{Control, DetachedError};
-use husk::sandbox::{Buffer, Copy, Stdio};
+use husk::sandbox::{Buffer, CopyRequest, Stdio};
 
 #[derive(Args)]
 pub(crate) struct CpArgs {
@@ -90,7 +90,7 @@ fn copy_out(name: &str, path: &str, to: Side) -> Result<(), CliError> {
         stdout: sink,
         stderr: Box::new(errors.clone()),
     };
-    let copy = Copy::Out {
+    let copy = CopyRequest::Out {
         path: path.to_string(),
     };
     let status = control
@@ -126,7 +126,7 @@ fn copy_in(from: Side, name: &str, path: &str, preserve_owner: bool) -> Result<(
         stdout: Box::new(std::io::sink()),
         stderr: Box::new(errors.clone()),
     };
-    let copy = Copy::In {
+    let copy = CopyRequest::In {
         path: path.to_string(),
         contents,
         preserve_owner,

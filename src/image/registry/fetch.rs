@@ -140,12 +140,14 @@ fn download(
         let mut reader = response.into_body().into_reader();
         match copy_hashing(&mut reader, dest, bar, cancelled) {
             Ok((size, digest)) => return check(reference, layer, size, digest),
-            Err(Copy::Write(e)) => return Err(ImageError::io("write", dest)(e)),
-            Err(Copy::Read(e)) if attempt < ATTEMPTS && !cancelled.load(Ordering::SeqCst) => {
+            Err(TransferError::Write(e)) => return Err(ImageError::io("write", dest)(e)),
+            Err(TransferError::Read(e))
+                if attempt < ATTEMPTS && !cancelled.load(Ordering::SeqCst) =>
+            {
                 log::debug!("layer {}: transfer broke off ({e}); again", layer.digest);
                 attempt += 1;
             }
-            Err(Copy::Read(e)) => {
+            Err(TransferError::Read(e)) => {
                 return Err(RegistryError::Read(format!("layer {}: {e}", layer.digest)).into())
             }
         }
@@ -170,7 +172,7 @@ fn check(
     Ok(())
 }
 
-enum Copy {
+enum TransferError {
     Read(io::Error),
     Write(io::Error),
 }
@@ -181,27 +183,29 @@ fn copy_hashing(
     dest: &Path,
     bar: &ProgressBar,
     cancelled: &AtomicBool,
-) -> Result<(u64, String), Copy> {
-    let mut file = File::create(dest).map_err(Copy::Write)?;
+) -> Result<(u64, String), TransferError> {
+    let mut file = File::create(dest).map_err(TransferError::Write)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
         if cancelled.load(Ordering::SeqCst) {
-            return Err(Copy::Read(io::Error::other("another layer failed")));
+            return Err(TransferError::Read(io::Error::other(
+                "another layer failed",
+            )));
         }
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Copy::Read(e)),
+            Err(e) => return Err(TransferError::Read(e)),
         };
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(Copy::Write)?;
+        file.write_all(&buf[..n]).map_err(TransferError::Write)?;
         size += n as u64;
         bar.inc(n as u64);
     }
-    file.sync_all().map_err(Copy::Write)?;
+    file.sync_all().map_err(TransferError::Write)?;
     Ok((size, format!("sha256:{:x}", hasher.finalize())))
 }
 
