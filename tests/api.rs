@@ -4,7 +4,7 @@
 //! without an API. In the KVM test host, with the real guest kernel.
 mod common;
 
-use common::{assets, host_tool_files, run_script};
+use common::{assets, run_script, tool_files};
 
 /// The guest: writes a marker to its drive, counts to 100 on the console, resets.
 const GUEST: &str = r#"#!/bin/sh
@@ -155,7 +155,7 @@ echo "husk-processes-left=$(husk_processes)"
 
 #[test]
 fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_does() {
-    let curl = host_tool_files(&["/usr/bin/curl"], "curl", "install curl");
+    let curl = tool_files("curl", "curl", "curl");
     let assets = assets();
     let mut files = assets.files();
     files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));

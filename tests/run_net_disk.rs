@@ -58,7 +58,7 @@ echo "net-links=$(echo $(ls /sys/class/net))"
 echo "net-wget=$(timeout 60 wget -q -O - "http://$gw:7003/greeting")"
 echo hello-from-guest | timeout 60 nc -w 5 "$gw" 7002; echo "net-nc-status=$?"
 GUEST
-$R -i --net busybox -- sh < net.sh > net.out; echo "net-status=$?"
+$R -i --net link busybox -- sh < net.sh > net.out; echo "net-status=$?"
 cat net.out
 wait $listener
 exec 3>&-
@@ -74,7 +74,7 @@ next=$(( ((c * 256 + d) / 4 + 1) % 16384 * 4 ))
 taken=10.213.$((next / 256)).$((next % 256 + 1))
 echo "conflict-address=$taken"
 ip addr add "$taken/32" dev lo
-$R --net busybox -- true 2> conflict.err; echo "conflict-status=$?"
+$R --net link busybox -- true 2> conflict.err; echo "conflict-status=$?"
 echo "conflict-error=$(cat conflict.err)"
 ip addr del "$taken/32" dev lo
 echo "taps-after-conflict=$(ls /sys/class/net | grep -c '^husk')"

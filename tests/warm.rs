@@ -33,8 +33,8 @@ echo "hostname-differs=$(test "$(sed -n 2p c1)" != "$(sed -n 2p c2)" && echo yes
 echo "clock-skew-1=$(( $(sed -n 3p c1) - h1 ))"
 echo "clock-skew-2=$(( $(sed -n 3p c2) - h2 ))"
 id='cat /sys/class/net/eth0/address; ip -4 addr show eth0 | grep -o "inet [0-9.]*"'
-$R --net busybox -- sh -c "$id" > n1; echo "n1-status=$?"
-$R --net busybox -- sh -c "$id" > n2; echo "n2-status=$?"
+$R --net link busybox -- sh -c "$id" > n1; echo "n1-status=$?"
+$R --net link busybox -- sh -c "$id" > n2; echo "n2-status=$?"
 echo "mac-differs=$(test "$(sed -n 1p n1)" != "$(sed -n 1p n2)" && echo yes)"
 echo "address-set=$(grep -c 'inet 10.213' n1)"
 echo "address-differs=$(test "$(sed -n 2p n1)" != "$(sed -n 2p n2)" && echo yes)"

@@ -123,6 +123,21 @@ fn exec_round_trips() {
 }
 
 #[test]
+fn copy_requests_round_trip() {
+    round_trip(Message::CopyOut {
+        container_id: "c1".into(),
+        path: "/etc/hosts".into(),
+    });
+    round_trip(Message::CopyIn {
+        container_id: "c1".into(),
+        path: "/srv/".into(),
+        contents: true,
+        preserve_owner: false,
+        as_is: false,
+    });
+}
+
+#[test]
 fn started_round_trips() {
     round_trip(Message::Started { process_id: 7 });
 }
@@ -213,6 +228,7 @@ fn network_round_trips() {
         prefix_len: 30,
         gateway: std::net::Ipv4Addr::new(10, 213, 0, 5),
         mac: Some("02:00:00:aa:bb:cc".into()),
+        dns: vec![std::net::Ipv4Addr::new(10, 99, 0, 2)],
     });
 }
 
@@ -237,6 +253,7 @@ fn network_example_of_the_protocol_doc_parses() {
             prefix_len: 30,
             gateway: std::net::Ipv4Addr::new(10, 213, 0, 5),
             mac: None,
+            dns: vec![],
         }
     );
 }

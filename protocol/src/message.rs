@@ -148,7 +148,37 @@ pub enum Message {
         /// A pseudo-terminal of this size instead of pipes.
         tty: Option<TtySize>,
     },
-    /// Agent → host: the answer to Run or Exec, the new process's id.
+    /// Host → agent: stream `path` of the container's filesystem to the host as a tar
+    /// archive (`husk cp NAME:PATH ...`). Answered like an Exec: `Started` (or `Error`
+    /// when `path` does not exist), then the archive as the process's `Stdout`, then
+    /// `Exited` (code 0, or 1 after a `Stderr` message). The archive's first component
+    /// is `path`'s last one; modes, owners and times are kept.
+    CopyOut {
+        /// The container.
+        container_id: String,
+        /// The path in the container (relative paths start at its `/`).
+        path: String,
+    },
+    /// Host → agent: unpack the tar archive that follows as the process's `Stdin` at
+    /// `path` in the container, by docker's `cp` rules (`husk cp ... NAME:PATH`).
+    /// Answered by `Started` (or `Error` when `path`'s parent does not exist); `Exited`
+    /// after the host's `StdinClose` once everything is written (code 0, or 1 after a
+    /// `Stderr` message).
+    CopyIn {
+        /// The container.
+        container_id: String,
+        /// The destination in the container.
+        path: String,
+        /// The source was written `DIR/.`: its contents go into `path`.
+        contents: bool,
+        /// Keep the archived owners (else files belong to root).
+        preserve_owner: bool,
+        /// The archive is the caller's own tar stream (`husk cp - NAME:DIR`): its
+        /// entries go into the existing directory `path` as they are.
+        #[serde(default)]
+        as_is: bool,
+    },
+    /// Agent → host: the answer to Run, Exec, CopyOut or CopyIn, the new process's id.
     Started {
         /// The id that later frames about this process carry.
         process_id: ProcessId,
@@ -239,6 +269,10 @@ pub enum Message {
         /// restored from a snapshot keeps the snapshot's otherwise.
         #[serde(default)]
         mac: Option<String>,
+        /// DNS servers for the guest's `/etc/resolv.conf`, which every container
+        /// started afterwards gets a copy of (none: no resolver is configured).
+        #[serde(default)]
+        dns: Vec<Ipv4Addr>,
     },
     /// Agent → host: the answer to a successful [`Message::Network`].
     NetworkReady,

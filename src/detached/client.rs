@@ -17,7 +17,7 @@ use super::{
     State, Status, DETACHED_FILE, EXEC_PROCESS, MAIN_PROCESS,
 };
 use crate::sandbox::stdio::{forward_stdin, StdinWindow};
-use crate::sandbox::{RunSpec, Stdio};
+use crate::sandbox::{CopyRequest, RunSpec, Stdio};
 
 /// A connection to a detached sandbox's monitor.
 pub struct Control {
@@ -92,14 +92,27 @@ impl Control {
 
     /// Run `spec` in the sandbox's container and stream its stdio; returns its status.
     pub fn exec(&mut self, spec: &RunSpec, stdio: Stdio) -> Result<ExitStatus, DetachedError> {
-        self.send(&Message::Exec {
+        let exec = Message::Exec {
             container_id: String::new(),
             args: spec.args.clone(),
             env: spec.env.clone(),
             cwd: spec.cwd.clone(),
             user: spec.user.clone(),
             tty: spec.tty,
-        })?;
+        };
+        self.run(&exec, stdio)
+    }
+
+    /// Run `copy` with the sandbox's container (`husk cp`): the archive comes as the
+    /// process's stdout, or goes as its stdin; returns its status (code 1 after the
+    /// reason on stderr). Refused while the sandbox is paused.
+    pub fn copy(&mut self, copy: &CopyRequest, stdio: Stdio) -> Result<ExitStatus, DetachedError> {
+        self.run(&copy.message(""), stdio)
+    }
+
+    /// Send a process request and stream its stdio until it exits.
+    fn run(&mut self, request: &Message, stdio: Stdio) -> Result<ExitStatus, DetachedError> {
+        self.send(request)?;
         let control = |source| DetachedError::Control {
             name: self.name.clone(),
             source,
@@ -284,6 +297,11 @@ fn restore_request(
     name: String,
     remove_after: bool,
 ) -> Request {
+    // A fork's original runs on and keeps its published ports.
+    let publish = match remove_after {
+        true => Vec::new(),
+        false => saved.request.publish.clone(),
+    };
     Request {
         name,
         restore: Some(RestoreFrom {
@@ -294,6 +312,7 @@ fn restore_request(
         }),
         // The new sandbox's own timeout would start again; a restored one has none.
         timeout: None,
+        publish,
         ..saved.request
     }
 }

@@ -14,7 +14,7 @@ use husk_protocol::{
 
 use super::monitor::{Event, Monitor};
 use super::{EXEC_PROCESS, MAIN_PROCESS};
-use crate::sandbox::{RunSpec, Stdio};
+use crate::sandbox::{CopyRequest, RunSpec, Stdio};
 
 /// The answer to a control request that has no process: `Done` or `Error`.
 fn done(result: Result<String, String>) -> Message {
@@ -165,8 +165,68 @@ fn greet(conn: &mut UnixStream) -> Result<(), ProtocolError> {
     }
 }
 
+/// Starts what an `Exec`, `CopyOut` or `CopyIn` asks for in the sandbox's container.
+/// A copy is refused while the sandbox is paused (its agent could not answer).
+fn start(
+    monitor: &Monitor,
+    request: Message,
+    stdio: Stdio,
+) -> Result<crate::sandbox::Process, String> {
+    let container = monitor.main.container_id();
+    let copy = match request {
+        Message::Exec {
+            args,
+            env,
+            cwd,
+            user,
+            tty,
+            ..
+        } => {
+            let spec = RunSpec {
+                args,
+                env,
+                cwd,
+                user,
+                tty,
+                ..RunSpec::default()
+            };
+            return monitor
+                .sandbox
+                .exec(container, &spec, stdio)
+                .map_err(|e| e.to_string());
+        }
+        Message::CopyOut { path, .. } => CopyRequest::Out { path },
+        Message::CopyIn {
+            path,
+            contents,
+            preserve_owner,
+            as_is,
+            ..
+        } => CopyRequest::In {
+            path,
+            contents,
+            preserve_owner,
+            as_is,
+        },
+        other => return Err(format!("not a process request: {other:?}")),
+    };
+    if monitor.sandbox.is_paused() {
+        return Err(format!(
+            "sandbox {} is paused: `husk resume {}` first",
+            monitor.dir.name, monitor.dir.name
+        ));
+    }
+    monitor
+        .sandbox
+        .copy(container, &copy, stdio)
+        .map_err(|e| match e {
+            crate::sandbox::SandboxError::Refused(message) => message,
+            other => other.to_string(),
+        })
+}
+
 pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sender<Event>) {
-    let (sandbox, main) = (&*monitor.sandbox, &*monitor.main);
+    let main = &*monitor.main;
     if let Err(e) = greet(&mut conn) {
         log::debug!("control client went away during the handshake: {e}");
         return;
@@ -191,24 +251,11 @@ pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sen
             Err(_) => return,
         };
         let reply = match message {
-            Message::Exec {
-                args,
-                env,
-                cwd,
-                user,
-                tty,
-                ..
-            } if exec.is_none() => {
+            Message::Exec { .. } | Message::CopyOut { .. } | Message::CopyIn { .. }
+                if exec.is_none() =>
+            {
                 let (client_stdin, reader) = ClientStdin::new(out.clone());
                 stdin = Some(client_stdin);
-                let spec = RunSpec {
-                    args,
-                    env,
-                    cwd,
-                    user,
-                    tty,
-                    ..RunSpec::default()
-                };
                 let stdio = Stdio {
                     stdin: Some(Box::new(reader)),
                     stdout: Box::new(FrameSink {
@@ -220,7 +267,7 @@ pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sen
                         stderr: true,
                     }),
                 };
-                match sandbox.exec(main.container_id(), &spec, stdio) {
+                match start(monitor, message, stdio) {
                     Ok(process) => {
                         let process = Arc::new(process);
                         exec = Some(process.clone());
@@ -243,14 +290,14 @@ pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sen
                         }
                         None
                     }
-                    Err(e) => Some(Message::Error {
-                        message: e.to_string(),
-                    }),
+                    Err(message) => Some(Message::Error { message }),
                 }
             }
-            Message::Exec { .. } => Some(Message::Error {
-                message: "one Exec per control connection".into(),
-            }),
+            Message::Exec { .. } | Message::CopyOut { .. } | Message::CopyIn { .. } => {
+                Some(Message::Error {
+                    message: "one Exec or copy per control connection".into(),
+                })
+            }
             Message::Stdin { data, .. } => match &stdin {
                 Some(client_stdin) if !client_stdin.push(data) => {
                     stdin = None;

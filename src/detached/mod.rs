@@ -167,8 +167,14 @@ pub struct Request {
     pub cpus: u8,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
-    /// `--net`.
+    /// A network (`--net link` or `nat`).
     pub network: bool,
+    /// `--net nat` (with `--dns`, `--allow`).
+    #[serde(default)]
+    pub nat: Option<crate::sandbox::Nat>,
+    /// `-p`.
+    #[serde(default)]
+    pub publish: Vec<crate::sandbox::Publish>,
     /// `--disk`.
     pub scratch_disk_mib: Option<u64>,
     /// Guest console file, if any.

@@ -241,6 +241,8 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
     config.cpus = request.cpus;
     config.memory_mib = request.memory_mib;
     config.network = request.network;
+    config.nat = request.nat.clone();
+    config.publish = request.publish.clone();
     config.scratch_disk_mib = request.scratch_disk_mib;
     config.runtime_parent = Some(dir.path.clone());
     config.warm = request.warm;
@@ -278,6 +280,7 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
                 runtime_parent: config.runtime_parent,
                 timeout: config.boot_timeout,
                 adopt,
+                publish: Some(config.publish),
             };
             let (sandbox, mut processes) = Sandbox::restore(&from.dir, options)?;
             let main = processes

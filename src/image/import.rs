@@ -104,6 +104,17 @@ pub(crate) fn build(input: &Path, tmp: &Path, progress: bool) -> Result<Built, I
         });
     }
     let plan = plan(input, kind, tmp)?;
+    build_plan(plan, input, tmp, progress)
+}
+
+/// Stages `plan`'s layers (errors name `input`) and builds the erofs file inside `tmp`.
+pub(crate) fn build_plan(
+    plan: Plan,
+    input: &Path,
+    tmp: &Path,
+    progress: bool,
+) -> Result<Built, ImageError> {
+    let out = tmp.join("image.erofs");
     let rootfs = tmp.join("rootfs");
     fs::create_dir(&rootfs).map_err(ImageError::io("create", &rootfs))?;
     let started = Instant::now();

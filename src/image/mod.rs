@@ -17,6 +17,8 @@ mod fsimage;
 mod import;
 mod layer;
 mod oci;
+mod pull;
+pub mod registry;
 mod source;
 mod store;
 
@@ -25,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use pull::{login, PullOptions};
 pub use store::ImageStore;
 
 /// An error of the image store. Messages name the input, entry, blob or tool at fault;
@@ -119,6 +122,9 @@ pub enum ImageError {
         /// The tail of its standard error.
         stderr: String,
     },
+    /// A registry pull failed.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
     /// No image has this name or digest.
     #[error("no image {0:?}")]
     NotFound(String),

@@ -24,11 +24,11 @@ pub(crate) struct Plan {
 /// A content descriptor (image spec descriptor.md).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(default)]
-    media_type: Option<String>,
-    digest: String,
-    size: Option<u64>,
+    pub media_type: Option<String>,
+    pub digest: String,
+    pub size: Option<u64>,
     #[serde(default)]
     platform: Option<Platform>,
     #[serde(default)]
@@ -43,10 +43,10 @@ struct Platform {
 
 /// An index or a manifest: which one it is shows in the fields present.
 #[derive(Debug, Deserialize)]
-struct Document {
-    manifests: Option<Vec<Descriptor>>,
-    config: Option<Descriptor>,
-    layers: Option<Vec<Descriptor>>,
+pub(crate) struct Document {
+    pub manifests: Option<Vec<Descriptor>>,
+    pub config: Option<Descriptor>,
+    pub layers: Option<Vec<Descriptor>>,
 }
 
 /// The image config (image spec config.md), the parts husk uses.
@@ -155,7 +155,7 @@ fn resolve_manifest(
 }
 
 /// The linux/amd64 entry of an index, else its first entry without a platform.
-fn pick(manifests: &mut Vec<Descriptor>) -> Option<Descriptor> {
+pub(crate) fn pick(manifests: &mut Vec<Descriptor>) -> Option<Descriptor> {
     let amd64 = manifests.iter().position(|d| {
         d.platform
             .as_ref()

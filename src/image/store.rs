@@ -32,6 +32,9 @@ struct Metadata {
     size: u64,
     created: u64,
     source: String,
+    /// The registry layers it was pulled from (kept in `images/layers/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    layers: Vec<String>,
 }
 
 /// `names.json`: name to digest.
@@ -87,6 +90,7 @@ impl ImageStore {
             &built,
             name.as_deref(),
             &src.display().to_string(),
+            &[],
             tmp.path(),
         )
     }
@@ -139,8 +143,34 @@ impl ImageStore {
             let (erofs, meta) = self.files(&digest);
             fs::remove_file(&meta).map_err(ImageError::io("remove", &meta))?;
             fs::remove_file(&erofs).map_err(ImageError::io("remove", &erofs))?;
+            self.prune_layers();
         }
         Ok(())
+    }
+
+    /// Removes the kept registry layers no stored image was pulled from (best effort:
+    /// they only spare a later pull its downloads).
+    fn prune_layers(&self) {
+        let dir = self.images().join(super::registry::LAYERS_DIR);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        let mut used = std::collections::HashSet::new();
+        for digest in self.digests().unwrap_or_default() {
+            match self.metadata(&digest) {
+                Ok(meta) => used.extend(meta.layers),
+                // An unreadable record might need any layer: keep them all.
+                Err(_) => return,
+            }
+        }
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !used.contains(&format!("sha256:{name}")) {
+                if let Err(e) = fs::remove_file(entry.path()) {
+                    log::warn!("cannot remove layer {}: {e}", entry.path().display());
+                }
+            }
+        }
     }
 
     /// The default `busybox` image, built from Debian's busybox-static on first use.
@@ -159,11 +189,12 @@ impl ImageStore {
             &built,
             Some(super::busybox::NAME),
             "busybox-static",
+            &[],
             tmp.path(),
         )
     }
 
-    fn images(&self) -> PathBuf {
+    pub(super) fn images(&self) -> PathBuf {
         self.root.join("images")
     }
 
@@ -183,11 +214,13 @@ impl ImageStore {
 
     /// Publishes a built image: metadata and erofs renamed into place (unless the same
     /// content is there already), then the name index; undone if the index fails.
-    fn commit(
+    /// `layers` are the registry layers it came from.
+    pub(super) fn commit(
         &self,
         built: &Built,
         name: Option<&str>,
         source: &str,
+        layers: &[String],
         tmp: &Path,
     ) -> Result<Image, ImageError> {
         let (erofs, meta_path) = self.files(&built.digest);
@@ -202,6 +235,7 @@ impl ImageStore {
                 size,
                 created: now(),
                 source: source.to_string(),
+                layers: layers.to_vec(),
             };
             let staged_meta = tmp.join("meta.json");
             write_json(&staged_meta, &meta)?;
@@ -258,14 +292,18 @@ impl ImageStore {
         Ok(digests)
     }
 
-    fn load(&self, digest: &str, name: Option<String>) -> Result<Image, ImageError> {
-        let (erofs, meta_path) = self.files(digest);
+    fn metadata(&self, digest: &str) -> Result<Metadata, ImageError> {
+        let meta_path = self.files(digest).1;
         let bytes = fs::read(&meta_path).map_err(ImageError::io("read", &meta_path))?;
-        let meta: Metadata =
-            serde_json::from_slice(&bytes).map_err(|source| ImageError::Metadata {
-                path: meta_path.clone(),
-                source,
-            })?;
+        serde_json::from_slice(&bytes).map_err(|source| ImageError::Metadata {
+            path: meta_path.clone(),
+            source,
+        })
+    }
+
+    fn load(&self, digest: &str, name: Option<String>) -> Result<Image, ImageError> {
+        let erofs = self.files(digest).0;
+        let meta = self.metadata(digest)?;
         Ok(Image {
             name,
             digest: meta.digest,
@@ -364,6 +402,7 @@ mod tests {
                 size: 1,
                 created: 2,
                 source: "test".to_string(),
+                layers: Vec::new(),
             };
             write_json(&store.files(digest).1, &meta).unwrap();
         }

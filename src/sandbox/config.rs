@@ -47,8 +47,12 @@ pub struct SandboxConfig {
     /// Network cards.
     pub nets: Vec<NetConfig>,
     /// Give the guest a network: a TAP husk creates, a /30 link between host and guest,
-    /// the guest's eth0 configured by the agent ([`net`]).
+    /// the guest's eth0 configured by the agent ([`super::net`]).
     pub network: bool,
+    /// A way out beyond the host through NAT, with DNS (`--net nat`; needs `network`).
+    pub nat: Option<super::Nat>,
+    /// Host ports forwarded to the guest's (`-p`; needs `network`).
+    pub publish: Vec<super::Publish>,
     /// Put the containers' writable layers on a scratch disk of this many MiB (a sparse
     /// ext4 file in the runtime folder, removed with it) instead of a tmpfs in guest RAM.
     pub scratch_disk_mib: Option<u64>,
@@ -82,6 +86,8 @@ impl SandboxConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             network: false,
+            nat: None,
+            publish: Vec::new(),
             scratch_disk_mib: None,
             console: ConsoleConfig::Off,
             boot_timeout: Duration::from_secs(600),
@@ -142,6 +148,19 @@ impl SandboxBuilder {
     /// A link to the host (`husk run --net`).
     pub fn network(mut self, on: bool) -> Self {
         self.config.network = on;
+        self
+    }
+
+    /// A network with NAT and DNS (`husk run --net nat`).
+    pub fn nat(mut self, nat: super::Nat) -> Self {
+        self.config.network = true;
+        self.config.nat = Some(nat);
+        self
+    }
+
+    /// Publish a guest port on the host (`husk run -p`); needs a network.
+    pub fn publish(mut self, mapping: super::Publish) -> Self {
+        self.config.publish.push(mapping);
         self
     }
 

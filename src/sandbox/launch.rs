@@ -34,6 +34,8 @@ pub(super) struct Launched {
     pub answered: Instant,
     /// Whether it came from a template.
     pub warm: bool,
+    /// The host's side of its network.
+    pub net: Option<net::HostNet>,
 }
 
 /// What a launch works with.
@@ -82,6 +84,7 @@ pub(super) fn launch(
     origin: Origin<'_>,
     vm: Option<VmmProcess>,
 ) -> Result<Launched, SandboxError> {
+    net::validate(config)?;
     let uds = paths.runtime.join("vsock.sock");
     let deadline = Instant::now() + config.boot_timeout;
     let mut loaded = None;
@@ -149,10 +152,9 @@ pub(super) fn launch(
         }
     };
     let vm_running = Instant::now();
-    let link = match config.network {
-        true => Some(net::configure_host_side(&vm.tap_names()?)?),
-        false => None,
-    };
+    let host_net = (config.network)
+        .then(|| Ok::<_, SandboxError>(net::HostNet::set_up(&vm.tap_names()?, config)?))
+        .transpose()?;
     let mut conn = connect_agent(&vm, &uds, config.boot_timeout)?;
     let answered = Instant::now();
     let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
@@ -164,9 +166,10 @@ pub(super) fn launch(
     if warm {
         identify(&mut conn, config, &paths).map_err(|e| agent_down(&vm, "take its identity", e))?;
     }
-    if let Some(link) = &link {
+    if let Some(host_net) = &host_net {
         let mac = mac.map(|m| m.to_string());
-        net::configure_guest(&mut conn, link, mac).map_err(|e| match e {
+        let dns = host_net.dns.clone();
+        net::configure_guest(&mut conn, &host_net.link, mac, dns).map_err(|e| match e {
             net::NetError::Protocol(e) => agent_down(&vm, "configure the network", e),
             other => other.into(),
         })?;
@@ -179,6 +182,7 @@ pub(super) fn launch(
         loaded,
         answered,
         warm,
+        net: host_net,
     })
 }
 

@@ -20,13 +20,17 @@
 pub mod agent;
 mod config;
 mod connect;
+mod copy;
 mod demux;
+mod dns;
 pub mod initramfs;
 pub mod jailing;
 pub mod launch;
+pub mod nat;
 pub mod net;
 mod persist;
 mod pool;
+pub mod ports;
 mod process;
 pub mod scratch;
 pub mod signals;
@@ -49,10 +53,13 @@ use husk_protocol::{write_message, ImageSpec, Message, ProcessId, WritableLayer}
 pub use husk_protocol::Limits as ContainerLimits;
 
 pub use config::{RunSpec, SandboxBuilder, SandboxConfig, SandboxImage};
+pub use copy::CopyRequest;
 pub use demux::Sink;
 pub use husk_protocol::{ExitStatus, TtySize};
+pub use net::{Ipv4Net, Nat};
 pub use persist::{RestoreSandbox, SandboxSnapshot, SnapshotReport};
 pub use pool::VmmPool;
+pub use ports::Publish;
 pub use process::Process;
 pub use stdio::{Buffer, Stdio};
 pub use template::Template;
@@ -280,6 +287,18 @@ pub struct Sandbox {
     scratch: Option<PathBuf>,
     /// Stop through the agent (the caller's disks must be synced).
     graceful_stop: bool,
+    /// What the host set up for the network (link, nftables table, published ports),
+    /// released with the sandbox.
+    host_net: Mutex<Option<net::HostNet>>,
+    /// The network it was asked for, for its snapshots.
+    net_request: NetRequest,
+}
+
+/// A sandbox's NAT and published ports, as configured.
+#[derive(Debug, Clone, Default)]
+struct NetRequest {
+    nat: Option<Nat>,
+    publish: Vec<Publish>,
 }
 
 /// What a sandbox is made of besides its VM and agent connection.
@@ -292,6 +311,7 @@ struct Assembly {
     containers: u32,
     container_env: HashMap<String, Vec<String>>,
     graceful_stop: bool,
+    net_request: NetRequest,
 }
 
 /// The sandbox's runtime folder (sockets, scratch disk), removed when it ends.
@@ -364,6 +384,10 @@ impl Sandbox {
             containers: 0,
             container_env: HashMap::new(),
             graceful_stop: !config.disks.is_empty(),
+            net_request: NetRequest {
+                nat: config.nat,
+                publish: config.publish,
+            },
         };
         Ok(Self::assemble(parts, launched, Vec::new())?.0)
     }
@@ -377,6 +401,7 @@ impl Sandbox {
     ) -> Result<(Self, Vec<Process>), SandboxError> {
         let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
         let conn = launched.conn;
+        let host_net = launched.net;
         let writer = Arc::new(Mutex::new(conn.try_clone().map_err(io)?));
         let (containers, routes): (Vec<String>, Vec<_>) = adopt
             .into_iter()
@@ -417,6 +442,8 @@ impl Sandbox {
             writable_layer: scratch::writable_layer(parts.scratch.as_deref()),
             scratch: parts.scratch,
             graceful_stop: parts.graceful_stop,
+            host_net: Mutex::new(host_net),
+            net_request: parts.net_request,
         };
         Ok((sandbox, processes))
     }
@@ -627,9 +654,24 @@ impl Sandbox {
         Ok(report)
     }
 
-    /// With the VM gone, end the connection and its reader thread, and remove the
-    /// runtime folder.
+    /// The host's end of the sandbox's link, its guest's address, and its nftables
+    /// table, when it has a network.
+    pub fn network(&self) -> Option<(net::GuestNet, Option<String>)> {
+        let host_net = self.host_net.lock().unwrap_or_else(|e| e.into_inner());
+        host_net
+            .as_ref()
+            .map(|n| (n.link.clone(), n.table().map(str::to_string)))
+    }
+
+    /// With the VM gone, end the connection and its reader thread, remove the network's
+    /// rules and ports and the runtime folder.
     fn release(&self) {
+        drop(
+            self.host_net
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         drop(
             self.runtime
                 .lock()

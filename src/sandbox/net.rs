@@ -1,15 +1,25 @@
-//! The sandbox network (`husk run --net`): a /30 link between the host and the guest
-//! over the TAP husk creates for the VM. The host's end gets the first address of a /30
-//! in 10.213.0.0/16 picked from the TAP's interface index (unique among live
-//! interfaces, so concurrent sandboxes get different links); the agent gives the guest's
-//! eth0 the second address and routes everything through the host. Reaching beyond the
-//! host needs forwarding or NAT there, which husk leaves alone; there is no DNS.
+//! The sandbox network (`husk run --net link|nat`): a /30 link between the host and
+//! the guest over the TAP husk creates for the VM. The host's end gets the first
+//! address of a /30 in 10.213.0.0/16 picked from the TAP's interface index (unique
+//! among live interfaces, so concurrent sandboxes get different links); the agent gives
+//! the guest's eth0 the second address and routes everything through the host.
+//!
+//! `link` stops there: the guest reaches the host, nothing beyond (an nftables table
+//! drops whatever would be forwarded to or from it). `nat` adds the host's side of a
+//! way out ([`super::nat`]: masquerade, forwarding, an optional allowlist) and DNS
+//! servers for the guest ([`super::dns`]). Either may publish ports
+//! ([`super::ports`]). Everything the host sets up for a sandbox lives in its
+//! [`HostNet`] and goes when that is dropped.
 
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
+use std::str::FromStr;
 
 use husk_protocol::{read_message, write_message, Message, ProtocolError};
 
+use super::nat::{self, Egress, Rules};
+use super::ports::Proxies;
+use super::SandboxConfig;
 use husk_netif as ifconfig;
 
 /// The network all links are cut from: 10.213.0.0/16.
@@ -71,6 +81,140 @@ pub enum NetError {
     /// The agent could not configure the guest's interface.
     #[error("the guest agent could not configure {GUEST_INTERFACE}: {0}")]
     Guest(String),
+    /// NAT, published ports or DNS were asked for without a network.
+    #[error("NAT, published ports and DNS servers need a network (--net link or nat)")]
+    NoNetwork,
+    /// The host's NAT rules could not be set up.
+    #[error("--net nat: {0}")]
+    Nat(String),
+    /// A published port's host address could not be had.
+    #[error("cannot publish {address}")]
+    Publish {
+        /// The host address and port.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An IPv4 network, `a.b.c.d/n` (`--allow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv4Net {
+    /// The network's address (host bits cleared).
+    pub address: Ipv4Addr,
+    /// The prefix length, 0 to 32.
+    pub prefix_len: u8,
+}
+
+impl FromStr for Ipv4Net {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("invalid network {text:?}: want a.b.c.d/n or a.b.c.d");
+        let (addr, len) = text.split_once('/').unwrap_or((text, "32"));
+        let address: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let prefix_len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(bad)?;
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(prefix_len))
+            .unwrap_or(0);
+        Ok(Self {
+            address: Ipv4Addr::from(u32::from(address) & mask),
+            prefix_len,
+        })
+    }
+}
+
+impl TryFrom<String> for Ipv4Net {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<Ipv4Net> for String {
+    fn from(net: Ipv4Net) -> String {
+        net.to_string()
+    }
+}
+
+impl std::fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+/// `--net nat`: the guest gets a way out through the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nat {
+    /// The guest's DNS servers (empty: the host's own that it can reach).
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// The only networks the guest may reach beyond the host (empty: any).
+    #[serde(default)]
+    pub allow: Vec<Ipv4Net>,
+}
+
+/// What the host set up for one sandbox's network: the link's address on the TAP, the
+/// nftables table, the published ports. Dropping it removes the table and closes the
+/// ports (the TAP goes with the VM).
+pub struct HostNet {
+    /// The link.
+    pub link: GuestNet,
+    /// The guest's DNS servers.
+    pub dns: Vec<Ipv4Addr>,
+    rules: Option<Rules>,
+    _proxies: Option<Proxies>,
+}
+
+impl HostNet {
+    /// The host's side of `config`'s network for the VM's first card (of `taps`): the link, stale
+    /// tables of killed sandboxes removed, this one's table (NAT or isolation), its
+    /// published ports.
+    pub fn set_up(taps: &[String], config: &SandboxConfig) -> Result<Self, NetError> {
+        let link = configure_host_side(taps)?;
+        nat::remove_stale(&link.tap);
+        let (rules, dns) = match &config.nat {
+            Some(nat) => {
+                let dns = match nat.dns.is_empty() {
+                    true => super::dns::host_servers(),
+                    false => nat.dns.clone(),
+                };
+                let egress = Egress {
+                    allow: nat.allow.clone(),
+                    dns: dns.clone(),
+                };
+                (Some(nat::install_nat(&link, &egress)?), dns)
+            }
+            None => (nat::install_isolation(&link), Vec::new()),
+        };
+        let proxies = match config.publish.is_empty() {
+            true => None,
+            false => Some(Proxies::start(&config.publish, link.guest)?),
+        };
+        Ok(Self {
+            link,
+            dns,
+            rules,
+            _proxies: proxies,
+        })
+    }
+
+    /// The name of the sandbox's nftables table, if it has one.
+    pub fn table(&self) -> Option<&str> {
+        self.rules.as_ref().map(Rules::table)
+    }
+}
+
+/// Checks that `config` asks for NAT, ports or DNS only with a network.
+pub fn validate(config: &SandboxConfig) -> Result<(), NetError> {
+    let wants = config.nat.is_some() || !config.publish.is_empty();
+    match wants && !config.network {
+        true => Err(NetError::NoNetwork),
+        false => Ok(()),
+    }
 }
 
 /// The addresses of one sandbox's host/guest link.
@@ -154,12 +298,13 @@ pub fn configure_tap(tap: &str) -> Result<GuestNet, NetError> {
 }
 
 /// Ask the agent to configure the guest's end of `link` (with `mac` first, for a guest
-/// restored from a snapshot) and wait for its answer. Right after the handshake, so no
-/// other frame can come first.
+/// restored from a snapshot, and `dns` for its resolv.conf) and wait for its answer.
+/// Right after the handshake, so no other frame can come first.
 pub fn configure_guest(
     conn: &mut UnixStream,
     link: &GuestNet,
     mac: Option<String>,
+    dns: Vec<Ipv4Addr>,
 ) -> Result<(), NetError> {
     let request = Message::Network {
         interface: GUEST_INTERFACE.into(),
@@ -167,6 +312,7 @@ pub fn configure_guest(
         prefix_len: link.prefix_len,
         gateway: link.host,
         mac,
+        dns,
     };
     write_message(conn, &request)?;
     match read_message(conn)? {
@@ -209,6 +355,22 @@ mod tests {
             (last.host, last.guest),
             (addr("10.213.255.253"), addr("10.213.255.254"))
         );
+    }
+
+    #[test]
+    fn networks_parse_with_host_bits_cleared_and_a_bare_address_is_a_slash_32() {
+        let net: Ipv4Net = "192.0.2.77/24".parse().unwrap();
+        assert_eq!(net.to_string(), "192.0.2.0/24");
+        assert_eq!(
+            "10.1.2.3".parse::<Ipv4Net>().unwrap().to_string(),
+            "10.1.2.3/32"
+        );
+        assert_eq!(
+            "0.0.0.0/0".parse::<Ipv4Net>().unwrap().to_string(),
+            "0.0.0.0/0"
+        );
+        assert!("10.0.0.0/33".parse::<Ipv4Net>().is_err());
+        assert!("example.com".parse::<Ipv4Net>().is_err());
     }
 
     #[test]
@@ -280,7 +442,8 @@ mod tests {
             write_message(&mut agent, &Message::NetworkReady).unwrap();
             request
         });
-        configure_guest(&mut host, &link, Some("02:00:00:00:00:01".into())).unwrap();
+        let dns = vec![addr("10.99.0.2")];
+        configure_guest(&mut host, &link, Some("02:00:00:00:00:01".into()), dns).unwrap();
         assert_eq!(
             peer.join().unwrap(),
             Message::Network {
@@ -289,6 +452,7 @@ mod tests {
                 prefix_len: 30,
                 gateway: addr("10.213.0.21"),
                 mac: Some("02:00:00:00:00:01".into()),
+                dns: vec![addr("10.99.0.2")],
             }
         );
     }
@@ -301,7 +465,8 @@ mod tests {
             let message = "no such device".to_string();
             write_message(&mut agent, &Message::Error { message }).unwrap();
         });
-        let err = configure_guest(&mut host, &GuestNet::for_ifindex("husk0", 1), None).unwrap_err();
+        let link = GuestNet::for_ifindex("husk0", 1);
+        let err = configure_guest(&mut host, &link, None, vec![]).unwrap_err();
         peer.join().unwrap();
         assert!(err.to_string().contains("no such device"), "{err}");
     }

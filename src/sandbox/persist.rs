@@ -57,6 +57,12 @@ pub struct SandboxSnapshot {
     pub memory_mib: u64,
     /// Whether it had a network card on a TAP.
     pub network: bool,
+    /// Its NAT (`--net nat`), if any.
+    #[serde(default)]
+    pub nat: Option<super::Nat>,
+    /// Its published ports.
+    #[serde(default)]
+    pub publish: Vec<super::Publish>,
     /// Whether `scratch.img` holds its writable layers.
     pub scratch: bool,
     /// Containers started so far (new ones are numbered on from here).
@@ -88,6 +94,9 @@ pub struct RestoreSandbox {
     pub timeout: Duration,
     /// Processes that run in the snapshot to wait for: id, container, stdout, stderr.
     pub adopt: Vec<(ProcessId, String, Sink, Sink)>,
+    /// The ports to publish (`None`: the saved sandbox's; a fork publishes none, its
+    /// original holds them).
+    pub publish: Option<Vec<super::Publish>>,
 }
 
 impl Default for RestoreSandbox {
@@ -97,6 +106,7 @@ impl Default for RestoreSandbox {
             runtime_parent: None,
             timeout: Duration::from_secs(600),
             adopt: Vec::new(),
+            publish: None,
         }
     }
 }
@@ -189,6 +199,8 @@ impl Sandbox {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
             network: !vm.tap_names()?.is_empty(),
+            nat: self.net_request.nat.clone(),
+            publish: self.net_request.publish.clone(),
             scratch: self.scratch.is_some(),
             containers: self.containers.load(std::sync::atomic::Ordering::SeqCst),
             container_env: self
@@ -226,6 +238,8 @@ impl Sandbox {
         config.cpus = saved.cpus;
         config.memory_mib = saved.memory_mib;
         config.network = saved.network;
+        config.nat = saved.nat.clone();
+        config.publish = options.publish.unwrap_or_else(|| saved.publish.clone());
         config.console = options.console;
         config.boot_timeout = options.timeout;
         config.runtime_parent = options.runtime_parent;
@@ -259,6 +273,10 @@ impl Sandbox {
             containers: saved.containers,
             container_env: saved.container_env,
             graceful_stop: false,
+            net_request: super::NetRequest {
+                nat: config.nat,
+                publish: config.publish,
+            },
         };
         Sandbox::assemble(parts, launched, options.adopt)
     }
@@ -282,6 +300,7 @@ impl Sandbox {
             console,
             runtime_parent: parent,
             adopt,
+            publish: Some(Vec::new()),
             ..RestoreSandbox::default()
         };
         // The copy maps the memory file privately; the folder can go once it runs.

@@ -23,6 +23,13 @@ impl RawMode {
     /// Put stdin in raw mode: keys (Ctrl-C too) go to the sandboxed process as bytes and
     /// nothing is echoed locally. `None` when stdin is not a terminal.
     pub fn enable() -> io::Result<Option<Self>> {
+        // SAFETY: raw is a valid termios; cfmakeraw only changes its flags.
+        Self::change(|raw| unsafe { libc::cfmakeraw(raw) })
+    }
+
+    /// Apply `change` to stdin's settings until dropped; `None` when stdin is not a
+    /// terminal.
+    fn change(change: impl FnOnce(&mut libc::termios)) -> io::Result<Option<Self>> {
         let stdin = io::stdin();
         if !stdin.is_terminal() {
             return Ok(None);
@@ -36,8 +43,7 @@ impl RawMode {
         // SAFETY: tcgetattr succeeded, so the termios is initialized.
         let saved = unsafe { saved.assume_init() };
         let mut raw = saved;
-        // SAFETY: raw is a valid termios; cfmakeraw only changes its flags.
-        unsafe { libc::cfmakeraw(&mut raw) };
+        change(&mut raw);
         // SAFETY: fd is an open terminal and raw a valid termios the kernel only reads.
         if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
             return Err(io::Error::last_os_error());
@@ -50,6 +56,18 @@ impl Drop for RawMode {
     fn drop(&mut self) {
         // SAFETY: fd is still stdin and saved the settings read from it.
         unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+    }
+}
+
+/// Echo off on stdin until dropped, for a password prompt.
+pub struct NoEcho {
+    _saved: RawMode,
+}
+
+impl NoEcho {
+    /// Stop echoing typed characters; `None` when stdin is not a terminal.
+    pub fn enable() -> io::Result<Option<Self>> {
+        Ok(RawMode::change(|t| t.c_lflag &= !libc::ECHO)?.map(|saved| Self { _saved: saved }))
     }
 }
 

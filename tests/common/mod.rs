@@ -501,28 +501,23 @@ export PATH=$PWD/bin:$PATH
 /// This machine's mkfs.ext4, its libraries and the dynamic loader, as `run_script`
 /// files under `e2fs/` (the loader as `e2fs/ld.so`).
 pub fn mkfs_ext4_files() -> Vec<(PathBuf, String)> {
-    host_tool_files(
-        &["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"],
-        "e2fs",
-        "install e2fsprogs",
-    )
+    tool_files("mkfs.ext4", "e2fs", "e2fsprogs")
 }
 
-/// The first of `candidates` that exists on this machine, with its shared libraries and
-/// the dynamic loader, as `run_script` files under `dir/` (the loader as `dir/ld.so`):
-/// the test host lacks most tools, and a tool runs there as
-/// `dir/ld.so --library-path dir dir/NAME`.
-pub fn host_tool_files(candidates: &[&str], dir: &str, hint: &str) -> Vec<(PathBuf, String)> {
-    let tool = candidates
-        .iter()
-        .map(Path::new)
+/// This machine's `tool` (found in the sbin and bin folders; from Debian package
+/// `package`), its libraries and the dynamic loader, as `run_script` files under `dir/`
+/// (the loader as `dir/ld.so`): run it in the test host as
+/// `dir/ld.so --library-path dir dir/TOOL`.
+pub fn tool_files(tool: &str, dir: &str, package: &str) -> Vec<(PathBuf, String)> {
+    let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .into_iter()
+        .map(|d| Path::new(d).join(tool))
         .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("none of {candidates:?} found: {hint}"));
-    let real = tool.canonicalize().expect("resolve the tool");
-    let name = tool.file_name().unwrap_or_default().to_string_lossy();
+        .unwrap_or_else(|| panic!("{tool} not found: install {package}"));
+    let real = found.canonicalize().expect("resolve the tool");
     let ldd = Command::new("ldd").arg(&real).output().expect("run ldd");
     assert!(ldd.status.success(), "ldd {}", real.display());
-    let mut files = vec![(real, format!("{dir}/{name}"))];
+    let mut files = vec![(real, format!("{dir}/{tool}"))];
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         // "libx.so => /path (0x...)" for a library, "/path (0x...)" for the loader.
         let (path, name) = match line.split_once("=> ") {
@@ -543,3 +538,40 @@ pub fn host_tool_files(candidates: &[&str], dir: &str, hint: &str) -> Vec<(PathB
     }
     files
 }
+
+/// The test host kernel's `modules` (and their dependencies), extracted by
+/// `scripts/testhost-modules`, as `run_script` files under `modules/` with their
+/// `modules/load-order`. Load them with [`LOAD_MODULES`].
+pub fn testhost_module_files(modules: &[&str]) -> Vec<(PathBuf, String)> {
+    let script = repo_dir().join("scripts/testhost-modules");
+    let out = Command::new(&script)
+        .args(modules)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let order = fs::read_to_string(dir.join("load-order")).expect("read load-order");
+    let mut files = vec![(dir.join("load-order"), "modules/load-order".to_string())];
+    for module in order.lines() {
+        files.push((
+            dir.join(format!("{module}.ko")),
+            format!("modules/{module}.ko"),
+        ));
+    }
+    files
+}
+
+/// Shell lines that load the modules of [`testhost_module_files`] in order (those
+/// already loaded are skipped; on a machine with hardware KVM, where the files are the
+/// test host kernel's, modprobe loads the machine's own).
+pub const LOAD_MODULES: &str = r#"
+for m in $(cat modules/load-order); do
+    [ -d /sys/module/$m ] || insmod modules/$m.ko 2>/dev/null || modprobe $m \
+        || echo "module-failed=$m"
+done
+"#;

@@ -239,7 +239,7 @@ pub fn expected_config() -> ImageConfig {
     }
 }
 
-fn config_json(diff_ids: &[String]) -> Vec<u8> {
+pub fn config_json(diff_ids: &[String]) -> Vec<u8> {
     let config = json!({
         "architecture": "amd64",
         "os": "linux",
@@ -255,7 +255,7 @@ fn config_json(diff_ids: &[String]) -> Vec<u8> {
     serde_json::to_vec(&config).unwrap()
 }
 
-fn put_blob(dir: &Path, data: &[u8]) -> serde_json::Value {
+pub fn put_blob(dir: &Path, data: &[u8]) -> serde_json::Value {
     let digest = sha256(data);
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
@@ -263,7 +263,7 @@ fn put_blob(dir: &Path, data: &[u8]) -> serde_json::Value {
     json!({"digest": digest, "size": data.len()})
 }
 
-fn with(mut desc: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+pub fn with(mut desc: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
     let map = desc.as_object_mut().unwrap();
     map.extend(extra.as_object().unwrap().clone());
     desc

@@ -82,12 +82,15 @@ pub enum AgentError {
     /// Run named a container that already runs.
     #[error("container {0} already exists")]
     Exists(String),
+    /// A copy (`husk cp`) could not start.
+    #[error("{0}")]
+    Copy(String),
     /// Limits were asked for but the agent has no cgroup hierarchy.
     #[error("limits for container {0} need cgroup v2, which is not available")]
     NoCgroups(String),
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io {
         what: what.into(),
         source,
@@ -100,16 +103,20 @@ struct Container {
     cgroup: Option<Arc<Cgroup>>,
 }
 
-/// A process that has exec'd, before the agent watches it.
-struct Started {
-    id: ProcessId,
-    pid: i32,
-    ends: HostEnds,
-    exit: Receiver<RawExit>,
+/// A process that has exec'd (or a copy that started), before the agent watches it.
+pub(crate) struct Started {
+    /// Its process id.
+    pub id: ProcessId,
+    /// Its pid in the agent's namespace (0: a copy, no process to signal).
+    pub pid: i32,
+    /// The agent's ends of its stdio.
+    pub ends: HostEnds,
+    /// Its exit status, when it comes.
+    pub exit: Receiver<RawExit>,
 }
 
 /// What happens when a process ends, beyond reporting it.
-enum Ending {
+pub(crate) enum Ending {
     /// The container's init: tear the container down.
     Init {
         id: String,
@@ -194,6 +201,7 @@ impl Agent {
         let state = &self.runtime.state_dir;
         let mut rootfs = Rootfs::mount(state, &request.id, &request.lower, &request.writable)?;
         let merged = rootfs.merged();
+        crate::network::install_resolv_conf(&merged);
         let namespaces = prepare::c_string(hostname).and_then(|hostname| {
             let rootfs = prepare::c_string(&merged.display().to_string())?;
             Ok(Namespaces::Create { hostname, rootfs })
@@ -302,7 +310,7 @@ impl Agent {
         drop(registrar);
         drop(child);
         pending.wait_exec()?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_process_id();
         Ok(Started {
             id,
             pid,
@@ -311,8 +319,21 @@ impl Agent {
         })
     }
 
+    /// The pid of running container `container_id`'s first process.
+    pub(crate) fn init_pid(&self, container_id: &str) -> Result<i32, AgentError> {
+        self.containers()
+            .get(container_id)
+            .map(|c| c.init_pid)
+            .ok_or_else(|| AgentError::NoContainer(container_id.to_string()))
+    }
+
+    /// A new process id.
+    pub(crate) fn next_process_id(&self) -> ProcessId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Registers the process and starts its output and completion threads.
-    fn watch(self: &Arc<Self>, started: Started, container: &str, ending: Ending) {
+    pub(crate) fn watch(self: &Arc<Self>, started: Started, container: &str, ending: Ending) {
         let Started {
             id,
             pid,

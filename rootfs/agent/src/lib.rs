@@ -20,6 +20,7 @@ pub mod child;
 pub mod console;
 #[allow(unsafe_code, reason = "mounts between fork and exec: raw syscalls")]
 pub mod container_fs;
+pub mod copy;
 pub mod init;
 #[allow(
     unsafe_code,

@@ -1,9 +1,19 @@
 //! The guest's network link (the host's `Network` request): an IPv4 address on one
-//! interface, the interface and `lo` up, the default route through the host. Containers
-//! share the guest's network namespace, so they all see this link. No DNS: nothing is
-//! written into images.
+//! interface, the interface and `lo` up, the default route through the host, and the
+//! DNS servers the host gives in the guest's `/etc/resolv.conf`. Containers share the
+//! guest's network namespace, so they all see this link; each container started
+//! afterwards gets a copy of that `/etc/resolv.conf` in its writable layer (as docker
+//! gives one), never through a symlink of the image's.
 
+use std::fs;
+use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The guest's resolv.conf once the host gave DNS servers.
+static RESOLV_CONF: Mutex<Option<String>> = Mutex::new(None);
 
 /// Errors of configuring the link.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +122,79 @@ pub fn configure(
     }
 }
 
+/// The resolv.conf of `servers` (at most 3 are read by resolvers, MAXNS).
+pub fn resolv_conf(servers: &[Ipv4Addr]) -> Option<String> {
+    (!servers.is_empty()).then(|| {
+        let mut text = String::from("# written by husk-agent: the host's DNS servers\n");
+        for server in servers.iter().take(3) {
+            text.push_str(&format!("nameserver {server}\n"));
+        }
+        text
+    })
+}
+
+/// Writes the guest's `/etc/resolv.conf` for `servers` and keeps it for containers
+/// started from now on; no servers leaves everything as it is.
+pub fn set_dns(servers: &[Ipv4Addr]) -> Result<(), NetworkError> {
+    let Some(text) = resolv_conf(servers) else {
+        return Ok(());
+    };
+    let step = |step| {
+        move |source| NetworkError::Step {
+            step,
+            interface: "/etc/resolv.conf".into(),
+            source,
+        }
+    };
+    fs::create_dir_all("/etc").map_err(step("creating /etc"))?;
+    write_new(Path::new("/etc/resolv.conf"), &text).map_err(step("writing"))?;
+    *RESOLV_CONF.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    Ok(())
+}
+
+/// Gives the container root `root` (mounted, not yet entered) the guest's
+/// resolv.conf, if the host gave DNS servers. The image's own entry is replaced, and
+/// never written through: a symlink there (or an `etc` that is one) could point
+/// anywhere in the agent's view. Best effort: a failure is logged.
+pub fn install_resolv_conf(root: &Path) {
+    let Some(text) = RESOLV_CONF
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    else {
+        return;
+    };
+    let etc = root.join("etc");
+    let result = match fs::symlink_metadata(&etc) {
+        Ok(meta) if !meta.is_dir() => Err(std::io::Error::other("/etc is not a directory")),
+        Ok(_) => write_new(&etc.join("resolv.conf"), &text),
+        Err(_) => fs::create_dir(&etc).and_then(|()| write_new(&etc.join("resolv.conf"), &text)),
+    };
+    if let Err(e) = result {
+        crate::console::log(&format!(
+            "no /etc/resolv.conf in the container at {}: {e}",
+            root.display()
+        ));
+    }
+}
+
+/// Replaces `path` (whatever it was, a symlink included, never followed) with a new
+/// file holding `text`.
+fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => return Err(std::io::Error::other("it is a directory")),
+        Ok(_) => fs::remove_file(path)?,
+        Err(_) => {}
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +247,30 @@ mod tests {
     #[test]
     fn prefix_31_is_refused() {
         assert!(validate(ip(5), 31, ip(4)).is_err());
+    }
+
+    #[test]
+    fn resolv_conf_lists_at_most_three_servers() {
+        let servers = [ip(1), ip(2), ip(3), ip(4)];
+        let text = resolv_conf(&servers).expect("some");
+        assert_eq!(text.matches("nameserver ").count(), 3);
+        assert!(text.contains("nameserver 10.213.0.1\n"), "{text}");
+        assert_eq!(resolv_conf(&[]), None);
+    }
+
+    #[test]
+    fn a_symlinked_resolv_conf_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "keep").expect("write");
+        let link = dir.path().join("resolv.conf");
+        std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+        write_new(&link, "nameserver 10.0.0.1\n").expect("write");
+        assert_eq!(fs::read_to_string(&outside).expect("outside"), "keep");
+        assert_eq!(
+            fs::read_to_string(&link).expect("new"),
+            "nameserver 10.0.0.1\n"
+        );
     }
 
     #[test]

@@ -226,9 +226,12 @@ impl Process {
         }
     }
 
-    /// Sends `signal` to the process.
+    /// Sends `signal` to the process (a copy, which has no process, ignores it).
     pub fn signal(&self, signal: i32) -> nix::Result<()> {
         let signal = Signal::try_from(signal)?;
+        if self.pid <= 0 {
+            return Ok(());
+        }
         kill(Pid::from_raw(self.pid), signal)
     }
 

@@ -12,6 +12,7 @@ use husk_protocol::{
 };
 
 use crate::agent::{Agent, AgentError, RunRequest};
+use crate::copy::CopyRequest;
 use crate::outbox::Outbox;
 use crate::prepare::ProcessRequest;
 use crate::rootfs::LowerLayer;
@@ -131,7 +132,8 @@ pub fn handle_connection<C: Connection>(
     Outcome::Disconnected
 }
 
-/// Starts the process a Run or Exec asks for; any other message is handed back.
+/// Starts the process a Run, Exec, CopyOut or CopyIn asks for; any other message is
+/// handed back.
 fn start_process(
     message: Message,
     agent: &Arc<Agent>,
@@ -187,6 +189,24 @@ fn start_process(
                 tty,
             },
         )),
+        Message::CopyOut { container_id, path } => {
+            Ok(agent.copy(&container_id, CopyRequest::Out { path }))
+        }
+        Message::CopyIn {
+            container_id,
+            path,
+            contents,
+            preserve_owner,
+            as_is,
+        } => Ok(agent.copy(
+            &container_id,
+            CopyRequest::In {
+                path,
+                contents,
+                preserve_owner,
+                as_is,
+            },
+        )),
         other => Err(Box::new(other)),
     }
 }
@@ -219,9 +239,11 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
             prefix_len,
             gateway,
             mac,
+            dns,
         } => {
             let configured = crate::network::set_mac(&interface, mac.as_deref())
-                .and_then(|()| crate::network::configure(&interface, address, prefix_len, gateway));
+                .and_then(|()| crate::network::configure(&interface, address, prefix_len, gateway))
+                .and_then(|()| crate::network::set_dns(&dns));
             let reply = match configured {
                 Ok(()) => Message::NetworkReady,
                 Err(e) => {

@@ -214,6 +214,7 @@ fn network_request_with_bad_gateway_answers_error_and_the_loop_goes_on() {
         prefix_len: 30,
         gateway: std::net::Ipv4Addr::new(192, 168, 0, 1),
         mac: None,
+        dns: vec![],
     };
     write_message(&mut host, &request).expect("send");
     let message = expect_error(&mut host);

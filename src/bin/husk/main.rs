@@ -2,6 +2,7 @@
 //! arguments and code live in a module of their own.
 
 mod boot;
+mod cp;
 mod images;
 mod run;
 mod sandboxes;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use boot::BootArgs;
-use images::{ImageCommand, KernelCommand};
+use images::{ImageCommand, KernelCommand, LoginArgs, PullArgs};
 use run::RunArgs;
 use sandboxes::{ExecArgs, SnapshotCommand};
 use templates::TemplateCommand;
@@ -50,6 +51,14 @@ enum Command {
     ///
     /// Exits with the command's exit code (125 when husk failed).
     Exec(Box<ExecArgs>),
+    /// Copy files between a detached sandbox and the host, like `docker cp`.
+    ///
+    /// `husk cp NAME:PATH DEST` copies out of sandbox NAME's container, `husk cp SRC
+    /// NAME:PATH` into it; `-` as DEST writes a tar stream to stdout, as SRC reads one
+    /// from stdin. Modes and modification times are kept. Where a copy lands follows
+    /// docker: a directory goes into an existing directory under its own name (only
+    /// its contents for `SRC/.`), a file into a directory or onto a file.
+    Cp(cp::CpArgs),
     /// List detached sandboxes (running ones; -a for all).
     Ps {
         /// Also list sandboxes that have ended.
@@ -118,6 +127,17 @@ enum Command {
         /// The sandbox's folder.
         dir: PathBuf,
     },
+    /// Pull an image from a registry into the image store, like `docker pull`.
+    ///
+    /// Follows the OCI distribution protocol (OCI and Docker schema 2 manifests, the
+    /// linux/amd64 image of a multi-platform one), checks every blob's digest, keeps
+    /// layers by digest so that images sharing them fetch them once, and stores the
+    /// image under its full name (docker.io/library/busybox:latest). Credentials come
+    /// from ~/.docker/config.json (`husk login`, or docker's own login).
+    Pull(PullArgs),
+    /// Store registry credentials in ~/.docker/config.json (checked with the registry
+    /// first).
+    Login(LoginArgs),
     /// Import, list and remove container images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -160,6 +180,7 @@ fn main() -> ExitCode {
         Command::Vmm(args) => vmm::vmm(*args),
         Command::Run(args) => return exit_code(run::run_container(*args)),
         Command::Exec(args) => return exit_code(sandboxes::exec(*args)),
+        Command::Cp(args) => cp::cp(args),
         Command::Ps { all } => sandboxes::ps(all),
         Command::Logs { follow, name } => sandboxes::logs(&name, follow),
         Command::Stop { time, names } => sandboxes::stop(&names, time),
@@ -170,6 +191,8 @@ fn main() -> ExitCode {
         Command::Snapshot(cmd) => sandboxes::snapshot(cmd),
         Command::Monitor { dir } => husk::detached::monitor(&dir),
         Command::Image(cmd) => images::image(cmd),
+        Command::Pull(args) => images::pull(args),
+        Command::Login(args) => images::login(args),
         Command::Template(cmd) => templates::template(cmd),
         Command::Kernel(KernelCommand::Build { jobs }) => images::kernel_build(jobs),
         Command::Kernel(KernelCommand::Path) => husk::kernel::cached(None)

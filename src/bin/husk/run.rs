@@ -7,6 +7,7 @@ use clap::Args;
 
 use husk::config::ConsoleConfig;
 
+use crate::images::{PullPolicy, RegistryArgs};
 use crate::{render, with_watchdog};
 
 /// How the command runs: the options `husk run` and `husk exec` share.
@@ -62,11 +63,30 @@ pub(crate) struct RunArgs {
     /// Memory limit of the container in MiB (the VM gets 64 MiB more for its kernel).
     #[arg(long, default_value_t = 256)]
     memory: u64,
-    /// Connect the sandbox to the host: a TAP husk creates (and removes at exit) with a
-    /// /30 link, the host's end on the TAP and the guest's on eth0, default route via
-    /// the host. Reaching further needs forwarding/NAT on the host, which husk leaves alone.
-    #[arg(long)]
-    net: bool,
+    /// The sandbox's network. none: no network card. link: a TAP husk creates (and
+    /// removes at exit) with a /30 link, the host's end on the TAP and the guest's on
+    /// eth0, default route via the host; the guest reaches the host only. nat: the
+    /// same link, and a way out through the host's NAT (per-sandbox nftables rules,
+    /// IPv4 forwarding on) with DNS servers in the guest's /etc/resolv.conf.
+    #[arg(long, value_enum, default_value_t = NetMode::None, value_name = "MODE")]
+    net: NetMode,
+    /// Publish the guest's TCP port on the host (repeatable; needs --net link or nat):
+    /// connections to HOST_PORT (on HOST_IP, default all addresses, loopback included)
+    /// go to GUEST_PORT in the sandbox.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp]"
+    )]
+    publish: Vec<husk::sandbox::Publish>,
+    /// A DNS server for the guest (repeatable; --net nat) [default: the host's own,
+    /// from /etc/resolv.conf, less loopback ones].
+    #[arg(long = "dns", value_name = "IP")]
+    dns: Vec<std::net::Ipv4Addr>,
+    /// Let the guest reach only this network beyond the host (repeatable; --net nat);
+    /// its DNS servers stay reachable.
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<husk::sandbox::Ipv4Net>,
     /// Keep the container's writable layer on a scratch disk of SIZE MiB (a sparse ext4
     /// file, removed at exit) instead of in guest RAM.
     #[arg(long = "disk", value_name = "SIZE_MIB")]
@@ -90,11 +110,48 @@ pub(crate) struct RunArgs {
     /// exited, torn down) and the VM's metrics as JSON to FILE.
     #[arg(long, value_name = "FILE", conflicts_with = "detach")]
     timings: Option<PathBuf>,
-    /// The image: a name or digest from `husk image ls`; `busybox` is built on first use.
+    /// When to pull the image from its registry: when the store lacks it, always, or
+    /// never.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pull: PullPolicy,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// The image: a name or digest from `husk image ls`, or a registry reference
+    /// (pulled when missing, see `husk pull`); `busybox`, when the store has no image of
+    /// that name, is built from Debian's busybox-static.
     image: String,
     /// The command and its arguments [default: the image's].
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// `husk run --net`.
+#[derive(clap::ValueEnum, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum NetMode {
+    /// No network card.
+    #[default]
+    None,
+    /// A link to the host only.
+    Link,
+    /// The link, NAT through the host, DNS.
+    Nat,
+}
+
+impl RunArgs {
+    /// The network options as the library takes them: a card or not, NAT, ports.
+    fn network(&self) -> Result<(bool, Option<husk::sandbox::Nat>), String> {
+        if self.net == NetMode::None && !self.publish.is_empty() {
+            return Err("-p needs a network: --net link or --net nat".into());
+        }
+        if self.net != NetMode::Nat && !(self.dns.is_empty() && self.allow.is_empty()) {
+            return Err("--dns and --allow go with --net nat".into());
+        }
+        let nat = (self.net == NetMode::Nat).then(|| husk::sandbox::Nat {
+            dns: self.dns.clone(),
+            allow: self.allow.clone(),
+        });
+        Ok((self.net != NetMode::None, nat))
+    }
 }
 
 /// Where forwarded signals and terminal resizes go once a process runs.
@@ -169,14 +226,39 @@ pub(crate) fn tty_setup(
     Ok((Some(size), raw))
 }
 
+/// The image `husk run` names: a name or digest in the store, else the store's image
+/// of the full reference (`busybox` is `docker.io/library/busybox:latest`), else the
+/// built-in busybox for `busybox`, else a pull (as `policy` allows).
 fn resolve_image(
     store: &husk::image::ImageStore,
     name: &str,
+    policy: PullPolicy,
+    registry: &RegistryArgs,
 ) -> Result<husk::image::Image, Box<dyn std::error::Error>> {
-    match store.resolve(name) {
-        Ok(image) => Ok(image),
-        Err(_) if name == "busybox" => Ok(store.ensure_busybox(true)?),
-        Err(e) => Err(e.into()),
+    use husk::image::registry::Reference;
+    let pull = || {
+        let options = husk::image::PullOptions {
+            connection: registry.connection(),
+            progress: true,
+        };
+        store.pull(name, &options)
+    };
+    if policy == PullPolicy::Always {
+        return Ok(pull()?);
+    }
+    if let Ok(image) = store.resolve(name) {
+        return Ok(image);
+    }
+    let full = Reference::parse(name).ok().map(|r| r.to_string());
+    if let Some(image) = full.and_then(|full| store.resolve(&full).ok()) {
+        return Ok(image);
+    }
+    match policy {
+        _ if name == "busybox" => Ok(store.ensure_busybox(true)?),
+        PullPolicy::Never => {
+            Err(format!("no image {name:?} in the store (and --pull never)").into())
+        }
+        _ => Ok(pull()?),
     }
 }
 
@@ -203,10 +285,11 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     if let Some(name) = &args.name {
         husk::detached::validate_name(name)?;
     }
+    let (network, nat) = args.network()?;
     // Before any thread starts: Ctrl-C and friends go to the forwarding thread only.
     let (target, pending) = forward_signals()?;
     let store = husk::image::ImageStore::open(None)?;
-    let image = resolve_image(&store, &args.image)?;
+    let image = resolve_image(&store, &args.image, args.pull, &args.registry)?;
     let kernel = match args.kernel {
         Some(k) => k,
         None => husk::kernel::cached(None)?.vmlinux,
@@ -227,7 +310,9 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             kernel,
             cpus: args.cpus,
             memory_mib: args.memory + 64,
-            network: args.net,
+            network,
+            nat,
+            publish: args.publish,
             scratch_disk_mib: args.disk,
             console: args.console,
             spec,
@@ -244,7 +329,9 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     let mut config = SandboxConfig::new(SandboxImage::from_store(&image), kernel);
     config.cpus = args.cpus;
     config.memory_mib = args.memory + 64;
-    config.network = args.net;
+    config.network = network;
+    config.nat = nat;
+    config.publish = args.publish.clone();
     config.scratch_disk_mib = args.disk;
     config.warm = !args.cold;
     if let Some(limit) = limit {
