@@ -1,37 +1,53 @@
-//! A minimal i8042 keyboard controller: enough for the guest to reset the machine.
+//! The i8042 keyboard controller: vm-superio's [`I8042Device`], which emulates the CPU
+//! reset command and nothing else, on husk's port bus.
 //!
 //! Linux with `reboot=k` polls the status port until the input buffer is empty and then
-//! writes the pulse-reset command (0xfe) to port 0x64. Nothing else is emulated; there is
-//! no keyboard, so the data port reads 0.
+//! writes the pulse-reset command (0xfe) to port 0x64. There is no keyboard behind it:
+//! the data and status ports read 0 (see `docs/design.md` on `SendCtrlAltDel`).
+
+use std::sync::Mutex;
+
+use vm_superio::{I8042Device, Trigger};
 
 use crate::devices::bus::BusDevice;
 
-/// The command that pulses the CPU reset line.
-const CMD_RESET_CPU: u8 = 0xfe;
-/// Offset of the command/status port (0x64) from the data port (0x60).
-const COMMAND_OFFSET: u64 = 4;
+/// What runs when the guest asks for a reset.
+struct OnReset(Mutex<Box<dyn FnMut() + Send>>);
+
+impl Trigger for OnReset {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        let mut on_reset = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        on_reset();
+        Ok(())
+    }
+}
 
 /// The i8042, mapped at port 0x60 with length 5. `on_reset` runs when the guest resets.
 pub struct I8042 {
-    on_reset: Box<dyn FnMut() + Send>,
+    device: I8042Device<OnReset>,
 }
 
 impl I8042 {
     /// A controller that calls `on_reset` on each reset request.
     pub fn new(on_reset: Box<dyn FnMut() + Send>) -> Self {
-        Self { on_reset }
+        Self {
+            device: I8042Device::new(OnReset(Mutex::new(on_reset))),
+        }
     }
 }
 
 impl BusDevice for I8042 {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        // Status 0: output buffer empty, input buffer empty, no errors.
-        data.fill(0);
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let value = u8::try_from(offset).map_or(0, |offset| self.device.read(offset));
+        data.fill(value);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset == COMMAND_OFFSET && data.first() == Some(&CMD_RESET_CPU) {
-            (self.on_reset)();
+        if let (Ok(offset), Some(&value)) = (u8::try_from(offset), data.first()) {
+            // The trigger cannot fail (Infallible).
+            let Ok(()) = self.device.write(offset, value);
         }
     }
 }
@@ -41,6 +57,11 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    /// Offset of the command/status port (0x64) from the data port (0x60).
+    const COMMAND_OFFSET: u64 = 4;
+    /// The command that pulses the CPU reset line.
+    const CMD_RESET_CPU: u8 = 0xfe;
 
     fn counting() -> (I8042, Arc<AtomicUsize>) {
         let count = Arc::new(AtomicUsize::new(0));
@@ -63,6 +84,7 @@ mod tests {
         let (mut dev, count) = counting();
         dev.write(0, &[CMD_RESET_CPU]);
         dev.write(COMMAND_OFFSET, &[0xd1]);
+        dev.write(u64::MAX, &[CMD_RESET_CPU]);
         assert_eq!(count.load(Ordering::SeqCst), 0);
     }
 
