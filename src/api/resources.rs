@@ -233,6 +233,7 @@ impl Resources {
                 mac: n.guest_mac.as_deref().and_then(|m| m.parse().ok()),
                 unplugged: false,
                 id: Some(n.iface_id.clone()),
+                claim: false,
             })
             .collect();
         // Firecracker's boot_args replace its whole line; husk always keeps its base

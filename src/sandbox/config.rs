@@ -266,11 +266,14 @@ impl SandboxImage {
     }
 }
 
+/// The VM of `config`: its agent `initrd`, vsock socket `uds`, `scratch` disk, and for
+/// its own card the TAP `claimed` (made for its jail) or a new one.
 pub(super) fn vm_config(
     config: &SandboxConfig,
     initrd: PathBuf,
     uds: PathBuf,
     scratch: Option<PathBuf>,
+    claimed: Option<&str>,
 ) -> VmConfig {
     let image_disk = BlockConfig {
         path: config.image.fs_image.clone(),
@@ -285,7 +288,7 @@ pub(super) fn vm_config(
     // The sandbox's own card comes first, so it is the guest's eth0.
     let mut nets: Vec<NetConfig> = config
         .network
-        .then(NetConfig::default)
+        .then(|| NetConfig::claiming(claimed))
         .into_iter()
         .collect();
     nets.extend(config.nets.iter().cloned());

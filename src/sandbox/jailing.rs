@@ -5,15 +5,17 @@
 //! being built).
 //!
 //! Not jailed (the VMM runs as the caller, with its filters): a caller that is not root,
-//! `SandboxConfig::jail` off, and sandboxes with a network card or disks of the caller's
-//! (a jailed VMM can neither make a TAP nor open files its uid does not own; handing
-//! those over is still to do).
+//! `SandboxConfig::jail` off, and sandboxes with network cards or disks of the caller's
+//! (a jailed VMM cannot open files or TAPs its uid does not own; handing those over is
+//! still to do). The sandbox's own card is jailed: its TAP is made persistent and owned
+//! by the jail's uid ([`JailTap`]), and the VMM claims it.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::ConsoleConfig;
+use crate::devices::virtio::net::tap;
 use crate::jail::{Bind, JailIds};
 
 use super::{SandboxConfig, SandboxError};
@@ -47,8 +49,8 @@ fn unjailed_because(config: &SandboxConfig) -> Option<&'static str> {
     if !config.jail {
         return Some("jailing is off for this sandbox");
     }
-    if config.network || !config.nets.is_empty() {
-        return Some("it has a network card");
+    if !config.nets.is_empty() {
+        return Some("it has network cards of the caller's");
     }
     if !config.disks.is_empty() {
         return Some("it has disks of the caller's");
@@ -189,6 +191,46 @@ impl VmmJail {
             args.push(value);
         }
         args
+    }
+}
+
+/// The TAP of a jailed VMM's card: made persistent and owned by the jail's uid, named
+/// after the jail's slot (`huskj<slot>`), so that the VMM can attach to it without
+/// CAP_NET_ADMIN. The VMM clears its persistence once attached (so it goes with the
+/// VMM); dropping this removes it if no VMM holds it (a start that failed first).
+pub struct JailTap {
+    name: String,
+}
+
+impl JailTap {
+    /// Make the TAP for `jail`. A TAP of that name is a leftover (the slot is this
+    /// jail's now): one a sandbox killed before its VMM claimed it left behind.
+    pub fn create(jail: &VmmJail) -> Result<Self, SandboxError> {
+        let base = crate::jail::ids::shared_gid().map_err(jail_err)?;
+        let name = format!("huskj{}", jail.uid() - base - 1);
+        let tap_err = |e: crate::devices::virtio::net::TapError| {
+            SandboxError::Vmm(format!("the jail's TAP {name}: {}", crate::error_chain(&e)))
+        };
+        tap::remove_persistent(&name).map_err(tap_err)?;
+        tap::create_persistent(&name, jail.uid()).map_err(tap_err)?;
+        Ok(Self { name })
+    }
+
+    /// The TAP's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for JailTap {
+    fn drop(&mut self) {
+        if let Err(e) = tap::remove_persistent(&self.name) {
+            log::warn!(
+                "cannot remove the TAP {}: {}",
+                self.name,
+                crate::error_chain(&e)
+            );
+        }
     }
 }
 

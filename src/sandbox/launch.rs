@@ -11,7 +11,7 @@ use std::time::Instant;
 use husk_protocol::{read_message, write_message, DiskSize, Message};
 
 use super::connect::connect_agent;
-use super::jailing::VmmJail;
+use super::jailing::{JailTap, VmmJail};
 use super::template::{Template, TemplateSpec, IMAGE_SLOT, NET_SLOT, SCRATCH_SLOT};
 use super::vmm_process::VmmProcess;
 use super::{config, net, SandboxConfig, SandboxError, GUEST_CID, HANDSHAKE_MIN};
@@ -106,6 +106,13 @@ pub(super) fn launch(
     if let (Some(jail), Some(scratch)) = (vm.jail(), &paths.scratch) {
         super::jailing::own(scratch, jail.uid())?;
     }
+    // A jailed VMM cannot make its TAP: it claims one made for its uid. Until it has,
+    // the guard removes it on the way out.
+    let jail_tap = match (config.network, vm.jail()) {
+        (true, Some(jail)) => Some(JailTap::create(jail)?),
+        _ => None,
+    };
+    let claimed = jail_tap.as_ref().map(JailTap::name);
     let (warm, mac) = match origin {
         Origin::Boot => {
             let vm_config = config::vm_config(
@@ -113,6 +120,7 @@ pub(super) fn launch(
                 paths.initrd.clone(),
                 uds.clone(),
                 paths.scratch.clone(),
+                claimed,
             );
             vm.start(&vm_config)?;
             (false, None)
@@ -134,6 +142,7 @@ pub(super) fn launch(
                 dir: &dir,
                 expect: &expect,
                 uds: uds.clone(),
+                claimed,
             };
             (true, restore.run(config, &paths, &mut loaded)?)
         }
@@ -147,11 +156,13 @@ pub(super) fn launch(
                 dir,
                 expect: &expect,
                 uds: uds.clone(),
+                claimed,
             };
             (true, restore.run(config, &paths, &mut loaded)?)
         }
     };
     let vm_running = Instant::now();
+    drop(jail_tap);
     let host_net = (config.network)
         .then(|| Ok::<_, SandboxError>(net::HostNet::set_up(&vm.tap_names()?, config)?))
         .transpose()?;
@@ -210,6 +221,8 @@ struct Restore<'a> {
     dir: &'a Path,
     expect: &'a Expect,
     uds: PathBuf,
+    /// The TAP made for a jailed VMM's card, which it claims.
+    claimed: Option<&'a str>,
 }
 
 impl Restore<'_> {
@@ -244,7 +257,7 @@ impl Restore<'_> {
             let card = match mac {
                 Some(mac) => NetConfig {
                     mac: Some(mac),
-                    ..NetConfig::default()
+                    ..NetConfig::claiming(self.claimed)
                 },
                 None => NetConfig::unplugged(),
             };

@@ -249,7 +249,7 @@ pub fn create(
     let failed = |what: String| {
         move |e: &dyn std::error::Error| DeviceError::Create {
             what,
-            message: crate::devices::virtio::error_chain(e),
+            message: crate::error_chain(e),
         }
     };
     for disk in &config.disks {

@@ -377,7 +377,7 @@ impl MmioTransport {
             let (mem, irq) = (self.mem.clone(), self.interrupt.clone());
             self.dev()
                 .activate(mem, irq, queues)
-                .map_err(|e| super::error_chain(&e))
+                .map_err(|e| crate::error_chain(&e))
         });
         match result {
             Ok(()) => self.activated = true,

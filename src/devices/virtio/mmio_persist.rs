@@ -90,7 +90,7 @@ impl MmioTransport {
             .activate(mem, irq, queues)
             .map_err(|e| PersistError::Activate {
                 slot,
-                message: crate::devices::virtio::error_chain(&e),
+                message: crate::error_chain(&e),
             })?;
         self.activated = true;
         Ok(())

@@ -72,18 +72,6 @@ pub const fn feature(bit: u32) -> u64 {
     1 << bit
 }
 
-/// An error and its sources as one line (`a: b: c`), for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// Errors shared by all virtio devices.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioError {

@@ -156,7 +156,7 @@ impl QueueSet {
     /// Stop processing and report DEVICE_NEEDS_RESET; warns only the first time in
     /// the device's life (a guest could reset and break it again forever).
     pub fn mark_broken(&mut self, why: &dyn std::error::Error) {
-        let why = super::error_chain(why);
+        let why = crate::error_chain(why);
         if self.broken {
             return;
         }

@@ -30,6 +30,11 @@ fn allow_ioctls(rules: &mut Rules, kvm: bool) {
         .iter()
         .map(|&request| rule(vec![condition(1, SeccompCmpOp::Eq, request)]))
         .collect();
+    // A claimed TAP's persistence cleared (`Tap::claim`), never set.
+    list.push(rule(vec![
+        condition(1, SeccompCmpOp::Eq, libc::TUNSETPERSIST),
+        condition(2, SeccompCmpOp::Eq, 0),
+    ]));
     if kvm {
         list.push(rule(vec![condition(
             1,
@@ -56,7 +61,7 @@ fn allow_threads(rules: &mut Rules) {
     rules.insert(libc::SYS_clone3, Vec::new());
 }
 
-/// ioctls outside KVM's: the TAP's setup, non-blocking and close-on-exec flags,
+/// ioctls outside KVM's (besides TUNSETPERSIST to 0): the TAP's setup, non-blocking and close-on-exec flags,
 /// terminal queries (is standard error a terminal, its size), a block device's size,
 /// and reflink copies of snapshot files.
 const HOST_IOCTLS: &[u64] = &[

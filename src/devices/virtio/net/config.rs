@@ -96,9 +96,23 @@ pub struct NetConfig {
     /// new TAP by name.
     #[serde(default)]
     pub id: Option<String>,
+    /// `tap` is a persistent TAP made for this VM (by the sandbox that jails it): once
+    /// attached, its persistence is cleared, so it goes when the VM closes it.
+    #[serde(default)]
+    pub claim: bool,
 }
 
 impl NetConfig {
+    /// A card on the persistent TAP `tap` made for it, which it claims
+    /// ([`NetConfig::claim`]), or on a new TAP when `None`.
+    pub fn claiming(tap: Option<&str>) -> Self {
+        Self {
+            tap: tap.map(str::to_string),
+            claim: tap.is_some(),
+            ..Self::default()
+        }
+    }
+
     /// A card without a TAP (see [`NetConfig::unplugged`]).
     pub fn unplugged() -> Self {
         Self {

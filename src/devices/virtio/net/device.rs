@@ -94,7 +94,13 @@ impl Net {
     pub fn new(config: NetConfig) -> Result<Self, NetError> {
         let tap = match config.unplugged {
             true => Backend::Unplugged,
-            false => Backend::Tap(Tap::open(config.tap.as_deref())?),
+            false => {
+                let tap = Tap::open(config.tap.as_deref())?;
+                if config.claim {
+                    tap.claim()?;
+                }
+                Backend::Tap(tap)
+            }
         };
         Self::with_backend(config, tap)
     }
@@ -261,6 +267,7 @@ mod tests {
             mac: Some(mac),
             unplugged: false,
             id: None,
+            claim: false,
         })
         .unwrap();
         let mut b = [0u8; 6];

@@ -14,7 +14,7 @@ mod header;
 mod persist;
 mod queues;
 mod rx;
-mod tap;
+pub mod tap;
 #[cfg(test)]
 mod transport_tests;
 

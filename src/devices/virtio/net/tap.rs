@@ -3,7 +3,10 @@
 //! The TAP is created with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and is never made
 //! persistent (no TUNSETPERSIST): a TAP that husk created disappears when its last fd
 //! closes, i.e. when the device is dropped. Attaching to an existing persistent TAP
-//! (`ip tuntap add`) leaves it in place afterwards, as its owner expects.
+//! (`ip tuntap add`) leaves it in place afterwards, as its owner expects, unless the
+//! VM claims it ([`Tap::claim`]): a jailed VMM cannot create a TAP, so the sandbox makes
+//! a persistent one owned by the jail's uid ([`create_persistent`]) and the VMM clears
+//! its persistence once attached.
 #![expect(
     unsafe_code,
     reason = "TUNSETIFF and friends are ioctls without safe wrappers"
@@ -63,35 +66,13 @@ pub struct Tap {
 impl Tap {
     /// Attach to TAP `name`, or create one named `husk<N>` when `name` is None.
     pub fn open(name: Option<&str>) -> Result<Self, TapError> {
-        let requested = name.unwrap_or(NAME_TEMPLATE);
-        if let Some(n) = name {
-            validate_ifname(n)?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(TUN_PATH)
-            .map_err(TapError::OpenTun)?;
-        let mut req = IfReq {
-            name: [0; 16],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
-            _pad: [0; 22],
-        };
-        req.name[..requested.len()].copy_from_slice(requested.as_bytes());
+        let (file, name) = attach(name.unwrap_or(NAME_TEMPLATE), libc::O_NONBLOCK)?;
+        let label = name.clone();
         let err = |op, source| TapError::Ioctl {
             op,
-            name: requested.into(),
+            name: label.clone(),
             source,
         };
-        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `req` is a valid,
-        // exclusively borrowed ifreq-sized buffer for the duration of the call.
-        let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };
-        if ret < 0 {
-            return Err(err("TUNSETIFF", io::Error::last_os_error()));
-        }
-        let len = req.name.iter().position(|&b| b == 0).unwrap_or(16);
-        let name = String::from_utf8_lossy(&req.name[..len]).into_owned();
         let hdr_len = NET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, valid for the call.
         let ret = unsafe {
@@ -109,6 +90,15 @@ impl Tap {
         tap.set_offloads(0)
             .map_err(|source| err("TUNSETOFFLOAD", source))?;
         Ok(tap)
+    }
+
+    /// Clear the TAP's persistence, so that it goes when this file closes.
+    pub fn claim(&self) -> Result<(), TapError> {
+        set_persist(&self.file, false).map_err(|source| TapError::Ioctl {
+            op: "TUNSETPERSIST",
+            name: self.name.clone(),
+            source,
+        })
     }
 
     /// Tell the kernel which offloads the reader takes (`TUN_F_*`): with `TUN_F_CSUM`
@@ -132,6 +122,92 @@ impl Tap {
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// Open `/dev/net/tun` (with `flags` besides O_CLOEXEC) and attach to (or create) the
+/// TAP `name` (a name or a template the kernel completes); returns the TAP's name.
+fn attach(name: &str, flags: libc::c_int) -> Result<(File, String), TapError> {
+    validate_ifname(name)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags | libc::O_CLOEXEC)
+        .open(TUN_PATH)
+        .map_err(TapError::OpenTun)?;
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `req` is a valid,
+    // exclusively borrowed ifreq-sized buffer for the duration of the call.
+    let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };
+    if ret < 0 {
+        return Err(TapError::Ioctl {
+            op: "TUNSETIFF",
+            name: name.into(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    let len = req.name.iter().position(|&b| b == 0).unwrap_or(16);
+    Ok((file, String::from_utf8_lossy(&req.name[..len]).into_owned()))
+}
+
+fn set_persist(file: &File, persist: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes its argument by value; no memory is accessed.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETPERSIST,
+            libc::c_ulong::from(persist),
+        )
+    };
+    match ret {
+        0.. => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Create the persistent TAP `name` owned by `uid` (who may then attach to it without
+/// CAP_NET_ADMIN), replacing a persistent one of that name left by a killed sandbox.
+pub fn create_persistent(name: &str, uid: u32) -> Result<(), TapError> {
+    let (file, _) = attach(name, 0)?;
+    let err = |op, source| TapError::Ioctl {
+        op,
+        name: name.into(),
+        source,
+    };
+    // SAFETY: TUNSETOWNER takes the uid by value; no memory is accessed.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETOWNER,
+            libc::c_ulong::from(uid),
+        )
+    };
+    if ret < 0 {
+        return Err(err("TUNSETOWNER", io::Error::last_os_error()));
+    }
+    set_persist(&file, true).map_err(|source| err("TUNSETPERSIST", source))
+}
+
+/// Remove the persistent TAP `name` if nothing holds it: attached, its persistence
+/// cleared, it goes when this closes. One attached elsewhere (EBUSY) is left to its
+/// holder, whose claim made it go with it; a missing one is no error.
+pub fn remove_persistent(name: &str) -> Result<(), TapError> {
+    if !std::path::Path::new("/sys/class/net").join(name).exists() {
+        return Ok(());
+    }
+    match attach(name, 0) {
+        Ok((file, _)) => set_persist(&file, false).map_err(|source| TapError::Ioctl {
+            op: "TUNSETPERSIST",
+            name: name.into(),
+            source,
+        }),
+        Err(TapError::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -179,6 +255,31 @@ mod tests {
         assert!(link_exists(&name));
         drop(tap);
         assert!(!link_exists(&name));
+    }
+
+    #[test]
+    fn a_claimed_persistent_tap_goes_with_its_holder() {
+        let name = "huskt-claim";
+        create_persistent(name, 4242).unwrap();
+        let owner = std::fs::read_to_string(format!("/sys/class/net/{name}/owner")).unwrap();
+        assert_eq!(owner.trim(), "4242");
+        let tap = Tap::open(Some(name)).unwrap();
+        tap.claim().unwrap();
+        // Held: left to the holder.
+        remove_persistent(name).unwrap();
+        assert!(link_exists(name));
+        drop(tap);
+        assert!(!link_exists(name));
+    }
+
+    #[test]
+    fn an_unheld_persistent_tap_is_removed() {
+        let name = "huskt-left";
+        create_persistent(name, 4243).unwrap();
+        assert!(link_exists(name));
+        remove_persistent(name).unwrap();
+        assert!(!link_exists(name));
+        remove_persistent(name).unwrap();
     }
 
     #[test]
