@@ -230,16 +230,15 @@ impl VmmProcess {
         durable: bool,
         agent_digest: Option<&str>,
     ) -> Result<serde_json::Value, SandboxError> {
-        let Some(jail) = &self.jail else {
+        if self.jail.is_none() {
             return self.snapshot_at(dir, durable, agent_digest);
-        };
+        }
         // A jailed VMM writes where its jail can: a folder of its runtime folder; the
         // files then move to `dir`, readable by every jailed VMM (a restore's).
+        // The VMM makes the folder itself (the runtime folder is its uid's), as it
+        // does any snapshot folder; one left by an earlier failure goes first.
         let staging = self.runtime.join("snapshot-out");
         drop(std::fs::remove_dir_all(&staging));
-        std::fs::create_dir(&staging)
-            .map_err(|e| SandboxError::Vmm(format!("create {}: {e}", staging.display())))?;
-        super::jailing::own(&staging, jail.uid())?;
         let created = self.snapshot_at(&staging, durable, agent_digest);
         let moved = created.and_then(|v| {
             super::jailing::move_snapshot(&staging, dir, durable)?;
