@@ -246,6 +246,10 @@ impl Restore<'_> {
                         dir: paths.runtime.to_path_buf(),
                         source: e,
                     })?;
+                    // The slot is writable: a jailed VMM opens it as its own uid.
+                    if let Some(jail) = self.vm.jail() {
+                        super::jailing::own(&empty, jail.uid())?;
+                    }
                     empty
                 }
             };
