@@ -392,6 +392,7 @@ fn template_config(spec: &TemplateSpec, dir: &Path, uds: PathBuf) -> VmConfig {
         read_only,
         id: Some(id.into()),
         root: false,
+        rate_limiter: None,
     };
     VmConfig {
         initrd: Some(spec.initrd.clone()),

@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use super::disk::Disk;
 use super::request::{prepare, Prepared, RequestError};
 use super::ring::{Completed, Ring};
+use crate::devices::rate_limiter::Throttle;
 use crate::devices::virtio::queues::{add_used, needs_notification, pop, Drained, QueueError};
 
 fn request_error(e: RequestError) -> QueueError {
@@ -23,16 +24,17 @@ fn request_error(e: RequestError) -> QueueError {
 /// Start up to `budget` requests of the queue: answer at once what moves no data (and
 /// what the ring cannot take), queue reads, writes and flushes on `ring`, and submit
 /// them with one system call. `more` is set when the budget ran out; when the ring is
-/// full, its completions bring the device back.
+/// full, its completions bring the device back; when `throttle` blocks, its timer does.
 pub fn start(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     disk: &Disk,
     ring: &mut Ring,
     budget: usize,
+    throttle: &mut impl Throttle,
 ) -> Result<Drained, QueueError> {
     let ring_err = |source| QueueError::Ring { index: 0, source };
-    let (mut used, mut started, mut more) = (0, 0, false);
+    let (mut used, mut started, mut more, mut blocked) = (0, 0, false, false);
     loop {
         if queue.event_idx_enabled() {
             queue.disable_notification(mem).map_err(ring_err)?;
@@ -42,11 +44,20 @@ pub fn start(
                 more = true;
                 break;
             }
+            if throttle.blocked() {
+                blocked = true;
+                break;
+            }
             let Some(chain) = pop(queue, mem, 0)? else {
                 break;
             };
             let head = chain.head_index();
-            match prepare(mem, chain, disk).map_err(request_error)? {
+            let prepared = prepare(mem, chain, disk).map_err(request_error)?;
+            throttle.charge(match &prepared {
+                Prepared::Done(_) => 0,
+                Prepared::Io(req) => req.charge(),
+            });
+            match prepared {
                 Prepared::Done(len) => {
                     add_used(queue, mem, 0, head, len)?;
                     used += 1;
@@ -70,7 +81,7 @@ pub fn start(
                 },
             }
         }
-        let rearm = !more && ring.has_room() && queue.event_idx_enabled();
+        let rearm = !more && !blocked && ring.has_room() && queue.event_idx_enabled();
         if !rearm || !queue.enable_notification(mem).map_err(ring_err)? {
             break;
         }
