@@ -8,7 +8,9 @@
 //! The budget is kept exactly, in *token-nanoseconds*: one token is `refill_ns` units,
 //! and each nanosecond adds `size` units. Refilling, charging and the wait until the
 //! budget is positive again are then integer operations without rounding, so a long
-//! run moves exactly `size` tokens per `refill_time` after the first full bucket.
+//! run moves exactly `size` tokens per `refill_time` after the first full bucket. With
+//! a refill time of at most [`MAX_REFILL_MS`] a full bucket fits in an `i128`; past
+//! that (never in a validated configuration) the arithmetic saturates.
 //!
 //! A charge may take the budget below zero (debt): a device checks
 //! [`TokenBucket::blocked`] before it takes a request and charges the request's real
@@ -17,6 +19,10 @@
 use std::time::Duration;
 
 use super::config::BucketConfig;
+#[cfg(doc)]
+use super::config::RateLimiterConfig;
+#[cfg(any(doc, test))]
+use super::config::MAX_REFILL_MS;
 
 /// Nanoseconds per millisecond (`refill_time` is in milliseconds).
 const NS_PER_MS: i128 = 1_000_000;
@@ -39,8 +45,8 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A full bucket at `now_ns`. `config` must be valid (size and refill time above 0,
-    /// see [`BucketConfig::validate`]); a zero is taken as 1 rather than divided by.
+    /// A full bucket at `now_ns`. `config` should limit, with a valid refill time (see
+    /// [`RateLimiterConfig::validate`]); a zero is taken as 1 rather than divided by.
     pub fn new(config: &BucketConfig, now_ns: u64) -> Self {
         let size = config.size.max(1);
         let refill_ns = i128::from(config.refill_time.max(1)) * NS_PER_MS;
@@ -174,6 +180,15 @@ mod tests {
         // The second charge emptied the (saturated) bucket exactly: one nanosecond of
         // refill opens it again.
         assert_eq!(b.wait(u64::MAX), Duration::from_nanos(1));
+    }
+
+    #[test]
+    fn the_largest_valid_bucket_counts_exactly() {
+        let mut b = bucket(u64::MAX, MAX_REFILL_MS, None);
+        b.charge(u64::MAX, 0);
+        assert_eq!(b.tokens(0), 0);
+        assert_eq!(b.tokens(MAX_REFILL_MS * MS / 2), i128::from(u64::MAX / 2));
+        assert_eq!(b.tokens(MAX_REFILL_MS * MS), i128::from(u64::MAX));
     }
 
     /// A device that takes a request of `sizes[i]` tokens as soon as the bucket lets it

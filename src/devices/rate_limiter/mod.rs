@@ -3,30 +3,33 @@
 //! ([`config`]), and [`RateLimiter`], which a device consults on its event loop.
 //!
 //! How a device uses one ([`Throttle`]): before it takes a request or a frame it asks
-//! [`Throttle::blocked`]; after it knows the request's real size it calls
+//! [`Throttle::blocked`]; once it knows the request's real size it calls
 //! [`Throttle::charge`] (its bytes, and one operation). A bucket may so go into debt by
 //! one request, which delays the next. When the limiter says blocked it has armed its
 //! `timerfd` for the moment enough tokens exist, and the device stops serving that
-//! queue or direction; the timer's event, registered with the device's event-manager
-//! subscriber, brings the device back ([`RateLimiter::on_timer`]). Nothing spins or
-//! sleeps.
+//! queue or direction, leaving the guest's buffers in the ring; the timer's event,
+//! registered with the device's event-manager subscriber, brings the device back
+//! ([`RateLimiter::on_timer`]). Nothing spins or sleeps.
 //!
-//! Only the event loop thread arms or reads the timer: a change of limits from the API
-//! ([`RateLimiter::update`]) replaces buckets and leaves the timer alone; the device
-//! then wakes its queue through the queue's eventfd, and the loop re-checks.
-#![allow(unsafe_code, reason = "the timerfd is made non-blocking with fcntl")]
+//! Only the event loop thread arms or reads the timer ([`timer`]): a change of limits
+//! from the API ([`RateLimiter::update`]) replaces buckets and leaves the timer alone;
+//! the device then wakes its queue through the queue's eventfd, and the loop looks
+//! again. A device reset (on a vCPU thread) leaves the limiter as it is: the buckets
+//! keep their budget, so a guest cannot earn tokens by resetting its device, and a
+//! timer that fires for a queue that is gone finds nothing to serve.
 
 mod bucket;
 mod config;
+mod timer;
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::timerfd::TimerFd;
 
 pub use bucket::TokenBucket;
-pub use config::{BucketConfig, RateLimiterConfig, RateLimiterConfigError};
+pub use config::{BucketConfig, RateLimiterConfig, RateLimiterConfigError, MAX_REFILL_MS};
+use timer::WakeTimer;
 
 /// Errors making or changing a rate limiter.
 #[derive(Debug, thiserror::Error)]
@@ -89,25 +92,6 @@ impl Throttle for Unthrottled {
     fn charge(&mut self, _bytes: u64) {}
 }
 
-/// The bytes bucket and the operations bucket, each optional.
-#[derive(Clone, Debug, Default)]
-struct Buckets {
-    bandwidth: Option<TokenBucket>,
-    ops: Option<TokenBucket>,
-}
-
-impl Buckets {
-    /// How long until both let a request through (zero: now).
-    fn wait(&mut self, now: u64) -> Duration {
-        let b = self
-            .bandwidth
-            .as_mut()
-            .map_or(Duration::ZERO, |b| b.wait(now));
-        let o = self.ops.as_mut().map_or(Duration::ZERO, |o| o.wait(now));
-        b.max(o)
-    }
-}
-
 /// A throttle for tests: lets `left` more requests through and records their charges.
 #[cfg(test)]
 #[derive(Debug, Default)]
@@ -130,17 +114,34 @@ impl Throttle for Allow {
     }
 }
 
+/// The bytes bucket and the operations bucket, each optional.
+#[derive(Clone, Debug, Default)]
+struct Buckets {
+    bandwidth: Option<TokenBucket>,
+    ops: Option<TokenBucket>,
+}
+
+impl Buckets {
+    /// How long until both let a request through (zero: now).
+    fn wait(&mut self, now: u64) -> Duration {
+        let b = self
+            .bandwidth
+            .as_mut()
+            .map_or(Duration::ZERO, |b| b.wait(now));
+        let o = self.ops.as_mut().map_or(Duration::ZERO, |o| o.wait(now));
+        b.max(o)
+    }
+}
+
 /// Byte and operation buckets with the timer that wakes their device.
 #[derive(Debug)]
 pub struct RateLimiter {
+    /// The limits in force (no bucket of size 0).
     config: RateLimiterConfig,
     buckets: Buckets,
-    /// One-shot, non-blocking; registered with the device's subscriber even when
-    /// nothing limits, so limits can be set on a running device.
-    timer: TimerFd,
-    /// When the armed timer fires, on this limiter's clock; `None` when disarmed (or
-    /// fired and read).
-    armed_until: Option<u64>,
+    /// Registered with the device's subscriber even when nothing limits, so limits
+    /// can be set on a running device.
+    timer: WakeTimer,
     epoch: Instant,
 }
 
@@ -152,13 +153,10 @@ impl RateLimiter {
     pub fn new(config: Option<&RateLimiterConfig>) -> Result<Self, RateLimiterError> {
         let config = config.copied().unwrap_or_default();
         config.validate()?;
-        let timer = TimerFd::new().map_err(|e| RateLimiterError::Timer(e.into()))?;
-        set_nonblocking(&timer).map_err(RateLimiterError::Timer)?;
         let mut limiter = Self {
             config: RateLimiterConfig::default(),
             buckets: Buckets::default(),
-            timer,
-            armed_until: None,
+            timer: WakeTimer::new().map_err(RateLimiterError::Timer)?,
             epoch: Instant::now(),
         };
         limiter.replace(&config);
@@ -169,20 +167,22 @@ impl RateLimiter {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Put in fresh, full buckets for those `change` gives; keep the others.
+    /// Put in a fresh, full bucket for each that `change` gives (none for one of size
+    /// 0); keep the others.
     fn replace(&mut self, change: &RateLimiterConfig) {
         let now = self.now_ns();
-        if let Some(b) = &change.bandwidth {
-            self.buckets.bandwidth = Some(TokenBucket::new(b, now));
+        let fresh = |b: BucketConfig| b.limits().then(|| TokenBucket::new(&b, now));
+        if let Some(b) = change.bandwidth {
+            self.buckets.bandwidth = fresh(b);
         }
-        if let Some(b) = &change.ops {
-            self.buckets.ops = Some(TokenBucket::new(b, now));
+        if let Some(b) = change.ops {
+            self.buckets.ops = fresh(b);
         }
         self.config = RateLimiterConfig::patched(Some(&self.config), change);
     }
 
     /// Change the limits of a running device: each bucket `change` gives is replaced by
-    /// a full one; the rest stay. The new whole configuration.
+    /// a full one (or removed, if of size 0); the rest stay. The limits then in force.
     pub fn update(
         &mut self,
         change: &RateLimiterConfig,
@@ -199,37 +199,12 @@ impl RateLimiter {
 
     /// The timer, to register with the event loop (readable when it fired).
     pub fn timer(&self) -> &TimerFd {
-        &self.timer
+        self.timer.fd()
     }
 
     /// The timer fired: take its event. The device then serves what waited.
     pub fn on_timer(&mut self) {
-        // Non-blocking: nothing to read is not an error worth a word.
-        let _ = self.timer.wait();
-        self.armed_until = None;
-    }
-
-    /// Arm the timer to fire in `wait` unless it fires by then anyway (or fired and
-    /// its event waits in the loop: re-arming would drop that event). False when the
-    /// timer cannot be armed, in which case the device had better not wait for it.
-    fn arm(&mut self, now: u64, wait: Duration) -> bool {
-        let deadline = now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
-        if let Some(at) = self.armed_until {
-            if at <= deadline || now >= at {
-                return true;
-            }
-        }
-        // `wait` is at least 1 ns: a zero would disarm the timer.
-        match self.timer.reset(wait.max(Duration::from_nanos(1)), None) {
-            Ok(()) => {
-                self.armed_until = Some(deadline);
-                true
-            }
-            Err(e) => {
-                log::warn!("rate limiter: cannot arm its timer ({e}); not limiting");
-                false
-            }
-        }
+        self.timer.fired();
     }
 
     /// A line for a hang report: the limits and whether the device waits on them.
@@ -248,8 +223,7 @@ impl RateLimiter {
         .flatten()
         .collect();
         // Looked at on copies: a report changes nothing.
-        let now = self.now_ns();
-        let state = match self.buckets.clone().wait(now) {
+        let state = match self.buckets.clone().wait(self.now_ns()) {
             Duration::ZERO => "open".to_string(),
             wait => format!("blocked for {wait:?} more"),
         };
@@ -265,7 +239,8 @@ impl Throttle for RateLimiter {
         let now = self.now_ns();
         match self.buckets.wait(now) {
             Duration::ZERO => false,
-            wait => self.arm(now, wait),
+            // A timer that cannot be armed would never wake the device: let it go on.
+            wait => self.timer.wake_by(now, wait),
         }
     }
 
@@ -277,17 +252,6 @@ impl Throttle for RateLimiter {
         if let Some(o) = self.buckets.ops.as_mut() {
             o.charge(1, now);
         }
-    }
-}
-
-/// Make the timer's reads return at once when it has not fired: the loop reads it
-/// only after epoll said so, but a read that blocked would hold the device's lock.
-fn set_nonblocking(timer: &TimerFd) -> io::Result<()> {
-    // SAFETY: F_SETFL on a descriptor the TimerFd owns and keeps open for the call; it
-    // changes only the file status flags (a timerfd has none but O_NONBLOCK to set).
-    match unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } {
-        -1 => Err(io::Error::last_os_error()),
-        _ => Ok(()),
     }
 }
 

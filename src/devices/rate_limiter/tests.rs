@@ -67,13 +67,6 @@ fn an_ops_bucket_counts_requests_whatever_their_size() {
 }
 
 #[test]
-fn reading_a_timer_that_did_not_fire_returns_at_once() {
-    let mut l = RateLimiter::new(Some(&bytes_per(1, 60_000))).unwrap();
-    l.on_timer();
-    assert!(!l.blocked());
-}
-
-#[test]
 fn a_patch_with_a_full_bucket_opens_a_blocked_limiter_and_keeps_the_other_bucket() {
     let mut l = RateLimiter::new(Some(&RateLimiterConfig {
         bandwidth: bytes_per(1, 60_000).bandwidth,
@@ -89,21 +82,41 @@ fn a_patch_with_a_full_bucket_opens_a_blocked_limiter_and_keeps_the_other_bucket
 }
 
 #[test]
+fn a_zero_sized_bucket_in_a_patch_removes_the_limit_and_opens_the_limiter() {
+    let mut l = RateLimiter::new(Some(&bytes_per(1, 60_000))).unwrap();
+    l.charge(100);
+    assert!(l.blocked());
+    let new = l.update(&bytes_per(0, 0)).unwrap();
+    assert_eq!(new, RateLimiterConfig::default());
+    assert!(!l.blocked());
+    assert_eq!(l.describe(), "unlimited");
+}
+
+#[test]
+fn a_zero_sized_bucket_at_creation_limits_nothing() {
+    let mut l = RateLimiter::new(Some(&ops_per(0, 1000))).unwrap();
+    l.charge(u64::MAX);
+    l.charge(u64::MAX);
+    assert!(!l.blocked());
+    assert_eq!(l.config(), RateLimiterConfig::default());
+}
+
+#[test]
 fn a_bad_patch_is_refused_and_changes_nothing() {
     let mut l = RateLimiter::new(Some(&bytes_per(10, 100))).unwrap();
-    let e = l.update(&ops_per(0, 100)).unwrap_err();
+    let e = l.update(&ops_per(5, 0)).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "ops.size 0: a bucket holds at least one token"
+        "ops.refill_time 0: a bucket refills over at least 1 ms (a size of 0 disables it)"
     );
     assert_eq!(l.config(), bytes_per(10, 100));
 }
 
 #[test]
 fn a_bad_config_is_refused_at_creation() {
-    let e = RateLimiter::new(Some(&bytes_per(10, 0))).unwrap_err();
+    let e = RateLimiter::new(Some(&bytes_per(10, MAX_REFILL_MS + 1))).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "bandwidth.refill_time 0: a bucket refills over at least 1 ms"
+        "bandwidth.refill_time 4294967296: a bucket refills over at most 4294967295 ms"
     );
 }

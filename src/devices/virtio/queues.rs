@@ -377,9 +377,11 @@ where
     })
 }
 
-/// [`drain`] under a rate limiter: `throttle` is asked before each chain is taken, and
-/// charged with the bytes `f` returns beside the used length. A blocked limiter stops
-/// the pass without re-enabling notifications: its timer brings the device back.
+/// [`drain`] under a rate limiter: `throttle` is asked before each available chain is
+/// taken, and charged with the bytes `f` returns beside the used length. A blocked
+/// limiter leaves the chain in the ring and stops the pass without asking for
+/// notifications: its timer brings the device back. An empty ring never asks it (an
+/// idle device arms no timer).
 pub fn drain_throttled<F>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
@@ -398,12 +400,13 @@ where
             queue.disable_notification(mem).map_err(ring)?;
         }
         loop {
-            if throttle.blocked() {
-                break 'passes;
-            }
             let Some(chain) = pop(queue, mem, index)? else {
                 break;
             };
+            if throttle.blocked() {
+                unpop(queue);
+                break 'passes;
+            }
             let head = chain.head_index();
             let (len, bytes) = f(chain)?;
             throttle.charge(bytes);

@@ -116,9 +116,10 @@ impl Block {
         3 + RateLimiter::FDS + QueueSet::max_fds(1) + MmioTransport::max_fds(1);
 
     /// Open the image of `config`.
-    pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
+    pub fn new(mut config: BlockConfig) -> Result<Self, BlockError> {
         let disk = Disk::open(&config)?;
         let limiter = RateLimiter::new(config.rate_limiter.as_ref())?;
+        config.rate_limiter = RateLimiterConfig::in_force(Some(&limiter.config()));
         let state = BlockState {
             avail_features: features(&disk),
             acked_features: 0,
@@ -296,7 +297,7 @@ impl VirtioDevice for Block {
             });
         }
         let config = self.limiter.update(change)?;
-        self.state.config.rate_limiter = Some(config).filter(RateLimiterConfig::limits);
+        self.state.config.rate_limiter = RateLimiterConfig::in_force(Some(&config));
         self.queues.requeue(0);
         Ok(config)
     }

@@ -12,7 +12,9 @@ use super::disk::Disk;
 use super::request::{prepare, Prepared, RequestError};
 use super::ring::{Completed, Ring};
 use crate::devices::rate_limiter::Throttle;
-use crate::devices::virtio::queues::{add_used, needs_notification, pop, Drained, QueueError};
+use crate::devices::virtio::queues::{
+    add_used, needs_notification, pop, unpop, Drained, QueueError,
+};
 
 fn request_error(e: RequestError) -> QueueError {
     QueueError::Request {
@@ -24,7 +26,9 @@ fn request_error(e: RequestError) -> QueueError {
 /// Start up to `budget` requests of the queue: answer at once what moves no data (and
 /// what the ring cannot take), queue reads, writes and flushes on `ring`, and submit
 /// them with one system call. `more` is set when the budget ran out; when the ring is
-/// full, its completions bring the device back; when `throttle` blocks, its timer does.
+/// full, its completions bring the device back; when `throttle` blocks (asked only when
+/// a request is available), the request stays in the ring and the timer brings the
+/// device back.
 pub fn start(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
@@ -44,13 +48,14 @@ pub fn start(
                 more = true;
                 break;
             }
-            if throttle.blocked() {
-                blocked = true;
-                break;
-            }
             let Some(chain) = pop(queue, mem, 0)? else {
                 break;
             };
+            if throttle.blocked() {
+                unpop(queue);
+                blocked = true;
+                break;
+            }
             let head = chain.head_index();
             let prepared = prepare(mem, chain, disk).map_err(request_error)?;
             throttle.charge(match &prepared {

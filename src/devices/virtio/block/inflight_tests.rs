@@ -242,3 +242,73 @@ fn a_disk_refuses_a_network_limiter() {
         .unwrap_err();
     assert_eq!(e.to_string(), "virtio-blk has no transmit rate limiter");
 }
+
+/// A byte bucket of one 4 KiB read per 20 ms.
+fn one_read_per_20ms() -> RateLimiterConfig {
+    RateLimiterConfig {
+        bandwidth: Some(BucketConfig {
+            size: 4096,
+            one_time_burst: None,
+            refill_time: 20,
+        }),
+        ops: None,
+    }
+}
+
+/// Serve `dev` as its event loop does, on each event of its rate limiter's timer,
+/// until the driver's used index reaches `n`; each event is waited for at most 10 s.
+fn serve_on_timer_events(dev: &mut Block, used: impl Fn() -> u16, n: u16) {
+    use std::os::fd::AsRawFd;
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+    let epoll = Epoll::new().unwrap();
+    let fd = dev.limiter.timer().as_raw_fd();
+    epoll
+        .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 1))
+        .unwrap();
+    let mut events = [EpollEvent::default(); 1];
+    while used() < n {
+        assert_eq!(
+            epoll.wait(10_000, &mut events).unwrap(),
+            1,
+            "no timer event"
+        );
+        dev.limiter.on_timer();
+        dev.process();
+        dev.quiesce();
+    }
+}
+
+#[test]
+fn a_queue_blocked_at_a_reset_is_dropped_and_the_next_activations_queue_is_served_on_the_timer() {
+    let (mem, img) = (memory(), TempImage::new(1 << 16, 0x33));
+    let limited = BlockConfig {
+        rate_limiter: Some(one_read_per_20ms()),
+        ..config(&img)
+    };
+    let mut dev = Block::new(limited).unwrap();
+    let (first, mut q) = queue(&mem, 0, 32);
+    q.set_event_idx(false);
+    first
+        .add_desc_chains(&chains(&mem, &[VIRTIO_BLK_T_IN; 6]), 0)
+        .unwrap();
+    let irq = Arc::new(Interrupt::new().unwrap());
+    let evt = || EventFd::new(EFD_NONBLOCK).unwrap();
+    dev.activate(mem.clone(), irq.clone(), vec![(q, evt())])
+        .unwrap();
+    dev.process();
+    dev.quiesce();
+    let served_before_reset = first.used().idx().load();
+    assert!(served_before_reset < 6, "{}", dev.describe());
+    dev.reset();
+    // The driver sets the device up again, with a new ring elsewhere in its memory.
+    let (second, mut q) = queue(&mem, 0x4000, 32);
+    q.set_event_idx(false);
+    second
+        .add_desc_chains(&chains(&mem, &[VIRTIO_BLK_T_IN; 4]), 0)
+        .unwrap();
+    dev.activate(mem.clone(), irq, vec![(q, evt())]).unwrap();
+    dev.process();
+    serve_on_timer_events(&mut dev, || second.used().idx().load(), 4);
+    assert_eq!(statuses(&mem, 4), [VIRTIO_BLK_S_OK as u8; 4]);
+    assert_eq!(first.used().idx().load(), served_before_reset);
+}

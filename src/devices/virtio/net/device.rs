@@ -127,7 +127,7 @@ impl Net {
         Self::with_backend(config, Backend::Tap(tap))
     }
 
-    fn with_backend(config: NetConfig, tap: Backend) -> Result<Self, NetError> {
+    fn with_backend(mut config: NetConfig, tap: Backend) -> Result<Self, NetError> {
         let tap_name = match &tap {
             Backend::Tap(tap) => tap.name().to_string(),
             Backend::Unplugged => String::new(),
@@ -137,6 +137,8 @@ impl Net {
         };
         let rx_limiter = limiter("rx_rate_limiter", config.rx_rate_limiter.as_ref())?;
         let tx_limiter = limiter("tx_rate_limiter", config.tx_rate_limiter.as_ref())?;
+        config.rx_rate_limiter = RateLimiterConfig::in_force(Some(&rx_limiter.config()));
+        config.tx_rate_limiter = RateLimiterConfig::in_force(Some(&tx_limiter.config()));
         let state = NetState {
             tap_name,
             mac: config.mac.unwrap_or_else(MacAddr::random),
@@ -308,7 +310,7 @@ impl VirtioDevice for Net {
             }
         };
         let config = limiter.update(change)?;
-        *saved = Some(config).filter(RateLimiterConfig::limits);
+        *saved = RateLimiterConfig::in_force(Some(&config));
         self.queues.requeue(queue);
         Ok(config)
     }
