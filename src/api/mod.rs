@@ -26,6 +26,7 @@
 pub mod client;
 pub mod controller;
 pub mod http;
+pub mod limits;
 pub mod model;
 pub mod resources;
 pub mod server;

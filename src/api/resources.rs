@@ -5,13 +5,13 @@
 
 use std::path::PathBuf;
 
+use super::limits::optional_limiter;
 use super::model::{
     BootSource, Drive, EntropyDevice, FullVmConfiguration, MachineConfig, MachineConfigUpdate,
-    NetworkInterface, RateLimiter, TokenBucket, Vsock,
+    NetworkInterface, Vsock,
 };
 use super::ApiError;
 use crate::config::{ConsoleConfig, VmConfig, BASE_CMDLINE};
-use crate::devices::rate_limiter::{BucketConfig, RateLimiterConfig};
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::net::{validate_ifname, MacAddr, NetConfig};
 use crate::devices::virtio::vsock::VsockConfig;
@@ -63,35 +63,6 @@ impl Default for Resources {
 
 fn bad(field: &str, value: impl std::fmt::Display, why: &str) -> ApiError {
     ApiError::BadRequest(format!("{field} {value}: {why}"))
-}
-
-fn bucket(b: &TokenBucket) -> BucketConfig {
-    BucketConfig {
-        size: b.size,
-        one_time_burst: b.one_time_burst,
-        refill_time: b.refill_time,
-    }
-}
-
-/// A limiter of the API as husk's configuration, checked; `field` names it in errors
-/// (`rate_limiter.bandwidth.size 0: ...`).
-pub fn limiter_config(field: &str, l: &RateLimiter) -> Result<RateLimiterConfig, ApiError> {
-    let config = RateLimiterConfig {
-        bandwidth: l.bandwidth.as_ref().map(bucket),
-        ops: l.ops.as_ref().map(bucket),
-    };
-    config
-        .validate()
-        .map_err(|e| ApiError::BadRequest(format!("{field}.{e}")))?;
-    Ok(config)
-}
-
-/// [`limiter_config`] of a limiter that may be absent.
-fn optional_limiter(
-    field: &str,
-    l: Option<&RateLimiter>,
-) -> Result<Option<RateLimiterConfig>, ApiError> {
-    l.map(|l| limiter_config(field, l)).transpose()
 }
 
 /// Refuse what husk does not do, naming the field and value.

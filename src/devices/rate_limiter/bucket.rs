@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(b.tokens(0), 1100);
         b.charge(1050, 0);
         assert_eq!(b.tokens(0), 50);
-        assert_eq!(b.tokens(3600_000 * MS), 100);
+        assert_eq!(b.tokens(3_600_000 * MS), 100);
     }
 
     #[test]
