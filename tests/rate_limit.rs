@@ -12,7 +12,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assets, host_tool_files, run_script, Output};
+use common::{assets, run_script, tool_files, Output};
 
 /// The husk-guest-tool binary (static: it runs in the guest and in the test host).
 const GUEST_TOOL: &str = env!("CARGO_BIN_EXE_husk-guest-tool");
@@ -160,7 +160,7 @@ const MIB: f64 = 1_048_576.0;
 
 #[test]
 fn disk_and_network_throughput_stays_under_the_caps_and_a_patch_changes_them_on_the_running_vm() {
-    let curl = host_tool_files(&["/usr/bin/curl"], "curl", "install curl");
+    let curl = tool_files("curl", "curl", "curl");
     let assets = assets();
     let mut files = assets.files();
     files.push((Path::new(GUEST_TOOL), "husk-guest-tool"));
