@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use husk::devices::rate_limiter::Unthrottled;
 use husk::devices::virtio::block::{self, BlockConfig, Disk};
 use husk::devices::virtio::net;
 use husk::devices::virtio::rng;
@@ -176,6 +177,7 @@ fn bench_block(size: u32, write: bool, img: &str) {
         read_only: false,
         id: None,
         root: false,
+        rate_limiter: None,
     };
     let mut disk = Disk::open(&config).expect("disk");
     let name = format!(
@@ -192,7 +194,7 @@ fn bench_block(size: u32, write: bool, img: &str) {
             sector = (sector + sectors_per_req) % (disk_sectors - sectors_per_req);
         }
         let n = ring.offer_all(&mem);
-        block::process_queue(&mut q, &mem, &mut disk, n)
+        block::process_queue(&mut q, &mem, &mut disk, n, &mut Unthrottled)
             .expect("blk")
             .used
     });
@@ -309,9 +311,16 @@ fn bench_net_tx(size: u32) {
         size as usize,
         || {
             let n = ring.offer_all(&mem);
-            net::process_tx(&mut q, &mem, &mut dev, net::Offloads::default(), n)
-                .expect("tx")
-                .used
+            net::process_tx(
+                &mut q,
+                &mem,
+                &mut dev,
+                net::Offloads::default(),
+                n,
+                &mut Unthrottled,
+            )
+            .expect("tx")
+            .used
         },
     );
 }
@@ -423,9 +432,16 @@ fn bench_net_rx(size: usize) {
             let next_used = q.next_used();
             ring.offer(&mem, QSIZE - ring.avail_idx.wrapping_sub(next_used));
             state.readable = true;
-            net::process_rx(&mut q, &mem, &mut dev, &mut state, usize::from(QSIZE))
-                .expect("rx")
-                .used
+            net::process_rx(
+                &mut q,
+                &mem,
+                &mut dev,
+                &mut state,
+                usize::from(QSIZE),
+                &mut Unthrottled,
+            )
+            .expect("rx")
+            .used
         },
     );
 }

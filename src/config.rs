@@ -226,6 +226,7 @@ mod tests {
             read_only: false,
             id: None,
             root: true,
+            rate_limiter: None,
         };
         let cfg = VmConfig {
             disks: vec![disk("/a"), disk("/b")],

@@ -7,7 +7,7 @@ use std::sync::mpsc::Sender;
 use super::http::{Request, Response};
 use super::model::*;
 use super::resources::Resources;
-use super::{parse, ApiError};
+use super::{limits, parse, ApiError};
 use crate::snapshot::fingerprint::Expect;
 use crate::snapshot::{self, CreateOptions};
 use crate::vmm::{self, ExitWatch, RestoreOptions, RunningVm};
@@ -25,6 +25,10 @@ fn json<T: serde::Serialize>(value: &T) -> Result<Response, ApiError> {
     serde_json::to_string(value)
         .map(Response::ok)
         .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn not_started(what: &str) -> ApiError {
+    ApiError::State(format!("{what} needs a started VM (it is Not started)"))
 }
 
 fn internal(e: impl std::error::Error) -> ApiError {
@@ -77,9 +81,7 @@ impl Controller {
     }
 
     fn running(&self, what: &str) -> Result<&RunningVm, ApiError> {
-        self.vm.as_ref().ok_or_else(|| {
-            ApiError::State(format!("{what} needs a started VM (it is Not started)"))
-        })
+        self.vm.as_ref().ok_or_else(|| not_started(what))
     }
 
     fn route(&mut self, req: &Request) -> Result<Response, ApiError> {
@@ -160,36 +162,17 @@ impl Controller {
     }
 
     fn patch_drive(&mut self, id: &str, d: PartialDrive) -> Result<Response, ApiError> {
-        self.running("PATCH /drives")?;
-        if d.drive_id != id {
-            return Err(ApiError::BadRequest(format!(
-                "drive_id {}: does not match the path's {id}",
-                d.drive_id
-            )));
-        }
-        if !self.resources.drives.iter().any(|o| o.drive_id == id) {
-            return Err(ApiError::BadRequest(format!(
-                "drive_id {id}: no such drive"
-            )));
-        }
-        if d.path_on_host.is_some() {
-            return Err(ApiError::BadRequest(
-                "path_on_host: changing a running drive's file is not supported; \
-                 snapshot the VM and load it with the new file"
-                    .into(),
-            ));
-        }
+        let vm = self
+            .vm
+            .as_mut()
+            .ok_or_else(|| not_started("PATCH /drives"))?;
+        limits::patch_drive(vm, &mut self.resources, id, d)?;
         Ok(Response::no_content())
     }
 
     fn patch_net(&mut self, id: &str, n: PartialNetworkInterface) -> Result<Response, ApiError> {
-        self.running("PATCH /network-interfaces")?;
-        if n.iface_id != id || !self.resources.nets.iter().any(|o| o.iface_id == id) {
-            return Err(ApiError::BadRequest(format!(
-                "iface_id {}: no such interface at {id}",
-                n.iface_id
-            )));
-        }
+        let vm = (self.vm.as_mut()).ok_or_else(|| not_started("PATCH /network-interfaces"))?;
+        limits::patch_net(vm, &mut self.resources, id, n)?;
         Ok(Response::no_content())
     }
 

@@ -8,8 +8,8 @@
 //! | `/version` | GET |
 //! | `/machine-config` | GET, PUT, PATCH (before start) |
 //! | `/boot-source` | PUT (before start) |
-//! | `/drives/{id}` | PUT (before start), PATCH (after) |
-//! | `/network-interfaces/{id}` | PUT (before start), PATCH (after) |
+//! | `/drives/{id}` | PUT (before start), PATCH (after: `rate_limiter`) |
+//! | `/network-interfaces/{id}` | PUT (before start), PATCH (after: `rx_rate_limiter`, `tx_rate_limiter`) |
 //! | `/vsock`, `/entropy` | PUT (before start) |
 //! | `/actions` | PUT: `InstanceStart`, `SendCtrlAltDel`, `FlushMetrics` |
 //! | `/vm` | PATCH: `Paused` / `Resumed` |
@@ -26,6 +26,7 @@
 pub mod client;
 pub mod controller;
 pub mod http;
+pub mod limits;
 pub mod model;
 pub mod resources;
 pub mod server;

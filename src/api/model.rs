@@ -71,17 +71,56 @@ pub struct BootSource {
     pub initrd_path: Option<String>,
 }
 
-/// A token bucket: `size` tokens, refilled over `refill_time` ms.
+/// A token bucket: `size` tokens, refilled over `refill_time` ms; `size` 0 disables
+/// it (in a `PATCH`: removes the limit). A value that is not a whole number 0 or more
+/// is refused naming the field and the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBucket {
     /// Capacity in tokens (bytes or operations).
+    #[serde(deserialize_with = "tokens::size")]
     pub size: u64,
     /// A first burst beyond the capacity, spent once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "tokens::one_time_burst"
+    )]
     pub one_time_burst: Option<u64>,
     /// Milliseconds to refill an empty bucket.
+    #[serde(deserialize_with = "tokens::refill_time")]
     pub refill_time: u64,
+}
+
+/// A token bucket's numbers, read as JSON values first so that a bad one is named.
+mod tokens {
+    use serde::de::{Deserializer, Error};
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    fn whole<E: Error>(value: &Value, field: &str) -> Result<u64, E> {
+        value.as_u64().ok_or_else(|| {
+            E::custom(format!(
+                "{field} {value}: a token bucket's {field} is a whole number, 0 or more"
+            ))
+        })
+    }
+
+    pub(super) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        whole(&Value::deserialize(d)?, "size")
+    }
+
+    pub(super) fn refill_time<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        whole(&Value::deserialize(d)?, "refill_time")
+    }
+
+    /// Absent or `null`: none.
+    pub(super) fn one_time_burst<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Null => Ok(None),
+            value => whole(&value, "one_time_burst").map(Some),
+        }
+    }
 }
 
 /// Limits on bytes and operations per second.

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use super::limits::optional_limiter;
 use super::model::{
     BootSource, Drive, EntropyDevice, FullVmConfiguration, MachineConfig, MachineConfigUpdate,
     NetworkInterface, Vsock,
@@ -14,6 +15,11 @@ use crate::config::{ConsoleConfig, VmConfig, BASE_CMDLINE};
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::net::{validate_ifname, MacAddr, NetConfig};
 use crate::devices::virtio::vsock::VsockConfig;
+
+/// The serial a drive shows its guest: the drive's id, cut to virtio-blk's 20 bytes.
+pub fn drive_serial(drive_id: &str) -> String {
+    drive_id.chars().take(20).collect()
+}
 
 /// What a client has configured so far.
 #[derive(Debug, Clone)]
@@ -157,6 +163,7 @@ impl Resources {
         {
             return Err(bad("io_engine", e, "must be Sync or Async"));
         }
+        optional_limiter("rate_limiter", d.rate_limiter.as_ref())?;
         if !std::path::Path::new(&d.path_on_host).exists() {
             return Err(bad("path_on_host", &d.path_on_host, "no such file"));
         }
@@ -193,6 +200,8 @@ impl Resources {
             mac.parse::<MacAddr>()
                 .map_err(|e| ApiError::BadRequest(format!("guest_mac: {e}")))?;
         }
+        optional_limiter("rx_rate_limiter", n.rx_rate_limiter.as_ref())?;
+        optional_limiter("tx_rate_limiter", n.tx_rate_limiter.as_ref())?;
         match self.nets.iter_mut().find(|o| o.iface_id == n.iface_id) {
             Some(old) => *old = n,
             None => self.nets.push(n),
@@ -218,24 +227,37 @@ impl Resources {
         let disks = self
             .drives
             .iter()
-            .map(|d| BlockConfig {
-                path: PathBuf::from(&d.path_on_host),
-                read_only: d.is_read_only,
-                id: Some(d.drive_id.chars().take(20).collect()),
-                root: d.is_root_device,
+            .map(|d| {
+                Ok(BlockConfig {
+                    path: PathBuf::from(&d.path_on_host),
+                    read_only: d.is_read_only,
+                    id: Some(drive_serial(&d.drive_id)),
+                    root: d.is_root_device,
+                    rate_limiter: optional_limiter("rate_limiter", d.rate_limiter.as_ref())?,
+                })
             })
-            .collect();
+            .collect::<Result<_, ApiError>>()?;
         let nets = self
             .nets
             .iter()
-            .map(|n| NetConfig {
-                tap: Some(n.host_dev_name.clone()),
-                mac: n.guest_mac.as_deref().and_then(|m| m.parse().ok()),
-                unplugged: false,
-                id: Some(n.iface_id.clone()),
-                claim: false,
+            .map(|n| {
+                Ok(NetConfig {
+                    tap: Some(n.host_dev_name.clone()),
+                    mac: n.guest_mac.as_deref().and_then(|m| m.parse().ok()),
+                    unplugged: false,
+                    id: Some(n.iface_id.clone()),
+                    claim: false,
+                    rx_rate_limiter: optional_limiter(
+                        "rx_rate_limiter",
+                        n.rx_rate_limiter.as_ref(),
+                    )?,
+                    tx_rate_limiter: optional_limiter(
+                        "tx_rate_limiter",
+                        n.tx_rate_limiter.as_ref(),
+                    )?,
+                })
             })
-            .collect();
+            .collect::<Result<_, ApiError>>()?;
         // Firecracker's boot_args replace its whole line; husk always keeps its base
         // line (the console, how a reset ends the VM) and appends the client's.
         let cmdline = boot.boot_args.clone().unwrap_or_default();

@@ -280,6 +280,7 @@ pub(super) fn vm_config(
         read_only: true,
         id: Some("husk-image".into()),
         root: false,
+        rate_limiter: None,
     };
     // vda is the image, vdb the scratch disk (scratch::GUEST_DEVICE), then the others.
     let mut disks = vec![image_disk];

@@ -134,6 +134,7 @@ pub fn block_config(path: PathBuf) -> BlockConfig {
         read_only: false,
         id: Some("husk-scratch".into()),
         root: false,
+        rate_limiter: None,
     }
 }
 

@@ -43,8 +43,9 @@ pub const SCRATCH_SLOT: usize = 1;
 /// The network card's slot.
 pub const NET_SLOT: usize = 0;
 /// Bumped when what a template VM is made of changes (devices, command line) or how
-/// it is kept (2: readable by jailed VMMs through the shared gid).
-const SHAPE_VERSION: u32 = 2;
+/// it is kept (2: readable by jailed VMMs through the shared gid; 3: its snapshot in
+/// the state format 2, with the devices' rate limiters).
+const SHAPE_VERSION: u32 = 3;
 /// The description of a template in its folder.
 const INFO_FILE: &str = "template.json";
 /// The snapshot's folder in a template.
@@ -392,6 +393,7 @@ fn template_config(spec: &TemplateSpec, dir: &Path, uds: PathBuf) -> VmConfig {
         read_only,
         id: Some(id.into()),
         root: false,
+        rate_limiter: None,
     };
     VmConfig {
         initrd: Some(spec.initrd.clone()),

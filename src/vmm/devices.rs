@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VmConfig;
 use crate::devices::bus::Bus;
+use crate::devices::rate_limiter::{LimiterKind, RateLimiterConfig, RateLimiterError};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::manager::VirtioManager;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -283,6 +284,12 @@ pub fn create(
     Ok(devices)
 }
 
+/// The slot [`create`] puts the `index`-th network card of `config` in: after the
+/// disks (a disk's slot is its index).
+pub fn net_slot(config: &VmConfig, index: usize) -> usize {
+    config.disks.len() + index
+}
+
 /// The guest's name for the `index`-th virtio disk: vda..vdz, vdaa...
 pub fn disk_name(index: usize) -> String {
     let letter = |i: usize| char::from(b'a' + (i % 26) as u8);
@@ -326,6 +333,25 @@ impl DeviceLoop {
             })
             .collect();
         (guards, slots)
+    }
+
+    /// Change a rate limiter of the device in `slot` (see [`VirtioDevice::update_rate_limiter`]);
+    /// the limits then in force. The event loop waits for the device meanwhile.
+    pub fn update_rate_limiter(
+        &self,
+        slot: usize,
+        kind: LimiterKind,
+        change: &RateLimiterConfig,
+    ) -> Result<RateLimiterConfig, RateLimiterError> {
+        let device = self
+            .devices
+            .get(slot)
+            .ok_or(RateLimiterError::Unsupported {
+                device: "an empty slot",
+                kind,
+            })?;
+        let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
+        device.update_rate_limiter(kind, change)
     }
 
     /// Every device's [`VirtioDevice::describe`], one after the other. A device the

@@ -10,6 +10,7 @@ pub mod guest_log;
 pub mod hang_report;
 pub mod parking;
 pub mod persist;
+pub mod rate_limits;
 pub mod running;
 pub mod seccomp;
 pub mod vcpu;
@@ -34,6 +35,7 @@ use exit::{classify, ExitCause, GuestError, VmExit, WARM_REBOOT_FLAG_ADDR};
 use vcpu::ExitSink;
 
 pub use builder::{restore, start, RestoreOptions};
+pub use rate_limits::LimiterTarget;
 pub use running::RunningVm;
 
 /// Lines of the guest kernel's log shown when a guest fails (see [`RunningVm::failure_output`]).
@@ -127,6 +129,23 @@ pub enum VmError {
     /// A thread's syscall filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// A request named a device the VM does not have.
+    #[error("this VM has no {what} {id}")]
+    NoDevice {
+        /// Which kind of device.
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// A device refused new limits.
+    #[error("{device}")]
+    RateLimiter {
+        /// The device.
+        device: String,
+        /// Why.
+        #[source]
+        source: crate::devices::rate_limiter::RateLimiterError,
+    },
     /// The process has no room for this VM's file descriptors.
     #[error(transparent)]
     Descriptors(#[from] fd_limit::FdLimitError),

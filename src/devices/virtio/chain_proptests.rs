@@ -16,6 +16,7 @@ use super::queues::Drained;
 use super::rng::{self, Rng};
 use super::vsock::{Header, Muxer, VsockConfig, HOST_CID};
 use crate::devices::bus::BusDevice;
+use crate::devices::rate_limiter::Unthrottled;
 
 const SIZE: u16 = 16;
 const DESC: u64 = 0;
@@ -140,20 +141,20 @@ proptest! {
     #[test]
     fn block_survives_random_rings(ring in ring()) {
         let (mem, img) = (memory(), TempImage::new(8192, 1));
-        let config = BlockConfig { path: img.0.clone(), read_only: false, id: None, root: false };
+        let config = BlockConfig { path: img.0.clone(), read_only: false, id: None, root: false, rate_limiter: None };
         let mut disk = Disk::open(&config).expect("disk");
         let mut q = install(&mem, &ring);
-        prop_assert!(bounded(block::process_queue(&mut q, &mem, &mut disk, 64)));
+        prop_assert!(bounded(block::process_queue(&mut q, &mem, &mut disk, 64, &mut Unthrottled)));
     }
 
     #[test]
     fn block_on_io_uring_survives_random_rings_and_finishes_what_it_took(ring in ring()) {
         let (mem, img) = (memory(), TempImage::new(8192, 1));
-        let config = BlockConfig { path: img.0.clone(), read_only: false, id: None, root: false };
+        let config = BlockConfig { path: img.0.clone(), read_only: false, id: None, root: false, rate_limiter: None };
         let disk = Disk::open(&config).expect("disk");
         let mut q = install(&mem, &ring);
         let mut uring = block::Ring::new(SIZE).expect("io_uring");
-        let started = block::start_in_flight(&mut q, &mem, &disk, &mut uring, 64);
+        let started = block::start_in_flight(&mut q, &mem, &disk, &mut uring, 64, &mut Unthrottled);
         let done = uring.wait_all(disk.file());
         let finished = done.len();
         let _ = block::finish_in_flight(&mut q, &mem, done);
@@ -188,7 +189,7 @@ proptest! {
         let (mut dev, _host) = UnixDatagram::pair().expect("pair");
         dev.set_nonblocking(true).expect("nonblocking");
         let mut q = install(&mem, &ring);
-        prop_assert!(bounded(net::process_tx(&mut q, &mem, &mut dev, net::Offloads::from_acked(acked), 64)));
+        prop_assert!(bounded(net::process_tx(&mut q, &mem, &mut dev, net::Offloads::from_acked(acked), 64, &mut Unthrottled)));
     }
 
     #[test]
@@ -203,7 +204,7 @@ proptest! {
         let mut st = RxState::default();
         st.readable = true;
         st.offloads = net::Offloads::from_acked(acked);
-        let r = net::process_rx(&mut q, &mem, &mut dev, &mut st, 64);
+        let r = net::process_rx(&mut q, &mem, &mut dev, &mut st, 64, &mut Unthrottled);
         // Chains held for later plus chains used never exceed what was made available.
         let held = usize::from(st.held_chains());
         prop_assert!(r.map_or(true, |d| d.used + held <= usize::from(SIZE)));

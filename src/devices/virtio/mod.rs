@@ -35,6 +35,8 @@ use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+
+use crate::devices::rate_limiter::{LimiterKind, RateLimiterConfig, RateLimiterError};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 /// Virtio device id of a network card (virtio 1.2 §5).
@@ -226,6 +228,19 @@ pub trait VirtioDevice: Send {
     /// configuration space the driver read has changed (the transport then tells it).
     fn after_restore(&mut self, _saved: &persist::DevicePersist) -> bool {
         false
+    }
+    /// Change one of the device's rate limiters while it runs (an API `PATCH`): each
+    /// bucket `change` gives replaces the device's, full; the limits then in force.
+    /// A device without a limiter of that kind refuses.
+    fn update_rate_limiter(
+        &mut self,
+        kind: LimiterKind,
+        _change: &RateLimiterConfig,
+    ) -> Result<RateLimiterConfig, RateLimiterError> {
+        Err(RateLimiterError::Unsupported {
+            device: "this device",
+            kind,
+        })
     }
 }
 

@@ -13,6 +13,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use super::{Interrupt, VirtioError};
+use crate::devices::rate_limiter::{Throttle, Unthrottled};
 
 /// Event data of the activation eventfd; queue eventfds use their queue index.
 pub const ACTIVATE_TOKEN: u32 = 0x100;
@@ -371,15 +372,44 @@ pub fn drain<F>(
 where
     F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Result<u32, QueueError>,
 {
+    drain_throttled(queue, mem, index, budget, &mut Unthrottled, |chain| {
+        f(chain).map(|len| (len, 0))
+    })
+}
+
+/// [`drain`] under a rate limiter: `throttle` is asked before each available chain is
+/// taken, and charged with the bytes `f` returns beside the used length. A blocked
+/// limiter leaves the chain in the ring and stops the pass without asking for
+/// notifications: its timer brings the device back. An empty ring never asks it (an
+/// idle device arms no timer).
+pub fn drain_throttled<F>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    budget: usize,
+    throttle: &mut impl Throttle,
+    mut f: F,
+) -> Result<Drained, QueueError>
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Result<(u32, u64), QueueError>,
+{
     let ring = |source| QueueError::Ring { index, source };
     let mut used = 0;
-    loop {
+    'passes: loop {
         if queue.event_idx_enabled() {
             queue.disable_notification(mem).map_err(ring)?;
         }
-        while let Some(chain) = pop(queue, mem, index)? {
+        loop {
+            let Some(chain) = pop(queue, mem, index)? else {
+                break;
+            };
+            if throttle.blocked() {
+                unpop(queue);
+                break 'passes;
+            }
             let head = chain.head_index();
-            let len = f(chain)?;
+            let (len, bytes) = f(chain)?;
+            throttle.charge(bytes);
             add_used(queue, mem, index, head, len)?;
             used += 1;
             if used >= budget {

@@ -65,6 +65,7 @@ fn block_read_through_transport_event_loop_and_irqfd() {
         read_only: true,
         id: None,
         root: false,
+        rate_limiter: None,
     };
     let (info, mut manager) = attach(&mem, Block::new(config).unwrap());
     let mock = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
@@ -98,6 +99,7 @@ fn hostile_chain_sets_needs_reset_through_transport() {
         read_only: false,
         id: None,
         root: false,
+        rate_limiter: None,
     };
     let (info, mut manager) = attach(&mem, Block::new(config).unwrap());
     let mock = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
@@ -155,6 +157,7 @@ fn a_restored_block_slot_goes_on_where_it_was_on_its_new_disk() {
         read_only: true,
         id: None,
         root: false,
+        rate_limiter: None,
     };
     let (info, mut manager) = attach(&mem, Block::new(config(&small.0)).unwrap());
     let mock = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
@@ -200,6 +203,7 @@ fn a_snapshot_of_another_device_kind_is_refused() {
         read_only: true,
         id: None,
         root: false,
+        rate_limiter: None,
     })
     .unwrap();
     let (info, _manager) = attach(&mem, block);

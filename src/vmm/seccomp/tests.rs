@@ -182,6 +182,48 @@ fn a_vcpu_thread_may_not_open_files() {
 }
 
 #[test]
+fn the_device_loop_may_make_arm_wait_for_and_read_a_rate_limiters_timer() {
+    use crate::devices::rate_limiter::{BucketConfig, RateLimiter, RateLimiterConfig, Throttle};
+    use std::os::fd::AsRawFd;
+    let status = in_filtered_child(Some(ThreadKind::Devices), || {
+        let bytes = BucketConfig {
+            size: 1,
+            one_time_burst: None,
+            refill_time: 1,
+        };
+        let config = RateLimiterConfig {
+            bandwidth: Some(bytes),
+            ops: None,
+        };
+        // timerfd_create and fcntl.
+        let Ok(mut limiter) = RateLimiter::new(Some(&config)) else {
+            return 5;
+        };
+        limiter.charge(2);
+        // timerfd_settime.
+        if !limiter.blocked() {
+            return 6;
+        }
+        let mut fd = libc::pollfd {
+            fd: limiter.timer().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, valid for the call.
+        if unsafe { libc::poll(&mut fd, 1, 10_000) } != 1 {
+            return 7;
+        }
+        // read.
+        limiter.on_timer();
+        0
+    });
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status:#x}"
+    );
+}
+
+#[test]
 fn an_ioctl_outside_the_list_kills() {
     let status = in_filtered_child(Some(ThreadKind::Devices), || {
         // TIOCSTI (push a byte into a terminal's input) is not on any list.

@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::rate_limiter::RateLimiterConfig;
+
 /// Length of a virtio-blk serial id (VIRTIO_BLK_ID_BYTES).
 pub const ID_BYTES: usize = 20;
 
@@ -45,6 +47,9 @@ pub struct BlockConfig {
     /// Boot the guest with this disk as its root filesystem (`root=/dev/vdX`).
     #[serde(default)]
     pub root: bool,
+    /// Limits on the guest's requests: bytes read or written, and requests.
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, BlockConfigError> {
@@ -89,6 +94,7 @@ impl FromStr for BlockConfig {
             read_only,
             id,
             root,
+            rate_limiter: None,
         })
     }
 }
@@ -107,6 +113,7 @@ mod tests {
                 read_only: true,
                 id: Some("rootfs".into()),
                 root: false,
+                rate_limiter: None,
             }
         );
     }

@@ -16,6 +16,7 @@ use super::disk::{Disk, DiskError, WriteZeroes};
 use super::inflight;
 use super::request::{self, MAX_DESCRIPTORS, MAX_DISCARD_SECTORS, SECTOR_SIZE};
 use super::ring::Ring;
+use crate::devices::rate_limiter::{LimiterKind, RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::DevicePersist;
 use crate::devices::virtio::queues::QueueSet;
@@ -39,6 +40,9 @@ pub enum BlockError {
     /// Eventfds could not be created.
     #[error("virtio-blk setup")]
     Setup(#[from] VirtioError),
+    /// The rate limiter could not be made.
+    #[error("virtio-blk rate_limiter")]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// The device's state as plain data.
@@ -60,6 +64,8 @@ pub struct Block {
     /// the event loop). Declared before `disk`, so it is dropped (waiting for the
     /// kernel) before the file closes.
     pub(super) ring: Option<Ring>,
+    /// Bytes and requests the guest may use (its timer is watched by the event loop).
+    pub(super) limiter: RateLimiter,
     disk: Disk,
     config_space: [u8; CONFIG_LEN],
     state: BlockState,
@@ -104,13 +110,16 @@ fn features(disk: &Disk) -> u64 {
 
 impl Block {
     /// File descriptors the device and its virtio-mmio transport hold at most: the
-    /// image, the io_uring and its eventfd, the queue set and the transport's eventfds
-    /// (one queue).
-    pub const MAX_FDS: usize = 3 + QueueSet::max_fds(1) + MmioTransport::max_fds(1);
+    /// image, the io_uring and its eventfd, the rate limiter's timer, the queue set and
+    /// the transport's eventfds (one queue).
+    pub const MAX_FDS: usize =
+        3 + RateLimiter::FDS + QueueSet::max_fds(1) + MmioTransport::max_fds(1);
 
     /// Open the image of `config`.
-    pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
+    pub fn new(mut config: BlockConfig) -> Result<Self, BlockError> {
         let disk = Disk::open(&config)?;
+        let limiter = RateLimiter::new(config.rate_limiter.as_ref())?;
+        config.rate_limiter = RateLimiterConfig::in_force(Some(&limiter.config()));
         let state = BlockState {
             avail_features: features(&disk),
             acked_features: 0,
@@ -122,6 +131,7 @@ impl Block {
         Ok(Self {
             queues: QueueSet::new("blk", &[QUEUE_SIZE])?,
             ring,
+            limiter,
             config_space: config_space(&disk),
             disk,
             state,
@@ -138,8 +148,9 @@ impl Block {
         &self.disk
     }
 
-    /// Serve the request queue (called by the event handler on a notification): start
-    /// every request on the ring, or serve them one by one without one.
+    /// Serve the request queue (called by the event handler on a notification, and when
+    /// the rate limiter's timer fired): start every request on the ring, or serve them
+    /// one by one without one, as long as the limiter lets them through.
     pub(super) fn process(&mut self) {
         if !self.queues.is_running() {
             return;
@@ -148,9 +159,10 @@ impl Block {
             return;
         };
         let (queue, mem) = (&mut active.queues[0], &active.mem);
+        let limiter = &mut self.limiter;
         let result = match self.ring.as_mut() {
-            Some(ring) => inflight::start(queue, mem, &self.disk, ring, BUDGET),
-            None => request::process_queue(queue, mem, &mut self.disk, BUDGET),
+            Some(ring) => inflight::start(queue, mem, &self.disk, ring, BUDGET, limiter),
+            None => request::process_queue(queue, mem, &mut self.disk, BUDGET, limiter),
         };
         self.queues.finish(0, result);
         // Requests on data in the page cache completed during the submission: answer
@@ -252,9 +264,10 @@ impl VirtioDevice for Block {
             None => "no io_uring".to_string(),
         };
         format!(
-            "{} ({}, {in_flight})",
+            "{} ({}, {in_flight}, rate limiter {})",
             self.queues.describe(),
-            self.state.config.path.display()
+            self.state.config.path.display(),
+            self.limiter.describe()
         )
     }
 
@@ -268,6 +281,25 @@ impl VirtioDevice for Block {
 
     fn after_restore(&mut self, saved: &DevicePersist) -> bool {
         self.restored(saved)
+    }
+
+    /// New limits for the guest's requests; the queue is looked at again, in case they
+    /// let through what waited.
+    fn update_rate_limiter(
+        &mut self,
+        kind: LimiterKind,
+        change: &RateLimiterConfig,
+    ) -> Result<RateLimiterConfig, RateLimiterError> {
+        if kind != LimiterKind::Disk {
+            return Err(RateLimiterError::Unsupported {
+                device: "virtio-blk",
+                kind,
+            });
+        }
+        let config = self.limiter.update(change)?;
+        self.state.config.rate_limiter = RateLimiterConfig::in_force(Some(&config));
+        self.queues.requeue(0);
+        Ok(config)
     }
 }
 
@@ -283,6 +315,7 @@ mod tests {
             read_only,
             id: None,
             root: false,
+            rate_limiter: None,
         };
         (Block::new(config).unwrap(), img)
     }

@@ -11,7 +11,10 @@ use vm_memory::GuestMemoryMmap;
 use super::disk::Disk;
 use super::request::{prepare, Prepared, RequestError};
 use super::ring::{Completed, Ring};
-use crate::devices::virtio::queues::{add_used, needs_notification, pop, Drained, QueueError};
+use crate::devices::rate_limiter::Throttle;
+use crate::devices::virtio::queues::{
+    add_used, needs_notification, pop, unpop, Drained, QueueError,
+};
 
 fn request_error(e: RequestError) -> QueueError {
     QueueError::Request {
@@ -23,16 +26,19 @@ fn request_error(e: RequestError) -> QueueError {
 /// Start up to `budget` requests of the queue: answer at once what moves no data (and
 /// what the ring cannot take), queue reads, writes and flushes on `ring`, and submit
 /// them with one system call. `more` is set when the budget ran out; when the ring is
-/// full, its completions bring the device back.
+/// full, its completions bring the device back; when `throttle` blocks (asked only when
+/// a request is available), the request stays in the ring and the timer brings the
+/// device back.
 pub fn start(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     disk: &Disk,
     ring: &mut Ring,
     budget: usize,
+    throttle: &mut impl Throttle,
 ) -> Result<Drained, QueueError> {
     let ring_err = |source| QueueError::Ring { index: 0, source };
-    let (mut used, mut started, mut more) = (0, 0, false);
+    let (mut used, mut started, mut more, mut blocked) = (0, 0, false, false);
     loop {
         if queue.event_idx_enabled() {
             queue.disable_notification(mem).map_err(ring_err)?;
@@ -45,8 +51,18 @@ pub fn start(
             let Some(chain) = pop(queue, mem, 0)? else {
                 break;
             };
+            if throttle.blocked() {
+                unpop(queue);
+                blocked = true;
+                break;
+            }
             let head = chain.head_index();
-            match prepare(mem, chain, disk).map_err(request_error)? {
+            let prepared = prepare(mem, chain, disk).map_err(request_error)?;
+            throttle.charge(match &prepared {
+                Prepared::Done(_) => 0,
+                Prepared::Io(req) => req.charge(),
+            });
+            match prepared {
                 Prepared::Done(len) => {
                     add_used(queue, mem, 0, head, len)?;
                     used += 1;
@@ -70,7 +86,7 @@ pub fn start(
                 },
             }
         }
-        let rearm = !more && ring.has_room() && queue.event_idx_enabled();
+        let rearm = !more && !blocked && ring.has_room() && queue.event_idx_enabled();
         if !rearm || !queue.enable_notification(mem).map_err(ring_err)? {
             break;
         }

@@ -49,6 +49,7 @@ mod tests {
             read_only: true,
             id: None,
             root: false,
+            rate_limiter: None,
         };
         let mut block = Block::new(config).unwrap();
         let empty = DevicePersist::Block(BlockPersist {

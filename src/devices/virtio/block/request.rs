@@ -14,10 +14,11 @@ use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::GuestMemoryMmap;
 
 use super::disk::{Disk, WriteZeroes};
+use crate::devices::rate_limiter::Throttle;
 use crate::devices::virtio::descriptor::{
     read_bytes, sub_range, total_len, write_bytes, Buffer, Chain, DescriptorError,
 };
-use crate::devices::virtio::queues::{drain, Drained, QueueError};
+use crate::devices::virtio::queues::{drain_throttled, Drained, QueueError};
 
 /// Sector size of the virtio-blk interface.
 pub const SECTOR_SIZE: u64 = 512;
@@ -100,6 +101,11 @@ impl IoRequest {
         total_len(&self.bufs)
     }
 
+    /// What a rate limiter's byte bucket is charged for it: its data.
+    pub fn charge(&self) -> u64 {
+        u64::try_from(self.data_len()).unwrap_or(u64::MAX)
+    }
+
     /// Carry the request out on this thread; whether it succeeded.
     pub fn run_sync(&self, mem: &GuestMemoryMmap, disk: &Disk) -> bool {
         let (what, result) = match self.kind {
@@ -165,17 +171,18 @@ pub fn prepare(
     Ok(Prepared::Done(written + 1))
 }
 
-/// Execute one chain on `disk` on this thread; returns the used length.
+/// Execute one chain on `disk` on this thread; returns the used length and the bytes
+/// of data it moved (what a rate limiter charges).
 pub fn handle_request(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     disk: &Disk,
-) -> Result<u32, RequestError> {
+) -> Result<(u32, u64), RequestError> {
     match prepare(mem, chain, disk)? {
-        Prepared::Done(len) => Ok(len),
+        Prepared::Done(len) => Ok((len, 0)),
         Prepared::Io(req) => {
             let ok = req.run_sync(mem, disk);
-            req.finish(mem, ok)
+            Ok((req.finish(mem, ok)?, req.charge()))
         }
     }
 }
@@ -293,14 +300,16 @@ fn range_op(mem: &GuestMemoryMmap, disk: &Disk, data: &[Buffer], zeroes: bool) -
     }
 }
 
-/// Serve up to `budget` requests of the block queue (index 0).
+/// Serve up to `budget` requests of the block queue (index 0), each once `throttle`
+/// lets it (one operation and its data bytes).
 pub fn process_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     disk: &mut Disk,
     budget: usize,
+    throttle: &mut impl Throttle,
 ) -> Result<Drained, QueueError> {
-    drain(queue, mem, 0, budget, |chain| {
+    drain_throttled(queue, mem, 0, budget, throttle, |chain| {
         handle_request(mem, chain, disk).map_err(|e| QueueError::Request {
             index: 0,
             source: Box::new(e),

@@ -4,6 +4,7 @@ use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
+use crate::devices::rate_limiter::Unthrottled;
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::descriptor::test_util::*;
 
@@ -14,6 +15,7 @@ fn open_disk(img: &TempImage, read_only: bool) -> Disk {
         read_only,
         id: Some("husk-serial".into()),
         root: false,
+        rate_limiter: None,
     };
     Disk::open(&config).unwrap()
 }
@@ -32,7 +34,7 @@ fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
 fn run(mem: &GuestMemoryMmap, disk: &mut Disk, descs: &[RawDescriptor]) -> (bool, u32, u8) {
     let (mock, mut q) = queue(mem, 0, 16);
     mock.add_desc_chains(&linked(descs, 0), 0).unwrap();
-    let ok = process_queue(&mut q, mem, disk, 16).is_ok();
+    let ok = process_queue(&mut q, mem, disk, 16, &mut Unthrottled).is_ok();
     (ok, used(&mock, 0).1, status_at(mem, STATUS))
 }
 

@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::rate_limiter::RateLimiterConfig;
+
 /// Longest interface name (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
 
@@ -100,6 +102,12 @@ pub struct NetConfig {
     /// attached, its persistence is cleared, so it goes when the VM closes it.
     #[serde(default)]
     pub claim: bool,
+    /// Limits on frames to the guest (bytes and frames).
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on frames from the guest (bytes and frames).
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl NetConfig {

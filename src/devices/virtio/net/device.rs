@@ -13,6 +13,7 @@ use super::header::{Offloads, NET_HDR_LEN, OFFERED};
 use super::queues::{self, FrameIo};
 use super::rx::RxState;
 use super::tap::{Tap, TapError};
+use crate::devices::rate_limiter::{LimiterKind, RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::devices::virtio::guest_io::IoVecs;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::DevicePersist;
@@ -36,6 +37,15 @@ pub enum NetError {
     /// Eventfds could not be created.
     #[error("virtio-net setup")]
     Setup(#[from] VirtioError),
+    /// A rate limiter could not be made.
+    #[error("virtio-net {which}")]
+    RateLimiter {
+        /// `rx_rate_limiter` or `tx_rate_limiter`.
+        which: &'static str,
+        /// Why.
+        #[source]
+        source: RateLimiterError,
+    },
 }
 
 /// The device's state as plain data.
@@ -82,13 +92,19 @@ pub struct Net {
     pub(super) queues: QueueSet,
     pub(super) tap: Backend,
     pub(super) rx: RxState,
+    /// Frames to the guest: the TAP is not read while it blocks.
+    pub(super) rx_limiter: RateLimiter,
+    /// Frames from the guest: TX chains are not taken while it blocks.
+    pub(super) tx_limiter: RateLimiter,
     state: NetState,
 }
 
 impl Net {
     /// File descriptors the device and its virtio-mmio transport hold at most: the
-    /// TAP, the queue set and the transport's eventfds (two queues).
-    pub const MAX_FDS: usize = 1 + QueueSet::max_fds(2) + MmioTransport::max_fds(2);
+    /// TAP, the two rate limiters' timers, the queue set and the transport's eventfds
+    /// (two queues).
+    pub const MAX_FDS: usize =
+        1 + 2 * RateLimiter::FDS + QueueSet::max_fds(2) + MmioTransport::max_fds(2);
 
     /// Open (or create) the TAP of `config` and pick the MAC.
     pub fn new(config: NetConfig) -> Result<Self, NetError> {
@@ -111,11 +127,18 @@ impl Net {
         Self::with_backend(config, Backend::Tap(tap))
     }
 
-    fn with_backend(config: NetConfig, tap: Backend) -> Result<Self, NetError> {
+    fn with_backend(mut config: NetConfig, tap: Backend) -> Result<Self, NetError> {
         let tap_name = match &tap {
             Backend::Tap(tap) => tap.name().to_string(),
             Backend::Unplugged => String::new(),
         };
+        let limiter = |which, config: Option<&RateLimiterConfig>| {
+            RateLimiter::new(config).map_err(|source| NetError::RateLimiter { which, source })
+        };
+        let rx_limiter = limiter("rx_rate_limiter", config.rx_rate_limiter.as_ref())?;
+        let tx_limiter = limiter("tx_rate_limiter", config.tx_rate_limiter.as_ref())?;
+        config.rx_rate_limiter = RateLimiterConfig::in_force(Some(&rx_limiter.config()));
+        config.tx_rate_limiter = RateLimiterConfig::in_force(Some(&tx_limiter.config()));
         let state = NetState {
             tap_name,
             mac: config.mac.unwrap_or_else(MacAddr::random),
@@ -126,6 +149,8 @@ impl Net {
             queues: QueueSet::new("net", &[QUEUE_SIZE; 2])?,
             tap,
             rx: RxState::default(),
+            rx_limiter,
+            tx_limiter,
             state,
         })
     }
@@ -140,7 +165,7 @@ impl Net {
         &self.state.tap_name
     }
 
-    /// Send guest frames to the TAP.
+    /// Send guest frames to the TAP, as far as the TX limiter lets them.
     pub(super) fn process_tx(&mut self) {
         if !self.queues.is_running() {
             return;
@@ -150,7 +175,8 @@ impl Net {
         };
         let offloads = self.rx.offloads;
         let q = &mut active.queues[TX];
-        let result = queues::process_tx(q, &active.mem, &mut self.tap, offloads, BUDGET);
+        let limiter = &mut self.tx_limiter;
+        let result = queues::process_tx(q, &active.mem, &mut self.tap, offloads, BUDGET, limiter);
         self.queues.finish(TX, result);
     }
 
@@ -166,7 +192,7 @@ impl Net {
         }
     }
 
-    /// Deliver TAP frames to the guest.
+    /// Deliver TAP frames to the guest, as far as the RX limiter lets them.
     pub(super) fn process_rx(&mut self) {
         if !self.queues.is_running() {
             return;
@@ -175,7 +201,8 @@ impl Net {
             return;
         };
         let q = &mut active.queues[RX];
-        let result = queues::process_rx(q, &active.mem, &mut self.tap, &mut self.rx, BUDGET);
+        let (rx, limiter) = (&mut self.rx, &mut self.rx_limiter);
+        let result = queues::process_rx(q, &active.mem, &mut self.tap, rx, BUDGET, limiter);
         self.queues.finish(RX, result);
     }
 }
@@ -230,11 +257,14 @@ impl VirtioDevice for Net {
 
     fn describe(&self) -> String {
         format!(
-            "{} (TAP {}, {} RX chains taken and not filled, a frame waiting: {})",
+            "{} (TAP {}, {} RX chains taken and not filled, a frame waiting: {}, RX limiter \
+             {}, TX limiter {})",
             self.queues.describe(),
             self.state.tap_name,
             self.rx.held_chains(),
-            self.rx.has_pending()
+            self.rx.has_pending(),
+            self.rx_limiter.describe(),
+            self.tx_limiter.describe()
         )
     }
 
@@ -253,6 +283,37 @@ impl VirtioDevice for Net {
     fn after_restore(&mut self, _saved: &DevicePersist) -> bool {
         self.restored()
     }
+
+    /// New limits for one direction; its queue is looked at again, in case they let
+    /// through what waited.
+    fn update_rate_limiter(
+        &mut self,
+        kind: LimiterKind,
+        change: &RateLimiterConfig,
+    ) -> Result<RateLimiterConfig, RateLimiterError> {
+        let (limiter, saved, queue) = match kind {
+            LimiterKind::Receive => (
+                &mut self.rx_limiter,
+                &mut self.state.config.rx_rate_limiter,
+                RX,
+            ),
+            LimiterKind::Transmit => (
+                &mut self.tx_limiter,
+                &mut self.state.config.tx_rate_limiter,
+                TX,
+            ),
+            LimiterKind::Disk => {
+                return Err(RateLimiterError::Unsupported {
+                    device: "virtio-net",
+                    kind,
+                })
+            }
+        };
+        let config = limiter.update(change)?;
+        *saved = RateLimiterConfig::in_force(Some(&config));
+        self.queues.requeue(queue);
+        Ok(config)
+    }
 }
 
 #[cfg(test)]
@@ -268,6 +329,8 @@ mod tests {
             unplugged: false,
             id: None,
             claim: false,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         })
         .unwrap();
         let mut b = [0u8; 6];

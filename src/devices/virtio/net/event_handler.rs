@@ -1,4 +1,5 @@
-//! Event-manager glue of virtio-net: queue eventfds and the TAP (edge-triggered).
+//! Event-manager glue of virtio-net: queue eventfds, the TAP (edge-triggered) and the
+//! rate limiters' timers.
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
@@ -8,6 +9,10 @@ use crate::devices::virtio::queues::ACTIVATE_TOKEN;
 
 /// Event data of the TAP fd.
 const TAP_TOKEN: u32 = 0x102;
+/// Event data of the RX rate limiter's timer.
+const RX_LIMITER_TOKEN: u32 = 0x103;
+/// Event data of the TX rate limiter's timer.
+const TX_LIMITER_TOKEN: u32 = 0x104;
 
 impl MutEventSubscriber for Net {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -22,12 +27,28 @@ impl MutEventSubscriber for Net {
                 self.rx.readable = true;
                 self.process_rx();
             }
+            RX_LIMITER_TOKEN => {
+                self.rx_limiter.on_timer();
+                self.process_rx();
+            }
+            TX_LIMITER_TOKEN => {
+                self.tx_limiter.on_timer();
+                self.process_tx();
+            }
             _ => {}
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
         self.queues.init_events(ops);
+        for (limiter, token) in [
+            (&self.rx_limiter, RX_LIMITER_TOKEN),
+            (&self.tx_limiter, TX_LIMITER_TOKEN),
+        ] {
+            if let Err(e) = ops.add(Events::with_data(limiter.timer(), token, EventSet::IN)) {
+                log::error!("virtio-net: cannot watch a rate limiter's timer: {e}");
+            }
+        }
         let Backend::Tap(tap) = &self.tap else {
             return;
         };

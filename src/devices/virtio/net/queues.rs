@@ -13,9 +13,10 @@ use vm_memory::GuestMemoryMmap;
 
 use super::header::{NetHeader, Offloads, MAX_FRAME, NET_HDR_LEN};
 use super::rx::{RxState, RxStep};
+use crate::devices::rate_limiter::Throttle;
 use crate::devices::virtio::descriptor::{read_bytes, sub_range, total_len, Chain};
 use crate::devices::virtio::guest_io::IoVecs;
-use crate::devices::virtio::queues::{drain, needs_notification, rearm};
+use crate::devices::virtio::queues::{drain_throttled, needs_notification, rearm};
 use crate::devices::virtio::queues::{Drained, QueueError};
 
 const MAX_DESCRIPTORS: usize = 64;
@@ -48,29 +49,33 @@ fn request_error(e: impl std::error::Error + Send + Sync + 'static) -> QueueErro
 }
 
 /// Send up to `budget` guest frames from the TX queue to `io`, with the offloads the
-/// driver negotiated. Frames with a header beyond them are dropped.
+/// driver negotiated, each once `throttle` lets it (one operation and the frame's
+/// bytes, without the virtio-net header). Frames with a header beyond the offloads are
+/// dropped (and charged: the guest sent them).
 pub fn process_tx<T: FrameIo>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     io: &mut T,
     offloads: Offloads,
     budget: usize,
+    throttle: &mut impl Throttle,
 ) -> Result<Drained, QueueError> {
-    drain(queue, mem, TX, budget, |chain| {
+    drain_throttled(queue, mem, TX, budget, throttle, |chain| {
         let chain = Chain::parse(chain, mem, MAX_DESCRIPTORS).map_err(request_error)?;
         let total = total_len(&chain.readable);
         let len = total.saturating_sub(NET_HDR_LEN);
         if !chain.writable.is_empty() || total < NET_HDR_LEN || len > MAX_FRAME {
             log::debug!("virtio-net: malformed TX chain {} dropped", chain.head);
-            return Ok(0);
+            return Ok((0, 0));
         }
+        let charge = u64::try_from(len).unwrap_or(u64::MAX);
         let mut raw = [0u8; NET_HDR_LEN];
         read_bytes(mem, &chain.readable, 0, &mut raw).map_err(request_error)?;
         let hdr = match offloads.check_tx(&NetHeader::from_bytes(&raw), len) {
             Ok(hdr) => hdr,
             Err(e) => {
                 log::debug!("virtio-net: TX chain {} dropped: {e}", chain.head);
-                return Ok(0);
+                return Ok((0, charge));
             }
         };
         let frame = sub_range(&chain.readable, NET_HDR_LEN, len).map_err(request_error)?;
@@ -79,22 +84,25 @@ pub fn process_tx<T: FrameIo>(
         if let Err(e) = io.write_frame(&hdr.to_bytes(), &iov) {
             log::debug!("virtio-net: TX frame dropped: {e}");
         }
-        Ok(0)
+        Ok((0, charge))
     })
 }
 
-/// Deliver frames from `io` into the RX queue, completing up to about `budget` chains.
+/// Deliver frames from `io` into the RX queue, completing up to about `budget` chains;
+/// no frame is read from `io` while `throttle` blocks (it is charged one operation and
+/// the frame's bytes, without the virtio-net header, per frame read).
 pub fn process_rx<T: FrameIo>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     io: &mut T,
     state: &mut RxState,
     budget: usize,
+    throttle: &mut impl Throttle,
 ) -> Result<Drained, QueueError> {
     let mut used = 0;
     loop {
         while used < budget {
-            match state.step(queue, mem, io)? {
+            match state.step(queue, mem, io, throttle)? {
                 RxStep::Used(n) => used += n,
                 RxStep::Idle => break,
             }

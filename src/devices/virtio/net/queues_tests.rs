@@ -1,11 +1,13 @@
 //! Tests of virtio-net frame movement with a datagram socket pair as the backend.
 use std::os::unix::net::UnixDatagram;
 
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::devices::virtio::net::header::{F_NEEDS_CSUM, GSO_TCPV4};
 
 use super::*;
+use crate::devices::rate_limiter::{Allow, Unthrottled};
 use crate::devices::virtio::descriptor::test_util::*;
 use crate::devices::virtio::net::header::OFFERED;
 
@@ -43,7 +45,15 @@ fn guest_frame_reaches_backend_with_zero_header() {
         .unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[r(0x10000, 17)], 0).unwrap();
-    let d = process_tx(&mut q, &mem, &mut dev, Offloads::default(), 16).unwrap();
+    let d = process_tx(
+        &mut q,
+        &mem,
+        &mut dev,
+        Offloads::default(),
+        16,
+        &mut Unthrottled,
+    )
+    .unwrap();
     let mut out = [0u8; 64];
     let n = host.recv(&mut out).unwrap();
     assert_eq!(d.used, 1);
@@ -56,7 +66,15 @@ fn tx_chain_with_writable_buffer_is_dropped() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&linked(&[r(0x10000, 20), w(0x11000, 20)], 0), 0)
         .unwrap();
-    process_tx(&mut q, &mem, &mut dev, Offloads::default(), 16).unwrap();
+    process_tx(
+        &mut q,
+        &mem,
+        &mut dev,
+        Offloads::default(),
+        16,
+        &mut Unthrottled,
+    )
+    .unwrap();
     assert_eq!(used(&mock, 0), (0, 0));
     assert!(host.recv(&mut [0u8; 64]).is_err());
 }
@@ -66,7 +84,15 @@ fn tx_chain_shorter_than_header_is_dropped() {
     let (mem, (mut dev, host)) = (memory(), pair());
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[r(0x10000, 4)], 0).unwrap();
-    process_tx(&mut q, &mem, &mut dev, Offloads::default(), 16).unwrap();
+    process_tx(
+        &mut q,
+        &mem,
+        &mut dev,
+        Offloads::default(),
+        16,
+        &mut Unthrottled,
+    )
+    .unwrap();
     assert!(host.recv(&mut [0u8; 64]).is_err());
 }
 
@@ -77,7 +103,7 @@ fn backend_frame_reaches_guest_with_num_buffers_one() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0x10000, 2048)], 0).unwrap();
     let mut st = rx_state(Offloads::default());
-    let d = process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
+    let d = process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
     let mut got = [0u8; 17];
     mem.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
     assert_eq!(
@@ -98,9 +124,9 @@ fn frame_without_guest_buffer_waits() {
     host.send(&tap_frame(b"hello")).unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     let mut st = rx_state(Offloads::default());
-    process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
+    process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
     mock.add_desc_chains(&[w(0x10000, 2048)], 0).unwrap();
-    process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
+    process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
     assert_eq!(used(&mock, 0), (0, 17));
 }
 
@@ -111,7 +137,7 @@ fn frame_larger_than_buffer_is_dropped_and_buffer_returned_empty() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0x10000, 50)], 0).unwrap();
     let mut st = rx_state(Offloads::default());
-    process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
+    process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
     assert_eq!(used(&mock, 0), (0, 0));
 }
 
@@ -122,7 +148,7 @@ fn rx_buffer_outside_memory_is_a_queue_error() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0xfff00, 0x1000)], 0).unwrap();
     let mut st = rx_state(Offloads::default());
-    assert!(process_rx(&mut q, &mem, &mut dev, &mut st, 16).is_err());
+    assert!(process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).is_err());
 }
 
 /// A TSO header as Linux's virtio-net sends it for a 64 KiB TCP/IPv4 frame.
@@ -148,7 +174,7 @@ fn a_tso_frame_reaches_the_backend_with_its_header_when_negotiated() {
     let (mock, mut q) = queue(&mem, 0, 16);
     let chain = linked(&[r(0x10000, 12), r(0x20000, 60000)], 0);
     mock.add_desc_chains(&chain, 0).unwrap();
-    process_tx(&mut q, &mem, &mut dev, all_offloads(), 16).unwrap();
+    process_tx(&mut q, &mem, &mut dev, all_offloads(), 16, &mut Unthrottled).unwrap();
     let mut out = vec![0u8; 70000];
     let n = host.recv(&mut out).unwrap();
     assert_eq!(&out[..NET_HDR_LEN], &tso_header().to_bytes());
@@ -162,7 +188,15 @@ fn a_tso_frame_of_a_guest_without_offloads_goes_out_with_an_empty_header() {
         .unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[r(0x10000, 100)], 0).unwrap();
-    process_tx(&mut q, &mem, &mut dev, Offloads::default(), 16).unwrap();
+    process_tx(
+        &mut q,
+        &mem,
+        &mut dev,
+        Offloads::default(),
+        16,
+        &mut Unthrottled,
+    )
+    .unwrap();
     let mut out = [0u8; 128];
     let n = host.recv(&mut out).unwrap();
     assert_eq!((n, &out[..NET_HDR_LEN]), (100, &[0u8; NET_HDR_LEN][..]));
@@ -176,7 +210,7 @@ fn a_gso_frame_beyond_the_negotiated_offloads_is_dropped_and_completed() {
         .unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[r(0x10000, 1000)], 0).unwrap();
-    let d = process_tx(&mut q, &mem, &mut dev, csum_only, 16).unwrap();
+    let d = process_tx(&mut q, &mem, &mut dev, csum_only, 16, &mut Unthrottled).unwrap();
     assert_eq!((d.used, used(&mock, 0)), (1, (0, 0)));
     assert!(host.recv(&mut [0u8; 64]).is_err());
 }
@@ -210,7 +244,7 @@ fn a_large_frame_fills_merged_buffers_in_place_with_num_buffers() {
     let (mock, mut q) = queue(&mem, 0, 64);
     rx_chains(&mock, 40, 2048);
     let mut st = rx_state(all_offloads());
-    let d = process_rx(&mut q, &mem, &mut dev, &mut st, 64).unwrap();
+    let d = process_rx(&mut q, &mem, &mut dev, &mut st, 64, &mut Unthrottled).unwrap();
     let got = received(&mem, frame.len());
     let hdr = NetHeader::from_bytes(got[..NET_HDR_LEN].try_into().unwrap());
     assert_eq!(d.used, 3);
@@ -237,9 +271,9 @@ fn a_large_frame_waits_for_enough_merged_buffers_then_is_copied() {
     let (mock, mut q) = queue(&mem, 0, 16);
     rx_chains(&mock, 2, 2048);
     let mut st = rx_state(all_offloads());
-    let first = process_rx(&mut q, &mem, &mut dev, &mut st, 64).unwrap();
+    let first = process_rx(&mut q, &mem, &mut dev, &mut st, 64, &mut Unthrottled).unwrap();
     mock.add_desc_chains(&[w(0x11000, 2048)], 2).unwrap();
-    let second = process_rx(&mut q, &mem, &mut dev, &mut st, 64).unwrap();
+    let second = process_rx(&mut q, &mem, &mut dev, &mut st, 64, &mut Unthrottled).unwrap();
     let got = received(&mem, 5012);
     assert_eq!((first.used, second.used), (0, 3));
     assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3);
@@ -255,7 +289,7 @@ fn without_guest_csum_the_tap_header_reaches_the_guest_emptied() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0x10000, 2048)], 0).unwrap();
     let mut st = rx_state(Offloads::default());
-    process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
+    process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
     assert_eq!(&received(&mem, 16)[..], b"\0\0\0\0\0\0\0\0\0\0\x01\0data");
 }
 
@@ -267,8 +301,56 @@ fn one_big_chain_takes_a_frame_in_place_without_merged_buffers() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0x10000, 0x11000)], 0).unwrap();
     let mut st = rx_state(tso_no_mrg);
-    let d = process_rx(&mut q, &mem, &mut dev, &mut st, 16).unwrap();
+    let d = process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
     assert_eq!((d.used, used(&mock, 0)), (1, (0, 30012)));
     assert_eq!(received(&mem, 30012)[30011], 3);
     assert_eq!(st.held_chains(), 0);
+}
+
+#[test]
+fn a_blocked_tx_throttle_leaves_frames_in_the_ring_and_each_sent_one_is_charged_its_bytes() {
+    let (mem, (mut dev, host)) = (memory(), pair());
+    for i in 0..3u64 {
+        let at = 0x10000 + 0x1000 * i;
+        mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(at))
+            .unwrap();
+    }
+    let (mock, mut q) = queue(&mem, 0, 16);
+    let chains = [r(0x10000, 17), r(0x11000, 112), r(0x12000, 13)];
+    mock.add_desc_chains(&chains, 0).unwrap();
+    let mut allow = Allow {
+        left: 2,
+        ..Allow::default()
+    };
+    let d = process_tx(&mut q, &mem, &mut dev, Offloads::default(), 16, &mut allow).unwrap();
+    assert_eq!((d.used, d.more, q.next_avail()), (2, false, 2));
+    assert_eq!(allow.charged, [5, 100]);
+    let mut out = [0u8; 256];
+    assert_eq!(host.recv(&mut out).unwrap(), 17);
+    assert_eq!(host.recv(&mut out).unwrap(), 112);
+    assert!(host.recv(&mut out).is_err());
+}
+
+#[test]
+fn a_blocked_rx_throttle_leaves_frames_in_the_backend_and_each_read_one_is_charged_its_bytes() {
+    let (mem, (mut dev, host)) = (memory(), pair());
+    host.send(&tap_frame(b"first")).unwrap();
+    host.send(&tap_frame(b"second")).unwrap();
+    let (mock, mut q) = queue(&mem, 0, 16);
+    mock.add_desc_chains(&[w(0x10000, 2048), w(0x11000, 2048)], 0)
+        .unwrap();
+    let mut st = rx_state(Offloads::default());
+    let mut allow = Allow {
+        left: 1,
+        ..Allow::default()
+    };
+    let d = process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut allow).unwrap();
+    assert_eq!((d.used, d.more), (1, false));
+    assert_eq!(allow.charged, [5]);
+    // The second frame is still in the backend, and the backend still readable.
+    assert!(st.readable && !st.has_pending());
+    allow.left = 1;
+    process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut allow).unwrap();
+    assert_eq!(allow.charged, [5, 6]);
+    assert_eq!(used(&mock, 1), (1, 18));
 }

@@ -18,6 +18,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::header::{NetHeader, Offloads, MAX_FRAME, NET_HDR_LEN};
 use super::queues::FrameIo;
+use crate::devices::rate_limiter::Throttle;
 use crate::devices::virtio::descriptor::{read_bytes, total_len, write_bytes, Buffer, Chain};
 use crate::devices::virtio::guest_io::IoVecs;
 use crate::devices::virtio::queues::{add_used, pop, QueueError};
@@ -70,6 +71,11 @@ pub(super) enum RxStep {
     Idle,
 }
 
+/// What a frame of `n` bytes read with its header costs a rate limiter: its bytes.
+fn frame_bytes(n: usize) -> u64 {
+    u64::try_from(n.saturating_sub(NET_HDR_LEN)).unwrap_or(u64::MAX)
+}
+
 fn request_error(e: impl std::error::Error + Send + Sync + 'static) -> QueueError {
     QueueError::Request {
         index: RX,
@@ -98,10 +104,13 @@ impl RxState {
 
     /// Read the next frame into the staging buffer if none waits; false when the
     /// backend has nothing.
-    fn stage<T: FrameIo>(&mut self, io: &mut T) -> bool {
+    fn stage<T: FrameIo>(&mut self, io: &mut T, throttle: &mut impl Throttle) -> bool {
         while self.pending.is_none() && self.readable {
             match io.read_frame(&IoVecs::from_host(&mut self.staged)) {
-                Ok(n) if n > NET_HDR_LEN => self.pending = Some(n),
+                Ok(n) if n > NET_HDR_LEN => {
+                    throttle.charge(frame_bytes(n));
+                    self.pending = Some(n);
+                }
                 Ok(0) => self.readable = false,
                 Ok(_) => log::debug!("virtio-net: runt frame dropped"),
                 Err(e) => self.read_failed(&e),
@@ -220,6 +229,7 @@ impl RxState {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         io: &mut T,
+        throttle: &mut impl Throttle,
     ) -> Result<Option<usize>, QueueError> {
         let count = match self.offloads.mergeable() {
             true => self.chains.len(),
@@ -228,6 +238,7 @@ impl RxState {
         let iov = IoVecs::new(mem, &self.buffers(count)).map_err(request_error)?;
         match io.read_frame(&iov) {
             Ok(n) if n > NET_HDR_LEN => {
+                throttle.charge(frame_bytes(n));
                 let used = self.chains_for(n);
                 self.complete(queue, mem, used, n)?;
                 Ok(Some(used))
@@ -290,12 +301,14 @@ impl RxState {
         Ok(())
     }
 
-    /// Move at most one frame into the guest.
+    /// Move at most one frame into the guest; none is read from the backend while
+    /// `throttle` blocks (a frame already staged is still delivered).
     pub(super) fn step<T: FrameIo>(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         io: &mut T,
+        throttle: &mut impl Throttle,
     ) -> Result<RxStep, QueueError> {
         let step = |used: usize| match used {
             0 => RxStep::Idle,
@@ -303,17 +316,17 @@ impl RxState {
         };
         let mut returned = 0;
         if self.pending.is_none() {
-            if !self.readable {
+            if !self.readable || throttle.blocked() {
                 return Ok(RxStep::Idle);
             }
             returned += self.fill_cache(queue, mem, MAX_RX)?;
             if self.fits_any_frame() {
-                return Ok(match self.read_in_place(queue, mem, io)? {
+                return Ok(match self.read_in_place(queue, mem, io, throttle)? {
                     Some(used) => RxStep::Used(used + returned),
                     None => step(returned),
                 });
             }
-            if !self.stage(io) {
+            if !self.stage(io, throttle) {
                 return Ok(step(returned));
             }
         }
