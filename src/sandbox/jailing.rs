@@ -5,9 +5,9 @@
 //! being built).
 //!
 //! Not jailed (the VMM runs as the caller, with its filters): a caller that is not root,
-//! `SandboxConfig::jail` off, and sandboxes with a network card or disks of the caller's
-//! (a jailed VMM can neither make a TAP nor open files its uid does not own; handing
-//! those over is still to do).
+//! `SandboxConfig::jail` off, and sandboxes with a network card, disks of the caller's
+//! or volumes (a jailed VMM can neither make a TAP nor open files its uid does not own,
+//! and virtiofsd's sockets are the caller's; handing those over is still to do).
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -52,6 +52,9 @@ fn unjailed_because(config: &SandboxConfig) -> Option<&'static str> {
     }
     if !config.disks.is_empty() {
         return Some("it has disks of the caller's");
+    }
+    if !config.volumes.is_empty() {
+        return Some("it shares host folders (virtiofsd's sockets are the caller's)");
     }
     None
 }

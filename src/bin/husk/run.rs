@@ -91,6 +91,11 @@ pub(crate) struct RunArgs {
     /// file, removed at exit) instead of in guest RAM.
     #[arg(long = "disk", value_name = "SIZE_MIB")]
     disk: Option<u64>,
+    /// Share the host folder HOST with the container at GUEST (repeatable), through
+    /// virtio-fs and a virtiofsd per folder; `:ro` makes it read-only. A sandbox with
+    /// volumes boots cold and cannot be paused, snapshotted or forked.
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
+    volumes: Vec<husk::sandbox::Volume>,
     /// Give up after SECONDS from the start, boot included: the sandbox is stopped, the
     /// guest's last console and kernel log lines are printed, and the exit code is 124
     /// (a detached sandbox is stopped and shows as such in `husk ps -a`).
@@ -138,6 +143,17 @@ pub(crate) enum NetMode {
 }
 
 impl RunArgs {
+    /// The volumes with absolute host folders that exist (a detached sandbox's monitor
+    /// runs elsewhere).
+    fn checked_volumes(&self) -> Result<Vec<husk::sandbox::Volume>, Box<dyn std::error::Error>> {
+        let mut volumes = self.volumes.clone();
+        for volume in &mut volumes {
+            volume.validate()?;
+            volume.host = std::path::absolute(&volume.host)?;
+        }
+        Ok(volumes)
+    }
+
     /// The network options as the library takes them: a card or not, NAT, ports.
     fn network(&self) -> Result<(bool, Option<husk::sandbox::Nat>), String> {
         if self.net == NetMode::None && !self.publish.is_empty() {
@@ -286,6 +302,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
         husk::detached::validate_name(name)?;
     }
     let (network, nat) = args.network()?;
+    let volumes = args.checked_volumes()?;
     // Before any thread starts: Ctrl-C and friends go to the forwarding thread only.
     let (target, pending) = forward_signals()?;
     let store = husk::image::ImageStore::open(None)?;
@@ -314,6 +331,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             nat,
             publish: args.publish,
             scratch_disk_mib: args.disk,
+            volumes: volumes.clone(),
             console: args.console,
             spec,
             remove_on_exit: args.rm,
@@ -333,6 +351,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     config.nat = nat;
     config.publish = args.publish.clone();
     config.scratch_disk_mib = args.disk;
+    config.volumes = volumes;
     config.warm = !args.cold;
     if let Some(limit) = limit {
         config.boot_timeout = limit;
