@@ -4,7 +4,9 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::message::{CpuQuota, ExitStatus, ImageSpec, Limits, TtySize, VolumeMount, WritableLayer};
+use crate::message::{
+    CpuQuota, ExitStatus, ImageSpec, Limits, TtySize, VolumeMount, WritableLayer,
+};
 
 fn round_trip(message: Message) {
     let mut wire = Vec::new();

@@ -37,7 +37,7 @@ pub mod signals;
 pub(crate) mod stdio;
 pub mod template;
 pub mod terminal;
-mod virtiofsd;
+pub mod virtiofsd;
 pub mod vmm_process;
 pub mod volumes;
 pub mod vsock;

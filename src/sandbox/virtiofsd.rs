@@ -20,6 +20,9 @@ use super::volumes::Volume;
 
 /// The environment variable naming the virtiofsd binary.
 pub const ENV: &str = "HUSK_VIRTIOFSD";
+/// The environment variable choosing virtiofsd's `--sandbox` mode (namespace, chroot,
+/// none) over husk's default.
+pub const SANDBOX_ENV: &str = "HUSK_VIRTIOFSD_SANDBOX";
 /// Debian's place for the packaged binary.
 const LIBEXEC: &str = "/usr/libexec/virtiofsd";
 /// How long a daemon whose VM is gone may take to exit by itself before it is killed.
@@ -69,9 +72,13 @@ pub fn tools_root() -> PathBuf {
 pub fn binary() -> Result<PathBuf, VirtiofsdError> {
     let env = std::env::var_os(ENV).map(PathBuf::from);
     let cached = tools_root().join("bin/virtiofsd");
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|p| p.join("virtiofsd")).collect())
-        .unwrap_or_else(Vec::new);
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("virtiofsd"))
+                .collect()
+        })
+        .unwrap_or_default();
     let candidates = env
         .iter()
         .cloned()
@@ -113,7 +120,9 @@ impl Daemon {
         command
             .args(["--fd", "0", "--shared-dir"])
             .arg(&host)
-            .args(["--sandbox", sandbox_mode(), "--cache", "auto"])
+            .arg("--sandbox")
+            .arg(sandbox_mode())
+            .args(["--cache", "auto"])
             .args(["--log-level", "warn"])
             .stdin(Stdio::from(OwnedFd::from(listener)))
             .stdout(Stdio::null())
@@ -187,12 +196,17 @@ impl Drop for Daemon {
     }
 }
 
-/// virtiofsd's own isolation: as root, a mount namespace whose root is the shared
-/// folder (links in it cannot lead out); otherwise none (an unprivileged caller's
-/// user namespaces may be off, and its reach is its own files anyway).
-fn sandbox_mode() -> &'static str {
+/// virtiofsd's own isolation: `$HUSK_VIRTIOFSD_SANDBOX` if set; else, as root, a mount
+/// namespace whose root is the shared folder (pivot_root, which a host running from
+/// its initramfs cannot do: use chroot there); otherwise none (an unprivileged
+/// caller's user namespaces may be off, and its reach is its own files anyway). The
+/// guest resolves the share's symbolic links itself, inside the guest, in every mode.
+fn sandbox_mode() -> std::ffi::OsString {
+    if let Some(mode) = std::env::var_os(SANDBOX_ENV) {
+        return mode;
+    }
     match crate::jail::running_as_root() {
-        true => "namespace",
-        false => "none",
+        true => "namespace".into(),
+        false => "none".into(),
     }
 }

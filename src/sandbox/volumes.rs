@@ -157,7 +157,10 @@ impl Shares {
 
     /// The first daemon that has already ended, as an error naming its log.
     pub fn ended(&self) -> Option<VolumeError> {
-        self.lock().iter_mut().find_map(Daemon::ended).map(VolumeError::from)
+        self.lock()
+            .iter_mut()
+            .find_map(Daemon::ended)
+            .map(VolumeError::from)
     }
 
     /// Stop and reap every daemon (the VM is gone), removing its socket.
@@ -217,7 +220,10 @@ mod tests {
     #[test]
     fn an_unknown_mode_is_named() {
         let e = "/a:/b:rx".parse::<Volume>().unwrap_err();
-        assert_eq!(e.to_string(), r#"volume "/a:/b:rx": mode "rx" is not ro or rw"#);
+        assert_eq!(
+            e.to_string(),
+            r#"volume "/a:/b:rx": mode "rx" is not ro or rw"#
+        );
     }
 
     #[test]

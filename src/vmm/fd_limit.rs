@@ -14,8 +14,8 @@ use std::sync::{Mutex, Once};
 
 use crate::config::VmConfig;
 use crate::devices::virtio::block::Block;
-use crate::devices::virtio::net::Net;
 use crate::devices::virtio::fs::Fs;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 

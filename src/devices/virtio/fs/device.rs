@@ -144,7 +144,7 @@ impl Fs {
         self.frontend.set_features(self.acked | protocol_bit)?;
         let regions = mem
             .iter()
-            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r))
+            .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<Vec<_>, _>>()?;
         self.frontend.set_mem_table(&regions)?;
         for (i, (queue, kick)) in queues.iter().enumerate() {
