@@ -430,3 +430,50 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     }
     Ok(status.docker_code())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::{Cli, Command};
+
+    fn run_args(args: &[&str]) -> Result<super::RunArgs, clap::Error> {
+        let argv = ["husk", "run"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(*args),
+            _ => panic!("not a run command"),
+        }
+    }
+
+    #[test]
+    fn repeated_v_options_give_volumes_in_order() {
+        let args = run_args(&["-v", "/a:/x", "--volume", "/b:/y:ro", "busybox"]).unwrap();
+        let got: Vec<_> = args
+            .volumes
+            .iter()
+            .map(|v| (v.host.display().to_string(), v.guest.as_str(), v.read_only))
+            .collect();
+        assert_eq!(got, [("/a".into(), "/x", false), ("/b".into(), "/y", true)]);
+    }
+
+    #[test]
+    fn a_bad_volume_mode_is_a_usage_error_naming_it() {
+        let err = run_args(&["-v", "/a:/x:rx", "busybox"]).err().unwrap();
+        assert!(
+            err.to_string().contains(r#"mode "rx" is not ro or rw"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_relative_guest_path_is_a_usage_error() {
+        let err = run_args(&["-v", "/a:x", "busybox"]).err().unwrap();
+        assert!(err.to_string().contains("must be absolute"), "{err}");
+    }
+
+    #[test]
+    fn v_after_the_image_belongs_to_the_command() {
+        let args = run_args(&["busybox", "ls", "-v", "/a:/x"]).unwrap();
+        assert!(args.volumes.is_empty());
+    }
+}
