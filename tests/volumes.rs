@@ -22,10 +22,12 @@ chmod 755 bin/virtiofsd
 export HUSK_VIRTIOFSD=$PWD/bin/virtiofsd
 # The test host runs from its initramfs, where virtiofsd's pivot_root cannot work.
 export HUSK_VIRTIOFSD_SANDBOX=chroot
+# Processes whose program is the carried virtiofsd (argv[0] is its loader; this
+# script's own command line holds the name too, so match the start).
 daemons() {
     n=0
     for c in /proc/[0-9]*/cmdline; do
-        tr '\0' ' ' < "$c" 2>/dev/null | grep -q '[v]fs/virtiofsd' && n=$((n + 1))
+        case "$(tr '\0' ' ' < "$c" 2>/dev/null)" in "$PWD/vfs/ld.so "*) n=$((n + 1)) ;; esac
     done
     echo $n
 }
@@ -77,9 +79,7 @@ echo "after-rm-f=$(daemons_gone)"
 
 ./husk run --kernel vmlinux -d --name killed -v share:/data busybox -- sleep 1000 > /dev/null
 in_job killed true
-for c in /proc/[0-9]*/cmdline; do
-    tr '\0' ' ' < "$c" 2>/dev/null | grep -q '[_]_monitor .*killed' && kill -9 "$(basename "${c%/cmdline}")"
-done
+kill -9 "$(sed -n 's/.*"monitor_pid": *\([0-9]*\).*/\1/p' run/killed/state.json)"
 echo "after-kill=$(daemons_gone)"
 ./husk rm -f killed > /dev/null 2>&1
 

@@ -14,7 +14,7 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use super::FsConfig;
@@ -147,14 +147,21 @@ impl Fs {
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<Vec<_>, _>>()?;
         self.frontend.set_mem_table(&regions)?;
+        // Ring addresses are the frontend's virtual addresses (vhost-user spec,
+        // SET_VRING_ADDR); the daemon maps them back through the memory table.
+        let host = |gpa: u64| {
+            mem.get_host_address(GuestAddress(gpa))
+                .map(|p| p as u64)
+                .map_err(|_| vhost::Error::InvalidGuestMemory)
+        };
         for (i, (queue, kick)) in queues.iter().enumerate() {
             let rings = VringConfigData {
                 queue_max_size: queue.max_size(),
                 queue_size: queue.size(),
                 flags: 0,
-                desc_table_addr: queue.desc_table(),
-                used_ring_addr: queue.used_ring(),
-                avail_ring_addr: queue.avail_ring(),
+                desc_table_addr: host(queue.desc_table())?,
+                used_ring_addr: host(queue.used_ring())?,
+                avail_ring_addr: host(queue.avail_ring())?,
                 log_addr: None,
             };
             self.frontend.set_vring_num(i, queue.size())?;

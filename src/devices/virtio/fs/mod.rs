@@ -11,3 +11,6 @@ mod event_handler;
 
 pub use config::{FsConfig, TAG_LEN};
 pub use device::{Fs, FsError};
+
+#[cfg(test)]
+mod daemon_tests;
