@@ -367,7 +367,9 @@ impl Sandbox {
         let initrd = agent_initrd(&config)?;
         // A pooled VMM comes with its runtime folder, already listening in it.
         config.volumes.iter().try_for_each(Volume::validate)?;
-        let pooled = config.pool.as_ref().and_then(|p| p.take(&config, &initrd));
+        // A pooled VMM may be jailed, and a jail cannot reach virtiofsd's sockets.
+        let pool = config.pool.as_ref().filter(|_| config.volumes.is_empty());
+        let pooled = pool.and_then(|p| p.take(&config, &initrd));
         let (runtime, pooled_vm) = match pooled {
             Some(pooled) => (pooled.runtime, Some(pooled.vm)),
             None => (runtime_dir(&config, &id)?, None),
