@@ -28,11 +28,12 @@ fn main() {
     common::dispatch(outer, inner);
 }
 
-/// The binary at `path` and its libraries (with the loader as `dir/ld.so`).
+/// The binary at `path` and its libraries under `dir/` (the loader as `dir/ld.so`).
 fn with_libraries(path: &Path, dir: &str) -> Vec<(PathBuf, String)> {
-    let real = path.canonicalize().expect("resolve virtiofsd");
+    let name = path.file_name().expect("a binary").to_string_lossy();
+    let real = path.canonicalize().expect("resolve the binary");
     let ldd = run_stdout(Command::new("ldd").arg(&real));
-    let mut files = vec![(real, format!("{dir}/virtiofsd"))];
+    let mut files = vec![(real, format!("{dir}/{name}"))];
     for line in ldd.lines() {
         let (lib, name) = match line.split_once("=> ") {
             Some((_, rest)) => {
@@ -71,7 +72,14 @@ fn outer() {
         .expect("pack the store");
     tar.finish().expect("finish store.tar");
     drop(tar);
-    let owned = with_libraries(&virtiofsd, "vfs");
+    // The test host has no e2fsprogs; the scratch disk needs mkfs.ext4.
+    let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("mkfs.ext4 (e2fsprogs) for the scratch disk");
+    let mut owned = with_libraries(&virtiofsd, "vfs");
+    owned.extend(with_libraries(&mkfs, "e2fs"));
     let mut files: Vec<(&Path, &str)> = vec![
         (husk.as_path(), "husk"),
         (agent.as_path(), "husk-agent"),
@@ -99,8 +107,16 @@ fn husk(args: &[&str]) -> String {
             .env("HUSK_DATA_DIR", cwd.join("store"))
             .env("HUSK_RUNTIME_DIR", cwd.join("run"))
             .env("TMPDIR", cwd.join("tmp"))
-            .env("HUSK_VIRTIOFSD", cwd.join("bin/virtiofsd")),
+            .env("HUSK_VIRTIOFSD", cwd.join("bin/virtiofsd"))
+            .env("PATH", path_with(&cwd.join("bin"))),
     )
+}
+
+/// `$PATH` with `bin` first (the wrappers of the carried tools).
+fn path_with(bin: &Path) -> std::ffi::OsString {
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&rest));
+    std::env::join_paths(dirs).expect("a PATH")
 }
 
 /// Seconds one `husk exec` of `script` takes.
@@ -116,12 +132,15 @@ fn setup(mode: &str) {
         std::fs::create_dir_all(folder).expect("a bench folder");
     }
     let cwd = std::env::current_dir().expect("a current folder");
-    let wrapper = format!(
-        "#!/bin/sh\nexec {0}/vfs/ld.so --library-path {0}/vfs {0}/vfs/virtiofsd \"$@\"\n",
-        cwd.display()
-    );
-    std::fs::write("bin/virtiofsd", wrapper).expect("the virtiofsd wrapper");
-    run_stdout(Command::new("chmod").args(["755", "bin/virtiofsd"]));
+    for (dir, tool) in [("vfs", "virtiofsd"), ("e2fs", "mkfs.ext4")] {
+        let wrapper = format!(
+            "#!/bin/sh\nexec {0}/{dir}/ld.so --library-path {0}/{dir} {0}/{dir}/{tool} \"$@\"\n",
+            cwd.display()
+        );
+        let path = format!("bin/{tool}");
+        std::fs::write(&path, wrapper).expect("a tool wrapper");
+        run_stdout(Command::new("chmod").args(["755", &path]));
+    }
     std::env::set_var(husk::sandbox::virtiofsd::SANDBOX_ENV, mode);
     let mut tar = tar::Builder::new(std::fs::File::create("small.tar").expect("small.tar"));
     let data = [b'x'; 1024];
