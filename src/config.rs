@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::devices::virtio::block::BlockConfig;
+use crate::devices::virtio::fs::FsConfig;
 use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::vsock::VsockConfig;
 
@@ -71,6 +72,10 @@ pub struct VmConfig {
     /// The virtio-rng entropy device (on by default).
     #[serde(default = "default_true")]
     pub rng: bool,
+    /// virtio-fs devices, each served by a vhost-user daemon (`virtiofsd`) already
+    /// listening on its socket. A VM with one cannot be snapshotted.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
 }
 
 fn default_true() -> bool {
@@ -120,6 +125,7 @@ impl VmConfig {
             nets: Vec::new(),
             vsock: None,
             rng: true,
+            fs: Vec::new(),
         }
     }
 

@@ -4,7 +4,9 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::message::{CpuQuota, ExitStatus, ImageSpec, Limits, TtySize, WritableLayer};
+use crate::message::{
+    CpuQuota, ExitStatus, ImageSpec, Limits, TtySize, VolumeMount, WritableLayer,
+};
 
 fn round_trip(message: Message) {
     let mut wire = Vec::new();
@@ -37,6 +39,11 @@ fn run_message() -> Message {
             device: "/dev/vdc".into(),
         },
         hostname: Some("box".into()),
+        volumes: vec![VolumeMount {
+            tag: "husk-vol-0".into(),
+            target: "/data".into(),
+            read_only: true,
+        }],
     }
 }
 
@@ -107,6 +114,7 @@ fn run_with_tmpfs_and_no_options_round_trips() {
         limits: Limits::default(),
         writable_layer: WritableLayer::Tmpfs,
         hostname: None,
+        volumes: vec![],
     });
 }
 

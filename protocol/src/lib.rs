@@ -13,12 +13,13 @@ pub mod message;
 pub use frame::{read_frame, read_message, write_frame, write_message, Frame, FrameKind};
 pub use handshake::{host_handshake, Greeting};
 pub use message::{
-    CpuQuota, DiskSize, ExitStatus, ImageSpec, Limits, Message, ProcessId, TtySize, WritableLayer,
+    CpuQuota, DiskSize, ExitStatus, ImageSpec, Limits, Message, ProcessId, TtySize, VolumeMount,
+    WritableLayer,
 };
 
 /// The protocol version. Bump it on any change to a message or to the framing; peers
 /// with different versions refuse each other at the handshake.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The AF_VSOCK port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

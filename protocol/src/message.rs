@@ -21,6 +21,19 @@ pub struct ImageSpec {
     pub fstype: String,
 }
 
+/// A host folder shared into the container (`husk run -v`): a virtio-fs device of the
+/// guest, mounted by the agent at `target` in the container's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The virtio-fs tag (`mount -t virtiofs TAG ...`).
+    pub tag: String,
+    /// Absolute path in the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
 /// Where the container's writable overlay layer (upper and work dirs) lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +145,8 @@ pub enum Message {
         writable_layer: WritableLayer,
         /// The container's hostname (default: its id).
         hostname: Option<String>,
+        /// Host folders mounted into the container.
+        volumes: Vec<VolumeMount>,
     },
     /// Host → agent: start another process in a running container.
     Exec {

@@ -33,6 +33,20 @@ apt_install() {
     fi
 }
 
+# ensure_virtiofsd: makes sure husk finds a virtiofsd (`husk run -v`), looking where
+# husk looks ($HUSK_VIRTIOFSD, the cache's tools folder, /usr/libexec, PATH); when there
+# is none, builds the crates.io one into <cache>/tools/bin (once, a few minutes).
+ensure_virtiofsd() {
+    local root
+    root=$(husk_cache_dir)/tools
+    [[ -n ${HUSK_VIRTIOFSD:-} && -x $HUSK_VIRTIOFSD ]] && return 0
+    [[ -x $root/bin/virtiofsd || -x /usr/libexec/virtiofsd ]] && return 0
+    command -v virtiofsd >/dev/null && return 0
+    apt_install libseccomp-dev libcap-ng-dev
+    note "building virtiofsd into $root (once)"
+    cargo install --locked virtiofsd --root "$root" >&2 || die "cargo install virtiofsd failed"
+}
+
 # backports_apt CMD ARGS...: runs apt-get or apt-cache CMD on Debian's backports of this
 # release only, through a private sources list and package lists in the cache, so the
 # system's apt setup is left as it is. The KVM test host's kernel comes from there (see

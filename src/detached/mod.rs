@@ -177,6 +177,9 @@ pub struct Request {
     pub publish: Vec<crate::sandbox::Publish>,
     /// `--disk`.
     pub scratch_disk_mib: Option<u64>,
+    /// `-v`: host folders shared with the containers.
+    #[serde(default)]
+    pub volumes: Vec<crate::sandbox::Volume>,
     /// Guest console file, if any.
     pub console: Option<PathBuf>,
     /// The main process.

@@ -244,6 +244,7 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
     config.nat = request.nat.clone();
     config.publish = request.publish.clone();
     config.scratch_disk_mib = request.scratch_disk_mib;
+    config.volumes = request.volumes.clone();
     config.runtime_parent = Some(dir.path.clone());
     config.warm = request.warm;
     if let Some(console) = &request.console {

@@ -9,6 +9,7 @@ use husk_protocol::{Limits, TtySize};
 use super::{scratch, Sandbox, SandboxError, GUEST_CID};
 use crate::config::{ConsoleConfig, VmConfig};
 use crate::devices::virtio::block::BlockConfig;
+use crate::devices::virtio::fs::FsConfig;
 use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::vsock::VsockConfig;
 
@@ -72,6 +73,10 @@ pub struct SandboxConfig {
     /// Jail the sandbox's `husk vmm` when the caller is root (default: true; see
     /// `sandbox::jailing` for what is jailed).
     pub jail: bool,
+    /// Host folders shared with every container (`-v`), each through virtio-fs and a
+    /// `virtiofsd` of its own. A sandbox with volumes boots cold, runs unjailed, and
+    /// cannot be paused, snapshotted or forked.
+    pub volumes: Vec<super::Volume>,
 }
 
 impl SandboxConfig {
@@ -95,6 +100,7 @@ impl SandboxConfig {
             warm: true,
             pool: None,
             jail: true,
+            volumes: Vec::new(),
         }
     }
 
@@ -112,6 +118,9 @@ impl SandboxConfig {
         }
         if let ConsoleConfig::File(path) = &self.console {
             self.console = ConsoleConfig::File(absolute(path)?);
+        }
+        for volume in &mut self.volumes {
+            volume.host = absolute(&volume.host)?;
         }
         if let Some(parent) = &self.runtime_parent {
             self.runtime_parent = Some(absolute(parent)?);
@@ -173,6 +182,17 @@ impl SandboxBuilder {
     /// Another disk after the image (and the scratch disk).
     pub fn disk(mut self, disk: BlockConfig) -> Self {
         self.config.disks.push(disk);
+        self
+    }
+
+    /// Share the host folder `host` with every container at `guest` (an absolute path),
+    /// read-only when `read_only` (`husk run -v HOST:GUEST[:ro]`).
+    pub fn volume(mut self, host: impl Into<PathBuf>, guest: &str, read_only: bool) -> Self {
+        self.config.volumes.push(super::Volume {
+            host: host.into(),
+            guest: guest.into(),
+            read_only,
+        });
         self
     }
 
@@ -267,13 +287,15 @@ impl SandboxImage {
 }
 
 /// The VM of `config`: its agent `initrd`, vsock socket `uds`, `scratch` disk, and for
-/// its own card the TAP `claimed` (made for its jail) or a new one.
+/// its own card the TAP `claimed` (made for its jail) or a new one, the virtio-fs
+/// devices `fs` of its volumes.
 pub(super) fn vm_config(
     config: &SandboxConfig,
     initrd: PathBuf,
     uds: PathBuf,
     scratch: Option<PathBuf>,
     claimed: Option<&str>,
+    fs: Vec<FsConfig>,
 ) -> VmConfig {
     let image_disk = BlockConfig {
         path: config.image.fs_image.clone(),
@@ -302,6 +324,7 @@ pub(super) fn vm_config(
         disks,
         nets,
         vsock: Some(VsockConfig::new(GUEST_CID, uds)),
+        fs,
         ..VmConfig::new(config.kernel.clone())
     }
 }

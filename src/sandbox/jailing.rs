@@ -5,10 +5,11 @@
 //! being built).
 //!
 //! Not jailed (the VMM runs as the caller, with its filters): a caller that is not root,
-//! `SandboxConfig::jail` off, and sandboxes with network cards or disks of the caller's
-//! (a jailed VMM cannot open files or TAPs its uid does not own; handing those over is
-//! still to do). The sandbox's own card is jailed: its TAP is made persistent and owned
-//! by the jail's uid ([`JailTap`]), and the VMM claims it.
+//! `SandboxConfig::jail` off, and sandboxes with network cards or disks of the caller's,
+//! or volumes (a jailed VMM cannot open files or TAPs its uid does not own, and
+//! virtiofsd's sockets are the caller's; handing those over is still to do). The
+//! sandbox's own card is jailed: its TAP is made persistent and owned by the jail's uid
+//! ([`JailTap`]), and the VMM claims it.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -54,6 +55,9 @@ fn unjailed_because(config: &SandboxConfig) -> Option<&'static str> {
     }
     if !config.disks.is_empty() {
         return Some("it has disks of the caller's");
+    }
+    if !config.volumes.is_empty() {
+        return Some("it shares host folders (virtiofsd's sockets are the caller's)");
     }
     None
 }

@@ -15,6 +15,7 @@ use super::jailing::{JailTap, VmmJail};
 use super::template::{Template, TemplateSpec, IMAGE_SLOT, NET_SLOT, SCRATCH_SLOT};
 use super::vmm_process::VmmProcess;
 use super::{config, net, SandboxConfig, SandboxError, GUEST_CID, HANDSHAKE_MIN};
+use crate::devices::virtio::fs::FsConfig;
 use crate::devices::virtio::net::{MacAddr, NetConfig};
 use crate::devices::virtio::vsock::VsockConfig;
 use crate::snapshot::{self, fingerprint::Expect};
@@ -48,20 +49,24 @@ pub(super) struct LaunchPaths<'a> {
     pub scratch: Option<PathBuf>,
     /// The sandbox's hostname.
     pub hostname: String,
+    /// The virtio-fs devices of its volumes (their daemons already listen).
+    pub fs: Vec<FsConfig>,
 }
 
 /// Whether `config` can start from a template: templates have exactly the sandbox's
-/// own devices (image, scratch, one card, vsock, rng) and nothing more.
+/// own devices (image, scratch, one card, vsock, rng) and nothing more. Volumes never
+/// do: a virtio-fs device's state is its daemon's, which no snapshot holds.
 pub fn fits_template(config: &SandboxConfig) -> bool {
-    config.warm && config.disks.is_empty() && config.nets.is_empty()
+    config.warm && config.disks.is_empty() && config.nets.is_empty() && config.volumes.is_empty()
 }
 
-/// Where `config` starts from, given a template the caller chose (if any).
+/// Where `config` starts from, given a template the caller chose (if any); a sandbox
+/// with volumes boots cold even then.
 pub(super) fn origin_for<'a>(config: &SandboxConfig, template: Option<&'a Template>) -> Origin<'a> {
     match template {
-        Some(t) => Origin::Template(Some(t)),
+        Some(t) if config.volumes.is_empty() => Origin::Template(Some(t)),
         None if fits_template(config) => Origin::Template(None),
-        None => Origin::Boot,
+        _ => Origin::Boot,
     }
 }
 
@@ -121,6 +126,7 @@ pub(super) fn launch(
                 uds.clone(),
                 paths.scratch.clone(),
                 claimed,
+                paths.fs.clone(),
             );
             vm.start(&vm_config)?;
             (false, None)

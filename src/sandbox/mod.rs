@@ -37,7 +37,9 @@ pub mod signals;
 pub(crate) mod stdio;
 pub mod template;
 pub mod terminal;
+pub mod virtiofsd;
 pub mod vmm_process;
+pub mod volumes;
 pub mod vsock;
 
 use std::collections::HashMap;
@@ -63,6 +65,7 @@ pub use ports::Publish;
 pub use process::Process;
 pub use stdio::{Buffer, Stdio};
 pub use template::Template;
+pub use volumes::Volume;
 
 use connect::{new_id, runtime_root, watch_vm};
 
@@ -131,6 +134,9 @@ pub enum SandboxError {
     /// The VMM process could not be started or driven.
     #[error("VMM process: {0}")]
     Vmm(String),
+    /// A volume (`-v`) is invalid or its virtiofsd could not run.
+    #[error(transparent)]
+    Volume(#[from] volumes::VolumeError),
 }
 
 /// Instants of a sandbox's life.
@@ -292,6 +298,8 @@ pub struct Sandbox {
     host_net: Mutex<Option<net::HostNet>>,
     /// The network it was asked for, for its snapshots.
     net_request: NetRequest,
+    /// Its shared host folders: their daemons and the mounts of every container.
+    shares: volumes::Shares,
 }
 
 /// A sandbox's NAT and published ports, as configured.
@@ -312,6 +320,7 @@ struct Assembly {
     container_env: HashMap<String, Vec<String>>,
     graceful_stop: bool,
     net_request: NetRequest,
+    shares: volumes::Shares,
 }
 
 /// The sandbox's runtime folder (sockets, scratch disk), removed when it ends.
@@ -357,11 +366,16 @@ impl Sandbox {
         let id = new_id();
         let initrd = agent_initrd(&config)?;
         // A pooled VMM comes with its runtime folder, already listening in it.
-        let pooled = config.pool.as_ref().and_then(|p| p.take(&config, &initrd));
+        config.volumes.iter().try_for_each(Volume::validate)?;
+        // A pooled VMM may be jailed, and a jail cannot reach virtiofsd's sockets.
+        let pool = config.pool.as_ref().filter(|_| config.volumes.is_empty());
+        let pooled = pool.and_then(|p| p.take(&config, &initrd));
         let (runtime, pooled_vm) = match pooled {
             Some(pooled) => (pooled.runtime, Some(pooled.vm)),
             None => (runtime_dir(&config, &id)?, None),
         };
+        // Before the VM: its devices connect to the daemons as it is built.
+        let (shares, fs) = volumes::Shares::start(&config.volumes, runtime.path())?;
         let initramfs_ready = Instant::now();
         let scratch = (config.scratch_disk_mib)
             .map(|mib| scratch::create(runtime.path(), mib))
@@ -371,9 +385,12 @@ impl Sandbox {
             initrd,
             scratch: scratch.clone(),
             hostname: format!("husk-{id}"),
+            fs,
         };
         let origin = launch::origin_for(&config, template);
-        let launched = launch::launch(&config, paths, origin, pooled_vm)?;
+        // A daemon that died explains a failed start better than the VMM's view of it.
+        let launched = launch::launch(&config, paths, origin, pooled_vm)
+            .map_err(|e| shares.ended().map_or(e, SandboxError::from))?;
         let marks = Marks::launched(created, initramfs_ready, &launched);
         let parts = Assembly {
             id,
@@ -388,6 +405,7 @@ impl Sandbox {
                 nat: config.nat,
                 publish: config.publish,
             },
+            shares,
         };
         Ok(Self::assemble(parts, launched, Vec::new())?.0)
     }
@@ -444,6 +462,7 @@ impl Sandbox {
             graceful_stop: parts.graceful_stop,
             host_net: Mutex::new(host_net),
             net_request: parts.net_request,
+            shares: parts.shares,
         };
         Ok((sandbox, processes))
     }
@@ -562,6 +581,7 @@ impl Sandbox {
             limits: spec.limits,
             writable_layer: self.writable_layer.clone(),
             hostname: Some(format!("husk-{}", self.id)),
+            volumes: self.shares.mounts().to_vec(),
         };
         let process = self.request(&run, container.clone(), stdio)?;
         self.container_env
@@ -663,9 +683,10 @@ impl Sandbox {
             .map(|n| (n.link.clone(), n.table().map(str::to_string)))
     }
 
-    /// With the VM gone, end the connection and its reader thread, remove the network's
-    /// rules and ports and the runtime folder.
+    /// With the VM gone, end the connection and its reader thread, the volumes'
+    /// daemons, remove the network's rules and ports and the runtime folder.
     fn release(&self) {
+        self.shares.end();
         drop(
             self.host_net
                 .lock()

@@ -120,6 +120,7 @@ impl Sandbox {
     /// Stop the guest (every vCPU parks) until [`Sandbox::resume`]; processes in it
     /// stop running, their host side waits.
     pub fn pause(&self) -> Result<(), SandboxError> {
+        self.shares.refuse("pause")?;
         let vm = self.vm();
         vm.as_ref().ok_or_else(stopped)?.set_paused(true)
     }
@@ -149,6 +150,7 @@ impl Sandbox {
         dir: &Path,
         durable: bool,
     ) -> Result<SnapshotReport, SandboxError> {
+        self.shares.refuse("snapshot or fork")?;
         let started = Instant::now();
         let vm = self.vm();
         let vm = vm.as_ref().ok_or_else(stopped)?;
@@ -261,6 +263,7 @@ impl Sandbox {
             initrd,
             scratch: scratch.clone(),
             hostname: format!("husk-{id}"),
+            fs: Vec::new(),
         };
         let launched = launch::launch(&config, paths, Origin::Snapshot(&dir.join(VM_DIR)), None)?;
         let marks = Marks::launched(created, initramfs_ready, &launched);
@@ -277,6 +280,7 @@ impl Sandbox {
                 nat: config.nat,
                 publish: config.publish,
             },
+            shares: super::volumes::Shares::default(),
         };
         Sandbox::assemble(parts, launched, options.adopt)
     }

@@ -60,6 +60,11 @@ pub enum SnapshotError {
     /// Pausing, saving or rebuilding the VM failed.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// The VM has a device whose state lives outside it (virtio-fs: its daemon).
+    #[error(
+        "a VM with {0} virtio-fs device(s) cannot be snapshotted: their state lives in virtiofsd"
+    )]
+    SharedFolders(usize),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
@@ -138,6 +143,9 @@ pub fn create_files(
     options: &CreateOptions,
 ) -> Result<Created, SnapshotError> {
     let config = vm.config();
+    if !config.fs.is_empty() {
+        return Err(SnapshotError::SharedFolders(config.fs.len()));
+    }
     let kernel_sha256 =
         crate::digest::sha256_cached(&config.kernel, &crate::kernel::cache_root().join("digests"))
             .map_err(io("cannot read the kernel", &config.kernel))?;

@@ -20,6 +20,7 @@ use crate::config::VmConfig;
 use crate::devices::bus::Bus;
 use crate::devices::rate_limiter::{LimiterKind, RateLimiterConfig, RateLimiterError};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::manager::VirtioManager;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::Net;
@@ -279,6 +280,12 @@ pub fn create(
     }
     if config.rng {
         let dev = Rng::new().map_err(|e| failed("entropy device".into())(&e))?;
+        devices.add(mem, bus, dev)?;
+    }
+    // Last, so the slots of the devices a template has stay where they are.
+    for fs in &config.fs {
+        let what = format!("shared folder {}", fs.tag);
+        let dev = Fs::new(fs.clone()).map_err(|e| failed(what)(&e))?;
         devices.add(mem, bus, dev)?;
     }
     Ok(devices)

@@ -14,6 +14,7 @@ use std::sync::{Mutex, Once};
 
 use crate::config::VmConfig;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
@@ -64,6 +65,7 @@ pub fn vm_fds(config: &VmConfig) -> usize {
         + config.nets.len() * Net::MAX_FDS
         + vsock
         + rng
+        + config.fs.len() * Fs::MAX_FDS
 }
 
 /// Descriptors reserved by every running VM of the process.

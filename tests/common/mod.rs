@@ -514,7 +514,14 @@ pub fn tool_files(tool: &str, dir: &str, package: &str) -> Vec<(PathBuf, String)
         .map(|d| Path::new(d).join(tool))
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("{tool} not found: install {package}"));
-    let real = found.canonicalize().expect("resolve the tool");
+    binary_files(&found, dir)
+}
+
+/// The binary at `path`, its libraries and the dynamic loader, as `run_script` files
+/// under `dir/` (see [`tool_files`]).
+pub fn binary_files(path: &Path, dir: &str) -> Vec<(PathBuf, String)> {
+    let tool = path.file_name().expect("a file name").to_string_lossy();
+    let real = path.canonicalize().expect("resolve the tool");
     let ldd = Command::new("ldd").arg(&real).output().expect("run ldd");
     assert!(ldd.status.success(), "ldd {}", real.display());
     let mut files = vec![(real, format!("{dir}/{tool}"))];

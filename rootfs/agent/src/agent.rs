@@ -47,6 +47,8 @@ pub struct RunRequest {
     pub hostname: Option<String>,
     /// The first process.
     pub process: ProcessRequest,
+    /// Host folders (virtio-fs tags) mounted into the root.
+    pub volumes: Vec<husk_protocol::VolumeMount>,
 }
 
 /// Errors of a Run or Exec request, sent to the host as Error messages.
@@ -200,6 +202,10 @@ impl Agent {
     ) -> Result<(Rootfs, Started), AgentError> {
         let state = &self.runtime.state_dir;
         let mut rootfs = Rootfs::mount(state, &request.id, &request.lower, &request.writable)?;
+        if let Err(e) = rootfs.mount_volumes(&request.volumes) {
+            rootfs.unmount();
+            return Err(e.into());
+        }
         let merged = rootfs.merged();
         crate::network::install_resolv_conf(&merged);
         let namespaces = prepare::c_string(hostname).and_then(|hostname| {

@@ -11,7 +11,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use husk_protocol::WritableLayer;
+use husk_protocol::{VolumeMount, WritableLayer};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 /// Where the lower layer comes from.
@@ -199,6 +199,28 @@ impl Rootfs {
             source,
         })?;
         self.mounted.push(target.to_path_buf());
+        Ok(())
+    }
+
+    /// Mounts each shared host folder (a virtio-fs tag) at its path in the merged root;
+    /// a read-only one is then remounted read-only (its virtiofsd refuses writes too).
+    /// Each container mounts the tag anew: the guest kernel shares one superblock.
+    pub fn mount_volumes(&mut self, volumes: &[VolumeMount]) -> Result<(), RootfsError> {
+        for volume in volumes {
+            let target = self.merged().join(volume.target.trim_start_matches('/'));
+            let tag = Path::new(&volume.tag);
+            self.mount_one(Some(tag), &target, "virtiofs", MsFlags::empty(), None)?;
+            if volume.read_only {
+                let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                mount(None::<&str>, &target, None::<&str>, flags, None::<&str>).map_err(
+                    |source| RootfsError::Mount {
+                        what: format!("read-only {}", volume.tag),
+                        target: target.clone(),
+                        source,
+                    },
+                )?;
+            }
+        }
         Ok(())
     }
 

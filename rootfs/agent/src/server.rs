@@ -150,6 +150,7 @@ fn start_process(
             limits,
             writable_layer,
             hostname,
+            volumes,
         } => {
             let lower = LowerLayer::Device {
                 device: PathBuf::from(image.device),
@@ -169,6 +170,7 @@ fn start_process(
                 limits,
                 hostname,
                 process,
+                volumes,
             };
             Ok(agent.run(request))
         }

@@ -120,6 +120,7 @@ fn run_with_invalid_id_answers_error_naming_it() {
         limits: Default::default(),
         writable_layer: husk_protocol::WritableLayer::Tmpfs,
         hostname: None,
+        volumes: vec![],
     };
     write_message(&mut host, &run).expect("send");
     assert_eq!(expect_error(&mut host), "invalid container id \"../x\"");

@@ -91,6 +91,11 @@ pub(crate) struct RunArgs {
     /// file, removed at exit) instead of in guest RAM.
     #[arg(long = "disk", value_name = "SIZE_MIB")]
     disk: Option<u64>,
+    /// Share the host folder HOST with the container at GUEST (repeatable), through
+    /// virtio-fs and a virtiofsd per folder; `:ro` makes it read-only. A sandbox with
+    /// volumes boots cold and cannot be paused, snapshotted or forked.
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
+    volumes: Vec<husk::sandbox::Volume>,
     /// Give up after SECONDS from the start, boot included: the sandbox is stopped, the
     /// guest's last console and kernel log lines are printed, and the exit code is 124
     /// (a detached sandbox is stopped and shows as such in `husk ps -a`).
@@ -138,6 +143,17 @@ pub(crate) enum NetMode {
 }
 
 impl RunArgs {
+    /// The volumes with absolute host folders that exist (a detached sandbox's monitor
+    /// runs elsewhere).
+    fn checked_volumes(&self) -> Result<Vec<husk::sandbox::Volume>, Box<dyn std::error::Error>> {
+        let mut volumes = self.volumes.clone();
+        for volume in &mut volumes {
+            volume.validate()?;
+            volume.host = std::path::absolute(&volume.host)?;
+        }
+        Ok(volumes)
+    }
+
     /// The network options as the library takes them: a card or not, NAT, ports.
     fn network(&self) -> Result<(bool, Option<husk::sandbox::Nat>), String> {
         if self.net == NetMode::None && !self.publish.is_empty() {
@@ -286,6 +302,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
         husk::detached::validate_name(name)?;
     }
     let (network, nat) = args.network()?;
+    let volumes = args.checked_volumes()?;
     // Before any thread starts: Ctrl-C and friends go to the forwarding thread only.
     let (target, pending) = forward_signals()?;
     let store = husk::image::ImageStore::open(None)?;
@@ -314,6 +331,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             nat,
             publish: args.publish,
             scratch_disk_mib: args.disk,
+            volumes: volumes.clone(),
             console: args.console,
             spec,
             remove_on_exit: args.rm,
@@ -333,6 +351,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     config.nat = nat;
     config.publish = args.publish.clone();
     config.scratch_disk_mib = args.disk;
+    config.volumes = volumes;
     config.warm = !args.cold;
     if let Some(limit) = limit {
         config.boot_timeout = limit;
@@ -410,4 +429,51 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
         log::warn!("the sandbox VM ended badly after the container exited: {e}");
     }
     Ok(status.docker_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::{Cli, Command};
+
+    fn run_args(args: &[&str]) -> Result<super::RunArgs, clap::Error> {
+        let argv = ["husk", "run"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(*args),
+            _ => panic!("not a run command"),
+        }
+    }
+
+    #[test]
+    fn repeated_v_options_give_volumes_in_order() {
+        let args = run_args(&["-v", "/a:/x", "--volume", "/b:/y:ro", "busybox"]).unwrap();
+        let got: Vec<_> = args
+            .volumes
+            .iter()
+            .map(|v| (v.host.display().to_string(), v.guest.as_str(), v.read_only))
+            .collect();
+        assert_eq!(got, [("/a".into(), "/x", false), ("/b".into(), "/y", true)]);
+    }
+
+    #[test]
+    fn a_bad_volume_mode_is_a_usage_error_naming_it() {
+        let err = run_args(&["-v", "/a:/x:rx", "busybox"]).err().unwrap();
+        assert!(
+            err.to_string().contains(r#"mode "rx" is not ro or rw"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_relative_guest_path_is_a_usage_error() {
+        let err = run_args(&["-v", "/a:x", "busybox"]).err().unwrap();
+        assert!(err.to_string().contains("must be absolute"), "{err}");
+    }
+
+    #[test]
+    fn v_after_the_image_belongs_to_the_command() {
+        let args = run_args(&["busybox", "ls", "-v", "/a:/x"]).unwrap();
+        assert!(args.volumes.is_empty());
+    }
 }

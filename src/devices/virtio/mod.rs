@@ -21,6 +21,7 @@
 
 pub mod block;
 pub mod descriptor;
+pub mod fs;
 pub mod guest_io;
 pub mod manager;
 pub mod mmio;
@@ -47,6 +48,8 @@ pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 /// Virtio device id of a socket device.
 pub const TYPE_VSOCK: u32 = 19;
+/// Virtio device id of a file system device (virtio-fs).
+pub const TYPE_FS: u32 = 26;
 
 /// Feature bit: the device complies with virtio 1.x (virtio 1.2 §6).
 pub const VIRTIO_F_VERSION_1: u32 = 32;

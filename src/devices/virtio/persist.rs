@@ -79,6 +79,9 @@ pub enum DevicePersist {
     Vsock(VsockPersist),
     /// virtio-rng (nothing beyond its queue).
     Rng,
+    /// virtio-fs: its state is the vhost-user daemon's, so a VM with one is never
+    /// saved (see `vmm::persist`).
+    Fs,
 }
 
 impl DevicePersist {
@@ -89,6 +92,7 @@ impl DevicePersist {
             Self::Net(_) => super::TYPE_NET,
             Self::Vsock(_) => super::TYPE_VSOCK,
             Self::Rng => super::TYPE_RNG,
+            Self::Fs => super::TYPE_FS,
         }
     }
 }

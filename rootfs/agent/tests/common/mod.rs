@@ -163,6 +163,7 @@ impl Harness {
                 args: args.iter().map(|a| a.to_string()).collect(),
                 ..Default::default()
             },
+            volumes: Vec::new(),
         }
     }
 
