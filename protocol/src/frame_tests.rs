@@ -423,7 +423,8 @@ fn run_example_of_the_protocol_doc_parses() {
     let json = r#"{"type":"Run","id":"c1","image":{"device":"/dev/vdb","fstype":"erofs"},
         "args":["sh","-c","echo hi"],"env":["A=1"],"cwd":null,"user":"1000:1000",
         "tty":null,"limits":{"memory_bytes":67108864,"pids":100,"cpu_quota":null},
-        "writable_layer":"Tmpfs","hostname":null}"#;
+        "writable_layer":"Tmpfs","hostname":null,
+        "volumes":[{"tag":"husk-vol-0","target":"/data","read_only":true}]}"#;
     let frame = Frame {
         kind: FrameKind::Control,
         payload: json.as_bytes().to_vec(),

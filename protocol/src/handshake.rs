@@ -115,18 +115,19 @@ mod tests {
 
     #[test]
     fn version_mismatch_tells_the_agent_and_fails() {
+        let theirs = PROTOCOL_VERSION + 1;
         let mut stream = agent_says(&Message::Hello {
-            version: 7,
+            version: theirs,
             agent_version: "9.9.9".into(),
             generation: 0,
         });
         let err = host_handshake(&mut stream).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::VersionMismatch { theirs: 7, .. }),
+            matches!(err, ProtocolError::VersionMismatch { theirs: t, .. } if t == theirs),
             "{err}"
         );
         assert!(
-            matches!(host_wrote(&stream), Message::Error { message } if message.contains("peer's is 7"))
+            matches!(host_wrote(&stream), Message::Error { message } if message.contains(&format!("peer's is {theirs}")))
         );
     }
 
