@@ -347,11 +347,18 @@ mod tests {
     fn stdin_acks_open_the_window_and_the_exit_closes_it() {
         use husk_protocol::STDIN_WINDOW;
         let (demux, _reader, mut guest) = started();
-        write_message(&mut guest, &Message::Started { process_id: 7 }).unwrap();
+        // Started answers the request: written before it, the reader could find no
+        // request to give it to.
+        let answer = std::thread::spawn(move || {
+            read_message(&mut guest).unwrap();
+            write_message(&mut guest, &Message::Started { process_id: 7 }).unwrap();
+            guest
+        });
         let (out, err) = (Capture::default(), Capture::default());
         let accepted = demux
             .request(&exec(1), Box::new(out), Box::new(err))
             .unwrap();
+        let mut guest = answer.join().unwrap();
         assert!(accepted.stdin.acquire(STDIN_WINDOW));
         let waiter = {
             let window = accepted.stdin.clone();
