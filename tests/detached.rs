@@ -34,6 +34,7 @@ echo "bad-name-named=$(grep -c 'bad/name' bad.txt)"
 # The monitor's own failure reaches the caller, and leaves no record.
 $R -d --name nocpu --cpus 0 busybox -- true 2>nocpu.txt; echo "nocpu-status=$?"
 echo "nocpu-named=$(grep -c 'failed to start.*cpus' nocpu.txt)"
+echo "nocpu-said=$(tr '\n' ' ' < nocpu.txt | head -c 400)"
 echo "nocpu-gone=$(test -e run/nocpu || echo yes)"
 echo "ps-running=$(./husk ps | grep -c '^web .*running')"
 # web's VMM runs jailed (the test runs as root): its supervisor's child has a uid of

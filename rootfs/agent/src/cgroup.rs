@@ -97,7 +97,16 @@ impl Cgroup {
         }
         enable_controllers(&parent)?;
         let path = parent.join(id);
-        fs::create_dir(&path).map_err(io_err(&path))?;
+        match fs::create_dir(&path) {
+            // A leaf left by a container of that id that ended without its cleanup:
+            // removed only when empty (a live one keeps it busy), then made anew.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                fs::remove_dir(&path)
+                    .and_then(|()| fs::create_dir(&path))
+                    .map_err(|_| io_err(&path)(e))?;
+            }
+            made => made.map_err(io_err(&path))?,
+        }
         let cgroup = Self { path };
         for (file, value) in limit_values(limits) {
             let file = cgroup.path.join(file);
@@ -165,6 +174,22 @@ mod tests {
                 ("cpu.max", "50000 100000".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn an_empty_leaf_left_behind_is_made_anew_and_a_busy_one_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let parent = root.path().join("husk");
+        fs::create_dir(&parent).unwrap();
+        fs::write(parent.join("cgroup.controllers"), "").unwrap();
+        // Left behind, empty: removed and made again.
+        fs::create_dir(parent.join("cow")).unwrap();
+        let made = Cgroup::create(root.path(), "cow", &Limits::default()).unwrap();
+        assert_eq!(made.path(), parent.join("cow"));
+        // Busy (here: not empty, as a live cgroup cannot be removed): refused.
+        fs::write(parent.join("cow").join("cgroup.procs"), "1").unwrap();
+        let err = Cgroup::create(root.path(), "cow", &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("cow"), "{err}");
     }
 
     #[test]
