@@ -230,9 +230,24 @@ pub fn serve(path: &Path, controller: Arc<Mutex<Controller>>) -> Result<ApiSocke
         path: path.to_path_buf(),
         source,
     };
-    let listener = UnixListener::bind(path).map_err(listen)?;
+    // Bound and made 0600 under a temporary name, then renamed: the path appears only
+    // once it accepts connections and only its owner may connect, so a client that
+    // waits for the file never finds it refusing.
+    if path.exists() {
+        return Err(listen(std::io::Error::from(std::io::ErrorKind::AddrInUse)));
+    }
+    let mut staging = path.as_os_str().to_os_string();
+    staging.push(format!(".{}.tmp", std::process::id()));
+    let staging = PathBuf::from(staging);
+    drop(std::fs::remove_file(&staging));
+    let listener = UnixListener::bind(&staging).map_err(listen)?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, path));
+    if let Err(e) = placed {
+        drop(std::fs::remove_file(&staging));
+        return Err(listen(e));
+    }
     let socket = ApiSocket(path.to_path_buf());
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen)?;
     std::thread::Builder::new()
         .name("husk-api".into())
         .spawn(move || {
