@@ -79,6 +79,7 @@ fn a_pool_keeps_its_vmms_listening_and_leaves_nothing_when_dropped() {
     }
     let vmms = vmm_children();
     assert_eq!(vmms.len(), 3);
+    let mut jails = Vec::new();
     if husk::jail::running_as_root() {
         // Jailed: each is a supervisor whose one child runs as a uid of husk's range.
         for vmm in vmms {
@@ -87,6 +88,9 @@ fn a_pool_keeps_its_vmms_listening_and_leaves_nothing_when_dropped() {
                 uid > husk::jail::ids::DEFAULT_BASE,
                 "VMM {vmm} runs as uid {uid}"
             );
+            let jail = husk::jail::jails_root().join(uid.to_string());
+            assert!(jail.is_dir(), "{} while the VMM runs", jail.display());
+            jails.push(jail);
         }
     }
     drop(pool);
@@ -97,4 +101,8 @@ fn a_pool_keeps_its_vmms_listening_and_leaves_nothing_when_dropped() {
     }
     assert_eq!(vmm_children(), Vec::<u32>::new());
     assert_eq!(pool_folders(parent.path()), Vec::<PathBuf>::new());
+    // And their jails' folders.
+    for jail in jails {
+        assert!(!jail.exists(), "{} left behind", jail.display());
+    }
 }
