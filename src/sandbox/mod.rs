@@ -23,6 +23,7 @@ mod connect;
 mod copy;
 mod demux;
 mod dns;
+mod error;
 pub mod initramfs;
 pub mod jailing;
 pub mod launch;
@@ -34,9 +35,13 @@ pub mod ports;
 mod process;
 pub mod scratch;
 pub mod signals;
+mod start;
 pub(crate) mod stdio;
 pub mod template;
 pub mod terminal;
+#[cfg(test)]
+mod tests;
+mod timings;
 pub mod virtiofsd;
 pub mod vmm_process;
 pub mod volumes;
@@ -50,13 +55,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use husk_protocol::{write_message, ImageSpec, Message, ProcessId, WritableLayer};
+use husk_protocol::{write_message, ImageSpec, Message, WritableLayer};
 
 pub use husk_protocol::Limits as ContainerLimits;
 
 pub use config::{RunSpec, SandboxBuilder, SandboxConfig, SandboxImage};
 pub use copy::CopyRequest;
 pub use demux::Sink;
+pub use error::SandboxError;
 pub use husk_protocol::{ExitStatus, TtySize};
 pub use net::{Ipv4Net, Nat};
 pub use persist::{RestoreSandbox, SandboxSnapshot, SnapshotReport};
@@ -65,12 +71,15 @@ pub use ports::Publish;
 pub use process::Process;
 pub use stdio::{Buffer, Stdio};
 pub use template::Template;
+pub use timings::SandboxTimings;
 pub use volumes::Volume;
 
-use connect::{new_id, runtime_root, watch_vm};
+use connect::new_id;
+pub(crate) use start::agent_initrd;
+use start::{runtime_dir, Assembly, NetRequest};
+use timings::Marks;
 
 use crate::api::server::ExitReport;
-use crate::vmm::VmError;
 use vmm_process::{VmmProcess, VmmStopper};
 
 /// The guest CID of every sandbox (each VM has its own vsock device and host socket).
@@ -84,131 +93,6 @@ const CONNECT_INTERVAL: Duration = Duration::from_millis(10);
 /// How long the agent connection stays open after the guest reset or powered off by
 /// itself, for frames still passing through the vsock device.
 const CLEAN_END_GRACE: Duration = Duration::from_millis(200);
-
-/// Errors of a sandbox's life.
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    /// The agent binary or its initramfs is not available.
-    #[error("guest agent: {0}")]
-    Agent(String),
-    /// The VM could not be built or started.
-    #[error(transparent)]
-    Vm(#[from] VmError),
-    /// The runtime folder could not be created.
-    #[error("cannot create a runtime folder in {dir}: {source}")]
-    Runtime {
-        /// Where.
-        dir: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The agent did not answer in time, or the guest ended before it did.
-    #[error("the guest agent did not come up: {reason}; last console output:\n{console}")]
-    AgentDown {
-        /// What happened.
-        reason: String,
-        /// The end of the guest console.
-        console: String,
-    },
-    /// The agent broke the protocol, refused a request, or the connection failed.
-    #[error("talking to the guest agent: {0}")]
-    Protocol(#[from] husk_protocol::ProtocolError),
-    /// The agent reported an error for a request.
-    #[error("the guest agent refused: {0}")]
-    Refused(String),
-    /// The connection to the agent ended (the guest stopped or broke the protocol).
-    #[error("lost the guest agent: {0}")]
-    Lost(String),
-    /// The scratch disk (`--disk`) could not be made.
-    #[error(transparent)]
-    Scratch(#[from] scratch::ScratchError),
-    /// The network (`--net`) could not be set up.
-    #[error(transparent)]
-    Network(#[from] net::NetError),
-    /// A template could not be made, read or removed.
-    #[error("template: {0}")]
-    Template(String),
-    /// A snapshot could not be taken or restored.
-    #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
-    /// The VMM process could not be started or driven.
-    #[error("VMM process: {0}")]
-    Vmm(String),
-    /// A volume (`-v`) is invalid or its virtiofsd could not run.
-    #[error(transparent)]
-    Volume(#[from] volumes::VolumeError),
-}
-
-/// Instants of a sandbox's life.
-#[derive(Debug, Clone, Copy)]
-struct Marks {
-    created: Instant,
-    initramfs_ready: Instant,
-    /// A restore's snapshot was read and checked (template found or built first).
-    snapshot_loaded: Option<Instant>,
-    /// The agent answered the handshake (before identity and network).
-    agent_answered: Option<Instant>,
-    vm_running: Instant,
-    agent_ready: Instant,
-    run_sent: Option<Instant>,
-    process_started: Option<Instant>,
-    process_exited: Option<Instant>,
-}
-
-impl Marks {
-    /// The marks of a sandbox whose agent is ready now.
-    fn launched(created: Instant, initramfs_ready: Instant, launched: &launch::Launched) -> Self {
-        Self {
-            created,
-            initramfs_ready,
-            vm_running: launched.vm_running,
-            snapshot_loaded: launched.loaded,
-            agent_answered: Some(launched.answered),
-            agent_ready: Instant::now(),
-            ..Marks::default()
-        }
-    }
-}
-
-impl Default for Marks {
-    fn default() -> Self {
-        let now = Instant::now();
-        Self {
-            created: now,
-            initramfs_ready: now,
-            snapshot_loaded: None,
-            agent_answered: None,
-            vm_running: now,
-            agent_ready: now,
-            run_sent: None,
-            process_started: None,
-            process_exited: None,
-        }
-    }
-}
-
-/// Milestones of a sandbox, in ms from the start of [`Sandbox::start`] (the last `run`).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SandboxTimings {
-    /// The runtime folder exists and the agent initramfs is found (or built).
-    pub initramfs_ready_ms: Option<f64>,
-    /// Warm starts: the template (or snapshot) was found, read and checked.
-    pub snapshot_loaded_ms: Option<f64>,
-    /// The agent answered the handshake (warm: before it took its identity).
-    pub agent_answered_ms: Option<f64>,
-    /// Whether the sandbox started from a template or snapshot.
-    pub warm: bool,
-    /// The VM is built and its vCPUs run (kernel loaded, devices wired).
-    pub vm_running_ms: Option<f64>,
-    /// The agent answered on vsock and the handshake is done (guest booted).
-    pub agent_ready_ms: Option<f64>,
-    /// The Run request was sent.
-    pub run_sent_ms: Option<f64>,
-    /// The agent reported the container's process started (container created).
-    pub process_started_ms: Option<f64>,
-    /// The agent reported the process exited.
-    pub process_exited_ms: Option<f64>,
-}
 
 /// The agent connection's write half, shared by every thread that sends.
 pub(crate) type Writer = Arc<Mutex<UnixStream>>;
@@ -302,171 +186,7 @@ pub struct Sandbox {
     shares: volumes::Shares,
 }
 
-/// A sandbox's NAT and published ports, as configured.
-#[derive(Debug, Clone, Default)]
-struct NetRequest {
-    nat: Option<Nat>,
-    publish: Vec<Publish>,
-}
-
-/// What a sandbox is made of besides its VM and agent connection.
-struct Assembly {
-    id: String,
-    image: SandboxImage,
-    runtime: tempfile::TempDir,
-    scratch: Option<PathBuf>,
-    marks: Marks,
-    containers: u32,
-    container_env: HashMap<String, Vec<String>>,
-    graceful_stop: bool,
-    net_request: NetRequest,
-    shares: volumes::Shares,
-}
-
-/// The sandbox's runtime folder (sockets, scratch disk), removed when it ends.
-fn runtime_dir(config: &SandboxConfig, id: &str) -> Result<tempfile::TempDir, SandboxError> {
-    let root = config.runtime_parent.clone().unwrap_or_else(runtime_root);
-    tempfile::Builder::new()
-        .prefix(&format!("husk-{id}-"))
-        .tempdir_in(&root)
-        .map_err(|source| SandboxError::Runtime { dir: root, source })
-}
-
-/// The agent initramfs for `config`'s agent (built once per agent, cached).
-pub(crate) fn agent_initrd(config: &SandboxConfig) -> Result<PathBuf, SandboxError> {
-    let agent = match &config.agent {
-        Some(p) => p.clone(),
-        None => agent::agent_binary()?,
-    };
-    agent::agent_initramfs(&agent, &crate::kernel::cache_root().join("initramfs"))
-}
-
 impl Sandbox {
-    /// A builder with defaults for everything but the image and the kernel.
-    pub fn builder(image: SandboxImage, kernel: PathBuf) -> SandboxBuilder {
-        SandboxBuilder {
-            config: SandboxConfig::new(image, kernel),
-        }
-    }
-
-    /// Start the sandbox's VM (from a template when it fits one, see
-    /// [`SandboxConfig::warm`]) and connect to its agent.
-    pub fn start(config: SandboxConfig) -> Result<Self, SandboxError> {
-        Self::start_with(config, None)
-    }
-
-    /// Start the sandbox's VM from `template` (see [`Template::start`]), or as
-    /// [`Sandbox::start`] does without one.
-    pub(crate) fn start_with(
-        config: SandboxConfig,
-        template: Option<&Template>,
-    ) -> Result<Self, SandboxError> {
-        let created = Instant::now();
-        let config = config.with_absolute_paths()?;
-        let id = new_id();
-        let initrd = agent_initrd(&config)?;
-        // A pooled VMM comes with its runtime folder, already listening in it.
-        config.volumes.iter().try_for_each(Volume::validate)?;
-        // A pooled VMM may be jailed, and a jail cannot reach virtiofsd's sockets.
-        let pool = config.pool.as_ref().filter(|_| config.volumes.is_empty());
-        let pooled = pool.and_then(|p| p.take(&config, &initrd));
-        let (runtime, pooled_vm) = match pooled {
-            Some(pooled) => (pooled.runtime, Some(pooled.vm)),
-            None => (runtime_dir(&config, &id)?, None),
-        };
-        // Before the VM: its devices connect to the daemons as it is built.
-        let (shares, fs) = volumes::Shares::start(&config.volumes, runtime.path())?;
-        let initramfs_ready = Instant::now();
-        let scratch = (config.scratch_disk_mib)
-            .map(|mib| scratch::create(runtime.path(), mib))
-            .transpose()?;
-        let paths = launch::LaunchPaths {
-            runtime: runtime.path(),
-            initrd,
-            scratch: scratch.clone(),
-            hostname: format!("husk-{id}"),
-            fs,
-        };
-        let origin = launch::origin_for(&config, template);
-        // A daemon that died explains a failed start better than the VMM's view of it.
-        let launched = launch::launch(&config, paths, origin, pooled_vm)
-            .map_err(|e| shares.ended().map_or(e, SandboxError::from))?;
-        let marks = Marks::launched(created, initramfs_ready, &launched);
-        let parts = Assembly {
-            id,
-            image: config.image,
-            runtime,
-            scratch,
-            marks,
-            containers: 0,
-            container_env: HashMap::new(),
-            graceful_stop: !config.disks.is_empty(),
-            net_request: NetRequest {
-                nat: config.nat,
-                publish: config.publish,
-            },
-            shares,
-        };
-        Ok(Self::assemble(parts, launched, Vec::new())?.0)
-    }
-
-    /// A sandbox around a launched VM, with routes for `adopt`ed processes that already
-    /// run in it (a restored snapshot's).
-    fn assemble(
-        parts: Assembly,
-        launched: launch::Launched,
-        adopt: Vec<(ProcessId, String, Sink, Sink)>,
-    ) -> Result<(Self, Vec<Process>), SandboxError> {
-        let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
-        let conn = launched.conn;
-        let host_net = launched.net;
-        let writer = Arc::new(Mutex::new(conn.try_clone().map_err(io)?));
-        let (containers, routes): (Vec<String>, Vec<_>) = adopt
-            .into_iter()
-            .map(|(p, container, out, err)| (container, (p, out, err)))
-            .unzip();
-        let (demux, reader, accepted) =
-            demux::Demux::start_adopting(conn.try_clone().map_err(io)?, writer, routes)
-                .map_err(io)?;
-        let conn = Arc::new(conn);
-        let vm = Arc::new(launched.vm);
-        watch_vm(vm.clone(), &demux, &conn).map_err(io)?;
-        let processes = accepted
-            .into_iter()
-            .zip(containers)
-            .map(|(a, container)| Process {
-                id: a.process,
-                container,
-                exit: Mutex::new(a.exit),
-                ended: std::sync::OnceLock::new(),
-                demux: demux.clone(),
-                started: Instant::now(),
-            })
-            .collect();
-        let sandbox = Self {
-            id: parts.id,
-            image: parts.image,
-            vm: Mutex::new(Some(vm)),
-            warm: launched.warm,
-            conn,
-            demux,
-            reader: Mutex::new(Some(reader)),
-            current: Arc::new(AtomicU32::new(0)),
-            marks: Mutex::new(parts.marks),
-            runtime_path: parts.runtime.path().to_path_buf(),
-            runtime: Mutex::new(Some(parts.runtime)),
-            containers: AtomicU32::new(parts.containers),
-            container_env: Mutex::new(parts.container_env),
-            writable_layer: scratch::writable_layer(parts.scratch.as_deref()),
-            scratch: parts.scratch,
-            graceful_stop: parts.graceful_stop,
-            host_net: Mutex::new(host_net),
-            net_request: parts.net_request,
-            shares: parts.shares,
-        };
-        Ok((sandbox, processes))
-    }
-
     /// Whether this sandbox started from a template.
     pub fn is_warm(&self) -> bool {
         self.warm
@@ -713,56 +433,6 @@ impl Drop for Sandbox {
             vm.stop();
         }
         self.release();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use husk_protocol::{read_message, write_message, Message};
-
-    use super::tests_support::{Capture, FakeAgent};
-    use super::*;
-
-    #[test]
-    fn a_guest_that_dies_ends_every_wait_with_its_failure() {
-        let agent = FakeAgent::new();
-        let (demux, reader) =
-            demux::Demux::start(agent.host.try_clone().unwrap(), agent.writer()).unwrap();
-        let conn = Arc::new(agent.host.try_clone().unwrap());
-        let (vm, ending) = VmmProcess::without_process();
-        watch_vm(Arc::new(vm), &demux, &conn).unwrap();
-        let mut guest = agent.guest;
-        let guest_thread = std::thread::spawn(move || {
-            assert!(matches!(read_message(&mut guest), Ok(Message::Exec { .. })));
-            write_message(&mut guest, &Message::Started { process_id: 7 }).unwrap();
-            // The guest keeps its end open, as the vsock device does after a crash.
-            guest
-        });
-        let exec = Message::Exec {
-            container_id: "c".into(),
-            args: vec!["cat".into()],
-            env: vec![],
-            cwd: None,
-            user: None,
-            tty: None,
-        };
-        let (out, err) = (Capture::default(), Capture::default());
-        let accepted = demux.request(&exec, Box::new(out), Box::new(err)).unwrap();
-        let _guest = guest_thread.join().unwrap();
-        ending(ExitReport {
-            error: Some("guest triple fault on vCPU 0 (RIP unknown: KVM reset the vCPU)".into()),
-            ..ExitReport::default()
-        });
-        let ended = accepted.exit.recv_timeout(Duration::from_secs(10));
-        let reason = ended.expect("the wait ended").unwrap_err();
-        assert!(
-            reason.contains("the guest failed: guest triple fault on vCPU 0"),
-            "{reason}"
-        );
-        reader.join().unwrap();
-        assert!(demux.closed_reason().contains("triple fault"));
     }
 }
 
