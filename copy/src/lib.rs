@@ -18,6 +18,29 @@ pub use pack::{is_contents, pack, source_kind};
 pub use rules::{place, Dest, Kind};
 pub use unpack::{check_destination, unpack, unpack_into, UnpackOptions};
 
+/// One copy between the caller and a container, as the host asks it and the agent
+/// carries it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyRequest {
+    /// The container's `path` comes out as a tar stream on the process's stdout.
+    Out {
+        /// The source in the container.
+        path: String,
+    },
+    /// The tar stream given as the process's stdin goes to the container's `path`.
+    In {
+        /// The destination in the container.
+        path: String,
+        /// The source was written `DIR/.`: only its contents go.
+        contents: bool,
+        /// Keep the archived owners (`husk cp -a`); else root owns the files.
+        preserve_owner: bool,
+        /// The archive is the caller's own tar stream (`husk cp - NAME:DIR`): its
+        /// entries go into the existing directory `path` as they are.
+        as_is: bool,
+    },
+}
+
 /// Errors of a copy, worded after docker's.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {

@@ -107,7 +107,7 @@ impl Control {
     /// process's stdout, or goes as its stdin; returns its status (code 1 after the
     /// reason on stderr). Refused while the sandbox is paused.
     pub fn copy(&mut self, copy: &CopyRequest, stdio: Stdio) -> Result<ExitStatus, DetachedError> {
-        self.run(&copy.message(""), stdio)
+        self.run(&crate::sandbox::copy_message(copy, ""), stdio)
     }
 
     /// Send a process request and stream its stdio until it exits.

@@ -7,47 +7,25 @@ use husk_protocol::Message;
 
 use super::{Process, Sandbox, SandboxError, Stdio};
 
-/// One copy between the caller and a container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CopyRequest {
-    /// The container's `path` comes out as a tar stream on the process's stdout.
-    Out {
-        /// The source in the container.
-        path: String,
-    },
-    /// The tar stream given as the process's stdin goes to the container's `path`.
-    In {
-        /// The destination in the container.
-        path: String,
-        /// The source was written `DIR/.`: only its contents go.
-        contents: bool,
-        /// Keep the archived owners (`husk cp -a`); else root owns the files.
-        preserve_owner: bool,
-        /// The archive is the caller's own tar stream (`husk cp - NAME:DIR`): its
-        /// entries go into the existing directory `path` as they are.
-        as_is: bool,
-    },
-}
+pub use husk_copy::CopyRequest;
 
-impl CopyRequest {
-    /// The request for container `container`.
-    pub fn message(&self, container: &str) -> Message {
-        let container_id = container.to_string();
-        match self.clone() {
-            CopyRequest::Out { path } => Message::CopyOut { container_id, path },
-            CopyRequest::In {
-                path,
-                contents,
-                preserve_owner,
-                as_is,
-            } => Message::CopyIn {
-                container_id,
-                path,
-                contents,
-                preserve_owner,
-                as_is,
-            },
-        }
+/// The agent's request for `copy` with container `container`.
+pub(crate) fn message(copy: &CopyRequest, container: &str) -> Message {
+    let container_id = container.to_string();
+    match copy.clone() {
+        CopyRequest::Out { path } => Message::CopyOut { container_id, path },
+        CopyRequest::In {
+            path,
+            contents,
+            preserve_owner,
+            as_is,
+        } => Message::CopyIn {
+            container_id,
+            path,
+            contents,
+            preserve_owner,
+            as_is,
+        },
     }
 }
 
@@ -62,6 +40,6 @@ impl Sandbox {
         copy: &CopyRequest,
         stdio: Stdio,
     ) -> Result<Process, SandboxError> {
-        self.request(&copy.message(container), container.to_string(), stdio)
+        self.request(&message(copy, container), container.to_string(), stdio)
     }
 }

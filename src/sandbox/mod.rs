@@ -60,6 +60,7 @@ use husk_protocol::{write_message, ImageSpec, Message, WritableLayer};
 pub use husk_protocol::Limits as ContainerLimits;
 
 pub use config::{RunSpec, SandboxBuilder, SandboxConfig, SandboxImage};
+pub(crate) use copy::message as copy_message;
 pub use copy::CopyRequest;
 pub use demux::Sink;
 pub use error::SandboxError;

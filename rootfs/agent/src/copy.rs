@@ -20,26 +20,7 @@ use crate::process::HostEnds;
 use crate::reaper::RawExit;
 use crate::spawn::pipe;
 
-/// What to copy.
-#[derive(Debug, Clone)]
-pub enum CopyRequest {
-    /// The container's `path` to the host, as a tar stream on stdout.
-    Out {
-        /// The source in the container.
-        path: String,
-    },
-    /// The tar stream on stdin to the container's `path`.
-    In {
-        /// The destination in the container.
-        path: String,
-        /// Only the source directory's contents (`DIR/.`).
-        contents: bool,
-        /// Keep the archived owners.
-        preserve_owner: bool,
-        /// The caller's own archive: unpacked into the directory `path` as it is.
-        as_is: bool,
-    },
-}
+pub use husk_copy::CopyRequest;
 
 /// The copy thread's ends of the process's pipes.
 struct ThreadEnds {
