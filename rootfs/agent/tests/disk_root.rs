@@ -100,5 +100,10 @@ fn root_containers_on_one_scratch_disk_have_separate_layers_removed_at_teardown(
     h.wait(first);
     assert!(second_out.contains("No such file"), "{second_out}");
     assert!(second_out.ends_with("two\n"), "{second_out}");
+    // The agent reports an exit before it tears the container down: wait for that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while disk.top_level() != ["lost+found"] && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     assert_eq!(disk.top_level(), ["lost+found"]);
 }
