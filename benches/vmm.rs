@@ -105,6 +105,12 @@ fn husk_once(run: &Path, extra: &[String], jailed: bool) -> Sample {
         true => jailed_child(child.id()),
         false => child.id(),
     };
+    ready_sample(ready_ms, pid, child)
+}
+
+/// The sample of a process `child` that was ready after `ready_ms`, its memory read
+/// from `pid` (the child or, jailed, its VMM); then `child` is stopped.
+fn ready_sample(ready_ms: f64, pid: u32, child: Child) -> Sample {
     let (rss_kib, anon_kib) = (status_kib(pid, "VmRSS"), status_kib(pid, "RssAnon"));
     stop(child);
     Sample {
@@ -155,13 +161,7 @@ fn qemu_once(dir: &Path) -> Sample {
     assert!(greeting.contains("QMP"), "not a QMP greeting: {greeting}");
     let ready_ms = start.elapsed().as_secs_f64() * 1000.0;
     let pid = child.id();
-    let (rss_kib, anon_kib) = (status_kib(pid, "VmRSS"), status_kib(pid, "RssAnon"));
-    stop(child);
-    Sample {
-        ready_ms,
-        rss_kib,
-        anon_kib,
-    }
+    ready_sample(ready_ms, pid, child)
 }
 
 fn report(name: &str, samples: &[Sample], base: f64) -> f64 {
