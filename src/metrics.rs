@@ -11,8 +11,18 @@ pub struct Timeline {
     pub guest_loaded_ms: Option<f64>,
     /// KVM VM created with its memory, irqchip, PIT and device eventfds.
     pub kvm_ready_ms: Option<f64>,
-    /// vCPUs created and set up (registers, CPUID, MSRs).
+    /// vCPUs created and set up (registers, CPUID, MSRs; a restore's working set
+    /// mapped).
     pub vcpus_created_ms: Option<f64>,
+    /// A restore: pages of the snapshot's working set mapped before the guest ran.
+    #[serde(default)]
+    pub prefaulted_pages: Option<u64>,
+    /// A restore: how long mapping them took.
+    #[serde(default)]
+    pub prefault_ms: Option<f64>,
+    /// A restore: how they were mapped.
+    #[serde(default)]
+    pub prefault_method: Option<crate::vmm::prefault::Method>,
     /// First KVM_RUN of the boot vCPU.
     pub first_kvm_run_ms: Option<f64>,
     /// First byte the guest wrote to its console.

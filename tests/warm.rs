@@ -26,7 +26,11 @@ built_at=$(date +%s)
 while [ $(( $(date +%s) - built_at )) -lt 31 ]; do sleep 1; done
 probe='head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n"; echo; hostname; date +%s'
 $R busybox -- sh -c "$probe" > c1; echo "c1-status=$?"; h1=$(date +%s)
-$R busybox -- sh -c "$probe" > c2; echo "c2-status=$?"; h2=$(date +%s)
+# The first sandbox that ran a container left the template's working set, which the
+# second maps before its guest runs.
+echo "working-set=$(test -s cache/templates/1cpu-320mib/snapshot/working-set && echo yes)"
+$R --timings c2.json busybox -- sh -c "$probe" > c2; echo "c2-status=$?"; h2=$(date +%s)
+echo "prefaulted=$(tr -d ' \n' < c2.json | grep -o '"prefaulted_pages":[0-9]*' | cut -d: -f2)"
 echo "random-differs=$(test "$(sed -n 1p c1)" != "$(sed -n 1p c2)" && echo yes)"
 echo "random-length=$(sed -n 1p c1 | tr -d '\n' | wc -c)"
 echo "hostname-differs=$(test "$(sed -n 2p c1)" != "$(sed -n 2p c2)" && echo yes)"
@@ -102,6 +106,12 @@ fn warm_sandboxes_differ_where_they_must_pause_fork_and_restore() {
     is("template-ls", "1");
     is("c1-status", "0");
     is("c2-status", "0");
+    is("working-set", "yes");
+    let prefaulted: u64 = out
+        .value("prefaulted")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(prefaulted > 100, "{prefaulted} pages prefaulted\n{out}");
     is("random-length", "64");
     is("random-differs", "yes");
     is("hostname-differs", "yes");

@@ -92,8 +92,9 @@ impl Controller {
         let request: RestoreRequest = parse(body)?;
         let loaded = snapshot::load(&request.dir, &request.expect)
             .map_err(|e| ApiError::BadRequest(crate::error_chain(&e)))?;
-        let vm =
-            vmm::restore(&loaded.file.state, loaded.memory, &request.options).map_err(internal)?;
+        let set = loaded.working_set.as_ref();
+        let vm = vmm::restore_with(&loaded.file.state, loaded.memory, set, &request.options)
+            .map_err(internal)?;
         self.adopt(vm);
         Ok(Response::no_content())
     }

@@ -143,6 +143,7 @@ pub(super) fn launch(
             };
             let expect = template.expect(&spec);
             let dir = template.snapshot_dir();
+            vm.record_working_set_into(&dir);
             let restore = Restore {
                 vm: &vm,
                 dir: &dir,

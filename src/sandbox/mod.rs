@@ -386,6 +386,11 @@ impl Sandbox {
                 "the sandbox is already stopped".into(),
             ));
         };
+        // A template's first sandbox that ran a container leaves the pages it touched for
+        // the next ones to map ahead.
+        if self.containers.load(Ordering::Relaxed) > 0 {
+            vm.record_working_set();
+        }
         let report = match self.graceful_stop && self.demux.send(&Message::Shutdown).is_ok() {
             // A guest that does not reset in time is stopped from the host.
             true => vm.wait(Some(SHUTDOWN_TIMEOUT)).unwrap_or_else(|| vm.stop()),

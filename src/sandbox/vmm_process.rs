@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use crate::snapshot::working_set;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,6 +70,9 @@ pub struct VmmProcess {
     jail: Option<super::jailing::VmmJail>,
     /// The runtime folder it listens in.
     runtime: PathBuf,
+    /// The snapshot folder its VM was restored from, when that snapshot's working set
+    /// is still to be recorded.
+    working_set_to: std::sync::OnceLock<PathBuf>,
 }
 
 /// How long a broken API exchange waits for the process's end, whose report says more
@@ -158,7 +163,35 @@ impl VmmProcess {
             _lifeline: lifeline,
             jail,
             runtime: runtime.to_path_buf(),
+            working_set_to: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Record the working set of the snapshot in `dir` from this VM (see
+    /// [`Self::record_working_set`]) unless it has one.
+    pub fn record_working_set_into(&self, dir: &Path) {
+        if !dir.join(working_set::FILE).exists() {
+            drop(self.working_set_to.set(dir.to_path_buf()));
+        }
+    }
+
+    /// Write the pages the restored VM touched as its snapshot's working set, if asked
+    /// to by [`Self::record_working_set_into`]. Best effort: an optimisation of later
+    /// restores, never a reason to fail this sandbox.
+    pub fn record_working_set(&self) {
+        let Some(dir) = self.working_set_to.get() else {
+            return;
+        };
+        let memory = dir.join(crate::snapshot::MEMORY_FILE);
+        match working_set::record(self.pid, &memory).and_then(|set| {
+            if set.pages() > 0 {
+                set.write(dir)?;
+            }
+            Ok(set.pages())
+        }) {
+            Ok(pages) => log::debug!("{}: working set of {pages} pages", dir.display()),
+            Err(e) => log::debug!("{}: no working set recorded: {e}", dir.display()),
+        }
     }
 
     /// Its jail, if jailed.
@@ -352,6 +385,7 @@ impl VmmProcess {
             _lifeline: None,
             jail: None,
             runtime: PathBuf::new(),
+            working_set_to: std::sync::OnceLock::new(),
         };
         let end = move |report| {
             *ending.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);

@@ -12,6 +12,7 @@ pub mod files;
 pub mod fingerprint;
 pub mod format;
 pub mod memory;
+pub mod working_set;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -24,6 +25,7 @@ use crate::vmm::{self, RestoreOptions, RunningVm, VmError};
 use fingerprint::{device_list, Expect, Fingerprint, HostFingerprint, Mismatch};
 use format::{FormatError, StateFile};
 pub use memory::MemoryStats;
+use working_set::WorkingSet;
 
 /// The state file's name in a snapshot folder.
 pub const STATE_FILE: &str = "state";
@@ -233,6 +235,9 @@ pub struct Loaded {
     pub file: StateFile,
     /// The memory file, open.
     pub memory: File,
+    /// The pages a restored guest is known to touch, if recorded (see
+    /// [`working_set`]).
+    pub working_set: Option<WorkingSet>,
 }
 
 /// Read the snapshot in `dir`, check it against this host (CPU, CPUID, KVM) and
@@ -247,7 +252,14 @@ pub fn load(dir: &Path, expect: &Expect) -> Result<Loaded, SnapshotError> {
     let memory = File::open(pinned.join(MEMORY_FILE)).map_err(io("cannot open", &memory_path))?;
     let state_path = dir.join(STATE_FILE);
     let bytes = std::fs::read(pinned.join(STATE_FILE)).map_err(io("cannot read", &state_path))?;
-    check(&state_path, &bytes, memory, expect)
+    let mut loaded = check(&state_path, &bytes, memory, expect)?;
+    let file_pages = loaded.memory.metadata().map_or(0, |m| m.len()) / working_set::PAGE;
+    // Only an optimisation: a bad one is reported and left unused.
+    loaded.working_set = WorkingSet::read(&pinned, file_pages).unwrap_or_else(|e| {
+        log::warn!("snapshot {}: {}", dir.display(), crate::error_chain(&e));
+        None
+    });
+    Ok(loaded)
 }
 
 /// The configuration a snapshot's VM was built from (its devices, in slot order): the
@@ -287,7 +299,11 @@ fn check(
     let here = host_fingerprint(&crate::kvm::open()?)?;
     file.fingerprint.host.check(&here)?;
     file.fingerprint.check_expected(expect)?;
-    Ok(Loaded { file, memory })
+    Ok(Loaded {
+        file,
+        memory,
+        working_set: None,
+    })
 }
 
 /// Load the snapshot in `dir` and build a running VM from it.
@@ -297,5 +313,11 @@ pub fn restore(
     options: &RestoreOptions,
 ) -> Result<RunningVm, SnapshotError> {
     let loaded = load(dir, expect)?;
-    Ok(vmm::restore(&loaded.file.state, loaded.memory, options)?)
+    let set = loaded.working_set.as_ref();
+    Ok(vmm::restore_with(
+        &loaded.file.state,
+        loaded.memory,
+        set,
+        options,
+    )?)
 }

@@ -17,6 +17,9 @@ use std::time::Instant;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::prefault::Prefaulted;
+use crate::snapshot::working_set::WorkingSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{self as arch, layout};
@@ -83,6 +86,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
             guest_loaded,
             kvm_ready,
             vcpus_created: Instant::now(),
+            prefaulted: None,
         },
     })
 }
@@ -147,6 +151,17 @@ pub fn restore(
     memory: File,
     options: &RestoreOptions,
 ) -> Result<RunningVm, VmError> {
+    restore_with(state, memory, None, options)
+}
+
+/// [`restore`], mapping `working_set` (pages of `memory`) into the guest before it
+/// runs (see [`super::prefault`]).
+pub fn restore_with(
+    state: &MicrovmState,
+    memory: File,
+    working_set: Option<&WorkingSet>,
+    options: &RestoreOptions,
+) -> Result<RunningVm, VmError> {
     let started = Instant::now();
     let config = restore_config(&state.config, options)?;
     config.validate_resources()?;
@@ -176,7 +191,8 @@ pub fn restore(
     let serial_state = Some(&state.serial);
     let (pio, serial) = port_devices(&vm, &config, console.clone(), exit.clone(), serial_state)?;
     let shared = vcpu_shared(&kvm, &vm, &config, pio, mmio, exit, options.paused)?;
-    let vcpus = restore_vcpus(&vm, state, &shared)?;
+    let prefault = working_set.map(|set| (&kvm, &ram.memory, set));
+    let (vcpus, prefaulted) = restore_vcpus(&vm, state, &shared, prefault)?;
     virtio.restore(&state.devices)?;
     RunningVm::launch(Parts {
         shared,
@@ -193,6 +209,7 @@ pub fn restore(
             guest_loaded,
             kvm_ready,
             vcpus_created: Instant::now(),
+            prefaulted,
         },
     })
 }
@@ -237,17 +254,23 @@ fn restore_vcpus(
     vm: &VmFd,
     state: &MicrovmState,
     shared: &Arc<VcpuShared>,
-) -> Result<Vec<Vcpu>, VmError> {
+    mut prefault: Option<(&Kvm, &GuestMemoryMmap, &WorkingSet)>,
+) -> Result<(Vec<Vcpu>, Option<Prefaulted>), VmError> {
     let host_xsave2 = shared.save.xsave2_size;
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
+    let mut prefaulted = None;
     for saved in &state.vcpus {
         let fd = vm
             .create_vcpu(u64::from(saved.id))
             .map_err(setup("creating a vCPU"))?;
         saved.restore(&fd, host_xsave2)?;
+        // One vCPU with its state in place maps for all: KVM's page tables are the VM's.
+        if let Some((kvm, memory, set)) = prefault.take() {
+            prefaulted = super::prefault::prefault(kvm, &fd, memory, set);
+        }
         vcpus.push(Vcpu::new(fd, saved.id, shared.clone()));
     }
-    Ok(vcpus)
+    Ok((vcpus, prefaulted))
 }
 
 fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), VmError> {

@@ -10,6 +10,7 @@ pub mod guest_log;
 pub mod hang_report;
 pub mod parking;
 pub mod persist;
+pub mod prefault;
 pub mod rate_limits;
 pub mod running;
 pub mod seccomp;
@@ -34,7 +35,7 @@ use crate::profile::RipHistogram;
 use exit::{classify, ExitCause, GuestError, VmExit, WARM_REBOOT_FLAG_ADDR};
 use vcpu::ExitSink;
 
-pub use builder::{restore, start, RestoreOptions};
+pub use builder::{restore, restore_with, start, RestoreOptions};
 pub use rate_limits::LimiterTarget;
 pub use running::RunningVm;
 

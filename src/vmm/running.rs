@@ -38,6 +38,8 @@ pub(super) struct SetupMarks {
     pub kvm_ready: Instant,
     /// Every vCPU is created and set up.
     pub vcpus_created: Instant,
+    /// A restore's working set, mapped ahead of the guest.
+    pub prefaulted: Option<super::prefault::Prefaulted>,
 }
 
 /// What `start` and `restore` built, before the threads run.
@@ -356,6 +358,9 @@ impl RunningVm {
                 guest_loaded_ms: ms_since(self.started, Some(self.setup.guest_loaded)),
                 kvm_ready_ms: ms_since(self.started, Some(self.setup.kvm_ready)),
                 vcpus_created_ms: ms_since(self.started, Some(self.setup.vcpus_created)),
+                prefaulted_pages: self.setup.prefaulted.map(|p| p.pages),
+                prefault_ms: self.setup.prefaulted.map(|p| p.took.as_secs_f64() * 1000.0),
+                prefault_method: self.setup.prefaulted.map(|p| p.method),
                 first_kvm_run_ms: ms_since(self.started, self.shared.first_run.get().copied()),
                 first_console_byte_ms: ms_since(self.started, self.console.first_byte()),
                 exit_ms: ms_since(self.started, Some(ended)),

@@ -1,0 +1,384 @@
+//! A snapshot's working set: the pages of its memory file that a restored guest touched
+//! on its way from the restore to a finished workload, recorded once from a real run
+//! and kept beside the snapshot. A later restore maps them into the guest before its
+//! first instruction (see `vmm::prefault`), so the guest does not stop on a nested
+//! page fault for each of them.
+//!
+//! Recorded from outside the VMM, which is jailed and may not write the snapshot's
+//! folder: its `/proc/PID/maps` names the mappings of the memory file (by device and
+//! inode) and `/proc/PID/pagemap` says which of their pages are present. Only pages
+//! that hold data in the file count: a page the guest took from its free memory is a
+//! hole in the file, and mapping it ahead of time would only fill the page cache with
+//! zeros.
+//!
+//! File format (little endian): the magic `HUSKWSET`, a u32 version, a u32 count, then
+//! `count` ranges of (first page, pages) as two u64, sorted and disjoint.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::files::seek;
+
+/// The file's name in a snapshot's folder.
+pub const FILE: &str = "working-set";
+const MAGIC: &[u8; 8] = b"HUSKWSET";
+const VERSION: u32 = 1;
+/// Most ranges a file may hold.
+const MAX_RANGES: usize = 1 << 16;
+/// Most pages a working set covers (512 MiB): past it, a restore maps the rest on
+/// demand as it always did.
+pub const MAX_PAGES: u64 = 1 << 17;
+/// Guest pages are 4 KiB in the memory file.
+pub const PAGE: u64 = 4096;
+/// `/proc/PID/pagemap`: the page is present in RAM.
+const PRESENT: u64 = 1 << 63;
+
+/// Page ranges of a memory file, sorted and disjoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkingSet {
+    /// (first page, pages).
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// Why a working-set file was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkingSetError {
+    /// It could not be read.
+    #[error("cannot read {FILE}")]
+    Io(#[from] io::Error),
+    /// It is not a working-set file of this version, or its ranges are not sane.
+    #[error("{FILE} is not valid: {0}")]
+    Invalid(String),
+}
+
+impl WorkingSet {
+    /// Pages covered.
+    pub fn pages(&self) -> u64 {
+        self.ranges.iter().map(|r| r.1).sum()
+    }
+
+    /// Build from sorted page numbers, merging neighbours into ranges.
+    pub fn from_pages(pages: impl IntoIterator<Item = u64>) -> Self {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for page in pages {
+            match ranges.last_mut() {
+                Some((first, n)) if *first + *n == page => *n += 1,
+                Some((first, n)) if page < *first + *n => {}
+                _ => ranges.push((page, 1)),
+            }
+        }
+        Self { ranges }
+    }
+
+    /// The file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 16 * self.ranges.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.ranges.len() as u32).to_le_bytes());
+        for (first, n) in &self.ranges {
+            out.extend_from_slice(&first.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decode and check a file of a memory file of `file_pages` pages.
+    pub fn decode(bytes: &[u8], file_pages: u64) -> Result<Self, WorkingSetError> {
+        let bad = |what: String| WorkingSetError::Invalid(what);
+        let header = bytes
+            .get(..16)
+            .ok_or_else(|| bad("shorter than its header".into()))?;
+        if &header[..8] != MAGIC {
+            return Err(bad("no HUSKWSET magic".into()));
+        }
+        let word = |at: usize| {
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
+        let (version, count) = (word(8), word(12) as usize);
+        if version != VERSION {
+            return Err(bad(format!("version {version}, this husk reads {VERSION}")));
+        }
+        if count > MAX_RANGES || bytes.len() != 16 + 16 * count {
+            return Err(bad(format!("{count} ranges in {} bytes", bytes.len())));
+        }
+        let mut ranges = Vec::with_capacity(count);
+        let (mut end, mut total) = (0u64, 0u64);
+        for chunk in bytes[16..].chunks_exact(16) {
+            let mut half = [0u8; 8];
+            half.copy_from_slice(&chunk[..8]);
+            let first = u64::from_le_bytes(half);
+            half.copy_from_slice(&chunk[8..]);
+            let n = u64::from_le_bytes(half);
+            let last = first.checked_add(n).filter(|&e| n > 0 && e <= file_pages);
+            let Some(range_end) = last.filter(|_| first >= end) else {
+                return Err(bad(format!(
+                    "range of {n} pages at page {first} (memory file: {file_pages} pages)"
+                )));
+            };
+            total += n;
+            if total > MAX_PAGES {
+                return Err(bad(format!("more than {MAX_PAGES} pages")));
+            }
+            end = range_end;
+            ranges.push((first, n));
+        }
+        Ok(Self { ranges })
+    }
+
+    /// Read `dir`'s working set for a memory file of `file_pages` pages; `Ok(None)`
+    /// when it has none.
+    pub fn read(dir: &Path, file_pages: u64) -> Result<Option<Self>, WorkingSetError> {
+        match std::fs::read(dir.join(FILE)) {
+            Ok(bytes) => Self::decode(&bytes, file_pages).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Write it into `dir` under a temporary name, then rename: a reader sees the whole
+    /// file or none. An existing one (another run was quicker) is kept.
+    pub fn write(&self, dir: &Path) -> io::Result<()> {
+        let target = dir.join(FILE);
+        if target.exists() {
+            return Ok(());
+        }
+        let temp = dir.join(format!(".{FILE}.{}", std::process::id()));
+        std::fs::write(&temp, self.encode())?;
+        std::fs::rename(&temp, &target).inspect_err(|_| drop(std::fs::remove_file(&temp)))
+    }
+}
+
+/// The pages of `memory` (a snapshot's memory file) that process `pid`, or the child
+/// it runs the VM in (a jailed VMM's), has present in its mappings of it and that hold
+/// data in the file, at most [`MAX_PAGES`].
+pub fn record(pid: u32, memory: &Path) -> io::Result<WorkingSet> {
+    let file = File::open(memory)?;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+    let pids = std::iter::once(pid).chain(
+        children
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect::<Vec<u32>>(),
+    );
+    let mut present = Vec::new();
+    for pid in pids {
+        present_pages(pid, &file, &mut present)?;
+    }
+    present.sort_unstable();
+    present.dedup();
+    let file_pages = file.metadata()?.len() / PAGE;
+    let mut pages = Vec::new();
+    for page in present.into_iter().filter(|&p| p < file_pages) {
+        if pages.len() as u64 >= MAX_PAGES {
+            break;
+        }
+        if holds_data(&file, page)? {
+            pages.push(page);
+        }
+    }
+    Ok(WorkingSet::from_pages(pages))
+}
+
+/// Add the file pages `pid` has present in its mappings of `file` to `present`.
+fn present_pages(pid: u32, file: &File, present: &mut Vec<u64>) -> io::Result<()> {
+    let meta = file.metadata()?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let mut pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
+    for mapping in maps.lines().filter_map(parse_maps_line) {
+        if mapping.dev != (libc::major(meta.dev()), libc::minor(meta.dev()))
+            || mapping.inode != meta.ino()
+        {
+            continue;
+        }
+        let pages = (mapping.end - mapping.start) / PAGE;
+        pagemap.seek(SeekFrom::Start(mapping.start / PAGE * 8))?;
+        let mut entries = vec![0u8; 8 * 4096];
+        let mut done = 0;
+        while done < pages {
+            let n = (pages - done).min(4096);
+            let chunk = &mut entries[..(n * 8) as usize];
+            pagemap.read_exact(chunk)?;
+            for (i, entry) in chunk.chunks_exact(8).enumerate() {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(entry);
+                if u64::from_le_bytes(word) & PRESENT != 0 {
+                    present.push(mapping.offset / PAGE + done + i as u64);
+                }
+            }
+            done += n;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the file has data (not a hole) at `page`.
+fn holds_data(file: &File, page: u64) -> io::Result<bool> {
+    let at = page * PAGE;
+    Ok(seek(file, at, libc::SEEK_DATA)?.is_some_and(|data| data < at + PAGE))
+}
+
+/// One line of `/proc/PID/maps`, the parts a working set needs.
+#[derive(Debug, PartialEq, Eq)]
+struct Mapping {
+    start: u64,
+    end: u64,
+    offset: u64,
+    dev: (u32, u32),
+    inode: u64,
+}
+
+/// `start-end perms offset major:minor inode [path]`, all numbers hex but the inode.
+fn parse_maps_line(line: &str) -> Option<Mapping> {
+    let mut fields = line.split_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let _perms = fields.next()?;
+    let offset = fields.next()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let inode = fields.next()?.parse().ok()?;
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    let mapping = Mapping {
+        start: hex(start)?,
+        end: hex(end)?,
+        offset: hex(offset)?,
+        dev: (
+            u32::from_str_radix(major, 16).ok()?,
+            u32::from_str_radix(minor, 16).ok()?,
+        ),
+        inode,
+    };
+    (mapping.end > mapping.start && mapping.start.is_multiple_of(PAGE)).then_some(mapping)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn pages_merge_into_ranges() {
+        let set = WorkingSet::from_pages([1, 2, 3, 7, 9, 10]);
+        assert_eq!(set.ranges, vec![(1, 3), (7, 1), (9, 2)]);
+        assert_eq!(set.pages(), 6);
+    }
+
+    #[test]
+    fn a_file_round_trips() {
+        let set = WorkingSet::from_pages([0, 1, 5, 6, 7, 100]);
+        assert_eq!(WorkingSet::decode(&set.encode(), 101).unwrap(), set);
+    }
+
+    #[test]
+    fn ranges_past_the_memory_file_are_refused() {
+        let set = WorkingSet::from_pages([0, 100]);
+        let e = WorkingSet::decode(&set.encode(), 100).unwrap_err();
+        assert!(e.to_string().contains("at page 100"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_or_unsorted_ranges_are_refused() {
+        let set = WorkingSet {
+            ranges: vec![(10, 5), (12, 1)],
+        };
+        assert!(WorkingSet::decode(&set.encode(), 100).is_err());
+        let set = WorkingSet {
+            ranges: vec![(10, 0)],
+        };
+        assert!(WorkingSet::decode(&set.encode(), 100).is_err());
+    }
+
+    #[test]
+    fn a_foreign_or_truncated_file_is_refused() {
+        let bytes = WorkingSet::from_pages([3]).encode();
+        assert!(WorkingSet::decode(&bytes[..bytes.len() - 1], 10).is_err());
+        assert!(WorkingSet::decode(b"HUSKSNAP\x01\0\0\0\0\0\0\0", 10).is_err());
+        let mut other = bytes.clone();
+        other[8] = 2;
+        let e = WorkingSet::decode(&other, 10).unwrap_err();
+        assert!(e.to_string().contains("version 2"), "{e}");
+    }
+
+    #[test]
+    fn maps_lines_parse() {
+        let line = "7f12a000-7f12c000 rw-p 00003000 fd:01 1234   /tmp/x/memory";
+        assert_eq!(
+            parse_maps_line(line),
+            Some(Mapping {
+                start: 0x7f12a000,
+                end: 0x7f12c000,
+                offset: 0x3000,
+                dev: (0xfd, 1),
+                inode: 1234,
+            })
+        );
+        assert_eq!(parse_maps_line("garbage"), None);
+        assert_eq!(parse_maps_line("7f12c000-7f12a000 rw-p 0 00:00 0"), None);
+    }
+
+    #[test]
+    fn this_process_present_pages_of_a_sparse_file_are_recorded() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(64 * PAGE).unwrap();
+        // The kernel maps up to 16 cached neighbours of a faulting page ("fault
+        // around"), so the untouched data page is 16 pages away from the touched ones.
+        for page in [2u64, 3, 40] {
+            file.write_all_at(&[7u8; 4096], page * PAGE).unwrap();
+        }
+        file.sync_all().unwrap();
+        let map = memmap_read(&file, 64 * PAGE as usize);
+        // Touch pages 2, 3 (data) and 20 (a hole): the hole is left out.
+        let touched: u64 = [2usize, 3, 20]
+            .iter()
+            .map(|&p| u64::from(map[p * 4096]))
+            .sum();
+        assert_eq!(touched, 14);
+        let set = record(std::process::id(), &path).unwrap();
+        assert_eq!(set.ranges, vec![(2, 2)]);
+    }
+
+    #[allow(unsafe_code, reason = "a test mapping of a file")]
+    fn memmap_read(file: &File, len: usize) -> &'static [u8] {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh private read-only mapping of an open file, leaked for the
+        // test's duration; nothing else maps or truncates it.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            std::slice::from_raw_parts(p.cast::<u8>(), len)
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = WorkingSet::decode(&bytes, 1 << 20);
+        }
+
+        #[test]
+        fn any_page_set_round_trips(mut pages in proptest::collection::vec(0u64..5000, 0..300)) {
+            pages.sort_unstable();
+            pages.dedup();
+            let set = WorkingSet::from_pages(pages.iter().copied());
+            prop_assert_eq!(set.pages(), pages.len() as u64);
+            prop_assert_eq!(WorkingSet::decode(&set.encode(), 5000).unwrap(), set);
+        }
+    }
+}
