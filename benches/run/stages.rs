@@ -156,6 +156,14 @@ pub fn report_stages(warm: &[HuskSample], cold: &[HuskSample], crun: &[CrunSampl
             &["vm", "timeline", "vcpus_created_ms"],
         ),
         (
+            "  of which the working set mapped (warm), ms",
+            &["vm", "timeline", "prefault_ms"],
+        ),
+        (
+            "  working set pages mapped (warm)",
+            &["vm", "timeline", "prefaulted_pages"],
+        ),
+        (
             "first guest instruction (first KVM_RUN)",
             &["vm", "timeline", "first_kvm_run_ms"],
         ),
