@@ -81,6 +81,25 @@ pub fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
     fs::write(&control, line).map_err(io_err(&control))
 }
 
+/// The parent of container leaves, once [`prepare`] made it.
+static PARENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes `<root>/husk` with the container controllers enabled for its children, once
+/// per agent: the agent does it as it starts, so a template's guest already has it and
+/// a container's start only makes its leaf.
+pub fn prepare(root: &Path) -> Result<&'static Path, CgroupError> {
+    let parent = root.join("husk");
+    if let Some(ready) = PARENT.get().filter(|p| **p == parent) {
+        return Ok(ready);
+    }
+    if !parent.exists() {
+        enable_controllers(root)?;
+        fs::create_dir(&parent).map_err(io_err(&parent))?;
+    }
+    enable_controllers(&parent)?;
+    Ok(PARENT.get_or_init(|| parent))
+}
+
 /// One container's leaf cgroup.
 #[derive(Debug)]
 pub struct Cgroup {
@@ -90,13 +109,7 @@ pub struct Cgroup {
 impl Cgroup {
     /// Creates `<root>/husk/<id>` (enabling controllers on the way) and writes `limits`.
     pub fn create(root: &Path, id: &str, limits: &Limits) -> Result<Self, CgroupError> {
-        let parent = root.join("husk");
-        if !parent.exists() {
-            enable_controllers(root)?;
-            fs::create_dir(&parent).map_err(io_err(&parent))?;
-        }
-        enable_controllers(&parent)?;
-        let path = parent.join(id);
+        let path = prepare(root)?.join(id);
         match fs::create_dir(&path) {
             // A leaf left by a container of that id that ended without its cleanup:
             // removed only when empty (a live one keeps it busy), then made anew.

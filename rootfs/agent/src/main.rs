@@ -8,7 +8,7 @@ use std::time::Duration;
 use husk_agent::agent::{Agent, Runtime};
 use husk_agent::outbox::Outbox;
 use husk_agent::transport::VsockListener;
-use husk_agent::{console, init, reaper, server};
+use husk_agent::{cgroup, console, init, reaper, server};
 use husk_protocol::AGENT_VSOCK_PORT;
 
 fn main() {
@@ -29,6 +29,12 @@ fn main() {
             .exists()
             .then(|| cgroups.to_path_buf()),
     };
+    if let Some(root) = &runtime.cgroup_root {
+        // A container's start tries again (and fails with the cause) if this fails.
+        if let Err(e) = cgroup::prepare(root) {
+            console::log(&format!("container cgroups: {}", server::error_chain(&e)));
+        }
+    }
     let outbox = Arc::new(Outbox::default());
     let agent = Agent::new(runtime, outbox.clone());
     let mut listener = match VsockListener::bind(AGENT_VSOCK_PORT) {
