@@ -87,17 +87,19 @@ static PARENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 /// Makes `<root>/husk` with the container controllers enabled for its children, once
 /// per agent: the agent does it as it starts, so a template's guest already has it and
 /// a container's start only makes its leaf.
-pub fn prepare(root: &Path) -> Result<&'static Path, CgroupError> {
+pub fn prepare(root: &Path) -> Result<PathBuf, CgroupError> {
     let parent = root.join("husk");
-    if let Some(ready) = PARENT.get().filter(|p| **p == parent) {
-        return Ok(ready);
+    if PARENT.get() == Some(&parent) {
+        return Ok(parent);
     }
     if !parent.exists() {
         enable_controllers(root)?;
         fs::create_dir(&parent).map_err(io_err(&parent))?;
     }
     enable_controllers(&parent)?;
-    Ok(PARENT.get_or_init(|| parent))
+    // The agent has one root; a test process may use several, each prepared each time.
+    drop(PARENT.set(parent.clone()));
+    Ok(parent)
 }
 
 /// One container's leaf cgroup.
