@@ -114,8 +114,11 @@ pub fn handle_connection<C: Connection>(
                 });
                 continue;
             }
+            // A reset is how every connection of a restored guest ends (the snapshot's
+            // host is gone): expected, and a console line costs a VM exit per byte.
+            Err(ProtocolError::Io(e)) if e.kind() == ErrorKind::ConnectionReset => break,
             Err(e) => {
-                crate::console::log(&format!("host connection: {e}"));
+                crate::console::log(&format!("host connection: {}", error_chain(&e)));
                 break;
             }
         };
