@@ -154,8 +154,8 @@ fn bench_rng(size: u32, urandom: bool) {
     report(&name, size as usize, || {
         let n = ring.offer_all(&mem);
         let r = match urandom {
-            true => rng::process_queue(&mut q, &mem, &mut file, n),
-            false => rng::process_queue(&mut q, &mem, &mut zeros.as_slice(), n),
+            true => rng::process_queue(&mut q, &mem, &mut file, n, &mut Unthrottled),
+            false => rng::process_queue(&mut q, &mem, &mut zeros.as_slice(), n, &mut Unthrottled),
         };
         r.expect("rng").used
     });

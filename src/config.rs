@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::rate_limiter::RateLimiterConfig;
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::fs::FsConfig;
 use crate::devices::virtio::net::NetConfig;
@@ -72,6 +73,10 @@ pub struct VmConfig {
     /// The virtio-rng entropy device (on by default).
     #[serde(default = "default_true")]
     pub rng: bool,
+    /// Bytes and requests the entropy device serves (none: unlimited; Firecracker's
+    /// `PUT /entropy` `rate_limiter`).
+    #[serde(default)]
+    pub rng_rate_limiter: Option<RateLimiterConfig>,
     /// virtio-fs devices, each served by a vhost-user daemon (`virtiofsd`) already
     /// listening on its socket. A VM with one cannot be snapshotted.
     #[serde(default)]
@@ -125,6 +130,7 @@ impl VmConfig {
             nets: Vec::new(),
             vsock: None,
             rng: true,
+            rng_rate_limiter: None,
             fs: Vec::new(),
         }
     }

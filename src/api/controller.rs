@@ -134,7 +134,7 @@ impl Controller {
             }
             (["entropy"], "PUT") => {
                 self.before_start("PUT /entropy")?;
-                self.resources.entropy = Some(parse(body)?);
+                self.resources.set_entropy(parse(body)?)?;
                 ok()
             }
             (["actions"], "PUT") => self.action(parse(body)?),
@@ -408,6 +408,8 @@ mod tests {
             405
         );
         assert_eq!(status_and_body(&mut c, "GET", "/balloon", "").0, 404);
+        // Firecracker sets the entropy device before the start only.
+        assert_eq!(status_and_body(&mut c, "PATCH", "/entropy", "{}").0, 405);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! field and the value, and turned into the devices' configuration.
 
 use super::*;
-use crate::api::model::{Drive, NetworkInterface};
+use crate::api::model::{BootSource, Drive, EntropyDevice, FullVmConfiguration, NetworkInterface};
 use crate::api::parse;
 
 /// A `PUT /drives/data` body with `limiter` as its `rate_limiter`.
@@ -137,4 +137,62 @@ fn a_null_burst_is_no_burst() {
     .unwrap();
     let ops = drive.rate_limiter.and_then(|l| l.ops);
     assert_eq!(ops.map(|b| b.one_time_burst), Some(None));
+}
+
+/// A `PUT /entropy` body with `limiter` as its `rate_limiter`.
+fn entropy(limiter: &str) -> EntropyDevice {
+    parse(format!(r#"{{"rate_limiter": {limiter}}}"#).as_bytes()).unwrap()
+}
+
+#[test]
+fn a_zero_refill_time_on_the_entropy_device_is_refused_with_the_whole_field_path() {
+    let e = Resources::default()
+        .set_entropy(entropy(r#"{"bandwidth": {"size": 64, "refill_time": 0}}"#))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "rate_limiter.bandwidth.refill_time 0: a bucket refills over at least 1 ms \
+         (a size of 0 disables it)"
+    );
+}
+
+#[test]
+fn the_entropy_limiter_reaches_the_vms_configuration() {
+    let mut r = Resources::default();
+    r.set_boot(BootSource {
+        kernel_image_path: "/proc/self/exe".into(),
+        initrd_path: None,
+        boot_args: None,
+    })
+    .unwrap();
+    r.set_entropy(entropy(
+        r#"{"bandwidth": {"size": 1024, "refill_time": 250}}"#,
+    ))
+    .unwrap();
+    let bandwidth = r
+        .vm_config()
+        .unwrap()
+        .rng_rate_limiter
+        .and_then(|l| l.bandwidth);
+    assert_eq!(
+        bandwidth,
+        Some(BucketConfig {
+            size: 1024,
+            one_time_burst: None,
+            refill_time: 250,
+        })
+    );
+}
+
+#[test]
+fn a_config_files_entropy_limiter_is_checked() {
+    let full = FullVmConfiguration {
+        entropy: Some(entropy(r#"{"ops": {"size": 1, "refill_time": 0}}"#)),
+        ..FullVmConfiguration::default()
+    };
+    let e = Resources::from_file(full).unwrap_err();
+    assert!(
+        e.to_string().starts_with("rate_limiter.ops.refill_time 0"),
+        "{e}"
+    );
 }

@@ -10,7 +10,7 @@
 //! | `/boot-source` | PUT (before start) |
 //! | `/drives/{id}` | PUT (before start), PATCH (after: `rate_limiter`) |
 //! | `/network-interfaces/{id}` | PUT (before start), PATCH (after: `rx_rate_limiter`, `tx_rate_limiter`) |
-//! | `/vsock`, `/entropy` | PUT (before start) |
+//! | `/vsock`, `/entropy` | PUT (before start; `/entropy` takes a `rate_limiter`) |
 //! | `/actions` | PUT: `InstanceStart`, `SendCtrlAltDel`, `FlushMetrics` |
 //! | `/vm` | PATCH: `Paused` / `Resumed` |
 //! | `/snapshot/create` | PUT (paused) |

@@ -218,6 +218,13 @@ impl Resources {
         Ok(())
     }
 
+    /// `PUT /entropy`: the entropy device's limits (husk always has the device).
+    pub fn set_entropy(&mut self, e: EntropyDevice) -> Result<(), ApiError> {
+        optional_limiter("rate_limiter", e.rate_limiter.as_ref())?;
+        self.entropy = Some(e);
+        Ok(())
+    }
+
     /// The VM configuration to boot.
     pub fn vm_config(&self) -> Result<VmConfig, ApiError> {
         let boot = self
@@ -262,6 +269,7 @@ impl Resources {
         // line (the console, how a reset ends the VM) and appends the client's.
         let cmdline = boot.boot_args.clone().unwrap_or_default();
         let cmdline = cmdline.replace(BASE_CMDLINE, "");
+        let entropy = self.entropy.as_ref().and_then(|e| e.rate_limiter.as_ref());
         Ok(VmConfig {
             initrd: boot.initrd_path.as_ref().map(PathBuf::from),
             cmdline,
@@ -274,6 +282,7 @@ impl Resources {
                 .vsock
                 .as_ref()
                 .map(|v| VsockConfig::new(v.guest_cid, PathBuf::from(&v.uds_path))),
+            rng_rate_limiter: optional_limiter("rate_limiter", entropy)?,
             ..VmConfig::new(&boot.kernel_image_path)
         })
     }
@@ -312,7 +321,9 @@ impl Resources {
         if let Some(v) = full.vsock {
             r.set_vsock(v)?;
         }
-        r.entropy = full.entropy;
+        if let Some(e) = full.entropy {
+            r.set_entropy(e)?;
+        }
         Ok(r)
     }
 }

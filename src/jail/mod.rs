@@ -21,7 +21,10 @@
 //!
 //! The files a VM needs are bound at the paths the API names, so the same requests
 //! work jailed or not; they must be readable (and, for disks and the folder of the API
-//! socket, writable) by U. A TAP must exist and be owned by U (`ip tuntap add NAME mode
+//! socket, writable) by U, or be held: a file given with `--hold` is opened as root by
+//! the child before it drops to U (after its fds were closed, before pivot_root), and
+//! a disk at that path uses the open file ([`held_file`]), with the access it was opened
+//! with. A TAP must exist and be owned by U (`ip tuntap add NAME mode
 //! tap user U`): without CAP_NET_ADMIN the jailed VMM can attach to it but not make it.
 #![allow(
     unsafe_code,
@@ -30,6 +33,7 @@
 
 mod cgroup;
 mod creds;
+mod held;
 pub mod ids;
 mod mounts;
 mod supervisor;
@@ -37,6 +41,7 @@ mod supervisor;
 use std::path::{Path, PathBuf};
 
 pub use cgroup::CgroupLimit;
+pub use held::held_file;
 pub use ids::JailIds;
 
 /// A path bound into the jail at the same absolute path.
@@ -80,6 +85,9 @@ pub struct JailConfig {
     pub cgroup: Vec<CgroupLimit>,
     /// What the jail holds besides its devices.
     pub binds: Vec<Bind>,
+    /// Files opened as root before the uid drop, read-only or read-write (`writable`),
+    /// and kept open for the VM's disks ([`held_file`]).
+    pub held: Vec<Bind>,
     /// The VM's id: the hostname in the jail and the cgroup leaf's name.
     pub id: String,
     /// RLIMIT_NOFILE (soft and hard).
@@ -173,7 +181,12 @@ impl JailConfig {
                     .into(),
             );
         }
-        if let Some(bind) = self.binds.iter().find(|b| !b.path.exists()) {
+        if let Some(bind) = self
+            .binds
+            .iter()
+            .chain(&self.held)
+            .find(|b| !b.path.exists())
+        {
             return bad(format!(
                 "bind {}: no such file or folder",
                 bind.path.display()
@@ -230,10 +243,13 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
     if let Some(fd) = netns {
         creds::join_netns(fd, config.netns.as_deref().unwrap_or(Path::new("")))?;
     }
+    // Opened with the host's paths and root's rights, before both go.
+    let held = held::HeldFiles::open(&config.held)?;
     mounts::build_root(config)?;
     creds::set_hostname(&config.id)?;
     creds::limit(config)?;
     creds::drop_privileges(config.uid, config.gid)?;
+    held.install();
     supervisor::die_with_supervisor(alive)?;
     Ok(())
 }
@@ -268,6 +284,7 @@ mod tests {
             netns: None,
             cgroup: Vec::new(),
             binds: Vec::new(),
+            held: Vec::new(),
             id: "vm".into(),
             max_files: 1024,
             max_file_size: None,

@@ -260,6 +260,7 @@ mod tests {
             netns: None,
             cgroup: Vec::new(),
             binds: binds.iter().map(|b| b.parse().unwrap()).collect(),
+            held: Vec::new(),
             id: "vm".into(),
             max_files: 1024,
             max_file_size: None,

@@ -4,11 +4,16 @@
 //! console file, and whatever the start needs besides (a snapshot to restore, a template
 //! being built).
 //!
+//! The caller's disks ([`SandboxConfig::disks`]) are handed over without changing
+//! their owner or mode: each is held (`husk vmm --hold`), opened as root by the jail
+//! before its uid drop, read-only for a read-only disk, and bound read-only so its path
+//! exists in the jail; the VMM's disk uses the held file.
+//!
 //! Not jailed (the VMM runs as the caller, with its filters): a caller that is not root,
-//! `SandboxConfig::jail` off, and sandboxes with network cards or disks of the caller's,
-//! or volumes (a jailed VMM cannot open files or TAPs its uid does not own, and
-//! virtiofsd's sockets are the caller's; handing those over is still to do). The
-//! sandbox's own card is jailed: its TAP is made persistent and owned by the jail's uid
+//! `SandboxConfig::jail` off, and sandboxes with network cards of the caller's, or
+//! volumes (a jailed VMM cannot open TAPs its uid does not own, and virtiofsd's
+//! sockets are the caller's; handing those over is still to do). The sandbox's own
+//! card is jailed: its TAP is made persistent and owned by the jail's uid
 //! ([`JailTap`]), and the VMM claims it.
 
 use std::ffi::OsString;
@@ -16,6 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::ConsoleConfig;
+use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::net::tap;
 use crate::jail::{Bind, JailIds};
 
@@ -27,6 +33,8 @@ pub struct VmmJail {
     ids: JailIds,
     dir: PathBuf,
     binds: Vec<Bind>,
+    /// The caller's disks, opened by the jail before its uid drop.
+    held: Vec<Bind>,
 }
 
 fn jail_err(e: crate::jail::JailError) -> SandboxError {
@@ -53,9 +61,6 @@ fn unjailed_because(config: &SandboxConfig) -> Option<&'static str> {
     if !config.nets.is_empty() {
         return Some("it has network cards of the caller's");
     }
-    if !config.disks.is_empty() {
-        return Some("it has disks of the caller's");
-    }
     if !config.volumes.is_empty() {
         return Some("it shares host folders (virtiofsd's sockets are the caller's)");
     }
@@ -74,6 +79,15 @@ fn writable(path: &Path) -> Bind {
         path: path.to_path_buf(),
         writable: true,
     }
+}
+
+/// What a jail holds of `config`'s disks: each, with its access.
+fn held_disks(config: &SandboxConfig) -> Vec<Bind> {
+    let hold = |d: &BlockConfig| Bind {
+        path: d.path.clone(),
+        writable: !d.read_only,
+    };
+    config.disks.iter().map(hold).collect()
 }
 
 /// Whether `config`'s VMM is jailed.
@@ -99,7 +113,12 @@ impl VmmJail {
         }
         own(runtime, ids.uid)?;
         binds.push(writable(runtime));
-        Ok(Self { ids, dir, binds })
+        Ok(Self {
+            ids,
+            dir,
+            binds,
+            held: Vec::new(),
+        })
     }
 
     /// The jail for `config`'s VMM listening in `runtime`, with the agent `initrd` and
@@ -130,7 +149,11 @@ impl VmmJail {
             ConsoleConfig::File(path) => Some(path.as_path()),
             _ => None,
         };
-        Self::new(runtime, binds, console).map(Some)
+        // The caller's disks: held, and bound read-only for their paths.
+        binds.extend(config.disks.iter().map(|d| read_only(&d.path)));
+        let mut jail = Self::new(runtime, binds, console)?;
+        jail.held = held_disks(config);
+        Ok(Some(jail))
     }
 
     /// The jail of a template's VMM: its kernel and initramfs, and the template's
@@ -156,13 +179,15 @@ impl VmmJail {
     }
 
     /// Whether a VMM jailed for `config` (with `initrd`) could serve `other` with
-    /// `other_initrd` too: the same read-only files, no console file of its own.
+    /// `other_initrd` too: the same read-only files, the same disks held, no console
+    /// file of its own.
     pub fn serves(&self, config: &SandboxConfig, initrd: &Path) -> bool {
         let has = |path: &Path| self.binds.iter().any(|b| b.path == path);
         unjailed_because(config).is_none()
             && has(&config.kernel)
             && has(initrd)
             && has(&config.image.fs_image)
+            && self.held == held_disks(config)
             && !matches!(config.console, ConsoleConfig::File(_))
     }
 
@@ -192,6 +217,14 @@ impl VmmJail {
                 value.push(":rw");
             }
             args.push("--bind".into());
+            args.push(value);
+        }
+        for held in &self.held {
+            let mut value = held.path.clone().into_os_string();
+            if held.writable {
+                value.push(":rw");
+            }
+            args.push("--hold".into());
             args.push(value);
         }
         args
@@ -299,4 +332,58 @@ pub fn move_snapshot(from: &Path, to: &Path, durable: bool) -> Result<(), Sandbo
             .map_err(io_err(format!("sync {}", to.display())))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::{Sandbox, SandboxImage};
+
+    fn disk(path: &str, read_only: bool) -> BlockConfig {
+        BlockConfig {
+            path: path.into(),
+            read_only,
+            id: None,
+            root: false,
+            rate_limiter: None,
+        }
+    }
+
+    #[test]
+    fn a_callers_disks_are_held_with_their_access_and_bound_read_only() {
+        let builder = Sandbox::builder(SandboxImage::default(), "/srv/vmlinux".into())
+            .disk(disk("/srv/data.img", false))
+            .disk(disk("/srv/seed.img", true));
+        let ids_dir = tempfile::tempdir().unwrap();
+        let jail = VmmJail {
+            ids: JailIds::allocate(ids_dir.path()).unwrap(),
+            dir: PathBuf::from("/run/husk/jails/1"),
+            binds: builder
+                .config()
+                .disks
+                .iter()
+                .map(|d| read_only(&d.path))
+                .collect(),
+            held: held_disks(builder.config()),
+        };
+        let args: Vec<String> = jail
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let tail = &args[args.len() - 8..];
+        assert_eq!(
+            tail,
+            [
+                "--bind",
+                "/srv/data.img",
+                "--bind",
+                "/srv/seed.img",
+                "--hold",
+                "/srv/data.img:rw",
+                "--hold",
+                "/srv/seed.img"
+            ]
+        );
+    }
 }

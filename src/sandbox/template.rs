@@ -44,8 +44,9 @@ pub const SCRATCH_SLOT: usize = 1;
 pub const NET_SLOT: usize = 0;
 /// Bumped when what a template VM is made of changes (devices, command line) or how
 /// it is kept (2: readable by jailed VMMs through the shared gid; 3: its snapshot in
-/// the state format 2, with the devices' rate limiters).
-const SHAPE_VERSION: u32 = 3;
+/// the state format 2, with the devices' rate limiters; 4: the entropy device's
+/// rate limiter in its `VmConfig`).
+const SHAPE_VERSION: u32 = 4;
 /// The description of a template in its folder.
 const INFO_FILE: &str = "template.json";
 /// The snapshot's folder in a template.

@@ -279,7 +279,8 @@ pub fn create(
         devices.add(mem, bus, dev)?;
     }
     if config.rng {
-        let dev = Rng::new().map_err(|e| failed("entropy device".into())(&e))?;
+        let dev = Rng::new(config.rng_rate_limiter.as_ref())
+            .map_err(|e| failed("entropy device".into())(&e))?;
         devices.add(mem, bus, dev)?;
     }
     // Last, so the slots of the devices a template has stay where they are.

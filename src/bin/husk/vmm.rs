@@ -55,7 +55,7 @@ struct JailArgs {
     #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
     jail: Option<PathBuf>,
     /// The jail's uid (not 0). Files the VM opens must be readable by it, and its disks
-    /// and the API socket's folder writable.
+    /// and the API socket's folder writable, unless they are held (--hold).
     #[arg(long, value_name = "UID", requires = "jail")]
     uid: Option<u32>,
     /// The jail's gid (not 0).
@@ -65,6 +65,12 @@ struct JailArgs {
     /// (the API socket's folder, disks, snapshot folders). Repeatable.
     #[arg(long = "bind", value_name = "PATH[:rw]", requires = "jail")]
     binds: Vec<husk::jail::Bind>,
+    /// A file the jail opens as root before it drops to --uid, read-only or read-write
+    /// with `:rw`, for a disk at that path: the VM uses the open file, so the file
+    /// need not be the jail uid's. Bind it too for its path to exist in the jail.
+    /// Repeatable.
+    #[arg(long = "hold", value_name = "PATH[:rw]", requires = "jail")]
+    held: Vec<husk::jail::Bind>,
     /// Join this network namespace (such as /run/netns/NAME).
     #[arg(long, value_name = "PATH", requires = "jail")]
     netns: Option<PathBuf>,
@@ -89,6 +95,7 @@ impl JailArgs {
             netns: self.netns,
             cgroup: self.cgroup,
             binds: self.binds,
+            held: self.held,
             id: id.to_string(),
             max_files: self.max_files,
             max_file_size: self.max_file_size,

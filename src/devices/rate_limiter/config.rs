@@ -35,7 +35,7 @@ pub struct RateLimiterConfig {
     /// Bytes.
     #[serde(default)]
     pub bandwidth: Option<BucketConfig>,
-    /// Requests (blk) or frames (net).
+    /// Requests (blk, rng) or frames (net).
     #[serde(default)]
     pub ops: Option<BucketConfig>,
 }

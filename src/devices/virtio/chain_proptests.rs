@@ -135,7 +135,7 @@ proptest! {
         let mem = memory();
         let mut q = install(&mem, &ring);
         let src = vec![7u8; 1 << 17];
-        prop_assert!(bounded(rng::process_queue(&mut q, &mem, &mut src.as_slice(), 64)));
+        prop_assert!(bounded(rng::process_queue(&mut q, &mem, &mut src.as_slice(), 64, &mut Unthrottled)));
     }
 
     #[test]
@@ -222,7 +222,7 @@ proptest! {
     fn mmio_survives_random_register_writes(
         writes in prop::collection::vec((0u64..0x110, any::<u32>(), 1usize..9), 0..64)
     ) {
-        let rng = Arc::new(Mutex::new(Rng::new().expect("rng")));
+        let rng = Arc::new(Mutex::new(Rng::new(None).expect("rng")));
         let mut t = MmioTransport::new(memory(), rng).expect("transport");
         apply(&mut t, &writes);
         let mut status = [0u8; 4];

@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn attach_returns_ioevents_at_queue_notify() {
         let mut m = VirtioManager::default();
-        let rng = Arc::new(Mutex::new(Rng::new().unwrap()));
+        let rng = Arc::new(Mutex::new(Rng::new(None).unwrap()));
         let info = m.attach(memory(), rng).unwrap();
         assert_eq!(info.ioevents.len(), 1);
         assert_eq!(info.ioevents[0].addr, 0xd000_0050);
@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn ioevent_duplicate_reaches_transport_queue_eventfd() {
         let mut m = VirtioManager::default();
-        let rng = Arc::new(Mutex::new(Rng::new().unwrap()));
+        let rng = Arc::new(Mutex::new(Rng::new(None).unwrap()));
         let info = m.attach(memory(), rng).unwrap();
         info.ioevents[0].fd.write(3).unwrap();
         let t = info.transport.lock().unwrap();

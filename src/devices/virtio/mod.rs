@@ -7,7 +7,7 @@
 //! raises it when it used buffers, the transport reads and acknowledges it.
 //!
 //! # Wiring a device into a VM
-//! 1. Build the device (`rng::Rng::new()`, `block::Block::new(cfg)`,
+//! 1. Build the device (`rng::Rng::new(limits)`, `block::Block::new(cfg)`,
 //!    `vsock::Vsock::new(cfg)`, `net::Net::new(cfg)`) and wrap it in `Arc<Mutex<_>>`.
 //! 2. Add that same `Arc` to the device event loop (`EventManager::add_subscriber`); its
 //!    `init` registers the activation eventfd and the backend fds (listener, TAP).

@@ -118,7 +118,7 @@ fn hostile_chain_sets_needs_reset_through_transport() {
 #[test]
 fn transport_on_bus_answers_magic_at_slot_base() {
     let mem = memory();
-    let (info, _manager) = attach(&mem, super::rng::Rng::new().unwrap());
+    let (info, _manager) = attach(&mem, super::rng::Rng::new(None).unwrap());
     let mut bus = crate::devices::bus::Bus::new();
     bus.insert(info.transport.clone(), info.slot.base, info.slot.len)
         .unwrap();
@@ -207,7 +207,7 @@ fn a_snapshot_of_another_device_kind_is_refused() {
     })
     .unwrap();
     let (info, _manager) = attach(&mem, block);
-    let (rng, _rng_manager) = attach(&mem, super::rng::Rng::new().unwrap());
+    let (rng, _rng_manager) = attach(&mem, super::rng::Rng::new(None).unwrap());
     let saved = {
         let transport = rng.transport.lock().unwrap();
         let dev = transport.device().clone();

@@ -89,14 +89,17 @@ impl Disk {
     /// Open the image of `config` and probe what it supports.
     pub fn open(config: &BlockConfig) -> Result<Self, DiskError> {
         let path = config.path.clone();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!config.read_only)
-            .open(&path)
-            .map_err(|source| DiskError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        // A jailed VMM may hold the file, opened as root before its uid drop.
+        let opened = crate::jail::held_file(&path, !config.read_only).unwrap_or_else(|| {
+            OpenOptions::new()
+                .read(true)
+                .write(!config.read_only)
+                .open(&path)
+        });
+        let mut file = opened.map_err(|source| DiskError::Open {
+            path: path.clone(),
+            source,
+        })?;
         let len = file
             .seek(SeekFrom::End(0))
             .map_err(|source| DiskError::Size {

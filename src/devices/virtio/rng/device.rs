@@ -9,6 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::request;
+use crate::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::DevicePersist;
 use crate::devices::virtio::queues::QueueSet;
@@ -37,6 +38,9 @@ pub enum RngError {
     /// Eventfds could not be created.
     #[error("virtio-rng setup")]
     Setup(#[from] VirtioError),
+    /// The rate limiter could not be made.
+    #[error("virtio-rng rate_limiter")]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// The device's state as plain data.
@@ -50,23 +54,29 @@ pub struct RngState {
 #[derive(Debug)]
 pub struct Rng {
     pub(super) queues: QueueSet,
+    /// Bytes and requests the guest may take (its timer is watched by the event loop).
+    pub(super) limiter: RateLimiter,
     source: File,
     state: RngState,
 }
 
 impl Rng {
     /// File descriptors the device and its virtio-mmio transport hold at most:
-    /// `/dev/urandom`, the queue set and the transport's eventfds (one queue).
-    pub const MAX_FDS: usize = 1 + QueueSet::max_fds(1) + MmioTransport::max_fds(1);
+    /// `/dev/urandom`, the rate limiter's timer, the queue set and the transport's
+    /// eventfds (one queue).
+    pub const MAX_FDS: usize =
+        1 + RateLimiter::FDS + QueueSet::max_fds(1) + MmioTransport::max_fds(1);
 
-    /// A device reading from `/dev/urandom`.
-    pub fn new() -> Result<Self, RngError> {
+    /// A device reading from `/dev/urandom`, within `rate_limiter` (none: unlimited).
+    pub fn new(rate_limiter: Option<&RateLimiterConfig>) -> Result<Self, RngError> {
+        let limiter = RateLimiter::new(rate_limiter)?;
         let source = File::open(ENTROPY_PATH).map_err(|source| RngError::Open {
             path: ENTROPY_PATH,
             source,
         })?;
         Ok(Self {
             queues: QueueSet::new("rng", &[QUEUE_SIZE])?,
+            limiter,
             source,
             state: RngState::default(),
         })
@@ -77,7 +87,14 @@ impl Rng {
         self.state.clone()
     }
 
-    /// Serve the request queue (called by the event handler on a notification).
+    /// The limits in force (none: unlimited).
+    pub fn rate_limiter(&self) -> Option<RateLimiterConfig> {
+        RateLimiterConfig::in_force(Some(&self.limiter.config()))
+    }
+
+    /// Serve the request queue (called by the event handler on a notification, and
+    /// when the rate limiter's timer fired) as long as the limiter lets requests
+    /// through; the rest wait in the ring for the timer.
     pub(super) fn process(&mut self) {
         if !self.queues.is_running() {
             return;
@@ -85,8 +102,9 @@ impl Rng {
         let Some(active) = self.queues.active.as_mut() else {
             return;
         };
+        let (queue, mem) = (&mut active.queues[0], &active.mem);
         let result =
-            request::process_queue(&mut active.queues[0], &active.mem, &mut self.source, BUDGET);
+            request::process_queue(queue, mem, &mut self.source, BUDGET, &mut self.limiter);
         self.queues.finish(0, result);
     }
 }
@@ -130,7 +148,11 @@ impl VirtioDevice for Rng {
     }
 
     fn describe(&self) -> String {
-        self.queues.describe()
+        format!(
+            "{} (rate limiter {})",
+            self.queues.describe(),
+            self.limiter.describe()
+        )
     }
 
     fn persist(&self) -> DevicePersist {

@@ -1,21 +1,33 @@
-//! Event-manager glue of virtio-rng: the activation eventfd and the queue eventfd.
+//! Event-manager glue of virtio-rng: the activation eventfd, the queue eventfd and the
+//! rate limiter's timer.
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::Rng;
 use crate::devices::virtio::queues::ACTIVATE_TOKEN;
+
+/// Event data of the rate limiter's timer.
+const LIMITER_TOKEN: u32 = 0x106;
 
 impl MutEventSubscriber for Rng {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
             ACTIVATE_TOKEN => self.queues.on_activate(ops),
             0 if self.queues.take_queue_event(0) => self.process(),
+            LIMITER_TOKEN => {
+                self.limiter.on_timer();
+                self.process();
+            }
             _ => {}
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
         self.queues.init_events(ops);
+        let timer = Events::with_data(self.limiter.timer(), LIMITER_TOKEN, EventSet::IN);
+        if let Err(e) = ops.add(timer) {
+            log::error!("virtio-rng: cannot watch the rate limiter's timer: {e}");
+        }
     }
 }
 
@@ -35,7 +47,7 @@ mod tests {
         let mem = memory();
         let (mock, q) = queue(&mem, 0, 16);
         mock.add_desc_chains(&[w(0x10000, 32)], 0).unwrap();
-        let rng = Arc::new(Mutex::new(Rng::new().unwrap()));
+        let rng = Arc::new(Mutex::new(Rng::new(None).unwrap()));
         let mut manager = EventManager::<Arc<Mutex<Rng>>>::new().unwrap();
         manager.add_subscriber(rng.clone());
         let evt = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -50,6 +62,62 @@ mod tests {
         manager.run_with_timeout(100).unwrap();
         assert_eq!(used(&mock, 0), (0, 32));
         assert_eq!(irq.status(), crate::devices::virtio::INT_VRING);
+    }
+
+    /// Run `manager` for one event at a time, `n` times (each waited for at most 10 s),
+    /// and give the driver's used index after each.
+    fn used_after_each_event(
+        manager: &mut EventManager<Arc<Mutex<Rng>>>,
+        mock: &virtio_queue::mock::MockSplitQueue<'_, vm_memory::GuestMemoryMmap>,
+        n: usize,
+    ) -> Vec<u16> {
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            assert!(manager.run_with_timeout(10_000).unwrap() > 0, "no event");
+            seen.push(mock.used().idx().load());
+        }
+        seen
+    }
+
+    #[test]
+    fn under_a_byte_cap_each_refill_serves_one_request_and_the_rest_wait_in_the_ring() {
+        use crate::devices::rate_limiter::{BucketConfig, RateLimiterConfig};
+        // 64 bytes per 400 ms, and requests of 48 bytes: a request leaves the bucket
+        // 32 bytes (200 ms) in debt at the start, 48 (300 ms) on each refill after,
+        // so each timer event serves exactly one unless the loop is 300 ms late.
+        let limits = RateLimiterConfig {
+            bandwidth: Some(BucketConfig {
+                size: 64,
+                one_time_burst: None,
+                refill_time: 400,
+            }),
+            ops: None,
+        };
+        let mem = memory();
+        let (mock, q) = queue(&mem, 0, 16);
+        let chains: Vec<_> = (0..5u64).map(|i| w(0x10000 + i * 0x1000, 48)).collect();
+        mock.add_desc_chains(&chains, 0).unwrap();
+        let rng = Arc::new(Mutex::new(Rng::new(Some(&limits)).unwrap()));
+        let mut manager = EventManager::<Arc<Mutex<Rng>>>::new().unwrap();
+        manager.add_subscriber(rng.clone());
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let kick = evt.try_clone().unwrap();
+        let irq = Arc::new(Interrupt::new().unwrap());
+        rng.lock()
+            .unwrap()
+            .activate(mem.clone(), irq, vec![(q, evt)])
+            .unwrap();
+        manager.run_with_timeout(100).unwrap();
+        kick.write(1).unwrap();
+        // The queue's event: the full bucket and one request of debt.
+        assert_eq!(used_after_each_event(&mut manager, &mock, 1), [2]);
+        assert!(rng.lock().unwrap().limiter.timer().is_armed().unwrap());
+        assert_eq!(mock.avail().idx().load(), 5);
+        // Each event of the timer: one more request of 48 bytes.
+        assert_eq!(used_after_each_event(&mut manager, &mock, 3), [3, 4, 5]);
+        assert_eq!(used(&mock, 4), (4, 48));
+        // Nothing waits: the timer stays disarmed.
+        assert!(!rng.lock().unwrap().limiter.timer().is_armed().unwrap());
     }
 }
 
@@ -69,7 +137,7 @@ mod hostile_tests {
         let (mock, q) = queue(&mem, 0, 16);
         mock.add_desc_chains(&[w(0x2000_0000, 8), w(0x10000, 8)], 0)
             .unwrap();
-        let mut rng = Rng::new().unwrap();
+        let mut rng = Rng::new(None).unwrap();
         let irq = Arc::new(Interrupt::new().unwrap());
         let evt = EventFd::new(EFD_NONBLOCK).unwrap();
         rng.activate(mem.clone(), irq.clone(), vec![(q, evt)])

@@ -3,8 +3,9 @@
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestMemoryMmap, ReadVolatile};
 
+use crate::devices::rate_limiter::Throttle;
 use crate::devices::virtio::descriptor::{Chain, DescriptorError};
-use crate::devices::virtio::queues::{drain, Drained, QueueError};
+use crate::devices::virtio::queues::{drain_throttled, Drained, QueueError};
 
 /// Most bytes given for one request; the driver asks again for more.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -45,24 +46,29 @@ pub fn fill_request<R: ReadVolatile>(
     Ok(u32::try_from(written).expect("at most MAX_REQUEST_BYTES"))
 }
 
-/// Serve up to `budget` requests of the rng queue (index 0).
+/// Serve up to `budget` requests of the rng queue (index 0), each once `throttle` lets
+/// it through; each is charged the bytes it was given and one operation. A request
+/// the throttle holds back stays in the ring.
 pub fn process_queue<R: ReadVolatile>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     source: &mut R,
     budget: usize,
+    throttle: &mut impl Throttle,
 ) -> Result<Drained, QueueError> {
-    drain(queue, mem, 0, budget, |chain| {
-        fill_request(mem, chain, source).map_err(|e| QueueError::Request {
+    drain_throttled(queue, mem, 0, budget, throttle, |chain| {
+        let written = fill_request(mem, chain, source).map_err(|e| QueueError::Request {
             index: 0,
             source: Box::new(e),
-        })
+        })?;
+        Ok((written, u64::from(written)))
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::rate_limiter::{Allow, Unthrottled};
     use crate::devices::virtio::descriptor::test_util::*;
     use virtio_queue::QueueT;
 
@@ -73,7 +79,7 @@ mod tests {
         let (mock, mut q) = queue(&mem, 0, 16);
         mock.add_desc_chains(descs, 0).unwrap();
         let src = vec![0xa5u8; 2 * MAX_REQUEST_BYTES];
-        let r = process_queue(&mut q, &mem, &mut src.as_slice(), 16);
+        let r = process_queue(&mut q, &mem, &mut src.as_slice(), 16, &mut Unthrottled);
         (r, used(&mock, 0))
     }
 
@@ -83,7 +89,14 @@ mod tests {
         let (mock, mut q) = queue(&mem, 0, 16);
         mock.add_desc_chains(&linked(&[w(0x10000, 8), w(0x20000, 8)], 0), 0)
             .unwrap();
-        let r = process_queue(&mut q, &mem, &mut [7u8; 16].as_slice(), 16).unwrap();
+        let r = process_queue(
+            &mut q,
+            &mem,
+            &mut [7u8; 16].as_slice(),
+            16,
+            &mut Unthrottled,
+        )
+        .unwrap();
         assert_eq!(
             r,
             Drained {
@@ -125,7 +138,7 @@ mod tests {
         let mem = memory();
         let (mock, mut q) = queue(&mem, 0, 16);
         mock.avail().idx().store(100);
-        let r = process_queue(&mut q, &mem, &mut [0u8; 8].as_slice(), 16);
+        let r = process_queue(&mut q, &mem, &mut [0u8; 8].as_slice(), 16, &mut Unthrottled);
         assert!(matches!(r, Err(QueueError::Ring { index: 0, .. })));
     }
 
@@ -135,7 +148,8 @@ mod tests {
         let (mock, mut q) = queue(&mem, 0, 16);
         mock.add_desc_chains(&[w(0x10000, 4), w(0x11000, 4), w(0x12000, 4)], 0)
             .unwrap();
-        let r = process_queue(&mut q, &mem, &mut [1u8; 64].as_slice(), 2).unwrap();
+        let r =
+            process_queue(&mut q, &mem, &mut [1u8; 64].as_slice(), 2, &mut Unthrottled).unwrap();
         assert_eq!(
             r,
             Drained {
@@ -145,5 +159,44 @@ mod tests {
             }
         );
         assert_eq!(q.next_avail(), 2);
+    }
+
+    #[test]
+    fn a_blocked_throttle_leaves_requests_in_the_ring_and_each_is_charged_its_bytes() {
+        let mem = memory();
+        let (mock, mut q) = queue(&mem, 0, 16);
+        mock.add_desc_chains(&[w(0x10000, 24), w(0x11000, 40), w(0x12000, 8)], 0)
+            .unwrap();
+        let mut throttle = Allow {
+            left: 2,
+            ..Allow::default()
+        };
+        let src = [3u8; 128];
+        let r = process_queue(&mut q, &mem, &mut src.as_slice(), 16, &mut throttle).unwrap();
+        assert_eq!(
+            r,
+            Drained {
+                used: 2,
+                notify: true,
+                more: false
+            }
+        );
+        assert_eq!(throttle.charged, [24, 40]);
+        assert_eq!(q.next_avail(), 2);
+        assert_eq!(used(&mock, 1), (1, 40));
+    }
+
+    #[test]
+    fn a_request_with_a_readable_buffer_is_charged_nothing() {
+        let mem = memory();
+        let (mock, mut q) = queue(&mem, 0, 16);
+        mock.add_desc_chains(&linked(&[r(0x10000, 8)], 0), 0)
+            .unwrap();
+        let mut throttle = Allow {
+            left: 1,
+            ..Allow::default()
+        };
+        process_queue(&mut q, &mem, &mut [0u8; 8].as_slice(), 16, &mut throttle).unwrap();
+        assert_eq!(throttle.charged, [0]);
     }
 }

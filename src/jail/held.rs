@@ -1,0 +1,116 @@
+//! Files a jail opens as root before it drops to its uid (`husk vmm --hold PATH[:rw]`),
+//! kept open for the VM: a disk whose path is held uses the held file instead of
+//! opening the path, so a jailed VMM serves a caller's disk that its uid could not
+//! open, and the caller's file keeps its owner and mode.
+//!
+//! A held file is handed out only for the access it was opened with: a read-only one
+//! to a read-only disk, a writable one to a writable disk. Each request gets a
+//! duplicate of the descriptor (a VM restored in the same process opens its disks
+//! again); reads and writes are positional, so the shared file offset does not matter.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use super::{Bind, JailError};
+
+/// One file opened before the uid drop.
+#[derive(Debug)]
+struct Held {
+    path: PathBuf,
+    writable: bool,
+    file: File,
+}
+
+/// The files a jail holds, by path.
+#[derive(Debug, Default)]
+pub(super) struct HeldFiles(Vec<Held>);
+
+/// The held files of this process, set once by [`super::enter`].
+static HELD: OnceLock<HeldFiles> = OnceLock::new();
+
+impl HeldFiles {
+    /// Open each of `files`, read-only or (`writable`) read-write.
+    pub(super) fn open(files: &[Bind]) -> Result<Self, JailError> {
+        let open = |b: &Bind| {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(b.writable)
+                .open(&b.path)
+                .map_err(|source| JailError::Os {
+                    what: format!("open the held file {}", b.path.display()),
+                    source,
+                })?;
+            Ok(Held {
+                path: b.path.clone(),
+                writable: b.writable,
+                file,
+            })
+        };
+        files.iter().map(open).collect::<Result<_, _>>().map(Self)
+    }
+
+    /// Keep these as the process's held files (once; a second call changes nothing).
+    pub(super) fn install(self) {
+        if HELD.set(self).is_err() {
+            log::warn!("jail: held files were installed already");
+        }
+    }
+
+    /// A duplicate of the file held at `path` with exactly that access.
+    fn get(&self, path: &Path, writable: bool) -> Option<std::io::Result<File>> {
+        self.0
+            .iter()
+            .find(|h| h.path == path && h.writable == writable)
+            .map(|h| h.file.try_clone())
+    }
+}
+
+/// The file this process's jail holds at `path` with `writable` access, duplicated;
+/// `None` when it holds none (the caller then opens the path itself).
+pub fn held_file(path: &Path, writable: bool) -> Option<std::io::Result<File>> {
+    HELD.get()?.get(path, writable)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn bind(path: &Path, writable: bool) -> Bind {
+        Bind {
+            path: path.to_path_buf(),
+            writable,
+        }
+    }
+
+    #[test]
+    fn a_held_file_is_handed_out_only_with_the_access_it_was_opened_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ro, rw) = (dir.path().join("ro.img"), dir.path().join("rw.img"));
+        std::fs::write(&ro, b"read me").unwrap();
+        std::fs::write(&rw, b"").unwrap();
+        let held = HeldFiles::open(&[bind(&ro, false), bind(&rw, true)]).unwrap();
+        let mut text = String::new();
+        let mut file = held.get(&ro, false).unwrap().unwrap();
+        file.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "read me");
+        assert!(held.get(&ro, true).is_none());
+        assert!(held.get(&rw, false).is_none());
+        let mut file = held.get(&rw, true).unwrap().unwrap();
+        file.write_all(b"written").unwrap();
+        assert_eq!(std::fs::read(&rw).unwrap(), b"written");
+        assert!(held.get(&dir.path().join("other.img"), false).is_none());
+    }
+
+    #[test]
+    fn a_missing_held_file_is_named() {
+        let e = HeldFiles::open(&[bind(Path::new("/nonexistent/husk.img"), false)]);
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("open the held file /nonexistent/husk.img"),
+            "{e}"
+        );
+    }
+}
