@@ -47,8 +47,24 @@ mod tests {
         let mem = memory();
         let (mock, q) = queue(&mem, 0, 16);
         mock.add_desc_chains(&[w(0x10000, 32)], 0).unwrap();
-        let rng = Arc::new(Mutex::new(Rng::new(None).unwrap()));
-        let mut manager = EventManager::<Arc<Mutex<Rng>>>::new().unwrap();
+        let (mut manager, _rng, kick, irq) = activated(&mem, q, None);
+        kick.write(1).unwrap();
+        manager.run_with_timeout(100).unwrap();
+        assert_eq!(used(&mock, 0), (0, 32));
+        assert_eq!(irq.status(), crate::devices::virtio::INT_VRING);
+    }
+
+    type Manager = EventManager<Arc<Mutex<Rng>>>;
+
+    /// A device (under `limits`) activated with queue `q` in an event loop that has
+    /// served the activation; the loop, the device, the queue's kick and its interrupt.
+    fn activated(
+        mem: &vm_memory::GuestMemoryMmap,
+        q: virtio_queue::Queue,
+        limits: Option<&crate::devices::rate_limiter::RateLimiterConfig>,
+    ) -> (Manager, Arc<Mutex<Rng>>, EventFd, Arc<Interrupt>) {
+        let rng = Arc::new(Mutex::new(Rng::new(limits).unwrap()));
+        let mut manager = Manager::new().unwrap();
         manager.add_subscriber(rng.clone());
         let evt = EventFd::new(EFD_NONBLOCK).unwrap();
         let kick = evt.try_clone().unwrap();
@@ -58,16 +74,13 @@ mod tests {
             .activate(mem.clone(), irq.clone(), vec![(q, evt)])
             .unwrap();
         manager.run_with_timeout(100).unwrap();
-        kick.write(1).unwrap();
-        manager.run_with_timeout(100).unwrap();
-        assert_eq!(used(&mock, 0), (0, 32));
-        assert_eq!(irq.status(), crate::devices::virtio::INT_VRING);
+        (manager, rng, kick, irq)
     }
 
     /// Run `manager` for one event at a time, `n` times (each waited for at most 10 s),
     /// and give the driver's used index after each.
     fn used_after_each_event(
-        manager: &mut EventManager<Arc<Mutex<Rng>>>,
+        manager: &mut Manager,
         mock: &virtio_queue::mock::MockSplitQueue<'_, vm_memory::GuestMemoryMmap>,
         n: usize,
     ) -> Vec<u16> {
@@ -97,17 +110,7 @@ mod tests {
         let (mock, q) = queue(&mem, 0, 16);
         let chains: Vec<_> = (0..5u64).map(|i| w(0x10000 + i * 0x1000, 48)).collect();
         mock.add_desc_chains(&chains, 0).unwrap();
-        let rng = Arc::new(Mutex::new(Rng::new(Some(&limits)).unwrap()));
-        let mut manager = EventManager::<Arc<Mutex<Rng>>>::new().unwrap();
-        manager.add_subscriber(rng.clone());
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-        let kick = evt.try_clone().unwrap();
-        let irq = Arc::new(Interrupt::new().unwrap());
-        rng.lock()
-            .unwrap()
-            .activate(mem.clone(), irq, vec![(q, evt)])
-            .unwrap();
-        manager.run_with_timeout(100).unwrap();
+        let (mut manager, rng, kick, _irq) = activated(&mem, q, Some(&limits));
         kick.write(1).unwrap();
         // The queue's event: the full bucket and one request of debt.
         assert_eq!(used_after_each_event(&mut manager, &mock, 1), [2]);
