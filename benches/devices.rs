@@ -4,7 +4,9 @@
 //! same work directly (file I/O, loopback TCP) as the upper bound; and husk's VM exits
 //! per MiB moved; and small requests next to them: 512-byte O_DIRECT reads and writes
 //! per second on blk, 64-byte round trips per second (to an echo in the guest) on vsock
-//! and net. Prints numbers and ratios; asserts nothing about time.
+//! and net. Then each workload again in `husk vmm --config-file` (the process sandboxes
+//! run their VM in) with its syscall filters and with `--no-seccomp`: what the filters
+//! cost. Prints numbers and ratios; asserts nothing about time.
 //!
 //! Like `benches/boot.rs`, it re-runs itself with `--inner` inside the KVM test host
 //! when this machine has no usable hardware KVM. Inside, `husk-guest-tool` moves the
@@ -182,7 +184,9 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
     let size = format!("{mib}M");
     let mut host: Option<Child> = None;
     let client: Option<Vec<String>> = match (workload, vmm) {
-        ("vsock", Vmm::Husk) => Some(["uds-connect", "v.sock", "5000"].map(String::from).to_vec()),
+        ("vsock", Vmm::Husk | Vmm::HuskProcess { .. }) => {
+            Some(["uds-connect", "v.sock", "5000"].map(String::from).to_vec())
+        }
         ("vsock", Vmm::Qemu) => Some(["vsock-connect", "3", "5000"].map(String::from).to_vec()),
         ("net", _) => {
             host = Some(spawn_host_tool(&["tcp-listen", "7002", "--no-check"]));
@@ -247,7 +251,7 @@ const RR_KEY: &str = "64 B round trips/s";
 /// 7003), once the stream is done.
 fn round_trips(vmm: Vmm, workload: &str) -> Values {
     let args: &[&str] = match (workload, vmm) {
-        ("vsock", Vmm::Husk) => &["uds-connect", "v.sock", "5001"],
+        ("vsock", Vmm::Husk | Vmm::HuskProcess { .. }) => &["uds-connect", "v.sock", "5001"],
         ("vsock", Vmm::Qemu) => &["vsock-connect", "3", "5001"],
         _ => &["tcp-connect", "10.0.2.15", "7003"],
     };
@@ -326,9 +330,45 @@ fn inner(args: &[String]) {
             bound.push(upper_bound(workload, mib));
         }
         report(workload, mib, &husk, &qemu, &bound, idle_exits);
+        let (mut filtered, mut unfiltered) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let order = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for seccomp in order {
+                let figures = run_workload(Vmm::HuskProcess { seccomp }, workload, mib);
+                if seccomp {
+                    &mut filtered
+                } else {
+                    &mut unfiltered
+                }
+                .push(figures);
+            }
+        }
+        report_seccomp(workload, &filtered, &unfiltered);
     }
     // On a hardware KVM machine this ran in a temp dir on the real host: remove the TAP.
     sh("tunctl -d hb0 > /dev/null");
+}
+
+/// The syscall filters' cost: the same workload in `husk vmm` with and without them.
+fn report_seccomp(workload: &str, filtered: &[Figures], unfiltered: &[Figures]) {
+    println!(
+        "{:<28} {:>10} {:>10} {:>11}   (husk vmm --config-file, seccomp on / off)",
+        format!("{workload} with seccomp"),
+        "on",
+        "off",
+        "on/off"
+    );
+    let keys: Vec<&str> = filtered
+        .first()
+        .map_or(Vec::new(), |f| f.keys().copied().collect());
+    for key in keys.into_iter().filter(|k| *k != "exits") {
+        let (on, off) = (median_of(filtered, key), median_of(unfiltered, key));
+        println!("{key:<28} {on:>10.1} {off:>10.1} {:>11.2}", on / off);
+    }
 }
 
 fn median_of(runs: &[Figures], key: &str) -> f64 {

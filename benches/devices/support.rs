@@ -53,10 +53,52 @@ pub(crate) fn host_tool(args: &[&str]) -> Values {
 /// The VMM under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Vmm {
-    /// husk itself.
+    /// husk itself (`husk boot`: the VM in the command's process, no syscall filters).
     Husk,
+    /// `husk vmm --no-api --config-file`, the process sandboxes use, with its syscall
+    /// filters or without them (`--no-seccomp`).
+    HuskProcess { seccomp: bool },
     /// QEMU `microvm`.
     Qemu,
+}
+
+/// `vm.json` for `husk vmm --config-file`: the VM `husk boot` gets from the options
+/// above, in Firecracker's configuration shape.
+fn write_vmm_config(workload: &str, cmdline: &str) {
+    let here = std::env::current_dir().expect("the bench dir exists");
+    let at = |name: &str| here.join(name).display().to_string();
+    let mut config = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": at("vmlinux"),
+            "initrd_path": at("guest.cpio"),
+            "boot_args": cmdline,
+        },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 },
+    });
+    let device = match workload {
+        "blk" => Some((
+            "drives",
+            serde_json::json!([{
+                "drive_id": "d0", "path_on_host": at("disk.img"),
+                "is_root_device": false, "is_read_only": false,
+            }]),
+        )),
+        "net" => Some((
+            "network-interfaces",
+            serde_json::json!([{
+                "iface_id": "eth0", "host_dev_name": "hb0", "guest_mac": "52:54:00:12:34:56",
+            }]),
+        )),
+        "vsock" => Some((
+            "vsock",
+            serde_json::json!({ "guest_cid": 3, "uds_path": at("v.sock") }),
+        )),
+        _ => None,
+    };
+    if let Some((key, value)) = device {
+        config[key] = value;
+    }
+    std::fs::write("vm.json", config.to_string()).expect("write vm.json");
 }
 
 /// A booted VMM running the guest script's workload.
@@ -67,8 +109,9 @@ pub(crate) struct RunningVm {
 
 /// Starts `vmm` with the devices `workload` needs; the guest runs that workload.
 pub(crate) fn boot_vmm(vmm: Vmm, workload: &str, mib: u64) -> RunningVm {
-    let _ = std::fs::remove_file("console.log");
-    let _ = std::fs::remove_file("timings.json");
+    for leftover in ["console.log", "timings.json", "exit.json"] {
+        let _ = std::fs::remove_file(leftover);
+    }
     // No `--` in the command line: QEMU appends its virtio_mmio.device= entries after it.
     let cmdline = format!("quiet bench={workload} mib={mib} rdinit=/bench.sh");
     let common = [
@@ -102,6 +145,21 @@ pub(crate) fn boot_vmm(vmm: Vmm, workload: &str, mib: u64) -> RunningVm {
             ])
             .args(common)
             .args(device);
+        }
+        Vmm::HuskProcess { seccomp } => {
+            write_vmm_config(workload, &cmdline);
+            cmd.args([
+                "600",
+                "./husk",
+                "vmm",
+                "--no-api",
+                "--config-file",
+                "vm.json",
+            ])
+            .args(["--console", "console.log", "--exit-report", "exit.json"]);
+            if !seccomp {
+                cmd.arg("--no-seccomp");
+            }
         }
         Vmm::Qemu => {
             // microvm lists virtio-mmio devices on the kernel command line only without
@@ -143,10 +201,18 @@ impl RunningVm {
         values
     }
 
-    /// husk's VM exits to the VMM during the run (all kinds), from `--timings`.
+    /// husk's VM exits to the VMM during the run (all kinds), from `--timings` (or the
+    /// exit report of `husk vmm`).
     pub(crate) fn exits(&self) -> Option<f64> {
-        let text = std::fs::read_to_string("timings.json").ok()?;
-        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let file = match self.vmm {
+            Vmm::HuskProcess { .. } => "exit.json",
+            _ => "timings.json",
+        };
+        let text = std::fs::read_to_string(file).ok()?;
+        let mut json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        if let Some(metrics) = json.get("metrics") {
+            json = metrics.clone();
+        }
         let exits = json.get("exits")?.as_object()?;
         Some(exits.values().filter_map(serde_json::Value::as_f64).sum())
     }
