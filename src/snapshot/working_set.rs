@@ -27,9 +27,10 @@ const MAGIC: &[u8; 8] = b"HUSKWSET";
 const VERSION: u32 = 1;
 /// Most ranges a file may hold.
 const MAX_RANGES: usize = 1 << 16;
-/// Most pages a working set covers (512 MiB): past it, a restore maps the rest on
-/// demand as it always did.
-pub const MAX_PAGES: u64 = 1 << 17;
+/// Most pages a working set covers (64 MiB; a container's start from a template
+/// touches about 13 MiB): a sandbox whose guest touched more ran a workload, not a start,
+/// and records nothing (see [`record`]).
+pub const MAX_PAGES: u64 = 1 << 14;
 /// Guest pages are 4 KiB in the memory file.
 pub const PAGE: u64 = 4096;
 /// `/proc/PID/pagemap`: the page is present in RAM.
@@ -153,7 +154,8 @@ impl WorkingSet {
 
 /// The pages of `memory` (a snapshot's memory file) that process `pid`, or the child
 /// it runs the VM in (a jailed VMM's), has present in its mappings of it and that hold
-/// data in the file, at most [`MAX_PAGES`].
+/// data in the file; none when they are more than [`MAX_PAGES`] (a later, shorter
+/// sandbox records them).
 pub fn record(pid: u32, memory: &Path) -> io::Result<WorkingSet> {
     let file = File::open(memory)?;
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
@@ -173,11 +175,11 @@ pub fn record(pid: u32, memory: &Path) -> io::Result<WorkingSet> {
     let file_pages = file.metadata()?.len() / PAGE;
     let mut pages = Vec::new();
     for page in present.into_iter().filter(|&p| p < file_pages) {
-        if pages.len() as u64 >= MAX_PAGES {
-            break;
-        }
         if holds_data(&file, page)? {
             pages.push(page);
+        }
+        if pages.len() as u64 > MAX_PAGES {
+            return Ok(WorkingSet::default());
         }
     }
     Ok(WorkingSet::from_pages(pages))
