@@ -105,6 +105,7 @@ pub fn apply_process() -> Result<(), SeccompError> {
     let Some(mismatch) = mismatch_action() else {
         return Ok(());
     };
+    one_allocator_arena();
     let program = compile("process", process_rules(), mismatch, SeccompAction::Allow)?;
     let mut clone3 = Rules::new();
     clone3.insert(libc::SYS_clone3, Vec::new());
@@ -142,6 +143,21 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
 /// after its filter went on: the tests' way to see a forbidden call kill the process
 /// and its caller say so. Nothing happens unless the mode is `Kill`.
 pub const FORBIDDEN_CALL_TEST_ENV: &str = "HUSK_TEST_VCPU_EXECVE";
+
+/// Every thread made from now on allocates from the main arena. glibc (husk links it
+/// statically) opens `/proc/sys/vm/overcommit_memory` from inside `free()` the first
+/// time a thread's own heap shrinks: in a device or vCPU thread, whose filters allow no
+/// open, that killed the VMM (a device thread that buffered a large copy, then freed
+/// it). With one arena no thread has a heap of its own, and the main arena shrinks with
+/// `brk`. Called before the VM's threads exist.
+fn one_allocator_arena() {
+    #[allow(unsafe_code, reason = "mallopt has no safe wrapper")]
+    // SAFETY: mallopt only sets an allocator parameter, under the allocator's lock.
+    let set = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    if set != 1 {
+        log::warn!("cannot limit the allocator to one arena (mallopt returned {set})");
+    }
+}
 
 /// The forbidden call of [`FORBIDDEN_CALL_TEST_ENV`], when asked for and filtered.
 pub(crate) fn forbidden_call_if_testing() {
