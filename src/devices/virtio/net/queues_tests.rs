@@ -29,6 +29,21 @@ fn pair() -> (UnixDatagram, UnixDatagram) {
     (a, b)
 }
 
+/// One TX pass (budget 16, no rate limiter) that must not fail.
+fn tx(q: &mut Queue, mem: &GuestMemoryMmap, dev: &mut UnixDatagram, offloads: Offloads) -> Drained {
+    process_tx(q, mem, dev, offloads, 16, &mut Unthrottled).unwrap()
+}
+
+/// One RX pass (budget 16, no rate limiter).
+fn rx(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    dev: &mut UnixDatagram,
+    st: &mut RxState,
+) -> Result<Drained, QueueError> {
+    process_rx(q, mem, dev, st, 16, &mut Unthrottled)
+}
+
 /// A frame as the TAP hands it over: garbage header (to be overwritten) + payload.
 fn tap_frame(payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0xee; NET_HDR_LEN];
@@ -45,15 +60,7 @@ fn guest_frame_reaches_backend_with_zero_header() {
         .unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[r(0x10000, 17)], 0).unwrap();
-    let d = process_tx(
-        &mut q,
-        &mem,
-        &mut dev,
-        Offloads::default(),
-        16,
-        &mut Unthrottled,
-    )
-    .unwrap();
+    let d = tx(&mut q, &mem, &mut dev, Offloads::default());
     let mut out = [0u8; 64];
     let n = host.recv(&mut out).unwrap();
     assert_eq!(d.used, 1);
@@ -66,15 +73,7 @@ fn tx_chain_with_writable_buffer_is_dropped() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&linked(&[r(0x10000, 20), w(0x11000, 20)], 0), 0)
         .unwrap();
-    process_tx(
-        &mut q,
-        &mem,
-        &mut dev,
-        Offloads::default(),
-        16,
-        &mut Unthrottled,
-    )
-    .unwrap();
+    tx(&mut q, &mem, &mut dev, Offloads::default());
     assert_eq!(used(&mock, 0), (0, 0));
     assert!(host.recv(&mut [0u8; 64]).is_err());
 }
@@ -84,15 +83,7 @@ fn tx_chain_shorter_than_header_is_dropped() {
     let (mem, (mut dev, host)) = (memory(), pair());
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[r(0x10000, 4)], 0).unwrap();
-    process_tx(
-        &mut q,
-        &mem,
-        &mut dev,
-        Offloads::default(),
-        16,
-        &mut Unthrottled,
-    )
-    .unwrap();
+    tx(&mut q, &mem, &mut dev, Offloads::default());
     assert!(host.recv(&mut [0u8; 64]).is_err());
 }
 
@@ -103,7 +94,7 @@ fn backend_frame_reaches_guest_with_num_buffers_one() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0x10000, 2048)], 0).unwrap();
     let mut st = rx_state(Offloads::default());
-    let d = process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
+    let d = rx(&mut q, &mem, &mut dev, &mut st).unwrap();
     let mut got = [0u8; 17];
     mem.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
     assert_eq!(
@@ -124,9 +115,9 @@ fn frame_without_guest_buffer_waits() {
     host.send(&tap_frame(b"hello")).unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     let mut st = rx_state(Offloads::default());
-    process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
+    rx(&mut q, &mem, &mut dev, &mut st).unwrap();
     mock.add_desc_chains(&[w(0x10000, 2048)], 0).unwrap();
-    process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
+    rx(&mut q, &mem, &mut dev, &mut st).unwrap();
     assert_eq!(used(&mock, 0), (0, 17));
 }
 
@@ -137,7 +128,7 @@ fn frame_larger_than_buffer_is_dropped_and_buffer_returned_empty() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0x10000, 50)], 0).unwrap();
     let mut st = rx_state(Offloads::default());
-    process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
+    rx(&mut q, &mem, &mut dev, &mut st).unwrap();
     assert_eq!(used(&mock, 0), (0, 0));
 }
 
@@ -148,7 +139,7 @@ fn rx_buffer_outside_memory_is_a_queue_error() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0xfff00, 0x1000)], 0).unwrap();
     let mut st = rx_state(Offloads::default());
-    assert!(process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).is_err());
+    assert!(rx(&mut q, &mem, &mut dev, &mut st).is_err());
 }
 
 /// A TSO header as Linux's virtio-net sends it for a 64 KiB TCP/IPv4 frame.
@@ -174,7 +165,7 @@ fn a_tso_frame_reaches_the_backend_with_its_header_when_negotiated() {
     let (mock, mut q) = queue(&mem, 0, 16);
     let chain = linked(&[r(0x10000, 12), r(0x20000, 60000)], 0);
     mock.add_desc_chains(&chain, 0).unwrap();
-    process_tx(&mut q, &mem, &mut dev, all_offloads(), 16, &mut Unthrottled).unwrap();
+    tx(&mut q, &mem, &mut dev, all_offloads());
     let mut out = vec![0u8; 70000];
     let n = host.recv(&mut out).unwrap();
     assert_eq!(&out[..NET_HDR_LEN], &tso_header().to_bytes());
@@ -188,15 +179,7 @@ fn a_tso_frame_of_a_guest_without_offloads_goes_out_with_an_empty_header() {
         .unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[r(0x10000, 100)], 0).unwrap();
-    process_tx(
-        &mut q,
-        &mem,
-        &mut dev,
-        Offloads::default(),
-        16,
-        &mut Unthrottled,
-    )
-    .unwrap();
+    tx(&mut q, &mem, &mut dev, Offloads::default());
     let mut out = [0u8; 128];
     let n = host.recv(&mut out).unwrap();
     assert_eq!((n, &out[..NET_HDR_LEN]), (100, &[0u8; NET_HDR_LEN][..]));
@@ -210,7 +193,7 @@ fn a_gso_frame_beyond_the_negotiated_offloads_is_dropped_and_completed() {
         .unwrap();
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[r(0x10000, 1000)], 0).unwrap();
-    let d = process_tx(&mut q, &mem, &mut dev, csum_only, 16, &mut Unthrottled).unwrap();
+    let d = tx(&mut q, &mem, &mut dev, csum_only);
     assert_eq!((d.used, used(&mock, 0)), (1, (0, 0)));
     assert!(host.recv(&mut [0u8; 64]).is_err());
 }
@@ -289,7 +272,7 @@ fn without_guest_csum_the_tap_header_reaches_the_guest_emptied() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0x10000, 2048)], 0).unwrap();
     let mut st = rx_state(Offloads::default());
-    process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
+    rx(&mut q, &mem, &mut dev, &mut st).unwrap();
     assert_eq!(&received(&mem, 16)[..], b"\0\0\0\0\0\0\0\0\0\0\x01\0data");
 }
 
@@ -301,7 +284,7 @@ fn one_big_chain_takes_a_frame_in_place_without_merged_buffers() {
     let (mock, mut q) = queue(&mem, 0, 16);
     mock.add_desc_chains(&[w(0x10000, 0x11000)], 0).unwrap();
     let mut st = rx_state(tso_no_mrg);
-    let d = process_rx(&mut q, &mem, &mut dev, &mut st, 16, &mut Unthrottled).unwrap();
+    let d = rx(&mut q, &mem, &mut dev, &mut st).unwrap();
     assert_eq!((d.used, used(&mock, 0)), (1, (0, 30012)));
     assert_eq!(received(&mem, 30012)[30011], 3);
     assert_eq!(st.held_chains(), 0);
