@@ -26,25 +26,8 @@ GUEST_SCRIPT
 GUEST_EOF
 (cd g && echo guest.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
 cat initrd.cpio extra.cpio > guest.cpio
-cat > bin/curl <<WRAPPER
-#!/bin/sh
-exec $PWD/curl/ld.so --library-path $PWD/curl $PWD/curl/curl "\$@"
-WRAPPER
-chmod 755 bin/curl
-export PATH=$PWD/bin:$PATH
+API_CLIENT
 head -c 1048576 /dev/zero > data.img
-# call NAME METHOD PATH [BODY]: prints NAME-status and NAME-body.
-call() {
-    name=$1 method=$2 path=$3 body=$4
-    if [ -n "$body" ]; then
-        code=$(curl -s --unix-socket "$SOCK" -X "$method" "http://localhost$path" \
-            -H 'Content-Type: application/json' -d "$body" -o body.txt -w '%{http_code}')
-    else
-        code=$(curl -s --unix-socket "$SOCK" -X "$method" "http://localhost$path" -o body.txt -w '%{http_code}')
-    fi
-    echo "$name-status=$code"
-    echo "$name-body=$(cat body.txt)"
-}
 wait_for() { n=0; until grep -q "$2" "$1" 2>/dev/null; do n=$((n+1)); [ $n -gt 3000 ] && return 1; sleep 0.2; done; }
 SOCK=$PWD/api.sock
 ./husk vmm --api-sock "$SOCK" --console console.log 2> vmm.err &
@@ -159,7 +142,9 @@ fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_doe
     let assets = assets();
     let mut files = assets.files();
     files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));
-    let script = HOST.replace("GUEST_SCRIPT", GUEST.trim_end());
+    let script = HOST
+        .replace("GUEST_SCRIPT", GUEST.trim_end())
+        .replace("API_CLIENT", common::API_CLIENT.trim());
     let out = run_script(&script, &files);
     let is = |key: &str, want: &str| assert_eq!(out.value(key), Some(want), "{key}\n{out}");
     let has = |key: &str, part: &str| {

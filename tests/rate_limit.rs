@@ -63,31 +63,14 @@ GUEST_SCRIPT
 GUEST_EOF
 (cd g && find bin guest.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
 cat initrd.cpio extra.cpio > guest.cpio
-cat > bin/curl <<WRAPPER
-#!/bin/sh
-exec $PWD/curl/ld.so --library-path $PWD/curl $PWD/curl/curl "\$@"
-WRAPPER
-chmod 755 bin/curl
 cat > host.sh <<'NETNS_EOF'
-export PATH=$PWD/bin:$PATH
+API_CLIENT
 mount --make-rprivate /
 mount -t sysfs sysfs /sys
 ip link set lo up
 head -c 8388608 /dev/zero > bw.img
 head -c 4194304 /dev/zero > ops.img
 head -c 4194304 /dev/zero > free.img
-# call NAME METHOD PATH [BODY]: prints NAME-status and NAME-body.
-call() {
-    if [ -n "$4" ]; then
-        code=$(curl -s --unix-socket "$SOCK" -X "$2" "http://localhost$3" \
-            -H 'Content-Type: application/json' -d "$4" -o body.txt -w '%{http_code}')
-    else
-        code=$(curl -s --unix-socket "$SOCK" -X "$2" "http://localhost$3" -o body.txt \
-            -w '%{http_code}')
-    fi
-    echo "$1-status=$code"
-    echo "$1-body=$(cat body.txt)"
-}
 drive() {
     echo "{\"drive_id\": \"$1\", \"path_on_host\": \"$PWD/$1.img\", \"is_root_device\": false${2:+, \"rate_limiter\": $2}}"
 }
@@ -186,7 +169,10 @@ fn disk_and_network_throughput_stays_under_the_caps_and_a_patch_changes_them_on_
     let mut files = assets.files();
     files.push((Path::new(GUEST_TOOL), "husk-guest-tool"));
     files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));
-    let out = run_script(&HOST.replace("GUEST_SCRIPT", GUEST.trim_end()), &files);
+    let script = HOST
+        .replace("GUEST_SCRIPT", GUEST.trim_end())
+        .replace("API_CLIENT", common::API_CLIENT.trim());
+    let out = run_script(&script, &files);
     let is = |key: &str, want: &str| assert_eq!(out.value(key), Some(want), "{key}\n{out}");
     let has = |key: &str, part: &str| {
         let value = out.value(key).unwrap_or_default();

@@ -486,6 +486,31 @@ pub fn store_tar(dir: &WorkDir) -> PathBuf {
     tar_path
 }
 
+/// Shell lines for scripts that drive `husk vmm`'s API: the `curl` of
+/// `tool_files("curl", ...)` (copied in as `curl/`) on the script's PATH, and
+/// `call NAME METHOD PATH [BODY]`, which sends a request to the socket `$SOCK` and prints
+/// `NAME-status` and `NAME-body`.
+pub const API_CLIENT: &str = r#"
+mkdir -p bin
+cat > bin/curl <<WRAPPER
+#!/bin/sh
+exec $PWD/curl/ld.so --library-path $PWD/curl $PWD/curl/curl "\$@"
+WRAPPER
+chmod 755 bin/curl
+export PATH=$PWD/bin:$PATH
+call() {
+    if [ -n "$4" ]; then
+        code=$(curl -s --unix-socket "$SOCK" -X "$2" "http://localhost$3" \
+            -H 'Content-Type: application/json' -d "$4" -o body.txt -w '%{http_code}')
+    else
+        code=$(curl -s --unix-socket "$SOCK" -X "$2" "http://localhost$3" -o body.txt \
+            -w '%{http_code}')
+    fi
+    echo "$1-status=$code"
+    echo "$1-body=$(cat body.txt)"
+}
+"#;
+
 /// Shell lines that put the `mkfs.ext4` of [`mkfs_ext4_files`] on the script's PATH
 /// (the test host has no e2fsprogs).
 pub const MKFS_EXT4_ON_PATH: &str = r#"
