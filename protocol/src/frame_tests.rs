@@ -147,7 +147,10 @@ fn copy_requests_round_trip() {
 
 #[test]
 fn started_round_trips() {
-    round_trip(Message::Started { process_id: 7 });
+    round_trip(Message::Started {
+            process_id: 7,
+            prepared: false,
+        });
 }
 
 #[test]

@@ -103,6 +103,10 @@ impl ExitStatus {
     }
 }
 
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
 /// One protocol message. See `docs/protocol.md` for who sends which and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
@@ -197,6 +201,9 @@ pub enum Message {
     Started {
         /// The id that later frames about this process carry.
         process_id: ProcessId,
+        /// A Run whose container was the one made ahead by [`Message::Prepare`].
+        #[serde(default, skip_serializing_if = "is_false")]
+        prepared: bool,
     },
     /// Host → agent: bytes for a process's stdin (a raw data frame, never JSON).
     #[serde(skip)]
@@ -309,6 +316,20 @@ pub enum Message {
         /// Disks whose size changed, and the size to wait for.
         disks: Vec<DiskSize>,
     },
+    /// Host → agent: make a container ahead of its Run, for a template of the image: the
+    /// image mounted with a tmpfs writable layer, its cgroup, and its first process
+    /// waiting in new namespaces inside the container's root for the command. The next
+    /// Run with the same image and layer and no volumes takes it (its `Started` says
+    /// `prepared`), with its own id, hostname, limits, command, user and stdio.
+    /// Answered by [`Message::Prepared`] or [`Message::Error`].
+    Prepare {
+        /// The image, as a Run would give it.
+        image: ImageSpec,
+        /// The writable layer (only `Tmpfs`).
+        writable_layer: WritableLayer,
+    },
+    /// Agent → host: the answer to a successful [`Message::Prepare`].
+    Prepared,
     /// Agent → host: the answer to a successful [`Message::Restored`].
     RestoredAck {
         /// The generation the agent took.

@@ -50,6 +50,7 @@ impl ClientOut {
         }
         let started = Message::Started {
             process_id: EXEC_PROCESS,
+            prepared: false,
         };
         write_message(conn, &started)
     }

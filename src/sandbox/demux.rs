@@ -35,7 +35,8 @@ struct Route {
 
 struct Request {
     route: Route,
-    reply: Sender<Result<ProcessId, String>>,
+    /// The process's id and whether it is a prepared container's (`Started`).
+    reply: Sender<Result<(ProcessId, bool), String>>,
 }
 
 #[derive(Default)]
@@ -61,6 +62,8 @@ pub(crate) struct Demux {
 /// A request the agent accepted.
 pub(crate) struct Accepted {
     pub process: ProcessId,
+    /// A Run that took the container its agent prepared ahead (an image template's).
+    pub prepared: bool,
     pub exit: Receiver<ExitResult>,
     /// The process's stdin window, moved by the agent's `StdinAck`s.
     pub stdin: Arc<StdinWindow>,
@@ -96,6 +99,7 @@ impl Demux {
             state.routes.insert(process, route);
             accepted.push(Accepted {
                 process,
+                prepared: false,
                 exit: exit_rx,
                 stdin,
             });
@@ -152,8 +156,9 @@ impl Demux {
             }
         }
         match reply_rx.recv() {
-            Ok(Ok(process)) => Ok(Accepted {
+            Ok(Ok((process, prepared))) => Ok(Accepted {
                 process,
+                prepared,
                 exit: exit_rx,
                 stdin,
             }),
@@ -208,10 +213,13 @@ impl Demux {
     fn route(&self, message: Message) {
         let mut state = self.state();
         match message {
-            Message::Started { process_id } => match state.pending.pop_front() {
+            Message::Started {
+                process_id,
+                prepared,
+            } => match state.pending.pop_front() {
                 Some(request) => {
                     state.routes.insert(process_id, request.route);
-                    drop(request.reply.send(Ok(process_id)));
+                    drop(request.reply.send(Ok((process_id, prepared))));
                 }
                 None => log::warn!("the guest agent started process {process_id} unasked"),
             },
@@ -293,10 +301,16 @@ mod tests {
             // Two requests in order; answer them, interleave their output, end them.
             let first = read_message(&mut guest).unwrap();
             assert!(matches!(first, Message::Exec { .. }));
-            write_message(&mut guest, &Message::Started { process_id: 7 }).unwrap();
+            write_message(&mut guest, &Message::Started {
+                process_id: 7,
+                prepared: false,
+            }).unwrap();
             let second = read_message(&mut guest).unwrap();
             assert!(matches!(second, Message::Exec { .. }));
-            write_message(&mut guest, &Message::Started { process_id: 8 }).unwrap();
+            write_message(&mut guest, &Message::Started {
+                process_id: 8,
+                prepared: false,
+            }).unwrap();
             for (p, text) in [(8, "b1"), (7, "a1"), (8, "b2")] {
                 let data = text.as_bytes().to_vec();
                 write_message(&mut guest, &Message::Stdout { process: p, data }).unwrap();
@@ -351,7 +365,10 @@ mod tests {
         // request to give it to.
         let answer = std::thread::spawn(move || {
             read_message(&mut guest).unwrap();
-            write_message(&mut guest, &Message::Started { process_id: 7 }).unwrap();
+            write_message(&mut guest, &Message::Started {
+                process_id: 7,
+                prepared: false,
+            }).unwrap();
             guest
         });
         let (out, err) = (Capture::default(), Capture::default());
@@ -387,7 +404,10 @@ mod tests {
             let message = "no such container: c".to_string();
             write_message(&mut guest, &Message::Error { message }).unwrap();
             read_message(&mut guest).unwrap();
-            write_message(&mut guest, &Message::Started { process_id: 1 }).unwrap();
+            write_message(&mut guest, &Message::Started {
+                process_id: 1,
+                prepared: false,
+            }).unwrap();
             // The guest goes away with process 1 still running.
         });
         let refused = demux.request(
@@ -422,7 +442,10 @@ mod tests {
         let data = || prop::collection::vec(any::<u8>(), 0..64);
         prop_oneof![
             id.clone()
-                .prop_map(|process_id| Message::Started { process_id }),
+                .prop_map(|process_id| Message::Started {
+                    process_id,
+                    prepared: false,
+                }),
             "[a-z ]{0,12}".prop_map(|message| Message::Error { message }),
             (id.clone(), data()).prop_map(|(process, data)| Message::Stdout { process, data }),
             (id.clone(), data()).prop_map(|(process, data)| Message::Stderr { process, data }),

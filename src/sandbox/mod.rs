@@ -220,6 +220,7 @@ impl Sandbox {
             run_sent_ms: ms(m.run_sent),
             process_started_ms: ms(m.process_started),
             process_exited_ms: ms(m.process_exited),
+            container_prepared: m.container_prepared,
         }
     }
 
@@ -268,7 +269,10 @@ impl Sandbox {
     pub fn run(&self, spec: &RunSpec, stdio: Stdio) -> Result<ExitStatus, SandboxError> {
         self.marks().run_sent = Some(Instant::now());
         let process = self.spawn(spec, stdio)?;
-        self.marks().process_started = Some(process.started);
+        let mut marks = self.marks();
+        marks.process_started = Some(process.started);
+        marks.container_prepared = Some(process.prepared);
+        drop(marks);
         self.current.store(process.id, Ordering::SeqCst);
         let status = process.wait();
         self.current.store(0, Ordering::SeqCst);
@@ -354,6 +358,7 @@ impl Sandbox {
             ended: std::sync::OnceLock::new(),
             demux: self.demux.clone(),
             started: Instant::now(),
+            prepared: accepted.prepared,
         };
         match stdio.stdin {
             Some(input) => {

@@ -16,9 +16,17 @@ pub struct Process {
     pub(super) ended: std::sync::OnceLock<Result<ExitStatus, String>>,
     pub(super) demux: Arc<demux::Demux>,
     pub(super) started: Instant,
+    /// Its container was the one the agent made ahead (an image template's).
+    pub(super) prepared: bool,
 }
 
 impl Process {
+    /// Whether its container was made ahead, in the image template it started from,
+    /// rather than when it was asked for.
+    pub fn prepared(&self) -> bool {
+        self.prepared
+    }
+
     /// The agent's number for this process.
     pub fn id(&self) -> ProcessId {
         self.id

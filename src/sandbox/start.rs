@@ -159,6 +159,7 @@ impl Sandbox {
                 ended: std::sync::OnceLock::new(),
                 demux: demux.clone(),
                 started: Instant::now(),
+                prepared: false,
             })
             .collect();
         let sandbox = Self {

@@ -18,6 +18,8 @@ pub(super) struct Marks {
     pub(super) run_sent: Option<Instant>,
     pub(super) process_started: Option<Instant>,
     pub(super) process_exited: Option<Instant>,
+    /// The run's container was made ahead (an image template's).
+    pub(super) container_prepared: Option<bool>,
 }
 
 impl Marks {
@@ -52,6 +54,7 @@ impl Default for Marks {
             run_sent: None,
             process_started: None,
             process_exited: None,
+            container_prepared: None,
         }
     }
 }
@@ -77,4 +80,7 @@ pub struct SandboxTimings {
     pub process_started_ms: Option<f64>,
     /// The agent reported the process exited.
     pub process_exited_ms: Option<f64>,
+    /// The run's container was made ahead, in the image template the sandbox started
+    /// from (`None`: nothing ran).
+    pub container_prepared: Option<bool>,
 }

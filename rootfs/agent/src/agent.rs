@@ -87,6 +87,9 @@ pub enum AgentError {
     /// A copy (`husk cp`) could not start.
     #[error("{0}")]
     Copy(String),
+    /// A container cannot be made ahead (Prepare).
+    #[error("{0}")]
+    NotPreparable(String),
     /// Limits were asked for but the agent has no cgroup hierarchy.
     #[error("limits for container {0} need cgroup v2, which is not available")]
     NoCgroups(String),
@@ -115,6 +118,8 @@ pub(crate) struct Started {
     pub ends: HostEnds,
     /// Its exit status, when it comes.
     pub exit: Receiver<RawExit>,
+    /// A Run that took the prepared container.
+    pub prepared: bool,
 }
 
 /// What happens when a process ends, beyond reporting it.
@@ -136,7 +141,12 @@ pub struct Agent {
     next_id: AtomicU32,
     processes: Mutex<HashMap<ProcessId, Arc<Process>>>,
     containers: Mutex<HashMap<String, Container>>,
+    /// A container made ahead of its Run.
+    prepared: Mutex<Option<prepared::Prepared>>,
 }
+
+#[path = "prepared.rs"]
+mod prepared;
 
 impl Agent {
     /// An agent with no containers yet, sending through `outbox`.
@@ -147,11 +157,16 @@ impl Agent {
             next_id: AtomicU32::new(1),
             processes: Mutex::default(),
             containers: Mutex::default(),
+            prepared: Mutex::default(),
         })
     }
 
     fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn prepared_slot(&self) -> std::sync::MutexGuard<'_, Option<prepared::Prepared>> {
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn processes(&self) -> std::sync::MutexGuard<'_, HashMap<ProcessId, Arc<Process>>> {
@@ -164,6 +179,9 @@ impl Agent {
         validate_id(&request.id)?;
         if self.containers().contains_key(&request.id) {
             return Err(AgentError::Exists(request.id));
+        }
+        if let Some(started) = self.run_prepared(&request) {
+            return started;
         }
         let cgroup = self.create_cgroup(&request)?;
         let hostname = request
@@ -322,6 +340,7 @@ impl Agent {
             pid,
             ends: host,
             exit,
+            prepared: false,
         })
     }
 
@@ -345,9 +364,13 @@ impl Agent {
             pid,
             ends,
             exit,
+            prepared,
         } = started;
         // Started goes out before the first output frame can.
-        self.outbox.send(&Message::Started { process_id: id });
+        self.outbox.send(&Message::Started {
+            process_id: id,
+            prepared,
+        });
         let mut forwarders = Vec::new();
         let outputs = [(Some(ends.stdout), false), (ends.stderr, true)];
         for (file, is_stderr) in outputs {
@@ -465,6 +488,9 @@ impl Agent {
 
     /// Kills every container (SIGKILL to each init, which takes its pid namespace).
     pub fn kill_all(&self) {
+        if let Some(prepared) = self.prepared_slot().take() {
+            prepared.discard();
+        }
         for container in self.containers().values() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(container.init_pid),

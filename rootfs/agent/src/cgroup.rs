@@ -123,14 +123,20 @@ impl Cgroup {
             made => made.map_err(io_err(&path))?,
         }
         let cgroup = Self { path };
-        for (file, value) in limit_values(limits) {
-            let file = cgroup.path.join(file);
-            if let Err(e) = fs::write(&file, value).map_err(io_err(&file)) {
-                cgroup.remove();
-                return Err(e);
-            }
+        if let Err(e) = cgroup.apply(limits) {
+            cgroup.remove();
+            return Err(e);
         }
         Ok(cgroup)
+    }
+
+    /// Writes `limits` (unset ones are left as they are).
+    pub fn apply(&self, limits: &Limits) -> Result<(), CgroupError> {
+        for (file, value) in limit_values(limits) {
+            let file = self.path.join(file);
+            fs::write(&file, value).map_err(io_err(&file))?;
+        }
+        Ok(())
     }
 
     /// The leaf's directory.

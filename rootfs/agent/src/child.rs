@@ -43,12 +43,14 @@ pub enum Step {
     Cwd,
     /// execve(2).
     Exec,
+    /// A prepared container's process could not receive or read its command.
+    Plan,
 }
 
 impl Step {
     /// The step for a number read from the error pipe.
     pub fn from_code(code: u32) -> Option<Self> {
-        const ALL: [Step; 12] = [
+        const ALL: [Step; 13] = [
             Step::Unshare,
             Step::Setns,
             Step::JoinCgroup,
@@ -61,6 +63,7 @@ impl Step {
             Step::User,
             Step::Cwd,
             Step::Exec,
+            Step::Plan,
         ];
         ALL.into_iter().find(|s| *s as u32 == code)
     }
@@ -144,10 +147,16 @@ pub(crate) fn check(ret: libc::c_int, err_fd: RawFd, step: Step) {
     }
 }
 
-/// The intermediate process: enters namespaces and the cgroup, forks the container
-/// process, writes its pid (u32 LE) to `pid_fd` and exits.
-pub fn intermediate(plan: &ChildPlan, pid_fd: RawFd, err_fd: RawFd) -> ! {
-    match &plan.namespaces {
+/// Enters (or creates) `namespaces` and the cgroup, forks a child that runs `child`,
+/// writes its pid (u32 LE) to `pid_fd` and exits.
+pub(crate) fn enter_and_fork(
+    namespaces: &Namespaces,
+    cgroup_procs: Option<&OwnedFd>,
+    pid_fd: RawFd,
+    err_fd: RawFd,
+    child: impl FnOnce(),
+) -> ! {
+    match namespaces {
         Namespaces::Create { .. } => {
             let flags =
                 libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
@@ -165,16 +174,18 @@ pub fn intermediate(plan: &ChildPlan, pid_fd: RawFd, err_fd: RawFd) -> ! {
             }
         }
     }
-    if let Some(procs) = &plan.cgroup_procs {
+    if let Some(procs) = cgroup_procs {
         // SAFETY: writing "0" moves the writer itself into the cgroup (cgroup v2).
         let ret = unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
         check(ret as libc::c_int, err_fd, Step::JoinCgroup);
     }
-    // SAFETY: the child only runs container_process, which does not allocate.
+    // SAFETY: the child only runs `child`, which does not allocate.
     let pid = unsafe { libc::fork() };
     check(pid, err_fd, Step::Fork);
     if pid == 0 {
-        container_process(plan, err_fd);
+        child();
+        // SAFETY: `child` never returns (it execs or exits); this only guards that.
+        unsafe { libc::_exit(127) };
     }
     let bytes = (pid as u32).to_le_bytes();
     // SAFETY: writes 4 bytes from a stack buffer, then exits without atexit handlers.
@@ -186,7 +197,7 @@ pub fn intermediate(plan: &ChildPlan, pid_fd: RawFd, err_fd: RawFd) -> ! {
 
 /// Switches into a new container's root: hostname, private mounts, pseudo
 /// filesystems, pivot_root with the old root detached.
-fn enter_new_root(hostname: &CStr, rootfs: &CStr, err_fd: RawFd) {
+pub(crate) fn enter_new_root(hostname: &CStr, rootfs: &CStr, err_fd: RawFd) {
     let name = hostname.to_bytes();
     // SAFETY: name points to name.len() valid bytes.
     check(
@@ -227,18 +238,18 @@ fn enter_new_root(hostname: &CStr, rootfs: &CStr, err_fd: RawFd) {
 }
 
 /// A new session, the controlling terminal if any, and the stdio fds.
-fn setup_stdio(plan: &ChildPlan, err_fd: RawFd) {
+fn setup_stdio(stdio: [RawFd; 3], tty: bool, err_fd: RawFd) {
     // SAFETY: setsid, ioctl and dup2 act on this process and fds the plan owns.
     unsafe {
         check(libc::setsid(), err_fd, Step::Stdio);
-        if plan.tty {
+        if tty {
             check(
-                libc::ioctl(plan.stdio[0], libc::TIOCSCTTY, 0),
+                libc::ioctl(stdio[0], libc::TIOCSCTTY, 0),
                 err_fd,
                 Step::Stdio,
             );
         }
-        for (target, fd) in plan.stdio.iter().enumerate() {
+        for (target, fd) in stdio.iter().enumerate() {
             check(libc::dup2(*fd, target as RawFd), err_fd, Step::Stdio);
         }
     }
@@ -302,30 +313,66 @@ fn drop_capabilities(err_fd: RawFd) {
     }
 }
 
-/// The container process: root, stdio, privileges, user, cwd, execve.
-fn container_process(plan: &ChildPlan, err_fd: RawFd) -> ! {
+/// What the last steps before `execve` use, borrowed from a [`ChildPlan`] or from a
+/// prepared container's received command.
+pub(crate) struct ExecSteps<'a> {
+    /// The fds that become 0, 1 and 2.
+    pub stdio: [RawFd; 3],
+    /// Whether stdio is a terminal to make the controlling one.
+    pub tty: bool,
+    /// The user id.
+    pub uid: libc::uid_t,
+    /// The group id.
+    pub gid: libc::gid_t,
+    /// Supplementary groups.
+    pub groups: &'a [libc::gid_t],
+    /// The working directory.
+    pub cwd: &'a CStr,
+    /// The executable's in-container path.
+    pub exe: &'a CStr,
+    /// argv, NULL-terminated.
+    pub argv: *const *const libc::c_char,
+    /// envp, NULL-terminated.
+    pub envp: *const *const libc::c_char,
+}
+
+/// The container process: root, then the steps to `execve`.
+pub(crate) fn container_process(plan: &ChildPlan, err_fd: RawFd) -> ! {
     if let Namespaces::Create { hostname, rootfs } = &plan.namespaces {
         enter_new_root(hostname, rootfs, err_fd);
     }
-    setup_stdio(plan, err_fd);
+    let steps = ExecSteps {
+        stdio: plan.stdio,
+        tty: plan.tty,
+        uid: plan.uid,
+        gid: plan.gid,
+        groups: &plan.groups,
+        cwd: &plan.cwd,
+        exe: &plan.exe,
+        argv: plan.argv.ptrs.as_ptr(),
+        envp: plan.envp.ptrs.as_ptr(),
+    };
+    exec(&steps, err_fd)
+}
+
+/// Stdio, privileges, user, cwd, execve.
+pub(crate) fn exec(steps: &ExecSteps<'_>, err_fd: RawFd) -> ! {
+    setup_stdio(steps.stdio, steps.tty, err_fd);
     drop_capabilities(err_fd);
-    // SAFETY: groups points to groups.len() gids; the id calls take integers.
+    // SAFETY: groups points to groups.len() gids; the id calls take integers; argv and
+    // envp are NULL-terminated arrays of NUL-terminated strings that outlive the call.
     unsafe {
         check(
-            libc::setgroups(plan.groups.len(), plan.groups.as_ptr()),
+            libc::setgroups(steps.groups.len(), steps.groups.as_ptr()),
             err_fd,
             Step::User,
         );
-        check(libc::setgid(plan.gid), err_fd, Step::User);
-        check(libc::setuid(plan.uid), err_fd, Step::User);
-        check(libc::chdir(plan.cwd.as_ptr()), err_fd, Step::Cwd);
+        check(libc::setgid(steps.gid), err_fd, Step::User);
+        check(libc::setuid(steps.uid), err_fd, Step::User);
+        check(libc::chdir(steps.cwd.as_ptr()), err_fd, Step::Cwd);
         // Rust ignores SIGPIPE in the agent; an ignored disposition survives execve.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::execve(
-            plan.exe.as_ptr(),
-            plan.argv.ptrs.as_ptr(),
-            plan.envp.ptrs.as_ptr(),
-        );
+        libc::execve(steps.exe.as_ptr(), steps.argv, steps.envp);
     }
     fail(err_fd, Step::Exec)
 }

@@ -70,6 +70,7 @@ impl Agent {
                 pty: None,
             },
             exit,
+            prepared: false,
         };
         let id = started.id;
         self.watch(started, container_id, Ending::Exec);

@@ -42,3 +42,8 @@ pub mod spec;
 #[allow(unsafe_code, reason = "taking ownership of the fd accept4 returns")]
 pub mod transport;
 pub mod user;
+#[allow(
+    unsafe_code,
+    reason = "the waiting container process: recvmsg with SCM_RIGHTS, raw syscalls after fork"
+)]
+pub mod zygote;

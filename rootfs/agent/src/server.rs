@@ -293,6 +293,24 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
             outbox.send_now(&reply);
             outbox.release();
         }
+        Message::Prepare {
+            image,
+            writable_layer,
+        } => {
+            let lower = LowerLayer::Device {
+                device: PathBuf::from(image.device),
+                fstype: image.fstype,
+            };
+            let reply = match agent.prepare(lower, writable_layer) {
+                Ok(()) => Message::Prepared,
+                Err(e) => {
+                    let message = error_chain(&e);
+                    crate::console::log(&message);
+                    Message::Error { message }
+                }
+            };
+            outbox.send(&reply);
+        }
         Message::Shutdown => return Some(Outcome::Shutdown),
         other => {
             let message = format!("unexpected message from the host: {other:?}");

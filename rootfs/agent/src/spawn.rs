@@ -3,9 +3,9 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::child::{self, ChildPlan, Step};
+use crate::child::{self, ChildPlan, Namespaces, Step};
 
 /// Errors of spawning a process.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +83,11 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// A process `pid` whose setup reports come on `errors` (end of stream: exec'd).
+    pub fn new(pid: libc::pid_t, errors: File) -> Self {
+        Self { pid, errors }
+    }
+
     /// Waits until the process has exec'd (`Ok`) or reported a setup failure.
     pub fn wait_exec(mut self) -> Result<(), SpawnError> {
         match read_up_to::<8>(&mut self.errors).map_err(agent_err("read error pipe"))? {
@@ -96,24 +101,41 @@ impl Pending {
 /// Forks the intermediate process for `plan` and returns the container process's pid.
 /// The caller registers the pid with the reaper before calling [`Pending::wait_exec`].
 pub fn spawn(plan: &ChildPlan) -> Result<Pending, SpawnError> {
-    let (mut pid_read, pid_write) = pipe().map_err(agent_err("pipe"))?;
     let (errors, err_write) = pipe().map_err(agent_err("pipe"))?;
-    // SAFETY: the child runs child::intermediate, which only makes raw syscalls on
+    let err_fd = err_write.as_raw_fd();
+    let forked = fork_into(&plan.namespaces, plan.cgroup_procs.as_ref(), err_fd, || {
+        child::container_process(plan, err_fd)
+    });
+    drop(OwnedFd::from(err_write));
+    let pending = Pending { pid: 0, errors };
+    match forked {
+        Ok(pid) => Ok(Pending { pid, ..pending }),
+        Err(_) => Err(pending.wait_exec().err().unwrap_or(SpawnError::NoReport)),
+    }
+}
+
+/// Forks an intermediate process that enters (or creates) `namespaces` and the cgroup
+/// and forks the process that runs `child` (which must exec or exit, and must not
+/// allocate); returns that process's pid. Setup failures are reported on `err_fd`.
+pub fn fork_into(
+    namespaces: &Namespaces,
+    cgroup_procs: Option<&OwnedFd>,
+    err_fd: RawFd,
+    child: impl FnOnce(),
+) -> Result<libc::pid_t, SpawnError> {
+    let (mut pid_read, pid_write) = pipe().map_err(agent_err("pipe"))?;
+    // SAFETY: the child runs child::enter_and_fork, which only makes raw syscalls on
     // data prepared before the fork and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(agent_err("fork")(io::Error::last_os_error()));
     }
     if pid == 0 {
-        child::intermediate(plan, pid_write.as_raw_fd(), err_write.as_raw_fd());
+        child::enter_and_fork(namespaces, cgroup_procs, pid_write.as_raw_fd(), err_fd, child);
     }
-    drop((pid_write, OwnedFd::from(err_write)));
-    let mut pending = Pending { pid: 0, errors };
+    drop(pid_write);
     match read_up_to::<4>(&mut pid_read).map_err(agent_err("read pid pipe"))? {
-        (4, bytes) => {
-            pending.pid = u32::from_le_bytes(bytes) as libc::pid_t;
-            Ok(pending)
-        }
-        _ => Err(pending.wait_exec().err().unwrap_or(SpawnError::NoReport)),
+        (4, bytes) => Ok(u32::from_le_bytes(bytes) as libc::pid_t),
+        _ => Err(SpawnError::NoReport),
     }
 }

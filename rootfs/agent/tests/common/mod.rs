@@ -38,6 +38,8 @@ pub struct Outcome {
     pub started: bool,
     /// Stdin bytes the agent acknowledged (`StdinAck`).
     pub stdin_acked: u64,
+    /// Started said the Run took the prepared container.
+    pub prepared: bool,
 }
 
 impl Outcome {
@@ -192,8 +194,13 @@ impl Harness {
             Message::Stderr { process, data } => self.started(process).stderr.extend(data),
             Message::Exited { process, status } => self.started(process).status = Some(status),
             Message::StdinAck { process, bytes } => self.started(process).stdin_acked += bytes,
-            Message::Started { process_id } => {
-                self.done.entry(process_id).or_default().started = true
+            Message::Started {
+                process_id,
+                prepared,
+            } => {
+                let outcome = self.done.entry(process_id).or_default();
+                outcome.started = true;
+                outcome.prepared = prepared;
             }
             other => panic!("unexpected frame {other:?}"),
         }
