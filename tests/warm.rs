@@ -28,8 +28,20 @@ probe='head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n"; echo; hostname; date
 $R busybox -- sh -c "$probe" > c1; echo "c1-status=$?"; h1=$(date +%s)
 # The first sandbox that ran a container left the template's working set, which the
 # second maps before its guest runs.
-echo "working-set=$(test -s cache/templates/1cpu-320mib/snapshot/working-set && echo yes)"
+# The first run also made the image's own template (its container made ahead).
+echo "working-set=$(ls cache/templates/1cpu-320mib-*/snapshot/working-set | wc -l)"
 $R --timings c2.json busybox -- sh -c "$probe" > c2; echo "c2-status=$?"; h2=$(date +%s)
+prepared() { tr -d ' \n' < "$1" | grep -o '"container_prepared":[a-z]*' | cut -d: -f2; }
+echo "c2-prepared=$(prepared c2.json)"
+echo "image-template-ls=$(./husk template ls | grep -c '^1cpu-320mib-')"
+# The prepared container takes the run's own command, user, env, cwd and hostname.
+$R --timings p.json -e FOO=bar -w /tmp -u 1000:1000 busybox -- \
+    sh -c 'echo $$ $FOO $(pwd) $(id -u) $(hostname | cut -c1-5); exit 3' > p1
+echo "p1-status=$?"; echo "p1-out=$(cat p1)"; echo "p1-prepared=$(prepared p.json)"
+$R --timings np.json --no-prepared busybox -- true; echo "np-status=$?"
+echo "np-prepared=$(prepared np.json)"
+$R --timings d.json --disk 16 busybox -- true; echo "disk-status=$?"
+echo "disk-prepared=$(prepared d.json)"
 echo "prefaulted=$(tr -d ' \n' < c2.json | grep -o '"prefaulted_pages":[0-9]*' | cut -d: -f2)"
 echo "random-differs=$(test "$(sed -n 1p c1)" != "$(sed -n 1p c2)" && echo yes)"
 echo "random-length=$(sed -n 1p c1 | tr -d '\n' | wc -c)"
@@ -106,7 +118,16 @@ fn warm_sandboxes_differ_where_they_must_pause_fork_and_restore() {
     is("template-ls", "1");
     is("c1-status", "0");
     is("c2-status", "0");
-    is("working-set", "yes");
+    is("working-set", "1");
+    is("c2-prepared", "true");
+    is("image-template-ls", "1");
+    is("p1-status", "3");
+    is("p1-out", "1 bar /tmp 1000 husk-");
+    is("p1-prepared", "true");
+    is("np-status", "0");
+    is("np-prepared", "false");
+    is("disk-status", "0");
+    is("disk-prepared", "false");
     let prefaulted: u64 = out
         .value("prefaulted")
         .and_then(|v| v.parse().ok())

@@ -24,13 +24,29 @@ impl HuskSample {
     }
 }
 
-/// `husk run [--cold] busybox -- true` once.
-pub fn husk_once(husk: &str, timings: &Path, cold: bool) -> HuskSample {
+/// How `husk run` starts its sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// From the image's own template, its container made ahead (the default).
+    Prepared,
+    /// From the plain template (`--no-prepared`).
+    Plain,
+    /// A kernel boot (`--cold`).
+    Cold,
+}
+
+/// `husk run [--no-prepared|--cold] busybox -- true` once.
+pub fn husk_once(husk: &str, timings: &Path, start: Start) -> HuskSample {
     let _ = std::fs::remove_file(timings);
+    let flag = match start {
+        Start::Prepared => None,
+        Start::Plain => Some("--no-prepared"),
+        Start::Cold => Some("--cold"),
+    };
     let mut cmd = Command::new(husk);
     cmd.args(["run", "--kernel", "vmlinux", "--timings"])
         .arg(timings)
-        .args(cold.then_some("--cold"))
+        .args(flag)
         .args(["busybox", "--", "true"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
@@ -55,23 +71,36 @@ pub fn spread(v: &[f64]) -> String {
 }
 
 /// The headline: wall time spawn → exit of each, with min/max and the ratios.
-pub fn report_wall(warm: &[HuskSample], cold: &[HuskSample], crun: &[CrunSample]) {
-    let w: Vec<f64> = warm.iter().map(|s| s.wall_ms).collect();
-    let c: Vec<f64> = cold.iter().map(|s| s.wall_ms).collect();
+pub fn report_wall(
+    warm: &[HuskSample],
+    plain: &[HuskSample],
+    cold: &[HuskSample],
+    crun: &[CrunSample],
+) {
+    let wall = |v: &[HuskSample]| v.iter().map(|s| s.wall_ms).collect::<Vec<f64>>();
+    let (w, p, c) = (wall(warm), wall(plain), wall(cold));
     let r: Vec<f64> = crun.iter().map(|s| s.run_wall_ms).collect();
-    let (mw, mc, mr) = (median(w.clone()), median(c.clone()), median(r.clone()));
+    let (mw, mp, mc, mr) = (
+        median(w.clone()),
+        median(p.clone()),
+        median(c.clone()),
+        median(r.clone()),
+    );
     println!();
     println!(
         "`husk run busybox -- true`, spawn -> exit, median (min–max) ms of {} rounds:",
         w.len()
     );
-    println!("  husk warm (template)   {}", spread(&w));
-    println!("  husk --cold (boot)     {}", spread(&c));
-    println!("  crun run               {}", spread(&r));
+    println!("  husk warm (image template)       {}", spread(&w));
+    println!("  husk --no-prepared (plain one)   {}", spread(&p));
+    println!("  husk --cold (boot)               {}", spread(&c));
+    println!("  crun run                         {}", spread(&r));
     println!(
-        "  warm/crun {:.2}   cold/crun {:.2}   warm/cold {:.3}",
+        "  warm/crun {:.2}   plain/crun {:.2}   cold/crun {:.2}   warm/plain {:.3}   warm/cold {:.3}",
         mw / mr,
+        mp / mr,
         mc / mr,
+        mw / mp,
         mw / mc
     );
 }
@@ -80,14 +109,19 @@ pub fn report_wall(warm: &[HuskSample], cold: &[HuskSample], crun: &[CrunSample]
 type Peer = Option<fn(&CrunSample) -> f64>;
 
 /// Stage by stage, cumulative from the sandbox's start, warm and cold side by side.
-pub fn report_stages(warm: &[HuskSample], cold: &[HuskSample], crun: &[CrunSample]) {
+pub fn report_stages(
+    warm: &[HuskSample],
+    plain: &[HuskSample],
+    cold: &[HuskSample],
+    crun: &[CrunSample],
+) {
     let h =
         |s: &[HuskSample], path: &[&str]| median(s.iter().filter_map(|x| x.field(path)).collect());
     let c = |f: fn(&CrunSample) -> f64| median(crun.iter().map(f).collect());
     println!();
     println!(
-        "{:<46} {:>10} {:>10} {:>10}",
-        "stage (median ms, cumulative)", "warm", "cold", "crun"
+        "{:<46} {:>10} {:>10} {:>10} {:>10}",
+        "stage (median ms, cumulative)", "warm", "plain", "cold", "crun"
     );
     let rows: [(&str, &[&str], Peer); 9] = [
         (
@@ -135,13 +169,14 @@ pub fn report_stages(warm: &[HuskSample], cold: &[HuskSample], crun: &[CrunSampl
     for (name, path, peer) in rows {
         let peer = peer.map_or_else(|| "-".to_string(), |f| format!("{:.1}", c(f)));
         println!(
-            "{name:<46} {:>10.1} {:>10.1} {peer:>10}",
+            "{name:<46} {:>10.1} {:>10.1} {:>10.1} {peer:>10}",
             h(warm, path),
+            h(plain, path),
             h(cold, path)
         );
     }
     println!();
-    println!("inside the VMM (median ms from the VMM's start; warm = restore):");
+    println!("inside the VMM (median ms from the VMM's start; warm and plain = restore):");
     for (name, path) in [
         (
             "memory mapped (warm) / kernel loaded (cold), devices built",
@@ -181,15 +216,24 @@ pub fn report_stages(warm: &[HuskSample], cold: &[HuskSample], crun: &[CrunSampl
         ),
     ] {
         println!(
-            "  {name:<58} {:>10.1} {:>10.1}",
+            "  {name:<58} {:>10.1} {:>10.1} {:>10.1}",
             h(warm, path),
+            h(plain, path),
             h(cold, path)
         );
     }
+    let outside = |v: &[HuskSample]| {
+        median(
+            v.iter()
+                .filter_map(|s| Some(s.wall_ms - s.field(&["torn_down_ms"])?))
+                .collect(),
+        )
+    };
     println!(
-        "husk outside the sandbox (process start, store, exit: wall - torn down): warm {:.1}, cold {:.1}",
-        median(warm.iter().filter_map(|s| Some(s.wall_ms - s.field(&["torn_down_ms"])?)).collect()),
-        median(cold.iter().filter_map(|s| Some(s.wall_ms - s.field(&["torn_down_ms"])?)).collect())
+        "husk outside the sandbox (process start, store, exit: wall - torn down): warm {:.1}, plain {:.1}, cold {:.1}",
+        outside(warm),
+        outside(plain),
+        outside(cold)
     );
     println!(
         "crun steps (median ms): create {:.1}, start {:.1}, run to exit seen {:.1}, delete {:.1}; `crun --version` alone {:.1}",

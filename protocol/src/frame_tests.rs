@@ -148,9 +148,9 @@ fn copy_requests_round_trip() {
 #[test]
 fn started_round_trips() {
     round_trip(Message::Started {
-            process_id: 7,
-            prepared: false,
-        });
+        process_id: 7,
+        prepared: false,
+    });
 }
 
 #[test]

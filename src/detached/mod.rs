@@ -191,6 +191,10 @@ pub struct Request {
     /// Start from a template (false: `--cold`).
     #[serde(default = "yes")]
     pub warm: bool,
+    /// With `warm`, start from the image's own template (its first container made
+    /// ahead) when the sandbox fits one.
+    #[serde(default = "yes")]
+    pub prepared: bool,
     /// Restore a sandbox snapshot instead of starting one (`husk snapshot restore`,
     /// `husk fork`).
     #[serde(default)]

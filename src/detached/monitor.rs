@@ -247,6 +247,7 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
     config.volumes = request.volumes.clone();
     config.runtime_parent = Some(dir.path.clone());
     config.warm = request.warm;
+    config.prepared = request.prepared;
     if let Some(console) = &request.console {
         config.console = crate::config::ConsoleConfig::File(console.clone());
     }

@@ -67,6 +67,11 @@ pub struct SandboxConfig {
     /// Start from a template (a snapshot of a booted guest, made on first use) instead
     /// of booting the kernel, when the sandbox's devices fit one (default: true).
     pub warm: bool,
+    /// With `warm`, start from the template of the sandbox's image, whose first
+    /// container is made ahead (root mounted, namespaces entered, waiting for the
+    /// command); made from the plain template on first use. Only for sandboxes without
+    /// a scratch disk (default: true).
+    pub prepared: bool,
     /// Take a pre-spawned `husk vmm` from this pool instead of spawning one (default:
     /// none).
     pub pool: Option<std::sync::Arc<super::pool::VmmPool>>,
@@ -98,6 +103,7 @@ impl SandboxConfig {
             boot_timeout: Duration::from_secs(600),
             runtime_parent: None,
             warm: true,
+            prepared: true,
             pool: None,
             jail: true,
             volumes: Vec::new(),

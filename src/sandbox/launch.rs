@@ -141,6 +141,9 @@ pub(super) fn launch(
                     &found
                 }
             };
+            // The image's own template, its first container made ahead, if it fits.
+            let of_image = super::image_template::for_sandbox(config, &spec, template);
+            let template = of_image.as_ref().unwrap_or(template);
             let expect = template.expect(&spec);
             let dir = template.snapshot_dir();
             vm.record_working_set_into(&dir);

@@ -24,6 +24,7 @@ mod copy;
 mod demux;
 mod dns;
 mod error;
+mod image_template;
 pub mod initramfs;
 pub mod jailing;
 pub mod launch;
@@ -58,6 +59,9 @@ use std::time::{Duration, Instant};
 use husk_protocol::{write_message, ImageSpec, Message, WritableLayer};
 
 pub use husk_protocol::Limits as ContainerLimits;
+
+/// The guest's block device of the sandbox's image (the templates' first disk slot).
+const IMAGE_DEVICE: &str = "/dev/vda";
 
 pub use config::{RunSpec, SandboxBuilder, SandboxConfig, SandboxImage};
 pub(crate) use copy::message as copy_message;
@@ -295,7 +299,7 @@ impl Sandbox {
         let run = Message::Run {
             id: container.clone(),
             image: ImageSpec {
-                device: "/dev/vda".into(),
+                device: IMAGE_DEVICE.into(),
                 fstype: self.image.fstype.clone(),
             },
             args,

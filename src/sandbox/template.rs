@@ -48,9 +48,9 @@ pub const NET_SLOT: usize = 0;
 /// rate limiter in its `VmConfig`).
 const SHAPE_VERSION: u32 = 4;
 /// The description of a template in its folder.
-const INFO_FILE: &str = "template.json";
+pub(super) const INFO_FILE: &str = "template.json";
 /// The snapshot's folder in a template.
-const SNAPSHOT_DIR: &str = "snapshot";
+pub(super) const SNAPSHOT_DIR: &str = "snapshot";
 
 /// What a template is made of.
 #[derive(Debug, Clone)]
@@ -91,13 +91,17 @@ pub struct TemplateInfo {
     pub build_ms: f64,
     /// Bytes of guest memory the snapshot holds (non-zero pages).
     pub memory_bytes: u64,
+    /// An image template's image (the sha256 of its filesystem image), whose first
+    /// container is made ahead in the snapshot; none for a plain template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// A template on disk, ready to restore.
 #[derive(Debug, Clone)]
 pub struct Template {
-    dir: PathBuf,
-    info: TemplateInfo,
+    pub(super) dir: PathBuf,
+    pub(super) info: TemplateInfo,
 }
 
 /// The agent's digest, as the initramfs built for it is named (`agent-<digest>.cpio`).
@@ -126,7 +130,7 @@ impl TemplateSpec {
     }
 
     /// The same spec with absolute file paths (a jailed VMM sees them from its root).
-    fn absolute(&self) -> Result<Self, SandboxError> {
+    pub(super) fn absolute(&self) -> Result<Self, SandboxError> {
         Ok(Self {
             kernel: super::config::absolute(&self.kernel)?,
             initrd: super::config::absolute(&self.initrd)?,
@@ -134,7 +138,7 @@ impl TemplateSpec {
         })
     }
 
-    fn kernel_sha256(&self) -> Result<String, SandboxError> {
+    pub(super) fn kernel_sha256(&self) -> Result<String, SandboxError> {
         crate::digest::sha256_cached(&self.kernel, &crate::kernel::cache_root().join("digests"))
             .map_err(io("cannot read the kernel", &self.kernel))
     }
@@ -195,7 +199,7 @@ impl Template {
     }
 
     /// Why this template does not fit the kernel and agent given, if it does not.
-    fn staleness(&self, kernel_sha256: &str, agent: &str) -> Option<String> {
+    pub(super) fn staleness(&self, kernel_sha256: &str, agent: &str) -> Option<String> {
         let short = |d: &str| d.chars().take(12).collect::<String>();
         if self.info.shape_version != SHAPE_VERSION {
             return Some(format!(
@@ -291,6 +295,7 @@ impl Template {
                 .map_or(0, |d| d.as_secs()),
             build_ms: crate::metrics::ms(started.elapsed()),
             memory_bytes,
+            image: None,
         };
         let json =
             serde_json::to_vec_pretty(&info).map_err(|e| SandboxError::Template(e.to_string()))?;
@@ -347,10 +352,8 @@ fn spec_for(config: &super::SandboxConfig) -> Result<TemplateSpec, SandboxError>
     Ok(super::launch::template_spec(config, initrd))
 }
 
-impl Template {}
-
 /// Hold the build lock of template `name` (released when the file is dropped).
-fn lock(name: &str) -> Result<std::fs::File, SandboxError> {
+pub(super) fn lock(name: &str) -> Result<std::fs::File, SandboxError> {
     let root = root();
     std::fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
     let path = root.join(format!(".{name}.lock"));
@@ -366,7 +369,7 @@ fn lock(name: &str) -> Result<std::fs::File, SandboxError> {
 
 /// Put the finished template folder `built` at `dir`. A template already there is
 /// replaced; if another process installed one meanwhile, theirs is kept.
-fn install(built: PathBuf, dir: &Path) -> Result<(), SandboxError> {
+pub(super) fn install(built: PathBuf, dir: &Path) -> Result<(), SandboxError> {
     if dir.exists() {
         // Move the old one aside first: a rename does not replace a full folder.
         let aside = built.with_extension("old");
@@ -466,6 +469,7 @@ mod tests {
                 created: 0,
                 build_ms: 0.0,
                 memory_bytes: 0,
+                image: None,
             },
         }
     }

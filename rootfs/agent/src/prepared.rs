@@ -66,10 +66,12 @@ impl Prepared {
 /// Reads the zygote's 8-byte report from `control`: ready, or the step that failed.
 fn read_report(control: &mut UnixStream) -> Result<(), SpawnError> {
     let mut bytes = [0u8; 8];
-    let got = control.read(&mut bytes).map_err(|source| SpawnError::Agent {
-        what: "read the prepared process's report",
-        source,
-    })?;
+    let got = control
+        .read(&mut bytes)
+        .map_err(|source| SpawnError::Agent {
+            what: "read the prepared process's report",
+            source,
+        })?;
     let code = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     let errno = i32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
     match (got, Step::from_code(code)) {
@@ -265,7 +267,10 @@ fn spawn_zygote(
         Some(c) => {
             let path = c.path().join("cgroup.procs");
             let file = File::options().write(true).open(&path);
-            Some(file.map_err(io_err(format!("open {}", path.display())))?.into())
+            Some(
+                file.map_err(io_err(format!("open {}", path.display())))?
+                    .into(),
+            )
         }
         None => None,
     };

@@ -131,7 +131,13 @@ pub fn fork_into(
         return Err(agent_err("fork")(io::Error::last_os_error()));
     }
     if pid == 0 {
-        child::enter_and_fork(namespaces, cgroup_procs, pid_write.as_raw_fd(), err_fd, child);
+        child::enter_and_fork(
+            namespaces,
+            cgroup_procs,
+            pid_write.as_raw_fd(),
+            err_fd,
+            child,
+        );
     }
     drop(pid_write);
     match read_up_to::<4>(&mut pid_read).map_err(agent_err("read pid pipe"))? {

@@ -258,11 +258,7 @@ fn receive(control: RawFd, mem: &mut ZygoteMemory) -> Option<(usize, [RawFd; SEN
     // SAFETY: the header holds exactly SENT_FDS fds (checked above); CMSG_DATA points
     // at them, possibly unaligned.
     unsafe {
-        std::ptr::copy_nonoverlapping(
-            libc::CMSG_DATA(cmsg),
-            fds.as_mut_ptr().cast::<u8>(),
-            want,
-        );
+        std::ptr::copy_nonoverlapping(libc::CMSG_DATA(cmsg), fds.as_mut_ptr().cast::<u8>(), want);
     }
     Some((n as usize, fds))
 }

@@ -36,7 +36,10 @@ fn encoded(argv: &[CString], envp: &[CString], groups: &[u32]) -> Option<Vec<u8>
     })
 }
 
-fn decode_bytes(bytes: &[u8]) -> Option<(u32, u32, bool, Vec<u32>, String, Vec<String>, Vec<String>)> {
+/// A decoded command as owned values: ids, tty, groups, "hostname cwd exe", argv, envp.
+type Owned = (u32, u32, bool, Vec<u32>, String, Vec<String>, Vec<String>);
+
+fn decode_bytes(bytes: &[u8]) -> Option<Owned> {
     let mut mem = ZygoteMemory::default();
     mem.buf.get_mut(..bytes.len())?.copy_from_slice(bytes);
     let d = decode(&mut mem, bytes.len())?;

@@ -47,7 +47,11 @@ fn root_a_prepared_container_runs_the_command_as_pid_1_with_its_identity() {
     prepared(&h);
     let mut request = h.request(
         "first",
-        &["sh", "-c", "echo $$ $(hostname) $FOO $HOME; pwd; id -u; id -G"],
+        &[
+            "sh",
+            "-c",
+            "echo $$ $(hostname) $FOO $HOME; pwd; id -u; id -G",
+        ],
     );
     request.hostname = Some("box".into());
     request.process = ProcessRequest {
@@ -58,7 +62,10 @@ fn root_a_prepared_container_runs_the_command_as_pid_1_with_its_identity() {
     };
     let process = h.run(request);
     let outcome = h.wait(process);
-    assert!(outcome.prepared, "Started says the prepared container ran it");
+    assert!(
+        outcome.prepared,
+        "Started says the prepared container ran it"
+    );
     assert_eq!(
         outcome.stdout_text(),
         "1 box bar /home/alice\n/tmp\n1000\n1000 10\n"

@@ -105,6 +105,11 @@ pub(crate) struct RunArgs {
     /// booted guest for these vCPUs and memory, made on first use: `husk template`).
     #[arg(long)]
     cold: bool,
+    /// Start from the plain template even when the image's own one could be used (a
+    /// template of the image whose first container is made ahead, made on first use;
+    /// only for sandboxes without --disk or -v).
+    #[arg(long, conflicts_with = "cold")]
+    no_prepared: bool,
     /// Guest kernel [default: `husk kernel path`].
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -337,6 +342,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             remove_on_exit: args.rm,
             timeout: args.timeout.map(std::time::Duration::from_secs),
             warm: !args.cold,
+            prepared: !args.no_prepared,
             restore: None,
         };
         let husk = std::env::current_exe()?;
@@ -353,6 +359,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     config.scratch_disk_mib = args.disk;
     config.volumes = volumes;
     config.warm = !args.cold;
+    config.prepared = !args.no_prepared;
     if let Some(limit) = limit {
         config.boot_timeout = limit;
     }
