@@ -145,16 +145,30 @@ fn monitor_pid(runtime: &Path, name: &str) -> u32 {
 
 /// The children of every thread of `pid` (a detached sandbox's `husk vmm` is a child
 /// of whichever monitor thread spawned it).
+/// Every descendant of `pid`: a jailed sandbox's VMM is its supervisor's child, a
+/// grandchild of the monitor.
 fn children(pid: u32) -> Vec<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the monitor's tasks");
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
+    let direct = |pid: u32| -> Vec<u32> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+            .flat_map(|text| {
+                text.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect()
+    };
+    let mut all = direct(pid);
+    let mut i = 0;
+    while i < all.len() {
+        let more = direct(all[i]);
+        all.extend(more);
+        i += 1;
+    }
+    all
 }
 
 /// Start `n` idle detached sandboxes from the template, measure, remove them.
