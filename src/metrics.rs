@@ -17,6 +17,9 @@ pub struct Timeline {
     /// A restore: pages of the snapshot's working set mapped before the guest ran.
     #[serde(default)]
     pub prefaulted_pages: Option<u64>,
+    /// Of those, pages copied ahead because the recorded run wrote them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefaulted_written_pages: Option<u64>,
     /// A restore: how long mapping them took.
     #[serde(default)]
     pub prefault_ms: Option<f64>,

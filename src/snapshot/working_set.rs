@@ -11,8 +11,14 @@
 //! hole in the file, and mapping it ahead of time would only fill the page cache with
 //! zeros.
 //!
-//! File format (little endian): the magic `HUSKWSET`, a u32 version, a u32 count, then
-//! `count` ranges of (first page, pages) as two u64, sorted and disjoint.
+//! Pages the run wrote are kept apart (`written`): their mappings were private copies
+//! in the VMM (`pagemap` says "not a file page"), holes of the file included (pages
+//! the guest took from its free memory). A restore copies them ahead too, so the guest
+//! does not stop for a copy-on-write fault on each either.
+//!
+//! File format (little endian): the magic `HUSKWSET`, a u32 version, a u32 count of
+//! read ranges, a u32 count of written ranges, then those ranges of (first page,
+//! pages) as two u64, each list sorted and disjoint.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -24,23 +30,32 @@ use super::files::seek;
 /// The file's name in a snapshot's folder.
 pub const FILE: &str = "working-set";
 const MAGIC: &[u8; 8] = b"HUSKWSET";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Most ranges a file may hold.
 const MAX_RANGES: usize = 1 << 16;
 /// Most pages a working set covers (64 MiB; a container's start from a template
 /// touches about 13 MiB): a sandbox whose guest touched more ran a workload, not a start,
 /// and records nothing (see [`record`]).
 pub const MAX_PAGES: u64 = 1 << 14;
+/// Most written pages a working set copies ahead (16 MiB; a container's start writes
+/// about 4): more, and the recorded sandbox ran a workload, and nothing is recorded.
+pub const MAX_WRITTEN: u64 = 1 << 12;
 /// Guest pages are 4 KiB in the memory file.
 pub const PAGE: u64 = 4096;
 /// `/proc/PID/pagemap`: the page is present in RAM.
 const PRESENT: u64 = 1 << 63;
+/// `/proc/PID/pagemap`: a file page (or shared anonymous); clear for a private copy.
+const FILE_PAGE: u64 = 1 << 61;
+/// The header: magic, version, two counts.
+const HEADER: usize = 20;
 
 /// Page ranges of a memory file, sorted and disjoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkingSet {
-    /// (first page, pages).
+    /// Pages read: (first page, pages).
     pub ranges: Vec<(u64, u64)>,
+    /// Pages written (private copies): (first page, pages).
+    pub written: Vec<(u64, u64)>,
 }
 
 /// Why a working-set file was not used.
@@ -55,22 +70,25 @@ pub enum WorkingSetError {
 }
 
 impl WorkingSet {
-    /// Pages covered.
+    /// Pages covered, read and written.
     pub fn pages(&self) -> u64 {
-        self.ranges.iter().map(|r| r.1).sum()
+        self.ranges.iter().chain(&self.written).map(|r| r.1).sum()
     }
 
-    /// Build from sorted page numbers, merging neighbours into ranges.
-    pub fn from_pages(pages: impl IntoIterator<Item = u64>) -> Self {
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for page in pages {
-            match ranges.last_mut() {
-                Some((first, n)) if *first + *n == page => *n += 1,
-                Some((first, n)) if page < *first + *n => {}
-                _ => ranges.push((page, 1)),
-            }
+    /// Pages written.
+    pub fn written_pages(&self) -> u64 {
+        self.written.iter().map(|r| r.1).sum()
+    }
+
+    /// Build from sorted page numbers read and written.
+    pub fn from_pages(
+        read: impl IntoIterator<Item = u64>,
+        written: impl IntoIterator<Item = u64>,
+    ) -> Self {
+        Self {
+            ranges: merge(read),
+            written: merge(written),
         }
-        Self { ranges }
     }
 
     /// The file's bytes.
@@ -79,7 +97,8 @@ impl WorkingSet {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&(self.ranges.len() as u32).to_le_bytes());
-        for (first, n) in &self.ranges {
+        out.extend_from_slice(&(self.written.len() as u32).to_le_bytes());
+        for (first, n) in self.ranges.iter().chain(&self.written) {
             out.extend_from_slice(&first.to_le_bytes());
             out.extend_from_slice(&n.to_le_bytes());
         }
@@ -90,7 +109,7 @@ impl WorkingSet {
     pub fn decode(bytes: &[u8], file_pages: u64) -> Result<Self, WorkingSetError> {
         let bad = |what: String| WorkingSetError::Invalid(what);
         let header = bytes
-            .get(..16)
+            .get(..HEADER)
             .ok_or_else(|| bad("shorter than its header".into()))?;
         if &header[..8] != MAGIC {
             return Err(bad("no HUSKWSET magic".into()));
@@ -98,35 +117,25 @@ impl WorkingSet {
         let word = |at: usize| {
             u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
         };
-        let (version, count) = (word(8), word(12) as usize);
+        let (version, read, written) = (word(8), word(12) as usize, word(16) as usize);
         if version != VERSION {
             return Err(bad(format!("version {version}, this husk reads {VERSION}")));
         }
-        if count > MAX_RANGES || bytes.len() != 16 + 16 * count {
+        let count = read.saturating_add(written);
+        if count > MAX_RANGES || bytes.len() != HEADER + 16 * count {
             return Err(bad(format!("{count} ranges in {} bytes", bytes.len())));
         }
-        let mut ranges = Vec::with_capacity(count);
-        let (mut end, mut total) = (0u64, 0u64);
-        for chunk in bytes[16..].chunks_exact(16) {
-            let mut half = [0u8; 8];
-            half.copy_from_slice(&chunk[..8]);
-            let first = u64::from_le_bytes(half);
-            half.copy_from_slice(&chunk[8..]);
-            let n = u64::from_le_bytes(half);
-            let last = first.checked_add(n).filter(|&e| n > 0 && e <= file_pages);
-            let Some(range_end) = last.filter(|_| first >= end) else {
-                return Err(bad(format!(
-                    "range of {n} pages at page {first} (memory file: {file_pages} pages)"
-                )));
-            };
-            total += n;
-            if total > MAX_PAGES {
-                return Err(bad(format!("more than {MAX_PAGES} pages")));
-            }
-            end = range_end;
-            ranges.push((first, n));
+        let body = &bytes[HEADER..];
+        let (read_bytes, written_bytes) = body.split_at(16 * read);
+        let ranges = decode_ranges(read_bytes, file_pages)?;
+        let written = decode_ranges(written_bytes, file_pages)?;
+        let set = Self { ranges, written };
+        if set.pages() > MAX_PAGES || set.written_pages() > MAX_WRITTEN {
+            return Err(bad(format!(
+                "more than {MAX_PAGES} pages, or {MAX_WRITTEN} written"
+            )));
         }
-        Ok(Self { ranges })
+        Ok(set)
     }
 
     /// Read `dir`'s working set for a memory file of `file_pages` pages; `Ok(None)`
@@ -152,6 +161,42 @@ impl WorkingSet {
     }
 }
 
+/// Sorted page numbers as ranges, neighbours merged, repeats dropped.
+fn merge(pages: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for page in pages {
+        match ranges.last_mut() {
+            Some((first, n)) if *first + *n == page => *n += 1,
+            Some((first, n)) if page < *first + *n => {}
+            _ => ranges.push((page, 1)),
+        }
+    }
+    ranges
+}
+
+/// Ranges of 16 bytes each, checked sorted, disjoint, non-empty and inside a memory
+/// file of `file_pages` pages.
+fn decode_ranges(bytes: &[u8], file_pages: u64) -> Result<Vec<(u64, u64)>, WorkingSetError> {
+    let mut ranges = Vec::with_capacity(bytes.len() / 16);
+    let mut end = 0u64;
+    for chunk in bytes.chunks_exact(16) {
+        let mut half = [0u8; 8];
+        half.copy_from_slice(&chunk[..8]);
+        let first = u64::from_le_bytes(half);
+        half.copy_from_slice(&chunk[8..]);
+        let n = u64::from_le_bytes(half);
+        let last = first.checked_add(n).filter(|&e| n > 0 && e <= file_pages);
+        let Some(range_end) = last.filter(|_| first >= end) else {
+            return Err(WorkingSetError::Invalid(format!(
+                "range of {n} pages at page {first} (memory file: {file_pages} pages)"
+            )));
+        };
+        end = range_end;
+        ranges.push((first, n));
+    }
+    Ok(ranges)
+}
+
 /// The pages of `memory` (a snapshot's memory file) that process `pid`, or the child
 /// it runs the VM in (a jailed VMM's), has present in its mappings of it and that hold
 /// data in the file; none when they are more than [`MAX_PAGES`] (a later, shorter
@@ -171,22 +216,25 @@ pub fn record(pid: u32, memory: &Path) -> io::Result<WorkingSet> {
         present_pages(pid, &file, &mut present)?;
     }
     present.sort_unstable();
-    present.dedup();
+    present.dedup_by_key(|(page, _)| *page);
     let file_pages = file.metadata()?.len() / PAGE;
-    let mut pages = Vec::new();
-    for page in present.into_iter().filter(|&p| p < file_pages) {
-        if holds_data(&file, page)? {
-            pages.push(page);
+    let (mut read, mut written) = (Vec::new(), Vec::new());
+    for (page, copied) in present.into_iter().filter(|&(p, _)| p < file_pages) {
+        if copied {
+            written.push(page);
+        } else if holds_data(&file, page)? {
+            read.push(page);
         }
-        if pages.len() as u64 > MAX_PAGES {
+        if (read.len() + written.len()) as u64 > MAX_PAGES || written.len() as u64 > MAX_WRITTEN {
             return Ok(WorkingSet::default());
         }
     }
-    Ok(WorkingSet::from_pages(pages))
+    Ok(WorkingSet::from_pages(read, written))
 }
 
-/// Add the file pages `pid` has present in its mappings of `file` to `present`.
-fn present_pages(pid: u32, file: &File, present: &mut Vec<u64>) -> io::Result<()> {
+/// Add the file pages `pid` has present in its mappings of `file` to `present`, each
+/// with whether the mapping is a private copy (the page was written).
+fn present_pages(pid: u32, file: &File, present: &mut Vec<(u64, bool)>) -> io::Result<()> {
     let meta = file.metadata()?;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
     let mut pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
@@ -207,8 +255,10 @@ fn present_pages(pid: u32, file: &File, present: &mut Vec<u64>) -> io::Result<()
             for (i, entry) in chunk.chunks_exact(8).enumerate() {
                 let mut word = [0u8; 8];
                 word.copy_from_slice(entry);
-                if u64::from_le_bytes(word) & PRESENT != 0 {
-                    present.push(mapping.offset / PAGE + done + i as u64);
+                let entry = u64::from_le_bytes(word);
+                if entry & PRESENT != 0 {
+                    let page = mapping.offset / PAGE + done + i as u64;
+                    present.push((page, entry & FILE_PAGE == 0));
                 }
             }
             done += n;
@@ -262,20 +312,24 @@ mod tests {
 
     #[test]
     fn pages_merge_into_ranges() {
-        let set = WorkingSet::from_pages([1, 2, 3, 7, 9, 10]);
+        let set = WorkingSet::from_pages([1, 2, 3, 7, 9, 10], [4, 5, 5]);
         assert_eq!(set.ranges, vec![(1, 3), (7, 1), (9, 2)]);
-        assert_eq!(set.pages(), 6);
+        assert_eq!(set.written, vec![(4, 2)]);
+        assert_eq!((set.pages(), set.written_pages()), (8, 2));
     }
 
     #[test]
     fn a_file_round_trips() {
-        let set = WorkingSet::from_pages([0, 1, 5, 6, 7, 100]);
+        let set = WorkingSet::from_pages([0, 1, 5, 6, 7, 100], [2, 3, 50]);
         assert_eq!(WorkingSet::decode(&set.encode(), 101).unwrap(), set);
     }
 
     #[test]
     fn ranges_past_the_memory_file_are_refused() {
-        let set = WorkingSet::from_pages([0, 100]);
+        let set = WorkingSet::from_pages([0, 100], []);
+        let e = WorkingSet::decode(&set.encode(), 100).unwrap_err();
+        assert!(e.to_string().contains("at page 100"), "{e}");
+        let set = WorkingSet::from_pages([0], [100]);
         let e = WorkingSet::decode(&set.encode(), 100).unwrap_err();
         assert!(e.to_string().contains("at page 100"), "{e}");
     }
@@ -284,23 +338,25 @@ mod tests {
     fn overlapping_or_unsorted_ranges_are_refused() {
         let set = WorkingSet {
             ranges: vec![(10, 5), (12, 1)],
+            written: Vec::new(),
         };
         assert!(WorkingSet::decode(&set.encode(), 100).is_err());
         let set = WorkingSet {
-            ranges: vec![(10, 0)],
+            ranges: Vec::new(),
+            written: vec![(10, 0)],
         };
         assert!(WorkingSet::decode(&set.encode(), 100).is_err());
     }
 
     #[test]
     fn a_foreign_or_truncated_file_is_refused() {
-        let bytes = WorkingSet::from_pages([3]).encode();
+        let bytes = WorkingSet::from_pages([3], [4]).encode();
         assert!(WorkingSet::decode(&bytes[..bytes.len() - 1], 10).is_err());
         assert!(WorkingSet::decode(b"HUSKSNAP\x01\0\0\0\0\0\0\0", 10).is_err());
         let mut other = bytes.clone();
-        other[8] = 2;
+        other[8] = 1;
         let e = WorkingSet::decode(&other, 10).unwrap_err();
-        assert!(e.to_string().contains("version 2"), "{e}");
+        assert!(e.to_string().contains("version 1"), "{e}");
     }
 
     #[test]
@@ -338,33 +394,37 @@ mod tests {
             file.write_all_at(&[7u8; 4096], page * PAGE).unwrap();
         }
         file.sync_all().unwrap();
-        let map = memmap_read(&file, 64 * PAGE as usize);
-        // Touch pages 2, 3 (data) and 20 (a hole): the hole is left out.
+        let map = memmap_private(&file, 64 * PAGE as usize);
+        // Read pages 2, 3 (data) and 20 (a hole): the hole is left out. Write 60 (a
+        // hole) and 40 (data): both are private copies now, recorded as written.
         let touched: u64 = [2usize, 3, 20]
             .iter()
             .map(|&p| u64::from(map[p * 4096]))
             .sum();
         assert_eq!(touched, 14);
+        map[60 * 4096] = 1;
+        map[40 * 4096] = 1;
         let set = record(std::process::id(), &path).unwrap();
         assert_eq!(set.ranges, vec![(2, 2)]);
+        assert_eq!(set.written, vec![(40, 1), (60, 1)]);
     }
 
     #[allow(unsafe_code, reason = "a test mapping of a file")]
-    fn memmap_read(file: &File, len: usize) -> &'static [u8] {
+    fn memmap_private(file: &File, len: usize) -> &'static mut [u8] {
         use std::os::fd::AsRawFd;
-        // SAFETY: a fresh private read-only mapping of an open file, leaked for the
-        // test's duration; nothing else maps or truncates it.
+        // SAFETY: a fresh private mapping of an open file, leaked for the test's
+        // duration; nothing else maps or truncates it, and writes stay in this process.
         unsafe {
             let p = libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE,
                 file.as_raw_fd(),
                 0,
             );
             assert_ne!(p, libc::MAP_FAILED);
-            std::slice::from_raw_parts(p.cast::<u8>(), len)
+            std::slice::from_raw_parts_mut(p.cast::<u8>(), len)
         }
     }
 
@@ -375,11 +435,16 @@ mod tests {
         }
 
         #[test]
-        fn any_page_set_round_trips(mut pages in proptest::collection::vec(0u64..5000, 0..300)) {
+        fn any_page_set_round_trips(
+            mut pages in proptest::collection::vec(0u64..5000, 0..300),
+            mut written in proptest::collection::vec(0u64..5000, 0..300),
+        ) {
             pages.sort_unstable();
             pages.dedup();
-            let set = WorkingSet::from_pages(pages.iter().copied());
-            prop_assert_eq!(set.pages(), pages.len() as u64);
+            written.sort_unstable();
+            written.dedup();
+            let set = WorkingSet::from_pages(pages.iter().copied(), written.iter().copied());
+            prop_assert_eq!(set.pages(), (pages.len() + written.len()) as u64);
             prop_assert_eq!(WorkingSet::decode(&set.encode(), 5000).unwrap(), set);
         }
     }

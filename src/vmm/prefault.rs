@@ -3,11 +3,15 @@
 //! second-level page tables for those pages as a guest read would, without breaking
 //! copy-on-write, so each page costs neither a VM exit nor a host page fault later.
 //! Without it, `MADV_POPULATE_READ` (Linux 5.14+) maps them in husk's own page tables,
-//! which saves the host page fault; on older kernels nothing is done. Either way the
-//! result is only an optimisation: any failure leaves pages to load on first touch.
+//! which saves the host page fault; on older kernels nothing is done. Pages the
+//! recorded run wrote are first copied into husk's private mapping with
+//! `MADV_POPULATE_WRITE` (Linux 5.14+; a hole gets a zeroed page), so KVM maps them
+//! writable and the guest's first write to each is neither a VM exit nor a host
+//! copy-on-write fault. Either way the result is only an optimisation: any failure
+//! leaves pages to load on first touch.
 #![allow(
     unsafe_code,
-    reason = "KVM_PRE_FAULT_MEMORY and MADV_POPULATE_READ have no safe wrapper"
+    reason = "KVM_PRE_FAULT_MEMORY and MADV_POPULATE_* have no safe wrapper"
 )]
 
 use std::time::{Duration, Instant};
@@ -22,6 +26,8 @@ use crate::snapshot::working_set::{WorkingSet, PAGE};
 const CAP_PRE_FAULT_MEMORY: libc::c_int = 236;
 /// `MADV_POPULATE_READ`.
 const MADV_POPULATE_READ: libc::c_int = 22;
+/// `MADV_POPULATE_WRITE`.
+const MADV_POPULATE_WRITE: libc::c_int = 23;
 
 mod ioctls {
     use kvm_bindings::kvm_pre_fault_memory;
@@ -43,6 +49,8 @@ pub enum Method {
 pub struct Prefaulted {
     /// Pages mapped.
     pub pages: u64,
+    /// Of which copied ahead (the run wrote them).
+    pub written: u64,
     /// How.
     pub method: Method,
     /// How long it took.
@@ -59,19 +67,32 @@ pub fn prefault(
     set: &WorkingSet,
 ) -> Option<Prefaulted> {
     let started = Instant::now();
-    let ranges = guest_ranges(memory, set);
     let method = if kvm.check_extension_raw(CAP_PRE_FAULT_MEMORY as libc::c_ulong) > 0 {
         Method::Kvm
     } else {
         Method::Host
     };
-    let mut pages = 0;
-    for (gpa, len) in ranges {
-        let done = match method {
-            Method::Kvm => pre_fault_kvm(vcpu, gpa, len),
-            Method::Host => populate_host(memory, gpa, len),
-        };
-        match done {
+    let map = |gpa: GuestAddress, len: u64| match method {
+        Method::Kvm => pre_fault_kvm(vcpu, gpa, len),
+        Method::Host => populate_host(memory, gpa, len, MADV_POPULATE_READ),
+    };
+    let mut written = 0;
+    for (gpa, len) in guest_ranges(memory, &set.written) {
+        let copied = populate_host(memory, gpa, len, MADV_POPULATE_WRITE);
+        match copied.and_then(|()| match method {
+            Method::Kvm => map(gpa, len),
+            Method::Host => Ok(()),
+        }) {
+            Ok(()) => written += len / PAGE,
+            Err(e) => {
+                log::debug!("prefault: copies stopped at {:#x} (+{len:#x}): {e}", gpa.0);
+                break;
+            }
+        }
+    }
+    let mut pages = written;
+    for (gpa, len) in guest_ranges(memory, &set.ranges) {
+        match map(gpa, len) {
             Ok(()) => pages += len / PAGE,
             Err(e) => {
                 log::debug!("prefault: stopped at {:#x} (+{len:#x}): {e}", gpa.0);
@@ -81,6 +102,7 @@ pub fn prefault(
     }
     (pages > 0).then(|| Prefaulted {
         pages,
+        written,
         method,
         took: started.elapsed(),
     })
@@ -88,7 +110,7 @@ pub fn prefault(
 
 /// The working set's file pages as guest-physical ranges `(address, bytes)`: file
 /// offsets run through the regions in order.
-fn guest_ranges(memory: &GuestMemoryMmap, set: &WorkingSet) -> Vec<(GuestAddress, u64)> {
+fn guest_ranges(memory: &GuestMemoryMmap, set: &[(u64, u64)]) -> Vec<(GuestAddress, u64)> {
     let mut regions = Vec::new();
     let mut offset = 0;
     for region in memory.iter() {
@@ -97,7 +119,7 @@ fn guest_ranges(memory: &GuestMemoryMmap, set: &WorkingSet) -> Vec<(GuestAddress
         offset += len;
     }
     let mut out = Vec::new();
-    for &(first, n) in &set.ranges {
+    for &(first, n) in set {
         let (mut at, end) = (first * PAGE, (first + n) * PAGE);
         for &(file_start, gpa, len) in &regions {
             let file_end = file_start + len;
@@ -135,14 +157,20 @@ fn pre_fault_kvm(vcpu: &VcpuFd, gpa: GuestAddress, len: u64) -> std::io::Result<
     Ok(())
 }
 
-fn populate_host(memory: &GuestMemoryMmap, gpa: GuestAddress, len: u64) -> std::io::Result<()> {
+fn populate_host(
+    memory: &GuestMemoryMmap,
+    gpa: GuestAddress,
+    len: u64,
+    advice: libc::c_int,
+) -> std::io::Result<()> {
     let host = memory
         .get_host_address(gpa)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let len = usize::try_from(len).map_err(std::io::Error::other)?;
     // SAFETY: the range lies inside one mapped guest region (the ranges are cut at
-    // region ends); populating it only faults pages in, it changes no contents.
-    let ret = unsafe { libc::madvise(host.cast(), len, MADV_POPULATE_READ) };
+    // region ends); populating it only faults pages in (a write fault makes the private
+    // copy the guest's next write would), it changes no contents.
+    let ret = unsafe { libc::madvise(host.cast(), len, advice) };
     if ret < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -161,9 +189,7 @@ mod tests {
         ])
         .unwrap();
         // Pages 3..6 straddle the two regions.
-        let set = WorkingSet {
-            ranges: vec![(0, 1), (3, 3)],
-        };
+        let set = [(0, 1), (3, 3)];
         assert_eq!(
             guest_ranges(&memory, &set),
             vec![
@@ -177,9 +203,7 @@ mod tests {
     #[test]
     fn pages_past_the_memory_are_dropped() {
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x2000)]).unwrap();
-        let set = WorkingSet {
-            ranges: vec![(1, 5)],
-        };
+        let set = [(1, 5)];
         assert_eq!(
             guest_ranges(&memory, &set),
             vec![(GuestAddress(0x1000), 0x1000)]

@@ -359,6 +359,7 @@ impl RunningVm {
                 kvm_ready_ms: ms_since(self.started, Some(self.setup.kvm_ready)),
                 vcpus_created_ms: ms_since(self.started, Some(self.setup.vcpus_created)),
                 prefaulted_pages: self.setup.prefaulted.map(|p| p.pages),
+                prefaulted_written_pages: self.setup.prefaulted.map(|p| p.written),
                 prefault_ms: self.setup.prefaulted.map(|p| p.took.as_secs_f64() * 1000.0),
                 prefault_method: self.setup.prefaulted.map(|p| p.method),
                 first_kvm_run_ms: ms_since(self.started, self.shared.first_run.get().copied()),
