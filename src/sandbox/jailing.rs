@@ -10,9 +10,9 @@
 //! exists in the jail; the VMM's disk uses the held file.
 //!
 //! Not jailed (the VMM runs as the caller, with its filters): a caller that is not root,
-//! `SandboxConfig::jail` off, and sandboxes with network cards of the caller's, or
-//! volumes (a jailed VMM cannot open TAPs its uid does not own, and virtiofsd's
-//! sockets are the caller's; handing those over is still to do). The sandbox's own
+//! `SandboxConfig::jail` off, and sandboxes with network cards of the caller's (a
+//! jailed VMM cannot open TAPs its uid does not own; handing those over is still to
+//! do). A volume's virtiofsd socket is handed to the jail's uid (`launch`). The sandbox's own
 //! card is jailed: its TAP is made persistent and owned by the jail's uid
 //! ([`JailTap`]), and the VMM claims it.
 
@@ -60,9 +60,6 @@ fn unjailed_because(config: &SandboxConfig) -> Option<&'static str> {
     }
     if !config.nets.is_empty() {
         return Some("it has network cards of the caller's");
-    }
-    if !config.volumes.is_empty() {
-        return Some("it shares host folders (virtiofsd's sockets are the caller's)");
     }
     None
 }

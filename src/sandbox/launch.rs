@@ -108,8 +108,15 @@ pub(super) fn launch(
             VmmProcess::spawn(paths.runtime, &paths.hostname, jail)?
         }
     };
-    if let (Some(jail), Some(scratch)) = (vm.jail(), &paths.scratch) {
-        super::jailing::own(scratch, jail.uid())?;
+    if let Some(jail) = vm.jail() {
+        if let Some(scratch) = &paths.scratch {
+            super::jailing::own(scratch, jail.uid())?;
+        }
+        // virtiofsd stays outside the jail; only the jail's uid (and root) may connect
+        // to its socket (mode 0600), which lies in the runtime folder the jail binds.
+        for fs in &paths.fs {
+            super::jailing::own(&fs.socket, jail.uid())?;
+        }
     }
     // A jailed VMM cannot make its TAP: it claims one made for its uid. Until it has,
     // the guard removes it on the way out.
