@@ -45,7 +45,8 @@ pub struct SandboxConfig {
     pub memory_mib: u64,
     /// More disks after the image (vdb, ...).
     pub disks: Vec<BlockConfig>,
-    /// Network cards.
+    /// Network cards of the caller's, after the sandbox's own (each on the TAP it
+    /// names, which a jailed VMM holds: `sandbox::jailing`).
     pub nets: Vec<NetConfig>,
     /// Give the guest a network: a TAP husk creates, a /30 link between host and guest,
     /// the guest's eth0 configured by the agent ([`super::net`]).
@@ -74,8 +75,8 @@ pub struct SandboxConfig {
     /// `sandbox::jailing` for what is jailed).
     pub jail: bool,
     /// Host folders shared with every container (`-v`), each through virtio-fs and a
-    /// `virtiofsd` of its own. A sandbox with volumes boots cold, runs unjailed, and
-    /// cannot be paused, snapshotted or forked.
+    /// `virtiofsd` of its own. A sandbox with volumes boots cold and cannot be paused,
+    /// snapshotted or forked.
     pub volumes: Vec<super::Volume>,
 }
 
@@ -182,6 +183,14 @@ impl SandboxBuilder {
     /// Another disk after the image (and the scratch disk).
     pub fn disk(mut self, disk: BlockConfig) -> Self {
         self.config.disks.push(disk);
+        self
+    }
+
+    /// A network card of the caller's, on the TAP it names (held by the jail when the
+    /// VMM is jailed; a card without a TAP name makes a new TAP and runs the VMM
+    /// unjailed).
+    pub fn net(mut self, card: NetConfig) -> Self {
+        self.config.nets.push(card);
         self
     }
 

@@ -7,14 +7,17 @@
 //! The caller's disks ([`SandboxConfig::disks`]) are handed over without changing
 //! their owner or mode: each is held (`husk vmm --hold`), opened as root by the jail
 //! before its uid drop, read-only for a read-only disk, and bound read-only so its path
-//! exists in the jail; the VMM's disk uses the held file.
+//! exists in the jail; the VMM's disk uses the held file. The TAPs of the caller's
+//! cards ([`SandboxConfig::nets`]) are held the same way (`husk vmm --hold-tap`): the
+//! jail attaches to each as root and the card uses that descriptor, so the TAP keeps
+//! its owner and stays the caller's after the VM. The volumes' virtiofsd sockets lie
+//! in the runtime folder and are handed to the jail's uid (mode 0600) before the VM is
+//! built, the daemons staying outside the jail (`launch`).
 //!
 //! Not jailed (the VMM runs as the caller, with its filters): a caller that is not root,
-//! `SandboxConfig::jail` off, and sandboxes with network cards of the caller's (a
-//! jailed VMM cannot open TAPs its uid does not own; handing those over is still to
-//! do). A volume's virtiofsd socket is handed to the jail's uid (`launch`). The sandbox's own
-//! card is jailed: its TAP is made persistent and owned by the jail's uid
-//! ([`JailTap`]), and the VMM claims it.
+//! `SandboxConfig::jail` off, and a caller's card without a TAP name (a new TAP, which
+//! needs CAP_NET_ADMIN). The sandbox's own card is jailed: its TAP is made persistent
+//! and owned by the jail's uid ([`JailTap`]), and the VMM claims it.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -35,6 +38,8 @@ pub struct VmmJail {
     binds: Vec<Bind>,
     /// The caller's disks, opened by the jail before its uid drop.
     held: Vec<Bind>,
+    /// The TAPs of the caller's cards, attached by the jail before its uid drop.
+    held_taps: Vec<String>,
 }
 
 fn jail_err(e: crate::jail::JailError) -> SandboxError {
@@ -58,8 +63,8 @@ fn unjailed_because(config: &SandboxConfig) -> Option<&'static str> {
     if !config.jail {
         return Some("jailing is off for this sandbox");
     }
-    if !config.nets.is_empty() {
-        return Some("it has network cards of the caller's");
+    if config.nets.iter().any(|n| n.tap.is_none()) {
+        return Some("it has a network card on a new TAP (a jail cannot make one)");
     }
     None
 }
@@ -85,6 +90,11 @@ fn held_disks(config: &SandboxConfig) -> Vec<Bind> {
         writable: !d.read_only,
     };
     config.disks.iter().map(hold).collect()
+}
+
+/// What a jail holds of `config`'s cards: the TAP of each.
+fn held_taps(config: &SandboxConfig) -> Vec<String> {
+    config.nets.iter().filter_map(|n| n.tap.clone()).collect()
 }
 
 /// Whether `config`'s VMM is jailed.
@@ -115,6 +125,7 @@ impl VmmJail {
             dir,
             binds,
             held: Vec::new(),
+            held_taps: Vec::new(),
         })
     }
 
@@ -150,6 +161,7 @@ impl VmmJail {
         binds.extend(config.disks.iter().map(|d| read_only(&d.path)));
         let mut jail = Self::new(runtime, binds, console)?;
         jail.held = held_disks(config);
+        jail.held_taps = held_taps(config);
         Ok(Some(jail))
     }
 
@@ -176,8 +188,8 @@ impl VmmJail {
     }
 
     /// Whether a VMM jailed for `config` (with `initrd`) could serve `other` with
-    /// `other_initrd` too: the same read-only files, the same disks held, no console
-    /// file of its own.
+    /// `other_initrd` too: the same read-only files, the same disks and TAPs held, no
+    /// console file of its own.
     pub fn serves(&self, config: &SandboxConfig, initrd: &Path) -> bool {
         let has = |path: &Path| self.binds.iter().any(|b| b.path == path);
         unjailed_because(config).is_none()
@@ -185,6 +197,7 @@ impl VmmJail {
             && has(initrd)
             && has(&config.image.fs_image)
             && self.held == held_disks(config)
+            && self.held_taps == held_taps(config)
             && !matches!(config.console, ConsoleConfig::File(_))
     }
 
@@ -223,6 +236,10 @@ impl VmmJail {
             }
             args.push("--hold".into());
             args.push(value);
+        }
+        for tap in &self.held_taps {
+            args.push("--hold-tap".into());
+            args.push(tap.into());
         }
         args
     }
@@ -333,6 +350,8 @@ pub fn move_snapshot(from: &Path, to: &Path, durable: bool) -> Result<(), Sandbo
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Not;
+
     use super::*;
     use crate::sandbox::{Sandbox, SandboxImage};
 
@@ -344,6 +363,33 @@ mod tests {
             root: false,
             rate_limiter: None,
         }
+    }
+
+    #[test]
+    fn a_callers_taps_are_held_by_name_and_a_card_on_a_new_tap_is_never_jailed() {
+        let named = |tap: Option<&str>| crate::devices::virtio::net::NetConfig {
+            tap: tap.map(str::to_string),
+            ..Default::default()
+        };
+        let builder = Sandbox::builder(SandboxImage::default(), "/srv/vmlinux".into())
+            .net(named(Some("ctap0")));
+        let ids_dir = tempfile::tempdir().unwrap();
+        let jail = VmmJail {
+            ids: JailIds::allocate(ids_dir.path()).unwrap(),
+            dir: PathBuf::from("/run/husk/jails/1"),
+            binds: Vec::new(),
+            held: Vec::new(),
+            held_taps: held_taps(builder.config()),
+        };
+        let args: Vec<String> = jail
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args[args.len() - 2..], ["--hold-tap", "ctap0"]);
+        // A card without a TAP name needs a new TAP, which the jail cannot make.
+        let new_tap = builder.net(named(None));
+        assert!(jails(new_tap.config()).not());
     }
 
     #[test]
@@ -362,6 +408,7 @@ mod tests {
                 .map(|d| read_only(&d.path))
                 .collect(),
             held: held_disks(builder.config()),
+            held_taps: Vec::new(),
         };
         let args: Vec<String> = jail
             .args()
