@@ -93,6 +93,10 @@ pub struct JailConfig {
     /// TAPs attached as root before the uid drop (in the jail's network namespace), for
     /// the VM's cards on them ([`held_tap`]).
     pub held_taps: Vec<String>,
+    /// A persistent TAP made for the jail's uid slot, and the slot's lock file: when
+    /// the jailed process ends and nobody holds the lock (the caller that reserved the
+    /// slot is gone), the supervisor removes the TAP, claimed by the VM or not.
+    pub slot_tap: Option<(String, PathBuf)>,
     /// The VM's id: the hostname in the jail and the cgroup leaf's name.
     pub id: String,
     /// RLIMIT_NOFILE (soft and hard).
@@ -237,6 +241,7 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
         let cleanup = supervisor::Cleanup {
             leaf,
             dir: made_dir.then(|| config.dir.clone()),
+            slot_tap: config.slot_tap.clone(),
         };
         supervisor::supervise(pid, handshake, cleanup);
     }
@@ -291,6 +296,7 @@ mod tests {
             binds: Vec::new(),
             held: Vec::new(),
             held_taps: Vec::new(),
+            slot_tap: None,
             id: "vm".into(),
             max_files: 1024,
             max_file_size: None,

@@ -40,6 +40,9 @@ pub struct VmmJail {
     held: Vec<Bind>,
     /// The TAPs of the caller's cards, attached by the jail before its uid drop.
     held_taps: Vec<String>,
+    /// The name of the TAP a sandbox makes for this jail's slot ([`JailTap`]), which
+    /// the supervisor removes if the sandbox's caller is gone when the VMM ends.
+    slot_tap: Option<String>,
 }
 
 fn jail_err(e: crate::jail::JailError) -> SandboxError {
@@ -126,6 +129,7 @@ impl VmmJail {
             binds,
             held: Vec::new(),
             held_taps: Vec::new(),
+            slot_tap: None,
         })
     }
 
@@ -162,6 +166,8 @@ impl VmmJail {
         let mut jail = Self::new(runtime, binds, console)?;
         jail.held = held_disks(config);
         jail.held_taps = held_taps(config);
+        // Always: a pooled VMM may serve a sandbox with a network.
+        jail.slot_tap = Some(slot_tap_name(jail.uid())?);
         Ok(Some(jail))
     }
 
@@ -241,6 +247,12 @@ impl VmmJail {
             args.push("--hold-tap".into());
             args.push(tap.into());
         }
+        if let Some(tap) = &self.slot_tap {
+            args.push("--slot-tap".into());
+            args.push(tap.into());
+            args.push("--slot-lock".into());
+            args.push(self.ids.lock_path.clone().into());
+        }
         args
     }
 }
@@ -248,17 +260,24 @@ impl VmmJail {
 /// The TAP of a jailed VMM's card: made persistent and owned by the jail's uid, named
 /// after the jail's slot (`huskj<slot>`), so that the VMM can attach to it without
 /// CAP_NET_ADMIN. The VMM clears its persistence once attached (so it goes with the
-/// VMM); dropping this removes it if no VMM holds it (a start that failed first).
+/// VMM); dropping this removes it if no VMM holds it (a start that failed first). A
+/// caller killed in between leaves it to the VMM's supervisor (`--slot-tap`), which
+/// removes it when the VMM ends.
 pub struct JailTap {
     name: String,
 }
 
+/// The name of the TAP made for the jail of uid `uid`: `huskj<slot>`.
+fn slot_tap_name(uid: u32) -> Result<String, SandboxError> {
+    let base = crate::jail::ids::shared_gid().map_err(jail_err)?;
+    Ok(format!("huskj{}", uid.saturating_sub(base + 1)))
+}
+
 impl JailTap {
     /// Make the TAP for `jail`. A TAP of that name is a leftover (the slot is this
-    /// jail's now): one a sandbox killed before its VMM claimed it left behind.
+    /// jail's now): one whose supervisor was killed too before it could remove it.
     pub fn create(jail: &VmmJail) -> Result<Self, SandboxError> {
-        let base = crate::jail::ids::shared_gid().map_err(jail_err)?;
-        let name = format!("huskj{}", jail.uid() - base - 1);
+        let name = slot_tap_name(jail.uid())?;
         let tap_err = |e: crate::devices::virtio::net::TapError| {
             SandboxError::Vmm(format!("the jail's TAP {name}: {}", crate::error_chain(&e)))
         };
@@ -380,6 +399,7 @@ mod tests {
             binds: Vec::new(),
             held: Vec::new(),
             held_taps: held_taps(builder.config()),
+            slot_tap: None,
         };
         let args: Vec<String> = jail
             .args()
@@ -390,6 +410,32 @@ mod tests {
         // A card without a TAP name needs a new TAP, which the jail cannot make.
         let new_tap = builder.net(named(None));
         assert!(jails(new_tap.config()).not());
+    }
+
+    #[test]
+    fn the_supervisor_is_told_the_slots_tap_and_lock() {
+        let ids_dir = tempfile::tempdir().unwrap();
+        let ids = JailIds::allocate(ids_dir.path()).unwrap();
+        let tap = slot_tap_name(ids.uid).unwrap();
+        let lock = ids.lock_path.display().to_string();
+        let jail = VmmJail {
+            ids,
+            dir: PathBuf::from("/run/husk/jails/1"),
+            binds: Vec::new(),
+            held: Vec::new(),
+            held_taps: Vec::new(),
+            slot_tap: Some(tap.clone()),
+        };
+        let args: Vec<String> = jail
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(tap.starts_with("huskj"), "{tap}");
+        assert_eq!(
+            args[args.len() - 4..],
+            ["--slot-tap", &tap, "--slot-lock", &lock]
+        );
     }
 
     #[test]
@@ -409,6 +455,7 @@ mod tests {
                 .collect(),
             held: held_disks(builder.config()),
             held_taps: Vec::new(),
+            slot_tap: None,
         };
         let args: Vec<String> = jail
             .args()

@@ -89,7 +89,10 @@ impl FromStr for ByteRate {
 impl fmt::Display for ByteRate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let units = [(1u64 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
-        match units.iter().find(|(scale, _)| self.0.is_multiple_of(*scale)) {
+        match units
+            .iter()
+            .find(|(scale, _)| self.0.is_multiple_of(*scale))
+        {
             Some((scale, unit)) => write!(f, "{}{unit}/s", self.0 / scale),
             None => write!(f, "{}/s", self.0),
         }

@@ -78,6 +78,15 @@ struct JailArgs {
     /// Repeatable.
     #[arg(long = "hold-tap", value_name = "NAME", requires = "jail")]
     held_taps: Vec<String>,
+    /// A persistent TAP made for the jail's uid slot (`husk::sandbox` names it
+    /// huskj<slot>), removed by the supervisor when the jailed process ends while
+    /// nobody holds --slot-lock (the caller that reserved the slot is gone), whether
+    /// or not the VM claimed it.
+    #[arg(long, value_name = "NAME", requires_all = ["jail", "slot_lock"])]
+    slot_tap: Option<String>,
+    /// The lock file of the jail's uid slot, held by the caller while it uses the slot.
+    #[arg(long, value_name = "PATH", requires = "slot_tap")]
+    slot_lock: Option<PathBuf>,
     /// Join this network namespace (such as /run/netns/NAME).
     #[arg(long, value_name = "PATH", requires = "jail")]
     netns: Option<PathBuf>,
@@ -104,6 +113,7 @@ impl JailArgs {
             binds: self.binds,
             held: self.held,
             held_taps: self.held_taps,
+            slot_tap: self.slot_tap.zip(self.slot_lock),
             id: id.to_string(),
             max_files: self.max_files,
             max_file_size: self.max_file_size,
