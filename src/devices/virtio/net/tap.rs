@@ -183,10 +183,20 @@ fn attach(name: &str, flags: libc::c_int) -> Result<(File, String), TapError> {
 /// hold before it drops its privileges (`jail::held_tap`); never creates one.
 pub fn attach_to_hold(name: &str) -> Result<File, TapError> {
     validate_ifname(name)?;
-    if !std::path::Path::new("/sys/class/net").join(name).exists() {
+    if !interface_exists(name) {
         return Err(TapError::Missing(name.into()));
     }
     attach(name, libc::O_NONBLOCK).map(|(file, _)| file)
+}
+
+/// Whether this process's network namespace has an interface `name` (asked of the
+/// kernel: /sys shows the namespace of whoever mounted it).
+fn interface_exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: if_nametoindex reads the NUL-terminated name, valid for the call.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 fn set_persist(file: &File, persist: bool) -> io::Result<()> {
