@@ -5,11 +5,16 @@
 //! device node of its own. When the caller is root the sandbox's VMM runs jailed, as a
 //! uid of its own, on the two files its jail opened before dropping to that uid.
 //!
+//! With `--net tap=NAME,mac=MAC` the sandbox also has a network card of the caller's
+//! on the existing TAP NAME (the guest's eth0), which a jailed VMM holds: attached as
+//! root by its jail before the uid drop, so the TAP needs no owner.
+//!
 //! ```sh
 //! cargo run --release --example data_disks -- --rw DATA.img --ro SEED.img \
-//!     [--kernel VMLINUX] [--console FILE]
+//!     [--kernel VMLINUX] [--console FILE] [--net tap=NAME,mac=MAC]
 //! ```
-//! Prints the job's output (`vdb=SECTORS,RO,SERIAL`, `vdc=...`, `vdb-write=...`), then
+//! Prints the job's output (`vdb=SECTORS,RO,SERIAL`, `vdc=...`, `vdb-write=...`,
+//! `eth0-mac=...`), then
 //! `vmm-uid=UID` (the uid the VMM ran the VM as, read from /proc while the sandbox
 //! ran) and `exit=CODE`.
 
@@ -17,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use husk::config::ConsoleConfig;
 use husk::devices::virtio::block::BlockConfig;
+use husk::devices::virtio::net::NetConfig;
 use husk::{RunSpec, Sandbox, SandboxImage, Stdio};
 
 /// The job: what the guest shows of the two disks, and a write to the data disk.
@@ -24,6 +30,7 @@ const JOB: &str = r#"
 for d in vdb vdc; do
     echo "$d=$(cat /sys/block/$d/size),$(cat /sys/block/$d/ro),$(cat /sys/block/$d/serial)"
 done
+echo "eth0-mac=$(cat /sys/class/net/eth0/address 2>/dev/null)"
 mknod /tmp/data b $(tr ':' ' ' < /sys/block/vdb/dev) 2>&1 \
     && printf 'written-in-the-guest' | dd of=/tmp/data bs=512 conv=notrunc,sync,fsync 2>&1 \
     && echo vdb-write=ok || echo vdb-write=failed
@@ -83,6 +90,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Sandbox::builder(image, kernel)
         .disk(disk(rw, false, "data"))
         .disk(disk(ro, true, "seed"));
+    if let Some(card) = arg("--net") {
+        builder = builder.net(card.parse::<NetConfig>()?);
+    }
     if let Some(console) = arg("--console") {
         builder = builder.console(ConsoleConfig::File(Path::new(&console).to_path_buf()));
     }

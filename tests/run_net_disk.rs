@@ -1,4 +1,4 @@
-//! Integration tests of `husk run --disk` and `husk run --net` with the real guest
+//! Integration tests of `husk run --disk`, `--disk-rate` and `--net` with the real guest
 //! kernel, the real agent and a real TAP. One test-host boot runs every sandbox; the
 //! script prints `key=value` lines that the test asserts on.
 //!
@@ -37,6 +37,20 @@ GUEST
 $R -i --disk 64 --memory 32 busybox -- sh < disk2.sh; echo "disk2-status=$?"
 $R --disk 8 busybox -- true 2> small.err; echo "disk-small-status=$?"
 echo "disk-small-error=$(cat small.err)"
+
+# --disk-rate: 3 MiB read with O_DIRECT from a scratch disk held to 1 MiB/s, timed by
+# the guest's clock (its bucket starts full, so the read takes at least 2 s).
+cat > rate.sh <<'GUEST'
+mknod /tmp/vdb b $(tr ':' ' ' < /sys/block/vdb/dev)
+t0=$(cut -d' ' -f1 /proc/uptime)
+dd if=/tmp/vdb of=/dev/null bs=65536 count=48 iflag=direct 2> dd.err
+echo "rate-dd-status=$? $(cat dd.err | tr '\n' ' ')"
+t1=$(cut -d' ' -f1 /proc/uptime)
+echo "rate-read-seconds=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')"
+GUEST
+$R -i --disk 64 --disk-rate 1M/s busybox -- sh < rate.sh; echo "rate-status=$?"
+$R --disk-rate 1M busybox -- true 2> rate.err; echo "rate-bad-status=$?"
+echo "rate-bad-error=$(cat rate.err | head -n 1)"
 
 # --net: the container reaches listeners on the host's end of the link, both ways.
 ip link set lo up
@@ -113,6 +127,28 @@ fn run_with_scratch_disk_and_network_reaches_the_host_and_cleans_up() {
     assert!(
         out.value("disk-small-error")
             .is_some_and(|e| e.contains("8 MiB is out of range")),
+        "{out}"
+    );
+    // --disk-rate: 3 MiB at no more than 1 MiB/s after a full 1 MiB bucket, so in no
+    // less than 2 s of the guest's clock (an upper bound on throughput only: a slow
+    // host lowers it).
+    assert_eq!(out.value("rate-status"), Some("0"), "{out}");
+    assert!(
+        out.value("rate-dd-status")
+            .is_some_and(|s| s.starts_with("0 ")),
+        "{out}"
+    );
+    let seconds: f64 = out
+        .value("rate-read-seconds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    let mib_per_sec = 3.0 / seconds;
+    eprintln!("--disk-rate 1M/s: 3 MiB read in {seconds} s of guest time ({mib_per_sec:.2} MiB/s)");
+    assert!(mib_per_sec <= 1.5 * 1.05, "{mib_per_sec} MiB/s\n{out}");
+    assert_eq!(out.value("rate-bad-status"), Some("2"), "{out}");
+    assert!(
+        out.value("rate-bad-error")
+            .is_some_and(|e| e.contains(r#"rate "1M": it must end in /s"#)),
         "{out}"
     );
     // --net

@@ -1,9 +1,10 @@
 //! `husk run -v HOST:GUEST[:ro]` with the real kernel, agent and virtiofsd (carried
-//! into the test host with its libraries): writes both ways, `:ro` refused in the
-//! guest and by the daemon, a link in the share that points out of it, the host owner
-//! of a file a container user made, pause refused, the bad arguments named, and no
-//! virtiofsd left after a foreground run, `husk stop`, `husk rm -f` and a killed
-//! monitor. One test-host boot runs every check; the script prints `key=value` lines.
+//! into the test host with its libraries), as root: the VMM runs jailed as a uid of
+//! husk's range, the daemons' sockets that uid's with mode 0600; writes both ways,
+//! `:ro` refused in the guest and by the daemon, a link in the share that points out of
+//! it, the host owner of a file a container user made, pause refused, the bad
+//! arguments named, and no virtiofsd left after a foreground run, `husk stop`, `husk rm
+//! -f` and a killed monitor. One test-host boot runs every check; the script prints `key=value` lines.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,14 @@ daemons_gone() {
     daemons
 }
 in_job() { ./husk exec "$@"; }
+# The uids of the processes running `husk vmm` (a jailed VMM's supervisor runs as root,
+# the process it jailed as the jail's uid).
+vmm_uids() {
+    for c in /proc/[0-9]*/cmdline; do
+        [ "$(tr '\0' '\n' < "$c" 2>/dev/null | sed -n 2p)" = vmm ] || continue
+        awk '/^Uid:/ {print $2}' "${c%cmdline}status"
+    done | sort -n | tr '\n' ' '
+}
 
 # Bad arguments: one line naming the value, no sandbox started.
 ./husk run --kernel vmlinux -v nope:/data busybox -- true 2> e1; echo "err-host=$(cat e1)"
@@ -54,6 +63,9 @@ ln -s /etc share/escape
 echo "run-status=$? $(cat run.err)"
 in_job vols sh -c 'until [ -e /tmp/ready ]; do sleep 0.1; done'
 echo "daemons-running=$(daemons)"
+echo "vmm-uids=$(vmm_uids)"
+echo "caller-uid=$(id -u)"
+echo "sockets-mode=$(find run tmp -name 'fs-*.sock' -exec stat -c '%a:%u' {} + | sort -u | tr '\n' ' ')"
 echo "guest-reads=$(in_job vols cat /data/host.txt)"
 in_job vols sh -c 'echo from-guest > /data/guest.txt'
 echo "host-reads=$(cat share/guest.txt)"
@@ -114,6 +126,16 @@ fn volumes_share_host_folders_both_ways_and_leave_no_daemon() {
     has("err-mode", r#"mode "rx" is not ro or rw"#);
     is("run-status", "0 ");
     is("daemons-running", "2");
+    // As root the VMM runs jailed (the jail's uids start at 1,900,000,001) and reaches
+    // the daemons through sockets only its uid may connect to.
+    is("caller-uid", "0");
+    let jail_uid = out
+        .value("vmm-uids")
+        .and_then(|u| u.split_whitespace().last())
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(jail_uid > 1_900_000_000, "vmm-uids\n{out}");
+    is("sockets-mode", &format!("600:{jail_uid} "));
     is("guest-reads", "from-host");
     is("host-reads", "from-guest");
     is("guest-reads-later", "later");

@@ -180,6 +180,12 @@ pub struct Request {
     /// `-v`: host folders shared with the containers.
     #[serde(default)]
     pub volumes: Vec<crate::sandbox::Volume>,
+    /// `--disk-rate`.
+    #[serde(default)]
+    pub disk_rate: Option<crate::sandbox::ByteRate>,
+    /// `--net-rate`.
+    #[serde(default)]
+    pub net_rate: Option<crate::sandbox::ByteRate>,
     /// Guest console file, if any.
     pub console: Option<PathBuf>,
     /// The main process.

@@ -245,6 +245,8 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
     config.publish = request.publish.clone();
     config.scratch_disk_mib = request.scratch_disk_mib;
     config.volumes = request.volumes.clone();
+    config.disk_rate = request.disk_rate;
+    config.net_rate = request.net_rate;
     config.runtime_parent = Some(dir.path.clone());
     config.warm = request.warm;
     config.prepared = request.prepared;

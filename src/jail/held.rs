@@ -7,6 +7,11 @@
 //! to a read-only disk, a writable one to a writable disk. Each request gets a
 //! duplicate of the descriptor (a VM restored in the same process opens its disks
 //! again); reads and writes are positional, so the shared file offset does not matter.
+//!
+//! TAPs are held the same way (`husk vmm --hold-tap NAME`): attached as root, so a
+//! caller's TAP needs no owner of the jail's uid, and a card on that TAP uses the
+//! attached descriptor (a duplicate, the same attachment). The TAP keeps its
+//! persistence: it stays the caller's after the VM.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -22,16 +27,27 @@ struct Held {
     file: File,
 }
 
-/// The files a jail holds, by path.
+/// One TAP attached before the uid drop.
+#[derive(Debug)]
+struct HeldTap {
+    name: String,
+    file: File,
+}
+
+/// The files and TAPs a jail holds, by path and by name.
 #[derive(Debug, Default)]
-pub(super) struct HeldFiles(Vec<Held>);
+pub(super) struct HeldFiles {
+    files: Vec<Held>,
+    taps: Vec<HeldTap>,
+}
 
 /// The held files of this process, set once by [`super::enter`].
 static HELD: OnceLock<HeldFiles> = OnceLock::new();
 
 impl HeldFiles {
-    /// Open each of `files`, read-only or (`writable`) read-write.
-    pub(super) fn open(files: &[Bind]) -> Result<Self, JailError> {
+    /// Open each of `files`, read-only or (`writable`) read-write, and attach to each
+    /// of the TAPs `taps`.
+    pub(super) fn open(files: &[Bind], taps: &[String]) -> Result<Self, JailError> {
         let open = |b: &Bind| {
             let file = OpenOptions::new()
                 .read(true)
@@ -47,7 +63,19 @@ impl HeldFiles {
                 file,
             })
         };
-        files.iter().map(open).collect::<Result<_, _>>().map(Self)
+        let attach = |name: &String| {
+            let file = crate::devices::virtio::net::tap::attach_to_hold(name).map_err(|e| {
+                JailError::Config(format!("hold the TAP {name}: {}", crate::error_chain(&e)))
+            })?;
+            Ok(HeldTap {
+                name: name.clone(),
+                file,
+            })
+        };
+        Ok(Self {
+            files: files.iter().map(open).collect::<Result<_, _>>()?,
+            taps: taps.iter().map(attach).collect::<Result<_, _>>()?,
+        })
     }
 
     /// Keep these as the process's held files (once; a second call changes nothing).
@@ -59,10 +87,18 @@ impl HeldFiles {
 
     /// A duplicate of the file held at `path` with exactly that access.
     fn get(&self, path: &Path, writable: bool) -> Option<std::io::Result<File>> {
-        self.0
+        self.files
             .iter()
             .find(|h| h.path == path && h.writable == writable)
             .map(|h| h.file.try_clone())
+    }
+
+    /// A duplicate of the held TAP `name`'s descriptor.
+    fn tap(&self, name: &str) -> Option<std::io::Result<File>> {
+        self.taps
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.file.try_clone())
     }
 }
 
@@ -70,6 +106,12 @@ impl HeldFiles {
 /// `None` when it holds none (the caller then opens the path itself).
 pub fn held_file(path: &Path, writable: bool) -> Option<std::io::Result<File>> {
     HELD.get()?.get(path, writable)
+}
+
+/// The TAP `name` this process's jail attached to, duplicated; `None` when it holds
+/// none (the caller then attaches itself).
+pub fn held_tap(name: &str) -> Option<std::io::Result<File>> {
+    HELD.get()?.tap(name)
 }
 
 #[cfg(test)]
@@ -91,7 +133,7 @@ mod tests {
         let (ro, rw) = (dir.path().join("ro.img"), dir.path().join("rw.img"));
         std::fs::write(&ro, b"read me").unwrap();
         std::fs::write(&rw, b"").unwrap();
-        let held = HeldFiles::open(&[bind(&ro, false), bind(&rw, true)]).unwrap();
+        let held = HeldFiles::open(&[bind(&ro, false), bind(&rw, true)], &[]).unwrap();
         let mut text = String::new();
         let mut file = held.get(&ro, false).unwrap().unwrap();
         file.read_to_string(&mut text).unwrap();
@@ -106,11 +148,18 @@ mod tests {
 
     #[test]
     fn a_missing_held_file_is_named() {
-        let e = HeldFiles::open(&[bind(Path::new("/nonexistent/husk.img"), false)]);
+        let e = HeldFiles::open(&[bind(Path::new("/nonexistent/husk.img"), false)], &[]);
         let e = e.unwrap_err().to_string();
         assert!(
             e.contains("open the held file /nonexistent/husk.img"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_missing_held_tap_is_named() {
+        let e = HeldFiles::open(&[], &["husk-no-such".into()]).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("hold the TAP husk-no-such"), "{e}");
     }
 }

@@ -42,6 +42,8 @@ pub struct JailIds {
     pub uid: u32,
     /// The shared gid.
     pub gid: u32,
+    /// The slot's lock file.
+    pub lock_path: std::path::PathBuf,
     _lock: File,
 }
 
@@ -74,6 +76,7 @@ impl JailIds {
                 return Ok(Self {
                     uid: base + 1 + slot,
                     gid: base,
+                    lock_path: path,
                     _lock: file,
                 });
             }
@@ -83,6 +86,16 @@ impl JailIds {
             dir.display()
         )))
     }
+}
+
+/// Whether nobody holds the slot lock at `path`: then `f` runs with it held (so no
+/// caller can reserve the slot meanwhile) and its result is returned.
+pub(crate) fn while_free<T>(path: &Path, f: impl FnOnce() -> T) -> Option<T> {
+    let file = File::options().write(true).open(path).ok()?;
+    // SAFETY: flock on a file we own; LOCK_NB makes it fail at once if taken.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    // The lock goes with the file, after `f`.
+    locked.then(f)
 }
 
 #[cfg(test)]
@@ -101,5 +114,15 @@ mod tests {
         drop(a);
         let c = JailIds::allocate(dir.path()).unwrap();
         assert_eq!(c.uid, freed);
+    }
+
+    #[test]
+    fn a_held_slot_is_not_free_and_a_released_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = JailIds::allocate(dir.path()).unwrap();
+        let path = ids.lock_path.clone();
+        assert_eq!(while_free(&path, || ()), None);
+        drop(ids);
+        assert_eq!(while_free(&path, || 7), Some(7));
     }
 }

@@ -25,7 +25,9 @@
 //! the child before it drops to U (after its fds were closed, before pivot_root), and
 //! a disk at that path uses the open file ([`held_file`]), with the access it was opened
 //! with. A TAP must exist and be owned by U (`ip tuntap add NAME mode
-//! tap user U`): without CAP_NET_ADMIN the jailed VMM can attach to it but not make it.
+//! tap user U`): without CAP_NET_ADMIN the jailed VMM can attach to it but not make it;
+//! or be held: a TAP given with `--hold-tap` is attached by the child as root, next to
+//! the held files, and a card on that TAP uses the attached descriptor ([`held_tap`]).
 #![allow(
     unsafe_code,
     reason = "namespaces, mounts, pivot_root, credentials and fork have no safe std wrappers"
@@ -41,7 +43,7 @@ mod supervisor;
 use std::path::{Path, PathBuf};
 
 pub use cgroup::CgroupLimit;
-pub use held::held_file;
+pub use held::{held_file, held_tap};
 pub use ids::JailIds;
 
 /// A path bound into the jail at the same absolute path.
@@ -88,6 +90,13 @@ pub struct JailConfig {
     /// Files opened as root before the uid drop, read-only or read-write (`writable`),
     /// and kept open for the VM's disks ([`held_file`]).
     pub held: Vec<Bind>,
+    /// TAPs attached as root before the uid drop (in the jail's network namespace), for
+    /// the VM's cards on them ([`held_tap`]).
+    pub held_taps: Vec<String>,
+    /// A persistent TAP made for the jail's uid slot, and the slot's lock file: when
+    /// the jailed process ends and nobody holds the lock (the caller that reserved the
+    /// slot is gone), the supervisor removes the TAP, claimed by the VM or not.
+    pub slot_tap: Option<(String, PathBuf)>,
     /// The VM's id: the hostname in the jail and the cgroup leaf's name.
     pub id: String,
     /// RLIMIT_NOFILE (soft and hard).
@@ -232,6 +241,7 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
         let cleanup = supervisor::Cleanup {
             leaf,
             dir: made_dir.then(|| config.dir.clone()),
+            slot_tap: config.slot_tap.clone(),
         };
         supervisor::supervise(pid, handshake, cleanup);
     }
@@ -244,7 +254,7 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
         creds::join_netns(fd, config.netns.as_deref().unwrap_or(Path::new("")))?;
     }
     // Opened with the host's paths and root's rights, before both go.
-    let held = held::HeldFiles::open(&config.held)?;
+    let held = held::HeldFiles::open(&config.held, &config.held_taps)?;
     mounts::build_root(config)?;
     creds::set_hostname(&config.id)?;
     creds::limit(config)?;
@@ -285,6 +295,8 @@ mod tests {
             cgroup: Vec::new(),
             binds: Vec::new(),
             held: Vec::new(),
+            held_taps: Vec::new(),
+            slot_tap: None,
             id: "vm".into(),
             max_files: 1024,
             max_file_size: None,

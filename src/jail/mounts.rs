@@ -261,6 +261,8 @@ mod tests {
             cgroup: Vec::new(),
             binds: binds.iter().map(|b| b.parse().unwrap()).collect(),
             held: Vec::new(),
+            held_taps: Vec::new(),
+            slot_tap: None,
             id: "vm".into(),
             max_files: 1024,
             max_file_size: None,

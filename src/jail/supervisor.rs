@@ -52,10 +52,15 @@ pub(super) struct Cleanup {
     pub(super) leaf: Option<Leaf>,
     /// The jail folder, when the jail made it.
     pub(super) dir: Option<PathBuf>,
+    /// The TAP made for the jail's uid slot and the slot's lock file.
+    pub(super) slot_tap: Option<(String, PathBuf)>,
 }
 
 impl Cleanup {
     fn run(&self) {
+        if let Some((tap, lock)) = &self.slot_tap {
+            remove_slot_tap(tap, lock);
+        }
         if let Some(leaf) = &self.leaf {
             leaf.remove();
         }
@@ -64,6 +69,21 @@ impl Cleanup {
                 log::warn!("cannot remove the jail folder {}: {e}", dir.display());
             }
         }
+    }
+}
+
+/// Remove `tap`, made for this jail's slot, if the slot is free: its caller is gone
+/// (killed before its VM claimed the TAP, or after), and nobody took the slot since.
+/// A caller that still holds the slot removes an unclaimed TAP itself.
+fn remove_slot_tap(tap: &str, lock: &std::path::Path) {
+    let removed = super::ids::while_free(lock, || {
+        crate::devices::virtio::net::tap::remove_persistent(tap)
+    });
+    if let Some(Err(e)) = removed {
+        log::warn!(
+            "cannot remove the jail's TAP {tap}: {}",
+            crate::error_chain(&e)
+        );
     }
 }
 

@@ -45,7 +45,8 @@ pub struct SandboxConfig {
     pub memory_mib: u64,
     /// More disks after the image (vdb, ...).
     pub disks: Vec<BlockConfig>,
-    /// Network cards.
+    /// Network cards of the caller's, after the sandbox's own (each on the TAP it
+    /// names, which a jailed VMM holds: `sandbox::jailing`).
     pub nets: Vec<NetConfig>,
     /// Give the guest a network: a TAP husk creates, a /30 link between host and guest,
     /// the guest's eth0 configured by the agent ([`super::net`]).
@@ -79,9 +80,16 @@ pub struct SandboxConfig {
     /// `sandbox::jailing` for what is jailed).
     pub jail: bool,
     /// Host folders shared with every container (`-v`), each through virtio-fs and a
-    /// `virtiofsd` of its own. A sandbox with volumes boots cold, runs unjailed, and
-    /// cannot be paused, snapshotted or forked.
+    /// `virtiofsd` of its own. A sandbox with volumes boots cold and cannot be paused,
+    /// snapshotted or forked.
     pub volumes: Vec<super::Volume>,
+    /// Hold each of the sandbox's own disks (the image and the scratch disk) to this
+    /// many bytes per second (`--disk-rate`); a caller's disk keeps its own
+    /// `rate_limiter`. A sandbox with a rate boots cold (a template's devices have none).
+    pub disk_rate: Option<super::ByteRate>,
+    /// Hold the sandbox's own network card to this many bytes per second each way
+    /// (`--net-rate`). A sandbox with a rate boots cold.
+    pub net_rate: Option<super::ByteRate>,
 }
 
 impl SandboxConfig {
@@ -107,6 +115,8 @@ impl SandboxConfig {
             pool: None,
             jail: true,
             volumes: Vec::new(),
+            disk_rate: None,
+            net_rate: None,
         }
     }
 
@@ -191,6 +201,14 @@ impl SandboxBuilder {
         self
     }
 
+    /// A network card of the caller's, on the TAP it names (held by the jail when the
+    /// VMM is jailed; a card without a TAP name makes a new TAP and runs the VMM
+    /// unjailed).
+    pub fn net(mut self, card: NetConfig) -> Self {
+        self.config.nets.push(card);
+        self
+    }
+
     /// Share the host folder `host` with every container at `guest` (an absolute path),
     /// read-only when `read_only` (`husk run -v HOST:GUEST[:ro]`).
     pub fn volume(mut self, host: impl Into<PathBuf>, guest: &str, read_only: bool) -> Self {
@@ -199,6 +217,18 @@ impl SandboxBuilder {
             guest: guest.into(),
             read_only,
         });
+        self
+    }
+
+    /// Hold the sandbox's own disks to `rate` each (see [`SandboxConfig::disk_rate`]).
+    pub fn disk_rate(mut self, rate: super::ByteRate) -> Self {
+        self.config.disk_rate = Some(rate);
+        self
+    }
+
+    /// Hold the sandbox's own card to `rate` each way (see [`SandboxConfig::net_rate`]).
+    pub fn net_rate(mut self, rate: super::ByteRate) -> Self {
+        self.config.net_rate = Some(rate);
         self
     }
 
@@ -308,16 +338,23 @@ pub(super) fn vm_config(
         read_only: true,
         id: Some("husk-image".into()),
         root: false,
-        rate_limiter: None,
+        rate_limiter: super::rates::limiter(config.disk_rate),
     };
     // vda is the image, vdb the scratch disk (scratch::GUEST_DEVICE), then the others.
     let mut disks = vec![image_disk];
-    disks.extend(scratch.map(scratch::block_config));
+    disks.extend(scratch.map(|path| BlockConfig {
+        rate_limiter: super::rates::limiter(config.disk_rate),
+        ..scratch::block_config(path)
+    }));
     disks.extend(config.disks.iter().cloned());
     // The sandbox's own card comes first, so it is the guest's eth0.
     let mut nets: Vec<NetConfig> = config
         .network
-        .then(|| NetConfig::claiming(claimed))
+        .then(|| NetConfig {
+            rx_rate_limiter: super::rates::limiter(config.net_rate),
+            tx_rate_limiter: super::rates::limiter(config.net_rate),
+            ..NetConfig::claiming(claimed)
+        })
         .into_iter()
         .collect();
     nets.extend(config.nets.iter().cloned());

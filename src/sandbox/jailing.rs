@@ -7,14 +7,17 @@
 //! The caller's disks ([`SandboxConfig::disks`]) are handed over without changing
 //! their owner or mode: each is held (`husk vmm --hold`), opened as root by the jail
 //! before its uid drop, read-only for a read-only disk, and bound read-only so its path
-//! exists in the jail; the VMM's disk uses the held file.
+//! exists in the jail; the VMM's disk uses the held file. The TAPs of the caller's
+//! cards ([`SandboxConfig::nets`]) are held the same way (`husk vmm --hold-tap`): the
+//! jail attaches to each as root and the card uses that descriptor, so the TAP keeps
+//! its owner and stays the caller's after the VM. The volumes' virtiofsd sockets lie
+//! in the runtime folder and are handed to the jail's uid (mode 0600) before the VM is
+//! built, the daemons staying outside the jail (`launch`).
 //!
 //! Not jailed (the VMM runs as the caller, with its filters): a caller that is not root,
-//! `SandboxConfig::jail` off, and sandboxes with network cards of the caller's, or
-//! volumes (a jailed VMM cannot open TAPs its uid does not own, and virtiofsd's
-//! sockets are the caller's; handing those over is still to do). The sandbox's own
-//! card is jailed: its TAP is made persistent and owned by the jail's uid
-//! ([`JailTap`]), and the VMM claims it.
+//! `SandboxConfig::jail` off, and a caller's card without a TAP name (a new TAP, which
+//! needs CAP_NET_ADMIN). The sandbox's own card is jailed: its TAP is made persistent
+//! and owned by the jail's uid ([`JailTap`]), and the VMM claims it.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -35,6 +38,11 @@ pub struct VmmJail {
     binds: Vec<Bind>,
     /// The caller's disks, opened by the jail before its uid drop.
     held: Vec<Bind>,
+    /// The TAPs of the caller's cards, attached by the jail before its uid drop.
+    held_taps: Vec<String>,
+    /// The name of the TAP a sandbox makes for this jail's slot ([`JailTap`]), which
+    /// the supervisor removes if the sandbox's caller is gone when the VMM ends.
+    slot_tap: Option<String>,
 }
 
 fn jail_err(e: crate::jail::JailError) -> SandboxError {
@@ -58,11 +66,8 @@ fn unjailed_because(config: &SandboxConfig) -> Option<&'static str> {
     if !config.jail {
         return Some("jailing is off for this sandbox");
     }
-    if !config.nets.is_empty() {
-        return Some("it has network cards of the caller's");
-    }
-    if !config.volumes.is_empty() {
-        return Some("it shares host folders (virtiofsd's sockets are the caller's)");
+    if config.nets.iter().any(|n| n.tap.is_none()) {
+        return Some("it has a network card on a new TAP (a jail cannot make one)");
     }
     None
 }
@@ -88,6 +93,11 @@ fn held_disks(config: &SandboxConfig) -> Vec<Bind> {
         writable: !d.read_only,
     };
     config.disks.iter().map(hold).collect()
+}
+
+/// What a jail holds of `config`'s cards: the TAP of each.
+fn held_taps(config: &SandboxConfig) -> Vec<String> {
+    config.nets.iter().filter_map(|n| n.tap.clone()).collect()
 }
 
 /// Whether `config`'s VMM is jailed.
@@ -118,6 +128,8 @@ impl VmmJail {
             dir,
             binds,
             held: Vec::new(),
+            held_taps: Vec::new(),
+            slot_tap: None,
         })
     }
 
@@ -153,6 +165,9 @@ impl VmmJail {
         binds.extend(config.disks.iter().map(|d| read_only(&d.path)));
         let mut jail = Self::new(runtime, binds, console)?;
         jail.held = held_disks(config);
+        jail.held_taps = held_taps(config);
+        // Always: a pooled VMM may serve a sandbox with a network.
+        jail.slot_tap = Some(slot_tap_name(jail.uid())?);
         Ok(Some(jail))
     }
 
@@ -179,8 +194,8 @@ impl VmmJail {
     }
 
     /// Whether a VMM jailed for `config` (with `initrd`) could serve `other` with
-    /// `other_initrd` too: the same read-only files, the same disks held, no console
-    /// file of its own.
+    /// `other_initrd` too: the same read-only files, the same disks and TAPs held, no
+    /// console file of its own.
     pub fn serves(&self, config: &SandboxConfig, initrd: &Path) -> bool {
         let has = |path: &Path| self.binds.iter().any(|b| b.path == path);
         unjailed_because(config).is_none()
@@ -188,6 +203,7 @@ impl VmmJail {
             && has(initrd)
             && has(&config.image.fs_image)
             && self.held == held_disks(config)
+            && self.held_taps == held_taps(config)
             && !matches!(config.console, ConsoleConfig::File(_))
     }
 
@@ -227,6 +243,16 @@ impl VmmJail {
             args.push("--hold".into());
             args.push(value);
         }
+        for tap in &self.held_taps {
+            args.push("--hold-tap".into());
+            args.push(tap.into());
+        }
+        if let Some(tap) = &self.slot_tap {
+            args.push("--slot-tap".into());
+            args.push(tap.into());
+            args.push("--slot-lock".into());
+            args.push(self.ids.lock_path.clone().into());
+        }
         args
     }
 }
@@ -234,17 +260,24 @@ impl VmmJail {
 /// The TAP of a jailed VMM's card: made persistent and owned by the jail's uid, named
 /// after the jail's slot (`huskj<slot>`), so that the VMM can attach to it without
 /// CAP_NET_ADMIN. The VMM clears its persistence once attached (so it goes with the
-/// VMM); dropping this removes it if no VMM holds it (a start that failed first).
+/// VMM); dropping this removes it if no VMM holds it (a start that failed first). A
+/// caller killed in between leaves it to the VMM's supervisor (`--slot-tap`), which
+/// removes it when the VMM ends.
 pub struct JailTap {
     name: String,
 }
 
+/// The name of the TAP made for the jail of uid `uid`: `huskj<slot>`.
+fn slot_tap_name(uid: u32) -> Result<String, SandboxError> {
+    let base = crate::jail::ids::shared_gid().map_err(jail_err)?;
+    Ok(format!("huskj{}", uid.saturating_sub(base + 1)))
+}
+
 impl JailTap {
     /// Make the TAP for `jail`. A TAP of that name is a leftover (the slot is this
-    /// jail's now): one a sandbox killed before its VMM claimed it left behind.
+    /// jail's now): one whose supervisor was killed too before it could remove it.
     pub fn create(jail: &VmmJail) -> Result<Self, SandboxError> {
-        let base = crate::jail::ids::shared_gid().map_err(jail_err)?;
-        let name = format!("huskj{}", jail.uid() - base - 1);
+        let name = slot_tap_name(jail.uid())?;
         let tap_err = |e: crate::devices::virtio::net::TapError| {
             SandboxError::Vmm(format!("the jail's TAP {name}: {}", crate::error_chain(&e)))
         };
@@ -336,6 +369,8 @@ pub fn move_snapshot(from: &Path, to: &Path, durable: bool) -> Result<(), Sandbo
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Not;
+
     use super::*;
     use crate::sandbox::{Sandbox, SandboxImage};
 
@@ -347,6 +382,60 @@ mod tests {
             root: false,
             rate_limiter: None,
         }
+    }
+
+    #[test]
+    fn a_callers_taps_are_held_by_name_and_a_card_on_a_new_tap_is_never_jailed() {
+        let named = |tap: Option<&str>| crate::devices::virtio::net::NetConfig {
+            tap: tap.map(str::to_string),
+            ..Default::default()
+        };
+        let builder = Sandbox::builder(SandboxImage::default(), "/srv/vmlinux".into())
+            .net(named(Some("ctap0")));
+        let ids_dir = tempfile::tempdir().unwrap();
+        let jail = VmmJail {
+            ids: JailIds::allocate(ids_dir.path()).unwrap(),
+            dir: PathBuf::from("/run/husk/jails/1"),
+            binds: Vec::new(),
+            held: Vec::new(),
+            held_taps: held_taps(builder.config()),
+            slot_tap: None,
+        };
+        let args: Vec<String> = jail
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args[args.len() - 2..], ["--hold-tap", "ctap0"]);
+        // A card without a TAP name needs a new TAP, which the jail cannot make.
+        let new_tap = builder.net(named(None));
+        assert!(jails(new_tap.config()).not());
+    }
+
+    #[test]
+    fn the_supervisor_is_told_the_slots_tap_and_lock() {
+        let ids_dir = tempfile::tempdir().unwrap();
+        let ids = JailIds::allocate(ids_dir.path()).unwrap();
+        let tap = slot_tap_name(ids.uid).unwrap();
+        let lock = ids.lock_path.display().to_string();
+        let jail = VmmJail {
+            ids,
+            dir: PathBuf::from("/run/husk/jails/1"),
+            binds: Vec::new(),
+            held: Vec::new(),
+            held_taps: Vec::new(),
+            slot_tap: Some(tap.clone()),
+        };
+        let args: Vec<String> = jail
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(tap.starts_with("huskj"), "{tap}");
+        assert_eq!(
+            args[args.len() - 4..],
+            ["--slot-tap", &tap, "--slot-lock", &lock]
+        );
     }
 
     #[test]
@@ -365,6 +454,8 @@ mod tests {
                 .map(|d| read_only(&d.path))
                 .collect(),
             held: held_disks(builder.config()),
+            held_taps: Vec::new(),
+            slot_tap: None,
         };
         let args: Vec<String> = jail
             .args()

@@ -54,17 +54,29 @@ pub(super) struct LaunchPaths<'a> {
 }
 
 /// Whether `config` can start from a template: templates have exactly the sandbox's
-/// own devices (image, scratch, one card, vsock, rng) and nothing more. Volumes never
-/// do: a virtio-fs device's state is its daemon's, which no snapshot holds.
+/// own devices (image, scratch, one card, vsock, rng), without rate limits, and nothing
+/// more. Volumes never do: a virtio-fs device's state is its daemon's, which no
+/// snapshot holds.
 pub fn fits_template(config: &SandboxConfig) -> bool {
-    config.warm && config.disks.is_empty() && config.nets.is_empty() && config.volumes.is_empty()
+    config.warm && config.disks.is_empty() && config.nets.is_empty() && cold_only(config).is_none()
+}
+
+/// Why `config` boots cold even with a template given, if it does.
+fn cold_only(config: &SandboxConfig) -> Option<&'static str> {
+    if !config.volumes.is_empty() {
+        return Some("volumes");
+    }
+    if config.disk_rate.is_some() || config.net_rate.is_some() {
+        return Some("rate limits");
+    }
+    None
 }
 
 /// Where `config` starts from, given a template the caller chose (if any); a sandbox
-/// with volumes boots cold even then.
+/// with volumes or rate limits boots cold even then.
 pub(super) fn origin_for<'a>(config: &SandboxConfig, template: Option<&'a Template>) -> Origin<'a> {
     match template {
-        Some(t) if config.volumes.is_empty() => Origin::Template(Some(t)),
+        Some(t) if cold_only(config).is_none() => Origin::Template(Some(t)),
         None if fits_template(config) => Origin::Template(None),
         _ => Origin::Boot,
     }
@@ -108,8 +120,15 @@ pub(super) fn launch(
             VmmProcess::spawn(paths.runtime, &paths.hostname, jail)?
         }
     };
-    if let (Some(jail), Some(scratch)) = (vm.jail(), &paths.scratch) {
-        super::jailing::own(scratch, jail.uid())?;
+    if let Some(jail) = vm.jail() {
+        if let Some(scratch) = &paths.scratch {
+            super::jailing::own(scratch, jail.uid())?;
+        }
+        // virtiofsd stays outside the jail; only the jail's uid (and root) may connect
+        // to its socket (mode 0600), which lies in the runtime folder the jail binds.
+        for fs in &paths.fs {
+            super::jailing::own(&fs.socket, jail.uid())?;
+        }
     }
     // A jailed VMM cannot make its TAP: it claims one made for its uid. Until it has,
     // the guard removes it on the way out.

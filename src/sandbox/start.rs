@@ -84,8 +84,9 @@ impl Sandbox {
         let id = new_id();
         let initrd = agent_initrd(&config)?;
         config.volumes.iter().try_for_each(Volume::validate)?;
-        // A pooled VMM comes with its runtime folder, already listening in it; it may be
-        // jailed, and a jail cannot reach virtiofsd's sockets.
+        // A pooled VMM comes with its runtime folder, already listening in it. A
+        // sandbox with volumes gets a VMM of its own: its daemons' sockets are handed to
+        // that VMM's jail as it starts (`launch`).
         let pool = config.pool.as_ref().filter(|_| config.volumes.is_empty());
         let pooled = pool.and_then(|p| p.take(&config, &initrd));
         let (runtime, pooled_vm) = match pooled {

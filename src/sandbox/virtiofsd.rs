@@ -3,13 +3,16 @@
 //!
 //! husk binds the vhost-user socket itself and hands the listening fd to the daemon
 //! as its stdin (`--fd 0`), so the socket exists before the VMM connects and no start
-//! race needs polling. The daemon runs in a process group of its own: as root its
-//! `--sandbox namespace` forks a child that is the init of a new PID namespace, and
-//! only a SIGKILL to the group reaches both. It also exits by itself when its
-//! vhost-user connection closes, which is how it ends when the VMM dies with a killed
-//! caller.
+//! race needs polling. The socket has mode 0600; a jailed VMM gets it by a chown to its
+//! uid (`sandbox::launch`), so only that uid and root can reach the daemon, which
+//! itself stays outside the jail. The daemon runs in a process group of its own: as
+//! root its `--sandbox namespace` forks a child that is the init of a new PID
+//! namespace, and only a SIGKILL to the group reaches both. It also exits by itself
+//! when its vhost-user connection closes, which is how it ends when the VMM dies with
+//! a killed caller.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -114,6 +117,10 @@ impl Daemon {
         let log = runtime.join(format!("virtiofsd-{index}.log"));
         let listener = UnixListener::bind(&socket)
             .map_err(|e| failed(format!("bind {}: {e}", socket.display())))?;
+        // Connecting takes write access: only the socket's owner (the caller, or the
+        // jail's uid it is handed to) and root may.
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| failed(format!("chmod 0600 {}: {e}", socket.display())))?;
         let log_file = std::fs::File::create(&log)
             .map_err(|e| failed(format!("create {}: {e}", log.display())))?;
         let mut command = Command::new(&binary);

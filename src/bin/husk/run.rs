@@ -91,6 +91,17 @@ pub(crate) struct RunArgs {
     /// file, removed at exit) instead of in guest RAM.
     #[arg(long = "disk", value_name = "SIZE_MIB")]
     disk: Option<u64>,
+    /// Hold each of the sandbox's disks (the image, and the scratch disk of --disk) to
+    /// this many bytes per second: a number with an optional K, M or G (powers of
+    /// 1024) and /s, such as 10M/s. The guest's reads and writes beyond it wait. The
+    /// sandbox boots cold (templates have no limits).
+    #[arg(long = "disk-rate", value_name = "BYTES/s")]
+    disk_rate: Option<husk::sandbox::ByteRate>,
+    /// Hold the sandbox's network card (--net link or nat) to this many bytes per
+    /// second in each direction, written as for --disk-rate (such as 1M/s). The sandbox
+    /// boots cold.
+    #[arg(long = "net-rate", value_name = "BYTES/s")]
+    net_rate: Option<husk::sandbox::ByteRate>,
     /// Share the host folder HOST with the container at GUEST (repeatable), through
     /// virtio-fs and a virtiofsd per folder; `:ro` makes it read-only. A sandbox with
     /// volumes boots cold and cannot be paused, snapshotted or forked.
@@ -163,6 +174,9 @@ impl RunArgs {
     fn network(&self) -> Result<(bool, Option<husk::sandbox::Nat>), String> {
         if self.net == NetMode::None && !self.publish.is_empty() {
             return Err("-p needs a network: --net link or --net nat".into());
+        }
+        if self.net == NetMode::None && self.net_rate.is_some() {
+            return Err("--net-rate needs a network: --net link or --net nat".into());
         }
         if self.net != NetMode::Nat && !(self.dns.is_empty() && self.allow.is_empty()) {
             return Err("--dns and --allow go with --net nat".into());
@@ -337,6 +351,8 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             publish: args.publish,
             scratch_disk_mib: args.disk,
             volumes: volumes.clone(),
+            disk_rate: args.disk_rate,
+            net_rate: args.net_rate,
             console: args.console,
             spec,
             remove_on_exit: args.rm,
@@ -358,6 +374,8 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     config.publish = args.publish.clone();
     config.scratch_disk_mib = args.disk;
     config.volumes = volumes;
+    config.disk_rate = args.disk_rate;
+    config.net_rate = args.net_rate;
     config.warm = !args.cold;
     config.prepared = !args.no_prepared;
     if let Some(limit) = limit {
@@ -439,48 +457,5 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use crate::{Cli, Command};
-
-    fn run_args(args: &[&str]) -> Result<super::RunArgs, clap::Error> {
-        let argv = ["husk", "run"].iter().chain(args).copied();
-        match Cli::try_parse_from(argv)?.command {
-            Command::Run(args) => Ok(*args),
-            _ => panic!("not a run command"),
-        }
-    }
-
-    #[test]
-    fn repeated_v_options_give_volumes_in_order() {
-        let args = run_args(&["-v", "/a:/x", "--volume", "/b:/y:ro", "busybox"]).unwrap();
-        let got: Vec<_> = args
-            .volumes
-            .iter()
-            .map(|v| (v.host.display().to_string(), v.guest.as_str(), v.read_only))
-            .collect();
-        assert_eq!(got, [("/a".into(), "/x", false), ("/b".into(), "/y", true)]);
-    }
-
-    #[test]
-    fn a_bad_volume_mode_is_a_usage_error_naming_it() {
-        let err = run_args(&["-v", "/a:/x:rx", "busybox"]).err().unwrap();
-        assert!(
-            err.to_string().contains(r#"mode "rx" is not ro or rw"#),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_relative_guest_path_is_a_usage_error() {
-        let err = run_args(&["-v", "/a:x", "busybox"]).err().unwrap();
-        assert!(err.to_string().contains("must be absolute"), "{err}");
-    }
-
-    #[test]
-    fn v_after_the_image_belongs_to_the_command() {
-        let args = run_args(&["busybox", "ls", "-v", "/a:/x"]).unwrap();
-        assert!(args.volumes.is_empty());
-    }
-}
+#[path = "run_tests.rs"]
+mod tests;

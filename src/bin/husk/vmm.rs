@@ -55,7 +55,8 @@ struct JailArgs {
     #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
     jail: Option<PathBuf>,
     /// The jail's uid (not 0). Files the VM opens must be readable by it, and its disks
-    /// and the API socket's folder writable, unless they are held (--hold).
+    /// and the API socket's folder writable, unless they are held (--hold); its TAPs
+    /// owned by it, unless held (--hold-tap).
     #[arg(long, value_name = "UID", requires = "jail")]
     uid: Option<u32>,
     /// The jail's gid (not 0).
@@ -71,6 +72,21 @@ struct JailArgs {
     /// Repeatable.
     #[arg(long = "hold", value_name = "PATH[:rw]", requires = "jail")]
     held: Vec<husk::jail::Bind>,
+    /// A TAP the jail attaches to as root before it drops to --uid (after joining
+    /// --netns), for a card on that TAP: the VM uses the attached TAP, so it need not
+    /// be owned by the jail's uid. The TAP must exist and stays after the VM.
+    /// Repeatable.
+    #[arg(long = "hold-tap", value_name = "NAME", requires = "jail")]
+    held_taps: Vec<String>,
+    /// A persistent TAP made for the jail's uid slot (`husk::sandbox` names it
+    /// huskj<slot>), removed by the supervisor when the jailed process ends while
+    /// nobody holds --slot-lock (the caller that reserved the slot is gone), whether
+    /// or not the VM claimed it.
+    #[arg(long, value_name = "NAME", requires_all = ["jail", "slot_lock"])]
+    slot_tap: Option<String>,
+    /// The lock file of the jail's uid slot, held by the caller while it uses the slot.
+    #[arg(long, value_name = "PATH", requires = "slot_tap")]
+    slot_lock: Option<PathBuf>,
     /// Join this network namespace (such as /run/netns/NAME).
     #[arg(long, value_name = "PATH", requires = "jail")]
     netns: Option<PathBuf>,
@@ -96,6 +112,8 @@ impl JailArgs {
             cgroup: self.cgroup,
             binds: self.binds,
             held: self.held,
+            held_taps: self.held_taps,
+            slot_tap: self.slot_tap.zip(self.slot_lock),
             id: id.to_string(),
             max_files: self.max_files,
             max_file_size: self.max_file_size,

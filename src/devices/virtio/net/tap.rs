@@ -6,7 +6,8 @@
 //! (`ip tuntap add`) leaves it in place afterwards, as its owner expects, unless the
 //! VM claims it ([`Tap::claim`]): a jailed VMM cannot create a TAP, so the sandbox makes
 //! a persistent one owned by the jail's uid ([`create_persistent`]) and the VMM clears
-//! its persistence once attached.
+//! its persistence once attached. A jail may also attach to a caller's TAP as root
+//! before its uid drop ([`attach_to_hold`]); the card then uses that descriptor.
 #![expect(
     unsafe_code,
     reason = "TUNSETIFF and friends are ioctls without safe wrappers"
@@ -35,6 +36,18 @@ pub enum TapError {
     /// `/dev/net/tun` could not be opened.
     #[error("cannot open {TUN_PATH}")]
     OpenTun(#[source] io::Error),
+    /// The TAP the jail holds could not be duplicated.
+    #[error("cannot duplicate the held TAP {name}")]
+    Held {
+        /// The TAP's name.
+        name: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The TAP to hold does not exist (holding never creates one).
+    #[error("no TAP named {0}")]
+    Missing(String),
     /// An ioctl on the TAP failed.
     #[error("{op} on tap {name}")]
     Ioctl {
@@ -64,9 +77,20 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Attach to TAP `name`, or create one named `husk<N>` when `name` is None.
+    /// Attach to TAP `name` (through the descriptor this process's jail holds for it,
+    /// if any: `jail::held_tap`), or create one named `husk<N>` when `name` is None.
     pub fn open(name: Option<&str>) -> Result<Self, TapError> {
-        let (file, name) = attach(name.unwrap_or(NAME_TEMPLATE), libc::O_NONBLOCK)?;
+        let held = name.and_then(|n| crate::jail::held_tap(n).map(|file| (n, file)));
+        let (file, name) = match held {
+            Some((name, file)) => {
+                let file = file.map_err(|source| TapError::Held {
+                    name: name.into(),
+                    source,
+                })?;
+                (file, name.to_string())
+            }
+            None => attach(name.unwrap_or(NAME_TEMPLATE), libc::O_NONBLOCK)?,
+        };
         let label = name.clone();
         let err = |op, source| TapError::Ioctl {
             op,
@@ -153,6 +177,26 @@ fn attach(name: &str, flags: libc::c_int) -> Result<(File, String), TapError> {
     }
     let len = req.name.iter().position(|&b| b == 0).unwrap_or(16);
     Ok((file, String::from_utf8_lossy(&req.name[..len]).into_owned()))
+}
+
+/// Attach to the existing TAP `name` (non-blocking, as a card uses it) for a jail to
+/// hold before it drops its privileges (`jail::held_tap`); never creates one.
+pub fn attach_to_hold(name: &str) -> Result<File, TapError> {
+    validate_ifname(name)?;
+    if !interface_exists(name) {
+        return Err(TapError::Missing(name.into()));
+    }
+    attach(name, libc::O_NONBLOCK).map(|(file, _)| file)
+}
+
+/// Whether this process's network namespace has an interface `name` (asked of the
+/// kernel: /sys shows the namespace of whoever mounted it).
+fn interface_exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: if_nametoindex reads the NUL-terminated name, valid for the call.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 fn set_persist(file: &File, persist: bool) -> io::Result<()> {
@@ -280,6 +324,13 @@ mod tests {
         remove_persistent(name).unwrap();
         assert!(!link_exists(name));
         remove_persistent(name).unwrap();
+    }
+
+    #[test]
+    fn holding_a_missing_tap_creates_none() {
+        let e = attach_to_hold("huskt-none").unwrap_err();
+        assert_eq!(e.to_string(), "no TAP named huskt-none");
+        assert!(!link_exists("huskt-none"));
     }
 
     #[test]
