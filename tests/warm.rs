@@ -43,6 +43,7 @@ echo "np-prepared=$(prepared np.json)"
 $R --timings d.json --disk 16 busybox -- true; echo "disk-status=$?"
 echo "disk-prepared=$(prepared d.json)"
 echo "prefaulted=$(tr -d ' \n' < c2.json | grep -o '"prefaulted_pages":[0-9]*' | cut -d: -f2)"
+echo "prefaulted-written=$(tr -d ' \n' < c2.json | grep -o '"prefaulted_written_pages":[0-9]*' | cut -d: -f2)"
 echo "random-differs=$(test "$(sed -n 1p c1)" != "$(sed -n 1p c2)" && echo yes)"
 echo "random-length=$(sed -n 1p c1 | tr -d '\n' | wc -c)"
 echo "hostname-differs=$(test "$(sed -n 2p c1)" != "$(sed -n 2p c2)" && echo yes)"
@@ -133,6 +134,15 @@ fn warm_sandboxes_differ_where_they_must_pause_fork_and_restore() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(prefaulted > 100, "{prefaulted} pages prefaulted\n{out}");
+    // Pages the first run wrote are copied ahead: part of those mapped.
+    let written: u64 = out
+        .value("prefaulted-written")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        written > 10 && written < prefaulted,
+        "{written} of {prefaulted} pages copied ahead\n{out}"
+    );
     is("random-length", "64");
     is("random-differs", "yes");
     is("hostname-differs", "yes");
