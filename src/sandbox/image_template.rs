@@ -86,7 +86,10 @@ fn build(
         .prefix(".build-")
         .tempdir_in(&root)
         .map_err(io("cannot create a folder in", &root))?;
+    // The template's own sandbox: the caller's image and shape, nothing of the caller's
+    // run (its console file would be made by this VMM's jail uid, not the caller's).
     let mut own = config.clone();
+    own.console = crate::config::ConsoleConfig::Off;
     own.network = false;
     own.nat = None;
     own.publish = Vec::new();
