@@ -147,10 +147,7 @@ fn copy_requests_round_trip() {
 
 #[test]
 fn started_round_trips() {
-    round_trip(Message::Started {
-        process_id: 7,
-        prepared: false,
-    });
+    round_trip(Message::started(7));
 }
 
 #[test]

@@ -91,6 +91,16 @@ pub struct ExitStatus {
     pub oom_killed: bool,
 }
 
+impl Message {
+    /// `Started` for a process that is not a prepared container's.
+    pub fn started(process_id: ProcessId) -> Self {
+        Self::Started {
+            process_id,
+            prepared: false,
+        }
+    }
+}
+
 impl ExitStatus {
     /// The docker-style exit code: the code itself, or 128 + the signal number.
     /// A status with neither (which the agent never sends) maps to 255.

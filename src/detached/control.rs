@@ -48,10 +48,7 @@ impl ClientOut {
         if self.started.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let started = Message::Started {
-            process_id: EXEC_PROCESS,
-            prepared: false,
-        };
+        let started = Message::started(EXEC_PROCESS);
         write_message(conn, &started)
     }
 }

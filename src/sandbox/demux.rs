@@ -306,24 +306,10 @@ mod tests {
             // Two requests in order; answer them, interleave their output, end them.
             let first = read_message(&mut guest).unwrap();
             assert!(matches!(first, Message::Exec { .. }));
-            write_message(
-                &mut guest,
-                &Message::Started {
-                    process_id: 7,
-                    prepared: false,
-                },
-            )
-            .unwrap();
+            write_message(&mut guest, &Message::started(7)).unwrap();
             let second = read_message(&mut guest).unwrap();
             assert!(matches!(second, Message::Exec { .. }));
-            write_message(
-                &mut guest,
-                &Message::Started {
-                    process_id: 8,
-                    prepared: false,
-                },
-            )
-            .unwrap();
+            write_message(&mut guest, &Message::started(8)).unwrap();
             for (p, text) in [(8, "b1"), (7, "a1"), (8, "b2")] {
                 let data = text.as_bytes().to_vec();
                 write_message(&mut guest, &Message::Stdout { process: p, data }).unwrap();
@@ -378,14 +364,7 @@ mod tests {
         // request to give it to.
         let answer = std::thread::spawn(move || {
             read_message(&mut guest).unwrap();
-            write_message(
-                &mut guest,
-                &Message::Started {
-                    process_id: 7,
-                    prepared: false,
-                },
-            )
-            .unwrap();
+            write_message(&mut guest, &Message::started(7)).unwrap();
             guest
         });
         let (out, err) = (Capture::default(), Capture::default());
@@ -421,14 +400,7 @@ mod tests {
             let message = "no such container: c".to_string();
             write_message(&mut guest, &Message::Error { message }).unwrap();
             read_message(&mut guest).unwrap();
-            write_message(
-                &mut guest,
-                &Message::Started {
-                    process_id: 1,
-                    prepared: false,
-                },
-            )
-            .unwrap();
+            write_message(&mut guest, &Message::started(1)).unwrap();
             // The guest goes away with process 1 still running.
         });
         let refused = demux.request(
@@ -462,10 +434,7 @@ mod tests {
         let id = 0u32..4;
         let data = || prop::collection::vec(any::<u8>(), 0..64);
         prop_oneof![
-            id.clone().prop_map(|process_id| Message::Started {
-                process_id,
-                prepared: false,
-            }),
+            id.clone().prop_map(Message::started),
             "[a-z ]{0,12}".prop_map(|message| Message::Error { message }),
             (id.clone(), data()).prop_map(|(process, data)| Message::Stdout { process, data }),
             (id.clone(), data()).prop_map(|(process, data)| Message::Stderr { process, data }),

@@ -19,14 +19,7 @@ fn a_guest_that_dies_ends_every_wait_with_its_failure() {
     let mut guest = agent.guest;
     let guest_thread = std::thread::spawn(move || {
         assert!(matches!(read_message(&mut guest), Ok(Message::Exec { .. })));
-        write_message(
-            &mut guest,
-            &Message::Started {
-                process_id: 7,
-                prepared: false,
-            },
-        )
-        .unwrap();
+        write_message(&mut guest, &Message::started(7)).unwrap();
         // The guest keeps its end open, as the vsock device does after a crash.
         guest
     });

@@ -249,15 +249,7 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
             let configured = crate::network::set_mac(&interface, mac.as_deref())
                 .and_then(|()| crate::network::configure(&interface, address, prefix_len, gateway))
                 .and_then(|()| crate::network::set_dns(&dns));
-            let reply = match configured {
-                Ok(()) => Message::NetworkReady,
-                Err(e) => {
-                    let message = error_chain(&e);
-                    crate::console::log(&message);
-                    Message::Error { message }
-                }
-            };
-            outbox.send(&reply);
+            outbox.send(&reply_or_error(configured, Message::NetworkReady));
         }
         Message::Restored {
             generation,
@@ -301,15 +293,8 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
                 device: PathBuf::from(image.device),
                 fstype: image.fstype,
             };
-            let reply = match agent.prepare(lower, writable_layer) {
-                Ok(()) => Message::Prepared,
-                Err(e) => {
-                    let message = error_chain(&e);
-                    crate::console::log(&message);
-                    Message::Error { message }
-                }
-            };
-            outbox.send(&reply);
+            let prepared = agent.prepare(lower, writable_layer);
+            outbox.send(&reply_or_error(prepared, Message::Prepared));
         }
         Message::Shutdown => return Some(Outcome::Shutdown),
         other => {
@@ -318,6 +303,18 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
         }
     }
     None
+}
+
+/// `ok` for a request that succeeded, else an `Error` naming why (also logged).
+fn reply_or_error<E: std::error::Error>(result: Result<(), E>, ok: Message) -> Message {
+    match result {
+        Ok(()) => ok,
+        Err(e) => {
+            let message = error_chain(&e);
+            crate::console::log(&message);
+            Message::Error { message }
+        }
+    }
 }
 
 /// An error and its causes, `: `-separated, printed once.

@@ -173,14 +173,7 @@ fn bad_json_is_answered_with_error_and_the_loop_goes_on() {
 fn agent_sent_message_from_host_is_answered_with_error() {
     let (mut host, handle, _state) = start();
     handshake(&mut host);
-    write_message(
-        &mut host,
-        &Message::Started {
-            process_id: 1,
-            prepared: false,
-        },
-    )
-    .expect("send");
+    write_message(&mut host, &Message::started(1)).expect("send");
     assert!(expect_error(&mut host).starts_with("unexpected message"));
     drop(host);
     assert_eq!(handle.join().expect("loop"), Outcome::Disconnected);
