@@ -372,6 +372,14 @@ mod tests {
     use std::ops::Not;
 
     use super::*;
+
+    /// The jail's `husk vmm` arguments as strings.
+    fn arg_strings(jail: &VmmJail) -> Vec<String> {
+        jail.args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
     use crate::sandbox::{Sandbox, SandboxImage};
 
     fn disk(path: &str, read_only: bool) -> BlockConfig {
@@ -401,11 +409,7 @@ mod tests {
             held_taps: held_taps(builder.config()),
             slot_tap: None,
         };
-        let args: Vec<String> = jail
-            .args()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = arg_strings(&jail);
         assert_eq!(args[args.len() - 2..], ["--hold-tap", "ctap0"]);
         // A card without a TAP name needs a new TAP, which the jail cannot make.
         let new_tap = builder.net(named(None));
@@ -426,11 +430,7 @@ mod tests {
             held_taps: Vec::new(),
             slot_tap: Some(tap.clone()),
         };
-        let args: Vec<String> = jail
-            .args()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = arg_strings(&jail);
         assert!(tap.starts_with("huskj"), "{tap}");
         assert_eq!(
             args[args.len() - 4..],
@@ -457,11 +457,7 @@ mod tests {
             held_taps: Vec::new(),
             slot_tap: None,
         };
-        let args: Vec<String> = jail
-            .args()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = arg_strings(&jail);
         let tail = &args[args.len() - 8..];
         assert_eq!(
             tail,
