@@ -24,7 +24,9 @@ pub(crate) enum TemplateCommand {
         kernel: Option<PathBuf>,
     },
     /// List the templates: vCPUs, guest RAM, the kernel and agent they were made with,
-    /// and the memory their snapshot holds.
+    /// and the memory their snapshot holds. An image's own template (its container made
+    /// ahead, made by its first `husk run`) is named after the plain one and the
+    /// first 12 digits of the image's sha256.
     Ls,
     /// Remove templates by name (`husk template ls`); `husk run` makes them again.
     Rm {
@@ -64,13 +66,13 @@ pub(crate) fn template(cmd: TemplateCommand) -> CliResult {
         }
         TemplateCommand::Ls => {
             println!(
-                "{:<16} {:>4} {:>8}  {:<14} {:<18} {:>10}  CREATED",
+                "{:<28} {:>4} {:>8}  {:<14} {:<18} {:>10}  CREATED",
                 "NAME", "CPUS", "MEMORY", "KERNEL", "AGENT", "SNAPSHOT"
             );
             for t in Template::list()? {
                 let i = t.info();
                 println!(
-                    "{:<16} {:>4} {:>6}Mi  {:<14} {:<18} {:>8}Ki  {}",
+                    "{:<28} {:>4} {:>6}Mi  {:<14} {:<18} {:>8}Ki  {}",
                     i.name,
                     i.cpus,
                     i.memory_mib,
