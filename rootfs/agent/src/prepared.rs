@@ -20,7 +20,7 @@ use super::{io_err, Agent, AgentError, Container, Ending, RunRequest, Started};
 use crate::cgroup::Cgroup;
 use crate::child::{Namespaces, Step};
 use crate::prepare::{self, Resolved};
-use crate::process;
+use crate::process::{self, HostEnds};
 use crate::reaper::{reaper, RawExit};
 use crate::rootfs::{LowerLayer, Rootfs};
 use crate::spawn::{self, Pending, SpawnError};
@@ -60,6 +60,33 @@ impl Prepared {
         let _ = self.exit.recv_timeout(Duration::from_secs(1));
         self.rootfs.unmount();
         self.cgroup.iter().for_each(|c| c.remove());
+    }
+
+    /// Gives the container the Run's limits and resolv.conf, sends the waiting process
+    /// `command` with its stdio and an error pipe, and waits until it has exec'd: the
+    /// agent's ends of its stdio.
+    fn send(&self, request: &RunRequest, command: &[u8]) -> Result<HostEnds, AgentError> {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.apply(&request.limits)?;
+        }
+        crate::network::install_resolv_conf(&self.rootfs.merged());
+        let (host, child) =
+            process::make_stdio(request.process.tty).map_err(io_err("create stdio"))?;
+        let (errors, err_write) = spawn::pipe().map_err(io_err("pipe"))?;
+        let [stdin, stdout, stderr] = child.raw();
+        let fds = [stdin, stdout, stderr, err_write.as_raw_fd()];
+        let rights = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(
+            self.control.as_raw_fd(),
+            &[IoSlice::new(command)],
+            &rights,
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| io_err("send the command to the prepared container")(e.into()))?;
+        drop((child, err_write));
+        Pending::new(self.pid, errors).wait_exec()?;
+        Ok(host)
     }
 }
 
@@ -171,58 +198,42 @@ impl Agent {
     fn start_prepared(
         self: &Arc<Self>,
         request: &RunRequest,
-        mut prepared: Prepared,
+        prepared: Prepared,
         command: &[u8],
         hostname: String,
     ) -> Result<u32, AgentError> {
-        let mut setup = || -> Result<Started, AgentError> {
-            if let Some(cgroup) = &prepared.cgroup {
-                cgroup.apply(&request.limits)?;
-            }
-            crate::network::install_resolv_conf(&prepared.rootfs.merged());
-            let (host, child) =
-                process::make_stdio(request.process.tty).map_err(io_err("create stdio"))?;
-            let (errors, err_write) = spawn::pipe().map_err(io_err("pipe"))?;
-            let [stdin, stdout, stderr] = child.raw();
-            let fds = [stdin, stdout, stderr, err_write.as_raw_fd()];
-            let rights = [ControlMessage::ScmRights(&fds)];
-            sendmsg::<()>(
-                prepared.control.as_raw_fd(),
-                &[IoSlice::new(command)],
-                &rights,
-                MsgFlags::empty(),
-                None,
-            )
-            .map_err(|e| io_err("send the command to the prepared container")(e.into()))?;
-            drop((child, err_write));
-            Pending::new(prepared.pid, errors).wait_exec()?;
-            let (_, unused) = std::sync::mpsc::channel();
-            Ok(Started {
-                id: self.next_process_id(),
-                pid: prepared.pid,
-                ends: host,
-                exit: std::mem::replace(&mut prepared.exit, unused),
-                prepared: true,
-            })
-        };
-        let started = match setup() {
-            Ok(started) => started,
+        let ends = match prepared.send(request, command) {
+            Ok(ends) => ends,
             Err(e) => {
                 prepared.discard();
                 return Err(e);
             }
         };
+        let Prepared {
+            rootfs,
+            cgroup,
+            pid,
+            exit,
+            ..
+        } = prepared;
+        let started = Started {
+            id: self.next_process_id(),
+            pid,
+            ends,
+            exit,
+            prepared: true,
+        };
         let process_id = started.id;
         let container = Container {
-            init_pid: started.pid,
+            init_pid: pid,
             hostname,
-            cgroup: prepared.cgroup.clone(),
+            cgroup: cgroup.clone(),
         };
         self.containers().insert(request.id.clone(), container);
         let ending = Ending::Init {
             id: request.id.clone(),
-            rootfs: prepared.rootfs,
-            cgroup: prepared.cgroup,
+            rootfs,
+            cgroup,
         };
         self.watch(started, &request.id, ending);
         Ok(process_id)
