@@ -10,21 +10,15 @@
 //! failure to make one is a warning: the sandbox then starts from the plain template.
 
 use std::path::Path;
-use std::time::Instant;
 
 use husk_protocol::{ImageSpec, Message, WritableLayer};
 
-use super::template::{self, Template, TemplateInfo, TemplateSpec, INFO_FILE, SNAPSHOT_DIR};
+use super::template::{self, io, Template, TemplateInfo, TemplateSpec, SNAPSHOT_DIR};
 use super::{Sandbox, SandboxConfig, SandboxError, IMAGE_DEVICE};
 
 /// Whether `config` starts from its image's template.
 pub(super) fn fits(config: &SandboxConfig) -> bool {
     config.prepared && config.scratch_disk_mib.is_none() && super::launch::fits_template(config)
-}
-
-fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError {
-    let what = format!("{what} {}", path.display());
-    move |e| SandboxError::Template(format!("{what}: {e}"))
 }
 
 /// The image template for `config` made from `plain` (found, or made now), or `None`
@@ -80,45 +74,32 @@ fn build(
     }
     // A stale one (the plain template's kernel or agent changed, which its rebuild
     // already said) is replaced without another line.
-    let started = Instant::now();
-    let root = template::root();
-    let tmp = tempfile::Builder::new()
-        .prefix(".build-")
-        .tempdir_in(&root)
-        .map_err(io("cannot create a folder in", &root))?;
-    // The template's own sandbox: the caller's image and shape, nothing of the caller's
-    // run (its console file would be made by this VMM's jail uid, not the caller's).
-    let mut own = config.clone();
-    own.console = crate::config::ConsoleConfig::Off;
-    own.network = false;
-    own.nat = None;
-    own.publish = Vec::new();
-    own.prepared = false;
-    own.pool = None;
-    let sandbox = Sandbox::start_with(own, Some(plain))?;
-    let snapshot = sandbox
-        .prepare_container()
-        .and_then(|()| sandbox.snapshot_vm(&tmp.path().join(SNAPSHOT_DIR)));
-    drop(sandbox.stop());
-    let memory_bytes = snapshot?;
-    super::jailing::share_with_jails(tmp.path())?;
-    let info = TemplateInfo {
-        name: name.to_string(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        build_ms: crate::metrics::ms(started.elapsed()),
-        memory_bytes,
-        image: Some(digest.to_string()),
-        ..plain.info.clone()
-    };
-    let json =
-        serde_json::to_vec_pretty(&info).map_err(|e| SandboxError::Template(e.to_string()))?;
-    let info_path = tmp.path().join(INFO_FILE);
-    std::fs::write(&info_path, json).map_err(io("cannot write", &info_path))?;
-    let dir = root.join(name);
-    template::install(tmp.keep(), &dir)?;
-    Ok(Template { dir, info })
+    template::build_in_temp(name, |tmp, started| {
+        // The template's own sandbox: the caller's image and shape, nothing of the
+        // caller's run (its console file would be made by this VMM's jail uid).
+        let mut own = config.clone();
+        own.console = crate::config::ConsoleConfig::Off;
+        own.network = false;
+        own.nat = None;
+        own.publish = Vec::new();
+        own.prepared = false;
+        own.pool = None;
+        let sandbox = Sandbox::start_with(own, Some(plain))?;
+        let snapshot = sandbox
+            .prepare_container()
+            .and_then(|()| sandbox.snapshot_vm(&tmp.join(SNAPSHOT_DIR)));
+        drop(sandbox.stop());
+        let memory_bytes = snapshot?;
+        super::jailing::share_with_jails(tmp)?;
+        Ok(TemplateInfo {
+            name: name.to_string(),
+            created: template::now_secs(),
+            build_ms: crate::metrics::ms(started.elapsed()),
+            memory_bytes,
+            image: Some(digest.to_string()),
+            ..plain.info.clone()
+        })
+    })
 }
 
 impl Sandbox {

@@ -317,6 +317,6 @@ impl Sandbox {
     }
 }
 
-fn stopped() -> SandboxError {
+pub(super) fn stopped() -> SandboxError {
     SandboxError::Refused("the sandbox is already stopped".into())
 }

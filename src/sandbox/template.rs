@@ -48,7 +48,7 @@ pub const NET_SLOT: usize = 0;
 /// rate limiter in its `VmConfig`).
 const SHAPE_VERSION: u32 = 4;
 /// The description of a template in its folder.
-pub(super) const INFO_FILE: &str = "template.json";
+const INFO_FILE: &str = "template.json";
 /// The snapshot's folder in a template.
 pub(super) const SNAPSHOT_DIR: &str = "snapshot";
 
@@ -118,7 +118,7 @@ pub fn root() -> PathBuf {
     crate::kernel::cache_root().join("templates")
 }
 
-fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError {
+pub(super) fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError {
     let what = format!("{what} {}", path.display());
     move |e| SandboxError::Template(format!("{what}: {e}"))
 }
@@ -274,36 +274,22 @@ impl Template {
     }
 
     fn build_with(spec: &TemplateSpec, kernel_sha256: &str) -> Result<Self, SandboxError> {
-        let started = Instant::now();
-        let root = root();
-        std::fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".build-")
-            .tempdir_in(&root)
-            .map_err(io("cannot create a folder in", &root))?;
-        let memory_bytes = snapshot_booted_vm(spec, tmp.path())?;
-        let info = TemplateInfo {
-            name: spec.name(),
-            shape_version: SHAPE_VERSION,
-            kernel: spec.kernel.clone(),
-            kernel_sha256: kernel_sha256.to_string(),
-            agent_digest: agent_digest(&spec.initrd),
-            cpus: spec.cpus,
-            memory_mib: spec.memory_mib,
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            build_ms: crate::metrics::ms(started.elapsed()),
-            memory_bytes,
-            image: None,
-        };
-        let json =
-            serde_json::to_vec_pretty(&info).map_err(|e| SandboxError::Template(e.to_string()))?;
-        let info_path = tmp.path().join(INFO_FILE);
-        std::fs::write(&info_path, json).map_err(io("cannot write", &info_path))?;
-        let dir = root.join(spec.name());
-        install(tmp.keep(), &dir)?;
-        Ok(Self { dir, info })
+        build_in_temp(&spec.name(), |tmp, started| {
+            let memory_bytes = snapshot_booted_vm(spec, tmp)?;
+            Ok(TemplateInfo {
+                name: spec.name(),
+                shape_version: SHAPE_VERSION,
+                kernel: spec.kernel.clone(),
+                kernel_sha256: kernel_sha256.to_string(),
+                agent_digest: agent_digest(&spec.initrd),
+                cpus: spec.cpus,
+                memory_mib: spec.memory_mib,
+                created: now_secs(),
+                build_ms: crate::metrics::ms(started.elapsed()),
+                memory_bytes,
+                image: None,
+            })
+        })
     }
 
     /// What a restore of this template for `spec` must find in its snapshot.
@@ -352,6 +338,37 @@ fn spec_for(config: &super::SandboxConfig) -> Result<TemplateSpec, SandboxError>
     Ok(super::launch::template_spec(config, initrd))
 }
 
+/// Seconds since the epoch, as a template's `created`.
+pub(super) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Make template `name` in a temp folder of the templates' root: `make` fills the
+/// folder (given it and when the build started) and describes it; the description is
+/// written beside, and the folder installed as the template (see [`install`]).
+pub(super) fn build_in_temp(
+    name: &str,
+    make: impl FnOnce(&Path, Instant) -> Result<TemplateInfo, SandboxError>,
+) -> Result<Template, SandboxError> {
+    let started = Instant::now();
+    let root = root();
+    std::fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(&root)
+        .map_err(io("cannot create a folder in", &root))?;
+    let info = make(tmp.path(), started)?;
+    let json =
+        serde_json::to_vec_pretty(&info).map_err(|e| SandboxError::Template(e.to_string()))?;
+    let info_path = tmp.path().join(INFO_FILE);
+    std::fs::write(&info_path, json).map_err(io("cannot write", &info_path))?;
+    let dir = root.join(name);
+    install(tmp.keep(), &dir)?;
+    Ok(Template { dir, info })
+}
+
 /// Hold the build lock of template `name` (released when the file is dropped).
 pub(super) fn lock(name: &str) -> Result<std::fs::File, SandboxError> {
     let root = root();
@@ -369,7 +386,7 @@ pub(super) fn lock(name: &str) -> Result<std::fs::File, SandboxError> {
 
 /// Put the finished template folder `built` at `dir`. A template already there is
 /// replaced; if another process installed one meanwhile, theirs is kept.
-pub(super) fn install(built: PathBuf, dir: &Path) -> Result<(), SandboxError> {
+fn install(built: PathBuf, dir: &Path) -> Result<(), SandboxError> {
     if dir.exists() {
         // Move the old one aside first: a rename does not replace a full folder.
         let aside = built.with_extension("old");

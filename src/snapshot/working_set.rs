@@ -215,7 +215,8 @@ pub fn record(pid: u32, memory: &Path) -> io::Result<WorkingSet> {
     for pid in pids {
         present_pages(pid, &file, &mut present)?;
     }
-    present.sort_unstable();
+    // A page mapped by both processes counts as written if either copied it.
+    present.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
     present.dedup_by_key(|(page, _)| *page);
     let file_pages = file.metadata()?.len() / PAGE;
     let (mut read, mut written) = (Vec::new(), Vec::new());
