@@ -149,20 +149,33 @@ impl Agent {
                 return Err(e);
             }
         };
+        Ok(self.adopt_container(&request.id, hostname, rootfs, cgroup, started))
+    }
+
+    /// Records container `id` whose init has started, and watches the init (its end
+    /// takes the container down); the init's process id.
+    fn adopt_container(
+        self: &Arc<Self>,
+        id: &str,
+        hostname: String,
+        rootfs: Rootfs,
+        cgroup: Option<Arc<Cgroup>>,
+        started: Started,
+    ) -> ProcessId {
         let process_id = started.id;
         let container = Container {
             init_pid: started.pid,
             hostname,
             cgroup: cgroup.clone(),
         };
-        self.containers().insert(request.id.clone(), container);
+        self.containers().insert(id.to_string(), container);
         let ending = Ending::Init {
-            id: request.id.clone(),
+            id: id.to_string(),
             rootfs,
             cgroup,
         };
-        self.watch(started, &request.id, ending);
-        Ok(process_id)
+        self.watch(started, id, ending);
+        process_id
     }
 
     /// Mounts the container's root and starts its init; unmounts again on failure.

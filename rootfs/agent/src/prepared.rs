@@ -16,7 +16,7 @@ use std::time::Duration;
 use husk_protocol::{Limits, WritableLayer};
 use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag};
 
-use super::{io_err, Agent, AgentError, Container, Ending, RunRequest, Started};
+use super::{io_err, Agent, AgentError, RunRequest, Started};
 use crate::cgroup::Cgroup;
 use crate::child::{Namespaces, Step};
 use crate::prepare::{self, Resolved};
@@ -223,20 +223,7 @@ impl Agent {
             exit,
             prepared: true,
         };
-        let process_id = started.id;
-        let container = Container {
-            init_pid: pid,
-            hostname,
-            cgroup: cgroup.clone(),
-        };
-        self.containers().insert(request.id.clone(), container);
-        let ending = Ending::Init {
-            id: request.id.clone(),
-            rootfs,
-            cgroup,
-        };
-        self.watch(started, &request.id, ending);
-        Ok(process_id)
+        Ok(self.adopt_container(&request.id, hostname, rootfs, cgroup, started))
     }
 }
 
