@@ -4,7 +4,9 @@
 //! host cannot loop-mount), interleaved round by round; each by stage (`--timings`),
 //! and the restore broken down. Then detached sandboxes: `run -d` warm against `crun run
 //! -d`, `exec`, `husk fork`, and N = 1, 8, 32 idle clones of one template: PSS per clone
-//! and what their guests dirtied, host memory, clones per second. Medians with min and
+//! and what their guests dirtied, host memory, clones per second. Also `husk run`
+//! claiming a parked sandbox from a pool of 1 (`husk pool add`), each refill awaited
+//! before the next measurement. Medians with min and
 //! max; ratios printed. Then the library's `Template::start` with a pre-spawned VMM
 //! from a `VmmPool` against one spawned per sandbox. Asserts nothing about time.
 //!
@@ -223,21 +225,39 @@ fn inner(args: &[String]) {
         "warm-up: husk warm {:.0} ms (the first, making the image template: {:.0} ms), plain {:.0} ms, cold {:.0} ms | crun run {:.1} ms",
         w.wall_ms, first.wall_ms, p.wall_ms, k.wall_ms, c.run_wall_ms
     );
+    let pool_add = common::crun::timed(
+        Command::new(&husk)
+            .args([
+                "pool", "add", "--kernel", "vmlinux", "--size", "1", "busybox",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    println!("pool of 1 made (one parked sandbox started): {pool_add:.0} ms");
     let (mut warm, mut plain, mut cold) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pooled, mut refills) = (Vec::new(), Vec::new());
     let mut runs = Vec::<CrunSample>::new();
     for round in 0..rounds {
         let tag = round.to_string();
-        for step in 0..4 {
-            match (round + step) % 4 {
+        for step in 0..5 {
+            match (round + step) % 5 {
                 0 => warm.push(husk_once(&husk, &timings, Start::Prepared)),
                 1 => plain.push(husk_once(&husk, &timings, Start::Plain)),
                 2 => cold.push(husk_once(&husk, &timings, Start::Cold)),
+                3 => {
+                    pooled.push(husk_once(&husk, &timings, Start::Pooled));
+                    // The refill runs in the background: let it finish before the
+                    // next measurement, and say how long it took.
+                    refills.push(wait_parked(&husk));
+                }
                 _ => runs.push(crun_once(crun, &bundle, &tag)),
             }
         }
         let last = |v: &[HuskSample]| v.last().map_or(f64::NAN, |s| s.wall_ms);
         println!(
-            "round {round}: husk warm {:.0} ms, plain {:.0} ms, cold {:.0} ms | crun run {:.1} ms",
+            "round {round}: husk pooled {:.0} ms (refilled in {:.0} ms), warm {:.0} ms, plain {:.0} ms, cold {:.0} ms | crun run {:.1} ms",
+            last(&pooled),
+            refills.last().copied().unwrap_or(f64::NAN),
             last(&warm),
             last(&plain),
             last(&cold),
@@ -252,7 +272,17 @@ fn inner(args: &[String]) {
         "warm runs whose container was made ahead: {prepared} of {}",
         warm.len()
     );
-    report_wall(&warm, &plain, &cold, &runs);
+    let claimed = pooled
+        .iter()
+        .filter(|s| s.timings["sandbox"]["pooled"] == serde_json::json!(true))
+        .count();
+    println!(
+        "pooled runs that claimed a parked sandbox: {claimed} of {}; refill (a parked sandbox again) {:.0} ms median",
+        pooled.len(),
+        median(refills)
+    );
+    check(Command::new(&husk).args(["pool", "rm", "busybox"]));
+    report_wall(&pooled, &warm, &plain, &cold, &runs);
     report_stages(&warm, &plain, &cold, &runs);
     let ready = |v: &[HuskSample]| {
         median(
@@ -281,4 +311,22 @@ fn inner(args: &[String]) {
     library::pool_rounds(&work, rounds);
     let _ = Command::new("umount").arg(work.join(ROOTFS_MNT)).status();
     check(Command::new(&husk).args(["template", "ls"]));
+}
+
+/// Wait until the pool of busybox has a parked sandbox again; how long it took, ms.
+fn wait_parked(husk: &str) -> f64 {
+    let began = std::time::Instant::now();
+    while began.elapsed() < std::time::Duration::from_secs(60) {
+        let ls = run_stdout(Command::new(husk).args(["pool", "ls"]));
+        let parked = ls
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(4)?.parse::<u32>().ok())
+            .sum::<u32>();
+        if parked > 0 {
+            return common::crun::ms(began.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the pool was not refilled within 60 s");
 }

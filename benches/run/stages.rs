@@ -33,15 +33,19 @@ pub enum Start {
     Plain,
     /// A kernel boot (`--cold`).
     Cold,
+    /// A parked sandbox claimed from a pool (`husk pool add`); the others pass
+    /// `--no-pool`.
+    Pooled,
 }
 
 /// `husk run [--no-prepared|--cold] busybox -- true` once.
 pub fn husk_once(husk: &str, timings: &Path, start: Start) -> HuskSample {
     let _ = std::fs::remove_file(timings);
     let flag = match start {
-        Start::Prepared => None,
+        Start::Prepared => Some("--no-pool"),
         Start::Plain => Some("--no-prepared"),
         Start::Cold => Some("--cold"),
+        Start::Pooled => None,
     };
     let mut cmd = Command::new(husk);
     cmd.args(["run", "--kernel", "vmlinux", "--timings"])
@@ -72,6 +76,7 @@ pub fn spread(v: &[f64]) -> String {
 
 /// The headline: wall time spawn → exit of each, with min/max and the ratios.
 pub fn report_wall(
+    pooled: &[HuskSample],
     warm: &[HuskSample],
     plain: &[HuskSample],
     cold: &[HuskSample],
@@ -79,6 +84,7 @@ pub fn report_wall(
 ) {
     let wall = |v: &[HuskSample]| v.iter().map(|s| s.wall_ms).collect::<Vec<f64>>();
     let (w, p, c) = (wall(warm), wall(plain), wall(cold));
+    let pw = wall(pooled);
     let r: Vec<f64> = crun.iter().map(|s| s.run_wall_ms).collect();
     let (mw, mp, mc, mr) = (
         median(w.clone()),
@@ -91,12 +97,27 @@ pub fn report_wall(
         "`husk run busybox -- true`, spawn -> exit, median (min–max) ms of {} rounds:",
         w.len()
     );
+    println!("  husk, claimed from a pool of 1   {}", spread(&pw));
     println!("  husk warm (image template)       {}", spread(&w));
     println!("  husk --no-prepared (plain one)   {}", spread(&p));
     println!("  husk --cold (boot)               {}", spread(&c));
     println!("  crun run                         {}", spread(&r));
+    let claimed = |key: &str| {
+        median(
+            pooled
+                .iter()
+                .filter_map(|s| s.field(&["sandbox", key]))
+                .collect(),
+        )
+    };
     println!(
-        "  warm/crun {:.2}   plain/crun {:.2}   cold/crun {:.2}   warm/plain {:.3}   warm/cold {:.3}",
+        "  pooled: claimed (command started) at {:.1} ms, exit code at {:.1} ms (medians from husk's start)",
+        claimed("claimed_ms"),
+        claimed("process_exited_ms")
+    );
+    println!(
+        "  pooled/crun {:.2}   warm/crun {:.2}   plain/crun {:.2}   cold/crun {:.2}   warm/plain {:.3}   warm/cold {:.3}",
+        median(pw) / mr,
         mw / mr,
         mp / mr,
         mc / mr,

@@ -60,8 +60,14 @@ impl Control {
     /// Connect to the monitor of sandbox `name`.
     pub fn connect(name: &str) -> Result<Self, DetachedError> {
         let dir = SandboxDir::open(name)?;
-        let mut conn = UnixStream::connect(dir.control_socket())
-            .map_err(|_| DetachedError::NotRunning(name.to_string()))?;
+        Self::connect_at(&dir.control_socket(), name)
+    }
+
+    /// Connect to the monitor listening on `socket`, the control socket of sandbox
+    /// `name`.
+    pub(super) fn connect_at(socket: &Path, name: &str) -> Result<Self, DetachedError> {
+        let mut conn =
+            UnixStream::connect(socket).map_err(|_| DetachedError::NotRunning(name.to_string()))?;
         let control = |source| DetachedError::Control {
             name: name.to_string(),
             source,
@@ -92,6 +98,12 @@ impl Control {
 
     /// Run `spec` in the sandbox's container and stream its stdio; returns its status.
     pub fn exec(&mut self, spec: &RunSpec, stdio: Stdio) -> Result<ExitStatus, DetachedError> {
+        self.begin_exec(spec)?;
+        self.stream(stdio)
+    }
+
+    /// Ask for `spec` to run (as [`Control::exec`]) and wait until it has started.
+    pub(super) fn begin_exec(&mut self, spec: &RunSpec) -> Result<(), DetachedError> {
         let exec = Message::Exec {
             container_id: String::new(),
             args: spec.args.clone(),
@@ -100,7 +112,7 @@ impl Control {
             user: spec.user.clone(),
             tty: spec.tty,
         };
-        self.run(&exec, stdio)
+        self.begin(&exec)
     }
 
     /// Run `copy` with the sandbox's container (`husk cp`): the archive comes as the
@@ -112,16 +124,30 @@ impl Control {
 
     /// Send a process request and stream its stdio until it exits.
     fn run(&mut self, request: &Message, stdio: Stdio) -> Result<ExitStatus, DetachedError> {
+        self.begin(request)?;
+        self.stream(stdio)
+    }
+
+    /// Send a process request and wait for its `Started`.
+    fn begin(&mut self, request: &Message) -> Result<(), DetachedError> {
         self.send(request)?;
         let control = |source| DetachedError::Control {
             name: self.name.clone(),
             source,
         };
         match read_message(&mut self.conn).map_err(control)? {
-            Message::Started { .. } => {}
-            Message::Error { message } => return Err(DetachedError::Exec(message)),
-            other => return Err(control(ProtocolError::Unexpected(format!("{other:?}")))),
+            Message::Started { .. } => Ok(()),
+            Message::Error { message } => Err(DetachedError::Exec(message)),
+            other => Err(control(ProtocolError::Unexpected(format!("{other:?}")))),
         }
+    }
+
+    /// Stream the started process's stdio until it exits; its status.
+    pub fn stream(&mut self, stdio: Stdio) -> Result<ExitStatus, DetachedError> {
+        let control = |source| DetachedError::Control {
+            name: self.name.clone(),
+            source,
+        };
         // The monitor acknowledges stdin as it passes it on; at most STDIN_WINDOW
         // bytes are on their way, whatever the process does with them. Closed when
         // this call returns, which ends the stdin thread at its next chunk.
@@ -313,6 +339,7 @@ fn restore_request(
         // The new sandbox's own timeout would start again; a restored one has none.
         timeout: None,
         publish,
+        parked: false,
         ..saved.request
     }
 }
@@ -360,7 +387,12 @@ fn wait_for_final_state(dir: &SandboxDir, timeout: Duration) -> Result<State, De
     let deadline = Instant::now() + timeout;
     loop {
         match dir.state() {
-            Ok(state) if !matches!(state.status, Status::Running | Status::Starting) => {
+            Ok(state)
+                if !matches!(
+                    state.status,
+                    Status::Running | Status::Starting | Status::Parked
+                ) =>
+            {
                 return Ok(state)
             }
             // `--rm`: the folder is gone with the sandbox.
@@ -383,7 +415,14 @@ pub fn launch(request: &Request, husk: &Path) -> Result<SandboxDir, DetachedErro
     result.map(|()| dir)
 }
 
-fn launch_in(dir: &SandboxDir, request: &Request, husk: &Path) -> Result<(), DetachedError> {
+/// Start the monitor of `dir` for `request`; with `answer`, its stdout is a pipe for
+/// its first word, else /dev/null (nobody waits for it).
+pub(super) fn spawn_monitor(
+    dir: &SandboxDir,
+    request: &Request,
+    husk: &Path,
+    answer: bool,
+) -> Result<std::process::Child, DetachedError> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio as ProcStdio};
     let log_path = dir.path.join("monitor.log");
@@ -392,7 +431,10 @@ fn launch_in(dir: &SandboxDir, request: &Request, husk: &Path) -> Result<(), Det
         .arg("__monitor")
         .arg(&dir.path)
         .stdin(ProcStdio::piped())
-        .stdout(ProcStdio::piped())
+        .stdout(match answer {
+            true => ProcStdio::piped(),
+            false => ProcStdio::null(),
+        })
         .stderr(log)
         .process_group(0)
         .spawn()
@@ -405,6 +447,15 @@ fn launch_in(dir: &SandboxDir, request: &Request, husk: &Path) -> Result<(), Det
             .write_all(&json)
             .map_err(io_err("cannot hand the request to", husk))?;
     }
+    Ok(child)
+}
+
+pub(super) fn launch_in(
+    dir: &SandboxDir,
+    request: &Request,
+    husk: &Path,
+) -> Result<(), DetachedError> {
+    let mut child = spawn_monitor(dir, request, husk, true)?;
     let mut line = String::new();
     if let Some(stdout) = child.stdout.take() {
         drop(BufReader::new(stdout).read_line(&mut line));
@@ -416,7 +467,7 @@ fn launch_in(dir: &SandboxDir, request: &Request, husk: &Path) -> Result<(), Det
             let message = match answer.strip_prefix("error: ") {
                 Some(message) => message.to_string(),
                 None => {
-                    let log = fs::read_to_string(&log_path).unwrap_or_default();
+                    let log = fs::read_to_string(dir.path.join("monitor.log")).unwrap_or_default();
                     format!("the monitor ended without an answer; its log:\n{log}")
                 }
             };

@@ -163,14 +163,21 @@ fn greet(conn: &mut UnixStream) -> Result<(), ProtocolError> {
     }
 }
 
-/// Starts what an `Exec`, `CopyOut` or `CopyIn` asks for in the sandbox's container.
-/// A copy is refused while the sandbox is paused (its agent could not answer).
-fn start(
-    monitor: &Monitor,
-    request: Message,
-    stdio: Stdio,
-) -> Result<crate::sandbox::Process, String> {
-    let container = monitor.main.container_id();
+/// A started process, and whether it is the parked sandbox's main one (its claim).
+type StartedProcess = (Arc<crate::sandbox::Process>, bool);
+
+/// Starts what an `Exec`, `CopyOut` or `CopyIn` asks for in the sandbox's container;
+/// in a parked sandbox, the first `Exec` claims it and becomes its main process, in a
+/// container of its own. A copy is refused while the sandbox is paused (its agent
+/// could not answer).
+fn start(monitor: &Monitor, request: Message, stdio: Stdio) -> Result<StartedProcess, String> {
+    if monitor.request.parked {
+        return claim(monitor, request, stdio);
+    }
+    let Some(main) = monitor.main.get() else {
+        return Err("the sandbox has no main process".into());
+    };
+    let container = main.container_id();
     let copy = match request {
         Message::Exec {
             args,
@@ -191,6 +198,7 @@ fn start(
             return monitor
                 .sandbox
                 .exec(container, &spec, stdio)
+                .map(|p| (Arc::new(p), false))
                 .map_err(|e| e.to_string());
         }
         Message::CopyOut { path, .. } => CopyRequest::Out { path },
@@ -217,14 +225,69 @@ fn start(
     monitor
         .sandbox
         .copy(container, &copy, stdio)
+        .map(|p| (Arc::new(p), false))
         .map_err(|e| match e {
             crate::sandbox::SandboxError::Refused(message) => message,
             other => other.to_string(),
         })
 }
 
+/// A parked sandbox's claim: the first `Exec` starts its main process with the
+/// parked request's limits; anything after it is refused, so a client that finds it
+/// claimed tries the next one.
+fn claim(monitor: &Monitor, request: Message, stdio: Stdio) -> Result<StartedProcess, String> {
+    let _claiming = monitor.claiming.lock().unwrap_or_else(|e| e.into_inner());
+    if monitor.main.get().is_some() {
+        return Err(CLAIMED.into());
+    }
+    let Message::Exec {
+        args,
+        env,
+        cwd,
+        user,
+        tty,
+        ..
+    } = request
+    else {
+        return Err("a parked sandbox takes only the Exec that claims it".into());
+    };
+    let spec = RunSpec {
+        args,
+        env,
+        cwd,
+        user,
+        tty,
+        limits: monitor.request.spec.limits,
+    };
+    let process = monitor
+        .sandbox
+        .spawn(&spec, stdio)
+        .map_err(|e| e.to_string())?;
+    let process = Arc::new(process);
+    drop(monitor.main.set(process.clone()));
+    monitor.set_status(super::Status::Running);
+    Ok((process, true))
+}
+
+/// What a claimed parked sandbox answers to another claim.
+pub(super) const CLAIMED: &str = "this parked sandbox is claimed";
+
+/// Held by the connection that claimed a parked sandbox: if the connection ends before
+/// the main process does (its `husk run` was killed), the sandbox is stopped.
+struct Claim {
+    events: Sender<Event>,
+    main_ended: Arc<AtomicBool>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.main_ended.load(Ordering::SeqCst) {
+            drop(self.events.send(Event::Stop("its husk run went away")));
+        }
+    }
+}
+
 pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sender<Event>) {
-    let main = &*monitor.main;
     if let Err(e) = greet(&mut conn) {
         log::debug!("control client went away during the handshake: {e}");
         return;
@@ -238,6 +301,7 @@ pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sen
     });
     let mut stdin: Option<ClientStdin> = None;
     let mut exec: Option<Arc<crate::sandbox::Process>> = None;
+    let mut _claim: Option<Claim> = None;
     loop {
         let message = match read_message(&mut conn) {
             Ok(m) => m,
@@ -266,21 +330,36 @@ pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sen
                     }),
                 };
                 match start(monitor, message, stdio) {
-                    Ok(process) => {
-                        let process = Arc::new(process);
+                    Ok((process, claimed)) => {
                         exec = Some(process.clone());
                         let exit_out = out.clone();
+                        let main_ended = Arc::new(AtomicBool::new(false));
+                        // The claim's main process: its exit ends the sandbox, after
+                        // its client has the exit status.
+                        let main_events = claimed.then(|| events.clone());
+                        if claimed {
+                            _claim = Some(Claim {
+                                events: events.clone(),
+                                main_ended: main_ended.clone(),
+                            });
+                        }
                         std::thread::spawn(move || {
-                            let message = match process.wait() {
+                            let result = process.wait();
+                            main_ended.store(true, Ordering::SeqCst);
+                            let message = match &result {
                                 Ok(status) => Message::Exited {
                                     process: EXEC_PROCESS,
-                                    status,
+                                    status: *status,
                                 },
                                 Err(e) => Message::Error {
                                     message: e.to_string(),
                                 },
                             };
                             drop(exit_out.send(&message));
+                            if let Some(events) = main_events {
+                                let ended = result.map_err(|e| e.to_string());
+                                drop(events.send(Event::MainExited(ended)));
+                            }
                         });
                         // Started, unless output already carried it.
                         if out.send_started().is_err() {
@@ -314,7 +393,7 @@ pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sen
             }
             Message::Signal { process, signal } => {
                 let target = if process == MAIN_PROCESS {
-                    Some(main)
+                    monitor.main.get().map(|m| &**m)
                 } else {
                     exec.as_deref()
                 };

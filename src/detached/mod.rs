@@ -27,6 +27,7 @@ mod client;
 mod control;
 mod dir;
 mod monitor;
+pub mod pool;
 
 use std::fs;
 use std::io;
@@ -205,6 +206,10 @@ pub struct Request {
     /// `husk fork`).
     #[serde(default)]
     pub restore: Option<RestoreFrom>,
+    /// Start no main process: wait, parked in a pool, until a `husk run` claims the
+    /// sandbox with an `Exec` that becomes its main process (`pool`).
+    #[serde(default)]
+    pub parked: bool,
 }
 
 /// A sandbox snapshot a monitor starts from.
@@ -235,6 +240,8 @@ pub enum Status {
     Running,
     /// The guest is paused (`husk pause`).
     Paused,
+    /// Started and waiting in a pool for a `husk run` to claim it.
+    Parked,
     /// The main process ended (or was killed when the sandbox was stopped).
     Exited {
         /// docker-style exit code: the code, or 128 + signal.
@@ -277,7 +284,8 @@ pub fn describe(state: &State, running: bool) -> String {
     match (&state.status, running) {
         (Status::Running | Status::Starting, true) => "running".into(),
         (Status::Paused, true) => "paused".into(),
-        (Status::Running | Status::Starting | Status::Paused, false) => {
+        (Status::Parked, true) => "parked".into(),
+        (Status::Running | Status::Starting | Status::Paused | Status::Parked, false) => {
             "dead (its monitor is gone)".into()
         }
         (Status::Exited { code, oom_killed }, _) => {

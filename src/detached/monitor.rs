@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use husk_protocol::ExitStatus;
@@ -31,8 +31,11 @@ pub(super) struct Monitor {
     pub state: Mutex<State>,
     /// The sandbox.
     pub sandbox: Arc<Sandbox>,
-    /// Its main process.
-    pub main: Arc<Process>,
+    /// Its main process: started with the sandbox, or for a parked one (a pool's) the
+    /// one its claim started.
+    pub main: OnceLock<Arc<Process>>,
+    /// Held while a parked sandbox is being claimed, so only one claim starts a main.
+    pub claiming: Mutex<()>,
 }
 
 /// What a detached sandbox's snapshot adds to a sandbox snapshot (`detached.json`): how
@@ -77,14 +80,18 @@ impl Monitor {
 
     /// Save the sandbox into `dir` (`husk snapshot create`, `husk fork`).
     pub(super) fn snapshot_to(&self, dir: &Path, durable: bool) -> Result<String, String> {
+        let main = self
+            .main
+            .get()
+            .ok_or("a parked sandbox has no main process to save yet")?;
         let report = self
             .sandbox
             .snapshot_to(dir, durable)
             .map_err(|e| crate::error_chain(&e))?;
         let detached = DetachedSnapshot {
             request: self.request.clone(),
-            main_process: self.main.id(),
-            main_container: self.main.container_id().to_string(),
+            main_process: main.id(),
+            main_container: main.container_id().to_string(),
         };
         let path = dir.join(DETACHED_FILE);
         let json = serde_json::to_vec_pretty(&detached).map_err(|e| e.to_string())?;
@@ -125,6 +132,7 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         monitor_pid: std::process::id(),
         status: Status::Starting,
     };
+    let parked = request.parked;
     dir.write_state(&state)?;
     let started = start_main(&dir, &request);
     let (sandbox, main, listener) = match started {
@@ -139,7 +147,11 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
     };
-    state.status = Status::Running;
+    state.status = if parked {
+        Status::Parked
+    } else {
+        Status::Running
+    };
     dir.write_state(&state)?;
     println!("ok");
     io::stdout().flush()?;
@@ -149,7 +161,8 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         request,
         state: Mutex::new(state),
         sandbox: sandbox.clone(),
-        main: main.clone(),
+        main: main.map_or_else(OnceLock::new, OnceLock::from),
+        claiming: Mutex::new(()),
     });
     if let Some(from) = monitor.request.restore.as_ref().filter(|r| r.remove_after) {
         // A fork's snapshot: the restored VM maps its memory file, which stays
@@ -158,7 +171,9 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let (events, next) = mpsc::channel();
-    {
+    // A parked sandbox's main is waited for by the connection that claimed it
+    // (`control`), which reports its exit to its client before this loop ends it.
+    if let Some(main) = monitor.main.get() {
         let (main, events) = (main.clone(), events.clone());
         std::thread::spawn(move || {
             drop(events.send(Event::MainExited(main.wait().map_err(|e| e.to_string()))));
@@ -192,11 +207,17 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     }
     let (ended, stopped_by) = match next.recv() {
         Ok(Event::MainExited(result)) => (result, None),
+        Ok(Event::Stop(why)) if monitor.main.get().is_none() => {
+            // A parked sandbox that was never claimed (`husk pool rm`).
+            (Err(format!("stopped by {why}")), Some(why))
+        }
         Ok(Event::Stop(why)) => {
             log::warn!("stopping sandbox {} on {why}", dir.name);
             // Kill the main process first so its exit status is known; the VM's
             // shutdown would kill it too, but a reset can cut its Exited frame off.
-            drop(main.signal(libc::SIGKILL));
+            if let Some(main) = monitor.main.get() {
+                drop(main.signal(libc::SIGKILL));
+            }
             let ended = loop {
                 match next.recv_timeout(KILL_TIMEOUT) {
                     Ok(Event::MainExited(result)) => break result,
@@ -228,10 +249,15 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         monitor.set_status(status);
     }
+    if parked && monitor.main.get().is_some() {
+        // A claimed sandbox of a pool: a new one takes its place, now that this one
+        // no longer needs the CPU (its client had its exit status before).
+        super::pool::refill_pool_of(&dir.path);
+    }
     Ok(())
 }
 
-type Started = (Arc<Sandbox>, Arc<crate::sandbox::Process>, UnixListener);
+type Started = (Arc<Sandbox>, Option<Arc<Process>>, UnixListener);
 
 fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn std::error::Error>> {
     let mut config = SandboxConfig::new(request.image.clone(), request.kernel.clone());
@@ -262,6 +288,7 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
             .map_err(io_err("cannot open", &path))
     };
     let (sandbox, main) = match &request.restore {
+        None if request.parked => (Sandbox::start(config)?, None),
         None => {
             let sandbox = Sandbox::start(config)?;
             let stdio = Stdio {
@@ -270,7 +297,7 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
                 stderr: Box::new(log(true)?),
             };
             let main = sandbox.spawn(&request.spec, stdio)?;
-            (sandbox, main)
+            (sandbox, Some(main))
         }
         Some(from) => {
             let adopt = vec![(
@@ -290,10 +317,10 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
             let main = processes
                 .pop()
                 .ok_or("the restored sandbox has no main process")?;
-            (sandbox, main)
+            (sandbox, Some(main))
         }
     };
     let socket = dir.control_socket();
     let listener = UnixListener::bind(&socket).map_err(io_err("cannot listen on", &socket))?;
-    Ok((Arc::new(sandbox), Arc::new(main), listener))
+    Ok((Arc::new(sandbox), main.map(Arc::new), listener))
 }

@@ -4,6 +4,7 @@
 mod boot;
 mod cp;
 mod images;
+mod pool;
 mod run;
 mod sandboxes;
 mod templates;
@@ -148,6 +149,10 @@ enum Command {
     /// sandboxes from instead of booting a kernel).
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Keep sandboxes of an image parked, started and waiting, for `husk run` to claim
+    /// instead of starting a VM (`husk pool add --help`).
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
 }
 
 struct StderrLogger;
@@ -194,6 +199,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => images::pull(args),
         Command::Login(args) => images::login(args),
         Command::Template(cmd) => templates::template(cmd),
+        Command::Pool(cmd) => pool::pool(cmd),
         Command::Kernel(KernelCommand::Build { jobs }) => images::kernel_build(jobs),
         Command::Kernel(KernelCommand::Path) => husk::kernel::cached(None)
             .map(|k| println!("{}", k.vmlinux.display()))

@@ -8,6 +8,7 @@ use clap::Args;
 use husk::config::ConsoleConfig;
 
 use crate::images::{PullPolicy, RegistryArgs};
+use crate::pool::{refill_after, run_pooled, Pooled};
 use crate::{render, with_watchdog};
 
 /// How the command runs: the options `husk run` and `husk exec` share.
@@ -121,6 +122,10 @@ pub(crate) struct RunArgs {
     /// only for sandboxes without --disk or -v).
     #[arg(long, conflicts_with = "cold")]
     no_prepared: bool,
+    /// Start a sandbox of its own even when a pool has one parked that fits (`husk pool
+    /// add --help`).
+    #[arg(long)]
+    no_pool: bool,
     /// Guest kernel [default: `husk kernel path`].
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -161,6 +166,22 @@ pub(crate) enum NetMode {
 impl RunArgs {
     /// The volumes with absolute host folders that exist (a detached sandbox's monitor
     /// runs elsewhere).
+    /// Whether a parked sandbox of a pool could run this (`husk pool add --help`).
+    fn fits_a_pool(&self) -> bool {
+        !self.detach
+            && !self.no_pool
+            && !self.cold
+            && !self.no_prepared
+            && self.net == NetMode::None
+            && self.publish.is_empty()
+            && self.disk.is_none()
+            && self.volumes.is_empty()
+            && self.disk_rate.is_none()
+            && self.net_rate.is_none()
+            && self.timeout.is_none()
+            && self.console.is_none()
+    }
+
     fn checked_volumes(&self) -> Result<Vec<husk::sandbox::Volume>, Box<dyn std::error::Error>> {
         let mut volumes = self.volumes.clone();
         for volume in &mut volumes {
@@ -264,7 +285,7 @@ pub(crate) fn tty_setup(
 /// The image `husk run` names: a name or digest in the store, else the store's image
 /// of the full reference (`busybox` is `docker.io/library/busybox:latest`), else the
 /// built-in busybox for `busybox`, else a pull (as `policy` allows).
-fn resolve_image(
+pub(crate) fn resolve_image(
     store: &husk::image::ImageStore,
     name: &str,
     policy: PullPolicy,
@@ -321,6 +342,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
         husk::detached::validate_name(name)?;
     }
     let (network, nat) = args.network()?;
+    let fits_a_pool = args.fits_a_pool();
     let volumes = args.checked_volumes()?;
     // Before any thread starts: Ctrl-C and friends go to the forwarding thread only.
     let (target, pending) = forward_signals()?;
@@ -360,11 +382,40 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             warm: !args.cold,
             prepared: !args.no_prepared,
             restore: None,
+            parked: false,
         };
         let husk = std::env::current_exe()?;
         let dir = husk::detached::launch(&request, &husk)?;
         println!("{}", dir.name());
         return Ok(0);
+    }
+    let mut pool_to_refill = None;
+    if fits_a_pool && pending.load(Ordering::SeqCst) == 0 {
+        let pool_spec = husk::detached::pool::PoolSpec {
+            image: SandboxImage::from_store(&image),
+            kernel: std::path::absolute(&kernel)?,
+            cpus: args.cpus,
+            memory_mib: args.memory,
+        };
+        let (tty, raw) = tty_setup(process.tty, process.interactive)?;
+        let run = RunSpec {
+            tty,
+            ..spec.clone()
+        };
+        let timings = args.timings.as_deref();
+        let ran = run_pooled(
+            &pool_spec,
+            &run,
+            process.interactive,
+            &target,
+            timings,
+            began,
+        );
+        drop(raw);
+        match ran? {
+            Pooled::Ran(code) => return Ok(code),
+            Pooled::NotClaimed(pool) => pool_to_refill = pool,
+        }
     }
     let mut config = SandboxConfig::new(SandboxImage::from_store(&image), kernel);
     config.cpus = args.cpus;
@@ -453,6 +504,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     if let Some(e) = report.error {
         log::warn!("the sandbox VM ended badly after the container exited: {e}");
     }
+    refill_after(pool_to_refill);
     Ok(status.docker_code())
 }
 
