@@ -3,6 +3,7 @@
 
 mod boot;
 mod cp;
+mod forward;
 mod images;
 mod pool;
 mod run;

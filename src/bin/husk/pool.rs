@@ -7,8 +7,9 @@ use clap::Subcommand;
 use husk::detached::pool::{self, Claim, Pool, PoolSpec};
 use husk::sandbox::{RunSpec, SandboxImage, Stdio};
 
+use crate::forward::ForwardTarget;
 use crate::images::{PullPolicy, RegistryArgs};
-use crate::run::{resolve_image, ForwardTarget};
+use crate::run::resolve_image;
 use crate::CliResult;
 
 #[derive(Subcommand)]

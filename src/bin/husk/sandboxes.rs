@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::run::{forward_signals, tty_setup, ProcessArgs};
+use crate::forward::{forward_signals, tty_setup};
+use crate::run::ProcessArgs;
 use crate::{render, CliResult};
 
 #[derive(Args)]
