@@ -141,7 +141,14 @@ pub enum Claim {
     /// The pool was made by another kernel, agent or husk (which one): drained.
     Stale(Pool, String),
     /// A parked sandbox now runs the command: stream it with [`Control::stream`].
-    Claimed(Pool, Box<Control>),
+    Claimed {
+        /// The pool.
+        pool: Pool,
+        /// The claim's connection.
+        control: Box<Control>,
+        /// When the connection to the parked sandbox's monitor was made.
+        connected: Instant,
+    },
 }
 
 fn pools_root() -> PathBuf {
@@ -375,8 +382,16 @@ pub fn claim(spec: &PoolSpec, run: &RunSpec, husk: &Path) -> Result<Claim, Detac
         let Ok(mut control) = Control::connect_at(&dir.control_socket(), &dir.name) else {
             continue;
         };
+        let connected = Instant::now();
         match control.begin_exec(run) {
-            Ok(()) => return Ok(Claim::Claimed(pool, Box::new(control))),
+            Ok(()) => {
+                let control = Box::new(control);
+                return Ok(Claim::Claimed {
+                    pool,
+                    control,
+                    connected,
+                });
+            }
             Err(DetachedError::Exec(message)) if message == CLAIMED => continue,
             // The command itself was refused (no such executable, ...): the user's
             // error, from a sandbox as `husk run` would have made.

@@ -168,10 +168,10 @@ pub(crate) fn run_pooled(
     interactive: bool,
     target: &ForwardTarget,
     timings: Option<&Path>,
-    began: Instant,
+    (began, resolved): (Instant, Instant),
 ) -> Result<Pooled, Box<dyn std::error::Error>> {
     let husk = std::env::current_exe()?;
-    let (pool, mut control) = match pool::claim(spec, run, &husk)? {
+    let (pool, mut control, connected) = match pool::claim(spec, run, &husk)? {
         Claim::NoPool => return Ok(Pooled::NotClaimed(None)),
         Claim::Empty(pool) => return Ok(Pooled::NotClaimed(Some(Box::new(pool)))),
         Claim::Stale(pool, what) => {
@@ -181,7 +181,11 @@ pub(crate) fn run_pooled(
             );
             return Ok(Pooled::NotClaimed(Some(Box::new(pool))));
         }
-        Claim::Claimed(pool, control) => (pool, control),
+        Claim::Claimed {
+            pool,
+            control,
+            connected,
+        } => (pool, control, connected),
     };
     let claimed = began.elapsed();
     if let Ok(mut t) = target.lock() {
@@ -199,6 +203,8 @@ pub(crate) fn run_pooled(
         let json = serde_json::json!({
             "sandbox": {
                 "pooled": true,
+                "image_resolved_ms": ms(resolved - began),
+                "connected_ms": ms(connected - began),
                 "claimed_ms": ms(claimed),
                 "process_exited_ms": ms(exited),
             },

@@ -277,6 +277,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     let (target, pending) = forward_signals()?;
     let store = husk::image::ImageStore::open(None)?;
     let image = resolve_image(&store, &args.image, args.pull, &args.registry)?;
+    let resolved = Instant::now();
     let kernel = match args.kernel {
         Some(k) => k,
         None => husk::kernel::cached(None)?.vmlinux,
@@ -338,7 +339,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             process.interactive,
             &target,
             timings,
-            began,
+            (began, resolved),
         );
         drop(raw);
         match ran? {
