@@ -3,15 +3,18 @@
 //! exit code. The sandboxes start from one template (a snapshot of a booted guest),
 //! built once before the first job: no job waits for a kernel to boot; and each takes a
 //! VMM process already spawned by a pool (as many as run at once) instead of spawning
-//! its own.
+//! its own. With `--sandbox-pool`, whole sandboxes are started ahead instead (a
+//! `SandboxPool` as large as the batch): a job takes one that waits, restored and its
+//! container made ahead, and only sends its command.
 //!
 //! ```sh
 //! cargo run --release --example ci_runner -- [--parallel N] [--kernel VMLINUX]
-//!     [--job-timeout SECS] [--console-dir DIR] [--cold]
+//!     [--job-timeout SECS] [--console-dir DIR] [--cold | --sandbox-pool]
 //! ```
 //! The busybox image is built on first use; the kernel defaults to `husk kernel path`;
 //! `--cold` boots every sandbox instead. Prints `template=...`, one `job=NAME
-//! exit=CODE stdout=...` line per job, then `jobs=N failed=M`.
+//! exit=CODE stdout=...` line per job, then `jobs=N failed=M`, and with
+//! `--sandbox-pool` how many jobs took a started sandbox (`pooled_jobs=K`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use husk::config::ConsoleConfig;
-use husk::sandbox::{Template, VmmPool};
+use husk::sandbox::{SandboxPool, Template, VmmPool};
 use husk::{RunSpec, Sandbox, SandboxImage, Stdio};
 
 /// A job: a name, a command, and the exit code it should end with. A job with `exec`
@@ -78,6 +81,8 @@ struct Outcome {
     stdout: String,
     stderr: String,
     seconds: f64,
+    /// It took a sandbox the pool had started.
+    pooled: bool,
 }
 
 /// Settings shared by every job.
@@ -93,11 +98,14 @@ struct Settings {
     template: Option<Arc<Template>>,
     /// Pre-spawned VMM processes the sandboxes take.
     pool: Arc<VmmPool>,
+    /// Sandboxes started ahead (`--sandbox-pool`), taken before starting one.
+    sandboxes: Option<Arc<SandboxPool>>,
 }
 
 fn run_job(job: &Job, settings: Settings) -> Outcome {
     let start = Instant::now();
     let (stdio, stdout, stderr) = Stdio::capture();
+    let mut pooled = false;
     let exit = (|| {
         let mut builder = Sandbox::builder(settings.image, settings.kernel)
             .boot_timeout(settings.timeout)
@@ -107,9 +115,12 @@ fn run_job(job: &Job, settings: Settings) -> Outcome {
                 dir.join(format!("{}.console", job.name)),
             ));
         }
-        let sandbox = match &settings.template {
-            Some(template) => template.start(builder.config().clone()),
-            None => builder.warm(false).start(),
+        let taken = settings.sandboxes.as_ref().and_then(|p| p.take());
+        pooled = taken.is_some();
+        let sandbox = match (taken, &settings.template) {
+            (Some(sandbox), _) => Ok(sandbox),
+            (None, Some(template)) => template.start(builder.config().clone()),
+            (None, None) => builder.warm(false).start(),
         }
         .map_err(|e| e.to_string())?;
         let spec = RunSpec {
@@ -152,6 +163,7 @@ fn run_job(job: &Job, settings: Settings) -> Outcome {
         stdout: one_line(&stdout.text()),
         stderr: one_line(&stderr.text()),
         seconds: start.elapsed().as_secs_f64(),
+        pooled,
     }
 }
 
@@ -221,6 +233,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let prototype = Sandbox::builder(image.clone(), kernel.clone());
     let pool = Arc::new(VmmPool::new(parallel.max(1), prototype.config())?);
+    let sandboxes = match std::env::args().any(|a| a == "--sandbox-pool") {
+        true => {
+            let pool = SandboxPool::new(parallel.max(1), prototype.config())?;
+            // A runner's steady state: its pool filled while it waited for work.
+            pool.wait_ready(parallel.max(1), timeout);
+            Some(Arc::new(pool))
+        }
+        false => None,
+    };
     let settings = Settings {
         image,
         kernel,
@@ -228,6 +249,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         console_dir,
         template,
         pool,
+        sandboxes: sandboxes.clone(),
     };
     let mut outcomes = Vec::new();
     for batch in JOBS.chunks(parallel.max(1)) {
@@ -259,6 +281,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         outcomes.len(),
         started.elapsed().as_secs_f64()
     );
+    if sandboxes.is_some() {
+        let pooled = outcomes.iter().filter(|o| o.pooled).count();
+        println!("pooled_jobs={pooled}");
+    }
     if failed > 0 {
         std::process::exit(1);
     }

@@ -1,13 +1,14 @@
 //! The library's path, as a CI runner uses it: `Template::start` with the sandbox's VMM
-//! spawned for it against one taken from a `VmmPool` (pre-spawned, listening), each
-//! round a sandbox started, `true` run in it, the sandbox stopped; timed in this
-//! process from the call to the exit code.
+//! spawned for it against one taken from a `VmmPool` (pre-spawned, listening), and a
+//! whole sandbox taken from a `SandboxPool` (started ahead); each round a sandbox
+//! started (or taken), `true` run in it, the sandbox stopped; timed in this process
+//! from the call to the exit code, and to the end of the stop.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use husk::sandbox::{Template, VmmPool};
+use husk::sandbox::{SandboxPool, Template, VmmPool};
 use husk::{RunSpec, Sandbox, SandboxImage, Stdio};
 
 use crate::common::crun::ms;
@@ -19,6 +20,11 @@ fn once(template: &Template, builder: husk::SandboxBuilder) -> (f64, f64) {
     let sandbox = template
         .start(builder.config().clone())
         .expect("start a sandbox from the template");
+    run_true(sandbox, began)
+}
+
+/// `true` in `sandbox`, then its stop; (ms to started, ms to the exit code) from `began`.
+fn run_true(sandbox: Sandbox, began: Instant) -> (f64, f64) {
     let started = ms(began.elapsed());
     let spec = RunSpec {
         args: vec!["true".into()],
@@ -41,8 +47,9 @@ pub fn pool_rounds(work: &Path, rounds: usize) {
         || Sandbox::builder(image.clone(), work.join("vmlinux")).agent(work.join("husk-agent"));
     let template = Template::for_config(builder().config()).expect("the template");
     let pool = Arc::new(VmmPool::new(1, builder().config()).expect("a VMM pool"));
+    let sandboxes = SandboxPool::new(1, builder().config()).expect("a sandbox pool");
     let pooled = || builder().pool(pool.clone());
-    let (mut spawned, mut taken) = (Vec::new(), Vec::new());
+    let (mut spawned, mut taken, mut started) = (Vec::new(), Vec::new(), Vec::new());
     once(&template, builder());
     once(&template, pooled());
     for _ in 0..rounds {
@@ -53,6 +60,13 @@ pub fn pool_rounds(work: &Path, rounds: usize) {
             "the pool refills"
         );
         taken.push(once(&template, pooled()));
+        assert!(
+            sandboxes.wait_ready(1, Duration::from_secs(60)),
+            "the sandbox pool refills"
+        );
+        let began = Instant::now();
+        let sandbox = sandboxes.take().expect("a started sandbox waits");
+        started.push(run_true(sandbox, began));
     }
     let column = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
         spread(&v.iter().map(pick).collect::<Vec<_>>())
@@ -68,5 +82,10 @@ pub fn pool_rounds(work: &Path, rounds: usize) {
         "  VMM from a pool of 1:    started {}, exit code {}",
         column(&taken, |s| s.0),
         column(&taken, |s| s.1)
+    );
+    println!(
+        "  sandbox from a SandboxPool of 1: taken {}, exit code {}",
+        column(&started, |s| s.0),
+        column(&started, |s| s.1)
     );
 }

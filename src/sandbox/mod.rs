@@ -39,6 +39,7 @@ pub mod scratch;
 pub mod signals;
 mod start;
 pub(crate) mod stdio;
+mod stock;
 pub mod template;
 pub mod terminal;
 #[cfg(test)]
@@ -72,7 +73,7 @@ pub use error::SandboxError;
 pub use husk_protocol::{ExitStatus, TtySize};
 pub use net::{Ipv4Net, Nat};
 pub use persist::{RestoreSandbox, SandboxSnapshot, SnapshotReport};
-pub use pool::VmmPool;
+pub use pool::{SandboxPool, VmmPool};
 pub use ports::Publish;
 pub use process::Process;
 pub use rates::ByteRate;

@@ -1,22 +1,20 @@
-//! A pool of pre-spawned, API-ready `husk vmm` processes, for a program that starts many
-//! sandboxes (a CI runner): a sandbox whose config names the pool takes a waiting VMM
+//! Pools for a program that starts many sandboxes (a CI runner). [`VmmPool`]:
+//! pre-spawned, API-ready `husk vmm` processes: a sandbox whose config names the pool
+//! takes a waiting VMM
 //! and its runtime folder instead of spawning one, and a thread of the pool's own
 //! spawns the next in the background. The VMMs are jailed (as root) for the files of
 //! the pool's prototype config; a sandbox whose files differ spawns its own. Dropping
 //! the pool ends the VMMs still waiting (their lifeline pipes close) and its thread.
+//! [`SandboxPool`]: whole sandboxes started ahead. Both keep their stock with
+//! [`super::stock::Stock`].
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::jailing::{self, VmmJail};
+use super::stock::Stock;
 use super::vmm_process::VmmProcess;
-use super::{SandboxConfig, SandboxError};
-
-/// How long the pool waits after a failed spawn before the next try.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+use super::{Sandbox, SandboxConfig, SandboxError};
 
 /// A waiting VMM and the runtime folder it listens in.
 pub(crate) struct Pooled {
@@ -26,79 +24,34 @@ pub(crate) struct Pooled {
     pub vm: VmmProcess,
 }
 
-struct State {
-    ready: VecDeque<Pooled>,
-    closed: bool,
-}
-
-struct Shared {
-    size: usize,
-    parent: PathBuf,
-    /// The config the VMMs are jailed for (its console aside).
-    prototype: SandboxConfig,
-    initrd: PathBuf,
-    state: Mutex<State>,
-    changed: Condvar,
-}
-
 /// K `husk vmm` processes kept spawned and listening (see the module's doc).
 pub struct VmmPool {
-    shared: Arc<Shared>,
-    filler: Option<JoinHandle<()>>,
+    stock: Stock<Pooled>,
 }
 
 impl std::fmt::Debug for VmmPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmmPool")
-            .field("size", &self.shared.size)
             .field("ready", &self.ready())
             .finish()
     }
 }
 
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn spawn_one(&self) -> Result<Pooled, SandboxError> {
-        let runtime = tempfile::Builder::new()
-            .prefix("husk-pool-")
-            .tempdir_in(&self.parent)
-            .map_err(|source| SandboxError::Runtime {
-                dir: self.parent.clone(),
-                source,
-            })?;
-        let jail = VmmJail::for_sandbox(&self.prototype, runtime.path(), &self.initrd, Vec::new())?;
-        let vm = VmmProcess::spawn(runtime.path(), "husk-pooled", jail)?;
-        Ok(Pooled { runtime, vm })
-    }
-
-    /// Keep `size` VMMs ready until the pool closes.
-    fn fill(&self) {
-        loop {
-            {
-                let mut state = self.lock();
-                while !state.closed && state.ready.len() >= self.size {
-                    state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-                }
-                if state.closed {
-                    return;
-                }
-            }
-            match self.spawn_one() {
-                Ok(pooled) => {
-                    self.lock().ready.push_back(pooled);
-                    self.changed.notify_all();
-                }
-                Err(e) => {
-                    log::warn!("VMM pool: {}", crate::error_chain(&e));
-                    let state = self.lock();
-                    drop(self.changed.wait_timeout(state, RETRY_AFTER));
-                }
-            }
-        }
-    }
+fn spawn_one(
+    parent: &Path,
+    prototype: &SandboxConfig,
+    initrd: &Path,
+) -> Result<Pooled, SandboxError> {
+    let runtime = tempfile::Builder::new()
+        .prefix("husk-pool-")
+        .tempdir_in(parent)
+        .map_err(|source| SandboxError::Runtime {
+            dir: parent.to_path_buf(),
+            source,
+        })?;
+    let jail = VmmJail::for_sandbox(prototype, runtime.path(), initrd, Vec::new())?;
+    let vm = VmmProcess::spawn(runtime.path(), "husk-pooled", jail)?;
+    Ok(Pooled { runtime, vm })
 }
 
 impl VmmPool {
@@ -109,82 +62,81 @@ impl VmmPool {
         prototype.console = crate::config::ConsoleConfig::Off;
         prototype.pool = None;
         let initrd = super::agent_initrd(&prototype)?;
-        let shared = Arc::new(Shared {
-            size,
-            parent: prototype
-                .runtime_parent
-                .clone()
-                .unwrap_or_else(super::connect::runtime_root),
-            prototype,
-            initrd,
-            state: Mutex::new(State {
-                ready: VecDeque::new(),
-                closed: false,
-            }),
-            changed: Condvar::new(),
-        });
-        let filling = shared.clone();
-        let filler = std::thread::Builder::new()
-            .name("husk-vmm-pool".into())
-            .spawn(move || filling.fill())
-            .map_err(|e| SandboxError::Vmm(format!("cannot start the VMM pool's thread: {e}")))?;
+        let parent: PathBuf = prototype
+            .runtime_parent
+            .clone()
+            .unwrap_or_else(super::connect::runtime_root);
+        let make = Box::new(move || spawn_one(&parent, &prototype, &initrd));
         Ok(Self {
-            shared,
-            filler: Some(filler),
+            stock: Stock::new(size, "VMM pool", "husk-vmm-pool", make)?,
         })
     }
 
     /// How many VMMs wait now.
     pub fn ready(&self) -> usize {
-        self.shared.lock().ready.len()
+        self.stock.ready()
     }
 
     /// Block until `n` VMMs wait (at most the pool's size), or `timeout` passed;
     /// whether they do.
     pub fn wait_ready(&self, n: usize, timeout: Duration) -> bool {
-        let n = n.min(self.shared.size);
-        let state = self.shared.lock();
-        let (state, _) = self
-            .shared
-            .changed
-            .wait_timeout_while(state, timeout, |s| s.ready.len() < n)
-            .unwrap_or_else(|e| e.into_inner());
-        state.ready.len() >= n
+        self.stock.wait_ready(n, timeout)
     }
 
     /// A waiting VMM whose process still runs and whose jail serves `config` (with the
     /// agent `initrd`), if one is ready; the pool makes another.
     pub(crate) fn take(&self, config: &SandboxConfig, initrd: &Path) -> Option<Pooled> {
-        let fits = match self.shared.lock().ready.front().map(|p| p.vm.jail()) {
-            Some(Some(jail)) => jail.serves(config, initrd),
-            Some(None) => !jailing::jails(config),
-            None => return None,
+        let fits = |p: &Pooled| match p.vm.jail() {
+            Some(jail) => jail.serves(config, initrd),
+            None => !jailing::jails(config),
         };
-        if !fits {
-            return None;
-        }
-        let mut state = self.shared.lock();
-        let taken = loop {
-            match state.ready.pop_front() {
-                Some(p) if p.vm.is_running() => break Some(p),
-                Some(_) => continue,
-                None => break None,
-            }
-        };
-        drop(state);
-        self.shared.changed.notify_all();
-        taken
+        self.stock.take(fits, |p| p.vm.is_running())
     }
 }
 
-impl Drop for VmmPool {
-    fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.changed.notify_all();
-        if let Some(filler) = self.filler.take() {
-            drop(filler.join());
-        }
-        // The waiting VMMs go with their handles: each sees its lifeline close.
-        self.shared.lock().ready.clear();
+/// K sandboxes kept started, for a program that runs one job per sandbox (a CI runner):
+/// each restored from its template, its agent ready and, for an image that fits one,
+/// its container made ahead, so a job only sends its command. A thread of the pool's
+/// own starts the next one when one is taken. Dropping the pool stops the sandboxes
+/// still waiting.
+pub struct SandboxPool {
+    stock: Stock<Sandbox>,
+}
+
+impl std::fmt::Debug for SandboxPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxPool")
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+impl SandboxPool {
+    /// A pool that keeps `size` sandboxes of `config` started (each as
+    /// [`Sandbox::start`] would start it, so from its template unless `config` says
+    /// otherwise).
+    pub fn new(size: usize, config: &SandboxConfig) -> Result<Self, SandboxError> {
+        let config = config.clone().with_absolute_paths()?;
+        let make = Box::new(move || Sandbox::start(config.clone()));
+        Ok(Self {
+            stock: Stock::new(size, "sandbox pool", "husk-sandbox-pool", make)?,
+        })
+    }
+
+    /// How many sandboxes wait now.
+    pub fn ready(&self) -> usize {
+        self.stock.ready()
+    }
+
+    /// Block until `n` sandboxes wait (at most the pool's size), or `timeout` passed;
+    /// whether they do.
+    pub fn wait_ready(&self, n: usize, timeout: Duration) -> bool {
+        self.stock.wait_ready(n, timeout)
+    }
+
+    /// A started sandbox whose VM still runs, if one waits; the pool starts another.
+    /// Use it as one from [`Sandbox::start`]; stop it (or drop it) when its job is done.
+    pub fn take(&self) -> Option<Sandbox> {
+        self.stock.take(|_| true, Sandbox::is_running)
     }
 }
