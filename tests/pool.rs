@@ -3,7 +3,7 @@
 //! exit code as in a sandbox of its own, each claim a sandbox of its own identity), the
 //! pool refills, the claimed sandbox is gone after its command, a `husk run` killed
 //! mid-command takes its claimed sandbox down, a changed kernel makes the pool stale,
-//! and `husk pool rm` leaves nothing behind.
+//! `husk pool add` again resizes it, and `husk pool rm` leaves nothing behind.
 mod common;
 
 use common::run_sandbox_script;
@@ -66,6 +66,9 @@ echo "stale-pooled=$(pooled s.json)"
 echo "stale-said=$(grep -c 'pool of busybox was made with another kernel' stale.err)"
 echo "refilled-after-stale=$(wait_parked)"
 
+# husk pool add again sets the size: up, then down.
+./husk pool add --kernel kernel --size 2 busybox > /dev/null 2>&1; echo "grown=$(parked)"
+./husk pool add --kernel kernel --size 1 busybox > /dev/null 2>&1; echo "shrunk=$(parked)"
 ./husk pool rm busybox > /dev/null; echo "rm-status=$?"
 echo "ls-after-rm=$(./husk pool ls | tail -n +2 | wc -l)"
 echo "pool-left=$(ls run/.pool | wc -l)"
@@ -104,6 +107,8 @@ fn a_pool_parks_sandboxes_that_husk_run_claims_each_as_its_own() {
     is("stale-pooled", "");
     is("stale-said", "1");
     is("refilled-after-stale", "1");
+    is("grown", "2");
+    is("shrunk", "1");
     is("rm-status", "0");
     is("ls-after-rm", "0");
     is("pool-left", "0");

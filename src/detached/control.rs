@@ -163,6 +163,28 @@ fn greet(conn: &mut UnixStream) -> Result<(), ProtocolError> {
     }
 }
 
+/// The process an `Exec` asks for (no limits: those are the container's).
+fn exec_spec(request: Message) -> Option<RunSpec> {
+    match request {
+        Message::Exec {
+            args,
+            env,
+            cwd,
+            user,
+            tty,
+            ..
+        } => Some(RunSpec {
+            args,
+            env,
+            cwd,
+            user,
+            tty,
+            ..RunSpec::default()
+        }),
+        _ => None,
+    }
+}
+
 /// A started process, and whether it is the parked sandbox's main one (its claim).
 type StartedProcess = (Arc<crate::sandbox::Process>, bool);
 
@@ -179,22 +201,8 @@ fn start(monitor: &Monitor, request: Message, stdio: Stdio) -> Result<StartedPro
     };
     let container = main.container_id();
     let copy = match request {
-        Message::Exec {
-            args,
-            env,
-            cwd,
-            user,
-            tty,
-            ..
-        } => {
-            let spec = RunSpec {
-                args,
-                env,
-                cwd,
-                user,
-                tty,
-                ..RunSpec::default()
-            };
+        Message::Exec { .. } => {
+            let spec = exec_spec(request).unwrap_or_default();
             return monitor
                 .sandbox
                 .exec(container, &spec, stdio)
@@ -240,24 +248,12 @@ fn claim(monitor: &Monitor, request: Message, stdio: Stdio) -> Result<StartedPro
     if monitor.main.get().is_some() {
         return Err(CLAIMED.into());
     }
-    let Message::Exec {
-        args,
-        env,
-        cwd,
-        user,
-        tty,
-        ..
-    } = request
-    else {
+    let Some(spec) = exec_spec(request) else {
         return Err("a parked sandbox takes only the Exec that claims it".into());
     };
     let spec = RunSpec {
-        args,
-        env,
-        cwd,
-        user,
-        tty,
         limits: monitor.request.spec.limits,
+        ..spec
     };
     let process = monitor
         .sandbox

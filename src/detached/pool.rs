@@ -258,10 +258,20 @@ impl Pool {
 
     /// Stop every parked sandbox (claimed ones run on and remove themselves).
     fn drain(&self) {
-        for (dir, status) in self.sandboxes() {
-            if status == Some(Status::Parked) {
-                if let Ok(control) = Control::connect_at(&dir.control_socket(), &dir.name) {
-                    drop(control.shutdown());
+        self.stop_parked(usize::MAX, false);
+    }
+
+    /// Stop up to `n` parked sandboxes; with `wait`, until each is gone.
+    fn stop_parked(&self, n: usize, wait: bool) {
+        let parked = self
+            .sandboxes()
+            .into_iter()
+            .filter(|(_, status)| *status == Some(Status::Parked));
+        for (dir, _) in parked.take(n) {
+            if let Ok(mut control) = Control::connect_at(&dir.control_socket(), &dir.name) {
+                drop(control.shutdown());
+                if wait {
+                    control.wait_gone(REMOVE_WAIT);
                 }
             }
         }
@@ -318,6 +328,9 @@ pub fn add(
         },
     };
     pool.write()?;
+    // A smaller size: the parked sandboxes beyond it go.
+    let extra = pool.coming().saturating_sub(size);
+    pool.stop_parked(extra, true);
     let missing = size.saturating_sub(pool.coming());
     for n in 1..=missing {
         let began = Instant::now();

@@ -1,6 +1,6 @@
 //! `husk pool add|ls|rm`, and `husk run` claiming a parked sandbox of a pool.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use clap::Subcommand;
@@ -10,6 +10,7 @@ use husk::sandbox::{RunSpec, SandboxImage, Stdio};
 use crate::forward::ForwardTarget;
 use crate::images::{PullPolicy, RegistryArgs};
 use crate::run::resolve_image;
+use crate::templates::ShapeArgs;
 use crate::CliResult;
 
 #[derive(Subcommand)]
@@ -27,15 +28,8 @@ pub(crate) enum PoolCommand {
         /// Sandboxes to keep parked.
         #[arg(long, default_value_t = 1)]
         size: usize,
-        /// vCPUs, as `husk run --cpus`.
-        #[arg(long, default_value_t = 1)]
-        cpus: u8,
-        /// Container memory limit in MiB, as `husk run --memory`.
-        #[arg(long, default_value_t = 256)]
-        memory: u64,
-        /// Guest kernel [default: `husk kernel path`].
-        #[arg(long)]
-        kernel: Option<PathBuf>,
+        #[command(flatten)]
+        shape: ShapeArgs,
         #[command(flatten)]
         registry: RegistryArgs,
         /// The image, as `husk run` names it.
@@ -60,23 +54,17 @@ pub(crate) fn pool(cmd: PoolCommand) -> CliResult {
     match cmd {
         PoolCommand::Add {
             size,
-            cpus,
-            memory,
-            kernel,
+            shape,
             registry,
             image,
         } => {
             let store = husk::image::ImageStore::open(None)?;
             let resolved = resolve_image(&store, &image, PullPolicy::Missing, &registry)?;
-            let kernel = match kernel {
-                Some(k) => k,
-                None => husk::kernel::cached(None)?.vmlinux,
-            };
             let spec = PoolSpec {
                 image: SandboxImage::from_store(&resolved),
-                kernel: std::path::absolute(&kernel)?,
-                cpus,
-                memory_mib: memory,
+                kernel: std::path::absolute(shape.kernel()?)?,
+                cpus: shape.cpus,
+                memory_mib: shape.memory,
             };
             let husk = std::env::current_exe()?;
             let mut progress = |n: usize, of: usize, took: std::time::Duration| {

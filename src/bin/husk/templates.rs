@@ -13,15 +13,8 @@ pub(crate) enum TemplateCommand {
     /// Boot a guest to its agent and keep it as the template for these vCPUs and this
     /// memory (replacing one there); `husk run` otherwise makes it on first use.
     Build {
-        /// vCPUs, as `husk run --cpus`.
-        #[arg(long, default_value_t = 1)]
-        cpus: u8,
-        /// Container memory limit in MiB, as `husk run --memory` (the VM has 64 MiB more).
-        #[arg(long, default_value_t = 256)]
-        memory: u64,
-        /// Guest kernel [default: `husk kernel path`].
-        #[arg(long)]
-        kernel: Option<PathBuf>,
+        #[command(flatten)]
+        shape: ShapeArgs,
     },
     /// List the templates: vCPUs, guest RAM, the kernel and agent they were made with,
     /// and the memory their snapshot holds. An image's own template (its container made
@@ -36,17 +29,34 @@ pub(crate) enum TemplateCommand {
     },
 }
 
+/// The vCPUs, memory and kernel of the sandboxes a template or a pool is for.
+#[derive(clap::Args)]
+pub(crate) struct ShapeArgs {
+    /// vCPUs, as `husk run --cpus`.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) cpus: u8,
+    /// Container memory limit in MiB, as `husk run --memory` (the VM has 64 MiB more).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) memory: u64,
+    /// Guest kernel [default: `husk kernel path`].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+}
+
+impl ShapeArgs {
+    /// The kernel given, else the cached one.
+    pub(crate) fn kernel(&self) -> Result<PathBuf, husk::kernel::KernelError> {
+        match &self.kernel {
+            Some(k) => Ok(k.clone()),
+            None => Ok(husk::kernel::cached(None)?.vmlinux),
+        }
+    }
+}
+
 pub(crate) fn template(cmd: TemplateCommand) -> CliResult {
     match cmd {
-        TemplateCommand::Build {
-            cpus,
-            memory,
-            kernel,
-        } => {
-            let kernel = match kernel {
-                Some(k) => k,
-                None => husk::kernel::cached(None)?.vmlinux,
-            };
+        TemplateCommand::Build { shape } => {
+            let (cpus, memory, kernel) = (shape.cpus, shape.memory, shape.kernel()?);
             let mut config = SandboxConfig::new(SandboxImage::default(), kernel);
             config.cpus = cpus;
             config.memory_mib = memory + 64;
