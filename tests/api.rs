@@ -243,3 +243,66 @@ fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_doe
     has("bad-config-error", "unknown field `gpus`");
     is("husk-processes-left", "0");
 }
+
+/// The guest: says whether its keyboard driver bound, then waits to be stopped.
+const CAD_GUEST: &str = r#"#!/bin/sh
+export PATH=/bin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin 2>/dev/null
+echo "keyboards=$(grep -c 'AT Translated Set 2 keyboard' /proc/bus/input/devices)"
+echo "keyboard-irq=$(grep -c 'i8042' /proc/interrupts)"
+echo guest-waiting
+while true; do sleep 1; done
+"#;
+
+const CAD_HOST: &str = r#"
+mkdir -p g
+cat > g/guest.sh <<'GUEST_EOF'
+GUEST_SCRIPT
+GUEST_EOF
+(cd g && echo guest.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
+cat initrd.cpio extra.cpio > guest.cpio
+API_CLIENT
+wait_for() { n=0; until grep -q "$2" "$1" 2>/dev/null; do n=$((n+1)); [ $n -gt 3000 ] && return 1; sleep 0.2; done; }
+SOCK=$PWD/api.sock
+./husk vmm --api-sock "$SOCK" --console console.log 2> vmm.err &
+vmm=$!
+n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done
+call early PUT /actions '{"action_type": "SendCtrlAltDel"}'
+call machine PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+call boot PUT /boot-source "{\"kernel_image_path\": \"$PWD/vmlinux\", \"initrd_path\": \"$PWD/guest.cpio\", \"boot_args\": \"quiet rdinit=/bin/busybox -- sh /guest.sh\"}"
+call start PUT /actions '{"action_type": "InstanceStart"}'
+wait_for console.log 'guest-waiting' && echo "guest-waiting=yes"
+# A guest that does not reboot would leave the VMM running: bounded here.
+( sleep 300; kill $vmm 2>/dev/null ) &
+guard=$!
+call cad PUT /actions '{"action_type": "SendCtrlAltDel"}'
+wait $vmm; echo "vmm-status=$?"
+kill $guard 2>/dev/null
+echo "vmm-err=$(tr '\n' ' ' < vmm.err)"
+echo "socket-left=$(test -e "$SOCK" && echo yes || echo no)"
+tr -d '\r' < console.log | grep -E '^keyboard'
+echo "husk-processes-left=$(husk_processes)"
+"#;
+
+#[test]
+fn send_ctrl_alt_del_reaches_the_guest_keyboard_and_its_reboot_ends_the_vmm() {
+    let curl = tool_files("curl", "curl", "curl");
+    let assets = assets();
+    let mut files = assets.files();
+    files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));
+    let script = CAD_HOST
+        .replace("GUEST_SCRIPT", CAD_GUEST.trim_end())
+        .replace("API_CLIENT", common::API_CLIENT.trim());
+    let out = run_script(&script, &files);
+    let is = |key: &str, want: &str| assert_eq!(out.value(key), Some(want), "{key}\n{out}");
+    is("early-status", "400");
+    is("start-status", "204");
+    is("guest-waiting", "yes");
+    is("keyboards", "1");
+    is("keyboard-irq", "1");
+    is("cad-status", "204");
+    is("vmm-status", "0");
+    is("socket-left", "no");
+    is("husk-processes-left", "0");
+}

@@ -211,8 +211,8 @@ pub fn report_stages(
             &["vm", "process", "vmm_rss_kib"],
         ),
         (
-            "guest RAM touched, RssShmem (KiB)",
-            &["vm", "process", "shmem_rss_kib"],
+            "guest RAM resident (KiB)",
+            &["vm", "process", "guest_rss_kib"],
         ),
     ] {
         println!(

@@ -388,7 +388,8 @@ impl RunningVm {
                 interrupted: get(&c.interrupted),
                 other: get(&c.other),
             },
-            process: crate::metrics::ProcessStats::read().unwrap_or_default(),
+            process: crate::metrics::ProcessStats::read(&self.ram.host_ranges())
+                .unwrap_or_default(),
         }
     }
 }
