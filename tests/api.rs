@@ -249,6 +249,9 @@ const CAD_GUEST: &str = r#"#!/bin/sh
 export PATH=/bin
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s /bin 2>/dev/null
+# The keyboard binds from the kernel's serio thread, maybe after init started.
+n=0
+until grep -q keyboard /proc/bus/input/devices || [ $n -gt 100 ]; do n=$((n+1)); usleep 100000; done
 echo "keyboards=$(grep -c 'AT Translated Set 2 keyboard' /proc/bus/input/devices)"
 echo "keyboard-irq=$(grep -c 'i8042' /proc/interrupts)"
 echo guest-waiting
