@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
 };
 
 use crate::arch::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};

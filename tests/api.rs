@@ -279,8 +279,10 @@ wait_for console.log 'guest-waiting' && echo "guest-waiting=yes"
 # A guest that does not reboot would leave the VMM running: bounded here.
 ( sleep 300; kill $vmm 2>/dev/null ) &
 guard=$!
+t0=$(date +%s%N)
 call cad PUT /actions '{"action_type": "SendCtrlAltDel"}'
 wait $vmm; echo "vmm-status=$?"
+echo "cad-to-exit-ms=$(( ($(date +%s%N) - t0) / 1000000 ))"
 kill $guard 2>/dev/null
 echo "vmm-err=$(tr '\n' ' ' < vmm.err)"
 echo "socket-left=$(test -e "$SOCK" && echo yes || echo no)"
@@ -305,6 +307,10 @@ fn send_ctrl_alt_del_reaches_the_guest_keyboard_and_its_reboot_ends_the_vmm() {
     is("keyboards", "1");
     is("keyboard-irq", "1");
     is("cad-status", "204");
+    eprintln!(
+        "SendCtrlAltDel to the VMM's exit: {} ms",
+        out.value("cad-to-exit-ms").unwrap_or("?")
+    );
     is("vmm-status", "0");
     is("socket-left", "no");
     is("husk-processes-left", "0");

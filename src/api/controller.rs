@@ -188,8 +188,9 @@ impl Controller {
             "FlushMetrics" => Ok(Response::no_content()),
             "SendCtrlAltDel" => {
                 let vm = self.running("SendCtrlAltDel")?;
-                vm.send_ctrl_alt_del()
-                    .map_err(|e| ApiError::BadRequest(format!("action_type SendCtrlAltDel: {e}")))?;
+                vm.send_ctrl_alt_del().map_err(|e| {
+                    ApiError::BadRequest(format!("action_type SendCtrlAltDel: {e}"))
+                })?;
                 Ok(Response::no_content())
             }
             other => Err(ApiError::BadRequest(format!(

@@ -99,11 +99,7 @@ impl RunningVm {
             vm: VmState::save(&self.vm)?,
             vcpus,
             serial: serial.persist(),
-            i8042: self
-                .i8042
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .state(),
+            i8042: self.i8042.lock().unwrap_or_else(|e| e.into_inner()).state(),
             devices: slots,
         };
         Ok(Quiesced {

@@ -176,7 +176,13 @@ impl I8042State {
                 };
                 // The next byte, if any, is announced like the first was.
                 let interrupt = !self.output.is_empty() && self.keyboard_interrupts();
-                (value, Effects { interrupt, reset: false })
+                (
+                    value,
+                    Effects {
+                        interrupt,
+                        reset: false,
+                    },
+                )
             }
             COMMAND_OFFSET => (self.status(), Effects::default()),
             _ => (0xff, Effects::default()),

@@ -197,7 +197,12 @@ enum Access {
 }
 
 fn access() -> impl Strategy<Value = Access> {
-    let offset = prop_oneof![Just(DATA_OFFSET), Just(COMMAND_OFFSET), 0u64..8, any::<u64>()];
+    let offset = prop_oneof![
+        Just(DATA_OFFSET),
+        Just(COMMAND_OFFSET),
+        0u64..8,
+        any::<u64>()
+    ];
     prop_oneof![
         offset.clone().prop_map(Access::Read),
         (offset, any::<u8>()).prop_map(|(o, v)| Access::Write(o, v)),
