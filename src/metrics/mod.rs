@@ -71,8 +71,13 @@ pub struct ProcessStats {
     pub vmm_system_ms: f64,
     /// CPU time spent in guest mode, in ms.
     pub guest_cpu_ms: f64,
-    /// Resident memory outside guest RAM's mappings, in KiB: the VMM's own.
+    /// Resident memory outside guest RAM's mappings, in KiB: the VMM's own (the husk
+    /// binary's pages included, which every process running it shares).
     pub vmm_rss_kib: u64,
+    /// The anonymous part of `vmm_rss_kib` (heap, stacks, written data), in KiB: what
+    /// this VMM holds that no other process shares.
+    #[serde(default)]
+    pub vmm_anon_kib: u64,
     /// Resident memory of guest RAM's mappings (memfd pages, or a snapshot file's
     /// pages and the private copies of those written), in KiB.
     pub guest_rss_kib: u64,
@@ -87,6 +92,7 @@ impl ProcessStats {
         let rss = rss::split(&smaps, guest);
         Ok(Self {
             vmm_rss_kib: rss.vmm_kib,
+            vmm_anon_kib: rss.vmm_anon_kib,
             guest_rss_kib: rss.guest_kib,
             ..Self::parse(&stat, clock_ticks_per_second())
         })
