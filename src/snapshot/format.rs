@@ -150,7 +150,7 @@ mod tests {
         bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
         assert_eq!(
             check(&bytes).unwrap_err().to_string(),
-            "snapshot format version 7 ≠ this husk's 3"
+            "snapshot format version 7 ≠ this husk's 4"
         );
     }
 
