@@ -227,6 +227,10 @@ fn report(husk: &[Sample], qemu: &[Sample]) {
             &["process", "vmm_system_ms"],
         ),
         ("VMM RSS excl. guest RAM (KiB)", &["process", "vmm_rss_kib"]),
+        (
+            "  of which anonymous, not shared (KiB)",
+            &["process", "vmm_anon_kib"],
+        ),
         ("exits: port in", &["exits", "io_in"]),
         ("exits: port out", &["exits", "io_out"]),
         ("exits: MMIO read", &["exits", "mmio_read"]),

@@ -20,9 +20,12 @@ pub const DEFAULT_MEMORY_MIB: u64 = 256;
 /// `reboot=k` resets through the i8042 so a guest reboot ends the VM; `panic_warm` makes a
 /// panic's reset distinguishable from a clean one (see `vmm::exit::classify`).
 /// `noreplace-smp` keeps a one-vCPU guest from rewriting every lock prefix of its text at
-/// boot (6% of kernel boot samples under the profiler; kernels/README.md).
-pub const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k,panic_warm panic=-1 8250.nr_uarts=1 noreplace-smp";
+/// boot (6% of kernel boot samples under the profiler; kernels/README.md). The `i8042.*`
+/// options keep the guest's keyboard driver from probing what husk's i8042 does not have
+/// (an AUX port, a multiplexer) and from commanding the keyboard (`dumbkbd`): each probe
+/// is a port exit.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k,panic_warm panic=-1 8250.nr_uarts=1 \
+     noreplace-smp i8042.noaux i8042.nomux i8042.dumbkbd";
 
 /// Where the guest console goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

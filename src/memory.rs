@@ -12,7 +12,10 @@ use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
 
 use crate::arch::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
@@ -96,6 +99,20 @@ pub struct GuestRam {
     pub file: Arc<File>,
     /// How the file is mapped.
     pub backing: Backing,
+}
+
+impl GuestRam {
+    /// Where each region is mapped in this process (for telling guest RAM's resident
+    /// pages from the VMM's own).
+    pub fn host_ranges(&self) -> Vec<std::ops::Range<u64>> {
+        self.memory
+            .iter()
+            .map(|region| {
+                let start = region.as_ptr() as u64;
+                start..start + region.len()
+            })
+            .collect()
+    }
 }
 
 /// The RAM ranges for `size` bytes: from 0 up to the MMIO hole, the rest from 4 GiB.

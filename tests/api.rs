@@ -243,3 +243,150 @@ fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_doe
     has("bad-config-error", "unknown field `gpus`");
     is("husk-processes-left", "0");
 }
+
+/// The guest: says whether its keyboard driver bound, then waits to be stopped.
+const CAD_GUEST: &str = r#"#!/bin/sh
+export PATH=/bin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin 2>/dev/null
+# The keyboard binds from the kernel's serio thread, maybe after init started.
+n=0
+until grep -q keyboard /proc/bus/input/devices || [ $n -gt 100 ]; do n=$((n+1)); usleep 100000; done
+echo "keyboards=$(grep -c 'AT Translated Set 2 keyboard' /proc/bus/input/devices)"
+echo "keyboard-irq=$(grep -c 'i8042' /proc/interrupts)"
+echo guest-waiting
+while true; do sleep 1; done
+"#;
+
+const CAD_HOST: &str = r#"
+mkdir -p g
+cat > g/guest.sh <<'GUEST_EOF'
+GUEST_SCRIPT
+GUEST_EOF
+(cd g && echo guest.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
+cat initrd.cpio extra.cpio > guest.cpio
+API_CLIENT
+wait_for() { n=0; until grep -q "$2" "$1" 2>/dev/null; do n=$((n+1)); [ $n -gt 3000 ] && return 1; sleep 0.2; done; }
+SOCK=$PWD/api.sock
+./husk vmm --api-sock "$SOCK" --console console.log 2> vmm.err &
+vmm=$!
+n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done
+call early PUT /actions '{"action_type": "SendCtrlAltDel"}'
+call machine PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+call boot PUT /boot-source "{\"kernel_image_path\": \"$PWD/vmlinux\", \"initrd_path\": \"$PWD/guest.cpio\", \"boot_args\": \"quiet rdinit=/bin/busybox -- sh /guest.sh\"}"
+call start PUT /actions '{"action_type": "InstanceStart"}'
+wait_for console.log 'guest-waiting' && echo "guest-waiting=yes"
+# A guest that does not reboot would leave the VMM running: bounded here.
+( sleep 300; kill $vmm 2>/dev/null ) &
+guard=$!
+t0=$(cut -d' ' -f1 /proc/uptime)
+call cad PUT /actions '{"action_type": "SendCtrlAltDel"}'
+wait $vmm; echo "vmm-status=$?"
+echo "cad-to-exit-ms=$(awk -v a="$t0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN {print (b - a) * 1000}')"
+kill $guard 2>/dev/null
+echo "vmm-err=$(tr '\n' ' ' < vmm.err)"
+echo "socket-left=$(test -e "$SOCK" && echo yes || echo no)"
+tr -d '\r' < console.log | grep -E '^keyboard'
+echo "husk-processes-left=$(husk_processes)"
+"#;
+
+#[test]
+fn send_ctrl_alt_del_reaches_the_guest_keyboard_and_its_reboot_ends_the_vmm() {
+    let curl = tool_files("curl", "curl", "curl");
+    let assets = assets();
+    let mut files = assets.files();
+    files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));
+    let script = CAD_HOST
+        .replace("GUEST_SCRIPT", CAD_GUEST.trim_end())
+        .replace("API_CLIENT", common::API_CLIENT.trim());
+    let out = run_script(&script, &files);
+    let is = |key: &str, want: &str| assert_eq!(out.value(key), Some(want), "{key}\n{out}");
+    is("early-status", "400");
+    is("start-status", "204");
+    is("guest-waiting", "yes");
+    is("keyboards", "1");
+    is("keyboard-irq", "1");
+    is("cad-status", "204");
+    eprintln!(
+        "SendCtrlAltDel to the VMM's exit: {} ms",
+        out.value("cad-to-exit-ms").unwrap_or("?")
+    );
+    is("vmm-status", "0");
+    is("socket-left", "no");
+    is("husk-processes-left", "0");
+}
+
+/// `husk vmm` started by a caller that is not root: no jail (refused, saying why), but
+/// its filters and no_new_privs on every thread, no capability, the caller's ids.
+const UNPRIVILEGED_HOST: &str = r#"
+mkdir -p g
+cat > g/guest.sh <<'GUEST_EOF'
+GUEST_SCRIPT
+GUEST_EOF
+(cd g && echo guest.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
+cat initrd.cpio extra.cpio > guest.cpio
+API_CLIENT
+chmod 755 husk-guest-tool
+wait_for() { n=0; until grep -q "$2" "$1" 2>/dev/null; do n=$((n+1)); [ $n -gt 3000 ] && return 1; sleep 0.2; done; }
+# The caller: uid 1000, with /dev/kvm open to it (as a kvm group would).
+chmod 666 /dev/kvm
+mkdir u && chown 1000:1000 u
+as_user() { ./husk-guest-tool run-as 1000 1000 -- "$@"; }
+SOCK=$PWD/u/api.sock
+# run-as execs husk, so $! is the VMM's pid.
+./husk-guest-tool run-as 1000 1000 -- ./husk vmm --api-sock "$SOCK" --console u/console.log \
+    2> u/vmm.err &
+vmm=$!
+n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done
+call machine PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+call boot PUT /boot-source "{\"kernel_image_path\": \"$PWD/vmlinux\", \"initrd_path\": \"$PWD/guest.cpio\", \"boot_args\": \"quiet rdinit=/bin/busybox -- sh /guest.sh\"}"
+call start PUT /actions '{"action_type": "InstanceStart"}'
+wait_for u/console.log 'guest-waiting' && echo "guest-waiting=yes"
+st=/proc/$vmm/status
+echo "user-ids=$(awk '/^Uid:/{print $2 ":" $3}' $st) $(awk '/^Gid:/{print $2}' $st)"
+echo "user-groups=$(awk '/^Groups:/{print $2}' $st)"
+echo "user-caps=$(awk '/^CapEff:/{print $2}' $st) $(awk '/^CapPrm:/{print $2}' $st)"
+echo "user-no-new-privs=$(awk '/^NoNewPrivs:/{print $2}' $st)"
+echo "user-threads=$(ls /proc/$vmm/task | wc -l)"
+echo "user-threads-filtered=$(cat /proc/$vmm/task/*/status | grep -c '^Seccomp:[[:space:]]*2$')"
+echo "user-same-mount-ns=$(test "$(readlink /proc/$vmm/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" && echo yes)"
+call cad PUT /actions '{"action_type": "SendCtrlAltDel"}'
+wait $vmm; echo "user-vmm-status=$?"
+as_user ./husk vmm --api-sock "$PWD/u/x.sock" --jail "$PWD/u/jail" --uid 1000 --gid 1000 2> u/jail.err
+echo "user-jail-status=$?"
+echo "user-jail-error=$(cat u/jail.err)"
+echo "husk-processes-left=$(husk_processes)"
+"#;
+
+#[test]
+fn an_unprivileged_vmm_runs_filtered_without_privileges_and_refuses_to_jail() {
+    let curl = tool_files("curl", "curl", "curl");
+    let tool = std::path::Path::new(env!("CARGO_BIN_EXE_husk-guest-tool"));
+    let assets = assets();
+    let mut files = assets.files();
+    files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));
+    files.push((tool, "husk-guest-tool"));
+    let script = UNPRIVILEGED_HOST
+        .replace("GUEST_SCRIPT", CAD_GUEST.trim_end())
+        .replace("API_CLIENT", common::API_CLIENT.trim());
+    let out = run_script(&script, &files);
+    let is = |key: &str, want: &str| assert_eq!(out.value(key), Some(want), "{key}\n{out}");
+    is("start-status", "204");
+    is("guest-waiting", "yes");
+    is("user-ids", "1000:1000 1000");
+    is("user-groups", "");
+    is("user-caps", "0000000000000000 0000000000000000");
+    is("user-no-new-privs", "1");
+    let threads = out.value("user-threads").unwrap_or("none").to_string();
+    is("user-threads-filtered", &threads);
+    is("user-same-mount-ns", "yes");
+    is("cad-status", "204");
+    is("user-vmm-status", "0");
+    is("user-jail-status", "1");
+    assert!(
+        out.value("user-jail-error")
+            .is_some_and(|e| e.contains("--jail needs root")),
+        "{out}"
+    );
+    is("husk-processes-left", "0");
+}

@@ -232,8 +232,12 @@ pub fn report_stages(
             &["vm", "process", "vmm_rss_kib"],
         ),
         (
-            "guest RAM touched, RssShmem (KiB)",
-            &["vm", "process", "shmem_rss_kib"],
+            "  of which anonymous, not shared (KiB)",
+            &["vm", "process", "vmm_anon_kib"],
+        ),
+        (
+            "guest RAM resident (KiB)",
+            &["vm", "process", "guest_rss_kib"],
         ),
     ] {
         println!(

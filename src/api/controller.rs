@@ -186,11 +186,13 @@ impl Controller {
                 Ok(Response::no_content())
             }
             "FlushMetrics" => Ok(Response::no_content()),
-            "SendCtrlAltDel" => Err(ApiError::BadRequest(
-                "action_type SendCtrlAltDel: husk's i8042 has no keyboard to send it through; \
-                 stop the VM by ending the guest or the process"
-                    .into(),
-            )),
+            "SendCtrlAltDel" => {
+                let vm = self.running("SendCtrlAltDel")?;
+                vm.send_ctrl_alt_del().map_err(|e| {
+                    ApiError::BadRequest(format!("action_type SendCtrlAltDel: {e}"))
+                })?;
+                Ok(Response::no_content())
+            }
             other => Err(ApiError::BadRequest(format!(
                 "action_type {other}: must be InstanceStart, SendCtrlAltDel or FlushMetrics"
             ))),

@@ -22,8 +22,9 @@ use crate::vmm::persist::MicrovmState;
 /// The first bytes of every husk state file.
 pub const MAGIC: &[u8; 8] = b"HUSKSNAP";
 /// The layout of the body; bumped on any change of the state types (2: disks and
-/// network cards carry their rate limiters; 3: the entropy device carries its).
-pub const FORMAT_VERSION: u32 = 3;
+/// network cards carry their rate limiters; 3: the entropy device carries its; 4: the
+/// i8042 and its keyboard).
+pub const FORMAT_VERSION: u32 = 4;
 /// Header length.
 pub const HEADER_LEN: usize = 52;
 /// Largest body a reader accepts (a state with 32 vCPUs is a few hundred KiB).
@@ -149,7 +150,7 @@ mod tests {
         bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
         assert_eq!(
             check(&bytes).unwrap_err().to_string(),
-            "snapshot format version 7 ≠ this husk's 3"
+            "snapshot format version 7 ≠ this husk's 4"
         );
     }
 

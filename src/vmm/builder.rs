@@ -26,7 +26,7 @@ use crate::arch::x86_64::{self as arch, layout};
 use crate::boot::{self, BootRequest};
 use crate::config::{ConsoleConfig, VmConfig};
 use crate::devices::bus::Bus;
-use crate::devices::i8042::I8042;
+use crate::devices::i8042::{I8042State, I8042};
 use crate::devices::serial::{ConsoleLog, ConsoleOut, SerialDevice, SerialPersist};
 use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::vsock::VsockConfig;
@@ -68,8 +68,8 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
 
     let console = Arc::new(ConsoleLog::default());
     let exit = Arc::new(ExitSink::default());
-    let (pio, serial) = port_devices(&vm, config, console.clone(), exit.clone(), None)?;
-    let shared = vcpu_shared(&kvm, &vm, config, pio, mmio, exit, false)?;
+    let ports = port_devices(&vm, config, console.clone(), exit.clone(), None)?;
+    let shared = vcpu_shared(&kvm, &vm, config, ports.bus, mmio, exit, false)?;
     let vcpus = create_vcpus(&kvm, &vm, config.cpus, &ram.memory, &entry, &shared)?;
     RunningVm::launch(Parts {
         shared,
@@ -78,7 +78,8 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
         ram,
         vm,
         console,
-        serial,
+        serial: ports.serial,
+        i8042: ports.i8042,
         config: config.clone(),
         fds,
         started,
@@ -188,9 +189,9 @@ pub fn restore_with(
 
     let console = Arc::new(ConsoleLog::default());
     let exit = Arc::new(ExitSink::default());
-    let serial_state = Some(&state.serial);
-    let (pio, serial) = port_devices(&vm, &config, console.clone(), exit.clone(), serial_state)?;
-    let shared = vcpu_shared(&kvm, &vm, &config, pio, mmio, exit, options.paused)?;
+    let saved = Some((&state.serial, &state.i8042));
+    let ports = port_devices(&vm, &config, console.clone(), exit.clone(), saved)?;
+    let shared = vcpu_shared(&kvm, &vm, &config, ports.bus, mmio, exit, options.paused)?;
     let prefault = working_set.map(|set| (&kvm, &ram.memory, set));
     let (vcpus, prefaulted) = restore_vcpus(&vm, state, &shared, prefault)?;
     virtio.restore(&state.devices)?;
@@ -201,7 +202,8 @@ pub fn restore_with(
         ram,
         vm,
         console,
-        serial,
+        serial: ports.serial,
+        i8042: ports.i8042,
         config,
         fds,
         started,
@@ -346,34 +348,54 @@ fn console_sink(config: &VmConfig) -> Result<Option<Box<dyn Write + Send>>, VmEr
     })
 }
 
+/// The legacy port devices of a VM, on their bus.
+struct PortDevices {
+    bus: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042>>,
+}
+
 fn port_devices(
     vm: &VmFd,
     config: &VmConfig,
     console: Arc<ConsoleLog>,
     exit: Arc<ExitSink>,
-    saved: Option<&SerialPersist>,
-) -> Result<(Bus, Arc<Mutex<SerialDevice>>), VmError> {
-    let mut pio = Bus::new();
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Setup {
-        what: "creating the serial irqfd",
-        source: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO)),
-    })?;
-    vm.register_irqfd(&irq, layout::SERIAL_IRQ)
-        .map_err(setup("registering the serial irqfd"))?;
+    saved: Option<(&SerialPersist, &I8042State)>,
+) -> Result<PortDevices, VmError> {
+    let mut bus = Bus::new();
+    let irq = irqfd(vm, layout::SERIAL_IRQ, "the serial irqfd")?;
     let out = ConsoleOut::new(console_sink(config)?, console);
     let serial = match saved {
-        Some(state) => SerialDevice::from_state(state, irq, out)?,
+        Some((state, _)) => SerialDevice::from_state(state, irq, out)?,
         None => SerialDevice::new(irq, out),
     };
     let serial = Arc::new(Mutex::new(serial));
-    pio.insert(serial.clone(), u64::from(layout::SERIAL_PORT), 8)?;
-    let reset = I8042::new(Box::new(move || exit.report(ExitCause::ResetRequested)));
-    pio.insert(
-        Arc::new(Mutex::new(reset)),
-        u64::from(layout::I8042_DATA_PORT),
-        5,
-    )?;
-    Ok((pio, serial))
+    bus.insert(serial.clone(), u64::from(layout::SERIAL_PORT), 8)?;
+    let irq = irqfd(vm, layout::KEYBOARD_IRQ, "the keyboard irqfd")?;
+    let on_reset = Box::new(move || exit.report(ExitCause::ResetRequested));
+    let i8042 = match saved {
+        Some((_, state)) if !state.is_valid() => {
+            return Err(VmError::State(format!(
+                "the snapshot's i8042 holds {} output bytes, more than it can",
+                state.output.len()
+            )))
+        }
+        Some((_, state)) => I8042::from_state(state.clone(), irq, on_reset),
+        None => I8042::new(irq, on_reset),
+    };
+    let i8042 = Arc::new(Mutex::new(i8042));
+    bus.insert(i8042.clone(), u64::from(layout::I8042_DATA_PORT), 5)?;
+    Ok(PortDevices { bus, serial, i8042 })
+}
+
+/// A new eventfd registered as the irqfd of `gsi`.
+fn irqfd(vm: &VmFd, gsi: u32, what: &'static str) -> Result<EventFd, VmError> {
+    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Setup {
+        what,
+        source: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    vm.register_irqfd(&fd, gsi).map_err(setup(what))?;
+    Ok(fd)
 }
 
 fn create_vcpus(

@@ -24,9 +24,9 @@ use crate::devices::virtio::vsock::Vsock;
 pub const PROCESS_RESERVE: usize = 256;
 
 /// Descriptors of a VM whatever its devices: guest RAM's memfd, `/dev/kvm` (during the
-/// start), the VM, the serial irqfd, a console file, the device loop's epoll and its
-/// stop eventfd.
-const VM_FIXED_FDS: usize = 7;
+/// start), the VM, the serial and keyboard irqfds, a console file, the device loop's
+/// epoll and its stop eventfd.
+const VM_FIXED_FDS: usize = 8;
 
 /// Room for files a VM opens for a moment: the kernel and initrd while loading, the
 /// `vmlinux` symbols and `/proc` files of a failure report.

@@ -1,5 +1,6 @@
 //! A whole VM as plain data ([`MicrovmState`]): the configuration it was built from,
-//! the KVM state of the VM and of each vCPU, the console UART, and every virtio slot.
+//! the KVM state of the VM and of each vCPU, the console UART, the i8042, and every
+//! virtio slot.
 //! Guest memory is not in it: [`crate::snapshot`] writes it beside, as its own file.
 //!
 //! Taking it: the vCPUs are parked (each saves itself on its own thread), then every
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VmConfig;
+use crate::devices::i8042::I8042State;
 use crate::devices::serial::SerialPersist;
 use crate::devices::virtio::persist::SlotState;
 
@@ -35,6 +37,8 @@ pub struct MicrovmState {
     pub vcpus: Vec<VcpuState>,
     /// COM1.
     pub serial: SerialPersist,
+    /// The i8042 and its keyboard (bytes the guest has not read yet included).
+    pub i8042: I8042State,
     /// Each virtio-mmio slot, in slot order.
     pub devices: Vec<SlotState>,
 }
@@ -95,6 +99,7 @@ impl RunningVm {
             vm: VmState::save(&self.vm)?,
             vcpus,
             serial: serial.persist(),
+            i8042: self.i8042.lock().unwrap_or_else(|e| e.into_inner()).state(),
             devices: slots,
         };
         Ok(Quiesced {

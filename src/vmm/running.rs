@@ -13,6 +13,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::boot;
 use crate::config::VmConfig;
+use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleLog, SerialDevice};
 use crate::memory::GuestRam;
 use crate::metrics::{ms_since, ExitCounts, RunMetrics, Timeline};
@@ -51,6 +52,7 @@ pub(super) struct Parts {
     pub vm: VmFd,
     pub console: Arc<ConsoleLog>,
     pub serial: Arc<Mutex<SerialDevice>>,
+    pub i8042: Arc<Mutex<I8042>>,
     pub config: VmConfig,
     pub fds: fd_limit::FdReservation,
     pub started: Instant,
@@ -73,6 +75,7 @@ pub struct RunningVm {
     /// The configuration it runs with (a snapshot records it).
     pub(super) config: VmConfig,
     pub(super) serial: Arc<Mutex<SerialDevice>>,
+    pub(super) i8042: Arc<Mutex<I8042>>,
     // Dropping these closes the VM and unmaps its memory; they go last.
     pub(super) vm: VmFd,
     pub(super) ram: GuestRam,
@@ -101,6 +104,7 @@ impl RunningVm {
             kernel: parts.config.kernel.clone(),
             taps,
             serial: parts.serial,
+            i8042: parts.i8042,
             vm: parts.vm,
             ram: parts.ram,
             config: parts.config,
@@ -113,6 +117,16 @@ impl RunningVm {
             running.spawn_profiler()?;
         }
         Ok(running)
+    }
+
+    /// Press and release Ctrl+Alt+Del on the guest's keyboard (the API's
+    /// `SendCtrlAltDel`): a Linux guest with its i8042 and AT keyboard drivers reboots
+    /// (or tells its init), which ends the VM.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), VmError> {
+        let mut i8042 = self.i8042.lock().unwrap_or_else(|e| e.into_inner());
+        i8042
+            .send_ctrl_alt_del()
+            .map_err(|e| VmError::State(e.to_string()))
     }
 
     /// Park every vCPU out of KVM_RUN (see [`super::parking`]); the guest stops
@@ -374,7 +388,8 @@ impl RunningVm {
                 interrupted: get(&c.interrupted),
                 other: get(&c.other),
             },
-            process: crate::metrics::ProcessStats::read().unwrap_or_default(),
+            process: crate::metrics::ProcessStats::read(&self.ram.host_ranges())
+                .unwrap_or_default(),
         }
     }
 }

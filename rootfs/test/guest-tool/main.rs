@@ -40,6 +40,9 @@ usage: husk-guest-tool COMMAND ARGS [OPTIONS]
                              and when it prints WHEN do a STEP (WHEN=resize:RxC or
                              WHEN=type:TEXT, \r = Enter, ^C = Ctrl-C); exits with
                              CMD's code
+  run-as UID GID -- CMD ARGS...
+                             exec CMD as UID:GID with no supplementary groups (host
+                             side: an unprivileged caller)
 options: --send N  --recv N|eof  --half-close  --no-check  --direct  --bytes N
          --count N  --hold
          --block N (read-file/write-file: bytes per call, default 256K; prints -iops)
@@ -254,12 +257,36 @@ fn pty_run(args: &[String]) -> io::Result<i32> {
     pty::run(number(rows)?, number(cols)?, command, steps)
 }
 
+/// `run-as UID GID -- CMD...`: returns only when the exec failed.
+fn run_as(args: &[String]) -> io::Error {
+    use std::os::unix::process::CommandExt;
+    let [uid, gid, dashes, cmd, cmd_args @ ..] = args else {
+        return bad(format!("run-as needs UID GID -- CMD\n{USAGE}"));
+    };
+    if dashes != "--" {
+        return bad(format!("run-as needs -- before the command\n{USAGE}"));
+    }
+    let (Ok(uid), Ok(gid)) = (number::<u32>(uid), number::<u32>(gid)) else {
+        return bad(format!("run-as: bad UID or GID\n{USAGE}"));
+    };
+    // std drops the supplementary groups when it changes the uid as root.
+    std::process::Command::new(cmd)
+        .args(cmd_args)
+        .gid(gid)
+        .uid(uid)
+        .exec()
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    if cmd == "run-as" {
+        eprintln!("husk-guest-tool run-as: {}", run_as(rest));
+        return ExitCode::from(126);
+    }
     if cmd == "pty-run" {
         return match pty_run(rest) {
             Ok(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),

@@ -58,6 +58,8 @@ pub const SERIAL_IRQ: u32 = 4;
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 command/status port; writing 0xfe there resets the machine.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// The i8042's keyboard interrupt line.
+pub const KEYBOARD_IRQ: u32 = 1;
 /// Debug port: the guest writes a byte here to mark a boot milestone (see docs/design.md).
 pub const DEBUG_PORT: u16 = 0x3f0;
 /// The TSS and identity-map pages KVM needs on Intel hosts, inside the MMIO hole.
