@@ -14,7 +14,13 @@
 //! compare the ratios, which come from one test host boot.
 //!
 //! Environment: `HUSK_BENCH_ROUNDS` (default 1), `HUSK_BENCH_MIB` (64),
-//! `HUSK_TEST_HOST` (auto|always|never).
+//! `HUSK_BENCH_ONLY` (device families to run, comma-separated from `blk,vsock,net`;
+//! default all: `HUSK_BENCH_ONLY=vsock` iterates on one family in a third of the time),
+//! `HUSK_BENCH_SECCOMP` (`0` skips the seccomp on/off comparison; default `1`),
+//! `HUSK_BENCH_BASELINE` (path of another `husk` binary, e.g. one built from `main`:
+//! it runs as a third VMM, interleaved with the others, and gets a table of its own, so
+//! a change is measured against its base in one test-host boot), `HUSK_TEST_HOST`
+//! (auto|always|never).
 #![allow(missing_docs)]
 
 #[path = "common/mod.rs"]
@@ -62,6 +68,14 @@ fn outer() {
     ];
     let rounds = env_or("HUSK_BENCH_ROUNDS", "1");
     let mib = env_or("HUSK_BENCH_MIB", "64");
+    let only = env_or("HUSK_BENCH_ONLY", "blk,vsock,net");
+    let seccomp = env_or("HUSK_BENCH_SECCOMP", "1");
+    let inner_args = ["--inner", &rounds, &mib, &only, &seccomp];
+    let baseline = std::env::var_os("HUSK_BENCH_BASELINE").map(PathBuf::from);
+    let files: Vec<(PathBuf, &str)> = files
+        .into_iter()
+        .chain(baseline.map(|b| (b, "husk-base")))
+        .collect();
     let status = if hardware_kvm() {
         let dir = std::env::temp_dir().join(format!("husk-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the bench dir");
@@ -71,7 +85,7 @@ fn outer() {
         let peer = root.join("scripts/testhost.d");
         let path = format!("{}:{}", peer.display(), env_or("PATH", ""));
         let status = Command::new(dir.join("bench"))
-            .args(["--inner", &rounds, &mib])
+            .args(inner_args)
             .current_dir(&dir)
             .env("PATH", path)
             .status();
@@ -90,8 +104,7 @@ fn outer() {
             Some(dir) => cmd.args(["--dir", &format!("{dir}:vhost")]),
             None => &mut cmd,
         };
-        cmd.args(["--", "./bench", "--inner", &rounds, &mib])
-            .status()
+        cmd.args(["--", "./bench"]).args(inner_args).status()
     };
     let status = status.expect("the benchmark runner starts");
     assert!(status.success(), "the device benchmark failed: {status}");
@@ -155,10 +168,13 @@ fn setup(mib: u64) -> bool {
         bytes = mib << 20
     ));
     assert!(prepared, "preparing the test host failed");
-    // In the test host the modules come along in vhost/; on a hardware KVM machine the
-    // device may already be there.
+    // In the test host the modules come along in vhost/ (skipped when the test host's
+    // kernel already has one loaded); on a hardware KVM machine the device may already
+    // be there.
     let vhost = sh("if [ -f vhost/load-order ]; then
-            for m in $(cat vhost/load-order); do insmod vhost/$m.ko || exit 1; done
+            for m in $(cat vhost/load-order); do
+                grep -q \"^$m \" /proc/modules || insmod vhost/$m.ko || exit 1
+            done
         fi
         test -c /dev/vhost-vsock");
     println!(
@@ -184,7 +200,7 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
     let size = format!("{mib}M");
     let mut host: Option<Child> = None;
     let client: Option<Vec<String>> = match (workload, vmm) {
-        ("vsock", Vmm::Husk | Vmm::HuskProcess { .. }) => {
+        ("vsock", Vmm::Husk | Vmm::HuskBase | Vmm::HuskProcess { .. }) => {
             Some(["uds-connect", "v.sock", "5000"].map(String::from).to_vec())
         }
         ("vsock", Vmm::Qemu) => Some(["vsock-connect", "3", "5000"].map(String::from).to_vec()),
@@ -251,7 +267,9 @@ const RR_KEY: &str = "64 B round trips/s";
 /// 7003), once the stream is done.
 fn round_trips(vmm: Vmm, workload: &str) -> Values {
     let args: &[&str] = match (workload, vmm) {
-        ("vsock", Vmm::Husk | Vmm::HuskProcess { .. }) => &["uds-connect", "v.sock", "5001"],
+        ("vsock", Vmm::Husk | Vmm::HuskBase | Vmm::HuskProcess { .. }) => {
+            &["uds-connect", "v.sock", "5001"]
+        }
         ("vsock", Vmm::Qemu) => &["vsock-connect", "3", "5001"],
         _ => &["tcp-connect", "10.0.2.15", "7003"],
     };
@@ -296,9 +314,12 @@ fn upper_bound(workload: &str, mib: u64) -> Figures {
 }
 
 fn inner(args: &[String]) {
-    let [rounds, mib] = args else {
-        panic!("usage: bench --inner ROUNDS MIB");
+    let [rounds, mib, only, seccomp] = args else {
+        panic!("usage: bench --inner ROUNDS MIB FAMILIES SECCOMP");
     };
+    let families: Vec<&str> = only.split(',').map(str::trim).collect();
+    let with_seccomp = seccomp != "0";
+    let with_base = std::path::Path::new("husk-base").exists();
     let rounds: usize = rounds.parse().expect("rounds is a number");
     let mib: u64 = mib.parse().expect("MiB is a number");
     let vhost = setup(mib);
@@ -314,8 +335,12 @@ fn inner(args: &[String]) {
     let idle_exits = median(idle);
     println!("# husk exits of a boot without workload (baseline): {idle_exits:.0}");
     for workload in ["blk", "vsock", "net"] {
+        if !families.contains(&workload) {
+            continue;
+        }
         let with_qemu = workload != "vsock" || vhost;
         let mut husk = Vec::new();
+        let mut base = Vec::new();
         let mut qemu = Vec::new();
         let mut bound = Vec::new();
         for round in 0..rounds {
@@ -324,12 +349,28 @@ fn inner(args: &[String]) {
                 qemu.push(run_workload(Vmm::Qemu, workload, mib));
             }
             husk.push(run_workload(Vmm::Husk, workload, mib));
+            if with_base {
+                base.push(run_workload(Vmm::HuskBase, workload, mib));
+            }
             if round % 2 == 0 && with_qemu {
                 qemu.push(run_workload(Vmm::Qemu, workload, mib));
             }
             bound.push(upper_bound(workload, mib));
         }
         report(workload, mib, &husk, &qemu, &bound, idle_exits);
+        if with_base {
+            report(
+                &format!("{workload} BASELINE"),
+                mib,
+                &base,
+                &qemu,
+                &bound,
+                idle_exits,
+            );
+        }
+        if !with_seccomp {
+            continue;
+        }
         let (mut filtered, mut unfiltered) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             let order = if round % 2 == 0 {

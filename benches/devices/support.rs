@@ -55,6 +55,8 @@ pub(crate) fn host_tool(args: &[&str]) -> Values {
 pub(crate) enum Vmm {
     /// husk itself (`husk boot`: the VM in the command's process, no syscall filters).
     Husk,
+    /// The same with the baseline binary `husk-base` (`HUSK_BENCH_BASELINE`).
+    HuskBase,
     /// `husk vmm --no-api --config-file`, the process sandboxes use, with its syscall
     /// filters or without them (`--no-seccomp`).
     HuskProcess { seccomp: bool },
@@ -128,16 +130,21 @@ pub(crate) fn boot_vmm(vmm: Vmm, workload: &str, mib: u64) -> RunningVm {
     ];
     let mut cmd = Command::new("timeout");
     match vmm {
-        Vmm::Husk => {
+        Vmm::Husk | Vmm::HuskBase => {
             let device: &[&str] = match workload {
                 "blk" => &["--disk", "path=disk.img"],
                 "net" => &["--net", "tap=hb0,mac=52:54:00:12:34:56"],
                 "vsock" => &["--vsock", "cid=3,uds=v.sock"],
                 _ => &[],
             };
+            let binary = if vmm == Vmm::Husk {
+                "./husk"
+            } else {
+                "./husk-base"
+            };
             cmd.args([
                 "600",
-                "./husk",
+                binary,
                 "boot",
                 "--no-rng",
                 "--timings",

@@ -199,6 +199,44 @@ pub fn readable_bytes(fd: &impl AsRawFd) -> io::Result<usize> {
     }
 }
 
+/// Ask for a send buffer of `bytes` on a socket (`SO_SNDBUF`); the kernel caps the
+/// request at `net.core.wmem_max` and doubles it for its bookkeeping. Returns the size
+/// it then has.
+pub fn set_send_buffer(fd: &impl AsRawFd, bytes: usize) -> io::Result<usize> {
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_SNDBUF reads one int from the pointer, valid for the call, whose
+    // length is passed.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&want as *const libc::c_int).cast(),
+            size,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (mut got, mut len): (libc::c_int, libc::socklen_t) = (0, size);
+    // SAFETY: SO_SNDBUF writes at most `len` bytes (one int) through the pointer,
+    // valid for the call, and the new length through the other.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&mut got as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    match ret {
+        0.. => Ok(usize::try_from(got).unwrap_or(0)),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 fn to_off(offset: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput.into())
 }

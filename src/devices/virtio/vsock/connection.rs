@@ -17,10 +17,16 @@ use vm_memory::GuestMemoryMmap;
 
 use super::packet::{Header, HOST_CID, TYPE_STREAM};
 use crate::devices::virtio::descriptor::{read_bytes, total_len, Buffer};
-use crate::devices::virtio::guest_io::IoVecs;
+use crate::devices::virtio::guest_io::{set_send_buffer, IoVecs};
 
 /// Receive buffer the host side advertises per connection.
 pub const BUF_ALLOC: u32 = 256 * 1024;
+/// Send buffer asked for on each host socket: more than [`BUF_ALLOC`] with the
+/// kernel's overhead per buffer, so a host reader that keeps up takes every packet
+/// the guest's credit allows straight from guest memory, and `tx_buf` (a copy, then a
+/// `send` on the next writable event) is only for a reader that falls behind. The
+/// kernel caps it at `net.core.wmem_max` (208 KiB on Debian) and doubles that: 416 KiB.
+pub const SEND_BUFFER: usize = 2 * BUF_ALLOC as usize;
 /// Forwarded bytes after which the host announces its credit unasked.
 const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC / 4;
 
@@ -68,6 +74,10 @@ pub struct Connection {
     pub state: ConnState,
     /// The host socket may have bytes to read (edge-triggered readiness seen).
     pub readable: bool,
+    /// The host socket reported a hang-up: it stays readable until a read finds the
+    /// end of the stream, however much the last read took (see
+    /// [`Connection::drained_by`]).
+    pub hung_up: bool,
     /// A CREDIT_REQUEST went out and the guest has not announced new credit since. The
     /// guest answers a request even when it has nothing new, so asking again on that
     /// answer would bounce packets for as long as its reader is slow; the housekeeping
@@ -88,14 +98,21 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection over `stream` (already non-blocking).
+    /// A connection over `stream` (already non-blocking). Its send buffer is raised
+    /// so that the socket can take the guest's whole credit window
+    /// ([`SEND_BUFFER`]).
     pub fn new(stream: UnixStream, local_port: u32, peer_port: u32, state: ConnState) -> Self {
+        if let Err(e) = set_send_buffer(&stream, SEND_BUFFER) {
+            // The default buffer works; guest bytes then wait in `tx_buf` more often.
+            log::debug!("vsock: SO_SNDBUF for guest port {peer_port}: {e}");
+        }
         Self {
             stream,
             local_port,
             peer_port,
             state,
             readable: state == ConnState::Established,
+            hung_up: false,
             credit_requested: false,
             peer_no_rcv: false,
             peer_no_send: false,
@@ -280,6 +297,16 @@ impl Connection {
             .max(1)
     }
 
+    /// Whether a read of `n` bytes emptied the host socket, given that `waiting` bytes
+    /// (`FIONREAD`, taken after the readiness event that made it readable) were there
+    /// before it: bytes that came later raise a new edge-triggered event, so the
+    /// socket need not be tried again (a `readv` that would fail with EAGAIN, and the
+    /// RX buffers popped for it). Not after a hang-up, whose event came already: the
+    /// end of the stream is found by reading until a read returns 0.
+    pub fn drained_by(&self, n: usize, waiting: usize) -> bool {
+        n == waiting && !self.hung_up
+    }
+
     /// Read from the host socket straight into guest buffers (one `readv`).
     pub fn read_into_guest(&mut self, iov: &IoVecs) -> io::Result<usize> {
         iov.read_from(&self.stream, None)
@@ -336,6 +363,7 @@ mod tests {
     #[test]
     fn sending_past_buffer_is_a_credit_error() {
         let (mut c, _b) = pair();
+        set_send_buffer(&c.stream, 0).unwrap();
         let big = vec![0u8; BUF_ALLOC as usize];
         assert!(c.send_to_host(&big).is_ok());
         assert!(matches!(

@@ -71,6 +71,10 @@ pub struct Vsock {
     pub(super) muxer: Muxer,
     /// Ticks every [`TICK`] to expire connection attempts.
     pub(super) timer: TimerFd,
+    /// A pass used buffers the driver asked to hear about: one interrupt goes out when
+    /// the wake-up's work is done ([`Vsock::flush_interrupt`]), however many passes of
+    /// the TX and RX queues it took.
+    irq_due: bool,
     state: VsockState,
 }
 
@@ -99,6 +103,7 @@ impl Vsock {
             queues: QueueSet::new("vsock", &[QUEUE_SIZE; QUEUES])?,
             muxer,
             timer,
+            irq_due: false,
             state: VsockState {
                 config,
                 acked_features: 0,
@@ -132,12 +137,20 @@ impl Vsock {
 
     fn finish(&mut self, index: usize, result: Result<Drained, QueueError>) {
         match result {
-            Ok(d) if d.notify => self.queues.signal_used(),
+            Ok(d) if d.notify => self.irq_due = true,
             Ok(_) => {}
             Err(e) => return self.queues.mark_broken(&e),
         }
         if result.is_ok_and(|d| d.more) {
             self.queues.requeue(index);
+        }
+    }
+
+    /// Interrupt the driver once if a pass since the last call used buffers it asked
+    /// to hear about (the queues' used rings are both written by then).
+    pub(super) fn flush_interrupt(&mut self) {
+        if std::mem::take(&mut self.irq_due) {
+            self.queues.signal_used();
         }
     }
 
@@ -274,6 +287,7 @@ impl VirtioDevice for Vsock {
     /// is closed or freed before it returns (see `poller.rs`). The listener and the
     /// timer belong to the device, not to the guest, and stay.
     fn reset(&mut self) {
+        self.irq_due = false;
         self.queues.reset();
         self.release_queue_events();
         self.muxer.reset();

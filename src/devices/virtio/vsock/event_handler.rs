@@ -16,7 +16,8 @@ const TX_TOKEN: u32 = TX as u32;
 const EVENT_TOKEN: u32 = EVENT as u32;
 
 impl Vsock {
-    /// Serve one batch of the device's epoll, then fill the RX queue.
+    /// Serve one batch of the device's epoll, then fill the RX queue; interrupt the
+    /// driver once at the end.
     fn on_ready(&mut self) {
         for (token, set) in self.muxer.ready() {
             match token {
@@ -36,14 +37,18 @@ impl Vsock {
                 LISTENER_TOKEN => self.muxer.accept(),
                 TIMER_TOKEN => self.on_timer(),
                 token => {
-                    let readable =
-                        set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP);
+                    let hang_up = EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
+                    if set.intersects(hang_up) {
+                        self.muxer.on_stream_hang_up(token);
+                    }
+                    let readable = set.intersects(EventSet::IN | hang_up);
                     self.muxer
                         .on_stream_event(token, readable, set.contains(EventSet::OUT));
                 }
             }
         }
         self.process_rx();
+        self.flush_interrupt();
     }
 }
 

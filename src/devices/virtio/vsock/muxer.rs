@@ -370,6 +370,17 @@ impl Muxer {
         }
     }
 
+    /// A host socket with event data `token` reported a hang-up (or an error): its
+    /// connection reads until the end of the stream.
+    pub fn on_stream_hang_up(&mut self, token: u32) {
+        let Some(key) = self.tokens.get(&token) else {
+            return;
+        };
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.hung_up = true;
+        }
+    }
+
     /// Read `CONNECT <port>\n` byte by byte, so no payload byte is consumed.
     fn read_connect_line(&mut self, token: u32) {
         let Some(p) = self.pending.get_mut(&token) else {

@@ -336,7 +336,8 @@ impl Muxer {
         };
         // Take only as many buffers as the bytes waiting need: a 64-byte message
         // does not pop (and give back) a whole batch.
-        let want = (conn.peer_credit() as usize).min(conn.waiting_from_host());
+        let waiting = conn.waiting_from_host();
+        let want = (conn.peer_credit() as usize).min(waiting);
         let batch = Self::gather_rx(queue, mem, first, want)?;
         let give_back = |queue: &mut Queue, n: usize| {
             unpop_many(queue, u16::try_from(n).expect("at most RX_BATCH"));
@@ -355,6 +356,7 @@ impl Muxer {
                 h
             }
             Ok(n) => {
+                conn.readable = !conn.drained_by(n, waiting);
                 let used = self.complete_rx(queue, mem, key, &batch, n)?;
                 give_back(queue, batch.len() - used);
                 return Ok(Some(used));

@@ -1,6 +1,6 @@
 //! Tests of the vsock muxer's data path through real queues: host data read straight
 //! into several RX buffers at once, guest data written from guest memory, and credit
-//! announced once per TX pass.
+//! announced once per TX pass; a socket read dry is not tried again before its next event.
 use std::io::{Read, Write};
 
 use vm_memory::{Bytes, GuestAddress};
@@ -116,4 +116,33 @@ fn guest_data_reaches_the_host_socket_intact_and_credit_is_announced_once_per_pa
     assert!(got == sent, "the host read other bytes than the guest sent");
     assert_eq!(ops, [OP_CREDIT_UPDATE]);
     assert_eq!(m.ctrl[0].fwd_cnt, 4 * 32768);
+}
+
+#[test]
+fn a_read_of_every_waiting_byte_leaves_the_socket_unread_until_its_next_event() {
+    let (mut m, mem) = (muxer(), memory());
+    let (mut client, _) = established(&mut m, &mem);
+    client.write_all(b"small").unwrap();
+    let (mock, mut q) = queue(&mem, 0, 16);
+    let bufs: Vec<_> = (0..4).map(|i| w(0x10000 + i * 4096, 4096)).collect();
+    mock.add_desc_chains(&bufs, 0).unwrap();
+    let d = m.process_rx(&mut q, &mem).unwrap();
+    assert_eq!((d.used, m.has_rx()), (1, false));
+}
+
+#[test]
+fn end_of_stream_behind_the_last_bytes_reaches_the_guest_after_a_hang_up() {
+    let (mut m, mem) = (muxer(), memory());
+    let (mut client, _) = established(&mut m, &mem);
+    client.write_all(b"bye").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let token = newest_stream(&m).expect("the host socket reported its hang-up");
+    m.on_stream_hang_up(token);
+    let (mock, mut q) = queue(&mem, 0, 16);
+    let bufs: Vec<_> = (0..4).map(|i| w(0x10000 + i * 4096, 4096)).collect();
+    mock.add_desc_chains(&bufs, 0).unwrap();
+    m.process_rx(&mut q, &mem).unwrap();
+    let (data, _) = rx_packet(&mem, 0, used(&mock, 0).1);
+    let (end, _) = rx_packet(&mem, 1, used(&mock, 1).1);
+    assert_eq!((data.op, data.len, end.op), (OP_RW, 3, OP_SHUTDOWN));
 }

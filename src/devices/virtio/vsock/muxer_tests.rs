@@ -246,10 +246,19 @@ fn rx_ops(m: &mut Muxer, mem: &GuestMemoryMmap) -> Vec<u16> {
     std::iter::from_fn(|| rx_one(m, mem).map(|(h, _)| h.op)).collect()
 }
 
+/// Give every host socket of `m` the smallest send buffer: a host reader that falls
+/// behind at once, whatever `net.core.wmem_max` allows (see `SEND_BUFFER`).
+fn slow_host_sockets(m: &Muxer) {
+    m.conns.values().for_each(|c| {
+        crate::devices::virtio::guest_io::set_send_buffer(&c.stream, 0).unwrap();
+    });
+}
+
 #[test]
 fn guest_sending_past_credit_gets_rst() {
     let (mut m, mem) = (muxer(), memory());
     let (_client, port) = established(&mut m, &mem);
+    slow_host_sockets(&m);
     flood(&mut m, port, 2 * BUF_ALLOC as usize / MAX_PKT_DATA + 4);
     assert_eq!(m.connection_count(), 0);
     assert!(rx_ops(&mut m, &mem).contains(&OP_RST));
@@ -273,6 +282,7 @@ fn guest_full_shutdown_resets_and_closes() {
 fn guest_close_delivers_bytes_the_host_socket_could_not_take_yet_then_resets() {
     let (mut m, mem) = (muxer(), memory());
     let (mut client, port, token) = established_with_token(&mut m, &mem);
+    slow_host_sockets(&m);
     // Fill the host socket: up to the host's credit, in 4 KiB packets, until bytes wait.
     let chunk: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
     let mut sent = 0usize;
