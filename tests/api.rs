@@ -4,7 +4,23 @@
 //! without an API. In the KVM test host, with the real guest kernel.
 mod common;
 
-use common::{assets, run_script, tool_files};
+use std::path::Path;
+
+use common::{assets, run_script, tool_files, Output};
+
+/// Run `host` (with its `GUEST_SCRIPT` and `API_CLIENT` filled in) with the kernel, the
+/// agent initramfs, curl and `extra` files.
+fn run_api_script(host: &str, guest: &str, extra: &[(&Path, &str)]) -> Output {
+    let curl = tool_files("curl", "curl", "curl");
+    let assets = assets();
+    let mut files = assets.files();
+    files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));
+    files.extend_from_slice(extra);
+    let script = host
+        .replace("GUEST_SCRIPT", guest.trim_end())
+        .replace("API_CLIENT", common::API_CLIENT.trim());
+    run_script(&script, &files)
+}
 
 /// The guest: writes a marker to its drive, counts to 100 on the console, resets.
 const GUEST: &str = r#"#!/bin/sh
@@ -138,14 +154,7 @@ echo "husk-processes-left=$(husk_processes)"
 
 #[test]
 fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_does() {
-    let curl = tool_files("curl", "curl", "curl");
-    let assets = assets();
-    let mut files = assets.files();
-    files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));
-    let script = HOST
-        .replace("GUEST_SCRIPT", GUEST.trim_end())
-        .replace("API_CLIENT", common::API_CLIENT.trim());
-    let out = run_script(&script, &files);
+    let out = run_api_script(HOST, GUEST, &[]);
     let is = |key: &str, want: &str| assert_eq!(out.value(key), Some(want), "{key}\n{out}");
     let has = |key: &str, part: &str| {
         assert!(
@@ -292,14 +301,7 @@ echo "husk-processes-left=$(husk_processes)"
 
 #[test]
 fn send_ctrl_alt_del_reaches_the_guest_keyboard_and_its_reboot_ends_the_vmm() {
-    let curl = tool_files("curl", "curl", "curl");
-    let assets = assets();
-    let mut files = assets.files();
-    files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));
-    let script = CAD_HOST
-        .replace("GUEST_SCRIPT", CAD_GUEST.trim_end())
-        .replace("API_CLIENT", common::API_CLIENT.trim());
-    let out = run_script(&script, &files);
+    let out = run_api_script(CAD_HOST, CAD_GUEST, &[]);
     let is = |key: &str, want: &str| assert_eq!(out.value(key), Some(want), "{key}\n{out}");
     is("early-status", "400");
     is("start-status", "204");
@@ -360,16 +362,8 @@ echo "husk-processes-left=$(husk_processes)"
 
 #[test]
 fn an_unprivileged_vmm_runs_filtered_without_privileges_and_refuses_to_jail() {
-    let curl = tool_files("curl", "curl", "curl");
-    let tool = std::path::Path::new(env!("CARGO_BIN_EXE_husk-guest-tool"));
-    let assets = assets();
-    let mut files = assets.files();
-    files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));
-    files.push((tool, "husk-guest-tool"));
-    let script = UNPRIVILEGED_HOST
-        .replace("GUEST_SCRIPT", CAD_GUEST.trim_end())
-        .replace("API_CLIENT", common::API_CLIENT.trim());
-    let out = run_script(&script, &files);
+    let tool = Path::new(env!("CARGO_BIN_EXE_husk-guest-tool"));
+    let out = run_api_script(UNPRIVILEGED_HOST, CAD_GUEST, &[(tool, "husk-guest-tool")]);
     let is = |key: &str, want: &str| assert_eq!(out.value(key), Some(want), "{key}\n{out}");
     is("start-status", "204");
     is("guest-waiting", "yes");
