@@ -192,7 +192,9 @@ impl Pool {
         Ok(pools)
     }
 
-    /// The pool's sandbox folders, with their state (`None`: not written yet).
+    /// The pool's sandbox folders, with their status (`None`: not written yet). Folders
+    /// of sandboxes that ended without removing them (a start that failed, a monitor
+    /// that was killed) are removed on the way; a failed start is logged as a warning.
     fn sandboxes(&self) -> Vec<(SandboxDir, Option<Status>)> {
         let Ok(entries) = fs::read_dir(&self.path) else {
             return Vec::new();
@@ -206,8 +208,18 @@ impl Pool {
                     name,
                     path: e.path(),
                 };
-                let status = dir.state().ok().map(|s| s.status);
-                Some((dir, status))
+                let state = dir.state().ok();
+                if let Some(state) = state.as_ref().filter(|s| ended(s)) {
+                    if let Status::Failed { message } = &state.status {
+                        log::warn!(
+                            "a parked sandbox of {} failed: {message}",
+                            self.file.image_ref
+                        );
+                    }
+                    drop(dir.remove());
+                    return None;
+                }
+                Some((dir, state.map(|s| s.status)))
             })
             .collect()
     }
@@ -302,6 +314,17 @@ pub(super) fn refill_pool_of(dir: &Path) {
     });
     if let Err(e) = refilled {
         log::warn!("the pool in {} was not refilled: {e}", path.display());
+    }
+}
+
+/// Whether a parked sandbox's folder outlived it: its monitor recorded an end, or is gone.
+fn ended(state: &super::State) -> bool {
+    let monitor_gone = !Path::new("/proc")
+        .join(state.monitor_pid.to_string())
+        .exists();
+    match state.status {
+        Status::Starting | Status::Parked | Status::Running | Status::Paused => monitor_gone,
+        Status::Exited { .. } | Status::Stopped { .. } | Status::Failed { .. } => true,
     }
 }
 
@@ -433,6 +456,32 @@ mod tests {
         assert_eq!(spec(1).key(), spec(1).key());
         assert_ne!(spec(1).key(), spec(2).key());
         assert_eq!(spec(1).key().len(), 12);
+    }
+
+    fn state(status: Status, monitor_pid: u32) -> crate::detached::State {
+        crate::detached::State {
+            name: "p".into(),
+            image: "busybox".into(),
+            command: Vec::new(),
+            created: 0,
+            monitor_pid,
+            status,
+        }
+    }
+
+    #[test]
+    fn a_folder_has_outlived_its_sandbox_when_it_ended_or_its_monitor_is_gone() {
+        let me = std::process::id();
+        // Beyond the kernel's pid limit (4194304 at most): never a process.
+        let gone = 5_000_000;
+        assert!(!ended(&state(Status::Parked, me)));
+        assert!(!ended(&state(Status::Starting, me)));
+        assert!(ended(&state(Status::Parked, gone)));
+        assert!(ended(&state(Status::Running, gone)));
+        let failed = Status::Failed {
+            message: "no kernel".into(),
+        };
+        assert!(ended(&state(failed, me)));
     }
 
     #[test]
