@@ -8,7 +8,20 @@ use std::path::Path;
 
 use common::{assets, run_script, tool_files, Output};
 
-/// Run `host` (with its `GUEST_SCRIPT` and `API_CLIENT` filled in) with the kernel, the
+/// What every API script starts with: the guest script added to the initramfs as
+/// `guest.cpio`, the API client (`call`), and `wait_for FILE TEXT`.
+const PROLOGUE: &str = r#"
+mkdir -p g
+cat > g/guest.sh <<'GUEST_EOF'
+GUEST_SCRIPT
+GUEST_EOF
+(cd g && echo guest.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
+cat initrd.cpio extra.cpio > guest.cpio
+API_CLIENT
+wait_for() { n=0; until grep -q "$2" "$1" 2>/dev/null; do n=$((n+1)); [ $n -gt 3000 ] && return 1; sleep 0.2; done; }
+"#;
+
+/// Run [`PROLOGUE`] then `host` (with the guest script `guest`) with the kernel, the
 /// agent initramfs, curl and `extra` files.
 fn run_api_script(host: &str, guest: &str, extra: &[(&Path, &str)]) -> Output {
     let curl = tool_files("curl", "curl", "curl");
@@ -16,7 +29,7 @@ fn run_api_script(host: &str, guest: &str, extra: &[(&Path, &str)]) -> Output {
     let mut files = assets.files();
     files.extend(curl.iter().map(|(p, n)| (p.as_path(), n.as_str())));
     files.extend_from_slice(extra);
-    let script = host
+    let script = format!("{PROLOGUE}{host}")
         .replace("GUEST_SCRIPT", guest.trim_end())
         .replace("API_CLIENT", common::API_CLIENT.trim());
     run_script(&script, &files)
@@ -36,15 +49,8 @@ reboot -f
 "#;
 
 const HOST: &str = r#"
-mkdir -p g bin
-cat > g/guest.sh <<'GUEST_EOF'
-GUEST_SCRIPT
-GUEST_EOF
-(cd g && echo guest.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
-cat initrd.cpio extra.cpio > guest.cpio
-API_CLIENT
+mkdir -p bin
 head -c 1048576 /dev/zero > data.img
-wait_for() { n=0; until grep -q "$2" "$1" 2>/dev/null; do n=$((n+1)); [ $n -gt 3000 ] && return 1; sleep 0.2; done; }
 SOCK=$PWD/api.sock
 ./husk vmm --api-sock "$SOCK" --console console.log 2> vmm.err &
 vmm=$!
@@ -268,14 +274,6 @@ while true; do sleep 1; done
 "#;
 
 const CAD_HOST: &str = r#"
-mkdir -p g
-cat > g/guest.sh <<'GUEST_EOF'
-GUEST_SCRIPT
-GUEST_EOF
-(cd g && echo guest.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
-cat initrd.cpio extra.cpio > guest.cpio
-API_CLIENT
-wait_for() { n=0; until grep -q "$2" "$1" 2>/dev/null; do n=$((n+1)); [ $n -gt 3000 ] && return 1; sleep 0.2; done; }
 SOCK=$PWD/api.sock
 ./husk vmm --api-sock "$SOCK" --console console.log 2> vmm.err &
 vmm=$!
@@ -321,15 +319,7 @@ fn send_ctrl_alt_del_reaches_the_guest_keyboard_and_its_reboot_ends_the_vmm() {
 /// `husk vmm` started by a caller that is not root: no jail (refused, saying why), but
 /// its filters and no_new_privs on every thread, no capability, the caller's ids.
 const UNPRIVILEGED_HOST: &str = r#"
-mkdir -p g
-cat > g/guest.sh <<'GUEST_EOF'
-GUEST_SCRIPT
-GUEST_EOF
-(cd g && echo guest.sh | cpio -o -H newc 2>/dev/null) > extra.cpio
-cat initrd.cpio extra.cpio > guest.cpio
-API_CLIENT
 chmod 755 husk-guest-tool
-wait_for() { n=0; until grep -q "$2" "$1" 2>/dev/null; do n=$((n+1)); [ $n -gt 3000 ] && return 1; sleep 0.2; done; }
 # The caller: uid 1000, with /dev/kvm open to it (as a kvm group would).
 chmod 666 /dev/kvm
 mkdir u && chown 1000:1000 u
