@@ -291,8 +291,26 @@ fn inner(args: &[String]) {
                 .collect(),
         )
     };
+    // The VMM's own part: from the moment the spawned, jailed VMM is asked to restore
+    // (or boot) to the agent ready, per run.
+    let own = |v: &[HuskSample]| {
+        median(
+            v.iter()
+                .filter_map(|s| {
+                    let asked = s.field(&["sandbox", "vm_requested_ms"])?;
+                    Some(s.field(&["sandbox", "agent_ready_ms"])? - asked)
+                })
+                .collect(),
+        )
+    };
     println!(
-        "restore to agent ready vs a cold boot to agent ready: {:.1} / {:.1} ms = {:.1}%",
+        "restore to agent ready vs a cold boot to agent ready, from the VMM asked (spawned and jailed): {:.1} / {:.1} ms = {:.1}%",
+        own(&warm),
+        own(&cold),
+        100.0 * own(&warm) / own(&cold)
+    );
+    println!(
+        "the same from husk's start (VMM spawn and jail included): {:.1} / {:.1} ms = {:.1}%",
         ready(&warm),
         ready(&cold),
         100.0 * ready(&warm) / ready(&cold)

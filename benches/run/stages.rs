@@ -144,7 +144,7 @@ pub fn report_stages(
         "{:<46} {:>10} {:>10} {:>10} {:>10}",
         "stage (median ms, cumulative)", "warm", "plain", "cold", "crun"
     );
-    let rows: [(&str, &[&str], Peer); 9] = [
+    let rows: [(&str, &[&str], Peer); 10] = [
         (
             "agent initramfs ready (cached)",
             &["sandbox", "initramfs_ready_ms"],
@@ -153,6 +153,11 @@ pub fn report_stages(
         (
             "template found, snapshot read and checked",
             &["sandbox", "snapshot_loaded_ms"],
+            None,
+        ),
+        (
+            "VMM spawned and jailed, asked to restore/boot",
+            &["sandbox", "vm_requested_ms"],
             None,
         ),
         (

@@ -90,12 +90,16 @@ impl Controller {
     fn husk_restore(&mut self, body: &[u8]) -> Result<Response, ApiError> {
         self.before_start("PUT /husk/restore")?;
         let request: RestoreRequest = parse(body)?;
+        log::debug!("restore: request read");
         let loaded = snapshot::load(&request.dir, &request.expect)
             .map_err(|e| ApiError::BadRequest(crate::error_chain(&e)))?;
+        log::debug!("restore: snapshot loaded and checked");
         let set = loaded.working_set.as_ref();
         let vm = vmm::restore_with(&loaded.file.state, loaded.memory, set, &request.options)
             .map_err(internal)?;
+        log::debug!("restore: VM restored");
         self.adopt(vm);
+        log::debug!("restore: VM adopted");
         Ok(Response::no_content())
     }
 

@@ -91,6 +91,7 @@ pub fn run(options: &VmmOptions) -> Result<RunReport, ServeError> {
     // Before the first request is read: from here on the process runs no program and
     // makes no process (see `vmm::seccomp`); nothing when the mode is off.
     crate::vmm::seccomp::apply_process()?;
+    log::debug!("vmm: process filter applied");
     let (started, watch) = mpsc::channel();
     let controller = Arc::new(Mutex::new(Controller::new(
         options.id.clone(),
@@ -102,6 +103,7 @@ pub fn run(options: &VmmOptions) -> Result<RunReport, ServeError> {
         None if options.config_file.is_none() => return Err(ServeError::NothingToStart),
         None => None,
     };
+    log::debug!("vmm: listening");
     stop_on_signals(controller.clone(), options.api_sock.clone());
     if options.die_with_parent {
         stop_on_stdin_eof(controller.clone(), options.api_sock.clone());

@@ -225,8 +225,11 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
         )));
     }
     creds::close_inherited_fds()?;
+    log::debug!("jail: inherited fds closed");
     let made_dir = mounts::prepare_dir(&config.dir)?;
+    log::debug!("jail: folder ready");
     let leaf = cgroup::Leaf::create(&config.id, &config.cgroup)?;
+    log::debug!("jail: cgroup made");
     let netns = config.netns.as_deref().map(creds::open_netns).transpose()?;
     // The pid namespace is the child's (the caller's process stays outside it, in the
     // host's namespaces, to supervise); the others are made by the child itself, so the
@@ -246,6 +249,7 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
         supervisor::supervise(pid, handshake, cleanup);
     }
     let alive = handshake.wait_for_go()?;
+    log::debug!("jail: forked, supervisor said go");
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     // SAFETY: as above; the child of a single-threaded fork has one thread.
     let ret = unsafe { libc::unshare(flags) };
@@ -255,12 +259,15 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
     }
     // Opened with the host's paths and root's rights, before both go.
     let held = held::HeldFiles::open(&config.held, &config.held_taps)?;
+    log::debug!("jail: namespaces made, files held");
     mounts::build_root(config)?;
+    log::debug!("jail: root built");
     creds::set_hostname(&config.id)?;
     creds::limit(config)?;
     creds::drop_privileges(config.uid, config.gid)?;
     held.install();
     supervisor::die_with_supervisor(alive)?;
+    log::debug!("jail: privileges dropped");
     Ok(())
 }
 

@@ -68,7 +68,14 @@ pub(super) fn connect_agent(
                 end_reason(&report)
             )));
         }
-        match vsock::connect_once(uds, husk_protocol::AGENT_VSOCK_PORT) {
+        let attempt = vsock::connect_once(uds, husk_protocol::AGENT_VSOCK_PORT);
+        log::debug!(
+            "agent connect: {}",
+            attempt
+                .as_ref()
+                .map_or_else(|e| e.to_string(), |_| "OK".into())
+        );
+        match attempt {
             Ok(mut conn) => {
                 // A guest that accepted but never greets must not hang the host.
                 let left = timeout.saturating_sub(start.elapsed()).max(HANDSHAKE_MIN);

@@ -31,6 +31,8 @@ pub(super) struct Launched {
     pub vm_running: Instant,
     /// When the snapshot was read and checked (restores only).
     pub loaded: Option<Instant>,
+    /// When the VMM was asked to boot or restore (its process spawned and jailed).
+    pub requested: Instant,
     /// When the agent answered the handshake.
     pub answered: Instant,
     /// Whether it came from a template.
@@ -105,6 +107,7 @@ pub(super) fn launch(
     let uds = paths.runtime.join("vsock.sock");
     let deadline = Instant::now() + config.boot_timeout;
     let mut loaded = None;
+    let mut requested = Instant::now();
     let vm = match vm {
         Some(vm) => vm,
         None => {
@@ -117,7 +120,10 @@ pub(super) fn launch(
                 _ => Vec::new(),
             };
             let jail = VmmJail::for_sandbox(config, paths.runtime, &paths.initrd, extra)?;
-            VmmProcess::spawn(paths.runtime, &paths.hostname, jail)?
+            log::debug!("launch: jail chosen, spawning the VMM");
+            let vm = VmmProcess::spawn(paths.runtime, &paths.hostname, jail)?;
+            log::debug!("launch: VMM listening");
+            vm
         }
     };
     if let Some(jail) = vm.jail() {
@@ -147,6 +153,7 @@ pub(super) fn launch(
                 claimed,
                 paths.fs.clone(),
             );
+            requested = Instant::now();
             vm.start(&vm_config)?;
             (false, None)
         }
@@ -160,11 +167,13 @@ pub(super) fn launch(
                     &found
                 }
             };
+            log::debug!("launch: template found");
             // The image's own template, its first container made ahead, if it fits.
             let of_image = super::image_template::for_sandbox(config, &spec, template);
             let template = of_image.as_ref().unwrap_or(template);
             let expect = template.expect(&spec);
             let dir = template.snapshot_dir();
+            log::debug!("launch: image template looked up");
             vm.record_working_set_into(&dir);
             let restore = Restore {
                 vm: &vm,
@@ -173,7 +182,10 @@ pub(super) fn launch(
                 uds: uds.clone(),
                 claimed,
             };
-            (true, restore.run(config, &paths, &mut loaded)?)
+            (
+                true,
+                restore.run(config, &paths, (&mut loaded, &mut requested))?,
+            )
         }
         Origin::Snapshot(dir) => {
             let expect = Expect {
@@ -187,7 +199,10 @@ pub(super) fn launch(
                 uds: uds.clone(),
                 claimed,
             };
-            (true, restore.run(config, &paths, &mut loaded)?)
+            (
+                true,
+                restore.run(config, &paths, (&mut loaded, &mut requested))?,
+            )
         }
     };
     let vm_running = Instant::now();
@@ -195,8 +210,10 @@ pub(super) fn launch(
     let host_net = (config.network)
         .then(|| Ok::<_, SandboxError>(net::HostNet::set_up(&vm.tap_names()?, config)?))
         .transpose()?;
+    log::debug!("launch: VM running");
     let mut conn = connect_agent(&vm, &uds, config.boot_timeout)?;
     let answered = Instant::now();
+    log::debug!("launch: agent answered");
     let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
     // The handshake's read timeout still holds: a guest that never answers what
     // follows fails the start instead of hanging the host.
@@ -220,6 +237,7 @@ pub(super) fn launch(
         conn,
         vm_running,
         loaded,
+        requested,
         answered,
         warm,
         net: host_net,
@@ -256,13 +274,15 @@ struct Restore<'a> {
 
 impl Restore<'_> {
     /// Restore with the sandbox's own image, scratch disk, card and socket; the MAC
-    /// given to a plugged card.
+    /// given to a plugged card. `marks`: when the snapshot was read, when the VMM was
+    /// asked to restore it.
     fn run(
         self,
         config: &SandboxConfig,
         paths: &LaunchPaths<'_>,
-        loaded_at: &mut Option<Instant>,
+        marks: (&mut Option<Instant>, &mut Instant),
     ) -> Result<Option<MacAddr>, SandboxError> {
+        let (loaded_at, requested_at) = marks;
         let saved = snapshot::read_config(self.dir)?;
         *loaded_at = Some(Instant::now());
         let mut disks = BTreeMap::from([(IMAGE_SLOT, config.image.fs_image.clone())]);
@@ -303,6 +323,8 @@ impl Restore<'_> {
             console: config.console.clone(),
             paused: false,
         };
+        log::debug!("launch: snapshot config read, restoring");
+        *requested_at = Instant::now();
         self.vm.restore(self.dir, self.expect, &options)?;
         Ok(mac)
     }

@@ -220,6 +220,7 @@ impl Sandbox {
         SandboxTimings {
             initramfs_ready_ms: ms(Some(m.initramfs_ready)),
             snapshot_loaded_ms: ms(m.snapshot_loaded),
+            vm_requested_ms: ms(m.vm_requested),
             agent_answered_ms: ms(m.agent_answered),
             warm: self.warm,
             vm_running_ms: ms(Some(m.vm_running)),

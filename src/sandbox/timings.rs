@@ -11,6 +11,8 @@ pub(super) struct Marks {
     pub(super) initramfs_ready: Instant,
     /// A restore's snapshot was read and checked (template found or built first).
     pub(super) snapshot_loaded: Option<Instant>,
+    /// The VMM was asked to boot or restore the VM (its process ready).
+    pub(super) vm_requested: Option<Instant>,
     /// The agent answered the handshake (before identity and network).
     pub(super) agent_answered: Option<Instant>,
     pub(super) vm_running: Instant,
@@ -34,6 +36,7 @@ impl Marks {
             initramfs_ready,
             vm_running: launched.vm_running,
             snapshot_loaded: launched.loaded,
+            vm_requested: Some(launched.requested),
             agent_answered: Some(launched.answered),
             agent_ready: Instant::now(),
             ..Marks::default()
@@ -48,6 +51,7 @@ impl Default for Marks {
             created: now,
             initramfs_ready: now,
             snapshot_loaded: None,
+            vm_requested: None,
             agent_answered: None,
             vm_running: now,
             agent_ready: now,
@@ -66,6 +70,9 @@ pub struct SandboxTimings {
     pub initramfs_ready_ms: Option<f64>,
     /// Warm starts: the template (or snapshot) was found, read and checked.
     pub snapshot_loaded_ms: Option<f64>,
+    /// The VMM (spawned and jailed) was asked to boot or restore the VM: where a
+    /// restore's or a boot's own time starts.
+    pub vm_requested_ms: Option<f64>,
     /// The agent answered the handshake (warm: before it took its identity).
     pub agent_answered_ms: Option<f64>,
     /// Whether the sandbox started from a template or snapshot.

@@ -77,7 +77,9 @@ pub fn prefault(
         Method::Host => populate_host(memory, gpa, len, MADV_POPULATE_READ),
     };
     let mut written = 0;
-    for (gpa, len) in guest_ranges(memory, &set.written) {
+    let copies = guest_ranges(memory, &set.written);
+    log::debug!("prefault: {} written ranges", copies.len());
+    for (gpa, len) in copies {
         let copied = populate_host(memory, gpa, len, MADV_POPULATE_WRITE);
         match copied.and_then(|()| match method {
             Method::Kvm => map(gpa, len),
@@ -91,7 +93,12 @@ pub fn prefault(
         }
     }
     let mut pages = written;
-    for (gpa, len) in guest_ranges(memory, &set.ranges) {
+    let reads = guest_ranges(memory, &set.ranges);
+    log::debug!(
+        "prefault: {written} pages copied and mapped; {} read ranges",
+        reads.len()
+    );
+    for (gpa, len) in reads {
         match map(gpa, len) {
             Ok(()) => pages += len / PAGE,
             Err(e) => {
@@ -100,6 +107,7 @@ pub fn prefault(
             }
         }
     }
+    log::debug!("prefault: {pages} pages mapped");
     (pages > 0).then(|| Prefaulted {
         pages,
         written,

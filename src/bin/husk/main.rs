@@ -158,6 +158,9 @@ enum Command {
 
 struct StderrLogger;
 
+/// When this process started, for the times of debug lines.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 impl log::Log for StderrLogger {
     fn enabled(&self, m: &log::Metadata) -> bool {
         m.level() <= log::Level::Warn || std::env::var_os("HUSK_DEBUG").is_some()
@@ -168,7 +171,15 @@ impl log::Log for StderrLogger {
                 log::Level::Warn => "warning".to_string(),
                 l => l.as_str().to_lowercase(),
             };
-            eprintln!("husk: {level}: {}", r.args());
+            if r.level() == log::Level::Debug {
+                // Debug lines carry the time since husk started, to see where it goes.
+                let ms = STARTED
+                    .get()
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
+                eprintln!("husk: {level} [{ms:.1} ms]: {}", r.args());
+            } else {
+                eprintln!("husk: {level}: {}", r.args());
+            }
         }
     }
     fn flush(&self) {}
@@ -178,6 +189,7 @@ pub(crate) use husk::error_chain as render;
 
 fn main() -> ExitCode {
     static LOGGER: StderrLogger = StderrLogger;
+    let _ = STARTED.set(std::time::Instant::now());
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Debug);
     let cli = Cli::parse();

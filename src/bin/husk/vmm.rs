@@ -141,8 +141,10 @@ pub(crate) fn vmm(args: VmmArgs) -> CliResult {
     // A signal stops the VM through the same path as a guest exit; the API socket goes.
     husk::sandbox::signals::block()?;
     if let Some(jail) = &jail {
+        log::debug!("vmm: entering the jail");
         // From here on this is the jailed child; the caller's process supervises it.
         husk::jail::enter(jail)?;
+        log::debug!("vmm: jailed");
     }
     let report = husk::api::server::run(&options)?;
     report.outcome?;
