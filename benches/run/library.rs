@@ -1,6 +1,7 @@
 //! The library's path, as a CI runner uses it: `Template::start` with the sandbox's VMM
 //! spawned for it against one taken from a `VmmPool` (pre-spawned, listening), and a
-//! whole sandbox taken from a `SandboxPool` (started ahead); each round a sandbox
+//! whole sandbox taken from a `SandboxPool` (started ahead; the replacement started
+//! after the job, or beside it as soon as one is taken); each round a sandbox
 //! started (or taken), `true` run in it, the sandbox stopped; timed in this process
 //! from the call to the exit code, and to the end of the stop.
 
@@ -8,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use husk::sandbox::{SandboxPool, Template, VmmPool};
+use husk::sandbox::{Refill, SandboxPool, Template, VmmPool};
 use husk::{RunSpec, Sandbox, SandboxImage, Stdio};
 
 use crate::common::crun::ms;
@@ -47,26 +48,41 @@ pub fn pool_rounds(work: &Path, rounds: usize) {
         || Sandbox::builder(image.clone(), work.join("vmlinux")).agent(work.join("husk-agent"));
     let template = Template::for_config(builder().config()).expect("the template");
     let pool = Arc::new(VmmPool::new(1, builder().config()).expect("a VMM pool"));
-    let sandboxes = SandboxPool::new(1, builder().config()).expect("a sandbox pool");
+    let after_end = SandboxPool::new(1, builder().config()).expect("a sandbox pool");
+    let on_take =
+        SandboxPool::with_refill(1, builder().config(), Refill::OnTake).expect("a sandbox pool");
     let pooled = || builder().pool(pool.clone());
-    let (mut spawned, mut taken, mut started) = (Vec::new(), Vec::new(), Vec::new());
+    let mut spawned = Vec::new();
+    let (mut taken, mut started, mut beside) = (Vec::new(), Vec::new(), Vec::new());
     once(&template, builder());
     once(&template, pooled());
-    for _ in 0..rounds {
-        spawned.push(once(&template, builder()));
-        // Steady state of a runner between jobs: its pool has refilled.
+    // Steady state of a runner between jobs: every pool has refilled.
+    let settled = || {
         assert!(
             pool.wait_ready(1, Duration::from_secs(30)),
-            "the pool refills"
+            "the VMM pool refills"
         );
-        taken.push(once(&template, pooled()));
-        assert!(
-            sandboxes.wait_ready(1, Duration::from_secs(60)),
-            "the sandbox pool refills"
-        );
+        for sandboxes in [&after_end, &on_take] {
+            assert!(
+                sandboxes.wait_ready(1, Duration::from_secs(60)),
+                "the sandbox pool refills"
+            );
+        }
+    };
+    let from = |sandboxes: &SandboxPool| {
         let began = Instant::now();
         let sandbox = sandboxes.take().expect("a started sandbox waits");
-        started.push(run_true(sandbox, began));
+        run_true(sandbox, began)
+    };
+    for _ in 0..rounds {
+        settled();
+        spawned.push(once(&template, builder()));
+        settled();
+        taken.push(once(&template, pooled()));
+        settled();
+        started.push(from(&after_end));
+        settled();
+        beside.push(from(&on_take));
     }
     let column = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
         spread(&v.iter().map(pick).collect::<Vec<_>>())
@@ -84,8 +100,13 @@ pub fn pool_rounds(work: &Path, rounds: usize) {
         column(&taken, |s| s.1)
     );
     println!(
-        "  sandbox from a SandboxPool of 1: taken {}, exit code {}",
+        "  sandbox from a SandboxPool of 1, refilled after the job: taken {}, exit code {}",
         column(&started, |s| s.0),
         column(&started, |s| s.1)
+    );
+    println!(
+        "  the same, refilled as soon as taken (beside the job): taken {}, exit code {}",
+        column(&beside, |s| s.0),
+        column(&beside, |s| s.1)
     );
 }

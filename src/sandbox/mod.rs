@@ -73,7 +73,7 @@ pub use error::SandboxError;
 pub use husk_protocol::{ExitStatus, TtySize};
 pub use net::{Ipv4Net, Nat};
 pub use persist::{RestoreSandbox, SandboxSnapshot, SnapshotReport};
-pub use pool::{SandboxPool, VmmPool};
+pub use pool::{Refill, SandboxPool, VmmPool};
 pub use ports::Publish;
 pub use process::Process;
 pub use rates::ByteRate;
@@ -192,6 +192,9 @@ pub struct Sandbox {
     net_request: NetRequest,
     /// Its shared host folders: their daemons and the mounts of every container.
     shares: volumes::Shares,
+    /// Taken from a [`SandboxPool`]: released once the sandbox is down, which lets the
+    /// pool start the next.
+    lease: Mutex<Option<stock::Lease>>,
 }
 
 impl Sandbox {
@@ -443,6 +446,7 @@ impl Sandbox {
         if let Some(reader) = reader {
             drop(reader.join());
         }
+        drop(self.lease.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 }
 

@@ -1,8 +1,8 @@
 //! Pools for a program that starts many sandboxes (a CI runner). [`VmmPool`]:
 //! pre-spawned, API-ready `husk vmm` processes: a sandbox whose config names the pool
-//! takes a waiting VMM
-//! and its runtime folder instead of spawning one, and a thread of the pool's own
-//! spawns the next in the background. The VMMs are jailed (as root) for the files of
+//! takes a waiting VMM and its runtime folder instead of spawning one, and once that
+//! sandbox has started (not during its restore, which the spawn would slow on a small
+//! host), a thread of the pool's own spawns the next in the background. The VMMs are jailed (as root) for the files of
 //! the pool's prototype config; a sandbox whose files differ spawns its own. Dropping
 //! the pool ends the VMMs still waiting (their lifeline pipes close) and its thread.
 //! [`SandboxPool`]: whole sandboxes started ahead. Both keep their stock with
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::jailing::{self, VmmJail};
-use super::stock::Stock;
+use super::stock::{Lease, Stock};
 use super::vmm_process::VmmProcess;
 use super::{Sandbox, SandboxConfig, SandboxError};
 
@@ -22,6 +22,8 @@ pub(crate) struct Pooled {
     pub runtime: tempfile::TempDir,
     /// The VMM, not yet given a VM.
     pub vm: VmmProcess,
+    /// Held until the sandbox that took it has started; then the pool spawns the next.
+    pub lease: Option<Lease>,
 }
 
 /// K `husk vmm` processes kept spawned and listening (see the module's doc).
@@ -51,7 +53,11 @@ fn spawn_one(
         })?;
     let jail = VmmJail::for_sandbox(prototype, runtime.path(), initrd, Vec::new())?;
     let vm = VmmProcess::spawn(runtime.path(), "husk-pooled", jail)?;
-    Ok(Pooled { runtime, vm })
+    Ok(Pooled {
+        runtime,
+        vm,
+        lease: None,
+    })
 }
 
 impl VmmPool {
@@ -84,23 +90,41 @@ impl VmmPool {
     }
 
     /// A waiting VMM whose process still runs and whose jail serves `config` (with the
-    /// agent `initrd`), if one is ready; the pool makes another.
+    /// agent `initrd`), if one is ready; the pool makes another when its lease is
+    /// dropped.
     pub(crate) fn take(&self, config: &SandboxConfig, initrd: &Path) -> Option<Pooled> {
         let fits = |p: &Pooled| match p.vm.jail() {
             Some(jail) => jail.serves(config, initrd),
             None => !jailing::jails(config),
         };
-        self.stock.take(fits, |p| p.vm.is_running())
+        let (mut pooled, lease) = self.stock.take_leased(fits, |p| p.vm.is_running())?;
+        pooled.lease = Some(lease);
+        Some(pooled)
     }
 }
 
 /// K sandboxes kept started, for a program that runs one job per sandbox (a CI runner):
 /// each restored from its template, its agent ready and, for an image that fits one,
 /// its container made ahead, so a job only sends its command. A thread of the pool's
-/// own starts the next one when one is taken. Dropping the pool stops the sandboxes
-/// still waiting.
+/// own starts the next one when a taken one ends (or, with [`Refill::OnTake`], as soon
+/// as one is taken). Dropping the pool stops the sandboxes still waiting.
 pub struct SandboxPool {
     stock: Stock<Sandbox>,
+    refill: Refill,
+}
+
+/// When a [`SandboxPool`] starts the replacement of a sandbox taken from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Refill {
+    /// When the taken sandbox has stopped (or was dropped): the pool holds K sandboxes,
+    /// waiting and taken together, and a start never competes with the job of the
+    /// sandbox it replaces for the host's CPUs. For hosts with few CPUs, or K equal to
+    /// the jobs run at once.
+    #[default]
+    AfterEnd,
+    /// As soon as one is taken: K wait whatever is taken, and the start runs beside
+    /// the job. For hosts with CPUs to spare.
+    OnTake,
 }
 
 impl std::fmt::Debug for SandboxPool {
@@ -114,12 +138,22 @@ impl std::fmt::Debug for SandboxPool {
 impl SandboxPool {
     /// A pool that keeps `size` sandboxes of `config` started (each as
     /// [`Sandbox::start`] would start it, so from its template unless `config` says
-    /// otherwise).
+    /// otherwise), waiting and taken together: [`Refill::AfterEnd`].
     pub fn new(size: usize, config: &SandboxConfig) -> Result<Self, SandboxError> {
+        Self::with_refill(size, config, Refill::AfterEnd)
+    }
+
+    /// [`SandboxPool::new`] with the replacement of a taken sandbox started `refill`.
+    pub fn with_refill(
+        size: usize,
+        config: &SandboxConfig,
+        refill: Refill,
+    ) -> Result<Self, SandboxError> {
         let config = config.clone().with_absolute_paths()?;
         let make = Box::new(move || Sandbox::start(config.clone()));
         Ok(Self {
             stock: Stock::new(size, "sandbox pool", "husk-sandbox-pool", make)?,
+            refill,
         })
     }
 
@@ -134,9 +168,17 @@ impl SandboxPool {
         self.stock.wait_ready(n, timeout)
     }
 
-    /// A started sandbox whose VM still runs, if one waits; the pool starts another.
-    /// Use it as one from [`Sandbox::start`]; stop it (or drop it) when its job is done.
+    /// A started sandbox whose VM still runs, if one waits; the pool starts another
+    /// (see [`Refill`]). Use it as one from [`Sandbox::start`]; stop it (or drop it)
+    /// when its job is done.
     pub fn take(&self) -> Option<Sandbox> {
-        self.stock.take(|_| true, Sandbox::is_running)
+        match self.refill {
+            Refill::OnTake => self.stock.take(|_| true, Sandbox::is_running),
+            Refill::AfterEnd => {
+                let (sandbox, lease) = self.stock.take_leased(|_| true, Sandbox::is_running)?;
+                *sandbox.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+                Some(sandbox)
+            }
+        }
     }
 }

@@ -89,9 +89,10 @@ impl Sandbox {
         // that VMM's jail as it starts (`launch`).
         let pool = config.pool.as_ref().filter(|_| config.volumes.is_empty());
         let pooled = pool.and_then(|p| p.take(&config, &initrd));
-        let (runtime, pooled_vm) = match pooled {
-            Some(pooled) => (pooled.runtime, Some(pooled.vm)),
-            None => (runtime_dir(&config, &id)?, None),
+        // The pool spawns the next VMM once this sandbox has started (or failed to).
+        let (runtime, pooled_vm, _lease) = match pooled {
+            Some(pooled) => (pooled.runtime, Some(pooled.vm), pooled.lease),
+            None => (runtime_dir(&config, &id)?, None, None),
         };
         // Before the VM: its devices connect to the daemons as it is built.
         let (shares, fs) = volumes::Shares::start(&config.volumes, runtime.path())?;
@@ -183,6 +184,7 @@ impl Sandbox {
             host_net: Mutex::new(host_net),
             net_request: parts.net_request,
             shares: parts.shares,
+            lease: Mutex::new(None),
         };
         Ok((sandbox, processes))
     }

@@ -1,7 +1,9 @@
 //! A stock of things made ahead by a thread of its own (pre-spawned VMMs, started
-//! sandboxes): up to `size` wait; taking one wakes the thread to make the next. A failed
-//! make is logged and retried after a pause. Dropping the stock stops the thread and
-//! drops what still waits.
+//! sandboxes): up to `size` wait; taking one wakes the thread to make the next, at once
+//! ([`Stock::take`]) or when the [`Lease`] of what was taken is dropped
+//! ([`Stock::take_leased`]: what is out counts against the size, so the next is made
+//! after its job, not beside it). A failed make is logged and retried after a pause.
+//! Dropping the stock stops the thread and drops what still waits.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,7 +20,20 @@ pub(crate) type Make<T> = Box<dyn Fn() -> Result<T, SandboxError> + Send + Sync>
 
 struct State<T> {
     ready: VecDeque<T>,
+    /// Taken with a lease not yet dropped.
+    out: usize,
     closed: bool,
+}
+
+/// What a [`Stock::take_leased`] item holds: dropping it lets the stock make the next.
+pub(crate) struct Lease(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(end) = self.0.take() {
+            end();
+        }
+    }
 }
 
 struct Shared<T> {
@@ -45,7 +60,7 @@ impl<T> Shared<T> {
         loop {
             {
                 let mut state = self.lock();
-                while !state.closed && state.ready.len() >= self.size {
+                while !state.closed && state.ready.len() + state.out >= self.size {
                     state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
                 }
                 if state.closed {
@@ -87,6 +102,7 @@ impl<T: Send + 'static> Stock<T> {
             make,
             state: Mutex::new(State {
                 ready: VecDeque::new(),
+                out: 0,
                 closed: false,
             }),
             changed: Condvar::new(),
@@ -122,6 +138,35 @@ impl<T: Send + 'static> Stock<T> {
     /// The oldest waiting item that is still `alive` (the dead ones are dropped), if
     /// the oldest `fits`; the thread makes the next.
     pub(crate) fn take(&self, fits: impl Fn(&T) -> bool, alive: impl Fn(&T) -> bool) -> Option<T> {
+        self.take_counted(fits, alive, false)
+    }
+
+    /// [`Stock::take`], but the thread makes the next only when the returned lease is
+    /// dropped (the taken item's job is over).
+    pub(crate) fn take_leased(
+        &self,
+        fits: impl Fn(&T) -> bool,
+        alive: impl Fn(&T) -> bool,
+    ) -> Option<(T, Lease)> {
+        let item = self.take_counted(fits, alive, true)?;
+        let shared = Arc::downgrade(&self.shared);
+        let end = move || {
+            if let Some(shared) = shared.upgrade() {
+                let mut state = shared.lock();
+                state.out = state.out.saturating_sub(1);
+                drop(state);
+                shared.changed.notify_all();
+            }
+        };
+        Some((item, Lease(Some(Box::new(end)))))
+    }
+
+    fn take_counted(
+        &self,
+        fits: impl Fn(&T) -> bool,
+        alive: impl Fn(&T) -> bool,
+        leased: bool,
+    ) -> Option<T> {
         let mut state = self.shared.lock();
         if !state.ready.front().is_some_and(fits) {
             return None;
@@ -133,6 +178,9 @@ impl<T: Send + 'static> Stock<T> {
                 None => break None,
             }
         };
+        if taken.is_some() && leased {
+            state.out += 1;
+        }
         drop(state);
         self.shared.changed.notify_all();
         taken
@@ -182,6 +230,23 @@ mod tests {
         assert!(stock.wait_ready(3, Duration::from_secs(10)));
         assert_eq!(stock.take(|n| *n == 1, |_| true), None);
         assert_eq!(stock.take(|_| true, |n| *n != 0), Some(1));
+    }
+
+    #[test]
+    fn a_leased_item_is_replaced_only_when_its_lease_ends() {
+        let (stock, made) = counting(1);
+        assert!(stock.wait_ready(1, Duration::from_secs(10)));
+        let (item, lease) = stock.take_leased(|_| true, |_| true).unwrap();
+        assert_eq!(item, 0);
+        assert!(!stock.wait_ready(1, Duration::from_millis(100)));
+        assert_eq!(made.load(Ordering::SeqCst), 1);
+        drop(lease);
+        assert!(stock.wait_ready(1, Duration::from_secs(10)));
+        assert_eq!(made.load(Ordering::SeqCst), 2);
+        // A lease that outlives its stock ends quietly.
+        let (_, lease) = stock.take_leased(|_| true, |_| true).unwrap();
+        drop(stock);
+        drop(lease);
     }
 
     #[test]
