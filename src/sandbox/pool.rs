@@ -1,8 +1,9 @@
 //! Pools for a program that starts many sandboxes (a CI runner). [`VmmPool`]:
 //! pre-spawned, API-ready `husk vmm` processes: a sandbox whose config names the pool
 //! takes a waiting VMM and its runtime folder instead of spawning one, and once that
-//! sandbox has started (not during its restore, which the spawn would slow on a small
-//! host), a thread of the pool's own spawns the next in the background. The VMMs are jailed (as root) for the files of
+//! sandbox has ended (so a spawn never competes with a sandbox's start or job for the
+//! CPUs; the pool's size is the sandboxes run at once), a thread of the pool's own
+//! spawns the next in the background. The VMMs are jailed (as root) for the files of
 //! the pool's prototype config; a sandbox whose files differ spawns its own. Dropping
 //! the pool ends the VMMs still waiting (their lifeline pipes close) and its thread.
 //! [`SandboxPool`]: whole sandboxes started ahead. Both keep their stock with
@@ -22,7 +23,7 @@ pub(crate) struct Pooled {
     pub runtime: tempfile::TempDir,
     /// The VMM, not yet given a VM.
     pub vm: VmmProcess,
-    /// Held until the sandbox that took it has started; then the pool spawns the next.
+    /// Held until the sandbox that took it has ended; then the pool spawns the next.
     pub lease: Option<Lease>,
 }
 
@@ -61,8 +62,9 @@ fn spawn_one(
 }
 
 impl VmmPool {
-    /// A pool that keeps `size` VMMs ready for sandboxes like `prototype` (its kernel,
-    /// image, agent, runtime parent), each in a runtime folder of its own.
+    /// A pool that keeps `size` VMMs for sandboxes like `prototype` (its kernel, image,
+    /// agent, runtime parent), each in a runtime folder of its own: those waiting and
+    /// those whose sandboxes still run, together.
     pub fn new(size: usize, prototype: &SandboxConfig) -> Result<Self, SandboxError> {
         let mut prototype = prototype.clone().with_absolute_paths()?;
         prototype.console = crate::config::ConsoleConfig::Off;

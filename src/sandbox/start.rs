@@ -89,8 +89,8 @@ impl Sandbox {
         // that VMM's jail as it starts (`launch`).
         let pool = config.pool.as_ref().filter(|_| config.volumes.is_empty());
         let pooled = pool.and_then(|p| p.take(&config, &initrd));
-        // The pool spawns the next VMM once this sandbox has started (or failed to).
-        let (runtime, pooled_vm, _lease) = match pooled {
+        // The pool spawns the next VMM once this sandbox has ended (or failed to start).
+        let (runtime, pooled_vm, lease) = match pooled {
             Some(pooled) => (pooled.runtime, Some(pooled.vm), pooled.lease),
             None => (runtime_dir(&config, &id)?, None, None),
         };
@@ -127,7 +127,9 @@ impl Sandbox {
             },
             shares,
         };
-        Ok(Self::assemble(parts, launched, Vec::new())?.0)
+        let sandbox = Self::assemble(parts, launched, Vec::new())?.0;
+        *sandbox.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
+        Ok(sandbox)
     }
 
     /// A sandbox around a launched VM, with routes for `adopt`ed processes that already
