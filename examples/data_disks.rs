@@ -7,16 +7,20 @@
 //!
 //! With `--net tap=NAME,mac=MAC` the sandbox also has a network card of the caller's
 //! on the existing TAP NAME (the guest's eth0), which a jailed VMM holds: attached as
-//! root by its jail before the uid drop, so the TAP needs no owner.
+//! root by its jail before the uid drop, so the TAP needs no owner. With
+//! `--new-tap-mac MAC` it has one more card that names no TAP (the guest's next ethN):
+//! for a jailed VMM, which cannot make one, the sandbox makes it for the jail's uid
+//! (`huskj<slot>c<card>`), and it goes with the VM.
 //!
 //! ```sh
 //! cargo run --release --example data_disks -- --rw DATA.img --ro SEED.img \
-//!     [--kernel VMLINUX] [--console FILE] [--net tap=NAME,mac=MAC]
+//!     [--kernel VMLINUX] [--console FILE] [--net tap=NAME,mac=MAC] [--new-tap-mac MAC]
 //! ```
 //! Prints the job's output (`vdb=SECTORS,RO,SERIAL`, `vdc=...`, `vdb-write=...`,
-//! `eth0-mac=...`), then
-//! `vmm-uid=UID` (the uid the VMM ran the VM as, read from /proc while the sandbox
-//! ran) and `exit=CODE`.
+//! `eth0-mac=...`, `eth1-mac=...`), then `taps=...` (the cards' TAPs) and
+//! `made-tap-owners=...` (the owner uid of each TAP made for the sandbox), read while
+//! it ran, `vmm-uid=UID` (the uid the VMM ran the VM as, read from /proc while the
+//! sandbox ran) and `exit=CODE`.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +35,7 @@ for d in vdb vdc; do
     echo "$d=$(cat /sys/block/$d/size),$(cat /sys/block/$d/ro),$(cat /sys/block/$d/serial)"
 done
 echo "eth0-mac=$(cat /sys/class/net/eth0/address 2>/dev/null)"
+echo "eth1-mac=$(cat /sys/class/net/eth1/address 2>/dev/null)"
 mknod /tmp/data b $(tr ':' ' ' < /sys/block/vdb/dev) 2>&1 \
     && printf 'written-in-the-guest' | dd of=/tmp/data bs=512 conv=notrunc,sync,fsync 2>&1 \
     && echo vdb-write=ok || echo vdb-write=failed
@@ -93,11 +98,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(card) = arg("--net") {
         builder = builder.net(card.parse::<NetConfig>()?);
     }
+    // A second card on a TAP made for the sandbox (no name given).
+    if let Some(mac) = arg("--new-tap-mac") {
+        builder = builder.net(format!("mac={mac}").parse::<NetConfig>()?);
+    }
     if let Some(console) = arg("--console") {
         builder = builder.console(ConsoleConfig::File(Path::new(&console).to_path_buf()));
     }
     let sandbox = builder.start()?;
     let uid = vmm_uid();
+    let taps = sandbox.tap_names()?;
+    let made: Vec<&String> = taps.iter().filter(|t| t.starts_with("huskj")).collect();
+    let owners: Vec<String> = made
+        .iter()
+        .map(|t| std::fs::read_to_string(format!("/sys/class/net/{t}/owner")).unwrap_or_default())
+        .map(|o| o.trim().to_string())
+        .collect();
+    println!("taps={}", taps.join(","));
+    println!("made-tap-owners={}", owners.join(","));
     let spec = RunSpec {
         args: vec!["sh".into(), "-c".into(), JOB.into()],
         ..RunSpec::default()

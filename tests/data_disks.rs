@@ -5,7 +5,8 @@
 //! disk, and neither file changes owner or mode (the read-only one not a byte). The
 //! sandbox also has a card of the caller's on a root-owned TAP (`ip tuntap add`, this
 //! machine's iproute2 carried in) that the jail holds: the guest sees it, and the TAP
-//! stays. In the KVM test host.
+//! stays. A second card names no TAP: the sandbox makes one for the jail's uid, which
+//! the jailed VMM claims, and it goes with the VM. In the KVM test host.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -36,8 +37,10 @@ head -c 4194304 /dev/urandom > seed.img
 chmod 600 data.img seed.img
 seed_sum=$(sha256sum < seed.img)
 ./data_disks --rw "$PWD/data.img" --ro "$PWD/seed.img" --kernel vmlinux \
-    --console "$PWD/console.log" --net tap=ctap0,mac=52:54:00:12:34:57
+    --console "$PWD/console.log" --net tap=ctap0,mac=52:54:00:12:34:57 \
+    --new-tap-mac 52:54:00:12:34:58
 echo "example-status=$?"
+echo "made-taps-after=$(ls /sys/class/net | grep '^huskj' | tr '\n' ' ')"
 echo "tap-after=$(cat /sys/class/net/ctap0/owner 2>/dev/null || echo gone)"
 echo "data-stat=$(stat -c %u:%g:%a data.img)"
 echo "seed-stat=$(stat -c %u:%g:%a seed.img)"
@@ -68,6 +71,15 @@ fn a_root_callers_disks_are_served_by_a_jailed_vmm_without_changing_the_files() 
     // held; the TAP stays the caller's (no owner) after the sandbox.
     is("eth0-mac", "52:54:00:12:34:57");
     is("tap-after", "-1");
+    // The card without a TAP name: eth1, on a TAP made for the jail's uid, claimed by
+    // the jailed VMM and gone with it.
+    is("eth1-mac", "52:54:00:12:34:58");
+    let taps = out.value("taps").unwrap_or_default();
+    assert!(
+        taps.starts_with("ctap0,huskj") && taps.ends_with("c1"),
+        "{taps}\n{out}"
+    );
+    is("made-taps-after", "");
     is("data-stat", "0:0:600");
     is("seed-stat", "0:0:600");
     // The jail's uids start at 1,900,000,001.
@@ -82,5 +94,6 @@ fn a_root_callers_disks_are_served_by_a_jailed_vmm_without_changing_the_files() 
         out.value("data-head").unwrap_or("?")
     );
     assert!(uid > 1_900_000_000, "{out}");
+    is("made-tap-owners", &uid.to_string());
     is("jails-left", "");
 }

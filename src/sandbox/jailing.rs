@@ -66,9 +66,6 @@ fn unjailed_because(config: &SandboxConfig) -> Option<&'static str> {
     if !config.jail {
         return Some("jailing is off for this sandbox");
     }
-    if config.nets.iter().any(|n| n.tap.is_none()) {
-        return Some("it has a network card on a new TAP (a jail cannot make one)");
-    }
     None
 }
 
@@ -277,7 +274,16 @@ impl JailTap {
     /// Make the TAP for `jail`. A TAP of that name is a leftover (the slot is this
     /// jail's now): one whose supervisor was killed too before it could remove it.
     pub fn create(jail: &VmmJail) -> Result<Self, SandboxError> {
-        let name = slot_tap_name(jail.uid())?;
+        Self::make(jail, slot_tap_name(jail.uid())?)
+    }
+
+    /// The TAP for card `index` of the caller's that asks for a new TAP (a jail cannot
+    /// make one): `huskj<slot>c<index>`, made here as the slot's TAP is.
+    pub fn for_card(jail: &VmmJail, index: usize) -> Result<Self, SandboxError> {
+        Self::make(jail, format!("{}c{index}", slot_tap_name(jail.uid())?))
+    }
+
+    fn make(jail: &VmmJail, name: String) -> Result<Self, SandboxError> {
         let tap_err = |e: crate::devices::virtio::net::TapError| {
             SandboxError::Vmm(format!("the jail's TAP {name}: {}", crate::error_chain(&e)))
         };

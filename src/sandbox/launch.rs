@@ -143,6 +143,20 @@ pub(super) fn launch(
         _ => None,
     };
     let claimed = jail_tap.as_ref().map(JailTap::name);
+    // The caller's cards that ask for a new TAP: a jailed VMM cannot make one, so each
+    // is made here for the jail's uid and the card claims it (gone with the VMM).
+    let card_taps = match vm.jail() {
+        Some(jail) => new_card_taps(config, jail)?,
+        None => Vec::new(),
+    };
+    let patched;
+    let config = match card_taps.is_empty() {
+        true => config,
+        false => {
+            patched = claiming_cards(config, &card_taps);
+            &patched
+        }
+    };
     let (warm, mac) = match origin {
         Origin::Boot => {
             let vm_config = config::vm_config(
@@ -207,6 +221,7 @@ pub(super) fn launch(
     };
     let vm_running = Instant::now();
     drop(jail_tap);
+    drop(card_taps);
     let host_net = (config.network)
         .then(|| Ok::<_, SandboxError>(net::HostNet::set_up(&vm.tap_names()?, config)?))
         .transpose()?;
@@ -242,6 +257,30 @@ pub(super) fn launch(
         warm,
         net: host_net,
     })
+}
+
+/// A TAP made for each of `config`'s cards that names none, with the card's index.
+fn new_card_taps(
+    config: &SandboxConfig,
+    jail: &VmmJail,
+) -> Result<Vec<(usize, JailTap)>, SandboxError> {
+    let wanting = config.nets.iter().enumerate();
+    wanting
+        .filter(|(_, card)| card.tap.is_none() && !card.unplugged)
+        .map(|(i, _)| Ok((i, JailTap::for_card(jail, i)?)))
+        .collect()
+}
+
+/// `config` with each card of `taps` claiming its TAP.
+fn claiming_cards(config: &SandboxConfig, taps: &[(usize, JailTap)]) -> SandboxConfig {
+    let mut config = config.clone();
+    for (i, tap) in taps {
+        if let Some(card) = config.nets.get_mut(*i) {
+            card.tap = Some(tap.name().to_string());
+            card.claim = true;
+        }
+    }
+    config
 }
 
 fn agent_down(vm: &VmmProcess, what: &str, e: impl std::fmt::Display) -> SandboxError {

@@ -425,6 +425,16 @@ impl Sandbox {
             .map(|n| (n.link.clone(), n.table().map(str::to_string)))
     }
 
+    /// The TAPs of the VM's network cards, in the cards' order (the sandbox network's
+    /// first when it has one, then the caller's): for a card that asked for a new TAP,
+    /// the name it got.
+    pub fn tap_names(&self) -> Result<Vec<String>, SandboxError> {
+        match self.vm().as_ref() {
+            Some(vm) => vm.tap_names(),
+            None => Err(SandboxError::Refused("the sandbox is stopped".into())),
+        }
+    }
+
     /// With the VM gone, end the connection and its reader thread, the volumes'
     /// daemons, remove the network's rules and ports and the runtime folder.
     fn release(&self) {
