@@ -134,13 +134,15 @@ fn outer() {
     };
     let me = std::env::current_exe().expect("the bench binary knows its path");
     let rounds = env_or("HUSK_BENCH_ROUNDS", "10");
+    // Passed as an argument: the test host does not see this environment.
+    let clones = env_or("HUSK_BENCH_CLONES", "1,8,32");
     let fs_image = fs_image.to_string_lossy().into_owned();
     let status = if hardware_kvm() {
         for (src, name) in [(&husk, "husk"), (&kernel, "vmlinux")] {
             std::os::unix::fs::symlink(src, dir.join(name)).expect("symlink into the bench dir");
         }
         let status = Command::new(&me)
-            .args(["--inner", &rounds, &fs_image])
+            .args(["--inner", &rounds, &clones, &fs_image])
             .arg(&crun)
             .current_dir(&dir)
             .status();
@@ -169,7 +171,7 @@ fn outer() {
         }
         cmd.arg("--")
             .arg("./bench")
-            .args(["--inner", &rounds, &fs_image, "/usr/bin/crun"])
+            .args(["--inner", &rounds, &clones, &fs_image, "/usr/bin/crun"])
             .status()
     };
     let _ = std::fs::remove_dir_all(&dir);
@@ -178,8 +180,8 @@ fn outer() {
 }
 
 fn inner(args: &[String]) {
-    let [rounds, fs_image, crun] = args else {
-        panic!("usage: bench --inner ROUNDS FS_IMAGE_IN_STORE CRUN");
+    let [rounds, clones, fs_image, crun] = args else {
+        panic!("usage: bench --inner ROUNDS CLONES FS_IMAGE_IN_STORE CRUN");
     };
     let rounds: usize = rounds.parse().expect("rounds is a number");
     let work = std::env::current_dir().expect("a current directory");
@@ -320,7 +322,7 @@ fn inner(args: &[String]) {
     clones::detached_rounds(&husk, crun, &service.to_string_lossy(), rounds);
     clones::fork_rounds(&husk, rounds);
     println!();
-    for n in env_or("HUSK_BENCH_CLONES", "1,8,32")
+    for n in clones
         .split(',')
         .filter_map(|n| n.trim().parse::<usize>().ok())
     {
