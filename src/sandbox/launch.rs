@@ -136,26 +136,15 @@ pub(super) fn launch(
             super::jailing::own(&fs.socket, jail.uid())?;
         }
     }
-    // A jailed VMM cannot make its TAP: it claims one made for its uid. Until it has,
-    // the guard removes it on the way out.
-    let jail_tap = match (config.network, vm.jail()) {
-        (true, Some(jail)) => Some(JailTap::create(jail)?),
-        _ => None,
-    };
-    let claimed = jail_tap.as_ref().map(JailTap::name);
-    // The caller's cards that ask for a new TAP: a jailed VMM cannot make one, so each
-    // is made here for the jail's uid and the card claims it (gone with the VMM).
-    let card_taps = match vm.jail() {
-        Some(jail) => new_card_taps(config, jail)?,
-        None => Vec::new(),
-    };
+    let taps = JailTaps::make(config, &vm)?;
+    let claimed = taps.slot.as_ref().map(JailTap::name);
     let patched;
-    let config = match card_taps.is_empty() {
-        true => config,
-        false => {
-            patched = claiming_cards(config, &card_taps);
+    let config = match taps.claiming(config) {
+        Some(with_claims) => {
+            patched = with_claims;
             &patched
         }
+        None => config,
     };
     let (warm, mac) = match origin {
         Origin::Boot => {
@@ -220,8 +209,7 @@ pub(super) fn launch(
         }
     };
     let vm_running = Instant::now();
-    drop(jail_tap);
-    drop(card_taps);
+    drop(taps);
     let host_net = (config.network)
         .then(|| Ok::<_, SandboxError>(net::HostNet::set_up(&vm.tap_names()?, config)?))
         .transpose()?;
@@ -259,28 +247,44 @@ pub(super) fn launch(
     })
 }
 
-/// A TAP made for each of `config`'s cards that names none, with the card's index.
-fn new_card_taps(
-    config: &SandboxConfig,
-    jail: &VmmJail,
-) -> Result<Vec<(usize, JailTap)>, SandboxError> {
-    let wanting = config.nets.iter().enumerate();
-    wanting
-        .filter(|(_, card)| card.tap.is_none() && !card.unplugged)
-        .map(|(i, _)| Ok((i, JailTap::for_card(jail, i)?)))
-        .collect()
+/// The TAPs a jailed VMM claims, made for its uid because it cannot make them: the
+/// sandbox network's, and one for each card of the caller's that names none (with the
+/// card's index). Dropping them removes the ones no VMM claimed (a failed start).
+struct JailTaps {
+    slot: Option<JailTap>,
+    cards: Vec<(usize, JailTap)>,
 }
 
-/// `config` with each card of `taps` claiming its TAP.
-fn claiming_cards(config: &SandboxConfig, taps: &[(usize, JailTap)]) -> SandboxConfig {
-    let mut config = config.clone();
-    for (i, tap) in taps {
-        if let Some(card) = config.nets.get_mut(*i) {
-            card.tap = Some(tap.name().to_string());
-            card.claim = true;
-        }
+impl JailTaps {
+    fn make(config: &SandboxConfig, vm: &VmmProcess) -> Result<Self, SandboxError> {
+        let Some(jail) = vm.jail() else {
+            return Ok(Self {
+                slot: None,
+                cards: Vec::new(),
+            });
+        };
+        let slot = config.network.then(|| JailTap::create(jail)).transpose()?;
+        let cards = (config.nets.iter().enumerate())
+            .filter(|(_, card)| card.tap.is_none() && !card.unplugged)
+            .map(|(i, _)| Ok((i, JailTap::for_card(jail, i)?)))
+            .collect::<Result<_, SandboxError>>()?;
+        Ok(Self { slot, cards })
     }
-    config
+
+    /// `config` with each card that names no TAP claiming the one made for it, if any.
+    fn claiming(&self, config: &SandboxConfig) -> Option<SandboxConfig> {
+        if self.cards.is_empty() {
+            return None;
+        }
+        let mut config = config.clone();
+        for (i, tap) in &self.cards {
+            if let Some(card) = config.nets.get_mut(*i) {
+                card.tap = Some(tap.name().to_string());
+                card.claim = true;
+            }
+        }
+        Some(config)
+    }
 }
 
 fn agent_down(vm: &VmmProcess, what: &str, e: impl std::fmt::Display) -> SandboxError {
