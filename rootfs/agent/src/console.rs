@@ -2,7 +2,6 @@
 //! must never hang or exit, so a fatal error is printed and the guest is reset.
 
 use std::io::Write;
-use std::time::Duration;
 
 /// Prints one `husk-agent: ...` line on stderr (the console when the agent is PID 1).
 pub fn log(message: &str) {
@@ -24,45 +23,13 @@ pub fn fatal(message: &str) -> ! {
 }
 
 /// Syncs filesystems and resets the guest (`reboot(RB_AUTOBOOT)`); husk ends the VM
-/// with exit 0 on a guest reset. The console's last lines are let out first.
+/// with exit 0 on a guest reset.
 pub fn reboot() -> ! {
-    drain_stderr(Duration::from_secs(1));
     nix::unistd::sync();
     let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     // Only reached when the reboot was refused; PID 1 must not return.
     let _ = writeln!(std::io::stderr(), "husk-agent: reboot failed: {err:?}");
     loop {
         std::thread::park();
-    }
-}
-
-/// Waits up to `within` until what was written to stderr has left (`tcdrain`): a reset
-/// drops the serial console's unsent output, often the last and most telling lines.
-/// Bounded, since a console that never drains must not hang PID 1; not a terminal: at
-/// once.
-fn drain_stderr(within: Duration) {
-    let (done, drained) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("drain-console".into())
-        .spawn(move || {
-            let _ = nix::sys::termios::tcdrain(std::io::stderr());
-            let _ = done.send(());
-        });
-    if spawned.is_ok() {
-        let _ = drained.recv_timeout(within);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Instant;
-
-    use super::*;
-
-    #[test]
-    fn draining_stderr_returns_well_within_its_bound() {
-        let started = Instant::now();
-        drain_stderr(Duration::from_secs(30));
-        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
