@@ -466,6 +466,22 @@ impl Agent {
         }
     }
 
+    /// Sends SIGTERM to every process of every container (each init only, without
+    /// cgroups). A container's init takes it only if it handles it (pid namespace
+    /// rule); a container made ahead of its Run is left to [`Agent::kill_all`].
+    pub fn terminate_all(&self) {
+        let term = nix::sys::signal::Signal::SIGTERM;
+        for container in self.containers().values() {
+            match &container.cgroup {
+                Some(cgroup) => cgroup.signal_all(term),
+                None => {
+                    let init = nix::unistd::Pid::from_raw(container.init_pid);
+                    let _ = nix::sys::signal::kill(init, term);
+                }
+            }
+        }
+    }
+
     /// How many containers are running.
     pub fn container_count(&self) -> usize {
         self.containers().len()

@@ -31,6 +31,16 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     }
 }
 
+/// The pids of a `cgroup.procs` file, one a line; anything else is skipped (pid 0 and
+/// negative numbers too: `kill` would take them for groups).
+pub fn parse_pids(procs: &str) -> Vec<i32> {
+    procs
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .filter(|&pid| pid > 0)
+        .collect()
+}
+
 /// The `(file, value)` pairs a leaf gets for `limits`, in write order. memory.oom.group
 /// makes an OOM kill take the whole container, as docker's does.
 pub fn limit_values(limits: &Limits) -> Vec<(&'static str, String)> {
@@ -154,6 +164,15 @@ impl Cgroup {
         let _ = fs::write(self.path.join("cgroup.kill"), "1");
     }
 
+    /// Sends `signal` to every process in the cgroup (as `cgroup.procs` lists them at
+    /// the time), best effort: a process forked meanwhile is missed.
+    pub fn signal_all(&self, signal: nix::sys::signal::Signal) {
+        let procs = fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+        for pid in parse_pids(&procs) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
     /// Removes the leaf, waiting up to a second for its last processes to be reaped.
     pub fn remove(&self) {
         for _ in 0..100 {
@@ -222,6 +241,11 @@ mod tests {
     #[test]
     fn missing_oom_kill_line_counts_zero() {
         assert_eq!(parse_oom_kills("low 0\n"), 0);
+    }
+
+    #[test]
+    fn pids_are_read_one_a_line_and_group_ids_skipped() {
+        assert_eq!(parse_pids("12\n345\n\n0\n-1\nx\n 7 \n"), vec![12, 345, 7]);
     }
 
     #[test]

@@ -355,6 +355,17 @@ pub(crate) fn container_process(plan: &ChildPlan, err_fd: RawFd) -> ! {
     exec(&steps, err_fd)
 }
 
+/// Empties the calling thread's signal mask.
+fn unblock_all_signals() {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set before sigprocmask reads it; both are
+    // async-signal-safe and touch only this stack variable and the thread's mask.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
 /// Stdio, privileges, user, cwd, execve.
 pub(crate) fn exec(steps: &ExecSteps<'_>, err_fd: RawFd) -> ! {
     setup_stdio(steps.stdio, steps.tty, err_fd);
@@ -372,6 +383,8 @@ pub(crate) fn exec(steps: &ExecSteps<'_>, err_fd: RawFd) -> ! {
         check(libc::chdir(steps.cwd.as_ptr()), err_fd, Step::Cwd);
         // Rust ignores SIGPIPE in the agent; an ignored disposition survives execve.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // PID 1 blocks SIGINT (Ctrl+Alt+Del, `cad`); a blocked mask survives execve.
+        unblock_all_signals();
         libc::execve(steps.exe.as_ptr(), steps.argv, steps.envp);
     }
     fail(err_fd, Step::Exec)

@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod cad;
 pub mod caps;
 pub mod cgroup;
 #[allow(
@@ -36,6 +37,7 @@ pub mod reaper;
 pub mod restore;
 pub mod rootfs;
 pub mod server;
+pub mod shutdown;
 #[allow(unsafe_code, reason = "fork and pipe2")]
 pub mod spawn;
 pub mod spec;
