@@ -128,18 +128,18 @@ pub(super) fn launch(
     };
     if let Some(jail) = vm.jail() {
         if let Some(scratch) = &paths.scratch {
-            super::jailing::own(scratch, jail.uid())?;
+            jail.hand_over(scratch)?;
         }
         // virtiofsd stays outside the jail; only the jail's uid (and root) may connect
         // to its socket (mode 0600), which lies in the runtime folder the jail binds.
         for fs in &paths.fs {
-            super::jailing::own(&fs.socket, jail.uid())?;
+            jail.hand_over(&fs.socket)?;
         }
     }
     // A jailed VMM cannot make its TAP: it claims one made for its uid. Until it has,
     // the guard removes it on the way out.
     let jail_tap = match (config.network, vm.jail()) {
-        (true, Some(jail)) => Some(JailTap::create(jail)?),
+        (true, Some(jail)) if jail.uid().is_some() => Some(JailTap::create(jail)?),
         _ => None,
     };
     let claimed = jail_tap.as_ref().map(JailTap::name);
@@ -297,7 +297,7 @@ impl Restore<'_> {
                     })?;
                     // The slot is writable: a jailed VMM opens it as its own uid.
                     if let Some(jail) = self.vm.jail() {
-                        super::jailing::own(&empty, jail.uid())?;
+                        jail.hand_over(&empty)?;
                     }
                     empty
                 }
