@@ -359,7 +359,8 @@ n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; do
 call ujmachine PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
 call ujboot PUT /boot-source "{\"kernel_image_path\": \"$PWD/vmlinux\", \"initrd_path\": \"$PWD/guest.cpio\", \"boot_args\": \"quiet rdinit=/bin/busybox -- sh /guest.sh\"}"
 call ujstart PUT /actions '{"action_type": "InstanceStart"}'
-wait_for uj/console.log 'guest-waiting' && echo "uj-guest-waiting=yes"
+# uj/console.log is relative: taken from here, not from the jail's root.
+wait_for uj/console.log 'guest-waiting' && echo "uj-guest-waiting=yes" || cat uj/vmm.err
 ujvmm=$(cat /proc/$usup/task/$usup/children | tr -d ' ')
 st=/proc/$ujvmm/status
 echo "uj-ids=$(awk '/^Uid:/{print $2 ":" $3}' $st) $(awk '/^Gid:/{print $2}' $st)"
@@ -379,6 +380,8 @@ echo "uj-dev=$(ls /proc/$ujvmm/root/dev | tr '\n' ' ')"
 echo "uj-work=$(ls -A /proc/$ujvmm/root$PWD | tr '\n' ' ')"
 echo "uj-host-dir=$(ls -A /tmp/husk-ujail | wc -l)"
 call ujcad PUT /actions '{"action_type": "SendCtrlAltDel"}'
+n=0; while kill -0 $usup 2>/dev/null && [ $n -lt 600 ]; do n=$((n+1)); sleep 0.2; done
+kill -9 $usup 2>/dev/null
 wait $usup; echo "uj-vmm-status=$?"
 echo "uj-socket-left=$(test -e "$SOCK" && echo yes || echo no)"
 echo "uj-dir-left=$(test -e /tmp/husk-ujail && echo yes || echo no)"

@@ -498,6 +498,30 @@ mod tests {
     }
 
     #[test]
+    fn a_user_namespace_jail_asks_for_userns_and_has_no_uid_slot() {
+        let jail = VmmJail {
+            ids: None,
+            dir: PathBuf::from("/run/user/1000/husk-jails-1000/7-0"),
+            binds: vec![writable(Path::new("/run/user/1000/husk-x"))],
+            held: Vec::new(),
+            held_taps: Vec::new(),
+            slot_tap: Some("huskj3".into()),
+        };
+        assert_eq!(
+            arg_strings(&jail),
+            [
+                "--jail",
+                "/run/user/1000/husk-jails-1000/7-0",
+                "--userns",
+                "--bind",
+                "/run/user/1000/husk-x:rw"
+            ]
+        );
+        assert_eq!(jail.uid(), None);
+        assert!(jail.hand_over(Path::new("/nonexistent")).is_ok());
+    }
+
+    #[test]
     fn the_supervisor_is_told_the_slots_tap_and_lock() {
         let ids_dir = tempfile::tempdir().unwrap();
         let ids = JailIds::allocate(ids_dir.path()).unwrap();

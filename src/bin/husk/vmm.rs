@@ -133,14 +133,17 @@ impl JailArgs {
 
 pub(crate) fn vmm(args: VmmArgs) -> CliResult {
     let jail = args.jail.config(&args.id)?;
+    // A jailed process's working folder is the jail's root: relative paths are taken
+    // from where the caller is, before the jail.
+    let absolute = |path: Option<PathBuf>| -> std::io::Result<Option<PathBuf>> {
+        path.map(std::path::absolute).transpose()
+    };
     let options = husk::api::server::VmmOptions {
-        api_sock: args.api_sock,
-        config_file: args.config_file,
+        api_sock: absolute(args.api_sock)?,
+        config_file: absolute(args.config_file)?,
         id: args.id,
-        console: args
-            .console
-            .map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
-        exit_report: args.exit_report,
+        console: absolute(args.console)?.map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
+        exit_report: absolute(args.exit_report)?,
         die_with_parent: args.die_with_parent,
     };
     husk::vmm::seccomp::set_mode(if args.no_seccomp {
