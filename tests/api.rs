@@ -316,8 +316,11 @@ fn send_ctrl_alt_del_reaches_the_guest_keyboard_and_its_reboot_ends_the_vmm() {
     is("husk-processes-left", "0");
 }
 
-/// `husk vmm` started by a caller that is not root: no jail (refused, saying why), but
-/// its filters and no_new_privs on every thread, no capability, the caller's ids.
+/// `husk vmm` started by a caller that is not root: unjailed, its filters and
+/// no_new_privs on every thread, no capability, the caller's ids; then jailed in a user
+/// namespace (`--jail DIR` alone): a guest boots through the API while the VMM has
+/// a user and mount namespace of its own, a root holding only the jail's files, no
+/// capability, and its filters; root's options are refused by name.
 const UNPRIVILEGED_HOST: &str = r#"
 chmod 755 husk-guest-tool
 # The caller: uid 1000, with /dev/kvm open to it (as a kvm group would).
@@ -344,6 +347,48 @@ echo "user-threads-filtered=$(cat /proc/$vmm/task/*/status | grep -c '^Seccomp:[
 echo "user-same-mount-ns=$(test "$(readlink /proc/$vmm/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" && echo yes)"
 call cad PUT /actions '{"action_type": "SendCtrlAltDel"}'
 wait $vmm; echo "user-vmm-status=$?"
+# The same caller jailed in a user namespace: the kernel and initramfs bound read-only,
+# its own folder writable; the jail's folder in /tmp, made by the VMM.
+mkdir uj && chown 1000:1000 uj
+SOCK=$PWD/uj/api.sock
+./husk-guest-tool run-as 1000 1000 -- ./husk vmm --api-sock "$SOCK" --console uj/console.log \
+    --id ujailed --jail /tmp/husk-ujail --bind "$PWD/vmlinux" --bind "$PWD/guest.cpio" \
+    --bind "$PWD/uj:rw" 2> uj/vmm.err &
+usup=$!
+n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done
+call ujmachine PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+call ujboot PUT /boot-source "{\"kernel_image_path\": \"$PWD/vmlinux\", \"initrd_path\": \"$PWD/guest.cpio\", \"boot_args\": \"quiet rdinit=/bin/busybox -- sh /guest.sh\"}"
+call ujstart PUT /actions '{"action_type": "InstanceStart"}'
+# uj/console.log is relative: taken from here, not from the jail's root.
+wait_for uj/console.log 'guest-waiting' && echo "uj-guest-waiting=yes" || cat uj/vmm.err
+ujvmm=$(cat /proc/$usup/task/$usup/children | tr -d ' ')
+st=/proc/$ujvmm/status
+echo "uj-ids=$(awk '/^Uid:/{print $2 ":" $3}' $st) $(awk '/^Gid:/{print $2}' $st)"
+echo "uj-caps=$(awk '/^CapEff:/{print $2}' $st) $(awk '/^CapPrm:/{print $2}' $st) $(awk '/^CapBnd:/{print $2}' $st)"
+echo "uj-no-new-privs=$(awk '/^NoNewPrivs:/{print $2}' $st)"
+echo "uj-threads=$(ls /proc/$ujvmm/task | wc -l)"
+echo "uj-threads-filtered=$(cat /proc/$ujvmm/task/*/status | grep -c '^Seccomp:[[:space:]]*2$')"
+echo "uj-threads-no-new-privs=$(cat /proc/$ujvmm/task/*/status | grep -c '^NoNewPrivs:[[:space:]]*1$')"
+echo "uj-threads-no-caps=$(cat /proc/$ujvmm/task/*/status | grep -c '^CapEff:[[:space:]]*0000000000000000$')"
+echo "uj-supervisor-caps=$(awk '/^CapEff:/{print $2}' /proc/$usup/status)"
+echo "uj-own-user-ns=$(test "$(readlink /proc/$ujvmm/ns/user)" != "$(readlink /proc/self/ns/user)" && echo yes)"
+echo "uj-own-mount-ns=$(test "$(readlink /proc/$ujvmm/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" && echo yes)"
+echo "uj-own-pid-ns=$(test "$(readlink /proc/$ujvmm/ns/pid)" != "$(readlink /proc/self/ns/pid)" && echo yes)"
+echo "uj-pid-in-ns=$(awk '/^NSpid:/{print $3}' $st)"
+echo "uj-root=$(ls -A /proc/$ujvmm/root | tr '\n' ' ')"
+echo "uj-dev=$(ls /proc/$ujvmm/root/dev | tr '\n' ' ')"
+echo "uj-work=$(ls -A /proc/$ujvmm/root$PWD | tr '\n' ' ')"
+echo "uj-host-dir=$(ls -A /tmp/husk-ujail | wc -l)"
+call ujcad PUT /actions '{"action_type": "SendCtrlAltDel"}'
+n=0; while kill -0 $usup 2>/dev/null && [ $n -lt 600 ]; do n=$((n+1)); sleep 0.2; done
+kill -9 $usup 2>/dev/null
+wait $usup; echo "uj-vmm-status=$?"
+echo "uj-socket-left=$(test -e "$SOCK" && echo yes || echo no)"
+echo "uj-dir-left=$(test -e /tmp/husk-ujail && echo yes || echo no)"
+# Root's options are refused by name; root's jail needs root.
+as_user ./husk vmm --api-sock "$PWD/u/x.sock" --jail /tmp/husk-uj2 --cgroup pids.max=64 2> u/cg.err
+echo "user-cgroup-status=$?"
+echo "user-cgroup-error=$(cat u/cg.err)"
 as_user ./husk vmm --api-sock "$PWD/u/x.sock" --jail "$PWD/u/jail" --uid 1000 --gid 1000 2> u/jail.err
 echo "user-jail-status=$?"
 echo "user-jail-error=$(cat u/jail.err)"
@@ -351,10 +396,17 @@ echo "husk-processes-left=$(husk_processes)"
 "#;
 
 #[test]
-fn an_unprivileged_vmm_runs_filtered_without_privileges_and_refuses_to_jail() {
+fn an_unprivileged_vmm_runs_filtered_and_jails_itself_in_a_user_namespace() {
     let tool = Path::new(env!("CARGO_BIN_EXE_husk-guest-tool"));
     let out = run_api_script(UNPRIVILEGED_HOST, CAD_GUEST, &[(tool, "husk-guest-tool")]);
     let is = |key: &str, want: &str| assert_eq!(out.value(key), Some(want), "{key}\n{out}");
+    let has = |key: &str, want: &str| {
+        let value = out.value(key).unwrap_or_default();
+        assert!(
+            value.contains(want),
+            "{key}: {value:?} lacks {want:?}\n{out}"
+        );
+    };
     is("start-status", "204");
     is("guest-waiting", "yes");
     is("user-ids", "1000:1000 1000");
@@ -366,11 +418,35 @@ fn an_unprivileged_vmm_runs_filtered_without_privileges_and_refuses_to_jail() {
     is("user-same-mount-ns", "yes");
     is("cad-status", "204");
     is("user-vmm-status", "0");
-    is("user-jail-status", "1");
-    assert!(
-        out.value("user-jail-error")
-            .is_some_and(|e| e.contains("--jail needs root")),
-        "{out}"
+    is("ujstart-status", "204");
+    is("uj-guest-waiting", "yes");
+    is("uj-ids", "1000:1000 1000");
+    let zero = "0000000000000000";
+    is("uj-caps", &format!("{zero} {zero} {zero}"));
+    is("uj-no-new-privs", "1");
+    let threads = out.value("uj-threads").unwrap_or("none").to_string();
+    is("uj-threads-filtered", &threads);
+    is("uj-threads-no-new-privs", &threads);
+    is("uj-threads-no-caps", &threads);
+    is("uj-supervisor-caps", zero);
+    is("uj-own-user-ns", "yes");
+    is("uj-own-mount-ns", "yes");
+    is("uj-own-pid-ns", "yes");
+    is("uj-pid-in-ns", "1");
+    is("uj-root", "dev proc work ");
+    is("uj-dev", "kvm net null urandom ");
+    is("uj-work", "guest.cpio uj vmlinux ");
+    is("uj-host-dir", "0");
+    is("ujcad-status", "204");
+    is("uj-vmm-status", "0");
+    is("uj-socket-left", "no");
+    is("uj-dir-left", "no");
+    is("user-cgroup-status", "1");
+    has(
+        "user-cgroup-error",
+        "--cgroup pids.max=64: a user-namespace jail cannot",
     );
+    is("user-jail-status", "1");
+    has("user-jail-error", "--uid/--gid needs root");
     is("husk-processes-left", "0");
 }

@@ -1,6 +1,6 @@
 //! What a jailed process keeps of the host: no inherited fds but stdio, its own
-//! hostname, limits on files, no capabilities, the jail's uid and gid, no new
-//! privileges.
+//! hostname, limits on files, no capabilities, the jail's uid and gid (root's jail; a
+//! user-namespace jail keeps the caller's), no new privileges.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -65,7 +65,25 @@ pub(super) fn set_hostname(id: &str) -> Result<(), JailError> {
     check(ret, format!("set the hostname {id:?}")).map(drop)
 }
 
-fn set_limit(resource: libc::__rlimit_resource_t, value: u64, name: &str) -> Result<(), JailError> {
+/// Set `resource` to `value` (soft and hard), at most the current hard limit when
+/// `within_hard` (raising it takes CAP_SYS_RESOURCE outside any user namespace).
+fn set_limit(
+    resource: libc::__rlimit_resource_t,
+    value: u64,
+    name: &str,
+    within_hard: bool,
+) -> Result<(), JailError> {
+    let mut value = value;
+    if within_hard {
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid rlimit to fill.
+        let ret = unsafe { libc::getrlimit(resource, &mut current) };
+        check(ret, format!("read {name}"))?;
+        value = value.min(current.rlim_max);
+    }
     let limit = libc::rlimit {
         rlim_cur: value,
         rlim_max: value,
@@ -76,19 +94,57 @@ fn set_limit(resource: libc::__rlimit_resource_t, value: u64, name: &str) -> Res
 }
 
 /// RLIMIT_NOFILE, RLIMIT_FSIZE (when asked) and no core files (guest memory stays in
-/// the process).
+/// the process). In a user namespace none goes above the caller's hard limit.
 pub(super) fn limit(config: &JailConfig) -> Result<(), JailError> {
-    set_limit(libc::RLIMIT_NOFILE, config.max_files, "RLIMIT_NOFILE")?;
+    let within = config.dropped_ids().is_none();
+    set_limit(
+        libc::RLIMIT_NOFILE,
+        config.max_files,
+        "RLIMIT_NOFILE",
+        within,
+    )?;
     if let Some(bytes) = config.max_file_size {
-        set_limit(libc::RLIMIT_FSIZE, bytes, "RLIMIT_FSIZE")?;
+        set_limit(libc::RLIMIT_FSIZE, bytes, "RLIMIT_FSIZE", within)?;
     }
-    set_limit(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")
+    set_limit(libc::RLIMIT_CORE, 0, "RLIMIT_CORE", within)
 }
 
 /// Empty the bounding and ambient sets, drop to `uid`/`gid` with no supplementary
 /// groups (which empties the permitted and effective sets), empty the inheritable
 /// set, and set no_new_privs; then check that root cannot be had back.
 pub(super) fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
+    drop_bounding_and_ambient()?;
+    // SAFETY: an empty list.
+    let ret = unsafe { libc::setgroups(0, std::ptr::null()) };
+    check(ret, "clear the supplementary groups")?;
+    // SAFETY: integer arguments.
+    let ret = unsafe { libc::setresgid(gid, gid, gid) };
+    check(ret, format!("set gid {gid}"))?;
+    // SAFETY: integer arguments.
+    let ret = unsafe { libc::setresuid(uid, uid, uid) };
+    check(ret, format!("set uid {uid}"))?;
+    clear_capabilities()?;
+    no_new_privs()?;
+    // SAFETY: integer argument; must fail now.
+    if unsafe { libc::setuid(0) } == 0 {
+        return Err(JailError::Config(
+            "uid 0 could be had back after the drop".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// In a user namespace: empty the bounding and ambient sets, then the effective,
+/// permitted and inheritable ones, and set no_new_privs. The uid stays (the caller's,
+/// mapped to itself); uid 0 is not mapped, so it cannot be had back.
+pub(super) fn drop_capabilities() -> Result<(), JailError> {
+    drop_bounding_and_ambient()?;
+    clear_capabilities()?;
+    no_new_privs()
+}
+
+/// Empty the bounding set (every capability the kernel knows) and the ambient set.
+fn drop_bounding_and_ambient() -> Result<(), JailError> {
     for cap in 0..=MAX_CAP {
         // SAFETY: prctl with integer arguments; EINVAL past the last capability.
         unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
@@ -103,27 +159,13 @@ pub(super) fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
             0,
         )
     };
-    check(ret, "clear the ambient capabilities")?;
-    // SAFETY: an empty list.
-    let ret = unsafe { libc::setgroups(0, std::ptr::null()) };
-    check(ret, "clear the supplementary groups")?;
-    // SAFETY: integer arguments.
-    let ret = unsafe { libc::setresgid(gid, gid, gid) };
-    check(ret, format!("set gid {gid}"))?;
-    // SAFETY: integer arguments.
-    let ret = unsafe { libc::setresuid(uid, uid, uid) };
-    check(ret, format!("set uid {uid}"))?;
-    clear_capabilities()?;
+    check(ret, "clear the ambient capabilities").map(drop)
+}
+
+fn no_new_privs() -> Result<(), JailError> {
     // SAFETY: integer arguments.
     let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    check(ret, "set no_new_privs")?;
-    // SAFETY: integer argument; must fail now.
-    if unsafe { libc::setuid(0) } == 0 {
-        return Err(JailError::Config(
-            "uid 0 could be had back after the drop".into(),
-        ));
-    }
-    Ok(())
+    check(ret, "set no_new_privs").map(drop)
 }
 
 /// capset with every set empty.

@@ -1,5 +1,5 @@
-//! The jail of a `husk vmm` process (`--jail DIR --uid U --gid G`), set up by the process
-//! itself before it serves anything:
+//! The jail of a `husk vmm` process, set up by the process itself before it serves
+//! anything. As root (`--jail DIR --uid U --gid G`):
 //!
 //! ```text
 //! outer process (the pid its caller knows; root)
@@ -28,82 +28,35 @@
 //! tap user U`): without CAP_NET_ADMIN the jailed VMM can attach to it but not make it;
 //! or be held: a TAP given with `--hold-tap` is attached by the child as root, next to
 //! the held files, and a card on that TAP uses the attached descriptor ([`held_tap`]).
+//!
+//! Started by another user (`--jail DIR`, or `--jail DIR --userns`), the same steps run
+//! in a user namespace ([`userns`]) that maps only the caller's uid and gid, made by the
+//! outer process before it unshares the pid namespace: no cgroup leaf, no --netns, no
+//! device nodes (mknod is not allowed there: /dev/kvm, /dev/net/tun, /dev/null and
+//! /dev/urandom are bind-mounted from the host instead), no uid change (the process
+//! keeps the caller's uid and groups); every capability of the user namespace is
+//! dropped (bounding, ambient, effective, permitted, inheritable), in the supervisor
+//! too, before the child serves.
 #![allow(
     unsafe_code,
     reason = "namespaces, mounts, pivot_root, credentials and fork have no safe std wrappers"
 )]
 
 mod cgroup;
+mod config;
 mod creds;
 mod held;
 pub mod ids;
 mod mounts;
 mod supervisor;
+pub mod userns;
 
 use std::path::{Path, PathBuf};
 
 pub use cgroup::CgroupLimit;
+pub use config::{Bind, JailConfig, JailMode};
 pub use held::{held_file, held_tap};
 pub use ids::JailIds;
-
-/// A path bound into the jail at the same absolute path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bind {
-    /// The host path (a file or a folder), absolute.
-    pub path: PathBuf,
-    /// Writable from the jail (read-only otherwise).
-    pub writable: bool,
-}
-
-impl std::str::FromStr for Bind {
-    type Err = String;
-
-    /// `PATH` (read-only) or `PATH:rw`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (path, writable) = match s.strip_suffix(":rw") {
-            Some(path) => (path, true),
-            None => (s.strip_suffix(":ro").unwrap_or(s), false),
-        };
-        let path = PathBuf::from(path);
-        if !path.is_absolute() {
-            return Err(format!("bind {s:?}: the path must be absolute"));
-        }
-        Ok(Self { path, writable })
-    }
-}
-
-/// How to jail a VMM process.
-#[derive(Debug, Clone)]
-pub struct JailConfig {
-    /// The folder that becomes the root (made if missing; must be empty).
-    pub dir: PathBuf,
-    /// The uid the process drops to.
-    pub uid: u32,
-    /// The gid the process drops to.
-    pub gid: u32,
-    /// A network namespace to join (a file such as /run/netns/NAME).
-    pub netns: Option<PathBuf>,
-    /// cgroup v2 limits of the VM's leaf (`memory.max=...`, `pids.max=...`).
-    pub cgroup: Vec<CgroupLimit>,
-    /// What the jail holds besides its devices.
-    pub binds: Vec<Bind>,
-    /// Files opened as root before the uid drop, read-only or read-write (`writable`),
-    /// and kept open for the VM's disks ([`held_file`]).
-    pub held: Vec<Bind>,
-    /// TAPs attached as root before the uid drop (in the jail's network namespace), for
-    /// the VM's cards on them ([`held_tap`]).
-    pub held_taps: Vec<String>,
-    /// A persistent TAP made for the jail's uid slot, and the slot's lock file: when
-    /// the jailed process ends and nobody holds the lock (the caller that reserved the
-    /// slot is gone), the supervisor removes the TAP, claimed by the VM or not.
-    pub slot_tap: Option<(String, PathBuf)>,
-    /// The VM's id: the hostname in the jail and the cgroup leaf's name.
-    pub id: String,
-    /// RLIMIT_NOFILE (soft and hard).
-    pub max_files: u64,
-    /// RLIMIT_FSIZE in bytes (`None`: unlimited).
-    pub max_file_size: Option<u64>,
-}
 
 /// Errors setting up a jail; each names what it was doing and on what.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +64,9 @@ pub enum JailError {
     /// The configuration cannot be jailed.
     #[error("jail: {0}")]
     Config(String),
+    /// The kernel refuses a user-namespace jail; the cause.
+    #[error("jail: no user namespace: {0}")]
+    NoUserNamespace(String),
     /// A system call failed.
     #[error("jail: {what}: {source}")]
     Os {
@@ -161,53 +117,17 @@ pub fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// This process's effective uid.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid only returns a value.
+    unsafe { libc::geteuid() }
+}
+
 /// A path as a C string.
 pub(crate) fn c_path(path: &Path) -> Result<std::ffi::CString, JailError> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| JailError::Config(format!("{} holds a NUL byte", path.display())))
-}
-
-impl JailConfig {
-    /// Check what can be checked before anything changes.
-    fn validate(&self) -> Result<(), JailError> {
-        let bad = |m: String| Err(JailError::Config(m));
-        if !self.dir.is_absolute() {
-            return bad(format!(
-                "--jail {}: the folder must be absolute",
-                self.dir.display()
-            ));
-        }
-        if self.uid == 0 || self.gid == 0 {
-            return bad(format!(
-                "--uid {} --gid {}: a jail keeps neither uid 0 nor gid 0",
-                self.uid, self.gid
-            ));
-        }
-        if !running_as_root() {
-            return bad(
-                "--jail needs root: it makes namespaces and device nodes, then drops to --uid"
-                    .into(),
-            );
-        }
-        if let Some(bind) = self
-            .binds
-            .iter()
-            .chain(&self.held)
-            .find(|b| !b.path.exists())
-        {
-            return bad(format!(
-                "bind {}: no such file or folder",
-                bind.path.display()
-            ));
-        }
-        if let Some(netns) = &self.netns {
-            if !netns.exists() {
-                return bad(format!("--netns {}: no such file", netns.display()));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Jail this process. Returns in the jailed child only, which goes on to serve; the
@@ -228,9 +148,24 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
     log::debug!("jail: inherited fds closed");
     let made_dir = mounts::prepare_dir(&config.dir)?;
     log::debug!("jail: folder ready");
-    let leaf = cgroup::Leaf::create(&config.id, &config.cgroup)?;
+    let root = config.dropped_ids().is_some();
+    // A user-namespace jail has no cgroup leaf: the caller's cgroup is not its to split.
+    let leaf = match root {
+        true => cgroup::Leaf::create(&config.id, &config.cgroup)?,
+        false => None,
+    };
     log::debug!("jail: cgroup made");
     let netns = config.netns.as_deref().map(creds::open_netns).transpose()?;
+    if !root {
+        // Made by the outer process: the pid namespace below needs its capabilities.
+        if let Err(e) = userns::enter() {
+            if made_dir {
+                drop(std::fs::remove_dir(&config.dir));
+            }
+            return Err(e);
+        }
+        log::debug!("jail: user namespace made");
+    }
     // The pid namespace is the child's (the caller's process stays outside it, in the
     // host's namespaces, to supervise); the others are made by the child itself, so the
     // supervisor keeps the host's mounts.
@@ -241,6 +176,13 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
     // SAFETY: single-threaded, so the child may run any code after the fork.
     let pid = check(unsafe { libc::fork() }, "fork the jailed process")?;
     if pid != 0 {
+        if !root {
+            // The supervisor only waits, forwards signals and removes the folder: it
+            // keeps none of the user namespace's capabilities either.
+            if let Err(e) = creds::drop_capabilities() {
+                log::warn!("the jail's supervisor keeps its capabilities: {e}");
+            }
+        }
         let cleanup = supervisor::Cleanup {
             leaf,
             dir: made_dir.then(|| config.dir.clone()),
@@ -250,93 +192,41 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
     }
     let alive = handshake.wait_for_go()?;
     log::debug!("jail: forked, supervisor said go");
+    jail_child(config, netns)?;
+    supervisor::die_with_supervisor(alive)?;
+    log::debug!("jail: privileges dropped");
+    Ok(())
+}
+
+/// The child's part: its namespaces, held files, root, hostname, limits, and the drop
+/// of its privileges.
+fn jail_child(config: &JailConfig, netns: Option<std::os::fd::OwnedFd>) -> Result<(), JailError> {
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     // SAFETY: as above; the child of a single-threaded fork has one thread.
-    let ret = unsafe { libc::unshare(flags) };
-    check(ret, "unshare the mount, ipc and uts namespaces")?;
+    if unsafe { libc::unshare(flags) } == -1 {
+        let source = std::io::Error::last_os_error();
+        return Err(match config.mode {
+            JailMode::UserNamespace => userns::namespaces_refused(source),
+            JailMode::Root { .. } => JailError::Os {
+                what: "unshare the mount, ipc and uts namespaces".into(),
+                source,
+            },
+        });
+    }
     if let Some(fd) = netns {
         creds::join_netns(fd, config.netns.as_deref().unwrap_or(Path::new("")))?;
     }
-    // Opened with the host's paths and root's rights, before both go.
+    // Opened with the host's paths and the caller's rights, before both go.
     let held = held::HeldFiles::open(&config.held, &config.held_taps)?;
     log::debug!("jail: namespaces made, files held");
     mounts::build_root(config)?;
     log::debug!("jail: root built");
     creds::set_hostname(&config.id)?;
     creds::limit(config)?;
-    creds::drop_privileges(config.uid, config.gid)?;
+    match config.dropped_ids() {
+        Some((uid, gid)) => creds::drop_privileges(uid, gid)?,
+        None => creds::drop_capabilities()?,
+    }
     held.install();
-    supervisor::die_with_supervisor(alive)?;
-    log::debug!("jail: privileges dropped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_bind_is_read_only_unless_it_ends_in_rw() {
-        let ro: Bind = "/srv/kernel".parse().unwrap();
-        assert_eq!(
-            (ro.path.as_path(), ro.writable),
-            (Path::new("/srv/kernel"), false)
-        );
-        let also_ro: Bind = "/srv/kernel:ro".parse().unwrap();
-        assert!(!also_ro.writable);
-        let rw: Bind = "/run/vm:rw".parse().unwrap();
-        assert_eq!(
-            (rw.path.as_path(), rw.writable),
-            (Path::new("/run/vm"), true)
-        );
-        let err = "kernel".parse::<Bind>().unwrap_err();
-        assert!(err.contains("must be absolute"), "{err}");
-    }
-
-    fn config() -> JailConfig {
-        JailConfig {
-            dir: PathBuf::from("/srv/jail"),
-            uid: 1000,
-            gid: 1000,
-            netns: None,
-            cgroup: Vec::new(),
-            binds: Vec::new(),
-            held: Vec::new(),
-            held_taps: Vec::new(),
-            slot_tap: None,
-            id: "vm".into(),
-            max_files: 1024,
-            max_file_size: None,
-        }
-    }
-
-    #[test]
-    fn a_jail_refuses_root_ids_and_relative_folders() {
-        let root = JailConfig { uid: 0, ..config() };
-        let err = root.validate().unwrap_err().to_string();
-        assert!(err.contains("neither uid 0 nor gid 0"), "{err}");
-        let relative = JailConfig {
-            dir: PathBuf::from("jail"),
-            ..config()
-        };
-        let err = relative.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("--jail jail: the folder must be absolute"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_missing_bind_is_named() {
-        let missing = JailConfig {
-            binds: vec!["/nonexistent/husk-kernel".parse().unwrap()],
-            ..config()
-        };
-        // As root the bind is checked; otherwise root is what is missing.
-        let err = missing.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("/nonexistent/husk-kernel: no such file") || err.contains("needs root"),
-            "{err}"
-        );
-    }
 }

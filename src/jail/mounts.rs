@@ -1,6 +1,7 @@
 //! The jail's filesystem, built by the child in its own mount namespace: a small tmpfs
 //! on the jail folder holding the binds at their host paths, the device nodes a VMM
-//! needs, and /proc; then pivot_root into it, the host's tree detached, and the root
+//! needs (made as root; bind-mounted from the host in a user namespace, where mknod is
+//! refused), and /proc; then pivot_root into it, the host's tree detached, and the root
 //! made read-only. The host sees only an empty jail folder.
 
 use std::ffi::CString;
@@ -115,7 +116,45 @@ fn bind_into(root: &Path, bind: &Bind) -> Result<(), JailError> {
     if !bind.writable {
         flags |= libc::MS_RDONLY;
     }
-    mount(None, &target, None, flags, None)
+    mount(None, &target, None, flags | kept_flags(&target)?, None)
+}
+
+/// The mount flags of `path`'s mount that a remount must keep: in a user namespace
+/// the host's noexec and read-only are locked, and a remount without them is refused.
+fn kept_flags(path: &Path) -> Result<libc::c_ulong, JailError> {
+    let path_c = c_path(path)?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: a NUL-terminated path and a statvfs buffer we own.
+    let ret = unsafe { libc::statvfs(path_c.as_ptr(), stat.as_mut_ptr()) };
+    check(ret, format!("statvfs {}", path.display()))?;
+    // SAFETY: statvfs filled the buffer (it returned 0).
+    let flags = unsafe { stat.assume_init() }.f_flag;
+    let mut kept = 0;
+    if flags & libc::ST_NOEXEC != 0 {
+        kept |= libc::MS_NOEXEC;
+    }
+    if flags & libc::ST_RDONLY != 0 {
+        kept |= libc::MS_RDONLY;
+    }
+    Ok(kept)
+}
+
+/// Bind the host's device `path` (if it has it) at the same path under `root`, for a
+/// jail in a user namespace.
+fn bind_device(root: &Path, path: &str) -> Result<(), JailError> {
+    if !Path::new(path).exists() {
+        return Ok(());
+    }
+    let target = root.join(path.trim_start_matches('/'));
+    let io = |what: String| move |source| JailError::Os { what, source };
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("make {}", parent.display())))?;
+    }
+    std::fs::File::create(&target).map_err(io(format!("make {}", target.display())))?;
+    let source = c_path(Path::new(path))?;
+    mount(Some(&source), &target, None, libc::MS_BIND, None)?;
+    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NOEXEC;
+    mount(None, &target, None, flags | kept_flags(&target)?, None)
 }
 
 /// Make the device node `path` under `root` like the host's, owned by the jail's ids
@@ -170,7 +209,10 @@ pub(super) fn build_root(config: &JailConfig) -> Result<(), JailError> {
         bind_into(root, bind)?;
     }
     for device in DEVICES {
-        make_device(root, device, (config.uid, config.gid))?;
+        match config.dropped_ids() {
+            Some(ids) => make_device(root, device, ids)?,
+            None => bind_device(root, device.0)?,
+        }
     }
     for dir in ["proc", ".old-root"] {
         std::fs::create_dir_all(root.join(dir)).map_err(|source| JailError::Os {
@@ -178,16 +220,18 @@ pub(super) fn build_root(config: &JailConfig) -> Result<(), JailError> {
             source,
         })?;
     }
-    pivot_into(root)?;
+    // Mounted before the pivot: in a user namespace a proc is mounted only while the
+    // host's, fully visible, is in the namespace too. It shows the jail's pid namespace.
     let proc_c = CString::from(c"proc");
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount(
         Some(&proc_c),
-        Path::new("/proc"),
+        &root.join("proc"),
         Some(&proc_c),
         flags,
         None,
     )?;
+    pivot_into(root)?;
     mount(
         None,
         &slash,
@@ -255,8 +299,10 @@ mod tests {
     fn config(dir: &str, binds: &[&str]) -> JailConfig {
         JailConfig {
             dir: PathBuf::from(dir),
-            uid: 1000,
-            gid: 1000,
+            mode: crate::jail::JailMode::Root {
+                uid: 1000,
+                gid: 1000,
+            },
             netns: None,
             cgroup: Vec::new(),
             binds: binds.iter().map(|b| b.parse().unwrap()).collect(),

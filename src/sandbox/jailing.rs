@@ -1,8 +1,10 @@
-//! Jailing a sandbox's `husk vmm` (`husk::jail`) when the caller is root: a uid of
-//! husk's range per VMM, the shared gid, and the jail's binds: the kernel, the agent
-//! initramfs, the image, the templates (read-only), the runtime folder (read-write), the
-//! console file, and whatever the start needs besides (a snapshot to restore, a template
-//! being built).
+//! Jailing a sandbox's `husk vmm` (`husk::jail`). When the caller is root: a uid of
+//! husk's range per VMM, the shared gid; otherwise a user-namespace jail
+//! (`husk vmm --jail DIR --userns`), the VMM keeping the caller's uid, its folder in
+//! `husk-jails-<uid>` of the runtime root (or `HUSK_JAIL_ROOT`). Either way the jail's
+//! binds: the kernel, the agent initramfs, the image, the templates (read-only), the
+//! runtime folder (read-write), the console file, and whatever the start needs besides
+//! (a snapshot to restore, a template being built).
 //!
 //! The caller's disks ([`SandboxConfig::disks`]) are handed over without changing
 //! their owner or mode: each is held (`husk vmm --hold`), opened as root by the jail
@@ -14,14 +16,20 @@
 //! in the runtime folder and are handed to the jail's uid (mode 0600) before the VM is
 //! built, the daemons staying outside the jail (`launch`).
 //!
-//! Not jailed (the VMM runs as the caller, with its filters): a caller that is not root,
-//! `SandboxConfig::jail` off, and a caller's card without a TAP name (a new TAP, which
-//! needs CAP_NET_ADMIN). The sandbox's own card is jailed: its TAP is made persistent
-//! and owned by the jail's uid ([`JailTap`]), and the VMM claims it.
+//! Not jailed (the VMM runs as the caller, with its filters): `SandboxConfig::jail` off,
+//! a caller's card without a TAP name (a new TAP, which needs CAP_NET_ADMIN), and a
+//! caller that is not root on a kernel that refuses it user namespaces (said once per
+//! process by a warning naming the cause). The sandbox's own card is jailed as root:
+//! its TAP is made persistent and owned by the jail's uid ([`JailTap`]), and the VMM
+//! claims it; a user-namespace jail has no such TAP (a caller that is not root cannot
+//! make one).
 
+use std::borrow::Cow;
 use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
 
 use crate::config::ConsoleConfig;
 use crate::devices::virtio::block::BlockConfig;
@@ -33,7 +41,8 @@ use super::{SandboxConfig, SandboxError};
 /// How a sandbox's VMM is jailed.
 #[derive(Debug)]
 pub struct VmmJail {
-    ids: JailIds,
+    /// The uid slot of root's jail; `None` for a user-namespace jail.
+    ids: Option<JailIds>,
     dir: PathBuf,
     binds: Vec<Bind>,
     /// The caller's disks, opened by the jail before its uid drop.
@@ -59,14 +68,51 @@ fn templates_dir() -> PathBuf {
 }
 
 /// Why `config`'s VMM runs unjailed, if it does.
-fn unjailed_because(config: &SandboxConfig) -> Option<&'static str> {
-    if !crate::jail::running_as_root() {
-        return Some("the caller is not root");
-    }
+fn unjailed_because(config: &SandboxConfig) -> Option<Cow<'static, str>> {
     if !config.jail {
-        return Some("jailing is off for this sandbox");
+        return Some("jailing is off for this sandbox".into());
     }
-    None
+    user_namespace_refused().map(Cow::Owned)
+}
+
+/// For a caller that is not root: why the kernel refuses it a user-namespace jail, if
+/// it does, said once per process as a warning (the VMMs then run with their filters
+/// only, in the caller's namespaces).
+fn user_namespace_refused() -> Option<String> {
+    static WARNED: Once = Once::new();
+    if crate::jail::running_as_root() {
+        return None;
+    }
+    let why = crate::jail::userns::probe().err()?.to_string();
+    WARNED.call_once(|| log::warn!("VMMs run unjailed, with their filters only: {why}"));
+    Some(why)
+}
+
+/// A folder for a user-namespace jail, not made yet (`husk vmm` makes it, its
+/// supervisor removes it): in `HUSK_JAIL_ROOT`, else in `husk-jails-<uid>` of the
+/// runtime root, made private to the caller (and refused if it is not the caller's).
+fn user_jail_dir() -> Result<PathBuf, SandboxError> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let uid = crate::jail::effective_uid();
+    let parent = match std::env::var_os("HUSK_JAIL_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None => super::connect::runtime_root().join(format!("husk-jails-{uid}")),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&parent)
+        .map_err(io_err(format!("create {}", parent.display())))?;
+    let meta =
+        std::fs::symlink_metadata(&parent).map_err(io_err(format!("read {}", parent.display())))?;
+    if !meta.is_dir() || meta.uid() != uid {
+        return Err(SandboxError::Vmm(format!(
+            "{}: the jails' folder must be a folder of uid {uid}",
+            parent.display()
+        )));
+    }
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Ok(parent.join(format!("{}-{n}", std::process::id())))
 }
 
 fn read_only(path: &Path) -> Bind {
@@ -104,30 +150,40 @@ pub fn jails(config: &SandboxConfig) -> bool {
 
 impl VmmJail {
     /// A jail for a VMM listening in `runtime` (made the jail's, and bound writable)
-    /// holding `binds`; `console`, a file made the jail's and bound writable.
+    /// holding `binds`; `console`, a file made the jail's and bound writable. Root's
+    /// jail when the caller is root, else a user-namespace jail.
     fn new(
         runtime: &Path,
         mut binds: Vec<Bind>,
         console: Option<&Path>,
     ) -> Result<Self, SandboxError> {
-        let root = crate::jail::jails_root();
-        let ids = JailIds::allocate(&root.join("ids")).map_err(jail_err)?;
-        let dir = root.join(ids.uid.to_string());
+        let (ids, dir) = match crate::jail::running_as_root() {
+            true => {
+                let root = crate::jail::jails_root();
+                let ids = JailIds::allocate(&root.join("ids")).map_err(jail_err)?;
+                let dir = root.join(ids.uid.to_string());
+                (Some(ids), dir)
+            }
+            false => (None, user_jail_dir()?),
+        };
         if let Some(path) = console {
             std::fs::File::create(path).map_err(io_err(format!("create {}", path.display())))?;
-            own(path, ids.uid)?;
             binds.push(writable(path));
         }
-        own(runtime, ids.uid)?;
         binds.push(writable(runtime));
-        Ok(Self {
+        let jail = Self {
             ids,
             dir,
             binds,
             held: Vec::new(),
             held_taps: Vec::new(),
             slot_tap: None,
-        })
+        };
+        if let Some(path) = console {
+            jail.hand_over(path)?;
+        }
+        jail.hand_over(runtime)?;
+        Ok(jail)
     }
 
     /// The jail for `config`'s VMM listening in `runtime`, with the agent `initrd` and
@@ -142,6 +198,13 @@ impl VmmJail {
             log::debug!("sandbox VMM not jailed: {why}");
             return Ok(None);
         }
+        log::debug!(
+            "sandbox VMM jailed {}",
+            match crate::jail::running_as_root() {
+                true => "as a uid of husk's range",
+                false => "in a user namespace",
+            }
+        );
         let mut binds = vec![
             read_only(&config.kernel),
             read_only(initrd),
@@ -163,28 +226,32 @@ impl VmmJail {
         let mut jail = Self::new(runtime, binds, console)?;
         jail.held = held_disks(config);
         jail.held_taps = held_taps(config);
-        // Always: a pooled VMM may serve a sandbox with a network.
-        jail.slot_tap = Some(slot_tap_name(jail.uid())?);
+        // Always as root: a pooled VMM may serve a sandbox with a network.
+        if let Some(uid) = jail.uid() {
+            jail.slot_tap = Some(slot_tap_name(uid)?);
+        }
         Ok(Some(jail))
     }
 
     /// The jail of a template's VMM: its kernel and initramfs, and the template's
-    /// folder `dir` (its empty disks) made the jail's; `None` when not root.
+    /// folder `dir` (its empty disks) made the jail's; `None` when the caller is not
+    /// root and the kernel refuses it a user namespace.
     pub fn for_template(
         kernel: &Path,
         initrd: &Path,
         runtime: &Path,
         dir: &Path,
     ) -> Result<Option<Self>, SandboxError> {
-        if !crate::jail::running_as_root() {
+        if let Some(why) = user_namespace_refused() {
+            log::debug!("template VMM not jailed: {why}");
             return Ok(None);
         }
         let jail = Self::new(runtime, vec![read_only(kernel), read_only(initrd)], None)?;
         for entry in std::fs::read_dir(dir).map_err(io_err(format!("list {}", dir.display())))? {
             let entry = entry.map_err(io_err(format!("list {}", dir.display())))?;
-            own(&entry.path(), jail.uid())?;
+            jail.hand_over(&entry.path())?;
         }
-        own(dir, jail.uid())?;
+        jail.hand_over(dir)?;
         let mut jail = jail;
         jail.binds.push(writable(dir));
         Ok(Some(jail))
@@ -204,9 +271,18 @@ impl VmmJail {
             && !matches!(config.console, ConsoleConfig::File(_))
     }
 
-    /// The jail's uid.
-    pub fn uid(&self) -> u32 {
-        self.ids.uid
+    /// The uid of root's jail; `None` for a user-namespace jail (the caller's uid).
+    pub fn uid(&self) -> Option<u32> {
+        self.ids.as_ref().map(|ids| ids.uid)
+    }
+
+    /// Make `path` the jail's: its uid's in root's jail; nothing to do in a user
+    /// namespace, where the VMM keeps the caller's uid.
+    pub fn hand_over(&self, path: &Path) -> Result<(), SandboxError> {
+        match self.uid() {
+            Some(uid) => own(path, uid),
+            None => Ok(()),
+        }
     }
 
     /// The jail's folder (its root while the VMM runs).
@@ -216,14 +292,16 @@ impl VmmJail {
 
     /// `husk vmm`'s arguments for this jail.
     pub fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
-            "--jail".into(),
-            self.dir.clone().into(),
-            "--uid".into(),
-            self.ids.uid.to_string().into(),
-            "--gid".into(),
-            self.ids.gid.to_string().into(),
-        ];
+        let mut args: Vec<OsString> = vec!["--jail".into(), self.dir.clone().into()];
+        match &self.ids {
+            Some(ids) => args.extend([
+                "--uid".into(),
+                ids.uid.to_string().into(),
+                "--gid".into(),
+                ids.gid.to_string().into(),
+            ]),
+            None => args.push("--userns".into()),
+        }
         for bind in &self.binds {
             let mut value = bind.path.clone().into_os_string();
             if bind.writable {
@@ -244,11 +322,11 @@ impl VmmJail {
             args.push("--hold-tap".into());
             args.push(tap.into());
         }
-        if let Some(tap) = &self.slot_tap {
+        if let Some((tap, ids)) = self.slot_tap.as_ref().zip(self.ids.as_ref()) {
             args.push("--slot-tap".into());
             args.push(tap.into());
             args.push("--slot-lock".into());
-            args.push(self.ids.lock_path.clone().into());
+            args.push(ids.lock_path.clone().into());
         }
         args
     }
@@ -271,24 +349,29 @@ fn slot_tap_name(uid: u32) -> Result<String, SandboxError> {
 }
 
 impl JailTap {
-    /// Make the TAP for `jail`. A TAP of that name is a leftover (the slot is this
-    /// jail's now): one whose supervisor was killed too before it could remove it.
+    /// Make the TAP for root's `jail`. A TAP of that name is a leftover (the slot is
+    /// this jail's now): one whose supervisor was killed too before it could remove it.
     pub fn create(jail: &VmmJail) -> Result<Self, SandboxError> {
-        Self::make(jail, slot_tap_name(jail.uid())?)
+        Self::make(jail, "")
     }
 
     /// The TAP for card `index` of the caller's that asks for a new TAP (a jail cannot
     /// make one): `huskj<slot>c<index>`, made here as the slot's TAP is.
     pub fn for_card(jail: &VmmJail, index: usize) -> Result<Self, SandboxError> {
-        Self::make(jail, format!("{}c{index}", slot_tap_name(jail.uid())?))
+        Self::make(jail, &format!("c{index}"))
     }
 
-    fn make(jail: &VmmJail, name: String) -> Result<Self, SandboxError> {
+    /// The slot's TAP name with `suffix`, made persistent for root's `jail`'s uid.
+    fn make(jail: &VmmJail, suffix: &str) -> Result<Self, SandboxError> {
+        let uid = jail.uid().ok_or_else(|| {
+            SandboxError::Vmm("a user-namespace jail has no TAP of its own".into())
+        })?;
+        let name = format!("{}{suffix}", slot_tap_name(uid)?);
         let tap_err = |e: crate::devices::virtio::net::TapError| {
             SandboxError::Vmm(format!("the jail's TAP {name}: {}", crate::error_chain(&e)))
         };
         tap::remove_persistent(&name).map_err(tap_err)?;
-        tap::create_persistent(&name, jail.uid()).map_err(tap_err)?;
+        tap::create_persistent(&name, uid).map_err(tap_err)?;
         Ok(Self { name })
     }
 
@@ -374,109 +457,5 @@ pub fn move_snapshot(from: &Path, to: &Path, durable: bool) -> Result<(), Sandbo
 }
 
 #[cfg(test)]
-mod tests {
-    use std::ops::Not;
-
-    use super::*;
-
-    /// The jail's `husk vmm` arguments as strings.
-    fn arg_strings(jail: &VmmJail) -> Vec<String> {
-        jail.args()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
-    }
-    use crate::sandbox::{Sandbox, SandboxImage};
-
-    fn disk(path: &str, read_only: bool) -> BlockConfig {
-        BlockConfig {
-            path: path.into(),
-            read_only,
-            id: None,
-            root: false,
-            rate_limiter: None,
-        }
-    }
-
-    #[test]
-    fn a_callers_taps_are_held_by_name_and_a_card_on_a_new_tap_is_never_jailed() {
-        let named = |tap: Option<&str>| crate::devices::virtio::net::NetConfig {
-            tap: tap.map(str::to_string),
-            ..Default::default()
-        };
-        let builder = Sandbox::builder(SandboxImage::default(), "/srv/vmlinux".into())
-            .net(named(Some("ctap0")));
-        let ids_dir = tempfile::tempdir().unwrap();
-        let jail = VmmJail {
-            ids: JailIds::allocate(ids_dir.path()).unwrap(),
-            dir: PathBuf::from("/run/husk/jails/1"),
-            binds: Vec::new(),
-            held: Vec::new(),
-            held_taps: held_taps(builder.config()),
-            slot_tap: None,
-        };
-        let args = arg_strings(&jail);
-        assert_eq!(args[args.len() - 2..], ["--hold-tap", "ctap0"]);
-        // A card without a TAP name needs a new TAP, which the jail cannot make.
-        let new_tap = builder.net(named(None));
-        assert!(jails(new_tap.config()).not());
-    }
-
-    #[test]
-    fn the_supervisor_is_told_the_slots_tap_and_lock() {
-        let ids_dir = tempfile::tempdir().unwrap();
-        let ids = JailIds::allocate(ids_dir.path()).unwrap();
-        let tap = slot_tap_name(ids.uid).unwrap();
-        let lock = ids.lock_path.display().to_string();
-        let jail = VmmJail {
-            ids,
-            dir: PathBuf::from("/run/husk/jails/1"),
-            binds: Vec::new(),
-            held: Vec::new(),
-            held_taps: Vec::new(),
-            slot_tap: Some(tap.clone()),
-        };
-        let args = arg_strings(&jail);
-        assert!(tap.starts_with("huskj"), "{tap}");
-        assert_eq!(
-            args[args.len() - 4..],
-            ["--slot-tap", &tap, "--slot-lock", &lock]
-        );
-    }
-
-    #[test]
-    fn a_callers_disks_are_held_with_their_access_and_bound_read_only() {
-        let builder = Sandbox::builder(SandboxImage::default(), "/srv/vmlinux".into())
-            .disk(disk("/srv/data.img", false))
-            .disk(disk("/srv/seed.img", true));
-        let ids_dir = tempfile::tempdir().unwrap();
-        let jail = VmmJail {
-            ids: JailIds::allocate(ids_dir.path()).unwrap(),
-            dir: PathBuf::from("/run/husk/jails/1"),
-            binds: builder
-                .config()
-                .disks
-                .iter()
-                .map(|d| read_only(&d.path))
-                .collect(),
-            held: held_disks(builder.config()),
-            held_taps: Vec::new(),
-            slot_tap: None,
-        };
-        let args = arg_strings(&jail);
-        let tail = &args[args.len() - 8..];
-        assert_eq!(
-            tail,
-            [
-                "--bind",
-                "/srv/data.img",
-                "--bind",
-                "/srv/seed.img",
-                "--hold",
-                "/srv/data.img:rw",
-                "--hold",
-                "/srv/seed.img"
-            ]
-        );
-    }
-}
+#[path = "jailing_tests.rs"]
+mod tests;

@@ -128,12 +128,12 @@ pub(super) fn launch(
     };
     if let Some(jail) = vm.jail() {
         if let Some(scratch) = &paths.scratch {
-            super::jailing::own(scratch, jail.uid())?;
+            jail.hand_over(scratch)?;
         }
         // virtiofsd stays outside the jail; only the jail's uid (and root) may connect
         // to its socket (mode 0600), which lies in the runtime folder the jail binds.
         for fs in &paths.fs {
-            super::jailing::own(&fs.socket, jail.uid())?;
+            jail.hand_over(&fs.socket)?;
         }
     }
     let taps = JailTaps::make(config, &vm)?;
@@ -257,7 +257,9 @@ struct JailTaps {
 
 impl JailTaps {
     fn make(config: &SandboxConfig, vm: &VmmProcess) -> Result<Self, SandboxError> {
-        let Some(jail) = vm.jail() else {
+        // Root's jails only: a user-namespace jail's VMM has the caller's uid, and a
+        // caller that is not root can make no TAP for it.
+        let Some(jail) = vm.jail().filter(|j| j.uid().is_some()) else {
             return Ok(Self {
                 slot: None,
                 cards: Vec::new(),
@@ -340,7 +342,7 @@ impl Restore<'_> {
                     })?;
                     // The slot is writable: a jailed VMM opens it as its own uid.
                     if let Some(jail) = self.vm.jail() {
-                        super::jailing::own(&empty, jail.uid())?;
+                        jail.hand_over(&empty)?;
                     }
                     empty
                 }

@@ -44,32 +44,38 @@ pub(crate) struct VmmArgs {
     jail: JailArgs,
 }
 
-/// Jailing the process (needs root): see `husk::jail`.
+/// Jailing the process: see `husk::jail`.
 #[derive(Args)]
 struct JailArgs {
     /// Jail the process in DIR before it serves: new mount, pid, ipc and uts
     /// namespaces, a root holding only the --bind paths (at their host paths) and
-    /// /dev/kvm, /dev/net/tun, /dev/null, /dev/urandom, /proc; uid and gid dropped to
-    /// --uid/--gid with every capability; a cgroup v2 leaf when cgroup v2 is mounted.
-    /// DIR is made if missing and must be empty.
-    #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
+    /// /dev/kvm, /dev/net/tun, /dev/null, /dev/urandom, /proc; every capability
+    /// dropped. As root (with --uid/--gid): uid and gid dropped to them, a cgroup v2
+    /// leaf when cgroup v2 is mounted. Not as root (or with --userns): a user namespace
+    /// mapping only the caller's uid and gid, which the process keeps; no cgroup leaf,
+    /// no --netns. DIR is made if missing and must be empty.
+    #[arg(long, value_name = "DIR")]
     jail: Option<PathBuf>,
-    /// The jail's uid (not 0). Files the VM opens must be readable by it, and its disks
-    /// and the API socket's folder writable, unless they are held (--hold); its TAPs
-    /// owned by it, unless held (--hold-tap).
-    #[arg(long, value_name = "UID", requires = "jail")]
+    /// The jail's uid (not 0; root only). Files the VM opens must be readable by it,
+    /// and its disks and the API socket's folder writable, unless they are held
+    /// (--hold); its TAPs owned by it, unless held (--hold-tap).
+    #[arg(long, value_name = "UID", requires_all = ["jail", "gid"])]
     uid: Option<u32>,
-    /// The jail's gid (not 0).
-    #[arg(long, value_name = "GID", requires = "jail")]
+    /// The jail's gid (not 0; root only).
+    #[arg(long, value_name = "GID", requires_all = ["jail", "uid"])]
     gid: Option<u32>,
+    /// A user-namespace jail (what --jail alone means for a caller that is not root;
+    /// refused as root).
+    #[arg(long, requires = "jail", conflicts_with_all = ["uid", "gid"])]
+    userns: bool,
     /// A host path the jail holds at the same path: read-only, or writable with `:rw`
     /// (the API socket's folder, disks, snapshot folders). Repeatable.
     #[arg(long = "bind", value_name = "PATH[:rw]", requires = "jail")]
     binds: Vec<husk::jail::Bind>,
-    /// A file the jail opens as root before it drops to --uid, read-only or read-write
-    /// with `:rw`, for a disk at that path: the VM uses the open file, so the file
-    /// need not be the jail uid's. Bind it too for its path to exist in the jail.
-    /// Repeatable.
+    /// A file the jail opens (as root, or as the caller in a user namespace) before it
+    /// drops its privileges, read-only or read-write with `:rw`, for a disk at that
+    /// path: the VM uses the open file, so the file need not be the jail uid's. Bind it
+    /// too for its path to exist in the jail. Repeatable.
     #[arg(long = "hold", value_name = "PATH[:rw]", requires = "jail")]
     held: Vec<husk::jail::Bind>,
     /// A TAP the jail attaches to as root before it drops to --uid (after joining
@@ -103,11 +109,15 @@ struct JailArgs {
 }
 
 impl JailArgs {
-    fn config(self, id: &str) -> Option<husk::jail::JailConfig> {
-        Some(husk::jail::JailConfig {
-            dir: self.jail?,
-            uid: self.uid?,
-            gid: self.gid?,
+    fn config(self, id: &str) -> Result<Option<husk::jail::JailConfig>, husk::jail::JailError> {
+        let Some(dir) = self.jail else {
+            return Ok(None);
+        };
+        let root = husk::jail::running_as_root();
+        let mode = husk::jail::JailMode::choose(self.uid, self.gid, self.userns, root)?;
+        Ok(Some(husk::jail::JailConfig {
+            dir,
+            mode,
             netns: self.netns,
             cgroup: self.cgroup,
             binds: self.binds,
@@ -117,20 +127,23 @@ impl JailArgs {
             id: id.to_string(),
             max_files: self.max_files,
             max_file_size: self.max_file_size,
-        })
+        }))
     }
 }
 
 pub(crate) fn vmm(args: VmmArgs) -> CliResult {
-    let jail = args.jail.config(&args.id);
+    let jail = args.jail.config(&args.id)?;
+    // A jailed process's working folder is the jail's root: relative paths are taken
+    // from where the caller is, before the jail.
+    let absolute = |path: Option<PathBuf>| -> std::io::Result<Option<PathBuf>> {
+        path.map(std::path::absolute).transpose()
+    };
     let options = husk::api::server::VmmOptions {
-        api_sock: args.api_sock,
-        config_file: args.config_file,
+        api_sock: absolute(args.api_sock)?,
+        config_file: absolute(args.config_file)?,
         id: args.id,
-        console: args
-            .console
-            .map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
-        exit_report: args.exit_report,
+        console: absolute(args.console)?.map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
+        exit_report: absolute(args.exit_report)?,
         die_with_parent: args.die_with_parent,
     };
     husk::vmm::seccomp::set_mode(if args.no_seccomp {
