@@ -266,20 +266,19 @@ fn inner(args: &[String]) {
             runs.last().map_or(f64::NAN, |s| s.run_wall_ms)
         );
     }
-    let prepared = warm
-        .iter()
-        .filter(|s| s.timings["sandbox"]["container_prepared"] == serde_json::json!(true))
-        .count();
+    // How many of `v` have the sandbox timing `flag` set.
+    let flagged = |v: &[HuskSample], flag: &str| {
+        let set = |s: &&HuskSample| s.timings["sandbox"][flag] == serde_json::json!(true);
+        v.iter().filter(set).count()
+    };
     println!(
-        "warm runs whose container was made ahead: {prepared} of {}",
+        "warm runs whose container was made ahead: {} of {}",
+        flagged(&warm, "container_prepared"),
         warm.len()
     );
-    let claimed = pooled
-        .iter()
-        .filter(|s| s.timings["sandbox"]["pooled"] == serde_json::json!(true))
-        .count();
     println!(
-        "pooled runs that claimed a parked sandbox: {claimed} of {}; refill (a parked sandbox again) {:.0} ms median",
+        "pooled runs that claimed a parked sandbox: {} of {}; refill (a parked sandbox again) {:.0} ms median",
+        flagged(&pooled, "pooled"),
         pooled.len(),
         median(refills)
     );

@@ -89,24 +89,23 @@ pub fn pool_rounds(work: &Path, rounds: usize) {
     };
     println!();
     println!("library, Template::start + run `true` + stop, {rounds} rounds (ms):");
-    println!(
-        "  VMM spawned per sandbox: started {}, exit code {}",
-        column(&spawned, |s| s.0),
-        column(&spawned, |s| s.1)
-    );
-    println!(
-        "  VMM from a pool of 1:    started {}, exit code {}",
-        column(&taken, |s| s.0),
-        column(&taken, |s| s.1)
-    );
-    println!(
-        "  sandbox from a SandboxPool of 1, refilled after the job: taken {}, exit code {}",
-        column(&started, |s| s.0),
-        column(&started, |s| s.1)
-    );
-    println!(
-        "  the same, refilled as soon as taken (beside the job): taken {}, exit code {}",
-        column(&beside, |s| s.0),
-        column(&beside, |s| s.1)
-    );
+    let rows = [
+        ("VMM spawned per sandbox: started", &spawned),
+        ("VMM from a pool of 1:    started", &taken),
+        (
+            "sandbox from a SandboxPool of 1, refilled after the job: taken",
+            &started,
+        ),
+        (
+            "the same, refilled as soon as taken (beside the job): taken",
+            &beside,
+        ),
+    ];
+    for (label, samples) in rows {
+        println!(
+            "  {label} {}, exit code {}",
+            column(samples, |s| s.0),
+            column(samples, |s| s.1)
+        );
+    }
 }

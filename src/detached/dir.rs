@@ -48,16 +48,9 @@ impl SandboxDir {
 
     /// Every sandbox folder, by name.
     pub fn list() -> Result<Vec<Self>, DetachedError> {
-        let root = root();
-        let entries = match fs::read_dir(&root) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("cannot list", &root)(e)),
-        };
-        let mut dirs: Vec<Self> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter_map(|name| Self::open(&name).ok())
+        let mut dirs: Vec<Self> = super::named_entries(&root())?
+            .into_iter()
+            .filter_map(|(name, _)| Self::open(&name).ok())
             .collect();
         dirs.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(dirs)

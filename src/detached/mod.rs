@@ -117,6 +117,20 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> D
     }
 }
 
+/// The entries of folder `root` whose names are UTF-8, with their paths; none when it
+/// does not exist (nothing was ever made there).
+fn named_entries(root: &Path) -> Result<Vec<(String, PathBuf)>, DetachedError> {
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("cannot list", root)(e)),
+    };
+    Ok(entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .collect())
+}
+
 /// Where detached sandboxes live: `$HUSK_RUNTIME_DIR`, else `/run/husk` for root, else
 /// `$XDG_RUNTIME_DIR/husk`, else `husk-<uid>` in the temp folder.
 pub fn root() -> PathBuf {

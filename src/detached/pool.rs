@@ -177,15 +177,8 @@ impl Pool {
 
     /// Every pool.
     pub fn list() -> Result<Vec<Self>, DetachedError> {
-        let root = pools_root();
-        let entries = match fs::read_dir(&root) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("cannot list", &root)(e)),
-        };
-        let mut pools: Vec<Self> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        let mut pools: Vec<Self> = super::named_entries(&pools_root())?
+            .into_iter()
             .filter_map(|(key, path)| Self::open(key, path).ok())
             .collect();
         pools.sort_by(|a, b| a.file.image_ref.cmp(&b.file.image_ref));

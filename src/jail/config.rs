@@ -197,6 +197,26 @@ impl JailConfig {
 }
 
 #[cfg(test)]
+impl JailConfig {
+    /// A jail in `dir` with nothing bound, held or limited, for tests.
+    pub(crate) fn for_tests(dir: &str, mode: JailMode) -> Self {
+        Self {
+            dir: PathBuf::from(dir),
+            mode,
+            netns: None,
+            cgroup: Vec::new(),
+            binds: Vec::new(),
+            held: Vec::new(),
+            held_taps: Vec::new(),
+            slot_tap: None,
+            id: "vm".into(),
+            max_files: 1024,
+            max_file_size: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::path::Path;
 
@@ -221,19 +241,7 @@ mod tests {
     }
 
     fn config(mode: JailMode) -> JailConfig {
-        JailConfig {
-            dir: PathBuf::from("/srv/jail"),
-            mode,
-            netns: None,
-            cgroup: Vec::new(),
-            binds: Vec::new(),
-            held: Vec::new(),
-            held_taps: Vec::new(),
-            slot_tap: None,
-            id: "vm".into(),
-            max_files: 1024,
-            max_file_size: None,
-        }
+        JailConfig::for_tests("/srv/jail", mode)
     }
 
     const ROOT_JAIL: JailMode = JailMode::Root {

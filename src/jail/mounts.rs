@@ -297,21 +297,13 @@ mod tests {
     use super::*;
 
     fn config(dir: &str, binds: &[&str]) -> JailConfig {
+        let root = crate::jail::JailMode::Root {
+            uid: 1000,
+            gid: 1000,
+        };
         JailConfig {
-            dir: PathBuf::from(dir),
-            mode: crate::jail::JailMode::Root {
-                uid: 1000,
-                gid: 1000,
-            },
-            netns: None,
-            cgroup: Vec::new(),
             binds: binds.iter().map(|b| b.parse().unwrap()).collect(),
-            held: Vec::new(),
-            held_taps: Vec::new(),
-            slot_tap: None,
-            id: "vm".into(),
-            max_files: 1024,
-            max_file_size: None,
+            ..JailConfig::for_tests(dir, root)
         }
     }
 

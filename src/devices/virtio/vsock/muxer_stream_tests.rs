@@ -3,6 +3,7 @@
 //! announced once per TX pass; a socket read dry is not tried again before its next event.
 use std::io::{Read, Write};
 
+use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::tests::{established, guest, newest_stream, uds};
@@ -17,6 +18,14 @@ fn muxer() -> Muxer {
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// An RX queue offering four 4 KiB buffers from 0x10000.
+fn rx_queue(mem: &GuestMemoryMmap) -> (MockSplitQueue<'_, GuestMemoryMmap>, Queue) {
+    let (mock, q) = queue(mem, 0, 16);
+    let bufs: Vec<_> = (0..4).map(|i| w(0x10000 + i * 4096, 4096)).collect();
+    mock.add_desc_chains(&bufs, 0).unwrap();
+    (mock, q)
 }
 
 /// The header and payload the muxer put in RX buffer `i` (4 KiB each from 0x10000).
@@ -36,9 +45,7 @@ fn host_data_fills_several_rx_buffers_with_one_pass_in_order() {
     let (mut client, port) = established(&mut m, &mem);
     let sent = pattern(10_000);
     client.write_all(&sent).unwrap();
-    let (mock, mut q) = queue(&mem, 0, 16);
-    let bufs: Vec<_> = (0..4).map(|i| w(0x10000 + i * 4096, 4096)).collect();
-    mock.add_desc_chains(&bufs, 0).unwrap();
+    let (mock, mut q) = rx_queue(&mem);
     let d = m.process_rx(&mut q, &mem).unwrap();
     let lens: Vec<u32> = (0..3).map(|i| used(&mock, i).1).collect();
     let packets: Vec<(Header, Vec<u8>)> = (0..3)
@@ -60,9 +67,7 @@ fn rx_buffers_a_read_did_not_fill_stay_available() {
     let (mut m, mem) = (muxer(), memory());
     let (mut client, _) = established(&mut m, &mem);
     client.write_all(b"small").unwrap();
-    let (mock, mut q) = queue(&mem, 0, 16);
-    let bufs: Vec<_> = (0..4).map(|i| w(0x10000 + i * 4096, 4096)).collect();
-    mock.add_desc_chains(&bufs, 0).unwrap();
+    let (mock, mut q) = rx_queue(&mem);
     m.process_rx(&mut q, &mem).unwrap();
     client.write_all(b"later").unwrap();
     let token = newest_stream(&m).expect("the host socket became readable");
@@ -123,9 +128,7 @@ fn a_read_of_every_waiting_byte_leaves_the_socket_unread_until_its_next_event() 
     let (mut m, mem) = (muxer(), memory());
     let (mut client, _) = established(&mut m, &mem);
     client.write_all(b"small").unwrap();
-    let (mock, mut q) = queue(&mem, 0, 16);
-    let bufs: Vec<_> = (0..4).map(|i| w(0x10000 + i * 4096, 4096)).collect();
-    mock.add_desc_chains(&bufs, 0).unwrap();
+    let (_mock, mut q) = rx_queue(&mem);
     let d = m.process_rx(&mut q, &mem).unwrap();
     assert_eq!((d.used, m.has_rx()), (1, false));
 }
@@ -138,9 +141,7 @@ fn end_of_stream_behind_the_last_bytes_reaches_the_guest_after_a_hang_up() {
     client.shutdown(std::net::Shutdown::Write).unwrap();
     let token = newest_stream(&m).expect("the host socket reported its hang-up");
     m.on_stream_hang_up(token);
-    let (mock, mut q) = queue(&mem, 0, 16);
-    let bufs: Vec<_> = (0..4).map(|i| w(0x10000 + i * 4096, 4096)).collect();
-    mock.add_desc_chains(&bufs, 0).unwrap();
+    let (mock, mut q) = rx_queue(&mem);
     m.process_rx(&mut q, &mem).unwrap();
     let (data, _) = rx_packet(&mem, 0, used(&mock, 0).1);
     let (end, _) = rx_packet(&mem, 1, used(&mock, 1).1);
