@@ -163,7 +163,7 @@ static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::n
 
 impl log::Log for StderrLogger {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::Level::Warn || std::env::var_os("HUSK_DEBUG").is_some()
+        m.level() <= log::max_level()
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
@@ -191,7 +191,12 @@ fn main() -> ExitCode {
     static LOGGER: StderrLogger = StderrLogger;
     let _ = STARTED.set(std::time::Instant::now());
     let _ = log::set_logger(&LOGGER);
-    log::set_max_level(log::LevelFilter::Debug);
+    // Decided once: a debug line costs nothing more than a comparison unless asked for
+    // (some sit on paths a hostile guest can drive, such as dropped descriptor chains).
+    log::set_max_level(match std::env::var_os("HUSK_DEBUG") {
+        Some(_) => log::LevelFilter::Debug,
+        None => log::LevelFilter::Warn,
+    });
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Boot(args) => boot::boot(args),
