@@ -2,7 +2,8 @@
 //! add` parks a sandbox, `husk run` claims it (its command, env, cwd, user, stdin and
 //! exit code as in a sandbox of its own, each claim a sandbox of its own identity), the
 //! pool refills, the claimed sandbox is gone after its command, a `husk run` killed
-//! mid-command takes its claimed sandbox down, a changed kernel makes the pool stale,
+//! mid-command takes its claimed sandbox down, `husk run -d` takes a parked sandbox as
+//! its named detached sandbox, a changed kernel makes the pool stale,
 //! `husk pool add` again resizes it, and `husk pool rm` leaves nothing behind.
 mod common;
 
@@ -49,6 +50,28 @@ echo "pool-folders=$(ls run/.pool/$(cat key) | grep -vc pool.json)"
 # --no-pool starts a sandbox of its own.
 $R --timings np.json --no-pool busybox -- true; echo "np-status=$?"
 echo "np-pooled=$(pooled np.json)"
+
+# husk run -d takes a parked sandbox: it becomes the named detached sandbox (listed,
+# its logs, exec, stop, rm as any), and a replacement parks. Its VM's runtime folder
+# is outside the renamed folder, and goes with it.
+wait_parked > /dev/null
+$R -d --name adopted -e FOO=d busybox -- sh -c 'echo started-$FOO; exec sleep 600' > d.out
+echo "d-status=$?"; echo "d-said=$(cat d.out)"
+echo "d-folder=$(test -f run/adopted/state.json && echo yes)"
+echo "d-ps=$(./husk ps | awk '$1 == "adopted"' | grep -c running)"
+i=0; while ! ./husk logs adopted | grep -q started-d && [ $i -lt 300 ]; do usleep 100000; i=$((i+1)); done
+echo "d-logs=$(./husk logs adopted)"
+echo "d-exec=$(./husk exec adopted sh -c 'echo in-$FOO')"
+echo "d-refilled=$(wait_parked)"
+echo "d-pool-folders=$(ls run/.pool/$(cat key) | grep -vc pool.json)"
+$R -d --name adopted busybox -- true > dup.out 2> dup.err; echo "dup-status=$?"
+echo "dup-said=$(grep -c 'sandbox named adopted exists' dup.err)"
+echo "dup-parked=$(parked)"
+./husk stop adopted > /dev/null; echo "d-stop=$?"
+./husk rm adopted > /dev/null; echo "d-rm=$?"
+echo "d-gone=$(test -e run/adopted || echo yes)"
+echo "d-runtime-left=$(ls run/.run | wc -l)"
+echo "d-sandboxes=$(sandboxes)"
 
 # A husk run killed mid-command: its claimed sandbox is stopped, and replaced.
 $R busybox -- sleep 600 & pid=$!
@@ -101,6 +124,22 @@ fn a_pool_parks_sandboxes_that_husk_run_claims_each_as_its_own() {
     is("pool-folders", "1");
     is("np-status", "0");
     is("np-pooled", "");
+    is("d-status", "0");
+    is("d-said", "adopted");
+    is("d-folder", "yes");
+    is("d-ps", "1");
+    is("d-logs", "started-d");
+    is("d-exec", "in-d");
+    is("d-refilled", "1");
+    is("d-pool-folders", "1");
+    is("dup-status", "125");
+    is("dup-said", "1");
+    is("dup-parked", "1");
+    is("d-stop", "0");
+    is("d-rm", "0");
+    is("d-gone", "yes");
+    is("d-runtime-left", "1");
+    is("d-sandboxes", "1");
     is("refilled-after-kill", "1");
     is("sandboxes-after-kill", "1");
     is("stale-status", "0");

@@ -81,6 +81,15 @@ fn control_requests_round_trip() {
     round_trip(Message::Done {
         detail: "paused".into(),
     });
+    round_trip(Message::Adopt {
+        name: "web".into(),
+        args: vec!["sleep".into(), "60".into()],
+        env: vec!["A=1".into()],
+        cwd: Some("/tmp".into()),
+        user: None,
+        tty: None,
+        remove_on_exit: true,
+    });
 }
 
 #[test]

@@ -358,6 +358,27 @@ pub enum Message {
         /// Sync the files before answering.
         durable: bool,
     },
+    /// Control socket, client → monitor: `husk run -d` takes this parked sandbox (a
+    /// pool's) as the detached sandbox `name`. Its folder is renamed to that name, the
+    /// command runs as its main process with its output in the sandbox's logs, and from
+    /// then on it is listed, stopped and removed as any detached sandbox. Answered by
+    /// [`Message::Done`] or [`Message::Error`].
+    Adopt {
+        /// The detached sandbox's name.
+        name: String,
+        /// The command and its arguments (empty: the image's).
+        args: Vec<String>,
+        /// `NAME=value` pairs.
+        env: Vec<String>,
+        /// The working directory.
+        cwd: Option<String>,
+        /// The user, as in [`Message::Run`].
+        user: Option<String>,
+        /// A pseudo-terminal of this size instead of pipes.
+        tty: Option<TtySize>,
+        /// Remove the sandbox's folder when its main process ends (`--rm`).
+        remove_on_exit: bool,
+    },
     /// Control socket, monitor → client: the request is done; `detail` says how.
     Done {
         /// A line for the user.

@@ -187,7 +187,7 @@ impl Control {
     }
 
     /// Send a request that is answered by `Done` or `Error`; the `Done`'s detail.
-    fn request(&mut self, message: &Message) -> Result<String, DetachedError> {
+    pub(super) fn request(&mut self, message: &Message) -> Result<String, DetachedError> {
         self.send(message)?;
         let control = |source| DetachedError::Control {
             name: self.name.clone(),

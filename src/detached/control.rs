@@ -193,7 +193,7 @@ type StartedProcess = (Arc<crate::sandbox::Process>, bool);
 /// container of its own. A copy is refused while the sandbox is paused (its agent
 /// could not answer).
 fn start(monitor: &Monitor, request: Message, stdio: Stdio) -> Result<StartedProcess, String> {
-    if monitor.request.parked {
+    if monitor.request().parked {
         return claim(monitor, request, stdio);
     }
     let Some(main) = monitor.main.get() else {
@@ -227,7 +227,8 @@ fn start(monitor: &Monitor, request: Message, stdio: Stdio) -> Result<StartedPro
     if monitor.sandbox.is_paused() {
         return Err(format!(
             "sandbox {} is paused: `husk resume {}` first",
-            monitor.dir.name, monitor.dir.name
+            monitor.dir().name,
+            monitor.dir().name
         ));
     }
     monitor
@@ -409,6 +410,7 @@ pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sen
                 drop(events.send(Event::Stop("husk stop")));
                 None
             }
+            Message::Adopt { .. } => Some(done(super::adopt::adopt(monitor, message, events))),
             Message::Pause => Some(done(monitor.pause())),
             Message::Resume => Some(done(monitor.resume())),
             Message::SnapshotTo { dir, durable } => Some(done(

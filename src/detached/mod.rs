@@ -11,7 +11,7 @@
 //! | `control.sock` | the monitor's control socket (exists while the sandbox runs) |
 //! | `stdout.log`, `stderr.log` | the main process's output |
 //! | `monitor.log` | the monitor's own warnings and errors |
-//! | `husk-<id>-*/` | the VM's runtime folder (vsock socket, scratch disk) |
+//! | `husk-<id>-*/` | the VM's runtime folder (vsock socket, scratch disk); a parked sandbox's is in `<root>/.run/` |
 //!
 //! The control socket speaks the husk protocol (framing, versions, messages of
 //! `docs/protocol.md`): the monitor greets with `Hello`, the client answers `HelloAck`.
@@ -23,6 +23,7 @@
 //! the control socket and the VM's folder, records the exit in `state.json` and exits;
 //! the logs stay until `husk rm`.
 
+mod adopt;
 mod client;
 mod control;
 mod dir;

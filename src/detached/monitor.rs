@@ -13,7 +13,7 @@ use husk_protocol::ExitStatus;
 use serde::{Deserialize, Serialize};
 
 use super::control::serve_client;
-use super::{io_err, Request, SandboxDir, State, Status, KILL_TIMEOUT};
+use super::{io_err, root, Request, SandboxDir, State, Status, KILL_TIMEOUT};
 use crate::sandbox::{Process, RestoreSandbox, Sandbox, SandboxConfig, Stdio};
 
 pub(super) enum Event {
@@ -36,6 +36,17 @@ pub(super) struct Monitor {
     pub main: OnceLock<Arc<Process>>,
     /// Held while a parked sandbox is being claimed, so only one claim starts a main.
     pub claiming: Mutex<()>,
+    /// A parked sandbox that `husk run -d` took (see [`super::adopt`]): its folder and
+    /// request from then on.
+    pub adopted: OnceLock<Adopted>,
+}
+
+/// What a parked sandbox became when `husk run -d` took it.
+pub(super) struct Adopted {
+    /// Its folder, renamed.
+    pub dir: SandboxDir,
+    /// Its request as a `husk run -d` of its own would have made it.
+    pub request: Request,
 }
 
 /// What a detached sandbox's snapshot adds to a sandbox snapshot (`detached.json`): how
@@ -55,11 +66,21 @@ pub struct DetachedSnapshot {
 pub const DETACHED_FILE: &str = "detached.json";
 
 impl Monitor {
+    /// The sandbox's folder (renamed, once adopted).
+    pub(super) fn dir(&self) -> &SandboxDir {
+        self.adopted.get().map_or(&self.dir, |a| &a.dir)
+    }
+
+    /// The sandbox's request (its own, once adopted).
+    pub(super) fn request(&self) -> &Request {
+        self.adopted.get().map_or(&self.request, |a| &a.request)
+    }
+
     /// Record `status` in `state.json`.
     pub(super) fn set_status(&self, status: Status) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.status = status;
-        if let Err(e) = self.dir.write_state(&state) {
+        if let Err(e) = self.dir().write_state(&state) {
             log::warn!("{e}");
         }
     }
@@ -89,7 +110,7 @@ impl Monitor {
             .snapshot_to(dir, durable)
             .map_err(|e| crate::error_chain(&e))?;
         let detached = DetachedSnapshot {
-            request: self.request.clone(),
+            request: self.request().clone(),
             main_process: main.id(),
             main_container: main.container_id().to_string(),
         };
@@ -155,7 +176,6 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     dir.write_state(&state)?;
     println!("ok");
     io::stdout().flush()?;
-    let remove_on_exit = request.remove_on_exit;
     let monitor = Arc::new(Monitor {
         dir: dir.clone(),
         request,
@@ -163,6 +183,7 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         sandbox: sandbox.clone(),
         main: main.map_or_else(OnceLock::new, OnceLock::from),
         claiming: Mutex::new(()),
+        adopted: OnceLock::new(),
     });
     if let Some(from) = monitor.request.restore.as_ref().filter(|r| r.remove_after) {
         // A fork's snapshot: the restored VM maps its memory file, which stays
@@ -212,7 +233,7 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             (Err(format!("stopped by {why}")), Some(why))
         }
         Ok(Event::Stop(why)) => {
-            log::warn!("stopping sandbox {} on {why}", dir.name);
+            log::warn!("stopping sandbox {} on {why}", monitor.dir().name);
             // Kill the main process first so its exit status is known; the VM's
             // shutdown would kill it too, but a reset can cut its Exited frame off.
             if let Some(main) = monitor.main.get() {
@@ -229,6 +250,8 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(_) => (Err("the monitor lost its event channel".into()), None),
     };
+    // Adopted meanwhile or not, from here on the folder is where it now is.
+    let dir = monitor.dir().clone();
     drop(fs::remove_file(dir.control_socket()));
     if let Err(e) = sandbox.stop() {
         log::warn!("stopping the sandbox VM: {e}");
@@ -244,12 +267,12 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         Err(message) => Status::Failed { message },
     };
     drop(sandbox);
-    if remove_on_exit {
+    if monitor.request().remove_on_exit {
         dir.remove()?;
     } else {
         monitor.set_status(status);
     }
-    if parked && monitor.main.get().is_some() {
+    if parked && monitor.main.get().is_some() && monitor.adopted.get().is_none() {
         // A claimed sandbox of a pool: a new one takes its place, now that this one
         // no longer needs the CPU (its client had its exit status before).
         super::pool::refill_pool_of(&dir.path);
@@ -273,7 +296,13 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
     config.volumes = request.volumes.clone();
     config.disk_rate = request.disk_rate;
     config.net_rate = request.net_rate;
-    config.runtime_parent = Some(dir.path.clone());
+    // A parked sandbox's folder may be renamed (see `super::adopt`): its VM's runtime
+    // folder lives elsewhere.
+    config.runtime_parent = Some(if request.parked {
+        super::adopt::parked_runtime_parent().map_err(io_err("cannot create", &root()))?
+    } else {
+        dir.path.clone()
+    });
     config.warm = request.warm;
     config.prepared = request.prepared;
     if let Some(console) = &request.console {

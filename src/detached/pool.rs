@@ -388,6 +388,26 @@ pub fn remove(pool: &Pool) -> Result<(), DetachedError> {
 /// Claim a parked sandbox of `spec`'s pool for `run` (see the module's doc); `husk`
 /// is this husk binary (what a stale pool is checked against).
 pub fn claim(spec: &PoolSpec, run: &RunSpec, husk: &Path) -> Result<Claim, DetachedError> {
+    claim_with(spec, husk, |control| control.begin_exec(run))
+}
+
+/// `husk run -d` through the pool of `spec`: a parked sandbox becomes the detached
+/// sandbox `adopt` (a [`husk_protocol::Message::Adopt`]) names, running its command (see
+/// `super::adopt`). `Claimed` means it did; its connection is no longer needed.
+pub fn adopt(
+    spec: &PoolSpec,
+    adopt: &husk_protocol::Message,
+    husk: &Path,
+) -> Result<Claim, DetachedError> {
+    claim_with(spec, husk, |control| control.request(adopt).map(drop))
+}
+
+/// Offers `offer` to the pool's parked sandboxes in turn until one takes it.
+fn claim_with(
+    spec: &PoolSpec,
+    husk: &Path,
+    mut offer: impl FnMut(&mut Control) -> Result<(), DetachedError>,
+) -> Result<Claim, DetachedError> {
     let Some(mut pool) = Pool::find(spec)? else {
         return Ok(Claim::NoPool);
     };
@@ -412,7 +432,7 @@ pub fn claim(spec: &PoolSpec, run: &RunSpec, husk: &Path) -> Result<Claim, Detac
             continue;
         };
         let connected = Instant::now();
-        match control.begin_exec(run) {
+        match offer(&mut control) {
             Ok(()) => {
                 let control = Box::new(control);
                 return Ok(Claim::Claimed {

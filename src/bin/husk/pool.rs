@@ -21,7 +21,9 @@ pub(crate) enum PoolCommand {
     /// --net-rate, --console, --timeout, --cold or --no-prepared, then claims one
     /// instead of starting a VM: its command runs in it as in a sandbox of its own, the
     /// exit code comes back as soon as the command ends, the sandbox is torn down after,
-    /// and a new one is started in the background to take its place. Parked sandboxes
+    /// and a new one is started in the background to take its place. `husk run -d`
+    /// takes one the same way: it becomes the detached sandbox of that name, its command
+    /// runs as its main process, and a replacement starts at once. Parked sandboxes
     /// cost their memory (a few MiB each beyond what they share) until `husk pool rm`.
     /// Running it again for the same pool sets its size.
     Add {
@@ -137,6 +139,48 @@ pub(crate) enum Pooled {
     NotClaimed(Option<Box<Pool>>),
 }
 
+/// `husk run -d` through a pool: a parked sandbox of `spec` becomes the detached
+/// sandbox `request` describes, if one can be taken (see `husk::detached::pool::adopt`),
+/// and the pool starts its replacement. `Ran(0)` when it did.
+pub(crate) fn run_detached_pooled(
+    spec: &PoolSpec,
+    request: &husk::detached::Request,
+) -> Result<Pooled, Box<dyn std::error::Error>> {
+    let husk = std::env::current_exe()?;
+    let adopt = husk_protocol::Message::Adopt {
+        name: request.name.clone(),
+        args: request.spec.args.clone(),
+        env: request.spec.env.clone(),
+        cwd: request.spec.cwd.clone(),
+        user: request.spec.user.clone(),
+        tty: request.spec.tty,
+        remove_on_exit: request.remove_on_exit,
+    };
+    let claim = pool::adopt(spec, &adopt, &husk)?;
+    let Claim::Claimed { pool, .. } = claim else {
+        return Ok(not_taken(claim));
+    };
+    // One sandbox short for good: its replacement starts now.
+    refill_after(Some(Box::new(pool)));
+    Ok(Pooled::Ran(0))
+}
+
+/// What a claim that took no parked sandbox leaves the caller: the pool to refill once
+/// it has started a sandbox of its own (a stale pool said so on stderr).
+fn not_taken(claim: Claim) -> Pooled {
+    match claim {
+        Claim::Stale(pool, what) => {
+            eprintln!(
+                "husk: the pool of {} was made with another {what}: its sandboxes are replaced",
+                pool.file.image_ref
+            );
+            Pooled::NotClaimed(Some(Box::new(pool)))
+        }
+        Claim::Empty(pool) => Pooled::NotClaimed(Some(Box::new(pool))),
+        Claim::NoPool | Claim::Claimed { .. } => Pooled::NotClaimed(None),
+    }
+}
+
 /// Refill `pool` after a run that did not claim from it (see [`Pooled`]).
 pub(crate) fn refill_after(pool: Option<Box<Pool>>) {
     let Some(pool) = pool else { return };
@@ -159,21 +203,14 @@ pub(crate) fn run_pooled(
     (began, resolved): (Instant, Instant),
 ) -> Result<Pooled, Box<dyn std::error::Error>> {
     let husk = std::env::current_exe()?;
-    let (pool, mut control, connected) = match pool::claim(spec, run, &husk)? {
-        Claim::NoPool => return Ok(Pooled::NotClaimed(None)),
-        Claim::Empty(pool) => return Ok(Pooled::NotClaimed(Some(Box::new(pool)))),
-        Claim::Stale(pool, what) => {
-            eprintln!(
-                "husk: the pool of {} was made with another {what}: its sandboxes are replaced",
-                pool.file.image_ref
-            );
-            return Ok(Pooled::NotClaimed(Some(Box::new(pool))));
-        }
-        Claim::Claimed {
-            pool,
-            control,
-            connected,
-        } => (pool, control, connected),
+    let claim = pool::claim(spec, run, &husk)?;
+    let Claim::Claimed {
+        pool,
+        mut control,
+        connected,
+    } = claim
+    else {
+        return Ok(not_taken(claim));
     };
     let claimed = began.elapsed();
     if let Ok(mut t) = target.lock() {

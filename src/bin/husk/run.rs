@@ -9,7 +9,7 @@ use husk::config::ConsoleConfig;
 
 use crate::forward::{forward_signals, tty_setup};
 use crate::images::{PullPolicy, RegistryArgs};
-use crate::pool::{refill_after, run_pooled, Pooled};
+use crate::pool::{refill_after, run_detached_pooled, run_pooled, Pooled};
 use crate::{render, with_watchdog};
 
 /// How the command runs: the options `husk run` and `husk exec` share.
@@ -168,9 +168,9 @@ impl RunArgs {
     /// The volumes with absolute host folders that exist (a detached sandbox's monitor
     /// runs elsewhere).
     /// Whether a parked sandbox of a pool could run this (`husk pool add --help`).
+    /// Whether a parked sandbox of a pool can serve this run (`-d` included).
     fn fits_a_pool(&self) -> bool {
-        !self.detach
-            && !self.no_pool
+        !self.no_pool
             && !self.cold
             && !self.no_prepared
             && self.net == NetMode::None
@@ -314,9 +314,26 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             restore: None,
             parked: false,
         };
+        let mut pool_to_refill = None;
+        if fits_a_pool && pending.load(Ordering::SeqCst) == 0 {
+            let pool_spec = husk::detached::pool::PoolSpec {
+                image: request.image.clone(),
+                kernel: std::path::absolute(&request.kernel)?,
+                cpus: request.cpus,
+                memory_mib: args.memory,
+            };
+            match run_detached_pooled(&pool_spec, &request)? {
+                Pooled::Ran(_) => {
+                    println!("{}", request.name);
+                    return Ok(0);
+                }
+                Pooled::NotClaimed(pool) => pool_to_refill = pool,
+            }
+        }
         let husk = std::env::current_exe()?;
         let dir = husk::detached::launch(&request, &husk)?;
         println!("{}", dir.name());
+        refill_after(pool_to_refill);
         return Ok(0);
     }
     let mut pool_to_refill = None;
