@@ -29,13 +29,14 @@ const PARKED_RUNTIME: &str = ".run";
 
 /// The folder under which a parked sandbox's VM makes its runtime folder (created if
 /// missing, readable by its owner only).
-pub(super) fn parked_runtime_parent() -> io::Result<PathBuf> {
+pub(super) fn parked_runtime_parent() -> Result<PathBuf, super::DetachedError> {
     use std::os::unix::fs::DirBuilderExt;
     let path = root().join(PARKED_RUNTIME);
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&path)?;
+        .create(&path)
+        .map_err(super::io_err("cannot create", &path))?;
     Ok(path)
 }
 

@@ -13,7 +13,7 @@ use husk_protocol::ExitStatus;
 use serde::{Deserialize, Serialize};
 
 use super::control::serve_client;
-use super::{io_err, root, Request, SandboxDir, State, Status, KILL_TIMEOUT};
+use super::{io_err, Request, SandboxDir, State, Status, KILL_TIMEOUT};
 use crate::sandbox::{Process, RestoreSandbox, Sandbox, SandboxConfig, Stdio};
 
 pub(super) enum Event {
@@ -299,7 +299,7 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
     // A parked sandbox's folder may be renamed (see `super::adopt`): its VM's runtime
     // folder lives elsewhere.
     config.runtime_parent = Some(if request.parked {
-        super::adopt::parked_runtime_parent().map_err(io_err("cannot create", &root()))?
+        super::adopt::parked_runtime_parent()?
     } else {
         dir.path.clone()
     });
