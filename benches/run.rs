@@ -2,8 +2,8 @@
 //! template), cold (`--cold`, a kernel boot) and `crun run` on the same root filesystem
 //! (the busybox image's erofs mounted read-only, or its extracted tree when the test
 //! host cannot loop-mount), interleaved round by round; each by stage (`--timings`),
-//! and the restore broken down. Then detached sandboxes: `run -d` warm against `crun run
-//! -d`, `exec`, `husk fork`, and N = 1, 8, 32 idle clones of one template: PSS per clone
+//! and the restore broken down. Then detached sandboxes: `run -d` warm and adopting a
+//! parked sandbox of a pool of 1 against `crun run -d`, `exec`, `husk fork`, and N = 1, 8, 32 idle clones of one template: PSS per clone
 //! and what their guests dirtied, host memory, clones per second. Also `husk run`
 //! claiming a parked sandbox from a pool of 1 (`husk pool add`), each refill awaited
 //! before the next measurement. Medians with min and
@@ -333,16 +333,19 @@ fn inner(args: &[String]) {
 }
 
 /// Wait until the pool of busybox has a parked sandbox again; how long it took, ms.
+/// Parked sandboxes over every pool (`husk pool ls`).
+fn parked(husk: &str) -> u32 {
+    let ls = run_stdout(Command::new(husk).args(["pool", "ls"]));
+    ls.lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(4)?.parse::<u32>().ok())
+        .sum::<u32>()
+}
+
 fn wait_parked(husk: &str) -> f64 {
     let began = std::time::Instant::now();
     while began.elapsed() < std::time::Duration::from_secs(60) {
-        let ls = run_stdout(Command::new(husk).args(["pool", "ls"]));
-        let parked = ls
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().nth(4)?.parse::<u32>().ok())
-            .sum::<u32>();
-        if parked > 0 {
+        if parked(husk) > 0 {
             return common::crun::ms(began.elapsed());
         }
         std::thread::sleep(std::time::Duration::from_millis(20));

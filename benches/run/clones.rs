@@ -17,48 +17,66 @@ fn husk_cmd(husk: &str, args: &[&str]) -> Command {
     cmd
 }
 
-/// `run -d` (warm) and `crun run -d`, each until the service runs, `rounds` times
-/// alternating; then `exec true` into one of each.
+/// `run -d` warm (`--no-pool`), `run -d` adopting a parked sandbox of a pool of 1 (its
+/// refill awaited before each), and `crun run -d`, each until the service runs,
+/// `rounds` times in rotating order; then `exec true` into the warm one and crun's.
 pub fn detached_rounds(husk: &str, crun: &str, service: &str, rounds: usize) {
-    let (mut h, mut c, mut he, mut ce) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    check(&mut husk_cmd(
+        husk,
+        &[
+            "pool", "add", "--kernel", "vmlinux", "--size", "1", "busybox",
+        ],
+    ));
+    let (mut h, mut p, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut he, mut ce) = (Vec::new(), Vec::new());
+    let mut adopted = 0;
     for round in 0..rounds {
-        let name = format!("svc{round}");
-        let id = format!("svc-{round}");
-        let run_h = |h: &mut Vec<f64>| {
-            h.push(timed(&mut husk_cmd(
-                husk,
-                &[
-                    "run", "-d", "--name", &name, "--kernel", "vmlinux", "busybox", "--", "sleep",
-                    "100000",
-                ],
-            )))
+        let (name, pooled, id) = (
+            format!("svc{round}"),
+            format!("pooled{round}"),
+            format!("svc-{round}"),
+        );
+        let run_d = |name: &str, pool: &[&str]| {
+            let mut args = vec!["run", "-d", "--name", name, "--kernel", "vmlinux"];
+            args.extend_from_slice(pool);
+            args.extend_from_slice(&["busybox", "--", "sleep", "100000"]);
+            timed(&mut husk_cmd(husk, &args))
         };
-        let run_c = |c: &mut Vec<f64>| {
-            c.push(timed(&mut crun_cmd(
-                crun,
-                &["run", "-d", "--no-pivot", "--bundle", service, &id],
-            )))
-        };
-        if round % 2 == 0 {
-            run_h(&mut h);
-            run_c(&mut c);
-        } else {
-            run_c(&mut c);
-            run_h(&mut h);
+        super::wait_parked(husk);
+        for step in 0..3 {
+            match (round + step) % 3 {
+                0 => h.push(run_d(&name, &["--no-pool"])),
+                1 => {
+                    p.push(run_d(&pooled, &[]));
+                    // Its replacement is not parked yet: it took the parked one.
+                    adopted += usize::from(super::parked(husk) == 0);
+                }
+                _ => c.push(timed(&mut crun_cmd(
+                    crun,
+                    &["run", "-d", "--no-pivot", "--bundle", service, &id],
+                ))),
+            }
         }
         he.push(timed(&mut husk_cmd(husk, &["exec", &name, "true"])));
         ce.push(timed(&mut crun_cmd(crun, &["exec", &id, "true"])));
-        check(&mut husk_cmd(husk, &["rm", "-f", &name]));
+        check(&mut husk_cmd(husk, &["rm", "-f", &name, &pooled]));
         check(&mut crun_cmd(crun, &["delete", "-f", &id]));
     }
+    check(&mut husk_cmd(husk, &["pool", "rm", "busybox"]));
     let ratio = |a: &[f64], b: &[f64]| median(a.to_vec()) / median(b.to_vec());
     println!();
     println!("`run -d` until the service runs, median (min–max) ms of {rounds}:");
     println!(
-        "  husk warm {}   crun {}   husk/crun {:.2}",
+        "  husk warm {}   husk from a pool of 1 {}   crun {}",
         spread(&h),
+        spread(&p),
         spread(&c),
-        ratio(&h, &c)
+    );
+    println!(
+        "  warm/crun {:.2}   pooled/crun {:.2}   pooled runs that took the parked sandbox: {adopted} of {}",
+        ratio(&h, &c),
+        ratio(&p, &c),
+        p.len()
     );
     println!(
         "`exec true` into it: husk {}   crun {}   husk/crun {:.2}",
