@@ -95,6 +95,7 @@ echo "refilled-after-stale=$(wait_parked)"
 ./husk pool rm busybox > /dev/null; echo "rm-status=$?"
 echo "ls-after-rm=$(./husk pool ls | tail -n +2 | wc -l)"
 echo "pool-left=$(ls run/.pool | wc -l)"
+echo "runtime-left=$(ls run/.run | wc -l)"
 echo "rm-unknown=$(./husk pool rm nosuch 2>&1 | grep -c 'no pool of "nosuch"')"
 i=0; while [ "$(husk_processes)" -gt 0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
 echo "husk-processes-left=$(husk_processes)"
@@ -151,6 +152,7 @@ fn a_pool_parks_sandboxes_that_husk_run_claims_each_as_its_own() {
     is("rm-status", "0");
     is("ls-after-rm", "0");
     is("pool-left", "0");
+    is("runtime-left", "0");
     is("rm-unknown", "1");
     is("husk-processes-left", "0");
 }

@@ -23,20 +23,28 @@ use super::monitor::{Adopted, Event, Monitor};
 use super::{root, validate_name, SandboxDir, Status};
 use crate::sandbox::{RunSpec, Stdio};
 
-/// Where parked sandboxes' VMs keep their runtime folders, in the detached root (a name
-/// no sandbox can take: names do not start with a dot).
+/// Where parked sandboxes' VMs keep their runtime folders, one folder per parked
+/// sandbox's first name, in the detached root (a name no sandbox can take: names do not
+/// start with a dot).
 const PARKED_RUNTIME: &str = ".run";
 
-/// The folder under which a parked sandbox's VM makes its runtime folder (created if
-/// missing, readable by its owner only).
-pub(super) fn parked_runtime_parent() -> Result<PathBuf, super::DetachedError> {
+/// The folder of parked sandboxes' VM runtime folders.
+pub(super) fn parked_runtime_root() -> PathBuf {
+    root().join(PARKED_RUNTIME)
+}
+
+/// The folder under which the parked sandbox `dir`'s VM makes its runtime folder:
+/// `<root>/.run/<name>`, readable by its owner only, created and recorded in `dir`
+/// (see [`SandboxDir::set_vm_runtime`]).
+pub(super) fn parked_runtime_parent(dir: &SandboxDir) -> Result<PathBuf, super::DetachedError> {
     use std::os::unix::fs::DirBuilderExt;
-    let path = root().join(PARKED_RUNTIME);
+    let path = parked_runtime_root().join(&dir.name);
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&path)
         .map_err(super::io_err("cannot create", &path))?;
+    dir.set_vm_runtime(&path)?;
     Ok(path)
 }
 

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -101,8 +102,33 @@ impl SandboxDir {
         UnixStream::connect(self.control_socket()).is_ok()
     }
 
-    /// Remove the folder.
+    /// Remove the folder, and its VM's runtime folder when that lives elsewhere (left
+    /// behind by a monitor that was killed).
     pub fn remove(&self) -> Result<(), DetachedError> {
+        self.remove_vm_runtime();
         fs::remove_dir_all(&self.path).map_err(io_err("cannot remove", &self.path))
     }
+
+    /// Record that this sandbox's VM makes its runtime folder in `parent`, outside this
+    /// folder (a parked sandbox's, see `super::adopt`), so that it goes with the folder.
+    pub(super) fn set_vm_runtime(&self, parent: &Path) -> Result<(), DetachedError> {
+        let path = self.path.join(VM_RUNTIME);
+        let text = parent.as_os_str().as_encoded_bytes();
+        fs::write(&path, text).map_err(io_err("cannot write", &path))
+    }
+
+    /// Remove the runtime parent [`SandboxDir::set_vm_runtime`] recorded, if any: only
+    /// ever a folder of the detached root's parked runtime folder.
+    pub(super) fn remove_vm_runtime(&self) {
+        let Ok(text) = fs::read(self.path.join(VM_RUNTIME)) else {
+            return;
+        };
+        let path = PathBuf::from(std::ffi::OsString::from_vec(text));
+        if path.parent() == Some(&super::adopt::parked_runtime_root()) {
+            drop(fs::remove_dir_all(&path));
+        }
+    }
 }
+
+/// The file naming a sandbox's VM runtime parent when it is outside its folder.
+const VM_RUNTIME: &str = "vm-runtime";

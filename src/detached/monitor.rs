@@ -267,6 +267,8 @@ pub fn monitor(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         Err(message) => Status::Failed { message },
     };
     drop(sandbox);
+    // Empty now (the VM removed its own runtime folder), unless it lives in the folder.
+    dir.remove_vm_runtime();
     if monitor.request().remove_on_exit {
         dir.remove()?;
     } else {
@@ -299,7 +301,7 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
     // A parked sandbox's folder may be renamed (see `super::adopt`): its VM's runtime
     // folder lives elsewhere.
     config.runtime_parent = Some(if request.parked {
-        super::adopt::parked_runtime_parent()?
+        super::adopt::parked_runtime_parent(dir)?
     } else {
         dir.path.clone()
     });
