@@ -141,7 +141,7 @@ mod tests {
             },
             Range {
                 start: bias + 0x15_7000,
-                len: 0x76_2000 - 0x15_7000,
+                len: 0x76_3000 - 0x15_7000,
             },
         ];
         assert_eq!(ranges, expected);
@@ -153,7 +153,7 @@ mod tests {
         headers.push(header(libc::PT_LOAD, libc::PF_R, 0x76_5000, 0x2000));
         let ranges = read_only(0x40, &headers);
         assert_eq!(ranges.len(), 2);
-        assert!(ranges.iter().all(|r| r.start + r.len <= 0x76_2000));
+        assert!(ranges.iter().all(|r| r.start + r.len <= 0x76_3000));
     }
 
     #[test]
