@@ -314,6 +314,17 @@ mod tests {
     use husk::devices::virtio::vsock::{DEFAULT_MAX_SOCKETS, MAX_SOCKETS_LIMIT};
 
     #[test]
+    fn husk_vmm_parses_its_own_arguments_on_its_own() {
+        use clap::Parser;
+        super::VmmCli::command().debug_assert();
+        let argv = ["husk vmm", "--api-sock", "/run/a.sock", "--id", "vm1"];
+        let vmm = super::VmmCli::try_parse_from(argv);
+        assert!(vmm.is_ok(), "{:?}", vmm.err());
+        let none = super::VmmCli::try_parse_from(["husk vmm"]);
+        assert!(none.is_err(), "--api-sock or --no-api is required");
+    }
+
+    #[test]
     fn boot_help_states_the_vsock_budget_the_library_uses() {
         let mut cli = super::Cli::command();
         let boot = cli.find_subcommand_mut("boot").expect("a boot command");
