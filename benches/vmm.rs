@@ -1,6 +1,8 @@
 //! `husk vmm` benchmark: process spawn → API ready (the socket answers `GET /`), plain,
 //! with `--no-seccomp`, and jailed (`--jail`, namespaces, binds, uid drop, cgroup leaf);
-//! the resident memory of an API-ready `husk vmm` (no guest RAM yet); against QEMU
+//! the resident memory of an API-ready `husk vmm` (no guest RAM yet) by kind (the
+//! binary's code and constants, shared through the page cache; anonymous pages, its
+//! own) and its PSS, alone and with several running at once; against QEMU
 //! `microvm` started paused (`-S`) with its QMP socket, spawn → QMP greeting, in the same
 //! invocation, interleaved round by round. Medians with min and max; ratios printed.
 //! Asserts nothing about time.
@@ -11,6 +13,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "vmm/memory.rs"]
+mod memory;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
@@ -19,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{env_or, median};
+use memory::Memory;
 
 fn main() {
     common::dispatch(outer, inner);
@@ -39,25 +44,16 @@ fn outer() {
     common::run_inner("vmm", &files, &[&rounds]);
 }
 
-/// One start: time to ready, and resident memory once ready (all of it, and the
-/// private part: the rest is the binary's pages, shared by every process running it).
+/// One start: time to ready, and resident memory once ready.
 struct Sample {
     ready_ms: f64,
-    rss_kib: f64,
-    anon_kib: f64,
+    memory: Memory,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `field` of /proc/PID/status, in KiB.
-fn status_kib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(f64::NAN)
-}
+/// How many `husk vmm` run at once for the PSS of one among several.
+const AT_ONCE: usize = 4;
 
 /// The jailed VMM: the supervisor's only child.
 fn jailed_child(supervisor: u32) -> u32 {
@@ -77,29 +73,36 @@ fn stop(mut child: Child) {
     }
 }
 
-/// Spawn `husk vmm` with `extra` arguments and time until its API answers.
-fn husk_once(run: &Path, extra: &[String], jailed: bool) -> Sample {
-    let socket = run.join("api.sock");
-    drop(std::fs::remove_file(&socket));
-    let start = Instant::now();
-    let child = Command::new("./husk")
+/// Spawn `husk vmm` on `socket` with `extra` arguments.
+fn spawn_husk(socket: &Path, extra: &[String]) -> Child {
+    drop(std::fs::remove_file(socket));
+    Command::new("./husk")
         .args(["vmm", "--api-sock"])
-        .arg(&socket)
+        .arg(socket)
         .args(extra)
         .stdout(Stdio::null())
         .spawn()
-        .expect("spawn husk vmm");
-    let client = husk::api::client::ApiClient::new(&socket, Some(READY_TIMEOUT));
+        .expect("spawn husk vmm")
+}
+
+/// Wait until the API on `socket` answers, at most until `start` + READY_TIMEOUT.
+fn wait_ready(socket: &Path, start: Instant, what: &str) {
+    let client = husk::api::client::ApiClient::new(socket, Some(READY_TIMEOUT));
     loop {
         if socket.exists() && client.call("GET", "/", None).is_ok() {
-            break;
+            return;
         }
-        assert!(
-            start.elapsed() < READY_TIMEOUT,
-            "husk vmm {extra:?} never answered"
-        );
+        assert!(start.elapsed() < READY_TIMEOUT, "{what} never answered");
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// Spawn `husk vmm` with `extra` arguments and time until its API answers.
+fn husk_once(run: &Path, extra: &[String], jailed: bool) -> Sample {
+    let socket = run.join("api.sock");
+    let start = Instant::now();
+    let child = spawn_husk(&socket, extra);
+    wait_ready(&socket, start, &format!("husk vmm {extra:?}"));
     let ready_ms = start.elapsed().as_secs_f64() * 1000.0;
     let pid = match jailed {
         true => jailed_child(child.id()),
@@ -108,16 +111,28 @@ fn husk_once(run: &Path, extra: &[String], jailed: bool) -> Sample {
     ready_sample(ready_ms, pid, child)
 }
 
+/// The memory of each of AT_ONCE `husk vmm` API-ready at the same time: their binary's
+/// pages are shared, so PSS is what one more VMM costs.
+fn husk_at_once(run: &Path) -> Vec<Memory> {
+    let sockets: Vec<PathBuf> = (0..AT_ONCE)
+        .map(|i| run.join(format!("api-{i}.sock")))
+        .collect();
+    let start = Instant::now();
+    let children: Vec<Child> = sockets.iter().map(|s| spawn_husk(s, &[])).collect();
+    for socket in &sockets {
+        wait_ready(socket, start, "husk vmm (several at once)");
+    }
+    let memory = children.iter().map(|c| Memory::of(c.id())).collect();
+    children.into_iter().for_each(stop);
+    memory
+}
+
 /// The sample of a process `child` that was ready after `ready_ms`, its memory read
 /// from `pid` (the child or, jailed, its VMM); then `child` is stopped.
 fn ready_sample(ready_ms: f64, pid: u32, child: Child) -> Sample {
-    let (rss_kib, anon_kib) = (status_kib(pid, "VmRSS"), status_kib(pid, "RssAnon"));
+    let memory = Memory::of(pid);
     stop(child);
-    Sample {
-        ready_ms,
-        rss_kib,
-        anon_kib,
-    }
+    Sample { ready_ms, memory }
 }
 
 /// Spawn QEMU microvm paused with a QMP socket; time until its greeting.
@@ -166,8 +181,7 @@ fn qemu_once(dir: &Path) -> Sample {
 
 fn report(name: &str, samples: &[Sample], base: f64) -> f64 {
     let ready: Vec<f64> = samples.iter().map(|s| s.ready_ms).collect();
-    let rss: Vec<f64> = samples.iter().map(|s| s.rss_kib).collect();
-    let anon: Vec<f64> = samples.iter().map(|s| s.anon_kib).collect();
+    let memory: Vec<Memory> = samples.iter().map(|s| s.memory).collect();
     let min = ready.iter().copied().fold(f64::INFINITY, f64::min);
     let max = ready.iter().copied().fold(0.0, f64::max);
     let med = median(ready);
@@ -175,11 +189,8 @@ fn report(name: &str, samples: &[Sample], base: f64) -> f64 {
         true => String::new(),
         false => format!("  {:.2}x QEMU", med / base),
     };
-    println!(
-        "{name:<26} ready {med:8.2} ms (min {min:.2}, max {max:.2})  RSS {:6.0} KiB, private {:6.0} KiB{ratio}",
-        median(rss),
-        median(anon)
-    );
+    println!("{name:<26} ready {med:8.2} ms (min {min:.2}, max {max:.2}){ratio}");
+    println!("{:<26} {}", "", memory::describe(&memory::median(&memory)));
     med
 }
 
@@ -214,10 +225,17 @@ fn inner(args: &[String]) {
         jailed.push(husk_once(&run, &jail(round), true));
         qemu.push(qemu_once(&dir));
     }
+    let together = husk_at_once(&run);
     println!("# spawn -> API ready (GET / answered; QEMU: QMP greeting); memory once ready");
     println!("# (jailed: the VMM inside; its supervisor outside is another process)");
     let base = report("qemu microvm -S (QMP)", &qemu, f64::NAN);
     report("husk vmm", &plain, base);
     report("husk vmm --no-seccomp", &unfiltered, base);
     report("husk vmm --jail", &jailed, base);
+    println!("# {AT_ONCE} husk vmm API-ready at once (each one's; PSS: its share of the binary)");
+    println!(
+        "{:<26} {}",
+        "husk vmm",
+        memory::describe(&memory::median(&together))
+    );
 }

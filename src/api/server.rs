@@ -98,16 +98,19 @@ pub fn run(options: &VmmOptions) -> Result<RunReport, ServeError> {
         resources,
         started,
     )));
+    // Start-up is over: what only it ran and freed is given back before the socket
+    // appears (once more when the VM has started, below).
+    crate::vmm::resident::release_startup_pages();
     let _socket = match &options.api_sock {
         Some(path) => Some(serve(path, controller.clone())?),
         None if options.config_file.is_none() => return Err(ServeError::NothingToStart),
         None => None,
     };
-    log::debug!("vmm: listening");
     stop_on_signals(controller.clone(), options.api_sock.clone());
     if options.die_with_parent {
         stop_on_stdin_eof(controller.clone(), options.api_sock.clone());
     }
+    log::debug!("vmm: listening");
     if options.config_file.is_some() {
         let start = super::http::Request {
             method: "PUT".into(),
@@ -128,6 +131,8 @@ pub fn run(options: &VmmOptions) -> Result<RunReport, ServeError> {
     let exit = watch
         .recv()
         .expect("the controller lives as long as this function");
+    // The guest's boot (or restore) is done: its loaders and builders ran once.
+    crate::vmm::resident::release_startup_pages();
     let ended = exit.wait();
     let vm = lock(&controller)
         .take_vm()

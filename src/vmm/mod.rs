@@ -12,6 +12,7 @@ pub mod parking;
 pub mod persist;
 pub mod prefault;
 pub mod rate_limits;
+pub mod resident;
 pub mod running;
 pub mod seccomp;
 pub mod vcpu;
