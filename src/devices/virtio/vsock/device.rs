@@ -144,7 +144,13 @@ impl Vsock {
 
     fn finish(&mut self, index: usize, result: Result<Drained, QueueError>) {
         match result {
-            Ok(d) if d.notify => self.irq.owe(index == TX),
+            Ok(d) if d.notify => {
+                let ring = self.queues.active.as_ref();
+                let size = ring
+                    .and_then(|a| a.queues.get(index))
+                    .map_or(0, |q| virtio_queue::QueueT::size(q));
+                self.irq.owe(index == TX, d.used, size);
+            }
             Ok(_) => {}
             Err(e) => return self.queues.mark_broken(&e),
         }
