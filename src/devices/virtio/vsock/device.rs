@@ -148,7 +148,7 @@ impl Vsock {
                 let ring = self.queues.active.as_ref();
                 let size = ring
                     .and_then(|a| a.queues.get(index))
-                    .map_or(0, |q| virtio_queue::QueueT::size(q));
+                    .map_or(0, virtio_queue::QueueT::size);
                 self.irq.owe(index == TX, d.used, size);
             }
             Ok(_) => {}
