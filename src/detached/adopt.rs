@@ -11,7 +11,7 @@
 //! pool is one sandbox short now for good: the client (`husk run -d`, which exits right
 //! after) starts a replacement in the background.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
@@ -84,14 +84,7 @@ pub(super) fn adopt(
         tty,
         limits: monitor.request.spec.limits,
     };
-    let log = |stderr: bool| {
-        let path = from.log(stderr);
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))
-    };
+    let log = |stderr: bool| from.open_log(stderr).map_err(|e| e.to_string());
     let stdio = Stdio {
         stdin: None,
         stdout: Box::new(log(false)?),

@@ -78,6 +78,16 @@ impl SandboxDir {
             .join(if stderr { "stderr.log" } else { "stdout.log" })
     }
 
+    /// The main process's output log (`stderr` or stdout), opened for appending.
+    pub(super) fn open_log(&self, stderr: bool) -> Result<fs::File, DetachedError> {
+        let path = self.log(stderr);
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("cannot open", &path))
+    }
+
     /// Read `state.json`.
     pub fn state(&self) -> Result<State, DetachedError> {
         let path = self.path.join("state.json");

@@ -1,7 +1,7 @@
 //! The monitor process of a detached sandbox: owns its VM, logs the main process's
 //! output, serves the control socket, and records how the sandbox ended.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -310,14 +310,7 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
     if let Some(console) = &request.console {
         config.console = crate::config::ConsoleConfig::File(console.clone());
     }
-    let log = |stderr: bool| {
-        let path = dir.log(stderr);
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err("cannot open", &path))
-    };
+    let log = |stderr: bool| dir.open_log(stderr);
     let (sandbox, main) = match &request.restore {
         None if request.parked => (Sandbox::start(config)?, None),
         None => {
