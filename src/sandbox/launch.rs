@@ -126,125 +126,137 @@ pub(super) fn launch(
             vm
         }
     };
-    if let Some(jail) = vm.jail() {
-        if let Some(scratch) = &paths.scratch {
-            jail.hand_over(scratch)?;
+    // Everything after the spawn: a failure stops the VMM and waits for it, so that
+    // nothing it holds (its TAPs, sockets, jail) outlives the failed start.
+    let started = (|| -> Result<_, SandboxError> {
+        if let Some(jail) = vm.jail() {
+            if let Some(scratch) = &paths.scratch {
+                jail.hand_over(scratch)?;
+            }
+            // virtiofsd stays outside the jail; only the jail's uid (and root) may connect
+            // to its socket (mode 0600), which lies in the runtime folder the jail binds.
+            for fs in &paths.fs {
+                jail.hand_over(&fs.socket)?;
+            }
         }
-        // virtiofsd stays outside the jail; only the jail's uid (and root) may connect
-        // to its socket (mode 0600), which lies in the runtime folder the jail binds.
-        for fs in &paths.fs {
-            jail.hand_over(&fs.socket)?;
+        let taps = JailTaps::make(config, &vm)?;
+        let claimed = taps.slot.as_ref().map(JailTap::name);
+        let patched;
+        let config = match taps.claiming(config) {
+            Some(with_claims) => {
+                patched = with_claims;
+                &patched
+            }
+            None => config,
+        };
+        let (warm, mac) = match origin {
+            Origin::Boot => {
+                let vm_config = config::vm_config(
+                    config,
+                    paths.initrd.clone(),
+                    uds.clone(),
+                    paths.scratch.clone(),
+                    claimed,
+                    paths.fs.clone(),
+                );
+                requested = Instant::now();
+                vm.start(&vm_config)?;
+                (false, None)
+            }
+            Origin::Template(template) => {
+                let spec = template_spec(config, paths.initrd.clone());
+                let found;
+                let template = match template {
+                    Some(t) => t,
+                    None => {
+                        found = Template::ensure(&spec)?;
+                        &found
+                    }
+                };
+                log::debug!("launch: template found");
+                // The image's own template, its first container made ahead, if it fits.
+                let of_image = super::image_template::for_sandbox(config, &spec, template);
+                let template = of_image.as_ref().unwrap_or(template);
+                let expect = template.expect(&spec);
+                let dir = template.snapshot_dir();
+                log::debug!("launch: image template looked up");
+                vm.record_working_set_into(&dir);
+                let restore = Restore {
+                    vm: &vm,
+                    dir: &dir,
+                    expect: &expect,
+                    uds: uds.clone(),
+                    claimed,
+                };
+                (
+                    true,
+                    restore.run(config, &paths, (&mut loaded, &mut requested))?,
+                )
+            }
+            Origin::Snapshot(dir) => {
+                let expect = Expect {
+                    agent_digest: Some(super::template::agent_digest(&paths.initrd)),
+                    ..Expect::default()
+                };
+                let restore = Restore {
+                    vm: &vm,
+                    dir,
+                    expect: &expect,
+                    uds: uds.clone(),
+                    claimed,
+                };
+                (
+                    true,
+                    restore.run(config, &paths, (&mut loaded, &mut requested))?,
+                )
+            }
+        };
+        let vm_running = Instant::now();
+        drop(taps);
+        let host_net = (config.network)
+            .then(|| Ok::<_, SandboxError>(net::HostNet::set_up(&vm.tap_names()?, config)?))
+            .transpose()?;
+        log::debug!("launch: VM running");
+        let mut conn = connect_agent(&vm, &uds, config.boot_timeout)?;
+        let answered = Instant::now();
+        log::debug!("launch: agent answered");
+        let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
+        // The handshake's read timeout still holds: a guest that never answers what
+        // follows fails the start instead of hanging the host.
+        let left = deadline.saturating_duration_since(Instant::now());
+        conn.set_read_timeout(Some(left.max(HANDSHAKE_MIN)))
+            .map_err(io)?;
+        if warm {
+            identify(&mut conn, config, &paths)
+                .map_err(|e| agent_down(&vm, "take its identity", e))?;
+        }
+        if let Some(host_net) = &host_net {
+            let mac = mac.map(|m| m.to_string());
+            let dns = host_net.dns.clone();
+            net::configure_guest(&mut conn, &host_net.link, mac, dns).map_err(|e| match e {
+                net::NetError::Protocol(e) => agent_down(&vm, "configure the network", e),
+                other => other.into(),
+            })?;
+        }
+        conn.set_read_timeout(None).map_err(io)?;
+        Ok((conn, vm_running, answered, warm, host_net))
+    })();
+    match started {
+        Ok((conn, vm_running, answered, warm, net)) => Ok(Launched {
+            vm,
+            conn,
+            vm_running,
+            loaded,
+            requested,
+            answered,
+            warm,
+            net,
+        }),
+        Err(e) => {
+            vm.stop();
+            Err(e)
         }
     }
-    let taps = JailTaps::make(config, &vm)?;
-    let claimed = taps.slot.as_ref().map(JailTap::name);
-    let patched;
-    let config = match taps.claiming(config) {
-        Some(with_claims) => {
-            patched = with_claims;
-            &patched
-        }
-        None => config,
-    };
-    let (warm, mac) = match origin {
-        Origin::Boot => {
-            let vm_config = config::vm_config(
-                config,
-                paths.initrd.clone(),
-                uds.clone(),
-                paths.scratch.clone(),
-                claimed,
-                paths.fs.clone(),
-            );
-            requested = Instant::now();
-            vm.start(&vm_config)?;
-            (false, None)
-        }
-        Origin::Template(template) => {
-            let spec = template_spec(config, paths.initrd.clone());
-            let found;
-            let template = match template {
-                Some(t) => t,
-                None => {
-                    found = Template::ensure(&spec)?;
-                    &found
-                }
-            };
-            log::debug!("launch: template found");
-            // The image's own template, its first container made ahead, if it fits.
-            let of_image = super::image_template::for_sandbox(config, &spec, template);
-            let template = of_image.as_ref().unwrap_or(template);
-            let expect = template.expect(&spec);
-            let dir = template.snapshot_dir();
-            log::debug!("launch: image template looked up");
-            vm.record_working_set_into(&dir);
-            let restore = Restore {
-                vm: &vm,
-                dir: &dir,
-                expect: &expect,
-                uds: uds.clone(),
-                claimed,
-            };
-            (
-                true,
-                restore.run(config, &paths, (&mut loaded, &mut requested))?,
-            )
-        }
-        Origin::Snapshot(dir) => {
-            let expect = Expect {
-                agent_digest: Some(super::template::agent_digest(&paths.initrd)),
-                ..Expect::default()
-            };
-            let restore = Restore {
-                vm: &vm,
-                dir,
-                expect: &expect,
-                uds: uds.clone(),
-                claimed,
-            };
-            (
-                true,
-                restore.run(config, &paths, (&mut loaded, &mut requested))?,
-            )
-        }
-    };
-    let vm_running = Instant::now();
-    drop(taps);
-    let host_net = (config.network)
-        .then(|| Ok::<_, SandboxError>(net::HostNet::set_up(&vm.tap_names()?, config)?))
-        .transpose()?;
-    log::debug!("launch: VM running");
-    let mut conn = connect_agent(&vm, &uds, config.boot_timeout)?;
-    let answered = Instant::now();
-    log::debug!("launch: agent answered");
-    let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
-    // The handshake's read timeout still holds: a guest that never answers what
-    // follows fails the start instead of hanging the host.
-    let left = deadline.saturating_duration_since(Instant::now());
-    conn.set_read_timeout(Some(left.max(HANDSHAKE_MIN)))
-        .map_err(io)?;
-    if warm {
-        identify(&mut conn, config, &paths).map_err(|e| agent_down(&vm, "take its identity", e))?;
-    }
-    if let Some(host_net) = &host_net {
-        let mac = mac.map(|m| m.to_string());
-        let dns = host_net.dns.clone();
-        net::configure_guest(&mut conn, &host_net.link, mac, dns).map_err(|e| match e {
-            net::NetError::Protocol(e) => agent_down(&vm, "configure the network", e),
-            other => other.into(),
-        })?;
-    }
-    conn.set_read_timeout(None).map_err(io)?;
-    Ok(Launched {
-        vm,
-        conn,
-        vm_running,
-        loaded,
-        requested,
-        answered,
-        warm,
-        net: host_net,
-    })
 }
 
 /// The TAPs a jailed VMM claims, made for its uid because it cannot make them: the
