@@ -187,18 +187,6 @@ impl<'m> IoVecs<'m> {
     }
 }
 
-/// Bytes waiting to be read on a socket (`FIONREAD`), to size a read into guest
-/// buffers before taking them.
-pub fn readable_bytes(fd: &impl AsRawFd) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer, valid for the call.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
-    match ret {
-        0.. => Ok(usize::try_from(n).unwrap_or(0)),
-        _ => Err(io::Error::last_os_error()),
-    }
-}
-
 /// Ask for a send buffer of `bytes` on a socket (`SO_SNDBUF`); the kernel caps the
 /// request at `net.core.wmem_max` and doubles it for its bookkeeping. Returns the size
 /// it then has.
@@ -316,13 +304,6 @@ mod tests {
         let mut out = [0u8; 16];
         let n = b.recv(&mut out).unwrap();
         assert_eq!(&out[..n], b"headbody");
-    }
-
-    #[test]
-    fn readable_bytes_counts_what_waits_on_a_socket() {
-        let (mut a, b) = UnixStream::pair().unwrap();
-        a.write_all(b"12345").unwrap();
-        assert_eq!(readable_bytes(&b).unwrap(), 5);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::config::{VsockConfig, VsockConfigError};
+use super::interrupts::Coalescer;
 use super::muxer::{Muxer, MuxerError};
 use crate::devices::virtio::descriptor::Chain;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -33,6 +34,8 @@ const EVENT_TRANSPORT_RESET: u32 = 0;
 /// Token of the housekeeping timer in the device's epoll (queue eventfds use their
 /// index, host sockets tokens from [`FIRST_STREAM_TOKEN`](super::muxer::FIRST_STREAM_TOKEN)).
 pub(super) const TIMER_TOKEN: u32 = 0x103;
+/// Token of the interrupt timer (`interrupts.rs`).
+pub(super) const IRQ_TIMER_TOKEN: u32 = 0x105;
 
 /// Errors creating a vsock device.
 #[derive(Debug, thiserror::Error)]
@@ -71,21 +74,21 @@ pub struct Vsock {
     pub(super) muxer: Muxer,
     /// Ticks every [`TICK`] to expire connection attempts.
     pub(super) timer: TimerFd,
-    /// A pass used buffers the driver asked to hear about: one interrupt goes out when
-    /// the wake-up's work is done ([`Vsock::flush_interrupt`]), however many passes of
-    /// the TX and RX queues it took.
-    irq_due: bool,
+    /// Interrupts owed: one goes out when the wake-up's work is done
+    /// ([`Vsock::flush_interrupt`]), however many passes of the TX and RX queues it
+    /// took; TX completions alone wait a little (`interrupts.rs`).
+    irq: Coalescer,
     state: VsockState,
 }
 
 impl Vsock {
     /// File descriptors a device built from `config` and its virtio-mmio transport
     /// hold at most: the listener, the timer, the device's epoll, the queue set's
-    /// activation eventfd, the queue eventfd clones (closed at reset, so one
+    /// activation eventfd, the interrupt timer, the queue eventfd clones (closed at reset, so one
     /// activation's worth), the transport's eventfds, and the host sockets the guest
     /// may make it hold (the budget).
     pub fn max_fds(config: &VsockConfig) -> usize {
-        let own = 3 + 1 + QUEUES;
+        let own = 3 + 1 + 1 + QUEUES;
         own + MmioTransport::max_fds(QUEUES) + config.max_sockets
     }
 
@@ -94,16 +97,20 @@ impl Vsock {
         config.validate()?;
         let mut timer = TimerFd::new().map_err(VsockError::Timer)?;
         timer.reset(TICK, Some(TICK)).map_err(VsockError::Timer)?;
+        let irq = Coalescer::new().map_err(VsockError::Timer)?;
         let muxer = Muxer::new(&config)?;
         let poller = muxer.poller();
         poller
             .watch(timer.as_raw_fd(), TIMER_TOKEN, EventSet::IN)
             .map_err(VsockError::WatchTimer)?;
+        poller
+            .watch(irq.as_raw_fd(), IRQ_TIMER_TOKEN, EventSet::IN)
+            .map_err(VsockError::WatchTimer)?;
         Ok(Self {
             queues: QueueSet::new("vsock", &[QUEUE_SIZE; QUEUES])?,
             muxer,
             timer,
-            irq_due: false,
+            irq,
             state: VsockState {
                 config,
                 acked_features: 0,
@@ -137,7 +144,13 @@ impl Vsock {
 
     fn finish(&mut self, index: usize, result: Result<Drained, QueueError>) {
         match result {
-            Ok(d) if d.notify => self.irq_due = true,
+            Ok(d) if d.notify => {
+                let ring = self.queues.active.as_ref();
+                let size = ring
+                    .and_then(|a| a.queues.get(index))
+                    .map_or(0, virtio_queue::QueueT::size);
+                self.irq.owe(index == TX, d.used, size);
+            }
             Ok(_) => {}
             Err(e) => return self.queues.mark_broken(&e),
         }
@@ -146,10 +159,18 @@ impl Vsock {
         }
     }
 
-    /// Interrupt the driver once if a pass since the last call used buffers it asked
-    /// to hear about (the queues' used rings are both written by then).
+    /// Interrupt the driver once if a pass since the last call used RX buffers it asked
+    /// to hear about (the queues' used rings are both written by then); TX completions
+    /// alone wait for the interrupt timer.
     pub(super) fn flush_interrupt(&mut self) {
-        if std::mem::take(&mut self.irq_due) {
+        if self.irq.flush() {
+            self.queues.signal_used();
+        }
+    }
+
+    /// The interrupt timer expired: raise TX completions still owed.
+    pub(super) fn on_irq_timer(&mut self) {
+        if self.irq.on_timer() {
             self.queues.signal_used();
         }
     }
@@ -287,11 +308,19 @@ impl VirtioDevice for Vsock {
     /// is closed or freed before it returns (see `poller.rs`). The listener and the
     /// timer belong to the device, not to the guest, and stay.
     fn reset(&mut self) {
-        self.irq_due = false;
+        self.irq.clear();
         self.queues.reset();
         self.release_queue_events();
         self.muxer.reset();
         self.state.acked_features = 0;
+    }
+
+    /// Nothing is in flight; an interrupt still owed goes out now, before the
+    /// transport's InterruptStatus is saved.
+    fn quiesce(&mut self) {
+        if self.irq.take() {
+            self.queues.signal_used();
+        }
     }
 
     fn describe(&self) -> String {

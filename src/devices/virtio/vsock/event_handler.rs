@@ -4,7 +4,7 @@
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
-use super::device::{EVENT, RX, TIMER_TOKEN, TX};
+use super::device::{EVENT, IRQ_TIMER_TOKEN, RX, TIMER_TOKEN, TX};
 use super::muxer::LISTENER_TOKEN;
 use super::Vsock;
 
@@ -36,6 +36,7 @@ impl Vsock {
                 }
                 LISTENER_TOKEN => self.muxer.accept(),
                 TIMER_TOKEN => self.on_timer(),
+                IRQ_TIMER_TOKEN => self.on_irq_timer(),
                 token => {
                     let hang_up = EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
                     if set.intersects(hang_up) {

@@ -6,13 +6,15 @@
 //! `packet` is the wire header, `connection` one stream's state and credit accounting,
 //! `muxer` routes packets between the queues and the host sockets within the
 //! configured budget, `poller` is the device's own epoll (every fd of the device, so a
-//! reset can close them at once), `device` is the `VirtioDevice`, and `event_handler`
-//! serves that epoll from the event loop.
+//! reset can close them at once), `device` is the `VirtioDevice`, `interrupts` decides
+//! when it interrupts the driver, and `event_handler` serves that epoll from the
+//! event loop.
 
 mod config;
 mod connection;
 mod device;
 mod event_handler;
+mod interrupts;
 mod muxer;
 mod packet;
 mod persist;

@@ -285,19 +285,21 @@ impl Muxer {
         }
     }
 
-    /// Pop more RX buffers after `first` for one read of `key`, while they can take
-    /// data and `credit` bytes (the guest's credit, or less when fewer wait) are not
-    /// covered; each gets its data capacity.
+    /// Pop more RX buffers after `first` for one read, while they can take data and
+    /// their room does not cover `want` bytes (at most `credit`, the guest's); each
+    /// gets its data capacity, the last ones less so that the room stays within
+    /// `credit`.
     fn gather_rx(
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         first: RxBuf,
         credit: usize,
+        want: usize,
     ) -> Result<Vec<(RxBuf, usize)>, QueueError> {
         let cap = |b: &RxBuf| (total_len(&b.bufs) - HDR_LEN).min(MAX_PKT_DATA);
         let mut room = cap(&first).min(credit);
         let mut batch = vec![(first, room)];
-        while batch.len() < RX_BATCH && room < credit {
+        while batch.len() < RX_BATCH && room < want.min(credit) {
             let Some(chain) = pop(queue, mem, RX)? else {
                 break;
             };
@@ -334,11 +336,11 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&key) else {
             return Ok(None);
         };
-        // Take only as many buffers as the bytes waiting need: a 64-byte message
-        // does not pop (and give back) a whole batch.
-        let waiting = conn.waiting_from_host();
-        let want = (conn.peer_credit() as usize).min(waiting);
-        let batch = Self::gather_rx(queue, mem, first, want)?;
+        // Take about as many buffers as the last read needed: a 64-byte message does
+        // not pop (and give back) a whole batch.
+        let credit = conn.peer_credit() as usize;
+        let batch = Self::gather_rx(queue, mem, first, credit, conn.read_want())?;
+        let room: usize = batch.iter().map(|(_, take)| take).sum();
         let give_back = |queue: &mut Queue, n: usize| {
             unpop_many(queue, u16::try_from(n).expect("at most RX_BATCH"));
         };
@@ -356,7 +358,7 @@ impl Muxer {
                 h
             }
             Ok(n) => {
-                conn.readable = !conn.drained_by(n, waiting);
+                conn.note_read(n, room);
                 let used = self.complete_rx(queue, mem, key, &batch, n)?;
                 give_back(queue, batch.len() - used);
                 return Ok(Some(used));
