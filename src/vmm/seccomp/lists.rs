@@ -71,7 +71,6 @@ const HOST_IOCTLS: &[u64] = &[
     libc::FIONBIO,
     libc::FIOCLEX,
     libc::FIONCLEX,
-    libc::FIONREAD,
     libc::TCGETS,
     libc::TIOCGWINSZ,
     // BLKGETSIZE64: _IOR(0x12, 114, u64).
