@@ -19,7 +19,7 @@ pub use message::{
 
 /// The protocol version. Bump it on any change to a message or to the framing; peers
 /// with different versions refuse each other at the handshake.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// The AF_VSOCK port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -337,6 +337,11 @@ pub enum Message {
         image: ImageSpec,
         /// The writable layer (only `Tmpfs`).
         writable_layer: WritableLayer,
+        /// Read up to this many bytes of the image's likely-run files (libraries,
+        /// executables) into the guest's page cache, so a snapshot taken now carries
+        /// them; 0 reads nothing.
+        #[serde(default)]
+        warm_bytes: u64,
     },
     /// Agent → host: the answer to a successful [`Message::Prepare`].
     Prepared,

@@ -16,6 +16,12 @@ use husk_protocol::{ImageSpec, Message, WritableLayer};
 use super::template::{self, io, Template, TemplateInfo, TemplateSpec, SNAPSHOT_DIR};
 use super::{Sandbox, SandboxConfig, SandboxError, IMAGE_DEVICE};
 
+/// How much of the image the agent reads into the guest's page cache before the
+/// template's snapshot (`husk_agent::warm`): clean page-cache pages a restored sandbox
+/// shares with every other through the snapshot file, and its first command then runs
+/// without reading the image disk.
+const WARM_BYTES: u64 = 16 << 20;
+
 /// Whether `config` starts from its image's template.
 pub(super) fn fits(config: &SandboxConfig) -> bool {
     config.prepared && config.scratch_disk_mib.is_none() && super::launch::fits_template(config)
@@ -111,6 +117,7 @@ impl Sandbox {
                 fstype: self.image.fstype.clone(),
             },
             writable_layer: WritableLayer::Tmpfs,
+            warm_bytes: WARM_BYTES,
         };
         let sink = || Box::new(std::io::sink());
         self.demux.request(&prepare, sink(), sink()).map(drop)

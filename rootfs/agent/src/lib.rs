@@ -44,6 +44,7 @@ pub mod spec;
 #[allow(unsafe_code, reason = "taking ownership of the fd accept4 returns")]
 pub mod transport;
 pub mod user;
+pub mod warm;
 #[allow(
     unsafe_code,
     reason = "the waiting container process: recvmsg with SCM_RIGHTS, raw syscalls after fork"

@@ -117,6 +117,7 @@ impl Agent {
         self: &Arc<Self>,
         lower: LowerLayer,
         writable: WritableLayer,
+        warm_bytes: u64,
     ) -> Result<(), AgentError> {
         if writable != WritableLayer::Tmpfs {
             return Err(AgentError::NotPreparable(
@@ -145,6 +146,14 @@ impl Agent {
         };
         match spawn_zygote(&rootfs, cgroup.as_deref()) {
             Ok((pid, control, exit)) => {
+                if warm_bytes > 0 {
+                    let warmed = crate::warm::warm(&rootfs.merged(), warm_bytes);
+                    crate::console::log(&format!(
+                        "prepared container: {} image files ({} KiB) read ahead",
+                        warmed.files,
+                        warmed.bytes >> 10
+                    ));
+                }
                 *slot = Some(Prepared {
                     lower,
                     rootfs,

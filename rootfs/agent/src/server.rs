@@ -288,12 +288,13 @@ fn dispatch(message: Message, agent: &Arc<Agent>, outbox: &Outbox) -> Option<Out
         Message::Prepare {
             image,
             writable_layer,
+            warm_bytes,
         } => {
             let lower = LowerLayer::Device {
                 device: PathBuf::from(image.device),
                 fstype: image.fstype,
             };
-            let prepared = agent.prepare(lower, writable_layer);
+            let prepared = agent.prepare(lower, writable_layer, warm_bytes);
             outbox.send(&reply_or_error(prepared, Message::Prepared));
         }
         Message::Shutdown => return Some(Outcome::Shutdown),

@@ -22,8 +22,13 @@ fn prepared_dirs(h: &Harness) -> Vec<std::path::PathBuf> {
 }
 
 fn prepared(h: &Harness) -> std::path::PathBuf {
+    // With the image's files read ahead, as an image template's Prepare does.
     h.agent
-        .prepare(LowerLayer::Directory(h.lower.clone()), WritableLayer::Tmpfs)
+        .prepare(
+            LowerLayer::Directory(h.lower.clone()),
+            WritableLayer::Tmpfs,
+            16 << 20,
+        )
         .expect("prepare");
     let dirs = prepared_dirs(h);
     assert_eq!(dirs.len(), 1, "its root is mounted: {dirs:?}");
@@ -155,7 +160,11 @@ fn root_preparing_twice_is_refused() {
     prepared(&h);
     let err = h
         .agent
-        .prepare(LowerLayer::Directory(h.lower.clone()), WritableLayer::Tmpfs)
+        .prepare(
+            LowerLayer::Directory(h.lower.clone()),
+            WritableLayer::Tmpfs,
+            0,
+        )
         .expect_err("refused");
     assert!(err.to_string().contains("already prepared"), "{err}");
     let err = h
@@ -165,6 +174,7 @@ fn root_preparing_twice_is_refused() {
             WritableLayer::Disk {
                 device: "/dev/vdz".into(),
             },
+            0,
         )
         .expect_err("refused");
     assert!(err.to_string().contains("tmpfs"), "{err}");
