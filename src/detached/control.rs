@@ -262,7 +262,7 @@ fn claim(monitor: &Monitor, request: Message, stdio: Stdio) -> Result<StartedPro
         .map_err(|e| e.to_string())?;
     let process = Arc::new(process);
     drop(monitor.main.set(process.clone()));
-    monitor.set_status(super::Status::Running);
+    // Its status becomes Running once its client has Started (`serve_client`).
     Ok((process, true))
 }
 
@@ -328,18 +328,27 @@ pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sen
                 };
                 match start(monitor, message, stdio) {
                     Ok((process, claimed)) => {
-                        exec = Some(process.clone());
-                        let exit_out = out.clone();
                         let main_ended = Arc::new(AtomicBool::new(false));
-                        // The claim's main process: its exit ends the sandbox, after
-                        // its client has the exit status.
-                        let main_events = claimed.then(|| events.clone());
                         if claimed {
                             _claim = Some(Claim {
                                 events: events.clone(),
                                 main_ended: main_ended.clone(),
                             });
                         }
+                        // Started (unless output already carried it) before anything
+                        // else, as the client waits for it; a claim whose client is
+                        // gone stops its sandbox (`Claim`'s drop).
+                        if out.send_started().is_err() {
+                            return;
+                        }
+                        if claimed {
+                            monitor.set_status(super::Status::Running);
+                        }
+                        exec = Some(process.clone());
+                        let exit_out = out.clone();
+                        // The claim's main process: its exit ends the sandbox, after
+                        // its client has the exit status.
+                        let main_events = claimed.then(|| events.clone());
                         std::thread::spawn(move || {
                             let result = process.wait();
                             main_ended.store(true, Ordering::SeqCst);
@@ -358,10 +367,6 @@ pub(super) fn serve_client(mut conn: UnixStream, monitor: &Monitor, events: &Sen
                                 drop(events.send(Event::MainExited(ended)));
                             }
                         });
-                        // Started, unless output already carried it.
-                        if out.send_started().is_err() {
-                            return;
-                        }
                         None
                     }
                     Err(message) => Some(Message::Error { message }),
