@@ -227,6 +227,40 @@ pub fn map_snapshot(file: File, mib: u64) -> Result<GuestRam, MemoryError> {
     })
 }
 
+/// Drops the pages of `file` that the host's page cache holds and no process maps
+/// (`POSIX_FADV_DONTNEED`), so that each page is read from the file on first touch.
+/// Best effort: pages other VMs map stay cached.
+pub fn drop_cached_pages(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain system call on a descriptor this function borrows; it changes
+    // only the page cache's contents, never the file's.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        log::debug!("posix_fadvise(DONTNEED) of guest memory: error {rc}");
+    }
+}
+
+/// Turns read-ahead off for every region of `memory` (`MADV_RANDOM`): a page the
+/// guest touches is then read on its own, and the kernel's fault-around (which maps
+/// the cached neighbours of a faulting page too) finds no neighbours cached that the
+/// guest did not touch itself. With [`drop_cached_pages`] first, the VMM's page
+/// tables then hold exactly the pages its guest touched: what a working set records.
+/// Best effort: a failure only makes that record larger.
+pub fn load_pages_singly(memory: &GuestMemoryMmap) {
+    for region in memory.iter() {
+        let (addr, len) = (region.as_ptr(), region.len() as usize);
+        // SAFETY: the range is exactly one mapping this memory owns; MADV_RANDOM only
+        // changes the kernel's read-ahead policy for it, not its contents.
+        let rc = unsafe { libc::madvise(addr.cast(), len, libc::MADV_RANDOM) };
+        if rc != 0 {
+            log::debug!(
+                "madvise(MADV_RANDOM) of guest memory: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +303,54 @@ mod tests {
             err.to_string(),
             "memory 4096 MiB is more than this host's 1024 MiB of RAM"
         );
+    }
+
+    /// Pages of `[start, start + pages * 4096)` present in this process's page tables.
+    fn present_pages(start: u64, pages: u64) -> Vec<u64> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut pagemap = File::open("/proc/self/pagemap").unwrap();
+        pagemap.seek(SeekFrom::Start(start / 4096 * 8)).unwrap();
+        let mut buf = vec![0u8; pages as usize * 8];
+        pagemap.read_exact(&mut buf).unwrap();
+        (0..pages)
+            .filter(|&i| {
+                let at = i as usize * 8;
+                let entry = u64::from_le_bytes(buf[at..at + 8].try_into().unwrap());
+                entry >> 63 == 1
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_loaded_singly_are_exactly_the_pages_touched() {
+        use std::io::Write;
+        use vm_memory::Bytes;
+        // On the repository's filesystem: a disk one, where the page cache can be
+        // dropped (on tmpfs the file's pages are always cached, and the kernel maps
+        // cached neighbours of a fault whatever the advice).
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("memory");
+        let pages = 64u64;
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&vec![0x5a; pages as usize * 4096]).unwrap();
+        file.sync_all().unwrap();
+        let file = File::open(&path).unwrap();
+        drop_cached_pages(&file);
+        let mapping: vm_memory::MmapRegion = MmapRegionBuilder::new(pages as usize * 4096)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .with_file_offset(FileOffset::new(file, 0))
+            .build()
+            .unwrap();
+        let region = GuestRegionMmap::new(mapping, GuestAddress(0)).unwrap();
+        let memory = GuestMemoryMmap::from_regions(vec![region]).unwrap();
+        load_pages_singly(&memory);
+        for page in [5u64, 9, 20, 21] {
+            let byte: u8 = memory.read_obj(GuestAddress(page * 4096 + 7)).unwrap();
+            assert_eq!(byte, 0x5a);
+        }
+        let start = memory.iter().next().unwrap().as_ptr() as u64;
+        assert_eq!(present_pages(start, pages), [5, 9, 20, 21]);
     }
 
     #[test]

@@ -379,6 +379,7 @@ impl Restore<'_> {
             vsock: Some(VsockConfig::new(GUEST_CID, self.uds)),
             console: config.console.clone(),
             paused: false,
+            record_touched: self.vm.records_working_set(),
         };
         log::debug!("launch: snapshot config read, restoring");
         *requested_at = Instant::now();

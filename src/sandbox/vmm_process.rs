@@ -175,6 +175,12 @@ impl VmmProcess {
         }
     }
 
+    /// Whether this VM's touched pages will be recorded (its snapshot has no working
+    /// set yet): its restore then loads pages singly (`RestoreOptions::record_touched`).
+    pub fn records_working_set(&self) -> bool {
+        self.working_set_to.get().is_some()
+    }
+
     /// Write the pages the restored VM touched as its snapshot's working set, if asked
     /// to by [`Self::record_working_set_into`]. Best effort: an optimisation of later
     /// restores, never a reason to fail this sandbox.

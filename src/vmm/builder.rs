@@ -108,6 +108,12 @@ pub struct RestoreOptions {
     pub console: ConsoleConfig,
     /// Keep the vCPUs parked until [`RunningVm::resume`].
     pub paused: bool,
+    /// The pages this restored guest touches will be recorded as the snapshot's
+    /// working set (`snapshot::working_set::record`): load each page of the memory
+    /// file on its own, so the VMM's page tables hold only pages the guest touched
+    /// (see [`crate::memory::load_pages_singly`]).
+    #[serde(default)]
+    pub record_touched: bool,
 }
 
 /// Apply `options` to the saved configuration; a slot the VM does not have is an error.
@@ -174,7 +180,14 @@ pub fn restore_with(
         )));
     }
     let fds = fd_limit::reserve(fd_limit::vm_fds(&config))?;
+    let single = options.record_touched && working_set.is_none();
+    if single {
+        crate::memory::drop_cached_pages(&memory);
+    }
     let ram = crate::memory::map_snapshot(memory, config.memory_mib)?;
+    if single {
+        crate::memory::load_pages_singly(&ram.memory);
+    }
     let mut mmio = Bus::new();
     let virtio = devices::create(&ram.memory, &mut mmio, &config)?;
     let guest_loaded = Instant::now();

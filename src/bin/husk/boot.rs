@@ -128,6 +128,7 @@ fn restore_options(args: &BootArgs, console: ConsoleConfig) -> husk::vmm::Restor
         vsock: args.vsock.clone(),
         console,
         paused: false,
+        record_touched: false,
     }
 }
 
