@@ -212,8 +212,8 @@ fn inner(args: &[String]) {
     let template = common::crun::timed(
         Command::new(&husk)
             .args(["template", "build", "--kernel", "vmlinux"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+            // Its errors (an agent older than husk: a protocol mismatch) are shown.
+            .stdout(Stdio::null()),
     );
     println!("template build (boot to agent, snapshot, synced): {template:.0} ms");
     let c = crun_once(crun, &bundle, "warmup");
