@@ -202,6 +202,7 @@ fn inner(args: &[String]) {
     std::env::set_var("HUSK_RUNTIME_DIR", &runtime);
     std::env::set_var("HUSK_CACHE_DIR", &cache);
     let (rootfs, how) = rootfs(&work, &store.join(fs_image));
+    let cache_how = disk_backed(&work, &cache);
     let bundle = work.join("bundle");
     write_bundle(&bundle, &rootfs, &["true"]);
     let bundle = bundle.to_string_lossy().into_owned();
@@ -209,6 +210,7 @@ fn inner(args: &[String]) {
 
     println!("# run benchmark: {rounds} rounds, `husk run busybox -- true` (1 vCPU, 256+64 MiB) warm, --cold and crun, order rotating");
     println!("# crun rootfs: {how}");
+    println!("# template cache: {cache_how}");
     let template = common::crun::timed(
         Command::new(&husk)
             .args(["template", "build", "--kernel", "vmlinux"])
@@ -351,4 +353,59 @@ fn wait_parked(husk: &str) -> f64 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     panic!("the pool was not refilled within 60 s");
+}
+
+/// Puts `dir` on a disk filesystem when `work` is RAM (the test host's root): an ext2
+/// image on a loop device, as a real host keeps its templates on disk. On RAM every page
+/// of a file stays cached, so a working set recorded there keeps the neighbours of each
+/// page the guest touched (docs/design.md, "Working set"). What it did, for the header.
+fn disk_backed(work: &std::path::Path, dir: &std::path::Path) -> String {
+    let fs_type = fs_type(work);
+    if !["rootfs", "ramfs", "tmpfs"].contains(&fs_type.as_str()) {
+        return format!("on {} ({fs_type})", work.display());
+    }
+    let image = work.join("cache.ext2");
+    let file = std::fs::File::create(&image).expect("create the cache image");
+    file.set_len(2 << 30).expect("size the cache image");
+    let made = Command::new("mke2fs")
+        .args(["-q", "-F"])
+        .arg(&image)
+        .output();
+    let mounted = made.as_ref().is_ok_and(|o| o.status.success())
+        && Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+    if mounted {
+        "ext2 on a loop device (the test host's root is RAM; a disk-backed cache as on a real host)"
+            .into()
+    } else {
+        let why = made.map_or_else(
+            |e| e.to_string(),
+            |o| String::from_utf8_lossy(&o.stderr).into(),
+        );
+        format!("on the test host's RAM root (no loop-mounted ext2: {}); working sets keep fault-around neighbours", why.trim())
+    }
+}
+
+/// The type of the filesystem `path` is on (the longest mount point above it, from
+/// /proc/self/mountinfo).
+fn fs_type(path: &std::path::Path) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut best = (0, String::from("unknown"));
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(point), Some(kind)) = (fields.get(4), fields.get(sep + 1)) else {
+            continue;
+        };
+        if path.starts_with(point) && point.len() >= best.0 {
+            best = (point.len(), (*kind).to_string());
+        }
+    }
+    best.1
 }
