@@ -1,5 +1,6 @@
-//! Link-time layout of the `husk` binary: the functions an API-ready `husk vmm` runs
-//! (link/vmm-hot-symbols.txt, written by scripts/vmm-hot-symbols) are placed together
+//! Link-time layout of the `husk` binary: the functions a `husk vmm` runs, serving its
+//! API, running a guest's I/O, restoring a snapshot and starting up, hottest first
+//! (link/vmm-hot-symbols.txt, written by scripts/vmm-hot-symbols), are placed together
 //! at the front of its code, so that a VMM process keeps a few 64 KiB windows of code
 //! resident instead of pages scattered over the whole binary (docs/design.md,
 //! "Memory"). Names the binary no longer has are skipped.
