@@ -57,6 +57,7 @@ pub(super) fn connect_agent(
     timeout: Duration,
 ) -> Result<UnixStream, SandboxError> {
     let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
     let down = |reason: String| SandboxError::AgentDown {
         reason,
         console: vm.failure_output(),
@@ -91,7 +92,10 @@ pub(super) fn connect_agent(
                     "no answer on vsock port 1024 within {timeout:?} ({e})"
                 )))
             }
-            Err(_) => std::thread::sleep(CONNECT_INTERVAL),
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(CONNECT_INTERVAL);
+            }
         }
     }
 }

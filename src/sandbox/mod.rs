@@ -96,7 +96,10 @@ const GUEST_CID: u64 = 3;
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The least time a guest that accepted the agent connection gets to send its Hello.
 const HANDSHAKE_MIN: Duration = Duration::from_secs(30);
-/// How often to retry the agent while the guest boots.
+/// The longest pause between two tries of the agent's port while the guest boots or
+/// resumes; the first pauses are shorter (1, 2, 4, 8 ms): a restored guest refuses the
+/// first try, made before it has handled the vsock transport reset, and answers a few
+/// milliseconds later.
 const CONNECT_INTERVAL: Duration = Duration::from_millis(10);
 /// How long the agent connection stays open after the guest reset or powered off by
 /// itself, for frames still passing through the vsock device.
