@@ -367,26 +367,25 @@ fn disk_backed(work: &std::path::Path, dir: &std::path::Path) -> String {
     let image = work.join("cache.ext2");
     let file = std::fs::File::create(&image).expect("create the cache image");
     file.set_len(2 << 30).expect("size the cache image");
-    let made = Command::new("mke2fs")
-        .args(["-q", "-F"])
-        .arg(&image)
-        .output();
-    let mounted = made.as_ref().is_ok_and(|o| o.status.success())
-        && Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-    if mounted {
-        "ext2 on a loop device (the test host's root is RAM; a disk-backed cache as on a real host)"
-            .into()
-    } else {
-        let why = made.map_or_else(
-            |e| e.to_string(),
-            |o| String::from_utf8_lossy(&o.stderr).into(),
-        );
-        format!("on the test host's RAM root (no loop-mounted ext2: {}); working sets keep fault-around neighbours", why.trim())
+    let step = |cmd: &mut Command| match cmd.output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("{cmd:?} did not start: {e}")),
+    };
+    let mounted = step(Command::new("mke2fs").args(["-q", "-F"]).arg(&image)).and_then(|()| {
+        step(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(dir),
+        )
+    });
+    match mounted {
+        Ok(()) => "ext2 on a loop device (the test host's root is RAM; a disk-backed cache as on a real host)".into(),
+        Err(why) => format!("on the test host's RAM root ({why}); working sets keep fault-around neighbours"),
     }
 }
 
