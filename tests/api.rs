@@ -116,7 +116,7 @@ echo "unfiltered-status=$?"
 # the jail's uid; its limits in a cgroup of its own. Then kill -9 of it.
 mkdir jrun && cp data.img jrun/data.img && chown -R 1000:1000 jrun
 SOCK=$PWD/jrun/api.sock
-./husk vmm --api-sock "$SOCK" --console "$PWD/jrun/console.log" --id jailed \
+HUSK_DEBUG=1 ./husk vmm --api-sock "$SOCK" --console "$PWD/jrun/console.log" --id jailed \
     --jail /tmp/husk-jail --uid 1000 --gid 1001 --bind "$PWD/vmlinux" --bind "$PWD/guest.cpio" \
     --bind "$PWD/jrun:rw" --cgroup pids.max=64 --cgroup memory.max=512M 2> jvmm.err &
 jsup=$!
@@ -146,6 +146,29 @@ kill -9 $jvmm
 wait $jsup; echo "jail-vmm-status=$?"
 echo "jail-dir-left=$(test -e /tmp/husk-jail && echo yes || echo no)"
 echo "jail-cgroups-left=$(find /sys/fs/cgroup/husk -mindepth 1 -type d | wc -l)"
+# The same jail where the host's root is a mount point of its own, as on a machine
+# that booted from a disk: the test host's root is its initramfs, which cannot be
+# pivoted away, so above the VMM moved the jail onto / and chrooted. Under a bind
+# mount of / it pivots into the jail and detaches the host's tree.
+mkdir -p /nr prun && cp data.img prun/data.img && chown -R 1000:1000 prun
+SOCK=$PWD/prun/api.sock
+HUSK_DEBUG=1 unshare -m sh -c "mount --make-rprivate / && mount --rbind / /nr && exec chroot /nr sh -c 'cd $PWD && exec ./husk vmm --api-sock $SOCK --console $PWD/prun/console.log --id pivoted --jail /tmp/husk-pjail --uid 1000 --gid 1000 --bind $PWD/vmlinux --bind $PWD/guest.cpio --bind $PWD/prun:rw'" 2> pvmm.err &
+psup=$!
+n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done
+call pmachine PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+call pboot PUT /boot-source "{\"kernel_image_path\": \"$PWD/vmlinux\", \"initrd_path\": \"$PWD/guest.cpio\", \"boot_args\": \"quiet rdinit=/bin/busybox -- sh /guest.sh\"}"
+call pdrive PUT /drives/data "{\"drive_id\": \"data\", \"path_on_host\": \"$PWD/prun/data.img\", \"is_root_device\": false, \"is_read_only\": false}"
+call pstart PUT /actions '{"action_type": "InstanceStart"}'
+wait_for prun/console.log 'count=5' && echo "pivot-guest-counting=yes"
+pvmm=$(cat /proc/$psup/task/$psup/children | tr -d ' ')
+echo "pivot-root=$(ls -A /proc/$pvmm/root | tr '\n' ' ')"
+echo "pivot-way=$(grep -o 'jail: pivoted into\|jail: moved onto /' pvmm.err | head -1)"
+echo "pivot-filtered=$(grep -c '^Seccomp:[[:space:]]*2$' /proc/$pvmm/status)"
+kill -9 $pvmm
+wait $psup; echo "pivot-vmm-status=$?"
+echo "pivot-dir-left=$(test -e /tmp/husk-pjail && echo yes || echo no)"
+echo "pivot-cgroups-left=$(find /sys/fs/cgroup/husk -mindepth 1 -type d | wc -l)"
+echo "jail-way=$(grep -o 'jail: pivoted into\|jail: moved onto /' jvmm.err | head -1)"
 # Refusals: not empty, uid 0.
 mkdir -p full && touch full/x
 ./husk vmm --api-sock "$PWD/x.sock" --jail "$PWD/full" --uid 1000 --gid 1000 2> jfull.err; echo "jail-full-status=$?"
@@ -250,6 +273,14 @@ fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_doe
     is("jail-vmm-status", "137");
     is("jail-dir-left", "no");
     is("jail-cgroups-left", "0");
+    is("jail-way", "jail: moved onto /");
+    is("pivot-guest-counting", "yes");
+    is("pivot-root", "dev proc work ");
+    is("pivot-way", "jail: pivoted into");
+    is("pivot-filtered", "1");
+    is("pivot-vmm-status", "137");
+    is("pivot-dir-left", "no");
+    is("pivot-cgroups-left", "0");
     is("jail-full-status", "1");
     has("jail-full-error", "the folder is not empty");
     is("jail-root-status", "1");

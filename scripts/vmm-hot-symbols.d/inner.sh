@@ -2,8 +2,9 @@
 # The test host side of scripts/vmm-hot-symbols: makes the templates, then, for each
 # husk binary named (files in /work), runs warm `husk run`s doing I/O with their VMMs
 # under callgrind (husk-callgrind). The dumps are left in /work/cg/BINARY; each
-# function's own instructions, summed by phase (start, restore, run) over the runs and
-# binaries, are printed as `PHASE<TAB>Ir<TAB>name` lines.
+# function's own instructions, summed by phase (start, restore, run; boot and cold for
+# the VMM of a cold `husk run`: its kernel loading, then the guest's boot and run) over
+# the runs and binaries, are printed as `PHASE<TAB>Ir<TAB>name` lines.
 cd /work || exit 1
 tar xf store.tar
 mkdir -p tmp run cache cg
@@ -40,13 +41,20 @@ for bin; do
         wget -q -O - "http://$gw:8000/f" | wc -c; echo net done' ||
         say "$bin: workload net failed"
     ls -l "$HUSK_DUMPS" >&2
+    # A cold boot: the guest probes its devices and the kernel writes to the console.
+    export HUSK_DUMPS="/work/cg/$bin.cold"
+    mkdir -p "$HUSK_DUMPS"
+    profiled --cold busybox -- sh -c 'echo cold done' || say "$bin: workload cold failed"
+    ls -l "$HUSK_DUMPS" >&2
 done
 # Each function's own instructions (not its callees'): a cost line right after calls=
 # is the call's, the others the current function's.
 for dump in cg/*/out.*; do
     case $dump in
     *.1) phase=start ;;
+    *.cold/*.2) phase=boot ;;
     *.2) phase=restore ;;
+    *.cold/*) phase=cold ;;
     *) phase=run ;;
     esac
     awk -v phase="$phase" '

@@ -259,6 +259,7 @@ fn pivot_into(root: &Path) -> Result<(), JailError> {
                 source: err,
             });
         }
+        log::debug!("jail: the host's root cannot be pivoted away (an initramfs)");
         return move_and_chroot(root);
     }
     // SAFETY: NUL-terminated paths.
@@ -270,6 +271,10 @@ fn pivot_into(root: &Path) -> Result<(), JailError> {
     // SAFETY: as above.
     let ret = unsafe { libc::rmdir(c"/.old-root".as_ptr()) };
     check(ret, "remove /.old-root")?;
+    log::debug!(
+        "jail: pivoted into {}, the host's tree detached",
+        root.display()
+    );
     Ok(())
 }
 
@@ -289,6 +294,7 @@ fn move_and_chroot(root: &Path) -> Result<(), JailError> {
     // SAFETY: as above.
     let ret = unsafe { libc::rmdir(c"/.old-root".as_ptr()) };
     check(ret, "remove /.old-root")?;
+    log::debug!("jail: moved onto / and chrooted into {}", root.display());
     Ok(())
 }
 
