@@ -169,6 +169,8 @@ wait $psup; echo "pivot-vmm-status=$?"
 echo "pivot-dir-left=$(test -e /tmp/husk-pjail && echo yes || echo no)"
 echo "pivot-cgroups-left=$(find /sys/fs/cgroup/husk -mindepth 1 -type d | wc -l)"
 echo "jail-way=$(grep -o 'jail: pivoted into\|jail: moved onto /' jvmm.err | head -1)"
+# Born in its cgroup leaf (clone3 with CLONE_INTO_CGROUP), not moved there afterwards.
+echo "jail-forked-then-moved=$(grep -c 'clone3 into the cgroup leaf refused' jvmm.err)"
 # Refusals: not empty, uid 0.
 mkdir -p full && touch full/x
 ./husk vmm --api-sock "$PWD/x.sock" --jail "$PWD/full" --uid 1000 --gid 1000 2> jfull.err; echo "jail-full-status=$?"
@@ -274,6 +276,7 @@ fn the_api_configures_starts_pauses_snapshots_and_loads_a_vm_as_firecrackers_doe
     is("jail-dir-left", "no");
     is("jail-cgroups-left", "0");
     is("jail-way", "jail: moved onto /");
+    is("jail-forked-then-moved", "0");
     is("pivot-guest-counting", "yes");
     is("pivot-root", "dev proc work ");
     is("pivot-way", "jail: pivoted into");

@@ -160,6 +160,16 @@ impl Leaf {
         Ok(Some(leaf))
     }
 
+    /// The leaf's folder, opened for `clone3`'s `CLONE_INTO_CGROUP`.
+    pub(super) fn open(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&self.path)?;
+        Ok(dir.into())
+    }
+
     /// Move process `pid` into the leaf.
     pub(super) fn add(&self, pid: libc::pid_t) -> Result<(), JailError> {
         let procs = self.path.join("cgroup.procs");

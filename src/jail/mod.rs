@@ -48,6 +48,7 @@ mod creds;
 mod held;
 pub mod ids;
 mod mounts;
+mod spawn;
 mod supervisor;
 pub mod userns;
 
@@ -169,13 +170,8 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
     // The pid namespace is the child's (the caller's process stays outside it, in the
     // host's namespaces, to supervise); the others are made by the child itself, so the
     // supervisor keeps the host's mounts.
-    // SAFETY: unshare takes flags only; the process is single-threaded (checked above).
-    let ret = unsafe { libc::unshare(libc::CLONE_NEWPID) };
-    check(ret, "unshare the pid namespace")?;
     let handshake = supervisor::Handshake::new()?;
-    // SAFETY: single-threaded, so the child may run any code after the fork.
-    let pid = check(unsafe { libc::fork() }, "fork the jailed process")?;
-    if pid != 0 {
+    if let spawn::Forked::Parent { pid, in_leaf } = spawn::fork_child(leaf.as_ref())? {
         if !root {
             // The supervisor only waits, forwards signals and removes the folder: it
             // keeps none of the user namespace's capabilities either.
@@ -188,7 +184,7 @@ pub fn enter(config: &JailConfig) -> Result<(), JailError> {
             dir: made_dir.then(|| config.dir.clone()),
             slot_tap: config.slot_tap.clone(),
         };
-        supervisor::supervise(pid, handshake, cleanup);
+        supervisor::supervise(pid, in_leaf, handshake, cleanup);
     }
     let alive = handshake.wait_for_go()?;
     log::debug!("jail: forked, supervisor said go");

@@ -87,10 +87,16 @@ fn remove_slot_tap(tap: &str, lock: &std::path::Path) {
     }
 }
 
-/// Supervise the jailed `child` until it ends, then end the same way.
-pub(super) fn supervise(child: libc::pid_t, handshake: Handshake, cleanup: Cleanup) -> ! {
+/// Supervise the jailed `child` until it ends, then end the same way; first move it
+/// into the cgroup leaf unless it was born there (`in_leaf`).
+pub(super) fn supervise(
+    child: libc::pid_t,
+    in_leaf: bool,
+    handshake: Handshake,
+    cleanup: Cleanup,
+) -> ! {
     drop(handshake.read);
-    if let Some(leaf) = &cleanup.leaf {
+    if let Some(leaf) = cleanup.leaf.as_ref().filter(|_| !in_leaf) {
         if let Err(e) = leaf.add(child) {
             eprintln!("husk: error: {e}");
             // SAFETY: kill and waitpid on our own child, with a valid status pointer.
