@@ -179,9 +179,12 @@ impl Leaf {
 
     /// Remove the leaf; the kernel may need a moment after its last process ended.
     pub(super) fn remove(&self) {
-        for _ in 0..50 {
+        for tries in 1..=50 {
             match std::fs::remove_dir(&self.path) {
-                Ok(()) => return,
+                Ok(()) => {
+                    log::debug!("jail: cgroup leaf removed (try {tries})");
+                    return;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
             }

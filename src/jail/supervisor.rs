@@ -112,9 +112,11 @@ pub(super) fn supervise(
     // A failed write is the child already gone; its status says why.
     drop(go.write_all(b"g"));
     let status = forward_until_exit(child);
+    log::debug!("jail: the child ended");
     // The pipe stays open until here: its end tells a still-running child to go.
     drop(go);
     cleanup.run();
+    log::debug!("jail: cleaned up");
     end_like(status)
 }
 

@@ -128,7 +128,66 @@ pub(super) fn launch(
     };
     // Everything after the spawn: a failure stops the VMM and waits for it, so that
     // nothing it holds (its TAPs, sockets, jail) outlives the failed start.
-    let started = (|| -> Result<_, SandboxError> {
+    let bringup = Bringup {
+        config,
+        paths: &paths,
+        origin,
+        uds,
+        deadline,
+    };
+    match bringup.run(&vm, (&mut loaded, &mut requested)) {
+        Ok(up) => Ok(Launched {
+            vm,
+            conn: up.conn,
+            vm_running: up.vm_running,
+            loaded,
+            requested,
+            answered: up.answered,
+            warm: up.warm,
+            net: up.net,
+        }),
+        Err(e) => {
+            vm.stop();
+            Err(e)
+        }
+    }
+}
+
+/// What follows a VMM's spawn: its TAPs and files handed over, the boot or restore,
+/// the agent reached, told who it is and given its network.
+struct Bringup<'a> {
+    config: &'a SandboxConfig,
+    paths: &'a LaunchPaths<'a>,
+    origin: Origin<'a>,
+    uds: PathBuf,
+    deadline: Instant,
+}
+
+/// What [`Bringup::run`] brought up.
+struct Up {
+    conn: UnixStream,
+    vm_running: Instant,
+    answered: Instant,
+    warm: bool,
+    net: Option<net::HostNet>,
+}
+
+impl Bringup<'_> {
+    /// Bring `vm`'s guest up to an agent that answers. `marks`: when the snapshot was
+    /// read (restores), when the VMM was asked to boot or restore.
+    fn run(
+        self,
+        vm: &VmmProcess,
+        marks: (&mut Option<Instant>, &mut Instant),
+    ) -> Result<Up, SandboxError> {
+        let Self {
+            config,
+            paths,
+            origin,
+            uds,
+            deadline,
+        } = self;
+        let (loaded, requested) = marks;
         if let Some(jail) = vm.jail() {
             if let Some(scratch) = &paths.scratch {
                 jail.hand_over(scratch)?;
@@ -139,7 +198,7 @@ pub(super) fn launch(
                 jail.hand_over(&fs.socket)?;
             }
         }
-        let taps = JailTaps::make(config, &vm)?;
+        let taps = JailTaps::make(config, vm)?;
         let claimed = taps.slot.as_ref().map(JailTap::name);
         let patched;
         let config = match taps.claiming(config) {
@@ -159,7 +218,7 @@ pub(super) fn launch(
                     claimed,
                     paths.fs.clone(),
                 );
-                requested = Instant::now();
+                *requested = Instant::now();
                 vm.start(&vm_config)?;
                 (false, None)
             }
@@ -182,7 +241,7 @@ pub(super) fn launch(
                 log::debug!("launch: image template looked up");
                 vm.record_working_set_into(&dir);
                 let restore = Restore {
-                    vm: &vm,
+                    vm,
                     dir: &dir,
                     expect: &expect,
                     uds: uds.clone(),
@@ -190,7 +249,7 @@ pub(super) fn launch(
                 };
                 (
                     true,
-                    restore.run(config, &paths, (&mut loaded, &mut requested))?,
+                    restore.run(config, paths, (&mut *loaded, &mut *requested))?,
                 )
             }
             Origin::Snapshot(dir) => {
@@ -199,7 +258,7 @@ pub(super) fn launch(
                     ..Expect::default()
                 };
                 let restore = Restore {
-                    vm: &vm,
+                    vm,
                     dir,
                     expect: &expect,
                     uds: uds.clone(),
@@ -207,7 +266,7 @@ pub(super) fn launch(
                 };
                 (
                     true,
-                    restore.run(config, &paths, (&mut loaded, &mut requested))?,
+                    restore.run(config, paths, (&mut *loaded, &mut *requested))?,
                 )
             }
         };
@@ -217,7 +276,7 @@ pub(super) fn launch(
             .then(|| Ok::<_, SandboxError>(net::HostNet::set_up(&vm.tap_names()?, config)?))
             .transpose()?;
         log::debug!("launch: VM running");
-        let mut conn = connect_agent(&vm, &uds, config.boot_timeout)?;
+        let mut conn = connect_agent(vm, &uds, config.boot_timeout)?;
         let answered = Instant::now();
         log::debug!("launch: agent answered");
         let io = |e| SandboxError::Protocol(husk_protocol::ProtocolError::Io(e));
@@ -227,35 +286,25 @@ pub(super) fn launch(
         conn.set_read_timeout(Some(left.max(HANDSHAKE_MIN)))
             .map_err(io)?;
         if warm {
-            identify(&mut conn, config, &paths)
-                .map_err(|e| agent_down(&vm, "take its identity", e))?;
+            identify(&mut conn, config, paths)
+                .map_err(|e| agent_down(vm, "take its identity", e))?;
         }
         if let Some(host_net) = &host_net {
             let mac = mac.map(|m| m.to_string());
             let dns = host_net.dns.clone();
             net::configure_guest(&mut conn, &host_net.link, mac, dns).map_err(|e| match e {
-                net::NetError::Protocol(e) => agent_down(&vm, "configure the network", e),
+                net::NetError::Protocol(e) => agent_down(vm, "configure the network", e),
                 other => other.into(),
             })?;
         }
         conn.set_read_timeout(None).map_err(io)?;
-        Ok((conn, vm_running, answered, warm, host_net))
-    })();
-    match started {
-        Ok((conn, vm_running, answered, warm, net)) => Ok(Launched {
-            vm,
+        Ok(Up {
             conn,
             vm_running,
-            loaded,
-            requested,
             answered,
             warm,
-            net,
-        }),
-        Err(e) => {
-            vm.stop();
-            Err(e)
-        }
+            net: host_net,
+        })
     }
 }
 
