@@ -134,6 +134,7 @@ pub fn run(options: &VmmOptions) -> Result<RunReport, ServeError> {
     // The guest's boot (or restore) is done: its loaders and builders ran once.
     crate::vmm::resident::release_startup_pages();
     let ended = exit.wait();
+    log::debug!("vmm: the VM ended");
     let vm = lock(&controller)
         .take_vm()
         .expect("a VM that started is there until taken");
@@ -147,6 +148,7 @@ pub fn run(options: &VmmOptions) -> Result<RunReport, ServeError> {
         if let Err(e) = report.write(path) {
             log::error!("cannot write the exit report {}: {e}", path.display());
         }
+        log::debug!("vmm: exit report written");
     }
     Ok(run)
 }

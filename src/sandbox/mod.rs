@@ -410,12 +410,15 @@ impl Sandbox {
         if self.containers.load(Ordering::Relaxed) > 0 {
             vm.record_working_set();
         }
+        log::debug!("stop: stopping the VM");
         let report = match self.graceful_stop && self.demux.send(&Message::Shutdown).is_ok() {
             // A guest that does not reset in time is stopped from the host.
             true => vm.wait(Some(SHUTDOWN_TIMEOUT)).unwrap_or_else(|| vm.stop()),
             false => vm.stop(),
         };
+        log::debug!("stop: the VMM ended");
         self.release();
+        log::debug!("stop: released");
         Ok(report)
     }
 

@@ -331,6 +331,7 @@ impl RunningVm {
         let samples = self.shutdown();
         let outcome = classify(cause, warm_flag(&self.memory), &self.console.tail());
         let metrics = self.metrics(ended);
+        log::debug!("vmm: metrics read");
         RunReport {
             outcome,
             metrics,
@@ -358,9 +359,11 @@ impl RunningVm {
                 samples.merge(&s);
             }
         }
+        log::debug!("vmm: vCPUs stopped");
         if let Some(mut devices) = self.device_loop.take() {
             devices.stop();
         }
+        log::debug!("vmm: devices stopped");
         samples
     }
 
