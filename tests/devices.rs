@@ -43,10 +43,12 @@ BOOT="./husk boot --kernel vmlinux --initrd guest.cpio --memory 256 --console co
 CMDLINE="quiet rdinit=/bin/busybox -- sh /guest.sh"
 "#;
 
-/// Host side, last: the console (without the serial line's carriage returns), then what
+/// Host side, last: the console (without the serial line's carriage returns, and
+/// ended by a line break: a VMM killed mid-line leaves its last line open), then what
 /// is left behind.
 const HOST_END: &str = r#"
 tr -d '\r' < console.log
+echo
 echo "husk-processes-left=$(husk_processes)"
 echo "husk-taps-left=$(ls /sys/class/net | grep -c '^husk')"
 "#;
