@@ -112,6 +112,16 @@ HUSK_TEST_VCPU_EXECVE=1 ./husk vmm --no-api --config-file vm.json --console cons
 echo "forbidden-status=$?"
 HUSK_TEST_VCPU_EXECVE=1 ./husk vmm --no-api --no-seccomp --config-file vm.json --console console5.log
 echo "unfiltered-status=$?"
+# boot_jailed P DIR: configure and start, through the API at $SOCK (calls named P...),
+# the guest with DIR/data.img as its drive; true once it counts.
+boot_jailed() {
+    n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done
+    call "${1}machine" PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+    call "${1}boot" PUT /boot-source "{\"kernel_image_path\": \"$PWD/vmlinux\", \"initrd_path\": \"$PWD/guest.cpio\", \"boot_args\": \"quiet rdinit=/bin/busybox -- sh /guest.sh\"}"
+    call "${1}drive" PUT /drives/data "{\"drive_id\": \"data\", \"path_on_host\": \"$PWD/$2/data.img\", \"is_root_device\": false, \"is_read_only\": false}"
+    call "${1}start" PUT /actions '{"action_type": "InstanceStart"}'
+    wait_for "$2/console.log" 'count=5'
+}
 # A jailed VMM: its files bound at their paths, the API socket's folder writable by
 # the jail's uid; its limits in a cgroup of its own. Then kill -9 of it.
 mkdir jrun && cp data.img jrun/data.img && chown -R 1000:1000 jrun
@@ -120,12 +130,7 @@ HUSK_DEBUG=1 ./husk vmm --api-sock "$SOCK" --console "$PWD/jrun/console.log" --i
     --jail /tmp/husk-jail --uid 1000 --gid 1001 --bind "$PWD/vmlinux" --bind "$PWD/guest.cpio" \
     --bind "$PWD/jrun:rw" --cgroup pids.max=64 --cgroup memory.max=512M 2> jvmm.err &
 jsup=$!
-n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done
-call jmachine PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
-call jboot PUT /boot-source "{\"kernel_image_path\": \"$PWD/vmlinux\", \"initrd_path\": \"$PWD/guest.cpio\", \"boot_args\": \"quiet rdinit=/bin/busybox -- sh /guest.sh\"}"
-call jdrive PUT /drives/data "{\"drive_id\": \"data\", \"path_on_host\": \"$PWD/jrun/data.img\", \"is_root_device\": false, \"is_read_only\": false}"
-call jstart PUT /actions '{"action_type": "InstanceStart"}'
-wait_for jrun/console.log 'count=5' && echo "jail-guest-counting=yes"
+boot_jailed j jrun && echo "jail-guest-counting=yes""
 jvmm=$(cat /proc/$jsup/task/$jsup/children | tr -d ' ')
 st=/proc/$jvmm/status
 echo "jail-ids=$(awk '/^Uid:/{print $2}' $st):$(awk '/^Gid:/{print $2}' $st)"
@@ -154,12 +159,7 @@ mkdir -p /nr prun && cp data.img prun/data.img && chown -R 1000:1000 prun
 SOCK=$PWD/prun/api.sock
 HUSK_DEBUG=1 unshare -m sh -c "mount --make-rprivate / && mount --rbind / /nr && exec chroot /nr sh -c 'cd $PWD && exec ./husk vmm --api-sock $SOCK --console $PWD/prun/console.log --id pivoted --jail /tmp/husk-pjail --uid 1000 --gid 1000 --bind $PWD/vmlinux --bind $PWD/guest.cpio --bind $PWD/prun:rw'" 2> pvmm.err &
 psup=$!
-n=0; until [ -S "$SOCK" ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done
-call pmachine PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
-call pboot PUT /boot-source "{\"kernel_image_path\": \"$PWD/vmlinux\", \"initrd_path\": \"$PWD/guest.cpio\", \"boot_args\": \"quiet rdinit=/bin/busybox -- sh /guest.sh\"}"
-call pdrive PUT /drives/data "{\"drive_id\": \"data\", \"path_on_host\": \"$PWD/prun/data.img\", \"is_root_device\": false, \"is_read_only\": false}"
-call pstart PUT /actions '{"action_type": "InstanceStart"}'
-wait_for prun/console.log 'count=5' && echo "pivot-guest-counting=yes"
+boot_jailed p prun && echo "pivot-guest-counting=yes"
 pvmm=$(cat /proc/$psup/task/$psup/children | tr -d ' ')
 echo "pivot-root=$(ls -A /proc/$pvmm/root | tr '\n' ' ')"
 echo "pivot-way=$(grep -o 'jail: pivoted into\|jail: moved onto /' pvmm.err | head -1)"
