@@ -130,7 +130,7 @@ HUSK_DEBUG=1 ./husk vmm --api-sock "$SOCK" --console "$PWD/jrun/console.log" --i
     --jail /tmp/husk-jail --uid 1000 --gid 1001 --bind "$PWD/vmlinux" --bind "$PWD/guest.cpio" \
     --bind "$PWD/jrun:rw" --cgroup pids.max=64 --cgroup memory.max=512M 2> jvmm.err &
 jsup=$!
-boot_jailed j jrun && echo "jail-guest-counting=yes""
+boot_jailed j jrun && echo "jail-guest-counting=yes"
 jvmm=$(cat /proc/$jsup/task/$jsup/children | tr -d ' ')
 st=/proc/$jvmm/status
 echo "jail-ids=$(awk '/^Uid:/{print $2}' $st):$(awk '/^Gid:/{print $2}' $st)"
