@@ -4,9 +4,10 @@
 //! same work directly (file I/O, loopback TCP) as the upper bound; and husk's VM exits
 //! per MiB moved; and small requests next to them: 512-byte O_DIRECT reads and writes
 //! per second on blk, 64-byte round trips per second (to an echo in the guest) on vsock
-//! and net. Then each workload again in `husk vmm --config-file` (the process sandboxes
-//! run their VM in) with its syscall filters and with `--no-seccomp`: what the filters
-//! cost. Prints numbers and ratios; asserts nothing about time.
+//! and net. husk is `husk vmm --config-file`, the process sandboxes run their VM in,
+//! with its syscall filters; beside it, interleaved in the same rounds, the same with
+//! `--no-seccomp` (what the filters cost) and `husk boot` (the VM in the caller's own
+//! process). Prints numbers and ratios; asserts nothing about time.
 //!
 //! Like `benches/boot.rs`, it re-runs itself with `--inner` inside the KVM test host
 //! when this machine has no usable hardware KVM. Inside, `husk-guest-tool` moves the
@@ -18,7 +19,7 @@
 //! default all: `HUSK_BENCH_ONLY=vsock` iterates on one family in a third of the time),
 //! `HUSK_BENCH_SECCOMP` (`0` skips the seccomp on/off comparison; default `1`),
 //! `HUSK_BENCH_BASELINE` (path of another `husk` binary, e.g. one built from `main`:
-//! it runs as a third VMM, interleaved with the others, and gets a table of its own, so
+//! it runs as one more VMM, interleaved with the others, and gets a table of its own, so
 //! a change is measured against its base in one test-host boot), `HUSK_TEST_HOST`
 //! (auto|always|never).
 #![allow(missing_docs)]
@@ -200,7 +201,7 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
     let size = format!("{mib}M");
     let mut host: Option<Child> = None;
     let client: Option<Vec<String>> = match (workload, vmm) {
-        ("vsock", Vmm::Husk | Vmm::HuskBase | Vmm::HuskProcess { .. }) => {
+        ("vsock", vmm) if vmm.is_husk() => {
             Some(["uds-connect", "v.sock", "5000"].map(String::from).to_vec())
         }
         ("vsock", Vmm::Qemu) => Some(["vsock-connect", "3", "5000"].map(String::from).to_vec()),
@@ -267,9 +268,7 @@ const RR_KEY: &str = "64 B round trips/s";
 /// 7003), once the stream is done.
 fn round_trips(vmm: Vmm, workload: &str) -> Values {
     let args: &[&str] = match (workload, vmm) {
-        ("vsock", Vmm::Husk | Vmm::HuskBase | Vmm::HuskProcess { .. }) => {
-            &["uds-connect", "v.sock", "5001"]
-        }
+        ("vsock", vmm) if vmm.is_husk() => &["uds-connect", "v.sock", "5001"],
         ("vsock", Vmm::Qemu) => &["vsock-connect", "3", "5001"],
         _ => &["tcp-connect", "10.0.2.15", "7003"],
     };
@@ -318,14 +317,13 @@ fn inner(args: &[String]) {
         panic!("usage: bench --inner ROUNDS MIB FAMILIES SECCOMP");
     };
     let families: Vec<&str> = only.split(',').map(str::trim).collect();
-    let with_seccomp = seccomp != "0";
-    let with_base = std::path::Path::new("husk-base").exists();
     let rounds: usize = rounds.parse().expect("rounds is a number");
     let mib: u64 = mib.parse().expect("MiB is a number");
     let vhost = setup(mib);
     println!(
         "# device benchmark: {rounds} round(s), {mib} MiB per direction, 1 vCPU, 256 MiB guest"
     );
+    println!("# husk = `husk vmm --config-file`, the process a sandbox's VM runs in, filters on");
     println!("# host = the same tool in the test host directly: file I/O on its RAM-backed");
     println!("#   root filesystem for blk, loopback TCP for vsock and net (no VM in the path)");
     println!("# exits = KVM_RUN returns to husk (MMIO, port I/O); ioeventfd kicks stay in KVM");
@@ -334,86 +332,87 @@ fn inner(args: &[String]) {
         .collect();
     let idle_exits = median(idle);
     println!("# husk exits of a boot without workload (baseline): {idle_exits:.0}");
+    // Every VMM of a round, in an order that turns each round so that none always
+    // runs first or right after the same other one (a change measured against its
+    // base in one fixed order met a bias of its own).
+    let mut vmms = vec![Vmm::Husk, Vmm::HuskBoot];
+    if std::path::Path::new("husk-base").exists() {
+        vmms.push(Vmm::HuskBase);
+    }
+    if seccomp != "0" {
+        vmms.push(Vmm::HuskUnfiltered);
+    }
     for workload in ["blk", "vsock", "net"] {
         if !families.contains(&workload) {
             continue;
         }
-        let with_qemu = workload != "vsock" || vhost;
-        let mut husk = Vec::new();
-        let mut base = Vec::new();
-        let mut qemu = Vec::new();
+        let mut these = vmms.clone();
+        if workload != "vsock" || vhost {
+            these.push(Vmm::Qemu);
+        }
+        let mut runs: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
         let mut bound = Vec::new();
         for round in 0..rounds {
-            // Alternate the order so neither VMM always runs on a warm cache.
-            if round % 2 == 1 && with_qemu {
-                qemu.push(run_workload(Vmm::Qemu, workload, mib));
-            }
-            // The baseline binary alternates with husk too: in one order only, a
-            // change measured against its base met a bias of its own.
-            if round % 2 == 1 && with_base {
-                base.push(run_workload(Vmm::HuskBase, workload, mib));
-            }
-            husk.push(run_workload(Vmm::Husk, workload, mib));
-            if round % 2 == 0 && with_base {
-                base.push(run_workload(Vmm::HuskBase, workload, mib));
-            }
-            if round % 2 == 0 && with_qemu {
-                qemu.push(run_workload(Vmm::Qemu, workload, mib));
+            let mut order = these.clone();
+            order.rotate_left(round % these.len());
+            for vmm in order {
+                let figures = run_workload(vmm, workload, mib);
+                let each: Vec<String> =
+                    figures.iter().map(|(k, v)| format!("{k}={v:.1}")).collect();
+                println!(
+                    "# round {round} {workload} {}: {}",
+                    vmm.label(),
+                    each.join(", ")
+                );
+                runs.entry(vmm.label()).or_default().push(figures);
             }
             bound.push(upper_bound(workload, mib));
         }
-        report(workload, mib, &husk, &qemu, &bound, idle_exits);
-        if with_base {
-            report(
-                &format!("{workload} BASELINE"),
-                mib,
-                &base,
-                &qemu,
-                &bound,
-                idle_exits,
-            );
-        }
-        if !with_seccomp {
-            continue;
-        }
-        let (mut filtered, mut unfiltered) = (Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let order = if round % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            for seccomp in order {
-                let figures = run_workload(Vmm::HuskProcess { seccomp }, workload, mib);
-                if seccomp {
-                    &mut filtered
-                } else {
-                    &mut unfiltered
-                }
-                .push(figures);
+        let none = Vec::new();
+        let husk = runs.get(Vmm::Husk.label()).unwrap_or(&none);
+        let qemu = runs.get(Vmm::Qemu.label()).unwrap_or(&none);
+        report(workload, mib, husk, qemu, &bound, idle_exits);
+        for other in [Vmm::HuskBoot, Vmm::HuskBase, Vmm::HuskUnfiltered] {
+            if let Some(figures) = runs.get(other.label()) {
+                report_beside(workload, other.label(), husk, figures, qemu);
             }
         }
-        report_seccomp(workload, &filtered, &unfiltered);
     }
     // On a hardware KVM machine this ran in a temp dir on the real host: remove the TAP.
     sh("tunctl -d hb0 > /dev/null");
 }
 
-/// The syscall filters' cost: the same workload in `husk vmm` with and without them.
-fn report_seccomp(workload: &str, filtered: &[Figures], unfiltered: &[Figures]) {
+/// Another husk beside the main column: its medians, against QEMU's, and husk's
+/// against it (with `no-seccomp`, what the filters cost: on/off).
+fn report_beside(
+    workload: &str,
+    label: &str,
+    husk: &[Figures],
+    other: &[Figures],
+    qemu: &[Figures],
+) {
     println!(
-        "{:<28} {:>10} {:>10} {:>11}   (husk vmm --config-file, seccomp on / off)",
-        format!("{workload} with seccomp"),
-        "on",
-        "off",
-        "on/off"
+        "{:<28} {:>10} {:>10} {:>11} {:>11}",
+        format!("{workload}: {label}"),
+        label,
+        "qemu",
+        format!("{label}/qemu"),
+        format!("husk/{label}")
     );
-    let keys: Vec<&str> = filtered
+    let keys: Vec<&str> = other
         .first()
         .map_or(Vec::new(), |f| f.keys().copied().collect());
     for key in keys.into_iter().filter(|k| *k != "exits") {
-        let (on, off) = (median_of(filtered, key), median_of(unfiltered, key));
-        println!("{key:<28} {on:>10.1} {off:>10.1} {:>11.2}", on / off);
+        let (h, o, q) = (
+            median_of(husk, key),
+            median_of(other, key),
+            median_of(qemu, key),
+        );
+        println!(
+            "{key:<28} {o:>10.1} {q:>10.1} {:>11.2} {:>11.2}",
+            o / q,
+            h / o
+        );
     }
 }
 

@@ -53,15 +53,36 @@ pub(crate) fn host_tool(args: &[&str]) -> Values {
 /// The VMM under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Vmm {
-    /// husk itself (`husk boot`: the VM in the command's process, no syscall filters).
+    /// husk as sandboxes run it: `husk vmm --no-api --config-file`, a process of its own
+    /// for the VM, with its syscall filters.
     Husk,
-    /// The same with the baseline binary `husk-base` (`HUSK_BENCH_BASELINE`).
+    /// The same without the filters (`--no-seccomp`): what they cost.
+    HuskUnfiltered,
+    /// The same as `Husk` with the baseline binary `husk-base` (`HUSK_BENCH_BASELINE`).
     HuskBase,
-    /// `husk vmm --no-api --config-file`, the process sandboxes use, with its syscall
-    /// filters or without them (`--no-seccomp`).
-    HuskProcess { seccomp: bool },
+    /// `husk boot`: the VM in the command's own process, no filters (what a library
+    /// caller of `husk::vmm::start` gets).
+    HuskBoot,
     /// QEMU `microvm`.
     Qemu,
+}
+
+impl Vmm {
+    /// Its column's name in the report.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Vmm::Husk => "husk",
+            Vmm::HuskUnfiltered => "no-seccomp",
+            Vmm::HuskBase => "baseline",
+            Vmm::HuskBoot => "husk boot",
+            Vmm::Qemu => "qemu",
+        }
+    }
+
+    /// Whether its vsock is husk's (a Unix socket) rather than QEMU's vhost-vsock.
+    pub(crate) fn is_husk(self) -> bool {
+        self != Vmm::Qemu
+    }
 }
 
 /// `vm.json` for `husk vmm --config-file`: the VM `husk boot` gets from the options
@@ -130,21 +151,16 @@ pub(crate) fn boot_vmm(vmm: Vmm, workload: &str, mib: u64) -> RunningVm {
     ];
     let mut cmd = Command::new("timeout");
     match vmm {
-        Vmm::Husk | Vmm::HuskBase => {
+        Vmm::HuskBoot => {
             let device: &[&str] = match workload {
                 "blk" => &["--disk", "path=disk.img"],
                 "net" => &["--net", "tap=hb0,mac=52:54:00:12:34:56"],
                 "vsock" => &["--vsock", "cid=3,uds=v.sock"],
                 _ => &[],
             };
-            let binary = if vmm == Vmm::Husk {
-                "./husk"
-            } else {
-                "./husk-base"
-            };
             cmd.args([
                 "600",
-                binary,
+                "./husk",
                 "boot",
                 "--no-rng",
                 "--timings",
@@ -153,18 +169,16 @@ pub(crate) fn boot_vmm(vmm: Vmm, workload: &str, mib: u64) -> RunningVm {
             .args(common)
             .args(device);
         }
-        Vmm::HuskProcess { seccomp } => {
+        Vmm::Husk | Vmm::HuskUnfiltered | Vmm::HuskBase => {
             write_vmm_config(workload, &cmdline);
-            cmd.args([
-                "600",
-                "./husk",
-                "vmm",
-                "--no-api",
-                "--config-file",
-                "vm.json",
-            ])
-            .args(["--console", "console.log", "--exit-report", "exit.json"]);
-            if !seccomp {
+            let binary = if vmm == Vmm::HuskBase {
+                "./husk-base"
+            } else {
+                "./husk"
+            };
+            cmd.args(["600", binary, "vmm", "--no-api", "--config-file", "vm.json"])
+                .args(["--console", "console.log", "--exit-report", "exit.json"]);
+            if vmm == Vmm::HuskUnfiltered {
                 cmd.arg("--no-seccomp");
             }
         }
@@ -212,8 +226,8 @@ impl RunningVm {
     /// exit report of `husk vmm`).
     pub(crate) fn exits(&self) -> Option<f64> {
         let file = match self.vmm {
-            Vmm::HuskProcess { .. } => "exit.json",
-            _ => "timings.json",
+            Vmm::HuskBoot => "timings.json",
+            _ => "exit.json",
         };
         let text = std::fs::read_to_string(file).ok()?;
         let mut json: serde_json::Value = serde_json::from_str(&text).ok()?;

@@ -104,7 +104,11 @@ pub fn prepare(root: &Path) -> Result<PathBuf, CgroupError> {
     }
     if !parent.exists() {
         enable_controllers(root)?;
-        fs::create_dir(&parent).map_err(io_err(&parent))?;
+        // Another thread of a test process may have made it since the check.
+        match fs::create_dir(&parent) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            made => made.map_err(io_err(&parent))?,
+        }
     }
     enable_controllers(&parent)?;
     // The agent has one root; a test process may use several, each prepared each time.
