@@ -5,6 +5,11 @@
 //! per queue, so the data path never exits to a VMM thread. Every device is also an
 //! event-manager subscriber; one thread runs the loop until the VM stops.
 
+#![allow(
+    unsafe_code,
+    reason = "mapping a register page into the guest is an unsafe ioctl"
+)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
@@ -112,6 +117,12 @@ impl VirtioDevices {
         let info = self.manager.attach(mem.clone(), dev)?;
         let base = info.slot.base;
         bus.insert(info.transport.clone(), base, info.slot.len)?;
+        let host = info
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register_page_address();
+        self.pending.push(Registration::Window { base, host });
         self.transports.push(info.transport.clone());
         let gsi = info.slot.irq;
         self.pending.push(Registration::Irq {
@@ -137,8 +148,11 @@ impl VirtioDevices {
         &self.taps
     }
 
-    /// Give KVM every device's irqfd and queue ioeventfds.
+    /// Give KVM every device's irqfd and queue ioeventfds, and map each slot's
+    /// register page read-only over its window where KVM can (see [`windows`]).
     pub fn register(&self, vm: &VmFd) -> Result<(), DeviceError> {
+        let windows = windows(vm);
+        let mut slot = WINDOW_SLOTS;
         for reg in &self.pending {
             let (what, base, result) = match reg {
                 Registration::Irq { fd, gsi, base } => ("irqfd", base, vm.register_irqfd(fd, *gsi)),
@@ -153,6 +167,15 @@ impl VirtioDevices {
                         "ioeventfd",
                         base,
                         vm.register_ioevent(fd, &addr, *datamatch),
+                    )
+                }
+                Registration::Window { .. } if !windows => continue,
+                Registration::Window { base, host } => {
+                    slot += 1;
+                    (
+                        "register page",
+                        base,
+                        map_window(vm, slot - 1, *base, *host),
                     )
                 }
             };
@@ -238,6 +261,37 @@ enum Registration {
         datamatch: u32,
         base: u64,
     },
+    /// A slot's register page (`host`) to map over its window at `base`.
+    Window { base: u64, host: u64 },
+}
+
+/// KVM memory slots of the register pages start here (guest RAM takes 0 and 1).
+const WINDOW_SLOTS: u32 = 16;
+
+/// Whether the register pages are mapped into the guest: KVM must offer read-only
+/// memory slots (`KVM_CAP_READONLY_MEM`, x86 since Linux 3.16), and
+/// `HUSK_MMIO_WINDOW=0` in the environment turns it off (every register read then exits
+/// to husk, as before; for measuring the difference).
+fn windows(vm: &VmFd) -> bool {
+    let wanted = std::env::var_os("HUSK_MMIO_WINDOW").is_none_or(|v| v != "0");
+    wanted && vm.check_extension(kvm_ioctls::Cap::ReadonlyMem)
+}
+
+/// Map the register page at `host` read-only at guest address `base`, in KVM slot
+/// `slot`: reads are served from it, writes exit as MMIO (or hit an ioeventfd).
+fn map_window(vm: &VmFd, slot: u32, base: u64, host: u64) -> Result<(), kvm_ioctls::Error> {
+    let region = kvm_bindings::kvm_userspace_memory_region {
+        slot,
+        guest_phys_addr: base,
+        memory_size: crate::devices::virtio::register_page::PAGE_SIZE as u64,
+        userspace_addr: host,
+        flags: kvm_bindings::KVM_MEM_READONLY,
+    };
+    // SAFETY: `host` is the page-aligned mapping of a slot's `RegisterPage`, one page
+    // long. The page belongs to the slot's interrupt, which the transport on the MMIO
+    // bus holds; every vCPU thread holds the bus, so the mapping outlives every
+    // KVM_RUN that could read it. The slot is read-only: the guest never writes it.
+    unsafe { vm.set_user_memory_region(region) }
 }
 
 /// Create every device `config` asks for and put it on `bus`; KVM learns of them later,

@@ -7,6 +7,7 @@
 //! guest memory, when the driver sets DRIVER_OK; a bad configuration then sets
 //! DEVICE_NEEDS_RESET instead of activating the device.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
+use super::register_page::PAGE_SIZE;
 use super::{feature, Interrupt, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
+use super::{INTERRUPT_STATUS_OFFSET, STATUS_OFFSET};
 use crate::devices::bus::BusDevice;
 
 /// "virt" in little endian.
@@ -31,6 +34,8 @@ pub const VENDOR_ID: u32 = 0x4b53_5548;
 pub const CONFIG_OFFSET: u64 = 0x100;
 /// Offset of QueueNotify, where the lead registers the per-queue ioeventfds.
 pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+/// Offset of InterruptACK.
+const INTERRUPT_ACK_OFFSET: u64 = 0x64;
 
 /// Errors creating a transport.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +135,7 @@ impl MmioTransport {
                 ..Default::default()
             })
             .collect();
-        Ok(Self {
+        let transport = Self {
             device,
             mem,
             interrupt,
@@ -142,7 +147,37 @@ impl MmioTransport {
             activated: false,
             device_type,
             warned: false,
-        })
+        };
+        transport.render();
+        Ok(transport)
+    }
+
+    /// Write every register the driver may read, and the configuration space, into
+    /// the slot's register page (see `register_page`), but InterruptStatus, which the
+    /// interrupt keeps there itself. Called after each change of the registers but
+    /// notifications and acknowledgements, which change nothing here.
+    pub(super) fn render(&self) {
+        let page = self.interrupt.page();
+        for offset in (0..CONFIG_OFFSET).step_by(4) {
+            if offset != INTERRUPT_STATUS_OFFSET {
+                page.store(offset, self.read_register(offset));
+            }
+        }
+        // A device that breaks meanwhile sets its flag, then the bit in the page: it
+        // either finds our store done, or we find its flag here.
+        if self.interrupt.needs_reset() {
+            page.word(STATUS_OFFSET)
+                .map(|w| w.fetch_or(VIRTIO_CONFIG_S_NEEDS_RESET, Ordering::SeqCst));
+        }
+        let mut config = [0u8; PAGE_SIZE - CONFIG_OFFSET as usize];
+        self.dev().read_config(0, &mut config);
+        page.store_bytes(CONFIG_OFFSET, &config);
+    }
+
+    /// The host address of the register page, to map read-only over this slot's
+    /// window (`KVM_MEM_READONLY`): the guest then reads registers without an exit.
+    pub fn register_page_address(&self) -> u64 {
+        self.interrupt.page().host_address()
     }
 
     /// One notify eventfd per queue: register each as an ioeventfd at
@@ -174,6 +209,7 @@ impl MmioTransport {
     /// Tell the driver the configuration changed (new generation + config interrupt).
     pub fn notify_config_change(&mut self) {
         self.state.config_generation = self.state.config_generation.wrapping_add(1);
+        self.render();
         if let Err(e) = self.interrupt.signal_config_change() {
             log::warn!("virtio-mmio type {}: {e}", self.device_type);
         }
@@ -217,7 +253,7 @@ impl MmioTransport {
             },
             0x34 => q.map_or(0, |q| u32::from(q.max_size)),
             0x44 => q.map_or(0, |q| u32::from(q.ready)),
-            0x60 => self.interrupt.status(),
+            INTERRUPT_STATUS_OFFSET => self.interrupt.status(),
             0x70 => self.status(),
             // No shared memory regions: their length reads as -1 (virtio 1.2 §4.2.2).
             0xb0 | 0xb4 => u32::MAX,
@@ -233,8 +269,8 @@ impl MmioTransport {
             0x24 => self.state.driver_features_sel = v,
             0x30 => self.state.queue_sel = v,
             0x38 | 0x44 | 0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => self.write_queue(offset, v),
-            0x50 => self.notify_queue(v),
-            0x64 => self.interrupt.ack(v),
+            QUEUE_NOTIFY_OFFSET => self.notify_queue(v),
+            INTERRUPT_ACK_OFFSET => self.interrupt.ack(v),
             0x70 => self.write_status(v),
             _ => log::debug!("virtio-mmio: write to {offset:#x} ignored"),
         }
@@ -418,13 +454,16 @@ impl MmioTransport {
 }
 
 impl BusDevice for MmioTransport {
+    /// Reads come from the register page, as the guest's own reads do when the page
+    /// is mapped over the window.
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let page = self.interrupt.page();
         if offset >= CONFIG_OFFSET {
-            self.dev().read_config(offset - CONFIG_OFFSET, data);
+            page.load_bytes(offset, data);
             return;
         }
         match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(out) if offset.is_multiple_of(4) => *out = self.read_register(offset).to_le_bytes(),
+            Ok(out) if offset.is_multiple_of(4) => *out = page.load(offset).to_le_bytes(),
             _ => {
                 log::debug!("virtio-mmio: bad register read {offset:#x}/{}", data.len());
                 data.fill(0);
@@ -435,10 +474,18 @@ impl BusDevice for MmioTransport {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_OFFSET {
             self.dev().write_config(offset - CONFIG_OFFSET, data);
+            self.render();
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(v) if offset.is_multiple_of(4) => self.write_register(offset, u32::from_le_bytes(v)),
+            Ok(v) if offset.is_multiple_of(4) => {
+                self.write_register(offset, u32::from_le_bytes(v));
+                // A notification or an acknowledgement (the data path) changes no
+                // register the page holds but InterruptStatus, kept by the interrupt.
+                if offset != QUEUE_NOTIFY_OFFSET && offset != INTERRUPT_ACK_OFFSET {
+                    self.render();
+                }
+            }
             _ => log::debug!("virtio-mmio: bad register write {offset:#x}/{}", data.len()),
         }
     }

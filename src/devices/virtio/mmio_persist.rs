@@ -48,6 +48,7 @@ impl MmioTransport {
         }
         self.state = saved.mmio.clone();
         self.dev().set_acked_features(saved.mmio.acked_features);
+        self.render();
         if saved.activated {
             self.activate_saved(slot, saved)?;
             if self.dev().after_restore(&saved.device) {

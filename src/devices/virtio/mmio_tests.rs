@@ -25,7 +25,9 @@ impl VirtioDevice for Dummy {
         self.acked = features;
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(offset as u8 + 0x10);
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (offset as usize + i) as u8 + 0x10;
+        }
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     fn describe(&self) -> String {
@@ -289,7 +291,7 @@ fn config_space_reads_reach_device() {
     let (mut t, _) = transport();
     let mut b = [0u8; 2];
     t.read(0x102, &mut b);
-    assert_eq!(b, [0x12, 0x12]);
+    assert_eq!(b, [0x12, 0x13]);
 }
 
 #[test]

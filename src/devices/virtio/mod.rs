@@ -28,6 +28,7 @@ pub mod mmio;
 pub mod net;
 pub mod persist;
 pub mod queues;
+pub mod register_page;
 pub mod rng;
 pub mod vsock;
 
@@ -38,6 +39,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use crate::devices::rate_limiter::{LimiterKind, RateLimiterConfig, RateLimiterError};
+use register_page::RegisterPage;
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 /// Virtio device id of a network card (virtio 1.2 §5).
@@ -60,6 +62,8 @@ pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 pub const INT_VRING: u32 = 1;
 /// Interrupt status bit: the configuration (or device status) changed.
 pub const INT_CONFIG: u32 = 2;
+/// Device status bit DEVICE_NEEDS_RESET (virtio 1.2 §2.1).
+const NEEDS_RESET: u32 = virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
 
 /// Answer a driver's read of `data.len()` bytes at `offset` of a device configuration
 /// space whose contents are `config`; bytes past its end read as zero.
@@ -83,6 +87,9 @@ pub enum VirtioError {
     /// An eventfd could not be created.
     #[error("cannot create eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The page of a slot's registers could not be mapped.
+    #[error("cannot map a page for a device's registers")]
+    RegisterPage(#[source] std::io::Error),
     /// The irqfd could not be signalled.
     #[error("cannot signal irqfd")]
     Signal(#[source] std::io::Error),
@@ -112,25 +119,38 @@ pub enum VirtioError {
 /// The [`EventFd`] lives as long as the transport, so the lead registers it once with
 /// `register_irqfd`. The "needs reset" flag is how a device that found the guest
 /// misbehaving reports DEVICE_NEEDS_RESET to its transport (virtio 1.2 §2.1.2).
+/// InterruptStatus lives in the slot's [`RegisterPage`], where the guest may read it
+/// without a VM exit, and a broken device sets DEVICE_NEEDS_RESET there too.
 #[derive(Debug)]
 pub struct Interrupt {
-    status: AtomicU32,
+    page: RegisterPage,
     needs_reset: AtomicBool,
     evt: EventFd,
 }
 
+/// InterruptStatus in the register window (virtio 1.2 §4.2.2).
+pub const INTERRUPT_STATUS_OFFSET: u64 = 0x60;
+/// Status in the register window.
+pub const STATUS_OFFSET: u64 = 0x70;
+
 impl Interrupt {
-    /// A fresh interrupt with a non-blocking irqfd.
+    /// A fresh interrupt with a non-blocking irqfd and a zeroed register page.
     pub fn new() -> Result<Self, VirtioError> {
         Ok(Self {
-            status: AtomicU32::new(0),
+            page: RegisterPage::new().map_err(VirtioError::RegisterPage)?,
             needs_reset: AtomicBool::new(false),
             evt: EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(VirtioError::EventFd)?,
         })
     }
 
+    fn status_word(&self) -> Option<&AtomicU32> {
+        self.page.word(INTERRUPT_STATUS_OFFSET)
+    }
+
     fn raise(&self, bit: u32) -> Result<(), VirtioError> {
-        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Some(status) = self.status_word() {
+            status.fetch_or(bit, Ordering::SeqCst);
+        }
         self.evt.write(1).map_err(VirtioError::Signal)
     }
 
@@ -154,7 +174,12 @@ impl Interrupt {
 
     /// Mark the device broken: the transport then reports DEVICE_NEEDS_RESET.
     pub fn set_needs_reset(&self) {
+        // The flag first: a transport that stores Status without the bit looks at the
+        // flag after its store (see `MmioTransport::render`), so one of the two sets it.
         self.needs_reset.store(true, Ordering::SeqCst);
+        if let Some(status) = self.page.word(STATUS_OFFSET) {
+            status.fetch_or(NEEDS_RESET, Ordering::SeqCst);
+        }
         if let Err(e) = self.signal_config_change() {
             log::warn!("virtio: {e}");
         }
@@ -167,23 +192,30 @@ impl Interrupt {
 
     /// The InterruptStatus register.
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        self.status_word().map_or(0, |s| s.load(Ordering::SeqCst))
     }
 
     /// Clear the bits the guest wrote to InterruptACK.
     pub fn ack(&self, bits: u32) {
-        self.status.fetch_and(!bits, Ordering::SeqCst);
+        if let Some(status) = self.status_word() {
+            status.fetch_and(!bits, Ordering::SeqCst);
+        }
     }
 
     /// Clear status and the needs-reset flag (device reset).
     pub fn reset(&self) {
-        self.status.store(0, Ordering::SeqCst);
         self.needs_reset.store(false, Ordering::SeqCst);
+        self.page.store(INTERRUPT_STATUS_OFFSET, 0);
     }
 
     /// The irqfd to register with KVM (`register_irqfd`).
     pub fn eventfd(&self) -> &EventFd {
         &self.evt
+    }
+
+    /// The slot's register page (see [`RegisterPage`]).
+    pub fn page(&self) -> &RegisterPage {
+        &self.page
     }
 }
 
