@@ -20,8 +20,9 @@
 //! `HUSK_BENCH_SECCOMP` (`0` skips the seccomp on/off comparison; default `1`),
 //! `HUSK_BENCH_BASELINE` (path of another `husk` binary, e.g. one built from `main`:
 //! it runs as one more VMM, interleaved with the others, and gets a table of its own, so
-//! a change is measured against its base in one test-host boot), `HUSK_TEST_HOST`
-//! (auto|always|never).
+//! a change is measured against its base in one test-host boot; a script that runs
+//! `./husk` with an environment of its own, such as `HUSK_MMIO_WINDOW=0`, measures a
+//! switch of the same binary), `HUSK_TEST_HOST` (auto|always|never).
 #![allow(missing_docs)]
 
 #[path = "common/mod.rs"]
