@@ -7,7 +7,13 @@
 //! and net. husk is `husk vmm --config-file`, the process sandboxes run their VM in,
 //! with its syscall filters; beside it, interleaved in the same rounds, the same with
 //! `--no-seccomp` (what the filters cost) and `husk boot` (the VM in the caller's own
-//! process). Prints numbers and ratios; asserts nothing about time.
+//! process). Beside each ratio of medians, the median of each round's own ratio (a
+//! round's runs follow each other; drift of the test host between rounds cancels out).
+//! And for husk and QEMU alike, KVM's own counters of the VM over each phase
+//! (`devices/kvm_stats.rs`): exits, interrupts injected, second-level page faults,
+//! halts and the share of time the vCPU was halted (the guest waiting for the host
+//! side), with the VMM process's page faults and the host's idle share, per MiB or per
+//! round trip. Prints numbers and ratios; asserts nothing about time.
 //!
 //! Like `benches/boot.rs`, it re-runs itself with `--inner` inside the KVM test host
 //! when this machine has no usable hardware KVM. Inside, `husk-guest-tool` moves the
@@ -31,9 +37,16 @@ use common::{env_or, hardware_kvm, median};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::time::Instant;
 
+#[path = "devices/kvm_stats.rs"]
+mod kvm_stats;
+#[path = "devices/report.rs"]
+mod report;
+use report::{report, report_beside, Figures, KVM_ROW};
 #[path = "devices/support.rs"]
 mod support;
+use kvm_stats::{phase, Sampler, Samples};
 use support::{boot_vmm, finish_host_tool, host_tool, sh, spawn_host_tool, Values, Vmm};
 
 fn main() {
@@ -190,15 +203,12 @@ fn setup(mib: u64) -> bool {
     vhost
 }
 
-/// One workload's figures for one VMM (or the host), by name, in MiB/s; plus the exits.
-type Figures = BTreeMap<&'static str, f64>;
-
 fn mibps(v: &Values, key: &str) -> f64 {
     v.get(key).and_then(|s| s.parse().ok()).unwrap_or(f64::NAN)
 }
 
 /// Runs one workload in one VMM and returns its figures.
-fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
+fn run_workload(vmm: Vmm, workload: &str, mib: u64, kvm: bool) -> Figures {
     let size = format!("{mib}M");
     let mut host: Option<Child> = None;
     let client: Option<Vec<String>> = match (workload, vmm) {
@@ -216,8 +226,11 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
         }
         _ => None,
     };
+    let sampler = kvm.then(Sampler::start);
     let mut vm = boot_vmm(vmm, workload, mib);
     let mut fig = Figures::new();
+    // Phases to cut out of KVM's counters: (row, start, end, what a count is divided by).
+    let mut phases = Vec::new();
     if let Some(mut args) = client {
         args.extend(["--send", &size, "--no-check", "--patience", "600"].map(String::from));
         if workload == "vsock" {
@@ -225,45 +238,83 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64) -> Figures {
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = host_tool(&refs);
+        let streamed = Instant::now();
         let cmd = refs[0];
-        fig.insert("to guest", mibps(&out, &format!("{cmd}-send-mibps")));
-        if workload == "vsock" {
-            fig.insert("from guest", mibps(&out, &format!("{cmd}-recv-mibps")));
-        }
+        fig.insert("to guest".into(), mibps(&out, &format!("{cmd}-send-mibps")));
+        let recv_secs = match workload {
+            "vsock" => {
+                let secs = mibps(&out, &format!("{cmd}-recv-secs"));
+                let (from, end) = phase(streamed, secs);
+                phases.push(("from guest, per MiB", from, end, mib as f64));
+                fig.insert(
+                    "from guest".into(),
+                    mibps(&out, &format!("{cmd}-recv-mibps")),
+                );
+                secs
+            }
+            _ => 0.0,
+        };
+        let (_, sent) = phase(streamed, recv_secs);
+        let (from, end) = phase(sent, mibps(&out, &format!("{cmd}-send-secs")));
+        phases.push(("to guest, per MiB", from, end, mib as f64));
         let rr = round_trips(vmm, workload);
-        fig.insert(RR_KEY, mibps(&rr, &format!("{}-rr-per-sec", refs[0])));
+        let (from, end) = phase(Instant::now(), mibps(&rr, &format!("{cmd}-rr-secs")));
+        phases.push(("round trips, per round trip", from, end, RR_COUNT as f64));
+        fig.insert(RR_KEY.into(), mibps(&rr, &format!("{cmd}-rr-per-sec")));
     }
     let guest = vm.wait();
+    if let Some(samples) = sampler.map(Sampler::finish) {
+        kvm_rows(&mut fig, &samples, &phases);
+    }
     if let Some(listener) = host.take() {
         let out = finish_host_tool(listener);
-        fig.insert("from guest", mibps(&out, "tcp-listen-recv-mibps"));
+        fig.insert("from guest".into(), mibps(&out, "tcp-listen-recv-mibps"));
     }
     match workload {
         "blk" => {
-            fig.insert("write", mibps(&guest, "guest-write-file-mibps"));
-            fig.insert("read", mibps(&guest, "guest-read-file-mibps"));
+            fig.insert("write".into(), mibps(&guest, "guest-write-file-mibps"));
+            fig.insert("read".into(), mibps(&guest, "guest-read-file-mibps"));
             let small_w = mibps(&guest, "guest-small-write-file-iops");
-            fig.insert("512 B writes/s (O_DIRECT)", small_w);
+            fig.insert("512 B writes/s (O_DIRECT)".into(), small_w);
             let small_r = mibps(&guest, "guest-small-read-file-iops");
-            fig.insert("512 B reads/s (O_DIRECT)", small_r);
+            fig.insert("512 B reads/s (O_DIRECT)".into(), small_r);
         }
         "vsock" => {
             // The guest's own clock: receive time starts at its first byte.
             fig.insert(
-                "to guest (guest clock)",
+                "to guest (guest clock)".into(),
                 mibps(&guest, "guest-vsock-listen-recv-mibps"),
             );
         }
         _ => {}
     }
     if let Some(exits) = vm.exits() {
-        fig.insert("exits", exits);
+        fig.insert("exits".into(), exits);
     }
     fig
 }
 
 /// The row of the 64-byte round trips.
 const RR_KEY: &str = "64 B round trips/s";
+/// How many round trips are timed.
+const RR_COUNT: u32 = 2000;
+
+/// KVM's counters over each phase, as rows `kvm PHASE: COUNTER`, divided by the
+/// phase's MiB or round trips (the halted share as it is).
+fn kvm_rows(fig: &mut Figures, samples: &Samples, phases: &[(&str, Instant, Instant, f64)]) {
+    for (name, from, end, per) in phases {
+        let Some(counts) = samples.window(*from, *end) else {
+            continue;
+        };
+        for (counter, value) in counts {
+            let value = match counter {
+                "halted %" | "host idle %" => value,
+                _ => value / per,
+            };
+            fig.insert(format!("{KVM_ROW}{name}: {counter}"), value);
+        }
+    }
+}
 
 /// 64-byte round trips from the host to the guest's echo (vsock port 5001, TCP port
 /// 7003), once the stream is done.
@@ -274,7 +325,8 @@ fn round_trips(vmm: Vmm, workload: &str) -> Values {
         _ => &["tcp-connect", "10.0.2.15", "7003"],
     };
     let mut args = args.to_vec();
-    args.extend(["--rr", "2000", "--patience", "300"]);
+    let count = RR_COUNT.to_string();
+    args.extend(["--rr", &count, "--patience", "300"]);
     host_tool(&args)
 }
 
@@ -286,8 +338,8 @@ fn upper_bound(workload: &str, mib: u64) -> Figures {
         "blk" => {
             let w = host_tool(&["write-file", "bound.img", "--bytes", &size, "--no-check"]);
             let r = host_tool(&["read-file", "bound.img", "--bytes", &size, "--no-check"]);
-            fig.insert("write", mibps(&w, "write-file-mibps"));
-            fig.insert("read", mibps(&r, "read-file-mibps"));
+            fig.insert("write".into(), mibps(&w, "write-file-mibps"));
+            fig.insert("read".into(), mibps(&r, "read-file-mibps"));
             let _ = std::fs::remove_file("bound.img");
         }
         _ => {
@@ -302,12 +354,12 @@ fn upper_bound(workload: &str, mib: u64) -> Figures {
                 "--no-check",
             ]);
             let _ = finish_host_tool(listener);
-            fig.insert("to guest", mibps(&c, "tcp-connect-send-mibps"));
-            fig.insert("from guest", mibps(&c, "tcp-connect-recv-mibps"));
+            fig.insert("to guest".into(), mibps(&c, "tcp-connect-send-mibps"));
+            fig.insert("from guest".into(), mibps(&c, "tcp-connect-recv-mibps"));
             let echo = spawn_host_tool(&["tcp-listen", "7101", "--echo"]);
             let rr = host_tool(&["tcp-connect", "127.0.0.1", "7101", "--rr", "2000"]);
             let _ = finish_host_tool(echo);
-            fig.insert(RR_KEY, mibps(&rr, "tcp-connect-rr-per-sec"));
+            fig.insert(RR_KEY.into(), mibps(&rr, "tcp-connect-rr-per-sec"));
         }
     }
     fig
@@ -321,6 +373,7 @@ fn inner(args: &[String]) {
     let rounds: usize = rounds.parse().expect("rounds is a number");
     let mib: u64 = mib.parse().expect("MiB is a number");
     let vhost = setup(mib);
+    let kvm = kvm_stats::available();
     println!(
         "# device benchmark: {rounds} round(s), {mib} MiB per direction, 1 vCPU, 256 MiB guest"
     );
@@ -357,9 +410,12 @@ fn inner(args: &[String]) {
             let mut order = these.clone();
             order.rotate_left(round % these.len());
             for vmm in order {
-                let figures = run_workload(vmm, workload, mib);
-                let each: Vec<String> =
-                    figures.iter().map(|(k, v)| format!("{k}={v:.1}")).collect();
+                let figures = run_workload(vmm, workload, mib, kvm);
+                let each: Vec<String> = figures
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with(KVM_ROW))
+                    .map(|(k, v)| format!("{k}={v:.1}"))
+                    .collect();
                 println!(
                     "# round {round} {workload} {}: {}",
                     vmm.label(),
@@ -381,85 +437,4 @@ fn inner(args: &[String]) {
     }
     // On a hardware KVM machine this ran in a temp dir on the real host: remove the TAP.
     sh("tunctl -d hb0 > /dev/null");
-}
-
-/// Another husk beside the main column: its medians, against QEMU's, and husk's
-/// against it (with `no-seccomp`, what the filters cost: on/off).
-fn report_beside(
-    workload: &str,
-    label: &str,
-    husk: &[Figures],
-    other: &[Figures],
-    qemu: &[Figures],
-) {
-    println!(
-        "{:<28} {:>10} {:>10} {:>11} {:>11}",
-        format!("{workload}: {label}"),
-        label,
-        "qemu",
-        format!("{label}/qemu"),
-        format!("husk/{label}")
-    );
-    let keys: Vec<&str> = other
-        .first()
-        .map_or(Vec::new(), |f| f.keys().copied().collect());
-    for key in keys.into_iter().filter(|k| *k != "exits") {
-        let (h, o, q) = (
-            median_of(husk, key),
-            median_of(other, key),
-            median_of(qemu, key),
-        );
-        println!(
-            "{key:<28} {o:>10.1} {q:>10.1} {:>11.2} {:>11.2}",
-            o / q,
-            h / o
-        );
-    }
-}
-
-fn median_of(runs: &[Figures], key: &str) -> f64 {
-    median(runs.iter().filter_map(|f| f.get(key).copied()).collect())
-}
-
-fn report(
-    workload: &str,
-    mib: u64,
-    husk: &[Figures],
-    qemu: &[Figures],
-    bound: &[Figures],
-    idle: f64,
-) {
-    println!();
-    println!(
-        "{:<28} {:>10} {:>10} {:>10} {:>11} {:>11}",
-        format!("{workload} MiB/s, ops/s (median)"),
-        "husk",
-        "qemu",
-        "host",
-        "husk/qemu",
-        "husk/host"
-    );
-    let keys: Vec<&str> = husk
-        .first()
-        .map_or(Vec::new(), |f| f.keys().copied().collect());
-    for key in keys.into_iter().filter(|k| *k != "exits") {
-        let (h, q, b) = (
-            median_of(husk, key),
-            median_of(qemu, key),
-            median_of(bound, key),
-        );
-        println!(
-            "{key:<28} {h:>10.1} {q:>10.1} {b:>10.1} {:>11.2} {:>11.2}",
-            h / q,
-            h / b
-        );
-    }
-    // Every workload moves `mib` each way (blk: written, then read).
-    let moved = (mib * 2) as f64;
-    let exits = median_of(husk, "exits");
-    println!(
-        "husk VM exits to the VMM: {exits:.0} in the boot, {:.0} beyond an idle boot, {:.1} per MiB moved",
-        exits - idle,
-        (exits - idle) / moved
-    );
 }
