@@ -1,10 +1,14 @@
-//! Guest RAM: one memfd laid out as up to two regions around the MMIO hole.
+//! Guest RAM, laid out as up to two regions around the MMIO hole.
 //!
-//! The memfd (instead of anonymous memory) lets a later snapshot write guest RAM out as
-//! a file, or map a snapshot file privately, without changing how devices see memory.
+//! A booted guest's RAM is anonymous memory advised for transparent huge pages, as a
+//! process's heap would be: KVM then maps it 2 MiB at a time where the host backs it so,
+//! and each 2 MiB the guest touches first costs one second-level page fault instead of
+//! 512. RAM another process must map too (a vhost-user device's daemon) is a memfd
+//! instead, advised the same (huge only where the host's `shmem_enabled` allows it).
+//! A snapshot's RAM is its memory file, mapped privately. See docs/design.md, "Guest RAM".
 #![allow(
     unsafe_code,
-    reason = "memfd_create has no safe wrapper in our dependencies"
+    reason = "memfd_create and madvise have no safe wrapper in our dependencies"
 )]
 
 use std::fs::File;
@@ -83,6 +87,8 @@ pub enum MemoryError {
 /// What the guest's RAM pages live in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backing {
+    /// Anonymous private memory, advised for huge pages: only this process maps it.
+    Anonymous,
     /// A memfd mapped shared: the file holds every page the guest wrote.
     Memfd,
     /// A snapshot's memory file mapped private: pages the guest (or a device) wrote
@@ -95,10 +101,20 @@ pub enum Backing {
 pub struct GuestRam {
     /// The mapped regions, shared with devices.
     pub memory: GuestMemoryMmap,
-    /// The file behind every region (region offsets are contiguous in it).
-    pub file: Arc<File>,
+    /// The file behind every region (region offsets are contiguous in it); none for
+    /// anonymous RAM.
+    pub file: Option<Arc<File>>,
     /// How the file is mapped.
     pub backing: Backing,
+}
+
+/// Who maps guest RAM besides this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Nobody: anonymous memory (unless `HUSK_HUGE_PAGES=0` asks for a memfd).
+    Private,
+    /// A daemon gets the memory's file (vhost-user): a memfd.
+    WithDaemons,
 }
 
 impl GuestRam {
@@ -154,8 +170,67 @@ pub fn host_ram_mib() -> u64 {
     info.totalram.saturating_mul(u64::from(info.mem_unit)) >> 20
 }
 
-/// Create `mib` MiB of guest RAM backed by a memfd.
-pub fn create(mib: u64) -> Result<GuestRam, MemoryError> {
+/// Create `mib` MiB of guest RAM: anonymous memory when only this process maps it,
+/// a memfd when daemons must map it too; either advised for huge pages.
+/// `HUSK_HUGE_PAGES=0` takes a memfd without the advice, as RAM was made before huge
+/// pages (for measuring them).
+pub fn create(mib: u64, sharing: Sharing) -> Result<GuestRam, MemoryError> {
+    let huge = std::env::var_os("HUSK_HUGE_PAGES").is_none_or(|v| v != "0");
+    let ram = match (sharing, huge) {
+        (Sharing::Private, true) => create_anonymous(mib)?,
+        _ => create_memfd(mib)?,
+    };
+    if huge {
+        advise_huge_pages(&ram.memory);
+    }
+    Ok(ram)
+}
+
+/// `mib` MiB of anonymous private memory.
+fn create_anonymous(mib: u64) -> Result<GuestRam, MemoryError> {
+    let size = validate_size(mib, host_ram_mib())?;
+    let ranges: Vec<_> = ram_ranges(size)
+        .into_iter()
+        .map(|(addr, len)| (addr, len as usize, None))
+        .collect();
+    let memory = GuestMemoryMmap::from_ranges_with_files(ranges)
+        .map_err(|source| MemoryError::Map { mib, source })?;
+    Ok(GuestRam {
+        memory,
+        file: None,
+        backing: Backing::Anonymous,
+    })
+}
+
+/// Size of a huge page (a second-level page table's 2 MiB entry) on x86-64.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Advise every region of `memory` for transparent huge pages (`MADV_HUGEPAGE`).
+/// KVM maps a guest page huge only where its host address and guest address agree
+/// modulo 2 MiB; Linux 6.7 and later align large anonymous mappings so, older ones may
+/// not (logged, and the advice still spares host page faults). Best effort: a host
+/// without transparent huge pages refuses the advice, and RAM works as before.
+fn advise_huge_pages(memory: &GuestMemoryMmap) {
+    for region in memory.iter() {
+        let (addr, len) = (region.as_ptr(), region.len() as usize);
+        let offset = (addr as usize).wrapping_sub(region.start_addr().0 as usize);
+        if !offset.is_multiple_of(HUGE_PAGE) {
+            log::debug!("guest RAM at {addr:p} is not 2 MiB aligned: KVM maps it in 4 KiB pages");
+        }
+        // SAFETY: the range is exactly one mapping this memory owns; MADV_HUGEPAGE only
+        // lets the kernel back it with larger pages, its contents stay the same.
+        let rc = unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
+            log::debug!(
+                "madvise(MADV_HUGEPAGE) of guest RAM: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// `mib` MiB of guest RAM backed by a memfd.
+fn create_memfd(mib: u64) -> Result<GuestRam, MemoryError> {
     let size = validate_size(mib, host_ram_mib())?;
     let memfd_err = |source| MemoryError::Memfd { mib, source };
     // SAFETY: the name is a valid NUL-terminated string; the returned fd is checked.
@@ -184,7 +259,7 @@ pub fn create(mib: u64) -> Result<GuestRam, MemoryError> {
         .map_err(|source| MemoryError::Map { mib, source })?;
     Ok(GuestRam {
         memory,
-        file,
+        file: Some(file),
         backing: Backing::Memfd,
     })
 }
@@ -222,7 +297,7 @@ pub fn map_snapshot(file: File, mib: u64) -> Result<GuestRam, MemoryError> {
     })?;
     Ok(GuestRam {
         memory,
-        file,
+        file: Some(file),
         backing: Backing::Snapshot,
     })
 }
@@ -287,6 +362,50 @@ mod tests {
         assert_eq!(ram_ranges(MMIO_GAP_START).len(), 1);
     }
 
+    /// The `VmFlags` of the mapping that holds `addr`, from `/proc/self/smaps`.
+    fn vm_flags(addr: u64) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'));
+            if let Some((start, end)) = range {
+                if let (Ok(start), Ok(end)) =
+                    (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+                {
+                    inside = (start..end).contains(&addr);
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return flags.to_string();
+                }
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn private_ram_is_anonymous_and_shared_ram_a_memfd_both_advised_huge() {
+        let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists();
+        for (sharing, backing) in [
+            (Sharing::Private, Backing::Anonymous),
+            (Sharing::WithDaemons, Backing::Memfd),
+        ] {
+            let ram = create(64, sharing).unwrap();
+            assert_eq!(ram.backing, backing);
+            assert_eq!(ram.file.is_some(), backing == Backing::Memfd);
+            let region = ram.memory.iter().next().unwrap();
+            let flags = vm_flags(region.as_ptr() as u64);
+            // `hg`: MADV_HUGEPAGE took (a kernel without THP refuses it).
+            assert_eq!(flags.contains(" hg"), thp, "{sharing:?}: {flags}");
+            assert_eq!(flags.contains(" sh"), backing == Backing::Memfd, "{flags}");
+        }
+    }
+
     #[test]
     fn too_small_memory_names_the_value() {
         let err = validate_size(1, 1024).unwrap_err();
@@ -340,9 +459,10 @@ mod tests {
     }
 
     #[test]
-    fn created_memory_is_backed_by_one_memfd_of_the_full_size() {
-        let ram = create(64).unwrap();
-        assert_eq!(ram.file.metadata().unwrap().len(), 64 << 20);
+    fn shared_memory_is_backed_by_one_memfd_of_the_full_size() {
+        let ram = create(64, Sharing::WithDaemons).unwrap();
+        let file = ram.file.unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 64 << 20);
         assert_eq!(ram.memory.num_regions(), 1);
     }
 }

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const KVM_DIR: &str = "/sys/kernel/debug/kvm";
-const PERIOD: Duration = Duration::from_millis(25);
+const PERIOD: Duration = Duration::from_millis(40);
 
 /// The counters read, as KVM names them. `halt_wait_ns` is the time the vCPU spent
 /// halted (the guest idle, waiting for an interrupt).

@@ -1,9 +1,9 @@
 //! Resident memory of this process split into guest RAM and the VMM's own, from
 //! `/proc/self/smaps`: every mapping that overlaps a guest RAM region is guest RAM,
-//! whatever backs it. A boot's RAM is a shared memfd (`RssShmem`), but a restore maps
-//! the snapshot's memory file privately: pages the guest only read are file pages
-//! (`RssFile`) and pages it wrote, or the working set copied ahead, are private copies
-//! (`RssAnon`). Counting by mapping instead of by kind keeps all of them out of the
+//! whatever backs it. A boot's RAM is anonymous (`RssAnon`; with shared folders a
+//! shared memfd, `RssShmem`), but a restore maps the snapshot's memory file privately:
+//! pages the guest only read are file pages (`RssFile`) and pages it wrote, or the
+//! working set copied ahead, are private copies (`RssAnon`). Counting by mapping instead of by kind keeps all of them out of the
 //! VMM's figure. (Where the memory file, or the husk binary, lies on a tmpfs, as in the
 //! KVM test host, its pages count as `RssShmem` instead: another reason not to count by
 //! kind.)

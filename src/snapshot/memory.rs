@@ -3,9 +3,10 @@
 //! zeroed pages stay holes (they take no disk, and read back as zeros when mapped).
 //!
 //! RAM on a memfd is read through the file with `SEEK_DATA`/`SEEK_HOLE`, which skips
-//! pages the guest never touched without faulting them in. RAM restored from a snapshot
-//! is read through its private mapping (untouched pages come from the old file's page
-//! cache).
+//! pages the guest never touched without faulting them in. Anonymous RAM and RAM
+//! restored from a snapshot are read through their mapping (an untouched anonymous page
+//! reads as the shared zero page, an untouched restored one comes from the old file's
+//! page cache).
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -54,9 +55,16 @@ pub fn write(ram: &GuestRam, path: &Path, durable: bool) -> io::Result<MemorySta
     out.set_len(total)?;
     let mut stats = MemoryStats { total, written: 0 };
     let mut buf = vec![0u8; CHUNK];
-    match ram.backing {
-        Backing::Memfd => write_from_memfd(&ram.file, total, &out, &mut buf, &mut stats)?,
-        Backing::Snapshot => write_from_mapping(ram, &out, &mut buf, &mut stats)?,
+    match (ram.backing, &ram.file) {
+        (Backing::Memfd, Some(memfd)) => {
+            write_from_memfd(memfd, total, &out, &mut buf, &mut stats)?;
+        }
+        (Backing::Anonymous, _) => {
+            // Untouched chunks are skipped when this process's page map can be read.
+            let pagemap = File::open("/proc/self/pagemap").ok();
+            write_from_mapping(ram, pagemap.as_ref(), &out, &mut buf, &mut stats)?;
+        }
+        _ => write_from_mapping(ram, None, &out, &mut buf, &mut stats)?,
     }
     if durable {
         out.sync_all()?;
@@ -92,9 +100,32 @@ fn write_from_memfd(
     Ok(())
 }
 
-/// RAM mapped from another file: read it region by region through the guest's view.
+/// `/proc/self/pagemap` bits of a page: present in RAM, swapped out.
+const PRESENT: u64 = 1 << 63;
+const SWAPPED: u64 = 1 << 62;
+
+/// Whether any of the `pages` pages at `addr` of this process is present or swapped
+/// out, from its `pagemap`: an anonymous page that is neither was never touched (or
+/// was given back) and reads as zeros. True when the map cannot be read.
+fn any_touched(pagemap: &File, addr: u64, pages: usize) -> bool {
+    let mut entries = vec![0u8; pages * 8];
+    if pagemap
+        .read_exact_at(&mut entries, addr / PAGE as u64 * 8)
+        .is_err()
+    {
+        return true;
+    }
+    entries.chunks_exact(8).any(|e| {
+        let entry = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+        entry & (PRESENT | SWAPPED) != 0
+    })
+}
+
+/// RAM read region by region through the guest's view: anonymous RAM (with its
+/// `pagemap`, whose untouched chunks are skipped), or a snapshot's memory file mapped.
 fn write_from_mapping(
     ram: &GuestRam,
+    pagemap: Option<&File>,
     out: &File,
     buf: &mut [u8],
     stats: &mut MemoryStats,
@@ -106,6 +137,11 @@ fn write_from_mapping(
         while done < len {
             let n = usize::try_from(len - done).unwrap_or(CHUNK).min(buf.len());
             let addr = region.start_addr().unchecked_add(done);
+            let host = region.as_ptr() as u64 + done;
+            if pagemap.is_some_and(|map| !any_touched(map, host, n.div_ceil(PAGE))) {
+                done += n as u64;
+                continue;
+            }
             ram.memory
                 .read_slice(&mut buf[..n], addr)
                 .map_err(io::Error::other)?;
@@ -122,33 +158,56 @@ mod tests {
     use super::*;
     use vm_memory::GuestAddress;
 
+    use crate::memory::Sharing;
+
     #[test]
     fn only_non_zero_pages_are_written_and_the_file_reads_back_the_same() {
-        let ram = crate::memory::create(32).unwrap();
-        ram.memory
-            .write_obj(0xdead_beef_u32, GuestAddress(0x1234))
-            .unwrap();
-        ram.memory.write_obj(7u8, GuestAddress(0x1ff_f000)).unwrap();
-        ram.memory.write_obj(0u64, GuestAddress(0x50_0000)).unwrap();
+        // Anonymous RAM (read through the mapping) and a memfd (through the file).
+        for sharing in [Sharing::Private, Sharing::WithDaemons] {
+            let ram = crate::memory::create(32, sharing).unwrap();
+            ram.memory
+                .write_obj(0xdead_beef_u32, GuestAddress(0x1234))
+                .unwrap();
+            ram.memory.write_obj(7u8, GuestAddress(0x1ff_f000)).unwrap();
+            ram.memory.write_obj(0u64, GuestAddress(0x50_0000)).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("memory");
+            let stats = write(&ram, &path, false).unwrap();
+            assert_eq!(
+                stats,
+                MemoryStats {
+                    total: 32 << 20,
+                    written: 2 * PAGE as u64
+                },
+                "{sharing:?}"
+            );
+            let back = crate::memory::map_snapshot(File::open(&path).unwrap(), 32).unwrap();
+            let word: u32 = back.memory.read_obj(GuestAddress(0x1234)).unwrap();
+            let byte: u8 = back.memory.read_obj(GuestAddress(0x1ff_f000)).unwrap();
+            assert_eq!((word, byte), (0xdead_beef, 7), "{sharing:?}");
+        }
+    }
+
+    #[test]
+    fn untouched_anonymous_ram_is_skipped_not_faulted_in() {
+        let ram = crate::memory::create(32, Sharing::Private).unwrap();
+        ram.memory.write_obj(9u8, GuestAddress(0x1234)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory");
         let stats = write(&ram, &path, false).unwrap();
-        assert_eq!(
-            stats,
-            MemoryStats {
-                total: 32 << 20,
-                written: 2 * PAGE as u64
-            }
-        );
+        assert_eq!(stats.written, PAGE as u64);
+        let pagemap = File::open("/proc/self/pagemap").unwrap();
+        let base = ram.memory.iter().next().unwrap().as_ptr() as u64;
+        // Reading the untouched half would have mapped the zero page there.
+        assert!(!any_touched(&pagemap, base + (16 << 20), 4096));
+        assert!(any_touched(&pagemap, base, 2));
         let back = crate::memory::map_snapshot(File::open(&path).unwrap(), 32).unwrap();
-        let word: u32 = back.memory.read_obj(GuestAddress(0x1234)).unwrap();
-        let byte: u8 = back.memory.read_obj(GuestAddress(0x1ff_f000)).unwrap();
-        assert_eq!((word, byte), (0xdead_beef, 7));
+        assert_eq!(back.memory.read_obj::<u8>(GuestAddress(0x1234)).unwrap(), 9);
     }
 
     #[test]
     fn a_restored_ram_is_written_with_its_own_changes() {
-        let ram = crate::memory::create(32).unwrap();
+        let ram = crate::memory::create(32, Sharing::Private).unwrap();
         ram.memory.write_obj(1u8, GuestAddress(0)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let first = dir.path().join("first");
@@ -180,7 +239,7 @@ mod tests {
 
     #[test]
     fn an_existing_file_is_not_overwritten() {
-        let ram = crate::memory::create(32).unwrap();
+        let ram = crate::memory::create(32, Sharing::Private).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory");
         std::fs::write(&path, b"keep").unwrap();

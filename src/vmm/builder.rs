@@ -49,7 +49,12 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
     let fds = fd_limit::reserve(fd_limit::vm_fds(config))?;
     // Everything that only reads the user's input comes before KVM, so a bad kernel or
     // initrd is named even on a host without /dev/kvm.
-    let ram = crate::memory::create(config.memory_mib)?;
+    // A vhost-user daemon maps guest RAM too: it needs a file of it.
+    let sharing = match config.fs.is_empty() {
+        true => crate::memory::Sharing::Private,
+        false => crate::memory::Sharing::WithDaemons,
+    };
+    let ram = crate::memory::create(config.memory_mib, sharing)?;
     let mut mmio = Bus::new();
     let virtio = devices::create(&ram.memory, &mut mmio, config)?;
     let entry = load_guest(config, &ram.memory, &virtio.cmdline())?;

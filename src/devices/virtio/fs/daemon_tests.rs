@@ -44,7 +44,11 @@ fn fuse_init_goes_through_virtiofsd_and_its_call_raises_the_interrupt() {
         read_only: false,
     };
     let daemon = Daemon::start(&volume, runtime.path(), 0).unwrap();
-    let ram = crate::memory::create(crate::memory::MIN_MEMORY_MIB).unwrap();
+    let ram = crate::memory::create(
+        crate::memory::MIN_MEMORY_MIB,
+        crate::memory::Sharing::WithDaemons,
+    )
+    .unwrap();
     let mem = ram.memory.clone();
     let config = FsConfig {
         socket: daemon.socket().into(),
