@@ -3,10 +3,10 @@
 //! whatever backs it. A boot's RAM is anonymous (`RssAnon`; with shared folders a
 //! shared memfd, `RssShmem`), but a restore maps the snapshot's memory file privately:
 //! pages the guest only read are file pages (`RssFile`) and pages it wrote, or the
-//! working set copied ahead, are private copies (`RssAnon`). Counting by mapping instead of by kind keeps all of them out of the
-//! VMM's figure. (Where the memory file, or the husk binary, lies on a tmpfs, as in the
-//! KVM test host, its pages count as `RssShmem` instead: another reason not to count by
-//! kind.)
+//! working set copied ahead, are private copies (`RssAnon`). Counting by mapping
+//! instead of by kind keeps all of them out of the VMM's figure. (Where the memory
+//! file, or the husk binary, lies on a tmpfs, as in the KVM test host, its pages count
+//! as `RssShmem` instead: another reason not to count by kind.)
 //!
 //! The VMM's own resident memory is mostly the husk binary's text and read-only data:
 //! file pages in the page cache, shared by every process running that binary. What
