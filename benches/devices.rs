@@ -121,7 +121,8 @@ fn outer() {
         };
         cmd.args(["--", "./bench"]).args(inner_args);
         // The emulator under the test host sometimes freezes it (exit 125, see
-        // scripts/README.md): that costs the rounds run so far, not the whole bench.
+        // scripts/README.md): the rounds then run once more from the start, rather
+        // than the bench failing.
         let mut status = cmd.status();
         if status.as_ref().is_ok_and(|s| s.code() == Some(125)) {
             println!("# the test host failed (an emulator fault?): running the rounds again");
