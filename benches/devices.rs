@@ -309,16 +309,18 @@ const RR_KEY: &str = "64 B round trips/s";
 const RR_COUNT: u32 = 2000;
 
 /// KVM's counters over each phase, as rows `kvm PHASE: COUNTER`, divided by the
-/// phase's MiB or round trips (the halted share as it is).
+/// phase's MiB or round trips (the shares as they are).
 fn kvm_rows(fig: &mut Figures, samples: &Samples, phases: &[(&str, Instant, Instant, f64)]) {
     for (name, from, end, per) in phases {
         let Some(counts) = samples.window(*from, *end) else {
             continue;
         };
         for (counter, value) in counts {
-            let value = match counter {
-                "halted %" | "host idle %" => value,
-                _ => value / per,
+            // Shares (`... %`) stand as they are; counts are divided.
+            let value = if counter.ends_with('%') {
+                value
+            } else {
+                value / per
             };
             fig.insert(format!("{KVM_ROW}{name}: {counter}"), value);
         }
@@ -366,7 +368,8 @@ fn upper_bound(workload: &str, mib: u64) -> Figures {
             fig.insert("to guest".into(), mibps(&c, "tcp-connect-send-mibps"));
             fig.insert("from guest".into(), mibps(&c, "tcp-connect-recv-mibps"));
             let echo = spawn_host_tool(&["tcp-listen", "7101", "--echo"]);
-            let rr = host_tool(&["tcp-connect", "127.0.0.1", "7101", "--rr", "2000"]);
+            let count = RR_COUNT.to_string();
+            let rr = host_tool(&["tcp-connect", "127.0.0.1", "7101", "--rr", &count]);
             let _ = finish_host_tool(echo);
             fig.insert(RR_KEY.into(), mibps(&rr, "tcp-connect-rr-per-sec"));
         }

@@ -35,7 +35,7 @@ pub(crate) fn available() -> bool {
 }
 
 /// One reading of the counters.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Sample {
     at: Instant,
     values: [u64; COUNTERS.len()],
@@ -46,7 +46,7 @@ struct Sample {
 }
 
 /// Minor and major page faults of process `pid` so far, 0 when it is gone.
-fn faults(pid: &str) -> u64 {
+fn faults(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command's closing parenthesis: state is the 3rd of the line,
     // minflt the 10th, majflt the 12th.
@@ -80,18 +80,18 @@ fn cpus() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
-fn vm_dirs() -> Vec<PathBuf> {
+/// The per-VM directories (`PID-FD`), each with the VMM's pid.
+fn vm_dirs() -> Vec<(PathBuf, u32)> {
     let Ok(entries) = std::fs::read_dir(KVM_DIR) else {
         return Vec::new();
     };
     entries
         .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.split_once('-'))
-                .is_some_and(|(pid, fd)| pid.parse::<u32>().is_ok() && fd.parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let name = e.file_name();
+            let (pid, fd) = name.to_str()?.split_once('-')?;
+            fd.parse::<u32>().ok()?;
+            Some((e.path(), pid.parse().ok()?))
         })
         .collect()
 }
@@ -121,22 +121,20 @@ impl Sampler {
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut samples = Vec::new();
-            let mut dir: Option<PathBuf> = None;
+            let mut vm: Option<(PathBuf, u32)> = None;
             while !stopped.load(Ordering::Relaxed) {
-                if dir.is_none() {
-                    dir = vm_dirs().into_iter().find(|d| !before.contains(d));
+                if vm.is_none() {
+                    vm = vm_dirs().into_iter().find(|d| !before.contains(d));
                 }
-                if let Some(values) = dir.as_deref().and_then(read) {
-                    let name = dir.as_deref().and_then(Path::file_name);
-                    let pid = name
-                        .and_then(|n| n.to_str())
-                        .and_then(|n| n.split_once('-'));
-                    samples.push(Sample {
-                        faults: pid.map_or(0, |(pid, _)| faults(pid)),
-                        at: Instant::now(),
-                        values,
-                        idle_ticks: idle_ticks(),
-                    });
+                if let Some((dir, pid)) = &vm {
+                    if let Some(values) = read(dir) {
+                        samples.push(Sample {
+                            at: Instant::now(),
+                            values,
+                            idle_ticks: idle_ticks(),
+                            faults: faults(*pid),
+                        });
+                    }
                 }
                 std::thread::sleep(PERIOD);
             }
@@ -159,7 +157,7 @@ impl Samples {
     /// `to` (by name), with `halt_wait_ns` as the share of that time (in %) the vCPU
     /// was halted, and the share of the host's CPU time that was idle (`host idle %`:
     /// nothing to run, everyone waiting, e.g. for a timer); None without two distinct
-    /// readings.
+    /// readings. Shares are the names ending in `%`.
     pub(crate) fn window(&self, from: Instant, to: Instant) -> Option<BTreeMap<&'static str, f64>> {
         let at = |t: Instant| self.0.iter().rev().find(|s| s.at <= t).or(self.0.first());
         let (a, b) = (at(from)?, at(to)?);
