@@ -21,28 +21,34 @@ for w in "$@"; do
         --console "console-$w.log" --cmdline "quiet bench=$w mib=$mib rdinit=/bench.sh" $dev &
     vmm=$!
     sleep 3
-    ./perf record -F 999 -g -e cpu-clock -p "$vmm" -o "perf-$w.data" > /dev/null 2>&1 &
-    recorder=$!
+    # The whole test host is recorded while the transfer runs, from its first byte to
+    # its last (perf's workload is the host side): the tool and the kernel's threads are
+    # the other half of the same bytes, and attaching to the VMM's pid fails when one of
+    # its short-lived threads ends while perf attaches.
     if [ "$w" = vsock ]; then
-        ./husk-guest-tool uds-connect v.sock 5000 --send "${mib}M" --recv "${mib}M" \
-            --no-check --patience 600 | grep mibps
+        ./perf record -F 999 -g -e cpu-clock -a -o "perf-$w.data" -- \
+            ./husk-guest-tool uds-connect v.sock 5000 --send "${mib}M" --recv "${mib}M" \
+            --no-check --patience 600 2> perf-record.txt | grep mibps
     else
-        ./husk-guest-tool tcp-listen 7002 --no-check > from-guest.txt &
-        listener=$!
-        ./husk-guest-tool tcp-connect 10.0.2.15 7001 --half-close --send "${mib}M" \
-            --no-check --patience 600 | grep send-mibps
-        wait "$listener"
+        ./perf record -F 999 -g -e cpu-clock -a -o "perf-$w.data" -- sh -c "
+            ./husk-guest-tool tcp-listen 7002 --no-check > from-guest.txt &
+            listener=\$!
+            ./husk-guest-tool tcp-connect 10.0.2.15 7001 --half-close --send ${mib}M \\
+                --no-check --patience 600 | grep send-mibps
+            wait \$listener" 2> perf-record.txt
         grep recv-mibps from-guest.txt
     fi
-    kill -INT "$recorder"
-    wait "$recorder"
     wait "$vmm"
     printf '\n== %s: threads and where their samples fall\n' "$w"
     ./perf report -i "perf-$w.data" --stdio --no-children --sort comm,dso -g none \
-        --percent-limit 1 2>/dev/null | grep -v '^#' | grep -v '^$'
+        --percent-limit 1 2>&1 | grep -v '^#' | grep -v '^$'
     for thread in husk-devices husk-vcpu0; do
         printf '\n== %s: %s, with callees (children), above 2.5%%\n' "$w" "$thread"
         ./perf report -i "perf-$w.data" --comm "$thread" --stdio --children --sort sym \
             -g none --percent-limit 2.5 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
     done
+    printf '\n== %s: husk-devices, own samples by function, above 0.2%%\n' "$w"
+    ./perf report -i "perf-$w.data" --comm husk-devices --stdio --no-children \
+        --sort dso,sym -g none --percent-limit 0.2 2>/dev/null | grep -v '^#' | grep -v '^$' |
+        head -50
 done
