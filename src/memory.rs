@@ -183,6 +183,7 @@ pub fn create(mib: u64, sharing: Sharing) -> Result<GuestRam, MemoryError> {
     if huge {
         advise_huge_pages(&ram.memory);
     }
+    keep_out_of_forks(&ram.memory);
     Ok(ram)
 }
 
@@ -212,19 +213,38 @@ const HUGE_PAGE: usize = 2 << 20;
 /// without transparent huge pages refuses the advice, and RAM works as before.
 fn advise_huge_pages(memory: &GuestMemoryMmap) {
     for region in memory.iter() {
-        let (addr, len) = (region.as_ptr(), region.len() as usize);
-        let offset = (addr as usize).wrapping_sub(region.start_addr().0 as usize);
+        let offset = (region.as_ptr() as usize).wrapping_sub(region.start_addr().0 as usize);
         if !offset.is_multiple_of(HUGE_PAGE) {
-            log::debug!("guest RAM at {addr:p} is not 2 MiB aligned: KVM maps it in 4 KiB pages");
-        }
-        // SAFETY: the range is exactly one mapping this memory owns; MADV_HUGEPAGE only
-        // lets the kernel back it with larger pages, its contents stay the same.
-        let rc = unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) };
-        if rc != 0 {
             log::debug!(
-                "madvise(MADV_HUGEPAGE) of guest RAM: {}",
-                std::io::Error::last_os_error()
+                "guest RAM at {:p} is not 2 MiB aligned: KVM maps it in 4 KiB pages",
+                region.as_ptr()
             );
+        }
+    }
+    advise(memory, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE");
+}
+
+/// Keep guest RAM out of any child this process forks (`MADV_DONTFORK`): a library
+/// caller holding a VM that forks (a `Command` with `pre_exec`, say) would otherwise
+/// copy the RAM's page tables and share its pages copy-on-write until the child
+/// execs, and every guest write in that window would copy a page. A child never
+/// touches guest RAM: husk's own forks (the jail) happen before any is made.
+fn keep_out_of_forks(memory: &GuestMemoryMmap) {
+    advise(memory, libc::MADV_DONTFORK, "MADV_DONTFORK");
+}
+
+/// `madvise(advice)` over every region of `memory`. Best effort: a refused advice is
+/// logged, and RAM works as before.
+fn advise(memory: &GuestMemoryMmap, advice: libc::c_int, name: &str) {
+    for region in memory.iter() {
+        let (addr, len) = (region.as_ptr(), region.len() as usize);
+        // SAFETY: the range is exactly one mapping this memory owns; the advices given
+        // here (huge pages, no read-ahead, not copied into forks) change how the
+        // kernel backs, loads or forks it, never its contents.
+        let rc = unsafe { libc::madvise(addr.cast(), len, advice) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            log::debug!("madvise({name}) of guest RAM at {addr:p}: {e}");
         }
     }
 }
@@ -295,6 +315,7 @@ pub fn map_snapshot(file: File, mib: u64) -> Result<GuestRam, MemoryError> {
         mib,
         message: e.to_string(),
     })?;
+    keep_out_of_forks(&memory);
     Ok(GuestRam {
         memory,
         file: Some(file),
@@ -322,18 +343,7 @@ pub fn drop_cached_pages(file: &File) {
 /// tables then hold exactly the pages its guest touched: what a working set records.
 /// Best effort: a failure only makes that record larger.
 pub fn load_pages_singly(memory: &GuestMemoryMmap) {
-    for region in memory.iter() {
-        let (addr, len) = (region.as_ptr(), region.len() as usize);
-        // SAFETY: the range is exactly one mapping this memory owns; MADV_RANDOM only
-        // changes the kernel's read-ahead policy for it, not its contents.
-        let rc = unsafe { libc::madvise(addr.cast(), len, libc::MADV_RANDOM) };
-        if rc != 0 {
-            log::debug!(
-                "madvise(MADV_RANDOM) of guest memory: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
+    advise(memory, libc::MADV_RANDOM, "MADV_RANDOM");
 }
 
 #[cfg(test)]
@@ -403,6 +413,8 @@ mod tests {
             // `hg`: MADV_HUGEPAGE took (a kernel without THP refuses it).
             assert_eq!(flags.contains(" hg"), thp, "{sharing:?}: {flags}");
             assert_eq!(flags.contains(" sh"), backing == Backing::Memfd, "{flags}");
+            // `dc`: MADV_DONTFORK took.
+            assert!(flags.contains(" dc"), "{sharing:?}: {flags}");
         }
     }
 

@@ -123,32 +123,57 @@ pub fn sub_range(
     offset: usize,
     len: usize,
 ) -> Result<Vec<Buffer>, DescriptorError> {
+    Ok(sub_ranges(bufs, offset, len)?.collect())
+}
+
+/// [`sub_range`] without collecting: the buffers one at a time, for a copy that needs
+/// no list of them (a header read or written once per packet).
+pub fn sub_ranges(
+    bufs: &[Buffer],
+    offset: usize,
+    len: usize,
+) -> Result<SubRanges<'_>, DescriptorError> {
     let have = total_len(bufs).saturating_sub(offset);
     if have < len {
         return Err(DescriptorError::TooShort { have, need: len });
     }
-    let mut out = Vec::new();
-    let (mut skip, mut left) = (offset, len);
-    for b in bufs {
-        if left == 0 {
-            break;
+    Ok(SubRanges {
+        bufs: bufs.iter(),
+        skip: offset,
+        left: len,
+    })
+}
+
+/// The buffers of a byte range of a chain's buffers ([`sub_ranges`]).
+pub struct SubRanges<'b> {
+    bufs: std::slice::Iter<'b, Buffer>,
+    /// Bytes still to skip before the range.
+    skip: usize,
+    /// Bytes of the range not yet yielded.
+    left: usize,
+}
+
+impl Iterator for SubRanges<'_> {
+    type Item = Buffer;
+
+    fn next(&mut self) -> Option<Buffer> {
+        while self.left > 0 {
+            let b = self.bufs.next()?;
+            let blen = b.len as usize;
+            if self.skip >= blen {
+                self.skip -= blen;
+                continue;
+            }
+            let take = (blen - self.skip).min(self.left);
+            // Cannot overflow: the buffer was checked to lie inside guest memory.
+            let addr = GuestAddress(b.addr.0 + self.skip as u64);
+            self.left -= take;
+            self.skip = 0;
+            let len = u32::try_from(take).expect("take is at most a u32 buffer length");
+            return Some(Buffer { addr, len });
         }
-        let blen = b.len as usize;
-        if skip >= blen {
-            skip -= blen;
-            continue;
-        }
-        let take = (blen - skip).min(left);
-        // Cannot overflow: the buffer was checked to lie inside guest memory.
-        let addr = GuestAddress(b.addr.0 + skip as u64);
-        out.push(Buffer {
-            addr,
-            len: u32::try_from(take).expect("take is at most a u32 buffer length"),
-        });
-        left -= take;
-        skip = 0;
+        None
     }
-    Ok(out)
 }
 
 /// Copy bytes `offset..offset + dst.len()` of `bufs` into `dst`.
@@ -159,7 +184,7 @@ pub fn read_bytes(
     dst: &mut [u8],
 ) -> Result<(), DescriptorError> {
     let mut done = 0;
-    for b in sub_range(bufs, offset, dst.len())? {
+    for b in sub_ranges(bufs, offset, dst.len())? {
         let end = done + b.len as usize;
         mem.read_slice(&mut dst[done..end], b.addr).map_err(|_| {
             DescriptorError::OutsideMemory {
@@ -180,7 +205,7 @@ pub fn write_bytes(
     src: &[u8],
 ) -> Result<(), DescriptorError> {
     let mut done = 0;
-    for b in sub_range(bufs, offset, src.len())? {
+    for b in sub_ranges(bufs, offset, src.len())? {
         let end = done + b.len as usize;
         mem.write_slice(&src[done..end], b.addr)
             .map_err(|_| DescriptorError::OutsideMemory {
@@ -395,6 +420,46 @@ mod tests {
         }];
         let e = read_bytes(&mem, &bufs, 1, &mut [0u8; 4]);
         assert_eq!(e, Err(DescriptorError::TooShort { have: 1, need: 4 }));
+    }
+
+    proptest::proptest! {
+        /// Any byte range of any buffers, read through [`read_bytes`] and listed by
+        /// [`sub_range`], is exactly those bytes of the buffers laid end to end.
+        #[test]
+        fn a_range_of_buffers_is_those_bytes_end_to_end(
+            lens in proptest::collection::vec(0u32..40, 1..6),
+            start in 0usize..200,
+            want in 0usize..200,
+        ) {
+            let mem = memory();
+            // Buffer i at 0x1000 * (i + 1), filled with bytes that name their place.
+            let bufs: Vec<Buffer> = lens.iter().enumerate().map(|(i, &len)| Buffer {
+                addr: GuestAddress(0x1000 * (i as u64 + 1)),
+                len,
+            }).collect();
+            let mut flat = Vec::new();
+            for (i, b) in bufs.iter().enumerate() {
+                let bytes: Vec<u8> = (0..b.len).map(|j| (i as u32 * 40 + j) as u8).collect();
+                mem.write_slice(&bytes, b.addr).unwrap();
+                flat.extend(bytes);
+            }
+            let mut out = vec![0u8; want];
+            let read = read_bytes(&mem, &bufs, start, &mut out);
+            let listed = sub_range(&bufs, start, want);
+            let have = flat.len().saturating_sub(start);
+            if want <= have {
+                let from = start.min(flat.len());
+                proptest::prop_assert_eq!(read, Ok(()));
+                proptest::prop_assert_eq!(&out[..], &flat[from..from + want]);
+                let listed = listed.unwrap();
+                proptest::prop_assert_eq!(total_len(&listed), want);
+                proptest::prop_assert!(listed.iter().all(|b| b.len > 0));
+            } else {
+                let short = || DescriptorError::TooShort { have, need: want };
+                proptest::prop_assert_eq!(read, Err(short()));
+                proptest::prop_assert_eq!(listed, Err(short()));
+            }
+        }
     }
 
     const VRING_DESC_F_INDIRECT_U16: u16 =

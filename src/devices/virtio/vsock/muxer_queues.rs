@@ -9,7 +9,7 @@
 //! the connections that forwarded enough, not once per packet.
 
 use super::*;
-use crate::devices::virtio::descriptor::{sub_range, Buffer, DescriptorError};
+use crate::devices::virtio::descriptor::{sub_range, sub_ranges, Buffer, DescriptorError};
 use crate::devices::virtio::guest_io::IoVecs;
 use crate::devices::virtio::queues::unpop_many;
 
@@ -194,31 +194,34 @@ impl Muxer {
         }
     }
 
-    /// The next thing to send to the guest, fair among connections.
+    /// The next thing to send to the guest, fair among connections: the first
+    /// connection after the last one served that can send, or that is blocked on the
+    /// guest's credit and has not asked for more (a CREDIT_REQUEST is queued for it).
     fn next_rx_source(&mut self) -> Option<RxSource> {
         if !self.ctrl.is_empty() {
             return Some(RxSource::Ctrl);
         }
         let start = self.last_rx.map_or((0, 0), |(l, p)| (l, p.wrapping_add(1)));
-        let after = self.conns.range(start..).map(|(k, _)| *k);
-        let before = self.conns.range(..start).map(|(k, _)| *k);
-        let keys: Vec<Key> = after.chain(before).collect();
-        for key in keys {
-            let Some(c) = self.conns.get_mut(&key) else {
-                continue;
-            };
+        let after = self.conns.range(start..);
+        let before = self.conns.range(..start);
+        let (key, send) = after.chain(before).find_map(|(key, c)| {
             let blocked = c.readable && c.state == ConnState::Established && c.peer_credit() == 0;
             if blocked && !c.credit_requested && !c.peer_no_rcv {
-                c.credit_requested = true;
-                self.ctrl.push_back(c.header(OP_CREDIT_REQUEST, self.cid));
-                return Some(RxSource::Ctrl);
+                Some((*key, false))
+            } else {
+                self.can_send(c).then_some((*key, true))
             }
-            if self.conns.get(&key).is_some_and(|c| self.can_send(c)) {
-                self.last_rx = Some(key);
-                return Some(RxSource::Conn(key));
-            }
+        })?;
+        if send {
+            self.last_rx = Some(key);
+            return Some(RxSource::Conn(key));
         }
-        None
+        let cid = self.cid;
+        let c = self.conns.get_mut(&key)?;
+        c.credit_requested = true;
+        let request = c.header(OP_CREDIT_REQUEST, cid);
+        self.ctrl.push_back(request);
+        Some(RxSource::Ctrl)
     }
 
     /// Serve the RX queue with control packets and host data.
@@ -346,7 +349,7 @@ impl Muxer {
         };
         let mut data = Vec::with_capacity(batch.len());
         for (buf, take) in &batch {
-            data.extend(sub_range(&buf.bufs, HDR_LEN, *take).map_err(|e| request_error(RX, e))?);
+            data.extend(sub_ranges(&buf.bufs, HDR_LEN, *take).map_err(|e| request_error(RX, e))?);
         }
         let iov = IoVecs::new(mem, &data).map_err(|e| request_error(RX, e))?;
         let hdr = match conn.read_into_guest(&iov) {
