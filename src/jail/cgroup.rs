@@ -160,6 +160,11 @@ impl Leaf {
         Ok(Some(leaf))
     }
 
+    /// The leaf's folder.
+    pub(super) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// The leaf's folder, opened for `clone3`'s `CLONE_INTO_CGROUP`.
     pub(super) fn open(&self) -> std::io::Result<std::os::fd::OwnedFd> {
         use std::os::unix::fs::OpenOptionsExt;

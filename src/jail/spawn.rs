@@ -34,7 +34,10 @@ pub(super) fn fork_child(leaf: Option<&Leaf>) -> Result<Forked, JailError> {
         match leaf.open().and_then(|dir| clone_into(&dir)) {
             Ok(0) => return Ok(Forked::Child),
             Ok(pid) => return Ok(Forked::Parent { pid, in_leaf: true }),
-            Err(e) => log::debug!("jail: clone3 into the cgroup leaf refused ({e}), forking"),
+            Err(e) => log::debug!(
+                "jail: clone3 into the cgroup leaf {} refused ({e}), forking",
+                leaf.path().display()
+            ),
         }
     }
     // SAFETY: unshare takes flags only; the process is single-threaded (the caller's

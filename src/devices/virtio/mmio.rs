@@ -166,8 +166,9 @@ impl MmioTransport {
         // A device that breaks meanwhile sets its flag, then the bit in the page: it
         // either finds our store done, or we find its flag here.
         if self.interrupt.needs_reset() {
-            page.word(STATUS_OFFSET)
-                .map(|w| w.fetch_or(VIRTIO_CONFIG_S_NEEDS_RESET, Ordering::SeqCst));
+            if let Some(status) = page.word(STATUS_OFFSET) {
+                status.fetch_or(VIRTIO_CONFIG_S_NEEDS_RESET, Ordering::SeqCst);
+            }
         }
         let mut config = [0u8; PAGE_SIZE - CONFIG_OFFSET as usize];
         self.dev().read_config(0, &mut config);
