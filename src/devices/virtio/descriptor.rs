@@ -127,7 +127,8 @@ pub fn sub_range(
 }
 
 /// [`sub_range`] without collecting: the buffers one at a time, for a copy that needs
-/// no list of them (a header read or written once per packet).
+/// no list of them (a header read or written once per packet) or a list that gathers
+/// the ranges of several chains.
 pub fn sub_ranges(
     bufs: &[Buffer],
     offset: usize,
