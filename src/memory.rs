@@ -84,27 +84,25 @@ pub enum MemoryError {
     },
 }
 
-/// What the guest's RAM pages live in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the guest's RAM pages live in, with the file behind every region when there is
+/// one (region offsets are contiguous in it).
+#[derive(Debug, Clone)]
 pub enum Backing {
     /// Anonymous private memory, advised for huge pages: only this process maps it.
     Anonymous,
     /// A memfd mapped shared: the file holds every page the guest wrote.
-    Memfd,
+    Memfd(Arc<File>),
     /// A snapshot's memory file mapped private: pages the guest (or a device) wrote
     /// since the restore are anonymous copies, the rest are the file's page cache,
     /// shared by every VM restored from it.
-    Snapshot,
+    Snapshot(Arc<File>),
 }
 
-/// Guest RAM and the file that backs it.
+/// Guest RAM and what backs it.
 pub struct GuestRam {
     /// The mapped regions, shared with devices.
     pub memory: GuestMemoryMmap,
-    /// The file behind every region (region offsets are contiguous in it); none for
-    /// anonymous RAM.
-    pub file: Option<Arc<File>>,
-    /// How the file is mapped.
+    /// What the regions map.
     pub backing: Backing,
 }
 
@@ -198,7 +196,6 @@ fn create_anonymous(mib: u64) -> Result<GuestRam, MemoryError> {
         .map_err(|source| MemoryError::Map { mib, source })?;
     Ok(GuestRam {
         memory,
-        file: None,
         backing: Backing::Anonymous,
     })
 }
@@ -279,8 +276,7 @@ fn create_memfd(mib: u64) -> Result<GuestRam, MemoryError> {
         .map_err(|source| MemoryError::Map { mib, source })?;
     Ok(GuestRam {
         memory,
-        file: Some(file),
-        backing: Backing::Memfd,
+        backing: Backing::Memfd(file),
     })
 }
 
@@ -318,8 +314,7 @@ pub fn map_snapshot(file: File, mib: u64) -> Result<GuestRam, MemoryError> {
     keep_out_of_forks(&memory);
     Ok(GuestRam {
         memory,
-        file: Some(file),
-        backing: Backing::Snapshot,
+        backing: Backing::Snapshot(file),
     })
 }
 
@@ -401,18 +396,19 @@ mod tests {
     #[test]
     fn private_ram_is_anonymous_and_shared_ram_a_memfd_both_advised_huge() {
         let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists();
-        for (sharing, backing) in [
-            (Sharing::Private, Backing::Anonymous),
-            (Sharing::WithDaemons, Backing::Memfd),
-        ] {
+        for (sharing, memfd) in [(Sharing::Private, false), (Sharing::WithDaemons, true)] {
             let ram = create(64, sharing).unwrap();
-            assert_eq!(ram.backing, backing);
-            assert_eq!(ram.file.is_some(), backing == Backing::Memfd);
+            // The variant is the backing, and a memfd's file comes with it.
+            match &ram.backing {
+                Backing::Anonymous => assert!(!memfd, "{sharing:?}"),
+                Backing::Memfd(_) => assert!(memfd, "{sharing:?}"),
+                Backing::Snapshot(_) => panic!("{sharing:?}: a new RAM is no snapshot"),
+            }
             let region = ram.memory.iter().next().unwrap();
             let flags = vm_flags(region.as_ptr() as u64);
             // `hg`: MADV_HUGEPAGE took (a kernel without THP refuses it).
             assert_eq!(flags.contains(" hg"), thp, "{sharing:?}: {flags}");
-            assert_eq!(flags.contains(" sh"), backing == Backing::Memfd, "{flags}");
+            assert_eq!(flags.contains(" sh"), memfd, "{flags}");
             // `dc`: MADV_DONTFORK took.
             assert!(flags.contains(" dc"), "{sharing:?}: {flags}");
         }
@@ -473,7 +469,9 @@ mod tests {
     #[test]
     fn shared_memory_is_backed_by_one_memfd_of_the_full_size() {
         let ram = create(64, Sharing::WithDaemons).unwrap();
-        let file = ram.file.unwrap();
+        let Backing::Memfd(file) = ram.backing else {
+            panic!("RAM shared with daemons is a memfd");
+        };
         assert_eq!(file.metadata().unwrap().len(), 64 << 20);
         assert_eq!(ram.memory.num_regions(), 1);
     }

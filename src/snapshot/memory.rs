@@ -55,16 +55,14 @@ pub fn write(ram: &GuestRam, path: &Path, durable: bool) -> io::Result<MemorySta
     out.set_len(total)?;
     let mut stats = MemoryStats { total, written: 0 };
     let mut buf = vec![0u8; CHUNK];
-    match (ram.backing, &ram.file) {
-        (Backing::Memfd, Some(memfd)) => {
-            write_from_memfd(memfd, total, &out, &mut buf, &mut stats)?;
-        }
-        (Backing::Anonymous, _) => {
+    match &ram.backing {
+        Backing::Memfd(memfd) => write_from_memfd(memfd, total, &out, &mut buf, &mut stats)?,
+        Backing::Anonymous => {
             // Untouched chunks are skipped when this process's page map can be read.
             let pagemap = File::open("/proc/self/pagemap").ok();
             write_from_mapping(ram, pagemap.as_ref(), &out, &mut buf, &mut stats)?;
         }
-        _ => write_from_mapping(ram, None, &out, &mut buf, &mut stats)?,
+        Backing::Snapshot(_) => write_from_mapping(ram, None, &out, &mut buf, &mut stats)?,
     }
     if durable {
         out.sync_all()?;

@@ -50,9 +50,10 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmError> {
     // Everything that only reads the user's input comes before KVM, so a bad kernel or
     // initrd is named even on a host without /dev/kvm.
     // A vhost-user daemon maps guest RAM too: it needs a file of it.
-    let sharing = match config.fs.is_empty() {
-        true => crate::memory::Sharing::Private,
-        false => crate::memory::Sharing::WithDaemons,
+    let sharing = if config.fs.is_empty() {
+        crate::memory::Sharing::Private
+    } else {
+        crate::memory::Sharing::WithDaemons
     };
     let ram = crate::memory::create(config.memory_mib, sharing)?;
     let mut mmio = Bus::new();
