@@ -7,7 +7,10 @@
 //! and net. husk is `husk vmm --config-file`, the process sandboxes run their VM in,
 //! with its syscall filters; beside it, interleaved in the same rounds, the same with
 //! `--no-seccomp` (what the filters cost) and `husk boot` (the VM in the caller's own
-//! process). Beside each ratio of medians, the median of each round's own ratio (a
+//! process). On net, when the test host has vhost-net, both husk (`"vhost": true`)
+//! and QEMU (`vhost=on`) run once more with their cards on the kernel's data path, and
+//! are compared with each other and with the user-space columns. Beside each ratio of
+//! medians, the median of each round's own ratio (a
 //! round's runs follow each other; drift of the test host between rounds cancels out).
 //! And for husk and QEMU alike, KVM's own counters of the VM over each phase
 //! (`devices/kvm_stats.rs`): exits, interrupts injected, second-level page faults,
@@ -43,7 +46,7 @@ use std::time::Instant;
 mod kvm_stats;
 #[path = "devices/report.rs"]
 mod report;
-use report::{report, report_beside, Figures, KVM_ROW};
+use report::{report, report_beside, report_pair, Figures, KVM_ROW};
 #[path = "devices/support.rs"]
 mod support;
 use kvm_stats::{phase, Sampler, Samples};
@@ -114,11 +117,16 @@ fn outer() {
             cmd.args(["--file", &format!("{}:{name}", src.display())]);
         }
         // QEMU's vsock needs /dev/vhost-vsock: the test host kernel's modules, if we can
-        // get them; without them only blk and net are compared.
+        // get them; without them only blk and net are compared. vhost-net's likewise, for
+        // both VMMs' cards on it (without them those columns are left out).
         match stdout_of(&mut Command::new(root.join("scripts/vhost-vsock-modules"))) {
             Some(dir) => cmd.args(["--dir", &format!("{dir}:vhost")]),
             None => &mut cmd,
         };
+        let net = stdout_of(Command::new(root.join("scripts/testhost-modules")).arg("vhost_net"));
+        if let Some(dir) = net {
+            cmd.args(["--dir", &format!("{dir}:vhostnet")]);
+        }
         cmd.args(["--", "./bench"]).args(inner_args);
         // The emulator under the test host sometimes freezes it (exit 125, see
         // scripts/README.md): the rounds then run once more from the start, rather
@@ -171,8 +179,9 @@ reboot -f
 "#;
 
 /// Prepares the test host: the guest initramfs with the tool and script, the disk image,
-/// a TAP both VMMs attach to, vhost-vsock if its modules came along.
-fn setup(mib: u64) -> bool {
+/// a TAP both VMMs attach to, vhost-vsock and vhost-net if their modules came along.
+/// Whether each of those two is there.
+fn setup(mib: u64) -> (bool, bool) {
     std::fs::write("g-guest.sh", GUEST_SCRIPT).expect("write the guest script");
     let prepared = sh(&format!(
         "set -e
@@ -201,6 +210,16 @@ fn setup(mib: u64) -> bool {
             done
         fi
         test -c /dev/vhost-vsock");
+    let vhost_net = sh("if [ -f vhostnet/load-order ]; then
+            for m in $(cat vhostnet/load-order); do
+                [ -d /sys/module/$m ] || insmod vhostnet/$m.ko || exit 1
+            done
+        fi
+        test -c /dev/vhost-net");
+    println!(
+        "# both VMMs' cards on vhost-net too: {}",
+        if vhost_net { "yes" } else { "no" }
+    );
     println!(
         "# QEMU vsock through vhost-vsock: {}",
         if vhost {
@@ -209,7 +228,7 @@ fn setup(mib: u64) -> bool {
             "no (blk and net only)"
         }
     );
-    vhost
+    (vhost, vhost_net)
 }
 
 fn mibps(v: &Values, key: &str) -> f64 {
@@ -384,7 +403,7 @@ fn inner(args: &[String]) {
     let families: Vec<&str> = only.split(',').map(str::trim).collect();
     let rounds: usize = rounds.parse().expect("rounds is a number");
     let mib: u64 = mib.parse().expect("MiB is a number");
-    let vhost = setup(mib);
+    let (vhost, vhost_net) = setup(mib);
     let kvm = kvm_stats::available();
     println!(
         "# device benchmark: {rounds} round(s), {mib} MiB per direction, 1 vCPU, 256 MiB guest"
@@ -416,6 +435,9 @@ fn inner(args: &[String]) {
         if workload != "vsock" || vhost {
             these.push(Vmm::Qemu);
         }
+        if workload == "net" && vhost_net {
+            these.extend([Vmm::HuskVhost, Vmm::QemuVhost]);
+        }
         let mut runs: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
         let mut bound = Vec::new();
         for round in 0..rounds {
@@ -445,6 +467,13 @@ fn inner(args: &[String]) {
             if let Some(figures) = runs.get(other.label()) {
                 report_beside(workload, other.label(), husk, figures, qemu);
             }
+        }
+        // Both cards on vhost-net: against each other, and against user-space QEMU.
+        let (hv, qv) = (Vmm::HuskVhost.label(), Vmm::QemuVhost.label());
+        if let (Some(h), Some(q)) = (runs.get(hv), runs.get(qv)) {
+            report_pair(workload, (hv, h), (qv, q));
+            report_pair(workload, (hv, h), (Vmm::Qemu.label(), qemu));
+            report_pair(workload, (Vmm::Husk.label(), husk), (qv, q));
         }
     }
     // On a hardware KVM machine this ran in a temp dir on the real host: remove the TAP.

@@ -44,6 +44,29 @@ pub(crate) fn report_beside(
     }
 }
 
+/// Two columns side by side, each with its label: medians, their ratio and the
+/// median of each round's ratio (KVM's counters left out).
+pub(crate) fn report_pair(workload: &str, a: (&str, &[Figures]), b: (&str, &[Figures])) {
+    let ((la, a), (lb, b)) = (a, b);
+    println!(
+        "{:<28} {:>10} {:>10} {:>11} {:>11}",
+        format!("{workload}: {la} / {lb}"),
+        la,
+        lb,
+        "ratio",
+        "per round"
+    );
+    let keys = keys_of(a).filter(|k| k != "exits" && !k.starts_with(KVM_ROW));
+    for key in keys {
+        let (x, y) = (median_of(a, &key), median_of(b, &key));
+        let round = paired(a, b, &key);
+        println!(
+            "{key:<28} {x:>10.1} {y:>10.1} {:>11.2} {round:>11.2}",
+            x / y
+        );
+    }
+}
+
 /// The row names of the first run.
 fn keys_of(runs: &[Figures]) -> impl Iterator<Item = String> {
     runs.first()

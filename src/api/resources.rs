@@ -202,6 +202,12 @@ impl Resources {
         }
         optional_limiter("rx_rate_limiter", n.rx_rate_limiter.as_ref())?;
         optional_limiter("tx_rate_limiter", n.tx_rate_limiter.as_ref())?;
+        if n.vhost && (n.rx_rate_limiter.is_some() || n.tx_rate_limiter.is_some()) {
+            return Err(ApiError::BadRequest(
+                "vhost: a card on vhost-net takes no rate limiter (husk never sees its frames)"
+                    .into(),
+            ));
+        }
         match self.nets.iter_mut().find(|o| o.iface_id == n.iface_id) {
             Some(old) => *old = n,
             None => self.nets.push(n),
@@ -262,6 +268,7 @@ impl Resources {
                         "tx_rate_limiter",
                         n.tx_rate_limiter.as_ref(),
                     )?,
+                    vhost: n.vhost,
                 })
             })
             .collect::<Result<_, ApiError>>()?;

@@ -10,8 +10,8 @@
 //!      (its exit code, or the same signal: a SIGSYS stays a SIGSYS)
 //! child (pid 1 of the new pid namespace)
 //!   unshare mount, ipc and uts namespaces; join --netns; root = a fresh tmpfs on DIR holding only the binds (same absolute
-//!   paths as on the host, read-only unless asked), /dev/kvm and /dev/net/tun as nodes
-//!   owned by U, /dev/null, /dev/urandom, /proc; pivot_root into it, the old root
+//!   paths as on the host, read-only unless asked), /dev/kvm, /dev/net/tun and /dev/vhost-net (each
+//!   when the host has it) as nodes owned by U, /dev/null, /dev/urandom, /proc; pivot_root into it, the old root
 //!   detached; the root made read-only; hostname = the VM's id
 //!   rlimits (NOFILE, FSIZE, CORE 0); bounding set and ambient capabilities dropped;
 //!   groups cleared, gid and uid set to G and U (which clears every capability);
@@ -32,8 +32,8 @@
 //! Started by another user (`--jail DIR`, or `--jail DIR --userns`), the same steps run
 //! in a user namespace ([`userns`]) that maps only the caller's uid and gid, made by the
 //! outer process before it unshares the pid namespace: no cgroup leaf, no --netns, no
-//! device nodes (mknod is not allowed there: /dev/kvm, /dev/net/tun, /dev/null and
-//! /dev/urandom are bind-mounted from the host instead), no uid change (the process
+//! device nodes (mknod is not allowed there: /dev/kvm, /dev/net/tun, /dev/vhost-net, /dev/null
+//! and /dev/urandom are bind-mounted from the host instead), no uid change (the process
 //! keeps the caller's uid and groups); every capability of the user namespace is
 //! dropped (bounding, ambient, effective, permitted, inheritable), in the supervisor
 //! too, before the child serves.

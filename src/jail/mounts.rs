@@ -13,9 +13,10 @@ use super::{c_path, check, Bind, JailConfig, JailError};
 
 /// The devices a VMM opens, with their modes in the jail; each is made only when the
 /// host has it. Those a VMM writes to are owned by the jail's uid.
-const DEVICES: [(&str, u32, bool); 4] = [
+const DEVICES: [(&str, u32, bool); 5] = [
     ("/dev/kvm", 0o600, true),
     ("/dev/net/tun", 0o600, true),
+    ("/dev/vhost-net", 0o600, true),
     ("/dev/null", 0o666, false),
     ("/dev/urandom", 0o444, false),
 ];

@@ -67,6 +67,12 @@ pub enum SnapshotError {
         "a VM with {0} virtio-fs device(s) cannot be snapshotted: their state lives in virtiofsd"
     )]
     SharedFolders(usize),
+    /// The VM has a card whose rings the host kernel serves (vhost-net).
+    #[error(
+        "a VM with {0} network card(s) on vhost-net cannot be snapshotted: the kernel holds \
+         their rings' positions (boot it without vhost=on)"
+    )]
+    KernelNet(usize),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
@@ -133,8 +139,20 @@ pub fn create(
     dir: &Path,
     options: &CreateOptions,
 ) -> Result<Created, SnapshotError> {
+    refuse_outside_state(vm.config())?;
     std::fs::create_dir(dir).map_err(io("cannot create the snapshot folder", dir))?;
     create_files(vm, &dir.join(STATE_FILE), &dir.join(MEMORY_FILE), options)
+}
+
+/// Refuse a VM with device state outside husk, before anything is written.
+fn refuse_outside_state(config: &crate::config::VmConfig) -> Result<(), SnapshotError> {
+    if !config.fs.is_empty() {
+        return Err(SnapshotError::SharedFolders(config.fs.len()));
+    }
+    match config.nets.iter().filter(|n| n.vhost).count() {
+        0 => Ok(()),
+        n => Err(SnapshotError::KernelNet(n)),
+    }
 }
 
 /// Snapshot `vm` into the new files `state_path` and `memory_path`.
@@ -145,9 +163,7 @@ pub fn create_files(
     options: &CreateOptions,
 ) -> Result<Created, SnapshotError> {
     let config = vm.config();
-    if !config.fs.is_empty() {
-        return Err(SnapshotError::SharedFolders(config.fs.len()));
-    }
+    refuse_outside_state(config)?;
     let kernel_sha256 =
         crate::digest::sha256_cached(&config.kernel, &crate::kernel::cache_root().join("digests"))
             .map_err(io("cannot read the kernel", &config.kernel))?;
@@ -320,4 +336,22 @@ pub fn restore(
         set,
         options,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_with_a_card_on_vhost_net_is_refused_and_one_without_is_not() {
+        let config = |nets: &str| -> crate::config::VmConfig {
+            serde_json::from_str(&format!(r#"{{"kernel": "/k", "nets": {nets}}}"#)).unwrap()
+        };
+        let plain = config(r#"[{"tap": "t0"}]"#);
+        assert!(refuse_outside_state(&plain).is_ok());
+        let kernel = config(r#"[{"tap": "t0"}, {"tap": "t1", "vhost": true}]"#);
+        let err = refuse_outside_state(&kernel).unwrap_err();
+        assert!(matches!(err, SnapshotError::KernelNet(1)), "{err}");
+        assert!(err.to_string().contains("vhost-net"), "{err}");
+    }
 }

@@ -22,6 +22,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 mod carry;
 pub use carry::*;
+pub mod device_script;
 
 /// Where a test's script runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

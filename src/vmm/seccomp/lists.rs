@@ -23,8 +23,9 @@ fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
     SeccompRule::new(conditions).expect("a rule with conditions")
 }
 
-/// `ioctl` on KVM's fds (request type 0xAE) when `kvm`, and with the host requests
-/// husk uses.
+/// `ioctl` on KVM's fds (request type 0xAE) and vhost-net's (type 0xAF: a card with
+/// `vhost=on` is set up at build and handed its rings by the vCPU that writes
+/// DRIVER_OK) when `kvm`, and with the host requests husk uses.
 fn allow_ioctls(rules: &mut Rules, kvm: bool) {
     let mut list: Vec<SeccompRule> = HOST_IOCTLS
         .iter()
@@ -36,14 +37,21 @@ fn allow_ioctls(rules: &mut Rules, kvm: bool) {
         condition(2, SeccompCmpOp::Eq, 0),
     ]));
     if kvm {
-        list.push(rule(vec![condition(
-            1,
-            SeccompCmpOp::MaskedEq(0xff00),
-            0xae00,
-        )]));
+        for kind in [KVMIO, VHOST_VIRTIO] {
+            list.push(rule(vec![condition(
+                1,
+                SeccompCmpOp::MaskedEq(0xff00),
+                kind,
+            )]));
+        }
     }
     rules.insert(libc::SYS_ioctl, list);
 }
+
+/// KVM's ioctl type, in bits 8-15 of a request.
+const KVMIO: u64 = 0xae00;
+/// The kernel vhost drivers' ioctl type.
+const VHOST_VIRTIO: u64 = 0xaf00;
 
 /// `socket` for Unix sockets only.
 fn allow_unix_sockets(rules: &mut Rules) {

@@ -1,4 +1,4 @@
-//! `NetConfig` and `MacAddr`, parsed from `tap=NAME[,mac=aa:bb:cc:dd:ee:ff]`.
+//! `NetConfig` and `MacAddr`, parsed from `tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,vhost=on]`.
 
 use std::fmt;
 use std::io::Read;
@@ -26,6 +26,9 @@ pub enum NetConfigError {
     /// A multicast MAC cannot be a station address.
     #[error("mac address {0} is multicast")]
     MulticastMac(String),
+    /// `vhost=` takes `on` or `off`.
+    #[error("bad vhost value {0:?}: on or off")]
+    BadVhost(String),
 }
 
 /// An Ethernet MAC address.
@@ -108,6 +111,10 @@ pub struct NetConfig {
     /// Limits on frames from the guest (bytes and frames).
     #[serde(default)]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
+    /// Frames move through the host kernel's vhost-net instead of husk's device
+    /// thread (see `vhost.rs`): no rate limits, no snapshots.
+    #[serde(default)]
+    pub vhost: bool,
 }
 
 impl NetConfig {
@@ -146,7 +153,7 @@ pub fn validate_ifname(name: &str) -> Result<(), NetConfigError> {
 impl FromStr for NetConfig {
     type Err = NetConfigError;
 
-    /// Parse `tap=NAME[,mac=aa:bb:cc:dd:ee:ff]`; both keys are optional.
+    /// Parse `tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,vhost=on]`; every key is optional.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut config = NetConfig::default();
         for part in s.split(',').filter(|p| !p.is_empty()) {
@@ -159,6 +166,13 @@ impl FromStr for NetConfig {
                     config.tap = Some(value.into());
                 }
                 "mac" => config.mac = Some(value.parse()?),
+                "vhost" => {
+                    config.vhost = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(NetConfigError::BadVhost(value.into())),
+                    }
+                }
                 _ => return Err(NetConfigError::UnknownKey(key.into())),
             }
         }
@@ -230,6 +244,16 @@ mod tests {
             MacAddr([2, 0xab, 0, 0, 0, 1]).to_string(),
             "02:ab:00:00:00:01"
         );
+    }
+
+    #[test]
+    fn vhost_is_on_or_off() {
+        let c: NetConfig = "tap=husk0,vhost=on".parse().unwrap();
+        assert!(c.vhost);
+        assert!(!"vhost=off".parse::<NetConfig>().unwrap().vhost);
+        assert!(!"".parse::<NetConfig>().unwrap().vhost);
+        let e = "vhost=yes".parse::<NetConfig>();
+        assert_eq!(e, Err(NetConfigError::BadVhost("yes".into())));
     }
 
     #[test]

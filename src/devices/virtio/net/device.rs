@@ -13,6 +13,7 @@ use super::header::{Offloads, NET_HDR_LEN, OFFERED};
 use super::queues::{self, FrameIo};
 use super::rx::RxState;
 use super::tap::{Tap, TapError};
+use super::vhost::{KernelPath, VhostNetError};
 use crate::devices::rate_limiter::{LimiterKind, RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::devices::virtio::guest_io::IoVecs;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -37,6 +38,12 @@ pub enum NetError {
     /// Eventfds could not be created.
     #[error("virtio-net setup")]
     Setup(#[from] VirtioError),
+    /// The kernel data path could not be set up.
+    #[error(transparent)]
+    Vhost(#[from] VhostNetError),
+    /// `vhost=on` with something it cannot do.
+    #[error("virtio-net vhost=on: {0}")]
+    VhostConflict(&'static str),
     /// A rate limiter could not be made.
     #[error("virtio-net {which}")]
     RateLimiter {
@@ -96,15 +103,20 @@ pub struct Net {
     pub(super) rx_limiter: RateLimiter,
     /// Frames from the guest: TX chains are not taken while it blocks.
     pub(super) tx_limiter: RateLimiter,
+    /// `vhost=on`: the kernel moves the frames, and `queues` stays inactive.
+    pub(super) kernel: Option<KernelPath>,
     state: NetState,
 }
 
 impl Net {
     /// File descriptors the device and its virtio-mmio transport hold at most: the
-    /// TAP, the two rate limiters' timers, the queue set and the transport's eventfds
-    /// (two queues).
-    pub const MAX_FDS: usize =
-        1 + 2 * RateLimiter::FDS + QueueSet::max_fds(2) + MmioTransport::max_fds(2);
+    /// TAP, the two rate limiters' timers, the queue set, the kernel path's and the
+    /// transport's eventfds (two queues).
+    pub const MAX_FDS: usize = 1
+        + 2 * RateLimiter::FDS
+        + QueueSet::max_fds(2)
+        + KernelPath::FDS
+        + MmioTransport::max_fds(2);
 
     /// Open (or create) the TAP of `config` and pick the MAC.
     pub fn new(config: NetConfig) -> Result<Self, NetError> {
@@ -135,6 +147,20 @@ impl Net {
         let limiter = |which, config: Option<&RateLimiterConfig>| {
             RateLimiter::new(config).map_err(|source| NetError::RateLimiter { which, source })
         };
+        let kernel = match (config.vhost, &tap) {
+            (false, _) => None,
+            (true, Backend::Unplugged) => {
+                return Err(NetError::VhostConflict("an unplugged card has no TAP"))
+            }
+            (true, Backend::Tap(_))
+                if config.rx_rate_limiter.is_some() || config.tx_rate_limiter.is_some() =>
+            {
+                return Err(NetError::VhostConflict(
+                    "no rate limiter (husk never sees the frames)",
+                ))
+            }
+            (true, Backend::Tap(_)) => Some(KernelPath::open()?),
+        };
         let rx_limiter = limiter("rx_rate_limiter", config.rx_rate_limiter.as_ref())?;
         let tx_limiter = limiter("tx_rate_limiter", config.tx_rate_limiter.as_ref())?;
         config.rx_rate_limiter = RateLimiterConfig::in_force(Some(&rx_limiter.config()));
@@ -151,6 +177,7 @@ impl Net {
             rx: RxState::default(),
             rx_limiter,
             tx_limiter,
+            kernel,
             state,
         })
     }
@@ -245,10 +272,22 @@ impl VirtioDevice for Net {
         interrupt: Arc<Interrupt>,
         queues: Vec<(Queue, EventFd)>,
     ) -> Result<(), VirtioError> {
-        self.queues.activate(mem, interrupt, queues)
+        let (Some(kernel), Backend::Tap(tap)) = (self.kernel.as_mut(), &self.tap) else {
+            return self.queues.activate(mem, interrupt, queues);
+        };
+        let acked = self.state.acked_features;
+        kernel
+            .start(mem, interrupt, &queues, acked, tap.file())
+            .map_err(|e| VirtioError::Backend {
+                device: "net",
+                source: std::io::Error::other(crate::error_chain(&e)),
+            })
     }
 
     fn reset(&mut self) {
+        if let Some(kernel) = self.kernel.as_mut() {
+            kernel.stop();
+        }
         self.queues.reset();
         self.rx.clear();
         self.state.acked_features = 0;
@@ -256,6 +295,13 @@ impl VirtioDevice for Net {
     }
 
     fn describe(&self) -> String {
+        if let Some(kernel) = &self.kernel {
+            return format!(
+                "virtio-net on TAP {} through the kernel's vhost-net (rings handed over: {})",
+                self.state.tap_name,
+                kernel.is_running()
+            );
+        }
         format!(
             "{} (TAP {}, {} RX chains taken and not filled, a frame waiting: {}, RX limiter \
              {}, TX limiter {})",
@@ -291,6 +337,12 @@ impl VirtioDevice for Net {
         kind: LimiterKind,
         change: &RateLimiterConfig,
     ) -> Result<RateLimiterConfig, RateLimiterError> {
+        if self.kernel.is_some() {
+            return Err(RateLimiterError::Unsupported {
+                device: "virtio-net on vhost-net",
+                kind,
+            });
+        }
         let (limiter, saved, queue) = match kind {
             LimiterKind::Receive => (
                 &mut self.rx_limiter,
@@ -331,12 +383,39 @@ mod tests {
             claim: false,
             rx_rate_limiter: None,
             tx_rate_limiter: None,
+            vhost: false,
         })
         .unwrap();
         let mut b = [0u8; 6];
         net.read_config(0, &mut b);
         assert_eq!(b, mac.0);
         assert!(net.tap_name().starts_with("husk"));
+    }
+
+    #[test]
+    fn vhost_on_an_unplugged_card_or_with_a_rate_limiter_is_refused_before_opening() {
+        let unplugged = NetConfig {
+            vhost: true,
+            ..NetConfig::unplugged()
+        };
+        let e = Net::new(unplugged).unwrap_err();
+        assert!(e.to_string().contains("unplugged card"), "{e}");
+        let limited = NetConfig {
+            vhost: true,
+            tx_rate_limiter: Some(RateLimiterConfig {
+                bandwidth: None,
+                ops: Some(crate::devices::rate_limiter::BucketConfig {
+                    size: 100,
+                    one_time_burst: None,
+                    refill_time: 1000,
+                }),
+            }),
+            ..NetConfig::default()
+        };
+        // On a new TAP (root): the conflict is named whether or not the host has
+        // /dev/vhost-net, which is never opened.
+        let e = Net::new(limited).unwrap_err();
+        assert!(e.to_string().contains("no rate limiter"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Event-manager glue of virtio-net: queue eventfds, the TAP (edge-triggered) and the
-//! rate limiters' timers.
+//! rate limiters' timers; on the kernel path (`vhost=on`) only vhost-net's call
+//! eventfds, which become the interrupt.
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
@@ -13,6 +14,8 @@ const TAP_TOKEN: u32 = 0x102;
 const RX_LIMITER_TOKEN: u32 = 0x103;
 /// Event data of the TX rate limiter's timer.
 const TX_LIMITER_TOKEN: u32 = 0x104;
+/// Event data of vhost-net's call eventfds: this plus the queue index.
+const CALL_TOKEN: u32 = 0x110;
 
 impl MutEventSubscriber for Net {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -35,6 +38,11 @@ impl MutEventSubscriber for Net {
                 self.tx_limiter.on_timer();
                 self.process_tx();
             }
+            token if (CALL_TOKEN..CALL_TOKEN + 2).contains(&token) => {
+                if let Some(kernel) = &self.kernel {
+                    kernel.relay((token - CALL_TOKEN) as usize);
+                }
+            }
             _ => {}
         }
     }
@@ -49,7 +57,14 @@ impl MutEventSubscriber for Net {
                 log::error!("virtio-net: cannot watch a rate limiter's timer: {e}");
             }
         }
-        let Backend::Tap(tap) = &self.tap else {
+        for (i, call) in self.kernel.iter().flat_map(|k| k.calls.iter()).enumerate() {
+            let token = CALL_TOKEN + u32::try_from(i).expect("a card has two queues");
+            if let Err(e) = ops.add(Events::with_data(call, token, EventSet::IN)) {
+                log::error!("virtio-net: cannot watch vhost-net's call eventfd {i}: {e}");
+            }
+        }
+        // On the kernel path only the kernel reads the TAP.
+        let (Backend::Tap(tap), None) = (&self.tap, &self.kernel) else {
             return;
         };
         let set = EventSet::IN | EventSet::EDGE_TRIGGERED;

@@ -3,9 +3,10 @@
 //! `config` parses `tap=NAME[,mac=..]`, `tap` opens the TAP (the only ioctls),
 //! `header` checks the virtio-net header against the negotiated offloads, `queues`
 //! moves frames between the virtqueues and any [`FrameIo`] (a TAP, or a datagram
-//! socket in tests and benches), with `rx` filling RX buffers in place, `device` is
-//! the `VirtioDevice`, and
-//! `event_handler` ties the queue eventfds and the TAP fd to the event loop.
+//! socket in tests and benches), with `rx` filling RX buffers in place, `vhost` hands
+//! both to the host kernel's vhost-net instead (`vhost=on`), `device` is the
+//! `VirtioDevice`, and `event_handler` ties the queue eventfds, the TAP fd and the
+//! kernel's call eventfds to the event loop.
 
 mod config;
 mod device;
@@ -17,6 +18,7 @@ mod rx;
 pub mod tap;
 #[cfg(test)]
 mod transport_tests;
+mod vhost;
 
 pub use config::{validate_ifname, MacAddr, NetConfig, NetConfigError};
 pub use device::{Net, NetError, NetState, QUEUE_SIZE};
@@ -25,3 +27,4 @@ pub use persist::NetPersist;
 pub use queues::{process_rx, process_tx, FrameIo};
 pub use rx::RxState;
 pub use tap::{Tap, TapError};
+pub use vhost::{VhostNetError, VHOST_NET_PATH};

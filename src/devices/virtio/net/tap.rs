@@ -267,6 +267,13 @@ impl Tap {
     }
 }
 
+impl Tap {
+    /// The TAP's file (handed to vhost-net).
+    pub(super) fn file(&self) -> &File {
+        &self.file
+    }
+}
+
 impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()

@@ -1,0 +1,260 @@
+//! A card's kernel data path (`vhost=on`): the host kernel's vhost-net moves frames
+//! between the TAP and the guest's rings itself, woken by the queues' notify eventfds
+//! (KVM's ioeventfds, so a guest's kick never leaves the kernel). husk opens
+//! `/dev/vhost-net` with the card, hands it the memory table and the rings at
+//! DRIVER_OK, takes them back at a reset, and relays its "used" signals as the
+//! transport's interrupt: virtio-mmio's InterruptStatus must say why the line rose,
+//! which an irqfd handed to the kernel could not.
+//!
+//! The TAP keeps its virtio-net header (12 bytes, as the TAP was opened with), so
+//! vhost-net passes headers through untouched (`VHOST_NET_F_VIRTIO_NET_HDR` is never
+//! set) and the checksum and TSO offloads are the TAP's, set from the acked features
+//! as on the user-space path. Rate limits cannot apply (husk never sees a frame), and
+//! the rings' positions live in the kernel, so such a VM is not snapshotted.
+#![expect(
+    unsafe_code,
+    reason = "VHOST_NET_SET_BACKEND has no safe wrapper in the vhost crate"
+)]
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+
+use vhost::vhost_kern::vhost_binding::{vhost_vring_file, VHOST_NET_SET_BACKEND};
+use vhost::vhost_kern::VhostKernBackend;
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
+use vmm_sys_util::ioctl::ioctl_with_ref;
+
+use crate::devices::virtio::{feature, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+
+/// The kernel's vhost-net device.
+pub const VHOST_NET_PATH: &str = "/dev/vhost-net";
+/// vhost-net's own bit: the kernel adds and strips the virtio-net header (husk leaves
+/// that to the TAP). The same bit as VIRTIO_F_ANY_LAYOUT, which the card never offers.
+const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
+/// What the card offers that the kernel path must carry out itself.
+const NEEDED: u64 = feature(VIRTIO_F_VERSION_1)
+    | feature(VIRTIO_RING_F_EVENT_IDX)
+    | feature(VIRTIO_NET_F_MRG_RXBUF);
+
+/// Errors of the kernel path.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostNetError {
+    /// `/dev/vhost-net` could not be opened.
+    #[error("cannot open {VHOST_NET_PATH} (is the vhost_net module loaded?)")]
+    Open(#[source] std::io::Error),
+    /// A vhost request failed.
+    #[error("vhost-net {step}")]
+    Request {
+        /// The request.
+        step: &'static str,
+        /// The error.
+        #[source]
+        source: vhost::Error,
+    },
+    /// The kernel's vhost-net lacks a feature the card offers.
+    #[error("the kernel's vhost-net lacks features {0:#x} (VERSION_1, EVENT_IDX, MRG_RXBUF)")]
+    Features(u64),
+    /// An eventfd could not be made.
+    #[error("vhost-net call eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+fn failed(step: &'static str) -> impl FnOnce(vhost::Error) -> VhostNetError {
+    move |source| VhostNetError::Request { step, source }
+}
+
+/// An open `/dev/vhost-net` and the guest memory it was last given (which the vhost
+/// crate reads to turn ring addresses into host addresses).
+struct Handle {
+    file: File,
+    mem: Arc<GuestMemoryMmap>,
+}
+
+impl AsRawFd for Handle {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+impl VhostKernBackend for Handle {
+    type AS = Arc<GuestMemoryMmap>;
+
+    fn mem(&self) -> &Self::AS {
+        &self.mem
+    }
+}
+
+impl Handle {
+    /// Attach `tap` to queue `index`, or detach it (`None`: the kernel stops the ring
+    /// once it has finished what it was doing).
+    fn set_backend(&self, index: usize, tap: Option<&File>) -> Result<(), VhostNetError> {
+        let request = vhost_vring_file {
+            index: u32::try_from(index).expect("a card has two queues"),
+            fd: tap.map_or(-1, AsRawFd::as_raw_fd),
+        };
+        // SAFETY: VHOST_NET_SET_BACKEND reads one `vhost_vring_file` through the
+        // pointer, which is valid for the call; the result is checked.
+        let ret = unsafe { ioctl_with_ref(self, VHOST_NET_SET_BACKEND(), &request) };
+        if ret < 0 {
+            let source = vhost::Error::IoctlError(std::io::Error::last_os_error());
+            return Err(VhostNetError::Request {
+                step: "SET_BACKEND",
+                source,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The kernel path of one card.
+pub(super) struct KernelPath {
+    handle: Handle,
+    /// What the kernel supports.
+    features: u64,
+    /// One per queue: the kernel signals it when it used buffers, the device loop
+    /// raises the interrupt.
+    pub(super) calls: [EventFd; 2],
+    interrupt: Option<Arc<Interrupt>>,
+    /// Queues handed to the kernel (taken back at reset).
+    running: usize,
+}
+
+impl std::fmt::Debug for KernelPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelPath")
+            .field("features", &self.features)
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KernelPath {
+    /// File descriptors it holds: `/dev/vhost-net` and two call eventfds.
+    pub(super) const FDS: usize = 3;
+
+    /// Open `/dev/vhost-net`, become its owner (the kernel starts its worker for this
+    /// process) and check that it carries what the card offers.
+    pub(super) fn open() -> Result<Self, VhostNetError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(VHOST_NET_PATH)
+            .map_err(VhostNetError::Open)?;
+        let handle = Handle {
+            file,
+            mem: Arc::new(GuestMemoryMmap::default()),
+        };
+        handle.set_owner().map_err(failed("SET_OWNER"))?;
+        let features = handle.get_features().map_err(failed("GET_FEATURES"))?;
+        if features & NEEDED != NEEDED {
+            return Err(VhostNetError::Features(NEEDED & !features));
+        }
+        let call = || EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(VhostNetError::EventFd);
+        Ok(Self {
+            handle,
+            features,
+            calls: [call()?, call()?],
+            interrupt: None,
+            running: 0,
+        })
+    }
+
+    /// Hand the kernel the memory, the rings of `queues` (with their notify eventfds)
+    /// and `tap`; it serves them from here on.
+    pub(super) fn start(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: &[(Queue, EventFd)],
+        acked: u64,
+        tap: &File,
+    ) -> Result<(), VhostNetError> {
+        self.stop();
+        self.interrupt = Some(interrupt);
+        let regions: Vec<VhostUserMemoryRegionInfo> = mem
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo {
+                guest_phys_addr: r.start_addr().raw_value(),
+                memory_size: r.len(),
+                userspace_addr: r.as_ptr() as u64,
+                // The kernel maps nothing: it reads this process's own mapping.
+                mmap_offset: 0,
+                mmap_handle: -1,
+            })
+            .collect();
+        self.handle.mem = Arc::new(mem);
+        let features = acked & self.features & !VHOST_NET_F_VIRTIO_NET_HDR;
+        let h = &self.handle;
+        h.set_features(features).map_err(failed("SET_FEATURES"))?;
+        h.set_mem_table(&regions).map_err(failed("SET_MEM_TABLE"))?;
+        for (i, (queue, kick)) in queues.iter().enumerate() {
+            // The vhost crate turns these guest addresses into host ones through the
+            // memory above, and refuses rings outside it.
+            let rings = VringConfigData {
+                queue_max_size: queue.max_size(),
+                queue_size: queue.size(),
+                flags: 0,
+                desc_table_addr: queue.desc_table(),
+                used_ring_addr: queue.used_ring(),
+                avail_ring_addr: queue.avail_ring(),
+                log_addr: None,
+            };
+            h.set_vring_num(i, queue.size())
+                .map_err(failed("SET_VRING_NUM"))?;
+            h.set_vring_addr(i, &rings)
+                .map_err(failed("SET_VRING_ADDR"))?;
+            h.set_vring_base(i, queue.next_avail())
+                .map_err(failed("SET_VRING_BASE"))?;
+            h.set_vring_call(i, &self.calls[i])
+                .map_err(failed("SET_VRING_CALL"))?;
+            h.set_vring_kick(i, kick)
+                .map_err(failed("SET_VRING_KICK"))?;
+            self.running = i + 1;
+            h.set_backend(i, Some(tap))?;
+        }
+        // A kick the driver gave before DRIVER_OK would otherwise wait for its next
+        // one; one too many only makes the kernel look at a ring with nothing new.
+        for (_, kick) in queues {
+            let _ = kick.write(1);
+        }
+        Ok(())
+    }
+
+    /// Take the rings back (at a reset): the kernel finishes what it was doing and
+    /// touches the guest's memory no more.
+    pub(super) fn stop(&mut self) {
+        for i in 0..std::mem::take(&mut self.running) {
+            if let Err(e) = self.handle.set_backend(i, None) {
+                log::warn!("virtio-net: stopping vhost-net queue {i}: {e}");
+            }
+        }
+        self.interrupt = None;
+    }
+
+    /// The kernel used buffers of queue `index`: tell the guest.
+    pub(super) fn relay(&self, index: usize) {
+        let Some(call) = self.calls.get(index) else {
+            return;
+        };
+        if call.read().is_err() {
+            return;
+        }
+        if let Some(interrupt) = &self.interrupt {
+            if let Err(e) = interrupt.signal_used_queue() {
+                log::warn!("virtio-net: {e}");
+            }
+        }
+    }
+
+    /// Whether the kernel serves the rings now.
+    pub(super) fn is_running(&self) -> bool {
+        self.running > 0
+    }
+}
