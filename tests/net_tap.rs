@@ -1,7 +1,7 @@
 //! Integration tests of husk's virtio-net through the real path: TCP both ways between
 //! the real guest kernel and the host over a TAP (one husk made, one a caller made and
-//! a jail holds), with the guest's offloads on and off, and through the host kernel's
-//! vhost-net (`vhost=on`). The scripts are the device tests' (`common/device_script.rs`).
+//! a jail holds), with the guest's offloads on and off, and a jailed VMM's card on the
+//! host kernel's vhost-net (`"vhost": true`). The scripts are the device tests' (`common/device_script.rs`).
 mod common;
 
 use std::path::Path;
@@ -123,37 +123,6 @@ fn tcp_over_a_tap_moves_files_both_ways_when_the_guest_sends_without_offloads() 
     check_tcp_both_ways(&out);
 }
 
-/// The card on the host kernel's vhost-net (`vhost=on`): husk makes the TAP and hands
-/// the rings to the kernel, whose worker thread (`vhost-PID`) lives in husk's process.
-/// The same guest and host scripts; the test host loads vhost_net first.
-#[test]
-fn tcp_through_vhost_net_moves_files_both_ways_with_offloads_and_the_tap_vanishes() {
-    let modules = testhost_module_files(&["vhost_net"]);
-    let assets = assets();
-    let mut files = assets.files();
-    files.extend(modules.iter().map(|(p, n)| (p.as_path(), n.as_str())));
-    files.push((Path::new(GUEST_TOOL), "husk-guest-tool"));
-    let start_vm = HUSK_MAKES_THE_TAP.replace(
-        "--net tap=,mac=52:54:00:12:34:56",
-        "--net tap=,mac=52:54:00:12:34:56,vhost=on",
-    );
-    let workers = "echo \"vhost-workers=$(cat /proc/$husk/task/*/comm | grep -c '^vhost-')\"\n";
-    let host = format!("{LOAD_MODULES}{}", net_host(&start_vm, workers));
-    let out = run_script(&script(NET_GUEST, &host), &files);
-    assert_eq!(out.value("module-failed"), None, "{out}");
-    assert_eq!(out.value("vhost-workers"), Some("1"), "{out}");
-    let features = out.value("guest-net-features").unwrap_or_default();
-    let bits: Vec<char> = features.chars().collect();
-    // Checksums and TSO both ways, merged RX buffers, EVENT_IDX.
-    assert!(
-        [0, 1, 7, 11, 15, 29]
-            .iter()
-            .all(|&b| bits.get(b) == Some(&'1')),
-        "{out}"
-    );
-    check_tcp_both_ways(&out);
-}
-
 /// A jailed `husk vmm` (uid 1000, from a config file) on a TAP the caller made
 /// (root-owned, `ip tuntap add`, this machine's iproute2 carried in): the jail attaches
 /// to it as root before its uid drop (`--hold-tap`); the card uses that TAP.
@@ -168,7 +137,7 @@ cat > jnet/vm.json <<VM_EOF
   "boot_args": "$CMDLINE"},
  "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
  "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "ctap0",
-  "guest_mac": "52:54:00:12:34:56"}]}
+  "guest_mac": "52:54:00:12:34:56"VHOST}]}
 VM_EOF
 ln -s jnet/console.log console.log
 ./husk vmm --no-api --config-file "$PWD/jnet/vm.json" --console "$PWD/jnet/console.log" \
@@ -178,30 +147,79 @@ husk=$!
 "#;
 
 /// What the jailed run records once traffic has flowed: the uid of the process the
-/// supervisor jailed.
+/// supervisor jailed, and how many vhost-net workers (threads `vhost-PID`, which the
+/// kernel starts in the process that owns the device) it has.
 const RECORD_JAIL_UID: &str = r#"
 jailed=$(tr -d ' ' < /proc/$husk/task/$husk/children)
 echo "vmm-uid=$(awk '/^Uid:/{print $2}' /proc/$jailed/status)"
+echo "vhost-workers=$(cat /proc/$jailed/task/*/comm | grep -c '^vhost-')"
 "#;
 
-#[test]
-fn tcp_over_a_callers_tap_held_by_a_jailed_vmm_moves_files_both_ways_and_the_tap_stays() {
+/// The jailed TAP test's run: the card on husk's device thread, or with `vhost` on the
+/// host kernel's vhost-net (whose modules the test host then loads first).
+fn jailed_tcp(vhost: bool) -> Output {
     let ip = common::tool_files("ip", "iproute", "iproute2");
-    let mut files: Vec<(&Path, &str)> = ip.iter().map(|(p, n)| (p.as_path(), n.as_str())).collect();
+    let modules = if vhost {
+        testhost_module_files(&["vhost_net"])
+    } else {
+        Vec::new()
+    };
+    let mut files: Vec<(&Path, &str)> = ip
+        .iter()
+        .chain(&modules)
+        .map(|(p, n)| (p.as_path(), n.as_str()))
+        .collect();
     let assets = assets();
     files.extend(assets.files());
     files.push((Path::new(GUEST_TOOL), "husk-guest-tool"));
-    let host = net_host(JAIL_HOLDS_THE_TAP, RECORD_JAIL_UID).replace(
-        "echo \"tap-exists-after=",
-        "echo \"tap-owner-after=$(cat /sys/class/net/ctap0/owner)\"\n\
-         echo \"jail-dir-left=$(test -e /tmp/husk-jail-tap && echo yes || echo no)\"\n\
-         echo \"jvmm-err=$(cat jvmm.err)\"\n\
-         echo \"tap-exists-after=",
-    );
+    let start_vm =
+        JAIL_HOLDS_THE_TAP.replace("VHOST", if vhost { r#", "vhost": true"# } else { "" });
+    let load = if vhost { LOAD_MODULES } else { "" };
+    let host = load.to_string()
+        + &net_host(&start_vm, RECORD_JAIL_UID).replace(
+            "echo \"tap-exists-after=",
+            "echo \"tap-owner-after=$(cat /sys/class/net/ctap0/owner)\"\n\
+             echo \"jail-dir-left=$(test -e /tmp/husk-jail-tap && echo yes || echo no)\"\n\
+             echo \"jvmm-err=$(cat jvmm.err)\"\n\
+             echo \"tap-exists-after=",
+        );
     let out = run_script(&script(NET_GUEST, &host), &files);
+    assert_eq!(out.value("module-failed"), None, "{out}");
+    out
+}
+
+#[test]
+fn tcp_over_a_callers_tap_held_by_a_jailed_vmm_moves_files_both_ways_and_the_tap_stays() {
+    let out = jailed_tcp(false);
+    assert_eq!(out.value("vhost-workers"), Some("0"), "{out}");
+    check_jailed_tcp(&out);
+}
+
+/// The same jailed VMM with its card on the host kernel's vhost-net (`"vhost": true`):
+/// the jail's /dev/vhost-net, the ioctls its filters allow, the kernel's worker in the
+/// VMM's process, the guest's offloads (checksums and TSO both ways, merged RX buffers,
+/// EVENT_IDX: virtio feature bits 0, 1, 7, 11, 15 and 29).
+#[test]
+fn tcp_through_vhost_net_in_a_jailed_vmm_moves_files_both_ways_with_offloads() {
+    let out = jailed_tcp(true);
+    assert_eq!(out.value("vhost-workers"), Some("1"), "{out}");
+    let features = out.value("guest-net-features").unwrap_or_default();
+    let bits: Vec<char> = features.chars().collect();
+    assert!(
+        [0, 1, 7, 11, 15, 29]
+            .iter()
+            .all(|&b| bits.get(b) == Some(&'1')),
+        "{out}"
+    );
+    check_jailed_tcp(&out);
+}
+
+/// What a jailed run on the caller's TAP checks: the VMM's uid, the traffic, and that
+/// the TAP stays the caller's while the jail goes.
+fn check_jailed_tcp(out: &Output) {
     assert_eq!(out.value("vmm-uid"), Some("1000"), "{out}");
     assert_eq!(out.value("tap-name"), Some("ctap0"), "{out}");
-    check_traffic(&out);
+    check_traffic(out);
     // The caller's TAP stays, with its owner (none: -1).
     assert_eq!(out.value("tap-exists-after"), Some("yes"), "{out}");
     assert_eq!(out.value("tap-owner-before"), Some("-1"), "{out}");
