@@ -1,6 +1,6 @@
-//! Integration tests of `husk run --disk`, `--disk-rate` and `--net` with the real guest
-//! kernel, the real agent and a real TAP. One test-host boot runs every sandbox; the
-//! script prints `key=value` lines that the test asserts on.
+//! Integration tests of `husk run --disk`, `--disk-rate`, `--net` and `--net-vhost`
+//! with the real guest kernel, the real agent and a real TAP. One test-host boot runs
+//! every sandbox; the script prints `key=value` lines that the test asserts on.
 //!
 //! The test host has no e2fsprogs, so this machine's `mkfs.ext4` goes in with its
 //! shared libraries and dynamic loader, behind a wrapper on the script's PATH.
@@ -8,7 +8,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{mkfs_ext4_files, run_sandbox_script, MKFS_EXT4_ON_PATH};
+use common::{
+    mkfs_ext4_files, run_sandbox_script, testhost_module_files, LOAD_MODULES, MKFS_EXT4_ON_PATH,
+};
 
 const CHECKS: &str = r#"
 tar xf store.tar
@@ -76,13 +78,34 @@ $R -i --net link busybox -- sh < net.sh > net.out; echo "net-status=$?"
 cat net.out
 wait $listener
 exec 3>&-
-kill $httpd
 echo "net-from-guest=$(cat from-guest)"
+
+# --net-vhost: the same with the card on the host kernel's vhost-net, warm from the
+# template as the run above; the kernel's worker (a thread vhost-PID of the VMM) is
+# looked for while it runs.
+mkfifo keep-open-v
+timeout 330 nc -l -p 7002 < keep-open-v > from-guest-v &
+listener=$!
+exec 4> keep-open-v
+(while :; do
+    cat /proc/[0-9]*/task/*/comm 2>/dev/null | grep -q '^vhost-' && { echo yes > saw-vhost; break; }
+    sleep 0.1
+done) &
+watcher=$!
+$R -i --net link --net-vhost busybox -- sh < net.sh > netv.out; echo "netv-status=$?"
+kill $watcher 2>/dev/null
+sed 's/^net-/netv-/' netv.out
+wait $listener
+exec 4>&-
+kill $httpd
+echo "netv-from-guest=$(cat from-guest-v)"
+echo "netv-saw-worker=$(cat saw-vhost 2>/dev/null)"
 echo "taps-after=$(ls /sys/class/net | grep -c '^husk')"
 
 # A conflict: a new interface's index is the last one plus one, so the next TAP's link
-# is the one after this run's; its host address goes on lo first, and husk must refuse.
-net_address=$(sed -n 's/^net-address=//p' net.out)
+# is the one after the last run's; its host address goes on lo first, and husk must
+# refuse.
+net_address=$(sed -n 's/^net-address=//p' netv.out)
 third=${net_address#10.213.}; c=${third%%.*}; d=${third#*.}; d=${d%%/*}
 next=$(( ((c * 256 + d) / 4 + 1) % 16384 * 4 ))
 taken=10.213.$((next / 256)).$((next % 256 + 1))
@@ -108,11 +131,13 @@ fn number(value: Option<&str>) -> u64 {
 #[test]
 fn run_with_scratch_disk_and_network_reaches_the_host_and_cleans_up() {
     let e2fs = mkfs_ext4_files();
+    let modules = testhost_module_files(&["vhost_net"]);
     let files: Vec<(&Path, &str)> = e2fs
         .iter()
+        .chain(&modules)
         .map(|(p, n)| (p.as_path(), n.as_str()))
         .collect();
-    let script = format!("{CHECKS}{MKFS_EXT4_ON_PATH}{CHECKS_AFTER_SETUP}");
+    let script = format!("{CHECKS}{MKFS_EXT4_ON_PATH}{LOAD_MODULES}{CHECKS_AFTER_SETUP}");
     let out = run_sandbox_script(&script, &files);
     // --disk: the root's size is the 64 MiB disk's (less ext4's metadata), not a tmpfs's.
     assert_eq!(out.value("disk1-status"), Some("0"), "{out}");
@@ -172,6 +197,17 @@ fn run_with_scratch_disk_and_network_reaches_the_host_and_cleans_up() {
     assert_eq!(out.value("net-nc-status"), Some("0"), "{out}");
     assert_eq!(
         out.value("net-from-guest"),
+        Some("hello-from-guest"),
+        "{out}"
+    );
+    // --net-vhost
+    assert_eq!(out.value("module-failed"), None, "{out}");
+    assert_eq!(out.value("netv-status"), Some("0"), "{out}");
+    assert_eq!(out.value("netv-saw-worker"), Some("yes"), "{out}");
+    assert_eq!(out.value("netv-wget"), Some("hello-from-host"), "{out}");
+    assert_eq!(out.value("netv-nc-status"), Some("0"), "{out}");
+    assert_eq!(
+        out.value("netv-from-guest"),
         Some("hello-from-guest"),
         "{out}"
     );

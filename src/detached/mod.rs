@@ -202,6 +202,9 @@ pub struct Request {
     /// `--net-rate`.
     #[serde(default)]
     pub net_rate: Option<crate::sandbox::ByteRate>,
+    /// `--net-vhost`.
+    #[serde(default)]
+    pub net_vhost: bool,
     /// Guest console file, if any.
     pub console: Option<PathBuf>,
     /// The main process.

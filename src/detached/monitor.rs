@@ -298,6 +298,7 @@ fn start_main(dir: &SandboxDir, request: &Request) -> Result<Started, Box<dyn st
     config.volumes = request.volumes.clone();
     config.disk_rate = request.disk_rate;
     config.net_rate = request.net_rate;
+    config.net_vhost = request.net_vhost;
     // A parked sandbox's folder may be renamed (see `super::adopt`): its VM's runtime
     // folder lives elsewhere.
     config.runtime_parent = Some(if request.parked {

@@ -77,6 +77,7 @@ impl PoolSpec {
             volumes: Vec::new(),
             disk_rate: None,
             net_rate: None,
+            net_vhost: false,
             console: None,
             spec: RunSpec {
                 limits: ContainerLimits {

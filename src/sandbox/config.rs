@@ -90,6 +90,10 @@ pub struct SandboxConfig {
     /// Hold the sandbox's own network card to this many bytes per second each way
     /// (`--net-rate`). A sandbox with a rate boots cold.
     pub net_rate: Option<super::ByteRate>,
+    /// Move the sandbox's own card's frames through the host kernel's vhost-net
+    /// (`--net-vhost`; needs `network`, takes no `net_rate`). Such a sandbox cannot be
+    /// paused, snapshotted or forked (the kernel holds the rings' positions).
+    pub net_vhost: bool,
 }
 
 impl SandboxConfig {
@@ -117,6 +121,7 @@ impl SandboxConfig {
             volumes: Vec::new(),
             disk_rate: None,
             net_rate: None,
+            net_vhost: false,
         }
     }
 
@@ -229,6 +234,13 @@ impl SandboxBuilder {
     /// Hold the sandbox's own card to `rate` each way (see [`SandboxConfig::net_rate`]).
     pub fn net_rate(mut self, rate: super::ByteRate) -> Self {
         self.config.net_rate = Some(rate);
+        self
+    }
+
+    /// Put the sandbox's own card on the host kernel's vhost-net (see
+    /// [`SandboxConfig::net_vhost`]).
+    pub fn net_vhost(mut self, on: bool) -> Self {
+        self.config.net_vhost = on;
         self
     }
 
@@ -353,6 +365,7 @@ pub(super) fn vm_config(
         .then(|| NetConfig {
             rx_rate_limiter: super::rates::limiter(config.net_rate),
             tx_rate_limiter: super::rates::limiter(config.net_rate),
+            vhost: config.net_vhost,
             ..NetConfig::claiming(claimed)
         })
         .into_iter()

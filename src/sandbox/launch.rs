@@ -416,6 +416,7 @@ impl Restore<'_> {
             let card = match mac {
                 Some(mac) => NetConfig {
                     mac: Some(mac),
+                    vhost: config.net_vhost,
                     ..NetConfig::claiming(self.claimed)
                 },
                 None => NetConfig::unplugged(),

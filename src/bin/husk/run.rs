@@ -104,6 +104,12 @@ pub(crate) struct RunArgs {
     /// boots cold.
     #[arg(long = "net-rate", value_name = "BYTES/s")]
     net_rate: Option<husk::sandbox::ByteRate>,
+    /// Move the sandbox's network card's frames through the host kernel's vhost-net
+    /// (/dev/vhost-net, module vhost_net) instead of husk's device thread: faster, but
+    /// the kernel then parses the guest's descriptors for that card, and the sandbox
+    /// cannot be paused, snapshotted or forked. Needs --net link or nat; no --net-rate.
+    #[arg(long = "net-vhost")]
+    net_vhost: bool,
     /// Share the host folder HOST with the container at GUEST (repeatable), through
     /// virtio-fs and a virtiofsd per folder; `:ro` makes it read-only. A sandbox with
     /// volumes boots cold and cannot be paused, snapshotted or forked.
@@ -199,6 +205,14 @@ impl RunArgs {
         }
         if self.net == NetMode::None && self.net_rate.is_some() {
             return Err("--net-rate needs a network: --net link or --net nat".into());
+        }
+        if self.net == NetMode::None && self.net_vhost {
+            return Err("--net-vhost needs a network: --net link or --net nat".into());
+        }
+        if self.net_vhost && self.net_rate.is_some() {
+            return Err(
+                "--net-vhost takes no --net-rate: husk never sees a vhost-net card's frames".into(),
+            );
         }
         if self.net != NetMode::Nat && !(self.dns.is_empty() && self.allow.is_empty()) {
             return Err("--dns and --allow go with --net nat".into());
@@ -305,6 +319,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
             volumes: volumes.clone(),
             disk_rate: args.disk_rate,
             net_rate: args.net_rate,
+            net_vhost: args.net_vhost,
             console: args.console,
             spec,
             remove_on_exit: args.rm,
@@ -374,6 +389,7 @@ pub(crate) fn run_container(args: RunArgs) -> Result<i32, Box<dyn std::error::Er
     config.volumes = volumes;
     config.disk_rate = args.disk_rate;
     config.net_rate = args.net_rate;
+    config.net_vhost = args.net_vhost;
     config.warm = !args.cold;
     config.prepared = !args.no_prepared;
     if let Some(limit) = limit {

@@ -78,3 +78,25 @@ fn a_net_rate_without_a_network_is_refused() {
         Some("--net-rate needs a network: --net link or --net nat")
     );
 }
+
+#[test]
+fn net_vhost_needs_a_network_and_takes_no_rate() {
+    let args = run_args(&["--net-vhost", "busybox"]).unwrap();
+    assert_eq!(
+        args.network().err().as_deref(),
+        Some("--net-vhost needs a network: --net link or --net nat")
+    );
+    let args = run_args(&[
+        "--net",
+        "link",
+        "--net-vhost",
+        "--net-rate",
+        "1M/s",
+        "busybox",
+    ]);
+    let err = args.unwrap().network().unwrap_err();
+    assert!(err.contains("takes no --net-rate"), "{err}");
+    let args = run_args(&["--net", "link", "--net-vhost", "busybox"]).unwrap();
+    assert!(args.net_vhost);
+    assert_eq!(args.network(), Ok((true, None)));
+}
