@@ -167,7 +167,8 @@ impl KernelPath {
     }
 
     /// Hand the kernel the memory, the rings of `queues` (with their notify eventfds)
-    /// and `tap`; it serves them from here on.
+    /// and `tap`; it serves them from here on. On an error (rings outside RAM, say)
+    /// the kernel is left serving none.
     pub(super) fn start(
         &mut self,
         mem: GuestMemoryMmap,
@@ -178,6 +179,20 @@ impl KernelPath {
     ) -> Result<(), VhostNetError> {
         self.stop();
         self.interrupt = Some(interrupt);
+        let started = self.hand_over(mem, queues, acked, tap);
+        if started.is_err() {
+            self.stop();
+        }
+        started
+    }
+
+    fn hand_over(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: &[(Queue, EventFd)],
+        acked: u64,
+        tap: &File,
+    ) -> Result<(), VhostNetError> {
         let regions: Vec<VhostUserMemoryRegionInfo> = mem
             .iter()
             .map(|r| VhostUserMemoryRegionInfo {
