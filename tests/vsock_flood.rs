@@ -12,6 +12,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::device_script::GUEST_PRELUDE;
 use common::{assets, run_script, Output};
 use husk::devices::virtio::vsock::DEFAULT_MAX_SOCKETS;
 
@@ -32,15 +33,6 @@ fn example() -> PathBuf {
     );
     example
 }
-
-/// Start of both guest scripts.
-const GUEST_PRELUDE: &str = r#"export PATH=/bin
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sysfs /sys
-/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
-/bin/busybox --install -s /bin 2>/dev/null
-echo guest-started=yes
-"#;
 
 /// End of both guest scripts: a reset, which ends the VM cleanly.
 const GUEST_END: &str = "\necho guest-done=yes\nreboot -f\n";

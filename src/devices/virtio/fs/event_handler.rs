@@ -6,6 +6,7 @@
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::Fs;
+use crate::devices::virtio::Interrupt;
 
 impl MutEventSubscriber for Fs {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
@@ -15,14 +16,7 @@ impl MutEventSubscriber for Fs {
         else {
             return;
         };
-        if call.read().is_err() {
-            return;
-        }
-        if let Some(interrupt) = &self.interrupt {
-            if let Err(e) = interrupt.signal_used_queue() {
-                log::warn!("virtio-fs: {e}");
-            }
-        }
+        Interrupt::relay_call(self.interrupt.as_deref(), call, "fs");
     }
 
     fn init(&mut self, ops: &mut EventOps) {

@@ -27,4 +27,4 @@ pub use persist::NetPersist;
 pub use queues::{process_rx, process_tx, FrameIo};
 pub use rx::RxState;
 pub use tap::{Tap, TapError};
-pub use vhost::{VhostNetError, VHOST_NET_PATH};
+pub use vhost::VhostNetError;

@@ -147,6 +147,11 @@ impl Tap {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The TAP's file (handed to vhost-net).
+    pub(super) fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 /// Open `/dev/net/tun` (with `flags` besides O_CLOEXEC) and attach to (or create) the
@@ -264,13 +269,6 @@ impl Tap {
             file: File::from(std::os::fd::OwnedFd::from(sock)),
             name: "test-tap".into(),
         }
-    }
-}
-
-impl Tap {
-    /// The TAP's file (handed to vhost-net).
-    pub(super) fn file(&self) -> &File {
-        &self.file
     }
 }
 

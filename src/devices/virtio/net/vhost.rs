@@ -33,7 +33,7 @@ use vmm_sys_util::ioctl::ioctl_with_ref;
 use crate::devices::virtio::{feature, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 /// The kernel's vhost-net device.
-pub const VHOST_NET_PATH: &str = "/dev/vhost-net";
+const VHOST_NET_PATH: &str = "/dev/vhost-net";
 /// vhost-net's own bit: the kernel adds and strips the virtio-net header (husk leaves
 /// that to the TAP). The same bit as VIRTIO_F_ANY_LAYOUT, which the card never offers.
 const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
@@ -255,16 +255,8 @@ impl KernelPath {
 
     /// The kernel used buffers of queue `index`: tell the guest.
     pub(super) fn relay(&self, index: usize) {
-        let Some(call) = self.calls.get(index) else {
-            return;
-        };
-        if call.read().is_err() {
-            return;
-        }
-        if let Some(interrupt) = &self.interrupt {
-            if let Err(e) = interrupt.signal_used_queue() {
-                log::warn!("virtio-net: {e}");
-            }
+        if let Some(call) = self.calls.get(index) {
+            Interrupt::relay_call(self.interrupt.as_deref(), call, "net");
         }
     }
 
