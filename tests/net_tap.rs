@@ -140,19 +140,20 @@ cat > jnet/vm.json <<VM_EOF
   "guest_mac": "52:54:00:12:34:56"VHOST}]}
 VM_EOF
 ln -s jnet/console.log console.log
-./husk vmm --no-api --config-file "$PWD/jnet/vm.json" --console "$PWD/jnet/console.log" \
+./husk vmm --no-api --config-file "$PWD/jnet/vm.json" --console "$PWD/jnet/console.log" VHOST_FLAG\
     --id held-tap --jail /tmp/husk-jail-tap --uid 1000 --gid 1001 --bind "$PWD/vmlinux" \
     --bind "$PWD/guest.cpio" --bind "$PWD/jnet:rw" --hold-tap ctap0 2> jvmm.err &
 husk=$!
 "#;
 
 /// What the jailed run records once traffic has flowed: the uid of the process the
-/// supervisor jailed, and how many vhost-net workers (threads `vhost-PID`, which the
-/// kernel starts in the process that owns the device) it has.
+/// supervisor jailed, and how many vhost-net workers it owns: tasks named `vhost-PID`
+/// (since Linux 6.4 threads of the owner's process, kernel threads before), looked for
+/// in the whole of /proc.
 const RECORD_JAIL_UID: &str = r#"
 jailed=$(tr -d ' ' < /proc/$husk/task/$husk/children)
 echo "vmm-uid=$(awk '/^Uid:/{print $2}' /proc/$jailed/status)"
-echo "vhost-workers=$(cat /proc/$jailed/task/*/comm | grep -c '^vhost-')"
+echo "vhost-workers=$(cat /proc/[0-9]*/task/*/comm 2>/dev/null | grep -c "^vhost-$jailed\$")"
 "#;
 
 /// The jailed TAP test's run: the card on husk's device thread, or with `vhost` on the
@@ -172,8 +173,9 @@ fn jailed_tcp(vhost: bool) -> Output {
     let assets = assets();
     files.extend(assets.files());
     files.push((Path::new(GUEST_TOOL), "husk-guest-tool"));
-    let start_vm =
-        JAIL_HOLDS_THE_TAP.replace("VHOST", if vhost { r#", "vhost": true"# } else { "" });
+    let start_vm = JAIL_HOLDS_THE_TAP
+        .replace("VHOST_FLAG", if vhost { "--vhost-net " } else { "" })
+        .replace("VHOST", if vhost { r#", "vhost": true"# } else { "" });
     let load = if vhost { LOAD_MODULES } else { "" };
     let host = load.to_string()
         + &net_host(&start_vm, RECORD_JAIL_UID).replace(
@@ -196,8 +198,8 @@ fn tcp_over_a_callers_tap_held_by_a_jailed_vmm_moves_files_both_ways_and_the_tap
 }
 
 /// The same jailed VMM with its card on the host kernel's vhost-net (`"vhost": true`):
-/// the jail's /dev/vhost-net, the ioctls its filters allow, the kernel's worker in the
-/// VMM's process, the guest's offloads (checksums and TSO both ways, merged RX buffers,
+/// the jail's /dev/vhost-net, the ioctls its filters allow, the kernel's worker for the
+/// VMM, the guest's offloads (checksums and TSO both ways, merged RX buffers,
 /// EVENT_IDX: virtio feature bits 0, 1, 7, 11, 15 and 29).
 #[test]
 fn tcp_through_vhost_net_in_a_jailed_vmm_moves_files_both_ways_with_offloads() {

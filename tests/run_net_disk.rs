@@ -81,8 +81,8 @@ exec 3>&-
 echo "net-from-guest=$(cat from-guest)"
 
 # --net-vhost: the same with the card on the host kernel's vhost-net, warm from the
-# template as the run above; the kernel's worker (a thread vhost-PID of the VMM) is
-# looked for while it runs.
+# template as the run above; the kernel's worker (a task vhost-PID) is looked for
+# while it runs.
 mkfifo keep-open-v
 timeout 330 nc -l -p 7002 < keep-open-v > from-guest-v &
 listener=$!

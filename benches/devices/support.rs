@@ -191,6 +191,9 @@ pub(crate) fn boot_vmm(vmm: Vmm, workload: &str, mib: u64) -> RunningVm {
             if vmm == Vmm::HuskUnfiltered {
                 cmd.arg("--no-seccomp");
             }
+            if vmm == Vmm::HuskVhost {
+                cmd.arg("--vhost-net");
+            }
         }
         Vmm::Qemu | Vmm::QemuVhost => {
             // microvm lists virtio-mmio devices on the kernel command line only without

@@ -202,6 +202,11 @@ impl Resources {
         }
         optional_limiter("rx_rate_limiter", n.rx_rate_limiter.as_ref())?;
         optional_limiter("tx_rate_limiter", n.tx_rate_limiter.as_ref())?;
+        if n.vhost && !crate::vmm::seccomp::allows_vhost_net() {
+            return Err(ApiError::BadRequest(
+                "vhost: this husk vmm was started without --vhost-net".into(),
+            ));
+        }
         if n.vhost && (n.rx_rate_limiter.is_some() || n.tx_rate_limiter.is_some()) {
             return Err(ApiError::BadRequest(
                 "vhost: a card on vhost-net takes no rate limiter (husk never sees its frames)"

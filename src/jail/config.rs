@@ -105,6 +105,9 @@ pub struct JailConfig {
     pub max_files: u64,
     /// RLIMIT_FSIZE in bytes (`None`: unlimited).
     pub max_file_size: Option<u64>,
+    /// Make `/dev/vhost-net` in the jail (when the host has it), for a card on the
+    /// kernel's vhost-net (`husk vmm --vhost-net`).
+    pub vhost_net: bool,
 }
 
 impl JailConfig {
@@ -212,6 +215,7 @@ impl JailConfig {
             id: "vm".into(),
             max_files: 1024,
             max_file_size: None,
+            vhost_net: false,
         }
     }
 }

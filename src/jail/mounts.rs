@@ -12,7 +12,8 @@ use std::ptr::null;
 use super::{c_path, check, Bind, JailConfig, JailError};
 
 /// The devices a VMM opens, with their modes in the jail; each is made only when the
-/// host has it. Those a VMM writes to are owned by the jail's uid.
+/// host has it, and `/dev/vhost-net` only for a VMM started for it
+/// ([`JailConfig::vhost_net`]). Those a VMM writes to are owned by the jail's uid.
 const DEVICES: [(&str, u32, bool); 5] = [
     ("/dev/kvm", 0o600, true),
     ("/dev/net/tun", 0o600, true),
@@ -209,7 +210,8 @@ pub(super) fn build_root(config: &JailConfig) -> Result<(), JailError> {
     for bind in binds {
         bind_into(root, bind)?;
     }
-    for device in DEVICES {
+    let wanted = |device: &(&str, u32, bool)| config.vhost_net || device.0 != "/dev/vhost-net";
+    for device in DEVICES.into_iter().filter(wanted) {
         match config.dropped_ids() {
             Some(ids) => make_device(root, device, ids)?,
             None => bind_device(root, device.0)?,

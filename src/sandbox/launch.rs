@@ -121,7 +121,7 @@ pub(super) fn launch(
             };
             let jail = VmmJail::for_sandbox(config, paths.runtime, &paths.initrd, extra)?;
             log::debug!("launch: jail chosen, spawning the VMM");
-            let vm = VmmProcess::spawn(paths.runtime, &paths.hostname, jail)?;
+            let vm = VmmProcess::spawn(paths.runtime, &paths.hostname, jail, config.net_vhost)?;
             log::debug!("launch: VMM listening");
             vm
         }

@@ -53,7 +53,7 @@ fn spawn_one(
             source,
         })?;
     let jail = VmmJail::for_sandbox(prototype, runtime.path(), initrd, Vec::new())?;
-    let vm = VmmProcess::spawn(runtime.path(), "husk-pooled", jail)?;
+    let vm = VmmProcess::spawn(runtime.path(), "husk-pooled", jail, false)?;
     Ok(Pooled {
         runtime,
         vm,

@@ -86,8 +86,10 @@ impl Sandbox {
         config.volumes.iter().try_for_each(Volume::validate)?;
         // A pooled VMM comes with its runtime folder, already listening in it. A
         // sandbox with volumes gets a VMM of its own: its daemons' sockets are handed to
-        // that VMM's jail as it starts (`launch`).
-        let pool = config.pool.as_ref().filter(|_| config.volumes.is_empty());
+        // that VMM's jail as it starts (`launch`); so does one on vhost-net, which a
+        // pooled VMM was not started for.
+        let own_vmm = !config.volumes.is_empty() || config.net_vhost;
+        let pool = config.pool.as_ref().filter(|_| !own_vmm);
         let pooled = pool.and_then(|p| p.take(&config, &initrd));
         // The pool spawns the next VMM once this sandbox has ended (or failed to start).
         let (runtime, pooled_vm, lease) = match pooled {

@@ -447,7 +447,7 @@ fn snapshot_booted_vm(spec: &TemplateSpec, dir: &Path) -> Result<u64, SandboxErr
         .map_err(io("cannot create a runtime folder in", &runtime_root()))?;
     let uds = runtime.path().join("vsock.sock");
     let jail = VmmJail::for_template(&spec.kernel, &spec.initrd, runtime.path(), dir)?;
-    let vm = VmmProcess::spawn(runtime.path(), "husk-template", jail)?;
+    let vm = VmmProcess::spawn(runtime.path(), "husk-template", jail, false)?;
     vm.start(&template_config(spec, dir, uds.clone()))?;
     // The connection stays open into the snapshot: a restored guest gets a transport
     // reset, which ends it, and its agent accepts the restored sandbox's connection.

@@ -100,11 +100,12 @@ impl VmmProcess {
     }
 
     /// Spawn `husk vmm` with its socket and exit report in `runtime`, in `jail` if
-    /// given, and wait until it listens.
+    /// given, allowed a card on vhost-net if `vhost_net`, and wait until it listens.
     pub fn spawn(
         runtime: &Path,
         id: &str,
         jail: Option<super::jailing::VmmJail>,
+        vhost_net: bool,
     ) -> Result<Self, SandboxError> {
         let socket = runtime.join("api.sock");
         let report = runtime.join("exit.json");
@@ -122,6 +123,7 @@ impl VmmProcess {
             .arg("--exit-report")
             .arg(&report)
             .args(["--id", id, "--die-with-parent"])
+            .args(vhost_net.then_some("--vhost-net"))
             .args(jail.as_ref().map(|j| j.args()).unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

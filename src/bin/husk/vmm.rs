@@ -40,6 +40,11 @@ pub(crate) struct VmmArgs {
     /// (HUSK_SECCOMP=log logs such calls to the kernel log instead).
     #[arg(long)]
     no_seccomp: bool,
+    /// Allow network cards on the host kernel's vhost-net (`"vhost": true`): the
+    /// filters then let the process and its vCPUs make vhost requests, and a jail gets
+    /// /dev/vhost-net. Without it, a filtered VMM refuses such a card.
+    #[arg(long)]
+    vhost_net: bool,
     #[command(flatten)]
     jail: JailArgs,
 }
@@ -109,7 +114,11 @@ struct JailArgs {
 }
 
 impl JailArgs {
-    fn config(self, id: &str) -> Result<Option<husk::jail::JailConfig>, husk::jail::JailError> {
+    fn config(
+        self,
+        id: &str,
+        vhost_net: bool,
+    ) -> Result<Option<husk::jail::JailConfig>, husk::jail::JailError> {
         let Some(dir) = self.jail else {
             return Ok(None);
         };
@@ -127,12 +136,13 @@ impl JailArgs {
             id: id.to_string(),
             max_files: self.max_files,
             max_file_size: self.max_file_size,
+            vhost_net,
         }))
     }
 }
 
 pub(crate) fn vmm(args: VmmArgs) -> CliResult {
-    let jail = args.jail.config(&args.id)?;
+    let jail = args.jail.config(&args.id, args.vhost_net)?;
     // A jailed process's working folder is the jail's root: relative paths are taken
     // from where the caller is, before the jail.
     let absolute = |path: Option<PathBuf>| -> std::io::Result<Option<PathBuf>> {
@@ -146,6 +156,7 @@ pub(crate) fn vmm(args: VmmArgs) -> CliResult {
         exit_report: absolute(args.exit_report)?,
         die_with_parent: args.die_with_parent,
     };
+    husk::vmm::seccomp::set_vhost_net(args.vhost_net);
     husk::vmm::seccomp::set_mode(if args.no_seccomp {
         husk::vmm::seccomp::Mode::Off
     } else {

@@ -23,10 +23,10 @@ fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
     SeccompRule::new(conditions).expect("a rule with conditions")
 }
 
-/// `ioctl` on KVM's fds (request type 0xAE) and vhost-net's (type 0xAF: a card with
-/// `vhost=on` is set up at build and handed its rings by the vCPU that writes
-/// DRIVER_OK) when `kvm`, and with the host requests husk uses.
-fn allow_ioctls(rules: &mut Rules, kvm: bool) {
+/// `ioctl` on KVM's fds (request type 0xAE) when `kvm`, on vhost-net's (type 0xAF: a
+/// card with `vhost=on` is set up at build and handed its rings by the vCPU that
+/// writes DRIVER_OK) when both `kvm` and `vhost`, and with the host requests husk uses.
+fn allow_ioctls(rules: &mut Rules, kvm: bool, vhost: bool) {
     let mut list: Vec<SeccompRule> = HOST_IOCTLS
         .iter()
         .map(|&request| rule(vec![condition(1, SeccompCmpOp::Eq, request)]))
@@ -36,14 +36,17 @@ fn allow_ioctls(rules: &mut Rules, kvm: bool) {
         condition(1, SeccompCmpOp::Eq, libc::TUNSETPERSIST),
         condition(2, SeccompCmpOp::Eq, 0),
     ]));
-    if kvm {
-        for kind in [KVMIO, VHOST_VIRTIO] {
-            list.push(rule(vec![condition(
-                1,
-                SeccompCmpOp::MaskedEq(0xff00),
-                kind,
-            )]));
-        }
+    let types = match (kvm, vhost) {
+        (false, _) => &[][..],
+        (true, false) => &[KVMIO][..],
+        (true, true) => &[KVMIO, VHOST_VIRTIO][..],
+    };
+    for &kind in types {
+        list.push(rule(vec![condition(
+            1,
+            SeccompCmpOp::MaskedEq(0xff00),
+            kind,
+        )]));
     }
     rules.insert(libc::SYS_ioctl, list);
 }
@@ -232,24 +235,26 @@ const BUILD: &[libc::c_long] = &[
     libc::SYS_seccomp,
 ];
 
-pub(super) fn process_rules() -> Rules {
+/// The process's list; `vhost`: with vhost-net's ioctls (`husk vmm --vhost-net`).
+pub(super) fn process_rules(vhost: bool) -> Rules {
     let mut r = Rules::new();
     allow(&mut r, COMMON);
     allow(&mut r, DEVICE_IO);
     allow(&mut r, BUILD);
     allow_unix_sockets(&mut r);
     allow_threads(&mut r);
-    allow_ioctls(&mut r, true);
+    allow_ioctls(&mut r, true, vhost);
     r
 }
 
-pub(super) fn thread_rules(kind: ThreadKind) -> Rules {
+/// `kind`'s list on top of the process's; `vhost` as there.
+pub(super) fn thread_rules(kind: ThreadKind, vhost: bool) -> Rules {
     let mut r = Rules::new();
     allow(&mut r, COMMON);
     allow(&mut r, DEVICE_IO);
     // A vCPU's MMIO write may reset a vsock device, which connects no socket but may
     // close them; a device loop connects a guest's stream to a host Unix socket.
     allow_unix_sockets(&mut r);
-    allow_ioctls(&mut r, kind == ThreadKind::Vcpu);
+    allow_ioctls(&mut r, kind == ThreadKind::Vcpu, vhost);
     r
 }

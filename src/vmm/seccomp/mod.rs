@@ -42,6 +42,24 @@ pub enum Mode {
 }
 
 static MODE: OnceLock<Mode> = OnceLock::new();
+/// Whether this process may drive the kernel's vhost-net (`husk vmm --vhost-net`).
+static VHOST_NET: OnceLock<bool> = OnceLock::new();
+
+/// Let the filters allow vhost-net's ioctls (once; later calls are ignored). Unset,
+/// a filtered process refuses a card with `vhost=on` (`allows_vhost_net`).
+pub fn set_vhost_net(allowed: bool) {
+    VHOST_NET.get_or_init(|| allowed);
+}
+
+/// Whether a card may use vhost-net here: always without filters, with them only
+/// when the process was started for it.
+pub fn allows_vhost_net() -> bool {
+    mode() == Mode::Off || vhost_net_listed()
+}
+
+fn vhost_net_listed() -> bool {
+    VHOST_NET.get().copied().unwrap_or(false)
+}
 
 /// Set this process's mode (once; later calls are ignored); unset means `Off`.
 /// `HUSK_SECCOMP=log` turns `Kill` into `Log`.
@@ -106,7 +124,8 @@ pub fn apply_process() -> Result<(), SeccompError> {
         return Ok(());
     };
     one_allocator_arena();
-    let program = compile("process", process_rules(), mismatch, SeccompAction::Allow)?;
+    let rules = process_rules(vhost_net_listed());
+    let program = compile("process", rules, mismatch, SeccompAction::Allow)?;
     let mut clone3 = Rules::new();
     clone3.insert(libc::SYS_clone3, Vec::new());
     let no_clone3 = compile(
@@ -132,7 +151,8 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
         ThreadKind::Vcpu => "vcpu",
         ThreadKind::Devices => "devices",
     };
-    let program = compile(what, thread_rules(kind), mismatch, SeccompAction::Allow)?;
+    let rules = thread_rules(kind, vhost_net_listed());
+    let program = compile(what, rules, mismatch, SeccompAction::Allow)?;
     seccompiler::apply_filter(&program).map_err(|e| SeccompError {
         what,
         message: e.to_string(),

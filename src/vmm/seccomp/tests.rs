@@ -35,19 +35,19 @@ fn every_list_compiles_to_a_filter() {
     let programs = [
         compile(
             "process",
-            process_rules(),
+            process_rules(false),
             SeccompAction::KillProcess,
             SeccompAction::Allow,
         ),
         compile(
             "vcpu",
-            thread_rules(ThreadKind::Vcpu),
+            thread_rules(ThreadKind::Vcpu, false),
             SeccompAction::KillProcess,
             SeccompAction::Allow,
         ),
         compile(
             "devices",
-            thread_rules(ThreadKind::Devices),
+            thread_rules(ThreadKind::Devices, false),
             SeccompAction::KillProcess,
             SeccompAction::Allow,
         ),
@@ -60,9 +60,9 @@ fn every_list_compiles_to_a_filter() {
 #[test]
 fn no_list_allows_running_a_program_or_changing_the_process() {
     let lists = [
-        process_rules(),
-        thread_rules(ThreadKind::Vcpu),
-        thread_rules(ThreadKind::Devices),
+        process_rules(false),
+        thread_rules(ThreadKind::Vcpu, false),
+        thread_rules(ThreadKind::Devices, false),
     ];
     for (i, r) in lists.iter().enumerate() {
         for forbidden in FORBIDDEN {
@@ -74,7 +74,7 @@ fn no_list_allows_running_a_program_or_changing_the_process() {
     }
     // The threads that serve the guest open no files and make no threads.
     for kind in [ThreadKind::Vcpu, ThreadKind::Devices] {
-        let r = thread_rules(kind);
+        let r = thread_rules(kind, true);
         for call in [
             libc::SYS_openat,
             libc::SYS_clone,
@@ -92,12 +92,18 @@ fn no_list_allows_running_a_program_or_changing_the_process() {
 /// Run `body` in a forked child with the process filter and `thread`'s (if any)
 /// installed in `Kill` mode; the child's wait status.
 fn in_filtered_child(thread: Option<ThreadKind>, body: fn() -> i32) -> i32 {
+    in_child(thread, false, body)
+}
+
+/// `in_filtered_child` in a process started for vhost-net (`vhost`) or not.
+fn in_child(thread: Option<ThreadKind>, vhost: bool, body: fn() -> i32) -> i32 {
     // SAFETY: fork in a test; the child installs filters, runs `body` and leaves with
     // _exit, touching no lock another thread of the parent may hold.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
         set_mode(Mode::Kill);
+        set_vhost_net(vhost);
         let code = match apply_process().and_then(|()| thread.map_or(Ok(()), apply)) {
             Ok(()) => body(),
             Err(_) => 90,
@@ -250,6 +256,58 @@ fn log_mode_comes_from_the_environment_only_instead_of_kill() {
     let mut status = 0;
     // SAFETY: as above.
     unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status:#x}"
+    );
+}
+
+/// A vhost request (VHOST_GET_FEATURES, type 0xAF) on a closed fd, from a vCPU: EBADF
+/// when the process was started for vhost-net, a kill when it was not.
+fn vhost_request_from_a_vcpu() -> i32 {
+    let mut features = 0u64;
+    // SAFETY: an ioctl on a closed fd with a valid pointer; it fails or is refused.
+    let ret = unsafe { libc::ioctl(999, 0x8008_af00, &mut features) };
+    let ebadf = ret < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF);
+    if ebadf {
+        7
+    } else {
+        8
+    }
+}
+
+#[test]
+fn vhost_requests_pass_only_in_a_process_started_for_vhost_net() {
+    let refused = in_filtered_child(Some(ThreadKind::Vcpu), vhost_request_from_a_vcpu);
+    assert!(killed_by_sigsys(refused), "status {refused:#x}");
+    let with_flag = in_child(Some(ThreadKind::Vcpu), true, vhost_request_from_a_vcpu);
+    assert!(
+        libc::WIFEXITED(with_flag) && libc::WEXITSTATUS(with_flag) == 7,
+        "status {with_flag:#x}"
+    );
+    // The device loop never gets them.
+    for vhost in [false, true] {
+        let devices = thread_rules(ThreadKind::Devices, vhost);
+        let plain = thread_rules(ThreadKind::Devices, false);
+        assert_eq!(
+            devices[&libc::SYS_ioctl].len(),
+            plain[&libc::SYS_ioctl].len()
+        );
+    }
+}
+
+#[test]
+fn a_filtered_process_not_started_for_vhost_net_refuses_such_a_card_by_name() {
+    let status = in_filtered_child(None, || {
+        let config = crate::devices::virtio::net::NetConfig {
+            vhost: true,
+            ..Default::default()
+        };
+        match crate::devices::virtio::net::Net::new(config) {
+            Err(e) if e.to_string().contains("--vhost-net") => 0,
+            _ => 1,
+        }
+    });
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "status {status:#x}"

@@ -159,6 +159,11 @@ impl Net {
                     "no rate limiter (husk never sees the frames)",
                 ))
             }
+            (true, Backend::Tap(_)) if !crate::vmm::seccomp::allows_vhost_net() => {
+                return Err(NetError::VhostConflict(
+                    "this filtered husk vmm was not started with --vhost-net",
+                ))
+            }
             (true, Backend::Tap(_)) => Some(KernelPath::open()?),
         };
         let rx_limiter = limiter("rx_rate_limiter", config.rx_rate_limiter.as_ref())?;
