@@ -36,17 +36,12 @@ fn allow_ioctls(rules: &mut Rules, kvm: bool, vhost: bool) {
         condition(1, SeccompCmpOp::Eq, libc::TUNSETPERSIST),
         condition(2, SeccompCmpOp::Eq, 0),
     ]));
-    let types = match (kvm, vhost) {
-        (false, _) => &[][..],
-        (true, false) => &[KVMIO][..],
-        (true, true) => &[KVMIO, VHOST_VIRTIO][..],
-    };
-    for &kind in types {
-        list.push(rule(vec![condition(
-            1,
-            SeccompCmpOp::MaskedEq(0xff00),
-            kind,
-        )]));
+    let by_type = |kind| rule(vec![condition(1, SeccompCmpOp::MaskedEq(0xff00), kind)]);
+    if kvm {
+        list.push(by_type(KVMIO));
+    }
+    if kvm && vhost {
+        list.push(by_type(VHOST_VIRTIO));
     }
     rules.insert(libc::SYS_ioctl, list);
 }

@@ -57,10 +57,11 @@ impl MutEventSubscriber for Net {
                 log::error!("virtio-net: cannot watch a rate limiter's timer: {e}");
             }
         }
-        for (i, call) in self.kernel.iter().flat_map(|k| k.calls.iter()).enumerate() {
-            let token = CALL_TOKEN + u32::try_from(i).expect("a card has two queues");
+        let calls = self.kernel.iter().flat_map(|k| k.calls.iter());
+        for (token, call) in (CALL_TOKEN..).zip(calls) {
             if let Err(e) = ops.add(Events::with_data(call, token, EventSet::IN)) {
-                log::error!("virtio-net: cannot watch vhost-net's call eventfd {i}: {e}");
+                let queue = token - CALL_TOKEN;
+                log::error!("virtio-net: cannot watch vhost-net's call eventfd {queue}: {e}");
             }
         }
         // On the kernel path only the kernel reads the TAP.

@@ -103,10 +103,7 @@ impl Handle {
         let ret = unsafe { ioctl_with_ref(self, VHOST_NET_SET_BACKEND(), &request) };
         if ret < 0 {
             let source = vhost::Error::IoctlError(std::io::Error::last_os_error());
-            return Err(VhostNetError::Request {
-                step: "SET_BACKEND",
-                source,
-            });
+            return Err(failed("SET_BACKEND")(source));
         }
         Ok(())
     }
