@@ -437,6 +437,9 @@ fn inner(args: &[String]) {
         }
         if workload == "net" && vhost_net {
             these.extend([Vmm::HuskVhost, Vmm::QemuVhost]);
+            if vmms.contains(&Vmm::HuskBase) {
+                these.push(Vmm::HuskBaseVhost);
+            }
         }
         let mut runs: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
         let mut bound = Vec::new();
@@ -474,6 +477,10 @@ fn inner(args: &[String]) {
             report_pair(workload, (hv, h), (qv, q));
             report_pair(workload, (hv, h), (Vmm::Qemu.label(), qemu));
             report_pair(workload, (Vmm::Husk.label(), husk), (qv, q));
+        }
+        let bv = Vmm::HuskBaseVhost.label();
+        if let (Some(h), Some(b)) = (runs.get(hv), runs.get(bv)) {
+            report_pair(workload, (hv, h), (bv, b));
         }
     }
     // On a hardware KVM machine this ran in a temp dir on the real host: remove the TAP.

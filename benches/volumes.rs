@@ -10,7 +10,10 @@
 //! its initramfs). Absolute times there are emulated; compare the ratios.
 //!
 //! Environment: `HUSK_BENCH_ROUNDS` (default 3), `HUSK_BENCH_MIB` (64),
-//! `HUSK_TEST_HOST` (auto|always|never).
+//! `HUSK_BENCH_BASELINE` (path of another `husk` binary, e.g. one built from `main`: a
+//! second sandbox of its own runs the virtio-fs workloads interleaved with the others,
+//! so a change is measured against its base in one boot), `HUSK_TEST_HOST`
+//! (auto|always|never).
 #![allow(missing_docs)]
 
 #[path = "common/mod.rs"]
@@ -87,6 +90,11 @@ fn outer() {
         (store_tar.as_path(), "store.tar"),
     ];
     files.extend(owned.iter().map(|(p, n)| (p.as_path(), n.as_str())));
+    let baseline = std::env::var_os("HUSK_BENCH_BASELINE").map(PathBuf::from);
+    if let Some(base) = &baseline {
+        files.push((base.as_path(), "husk-base"));
+    }
+    let with_base = if baseline.is_some() { "base" } else { "" };
     let rounds = env_or("HUSK_BENCH_ROUNDS", "3");
     let mib = env_or("HUSK_BENCH_MIB", "64");
     let mode = if hardware_kvm() {
@@ -94,18 +102,41 @@ fn outer() {
     } else {
         "chroot"
     };
-    common::run_inner("volumes", &files, &[&rounds, &mib, mode]);
+    common::run_inner("volumes", &files, &[&rounds, &mib, mode, with_base]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `husk ARGS` in the bench folder, with the store and runtime folders there.
-fn husk(args: &[&str]) -> String {
+/// One `husk` binary of the bench folder with a sandbox of its own.
+#[derive(Clone, Copy)]
+struct Husk {
+    /// The binary's name in the bench folder.
+    binary: &'static str,
+    /// Its sandbox's name.
+    sandbox: &'static str,
+    /// Its runtime folder.
+    runtime: &'static str,
+}
+
+const HUSK: Husk = Husk {
+    binary: "husk",
+    sandbox: "bench",
+    runtime: "run",
+};
+
+const BASELINE: Husk = Husk {
+    binary: "husk-base",
+    sandbox: "bench-base",
+    runtime: "run-base",
+};
+
+/// `husk ARGS` in the bench folder, with the store and `vmm`'s runtime folder there.
+fn husk(vmm: Husk, args: &[&str]) -> String {
     let cwd = std::env::current_dir().expect("a current folder");
     run_stdout(
-        Command::new(cwd.join("husk"))
+        Command::new(cwd.join(vmm.binary))
             .args(args)
             .env("HUSK_DATA_DIR", cwd.join("store"))
-            .env("HUSK_RUNTIME_DIR", cwd.join("run"))
+            .env("HUSK_RUNTIME_DIR", cwd.join(vmm.runtime))
             .env("TMPDIR", cwd.join("tmp"))
             .env("HUSK_VIRTIOFSD", cwd.join("bin/virtiofsd"))
             .env("PATH", path_with(&cwd.join("bin"))),
@@ -119,16 +150,16 @@ fn path_with(bin: &Path) -> std::ffi::OsString {
     std::env::join_paths(dirs).expect("a PATH")
 }
 
-/// Seconds one `husk exec` of `script` takes.
-fn timed(script: &str) -> f64 {
+/// Seconds one `husk exec` of `script` in `vmm`'s sandbox takes.
+fn timed(vmm: Husk, script: &str) -> f64 {
     let start = Instant::now();
-    husk(&["exec", "bench", "sh", "-c", script]);
+    husk(vmm, &["exec", vmm.sandbox, "sh", "-c", script]);
     start.elapsed().as_secs_f64()
 }
 
 fn setup(mode: &str) {
     run_stdout(Command::new("tar").args(["xf", "store.tar"]));
-    for folder in ["tmp", "run", "share", "bin"] {
+    for folder in ["tmp", "run", "run-base", "share", "bin"] {
         std::fs::create_dir_all(folder).expect("a bench folder");
     }
     let cwd = std::env::current_dir().expect("a current folder");
@@ -157,50 +188,80 @@ fn setup(mode: &str) {
 }
 
 fn inner(args: &[String]) {
-    let [rounds, mib, mode] = args else {
-        panic!("usage: bench --inner ROUNDS MIB SANDBOX_MODE");
+    let [rounds, mib, mode, with_base] = args else {
+        panic!("usage: bench --inner ROUNDS MIB SANDBOX_MODE [base]");
     };
     let rounds: usize = rounds.parse().expect("rounds is a number");
     setup(mode);
-    husk(&[
-        "run",
-        "--kernel",
-        "vmlinux",
-        "-d",
-        "--name",
-        "bench",
-        "--disk",
-        "1024",
-        "-v",
-        "share:/vol",
-        "busybox",
-        "--",
-        "sleep",
-        "100000",
-    ]);
-    husk(&["cp", "small.tar", "bench:/small.tar"]);
-    let idle = median((0..5).map(|_| timed("true")).collect());
+    let vmms: &[Husk] = match with_base.as_str() {
+        "base" => &[HUSK, BASELINE],
+        _ => &[HUSK],
+    };
+    for &vmm in vmms {
+        let volume = format!("share/{}:/vol", vmm.sandbox);
+        std::fs::create_dir_all(format!("share/{}", vmm.sandbox)).expect("a shared folder");
+        husk(
+            vmm,
+            &[
+                "run",
+                "--kernel",
+                "vmlinux",
+                "-d",
+                "--name",
+                vmm.sandbox,
+                "--disk",
+                "1024",
+                "-v",
+                &volume,
+                "busybox",
+                "--",
+                "sleep",
+                "100000",
+            ],
+        );
+        husk(
+            vmm,
+            &["cp", "small.tar", &format!("{}:/small.tar", vmm.sandbox)],
+        );
+    }
+    let idle = median((0..5).map(|_| timed(HUSK, "true")).collect());
     println!("# volumes benchmark: {rounds} round(s), {mib} MiB, {SMALL_FILES} files of 1 KiB");
     println!("# an empty husk exec: {idle:.3} s (subtracted)");
-    let places = [("virtio-fs", "/vol"), ("disk", "/disk")];
-    let mut results: Vec<[Vec<f64>; 3]> = vec![Default::default(), Default::default()];
+    let mut places = vec![("virtio-fs", HUSK, "/vol"), ("disk", HUSK, "/disk")];
+    if vmms.len() > 1 {
+        places.push(("fs (base)", BASELINE, "/vol"));
+    }
+    let mut results: Vec<[Vec<f64>; 3]> = vec![Default::default(); places.len()];
+    let mib_f: f64 = mib.parse().expect("MiB is a number");
     for round in 0..rounds {
-        for (i, (_, dir)) in places.iter().enumerate() {
+        // The order turns each round, so no place always runs right after another.
+        for k in 0..places.len() {
+            let i = (k + round) % places.len();
+            let (_, vmm, dir) = places[i];
             let d = format!("{dir}/r{round}");
             let write = format!(
                 "mkdir -p {d} && dd if=/dev/zero of={d}/big bs=1M count={mib} conv=fsync 2>/dev/null"
             );
             let read = format!("dd if={d}/big of=/dev/null bs=1M iflag=direct 2>/dev/null");
             let untar = format!("mkdir {d}/u && tar xf /small.tar -C {d}/u && sync");
-            results[i][0].push(timed(&write) - idle);
-            results[i][1].push(timed(&read) - idle);
-            results[i][2].push(timed(&untar) - idle);
+            let [w, r, u] = [&write, &read, &untar].map(|script| timed(vmm, script) - idle);
+            println!(
+                "# round {round} {}: write {:.1} MiB/s, read {:.1} MiB/s, untar {u:.2} s",
+                places[i].0,
+                mib_f / w,
+                mib_f / r
+            );
+            results[i][0].push(w);
+            results[i][1].push(r);
+            results[i][2].push(u);
         }
     }
-    husk(&["rm", "-f", "bench"]);
+    for &vmm in vmms {
+        husk(vmm, &["rm", "-f", vmm.sandbox]);
+    }
     let mib: f64 = mib.parse().expect("MiB is a number");
     let med: Vec<[f64; 3]> = results.into_iter().map(|r| r.map(median)).collect();
-    for (i, (name, _)) in places.iter().enumerate() {
+    for (i, (name, _, _)) in places.iter().enumerate() {
         let [w, r, u] = med[i];
         println!(
             "{name:>9}: write {:7.1} MiB/s  read {:7.1} MiB/s  untar {u:6.2} s",
@@ -208,11 +269,19 @@ fn inner(args: &[String]) {
             mib / r
         );
     }
-    let ratio = |k: usize| med[1][k] / med[0][k];
+    let ratio = |a: usize, b: usize, k: usize| med[b][k] / med[a][k];
     println!(
         "virtio-fs/disk speed: write {:.2}  read {:.2}  untar {:.2}",
-        ratio(0),
-        ratio(1),
-        ratio(2)
+        ratio(0, 1, 0),
+        ratio(0, 1, 1),
+        ratio(0, 1, 2)
     );
+    if places.len() > 2 {
+        println!(
+            "virtio-fs/baseline speed: write {:.2}  read {:.2}  untar {:.2}",
+            ratio(0, 2, 0),
+            ratio(0, 2, 1),
+            ratio(0, 2, 2)
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! Integration tests of `husk run --disk`, `--disk-rate`, `--net` and `--net-vhost`
-//! with the real guest kernel, the real agent and a real TAP. One test-host boot runs
+//! (warm, and a detached one forked) with the real guest kernel, the real agent and a real TAP. One test-host boot runs
 //! every sandbox; the script prints `key=value` lines that the test asserts on.
 //!
 //! The test host has no e2fsprogs, so this machine's `mkfs.ext4` goes in with its
@@ -97,7 +97,6 @@ kill $watcher 2>/dev/null
 sed 's/^net-/netv-/' netv.out
 wait $listener
 exec 4>&-
-kill $httpd
 echo "netv-from-guest=$(cat from-guest-v)"
 echo "netv-saw-worker=$(cat saw-vhost 2>/dev/null)"
 echo "taps-after=$(ls /sys/class/net | grep -c '^husk')"
@@ -116,11 +115,24 @@ echo "conflict-error=$(cat conflict.err)"
 ip addr del "$taken/32" dev lo
 echo "taps-after-conflict=$(ls /sys/class/net | grep -c '^husk')"
 
-left=0
-for f in /proc/[0-9]*/cmdline; do
-    tr '\0' ' ' < "$f" 2>/dev/null | grep -q '^\./husk ' && left=$((left + 1))
+# --net-vhost, detached, then forked: the snapshot takes the rings back from the
+# kernel and gives them again, so the original still reaches the host, and the copy's
+# card is on vhost-net too (two workers) and reaches it as well.
+./husk run --kernel vmlinux -d --name vh --net link --net-vhost busybox -- sleep 100000 \
+    > /dev/null; echo "vh-run-status=$?"
+./husk fork vh --name vh2 > /dev/null 2> fork.err; echo "vh-fork-status=$?"
+echo "vh-fork-error=$(head -n 3 fork.err | tr '\n' ' ')"
+echo "vh-workers=$(cat /proc/[0-9]*/task/*/comm 2>/dev/null | grep -c '^vhost-')"
+for s in vh vh2; do
+    got=$(./husk exec $s sh -c 'gw=$(ip route | awk "/^default/ {print \$3}")
+        timeout 60 wget -q -O - "http://$gw:7003/greeting"')
+    echo "$s-wget=$got"
 done
-echo "husk-processes-left=$left"
+./husk rm -f vh vh2 > /dev/null 2>&1
+kill $httpd
+echo "taps-after-fork=$(ls /sys/class/net | grep -c '^husk')"
+
+echo "husk-processes-left=$(husk_processes)"
 echo "tmp-left=$(ls -A tmp | tr '\n' ' ')"
 "#;
 
@@ -206,6 +218,12 @@ fn run_with_scratch_disk_and_network_reaches_the_host_and_cleans_up() {
         is("nc-status", "0");
         is("from-guest", "hello-from-guest");
     }
+    // A vhost-net sandbox forked: both reach the host, each on the kernel's worker.
+    assert_eq!(out.value("vh-run-status"), Some("0"), "{out}");
+    assert_eq!(out.value("vh-fork-status"), Some("0"), "{out}");
+    assert_eq!(out.value("vh-workers"), Some("2"), "{out}");
+    assert_eq!(out.value("vh-wget"), Some("hello-from-host"), "{out}");
+    assert_eq!(out.value("vh2-wget"), Some("hello-from-host"), "{out}");
     assert_eq!(out.value("taps-after"), Some("0"), "{out}");
     assert_eq!(out.value("conflict-status"), Some("125"), "{out}");
     assert!(
@@ -214,6 +232,7 @@ fn run_with_scratch_disk_and_network_reaches_the_host_and_cleans_up() {
         "{out}"
     );
     assert_eq!(out.value("taps-after-conflict"), Some("0"), "{out}");
+    assert_eq!(out.value("taps-after-fork"), Some("0"), "{out}");
     assert_eq!(out.value("husk-processes-left"), Some("0"), "{out}");
     assert_eq!(out.value("tmp-left"), Some(""), "{out}");
 }

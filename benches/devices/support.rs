@@ -69,6 +69,8 @@ pub(crate) enum Vmm {
     HuskVhost,
     /// QEMU with its card on vhost-net (`-netdev tap,vhost=on`; net only).
     QemuVhost,
+    /// `HuskVhost` with the baseline binary (`HUSK_BENCH_BASELINE`; net only).
+    HuskBaseVhost,
 }
 
 impl Vmm {
@@ -82,6 +84,7 @@ impl Vmm {
             Vmm::Qemu => "qemu",
             Vmm::HuskVhost => "husk vhost",
             Vmm::QemuVhost => "qemu vhost",
+            Vmm::HuskBaseVhost => "baseline vhost",
         }
     }
 
@@ -179,19 +182,19 @@ pub(crate) fn boot_vmm(vmm: Vmm, workload: &str, mib: u64) -> RunningVm {
             .args(common)
             .args(device);
         }
-        Vmm::Husk | Vmm::HuskUnfiltered | Vmm::HuskBase | Vmm::HuskVhost => {
-            write_vmm_config(workload, &cmdline, vmm == Vmm::HuskVhost);
-            let binary = if vmm == Vmm::HuskBase {
-                "./husk-base"
-            } else {
-                "./husk"
+        Vmm::Husk | Vmm::HuskUnfiltered | Vmm::HuskBase | Vmm::HuskVhost | Vmm::HuskBaseVhost => {
+            let vhost = matches!(vmm, Vmm::HuskVhost | Vmm::HuskBaseVhost);
+            write_vmm_config(workload, &cmdline, vhost);
+            let binary = match vmm {
+                Vmm::HuskBase | Vmm::HuskBaseVhost => "./husk-base",
+                _ => "./husk",
             };
             cmd.args(["600", binary, "vmm", "--no-api", "--config-file", "vm.json"])
                 .args(["--console", "console.log", "--exit-report", "exit.json"]);
             if vmm == Vmm::HuskUnfiltered {
                 cmd.arg("--no-seccomp");
             }
-            if vmm == Vmm::HuskVhost {
+            if vhost {
                 cmd.arg("--vhost-net");
             }
         }

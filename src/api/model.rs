@@ -193,8 +193,7 @@ pub struct NetworkInterface {
     /// Transmit limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiter>,
-    /// husk's own: frames move through the host kernel's vhost-net (no rate limits,
-    /// no snapshots of the VM).
+    /// husk's own: frames move through the host kernel's vhost-net (no rate limits).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vhost: bool,
 }

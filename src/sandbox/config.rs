@@ -91,8 +91,8 @@ pub struct SandboxConfig {
     /// (`--net-rate`). A sandbox with a rate boots cold.
     pub net_rate: Option<super::ByteRate>,
     /// Move the sandbox's own card's frames through the host kernel's vhost-net
-    /// (`--net-vhost`; needs `network`, takes no `net_rate`). Such a sandbox cannot be
-    /// paused, snapshotted or forked (the kernel holds the rings' positions).
+    /// (`--net-vhost`; needs `network`, takes no `net_rate`). A snapshot or fork of it
+    /// takes the rings back from the kernel for the moment it saves them.
     pub net_vhost: bool,
 }
 

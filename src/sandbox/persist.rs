@@ -57,6 +57,9 @@ pub struct SandboxSnapshot {
     pub memory_mib: u64,
     /// Whether it had a network card on a TAP.
     pub network: bool,
+    /// Whether that card was on the host kernel's vhost-net.
+    #[serde(default)]
+    pub net_vhost: bool,
     /// Its NAT (`--net nat`), if any.
     #[serde(default)]
     pub nat: Option<super::Nat>,
@@ -201,6 +204,7 @@ impl Sandbox {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
             network: !vm.tap_names()?.is_empty(),
+            net_vhost: config.nets.iter().any(|n| n.vhost),
             nat: self.net_request.nat.clone(),
             publish: self.net_request.publish.clone(),
             scratch: self.scratch.is_some(),
@@ -240,6 +244,7 @@ impl Sandbox {
         config.cpus = saved.cpus;
         config.memory_mib = saved.memory_mib;
         config.network = saved.network;
+        config.net_vhost = saved.net_vhost;
         config.nat = saved.nat.clone();
         config.publish = options.publish.unwrap_or_else(|| saved.publish.clone());
         config.console = options.console;

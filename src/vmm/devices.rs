@@ -371,24 +371,35 @@ pub struct DeviceLoop {
 }
 
 /// Every device locked: the event loop waits at its next event while these live.
-pub type DeviceGuards<'a> = Vec<MutexGuard<'a, dyn VirtioDevice + 'static>>;
+/// Dropped, they let each device go on where `quiesce` stopped it
+/// ([`VirtioDevice::resume`]) before its lock goes.
+pub struct DeviceGuards<'a>(Vec<MutexGuard<'a, dyn VirtioDevice + 'static>>);
+
+impl Drop for DeviceGuards<'_> {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(|d| d.resume());
+    }
+}
 
 impl DeviceLoop {
     /// Lock every device (so the event loop stops touching guest memory and queues),
-    /// let each finish what it has in flight, and read each slot's state. The vCPUs must be parked: they take the transport
-    /// locks, then a device's, and here devices are locked first.
+    /// let each finish what it has in flight, and read each slot's state. The vCPUs
+    /// must be parked: they take the transport locks, then a device's, and here devices
+    /// are locked first.
     pub fn hold(&self) -> (DeviceGuards<'_>, Vec<SlotState>) {
-        let mut guards: DeviceGuards<'_> = self
-            .devices
-            .iter()
-            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
-            .collect();
-        // A device with requests in flight (blk on io_uring) completes them now.
-        guards.iter_mut().for_each(|g| g.quiesce());
+        let mut guards = DeviceGuards(
+            self.devices
+                .iter()
+                .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
+                .collect(),
+        );
+        // A device with requests in flight (blk on io_uring) completes them now, a card
+        // on vhost-net takes its rings back from the kernel.
+        guards.0.iter_mut().for_each(|g| g.quiesce());
         let slots = self
             .transports
             .iter()
-            .zip(&guards)
+            .zip(&guards.0)
             .map(|(t, dev)| {
                 let t = t.lock().unwrap_or_else(|e| e.into_inner());
                 t.save_with(&**dev)

@@ -106,8 +106,8 @@ pub(crate) struct RunArgs {
     net_rate: Option<husk::sandbox::ByteRate>,
     /// Move the sandbox's network card's frames through the host kernel's vhost-net
     /// (/dev/vhost-net, module vhost_net) instead of husk's device thread: faster, but
-    /// the kernel then parses the guest's descriptors for that card, and the sandbox
-    /// cannot be paused, snapshotted or forked. Needs --net link or nat; no --net-rate.
+    /// the kernel then parses the guest's descriptors for that card. Needs --net link
+    /// or nat; no --net-rate.
     #[arg(long = "net-vhost")]
     net_vhost: bool,
     /// Share the host folder HOST with the container at GUEST (repeatable), through

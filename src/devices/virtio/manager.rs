@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
-use super::VirtioDevice;
+use super::mmio::{MmioError, MmioTransport, INTERRUPT_ACK_OFFSET, QUEUE_NOTIFY_OFFSET};
+use super::{VirtioDevice, INT_VRING};
 use crate::arch::x86_64::layout::{
     IOAPIC_START, IRQ_DEVICES_END, IRQ_DEVICES_START, MMIO_DEVICES_START, MMIO_SLOT_SIZE,
 };
@@ -61,11 +61,11 @@ impl MmioSlot {
 /// (4 bytes) at `addr`.
 #[derive(Debug)]
 pub struct IoEvent {
-    /// The queue's notify eventfd (a duplicate of the transport's).
+    /// A duplicate of the transport's eventfd.
     pub fd: EventFd,
-    /// QueueNotify address of the slot.
+    /// QueueNotify or InterruptACK of the slot.
     pub addr: u64,
-    /// Queue index.
+    /// The queue's index, or INT_VRING for InterruptACK.
     pub datamatch: u32,
 }
 
@@ -77,7 +77,7 @@ pub struct MmioDeviceInfo {
     pub transport: Arc<Mutex<MmioTransport>>,
     /// The irqfd to register on `slot.irq` (a duplicate of the transport's).
     pub irqfd: EventFd,
-    /// One ioeventfd per queue.
+    /// One ioeventfd per queue, then InterruptACK's.
     pub ioevents: Vec<IoEvent>,
 }
 
@@ -152,7 +152,7 @@ impl VirtioManager {
             })
         };
         let irqfd = dup(transport.interrupt_evt())?;
-        let ioevents = transport
+        let mut ioevents = transport
             .queue_events()
             .iter()
             .enumerate()
@@ -164,6 +164,11 @@ impl VirtioManager {
                 })
             })
             .collect::<Result<Vec<_>, ManagerError>>()?;
+        ioevents.push(IoEvent {
+            fd: dup(transport.ack_event())?,
+            addr: slot.base + INTERRUPT_ACK_OFFSET,
+            datamatch: INT_VRING,
+        });
         Ok(MmioDeviceInfo {
             slot,
             transport: Arc::new(Mutex::new(transport)),
@@ -224,13 +229,15 @@ mod tests {
     }
 
     #[test]
-    fn attach_returns_ioevents_at_queue_notify() {
+    fn attach_returns_ioevents_at_queue_notify_and_interrupt_ack() {
         let mut m = VirtioManager::default();
         let rng = Arc::new(Mutex::new(Rng::new(None).unwrap()));
         let info = m.attach(memory(), rng).unwrap();
-        assert_eq!(info.ioevents.len(), 1);
+        assert_eq!(info.ioevents.len(), 2);
         assert_eq!(info.ioevents[0].addr, 0xd000_0050);
         assert_eq!(info.ioevents[0].datamatch, 0);
+        assert_eq!(info.ioevents[1].addr, 0xd000_0064);
+        assert_eq!(info.ioevents[1].datamatch, INT_VRING);
     }
 
     #[test]

@@ -34,8 +34,8 @@ pub const VENDOR_ID: u32 = 0x4b53_5548;
 pub const CONFIG_OFFSET: u64 = 0x100;
 /// Offset of QueueNotify, where the lead registers the per-queue ioeventfds.
 pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
-/// Offset of InterruptACK.
-const INTERRUPT_ACK_OFFSET: u64 = 0x64;
+/// Offset of InterruptACK, where the lead registers [`MmioTransport::ack_event`].
+pub const INTERRUPT_ACK_OFFSET: u64 = 0x64;
 
 /// Errors creating a transport.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +93,7 @@ pub struct MmioTransport {
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
     queue_evts: Vec<EventFd>,
+    ack_evt: EventFd,
     state: MmioState,
     activated: bool,
     device_type: u32,
@@ -102,9 +103,9 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     /// File descriptors the transport of a device with `queues` queues holds: the
-    /// irqfd and one notify eventfd per queue.
+    /// irqfd, the acknowledgement's eventfd and one notify eventfd per queue.
     pub const fn max_fds(queues: usize) -> usize {
-        1 + queues
+        2 + queues
     }
 
     /// Wrap `device`, whose queues live in `mem`.
@@ -127,6 +128,8 @@ impl MmioTransport {
                 EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(|e| setup(VirtioError::EventFd(e)))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let ack_evt =
+            EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(|e| setup(VirtioError::EventFd(e)))?;
         let queues = max_sizes
             .iter()
             .map(|&max_size| QueueConfig {
@@ -140,6 +143,7 @@ impl MmioTransport {
             mem,
             interrupt,
             queue_evts,
+            ack_evt,
             state: MmioState {
                 queues,
                 ..Default::default()
@@ -185,6 +189,13 @@ impl MmioTransport {
     /// `base + QUEUE_NOTIFY_OFFSET`, 4 bytes, datamatch = its index.
     pub fn queue_events(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+
+    /// Register as an ioeventfd at `base + INTERRUPT_ACK_OFFSET`, 4 bytes, datamatch
+    /// INT_VRING: that acknowledgement changes nothing (see [`Interrupt::ack`]), so KVM
+    /// takes it without an exit and nobody reads the eventfd. Any other value exits.
+    pub fn ack_event(&self) -> &EventFd {
+        &self.ack_evt
     }
 
     /// The irqfd to register with KVM on this slot's GSI.

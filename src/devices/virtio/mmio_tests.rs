@@ -248,14 +248,27 @@ fn queue_notify_write_signals_queue_eventfd() {
 }
 
 #[test]
-fn interrupt_ack_clears_status_bits() {
+fn interrupt_ack_clears_the_config_bit_and_keeps_the_vring_bit_until_reset() {
     let (mut t, _) = transport();
+    assert_eq!(rd(&mut t, 0x60), 0);
     t.interrupt().signal_used_queue().unwrap();
     t.interrupt().signal_config_change().unwrap();
     assert_eq!(rd(&mut t, 0x60), 3);
+    wr(&mut t, 0x64, 3);
+    assert_eq!(rd(&mut t, 0x60), 1);
     wr(&mut t, 0x64, 1);
-    assert_eq!(rd(&mut t, 0x60), 2);
+    assert_eq!(rd(&mut t, 0x60), 1);
     assert_eq!(t.interrupt_evt().read().unwrap(), 2);
+    wr(&mut t, 0x70, 0);
+    assert_eq!(rd(&mut t, 0x60), 0);
+}
+
+#[test]
+fn a_backend_handed_the_irqfd_finds_the_vring_bit_set() {
+    let (mut t, _) = transport();
+    t.interrupt().expect_backend_calls();
+    assert_eq!(rd(&mut t, 0x60), 1);
+    assert!(t.interrupt_evt().read().is_err(), "no interrupt of its own");
 }
 
 #[test]

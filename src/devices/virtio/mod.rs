@@ -167,18 +167,6 @@ impl Interrupt {
         self.raise(INT_VRING)
     }
 
-    /// A vhost backend (a daemon, the kernel) used buffers and signalled `call`:
-    /// consume it and tell the guest, with INT_VRING (the reason an irqfd handed to the
-    /// backend could not set). `device` names the device in a warning.
-    pub fn relay_call(interrupt: Option<&Self>, call: &EventFd, device: &str) {
-        if call.read().is_err() {
-            return;
-        }
-        if let Some(Err(e)) = interrupt.map(Self::signal_used_queue) {
-            log::warn!("virtio-{device}: {e}");
-        }
-    }
-
     /// Tell the guest the configuration space or device status changed.
     pub fn signal_config_change(&self) -> Result<(), VirtioError> {
         self.raise(INT_CONFIG)
@@ -207,10 +195,26 @@ impl Interrupt {
         self.status_word().map_or(0, |s| s.load(Ordering::SeqCst))
     }
 
-    /// Clear the bits the guest wrote to InterruptACK.
+    /// Clear the bits the guest wrote to InterruptACK, but INT_VRING.
+    ///
+    /// INT_VRING stays set from the device's first used-buffer notification until a
+    /// device reset. On every interrupt Linux's driver then looks at each of the
+    /// device's queues, which costs it a read of each used index. In exchange, the
+    /// acknowledgement of INT_VRING alone changes nothing, so KVM absorbs it in an
+    /// ioeventfd (see [`MmioTransport::ack_event`](mmio::MmioTransport::ack_event))
+    /// rather than exiting to husk once per interrupt, and a backend handed the irqfd
+    /// itself needs nobody to set the bit for it.
     pub fn ack(&self, bits: u32) {
         if let Some(status) = self.status_word() {
-            status.fetch_and(!bits, Ordering::SeqCst);
+            status.fetch_and(!(bits & !INT_VRING), Ordering::SeqCst);
+        }
+    }
+
+    /// Set INT_VRING without interrupting: the queues are handed to a backend that
+    /// signals the irqfd itself (it stays set, see [`Interrupt::ack`]).
+    pub fn expect_backend_calls(&self) {
+        if let Some(status) = self.status_word() {
+            status.fetch_or(INT_VRING, Ordering::SeqCst);
         }
     }
 
@@ -257,6 +261,9 @@ pub trait VirtioDevice: Send {
     /// Finish every request the device has in flight, so that while its lock is held
     /// neither guest memory nor its queues change (before a snapshot's state is read).
     fn quiesce(&mut self) {}
+    /// The snapshot's state and memory were taken: go on where
+    /// [`VirtioDevice::quiesce`] stopped (before the device's lock is let go).
+    fn resume(&mut self) {}
     /// Where the device stands (queues, and device-specific state), for the report of a
     /// guest that failed or hangs.
     fn describe(&self) -> String;

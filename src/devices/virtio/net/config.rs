@@ -112,7 +112,7 @@ pub struct NetConfig {
     #[serde(default)]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
     /// Frames move through the host kernel's vhost-net instead of husk's device
-    /// thread (see `vhost.rs`): no rate limits, no snapshots.
+    /// thread (see `vhost.rs`): no rate limits.
     #[serde(default)]
     pub vhost: bool,
 }

@@ -110,8 +110,8 @@ pub struct Net {
 
 impl Net {
     /// File descriptors the device and its virtio-mmio transport hold at most: the
-    /// TAP, the two rate limiters' timers, the queue set, the kernel path's and the
-    /// transport's eventfds (two queues).
+    /// TAP, the two rate limiters' timers, the queue set, the kernel path's
+    /// `/dev/vhost-net` and the transport's eventfds (two queues).
     pub const MAX_FDS: usize = 1
         + 2 * RateLimiter::FDS
         + QueueSet::max_fds(2)
@@ -282,7 +282,7 @@ impl VirtioDevice for Net {
         };
         let acked = self.state.acked_features;
         kernel
-            .start(mem, interrupt, &queues, acked, tap.file())
+            .start(mem, &interrupt, &queues, acked, tap.file())
             .map_err(|e| VirtioError::Backend {
                 device: "net",
                 source: std::io::Error::other(crate::error_chain(&e)),
@@ -328,7 +328,34 @@ impl VirtioDevice for Net {
     }
 
     fn queue_snapshots(&self) -> Vec<crate::devices::virtio::persist::QueueSnapshot> {
-        self.snapshot_queues()
+        match &self.kernel {
+            Some(kernel) => kernel.snapshots(),
+            None => self.snapshot_queues(),
+        }
+    }
+
+    /// On the kernel path: take the rings back from the kernel, where they stand.
+    fn quiesce(&mut self) {
+        if let Some(Err(e)) = self.kernel.as_mut().map(KernelPath::pause) {
+            log::error!(
+                "virtio-net on TAP {}: {}",
+                self.state.tap_name,
+                crate::error_chain(&e)
+            );
+        }
+    }
+
+    fn resume(&mut self) {
+        let (Some(kernel), Backend::Tap(tap)) = (self.kernel.as_mut(), &self.tap) else {
+            return;
+        };
+        if let Err(e) = kernel.resume(tap.file()) {
+            log::error!(
+                "virtio-net on TAP {}: {}",
+                self.state.tap_name,
+                crate::error_chain(&e)
+            );
+        }
     }
 
     fn after_restore(&mut self, _saved: &DevicePersist) -> bool {

@@ -1,6 +1,6 @@
 //! Event-manager glue of virtio-net: queue eventfds, the TAP (edge-triggered) and the
-//! rate limiters' timers; on the kernel path (`vhost=on`) only vhost-net's call
-//! eventfds, which become the interrupt.
+//! rate limiters' timers; on the kernel path (`vhost=on`) nothing of the data path
+//! (the kernel signals the irqfd itself).
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
@@ -14,8 +14,6 @@ const TAP_TOKEN: u32 = 0x102;
 const RX_LIMITER_TOKEN: u32 = 0x103;
 /// Event data of the TX rate limiter's timer.
 const TX_LIMITER_TOKEN: u32 = 0x104;
-/// Event data of vhost-net's call eventfds: this plus the queue index.
-const CALL_TOKEN: u32 = 0x110;
 
 impl MutEventSubscriber for Net {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -38,11 +36,6 @@ impl MutEventSubscriber for Net {
                 self.tx_limiter.on_timer();
                 self.process_tx();
             }
-            token if (CALL_TOKEN..CALL_TOKEN + 2).contains(&token) => {
-                if let Some(kernel) = &self.kernel {
-                    kernel.relay((token - CALL_TOKEN) as usize);
-                }
-            }
             _ => {}
         }
     }
@@ -55,13 +48,6 @@ impl MutEventSubscriber for Net {
         ] {
             if let Err(e) = ops.add(Events::with_data(limiter.timer(), token, EventSet::IN)) {
                 log::error!("virtio-net: cannot watch a rate limiter's timer: {e}");
-            }
-        }
-        let calls = self.kernel.iter().flat_map(|k| k.calls.iter());
-        for (token, call) in (CALL_TOKEN..).zip(calls) {
-            if let Err(e) = ops.add(Events::with_data(call, token, EventSet::IN)) {
-                let queue = token - CALL_TOKEN;
-                log::error!("virtio-net: cannot watch vhost-net's call eventfd {queue}: {e}");
             }
         }
         // On the kernel path only the kernel reads the TAP.

@@ -5,8 +5,8 @@
 //! moves frames between the virtqueues and any [`FrameIo`] (a TAP, or a datagram
 //! socket in tests and benches), with `rx` filling RX buffers in place, `vhost` hands
 //! both to the host kernel's vhost-net instead (`vhost=on`), `device` is the
-//! `VirtioDevice`, and `event_handler` ties the queue eventfds, the TAP fd and the
-//! kernel's call eventfds to the event loop.
+//! `VirtioDevice`, and `event_handler` ties the queue eventfds and the TAP fd to the
+//! event loop.
 
 mod config;
 mod device;

@@ -2,15 +2,17 @@
 //! between the TAP and the guest's rings itself, woken by the queues' notify eventfds
 //! (KVM's ioeventfds, so a guest's kick never leaves the kernel). husk opens
 //! `/dev/vhost-net` with the card, hands it the memory table and the rings at
-//! DRIVER_OK, takes them back at a reset, and relays its "used" signals as the
-//! transport's interrupt: virtio-mmio's InterruptStatus must say why the line rose,
-//! which an irqfd handed to the kernel could not.
+//! DRIVER_OK, and takes them back at a reset. Its "used" signals go straight to the
+//! transport's irqfd, so an interrupt never passes through husk: the transport keeps
+//! INT_VRING set from the hand-over on (see `Interrupt::ack`), which virtio-mmio's
+//! InterruptStatus must show for the guest to look at its rings.
 //!
 //! The TAP keeps its virtio-net header (12 bytes, as the TAP was opened with), so
 //! vhost-net passes headers through untouched (`VHOST_NET_F_VIRTIO_NET_HDR` is never
 //! set) and the checksum and TSO offloads are the TAP's, set from the acked features
-//! as on the user-space path. Rate limits cannot apply (husk never sees a frame), and
-//! the rings' positions live in the kernel, so such a VM is not snapshotted.
+//! as on the user-space path. Rate limits cannot apply (husk never sees a frame). The
+//! rings' positions live in the kernel: for a snapshot, `pause` detaches the TAP and
+//! reads them back, and `resume` attaches it again.
 #![expect(
     unsafe_code,
     reason = "VHOST_NET_SET_BACKEND has no safe wrapper in the vhost crate"
@@ -26,10 +28,13 @@ use vhost::vhost_kern::VhostKernBackend;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
+use crate::devices::virtio::persist::QueueSnapshot;
 use crate::devices::virtio::{feature, Interrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 /// The kernel's vhost-net device.
@@ -60,9 +65,12 @@ pub enum VhostNetError {
     /// The kernel's vhost-net lacks a feature the card offers.
     #[error("the kernel's vhost-net lacks features {0:#x} (VERSION_1, EVENT_IDX, MRG_RXBUF)")]
     Features(u64),
-    /// An eventfd could not be made.
-    #[error("vhost-net call eventfd")]
-    EventFd(#[source] std::io::Error),
+    /// A ring's notify eventfd could not be copied.
+    #[error("cannot copy a queue's notify eventfd")]
+    Kick(#[source] std::io::Error),
+    /// A ring's used index is outside guest memory.
+    #[error("the used ring at {0:#x} is outside guest memory")]
+    UsedIndex(u64),
 }
 
 fn failed(step: &'static str) -> impl FnOnce(vhost::Error) -> VhostNetError {
@@ -114,12 +122,15 @@ pub(super) struct KernelPath {
     handle: Handle,
     /// What the kernel supports.
     features: u64,
-    /// One per queue: the kernel signals it when it used buffers, the device loop
-    /// raises the interrupt.
-    pub(super) calls: [EventFd; 2],
-    interrupt: Option<Arc<Interrupt>>,
+    /// The rings handed over, as they were then; [`KernelPath::pause`] brings their
+    /// positions up to date.
+    rings: Vec<QueueSnapshot>,
+    /// Their notify eventfds, to look at each ring again after a pause.
+    kicks: Vec<EventFd>,
     /// Queues handed to the kernel (taken back at reset).
     running: usize,
+    /// The TAP is detached for a snapshot (see [`KernelPath::pause`]).
+    paused: bool,
 }
 
 impl std::fmt::Debug for KernelPath {
@@ -127,12 +138,14 @@ impl std::fmt::Debug for KernelPath {
         f.debug_struct("KernelPath")
             .field("features", &self.features)
             .field("running", &self.running)
+            .field("paused", &self.paused)
             .finish_non_exhaustive()
     }
 }
 
 impl KernelPath {
-    /// File descriptors it holds: `/dev/vhost-net` and two call eventfds.
+    /// File descriptors it holds: `/dev/vhost-net` and a copy of each ring's notify
+    /// eventfd.
     pub(super) const FDS: usize = 3;
 
     /// Open `/dev/vhost-net`, become its owner (the kernel starts its worker for this
@@ -153,30 +166,30 @@ impl KernelPath {
         if features & NEEDED != NEEDED {
             return Err(VhostNetError::Features(NEEDED & !features));
         }
-        let call = || EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(VhostNetError::EventFd);
         Ok(Self {
             handle,
             features,
-            calls: [call()?, call()?],
-            interrupt: None,
+            rings: Vec::new(),
+            kicks: Vec::new(),
             running: 0,
+            paused: false,
         })
     }
 
-    /// Hand the kernel the memory, the rings of `queues` (with their notify eventfds)
-    /// and `tap`; it serves them from here on. On an error (rings outside RAM, say)
-    /// the kernel is left serving none.
+    /// Hand the kernel the memory, the rings of `queues` (with their notify eventfds),
+    /// the interrupt's irqfd and `tap`; it serves them from here on. On an error
+    /// (rings outside RAM, say) the kernel is left serving none.
     pub(super) fn start(
         &mut self,
         mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
+        interrupt: &Interrupt,
         queues: &[(Queue, EventFd)],
         acked: u64,
         tap: &File,
     ) -> Result<(), VhostNetError> {
         self.stop();
-        self.interrupt = Some(interrupt);
-        let started = self.hand_over(mem, queues, acked, tap);
+        interrupt.expect_backend_calls();
+        let started = self.hand_over(mem, interrupt.eventfd(), queues, acked, tap);
         if started.is_err() {
             self.stop();
         }
@@ -186,6 +199,7 @@ impl KernelPath {
     fn hand_over(
         &mut self,
         mem: GuestMemoryMmap,
+        irqfd: &EventFd,
         queues: &[(Queue, EventFd)],
         acked: u64,
         tap: &File,
@@ -202,6 +216,14 @@ impl KernelPath {
             })
             .collect();
         self.handle.mem = Arc::new(mem);
+        self.rings = queues
+            .iter()
+            .map(|(queue, _)| QueueSnapshot::of(queue))
+            .collect();
+        self.kicks = queues
+            .iter()
+            .map(|(_, kick)| kick.try_clone().map_err(VhostNetError::Kick))
+            .collect::<Result<_, _>>()?;
         let features = acked & self.features & !VHOST_NET_F_VIRTIO_NET_HDR;
         let h = &self.handle;
         h.set_features(features).map_err(failed("SET_FEATURES"))?;
@@ -224,7 +246,7 @@ impl KernelPath {
                 .map_err(failed("SET_VRING_ADDR"))?;
             h.set_vring_base(i, queue.next_avail())
                 .map_err(failed("SET_VRING_BASE"))?;
-            h.set_vring_call(i, &self.calls[i])
+            h.set_vring_call(i, irqfd)
                 .map_err(failed("SET_VRING_CALL"))?;
             h.set_vring_kick(i, kick)
                 .map_err(failed("SET_VRING_KICK"))?;
@@ -233,9 +255,63 @@ impl KernelPath {
         }
         // A kick the driver gave before DRIVER_OK would otherwise wait for its next
         // one; one too many only makes the kernel look at a ring with nothing new.
-        for (_, kick) in queues {
+        self.kick_all();
+        Ok(())
+    }
+
+    fn kick_all(&self) {
+        for kick in &self.kicks {
             let _ = kick.write(1);
         }
+    }
+
+    /// Detach the TAP from every ring (the kernel finishes what it was doing and then
+    /// touches neither guest memory nor the TAP), and read where each ring stands: the
+    /// next available entry from the kernel (GET_VRING_BASE), the used index from
+    /// guest memory. For a snapshot, until [`KernelPath::resume`].
+    pub(super) fn pause(&mut self) -> Result<(), VhostNetError> {
+        if self.paused || self.running == 0 {
+            return Ok(());
+        }
+        self.paused = true;
+        for i in 0..self.running {
+            self.handle.set_backend(i, None)?;
+        }
+        for (i, ring) in self.rings.iter_mut().enumerate().take(self.running) {
+            let base = self
+                .handle
+                .get_vring_base(i)
+                .map_err(failed("GET_VRING_BASE"))?;
+            // The used ring's index follows its flags (virtio 1.2 §2.7.8).
+            let at = GuestAddress(ring.used_ring).checked_add(2);
+            let used = at
+                .and_then(|at| self.handle.mem.read_obj::<u16>(at).ok())
+                .ok_or(VhostNetError::UsedIndex(ring.used_ring))?;
+            // The kernel's index is a u16 in a u32.
+            ring.next_avail = base as u16;
+            ring.next_used = u16::from_le(used);
+        }
+        Ok(())
+    }
+
+    /// The rings as [`KernelPath::pause`] found them (empty when not paused).
+    pub(super) fn snapshots(&self) -> Vec<QueueSnapshot> {
+        match self.paused {
+            true => self.rings.iter().take(self.running).copied().collect(),
+            false => Vec::new(),
+        }
+    }
+
+    /// Attach `tap` again after [`KernelPath::pause`], and make the kernel look at each
+    /// ring once: a kick it took while detached was dropped.
+    pub(super) fn resume(&mut self, tap: &File) -> Result<(), VhostNetError> {
+        if !std::mem::take(&mut self.paused) {
+            return Ok(());
+        }
+        for i in 0..self.running {
+            self.handle.set_backend(i, Some(tap))?;
+        }
+        self.kick_all();
         Ok(())
     }
 
@@ -247,14 +323,9 @@ impl KernelPath {
                 log::warn!("virtio-net: stopping vhost-net queue {i}: {e}");
             }
         }
-        self.interrupt = None;
-    }
-
-    /// The kernel used buffers of queue `index`: tell the guest.
-    pub(super) fn relay(&self, index: usize) {
-        if let Some(call) = self.calls.get(index) {
-            Interrupt::relay_call(self.interrupt.as_deref(), call, "net");
-        }
+        self.paused = false;
+        self.rings.clear();
+        self.kicks.clear();
     }
 
     /// Whether the kernel serves the rings now.

@@ -10,9 +10,9 @@
 //! request follows), else the timer raises them. Half a TX ring of completions owed
 //! interrupts at once, so a guest that sends many small packets never waits for the
 //! timer with a full ring. Each interrupt costs the guest an
-//! entry into its handler and, on virtio-mmio, two exits to the VMM (InterruptStatus
-//! read, InterruptACK write); an exchange of small messages had two interrupts per
-//! round trip, now one. Interrupt coalescing of this kind is what NICs do for their
+//! injection, an entry into its handler and an EOI (the InterruptStatus read and
+//! InterruptACK write no longer exit to the VMM); an exchange of small messages had two
+//! interrupts per round trip, now one. Interrupt coalescing of this kind is what NICs do for their
 //! transmit completions.
 
 use std::os::fd::{AsRawFd, RawFd};
