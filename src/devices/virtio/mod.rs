@@ -210,9 +210,10 @@ impl Interrupt {
     /// Clear the bits the guest wrote to InterruptACK, but INT_VRING.
     ///
     /// INT_VRING stays set from the device's first used-buffer notification until a
-    /// device reset. On every interrupt Linux's driver then looks at each of the
-    /// device's queues, which costs it a read of each used index. In exchange, the
-    /// acknowledgement of INT_VRING alone changes nothing, so KVM absorbs it in an
+    /// device reset. Linux's driver looks at each of the device's queues on every
+    /// interrupt with it set, as it did on each used-buffer interrupt before; only a
+    /// configuration-change interrupt now costs it a read of each used index too. In
+    /// exchange, the acknowledgement of INT_VRING alone changes nothing, so KVM absorbs it in an
     /// ioeventfd (see [`MmioTransport::ack_event`](mmio::MmioTransport::ack_event))
     /// rather than exiting to husk once per interrupt, and a backend handed the irqfd
     /// itself needs nobody to set the bit for it.
