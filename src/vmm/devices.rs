@@ -11,7 +11,7 @@
 )]
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::hold::DeviceGuards;
+use super::VmError;
 use crate::config::VmConfig;
 use crate::devices::bus::Bus;
 use crate::devices::rate_limiter::{LimiterKind, RateLimiterConfig, RateLimiterError};
@@ -370,42 +372,27 @@ pub struct DeviceLoop {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
-/// Every device locked: the event loop waits at its next event while these live.
-/// Dropped, they let each device go on where `quiesce` stopped it
-/// ([`VirtioDevice::resume`]) before its lock goes.
-pub struct DeviceGuards<'a>(Vec<MutexGuard<'a, dyn VirtioDevice + 'static>>);
-
-impl Drop for DeviceGuards<'_> {
-    fn drop(&mut self) {
-        self.0.iter_mut().for_each(|d| d.resume());
-    }
-}
-
 impl DeviceLoop {
     /// Lock every device (so the event loop stops touching guest memory and queues),
     /// let each finish what it has in flight, and read each slot's state. The vCPUs
     /// must be parked: they take the transport locks, then a device's, and here devices
-    /// are locked first.
-    pub fn hold(&self) -> (DeviceGuards<'_>, Vec<SlotState>) {
-        let mut guards = DeviceGuards(
-            self.devices
-                .iter()
-                .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
-                .collect(),
-        );
+    /// are locked first. A device that cannot stop refuses the hold: the others go on
+    /// where they were (the guards' drop) and the error names its slot.
+    pub fn hold(&self) -> Result<(DeviceGuards<'_>, Vec<SlotState>), VmError> {
+        let mut guards = DeviceGuards::lock(&self.devices);
         // A device with requests in flight (blk on io_uring) completes them now, a card
         // on vhost-net takes its rings back from the kernel.
-        guards.0.iter_mut().for_each(|g| g.quiesce());
+        guards.quiesce()?;
         let slots = self
             .transports
             .iter()
-            .zip(&guards.0)
+            .zip(guards.devices())
             .map(|(t, dev)| {
                 let t = t.lock().unwrap_or_else(|e| e.into_inner());
-                t.save_with(&**dev)
+                t.save_with(dev)
             })
             .collect();
-        (guards, slots)
+        Ok((guards, slots))
     }
 
     /// Change a rate limiter of the device in `slot` (see [`VirtioDevice::update_rate_limiter`]);

@@ -8,6 +8,7 @@ pub mod exit;
 pub mod fd_limit;
 pub mod guest_log;
 pub mod hang_report;
+pub mod hold;
 pub mod parking;
 pub mod persist;
 pub mod prefault;
@@ -128,6 +129,15 @@ pub enum VmError {
     /// The VM is not in a state that allows the request.
     #[error("{0}")]
     State(String),
+    /// A device could not be held still for a snapshot (the VM goes on as it was).
+    #[error("the device in slot {slot}")]
+    Hold {
+        /// Its slot.
+        slot: usize,
+        /// Why.
+        #[source]
+        source: crate::devices::virtio::VirtioError,
+    },
     /// A thread's syscall filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),

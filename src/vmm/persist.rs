@@ -18,7 +18,7 @@ use crate::devices::i8042::I8042State;
 use crate::devices::serial::SerialPersist;
 use crate::devices::virtio::persist::SlotState;
 
-use super::devices::DeviceGuards;
+use super::hold::DeviceGuards;
 use super::vstate::{VcpuState, VmState};
 use super::{RunningVm, VmError};
 
@@ -92,7 +92,7 @@ impl RunningVm {
             .device_loop
             .as_ref()
             .ok_or_else(|| VmError::State("the VM's devices are gone".into()))?;
-        let (devices, slots) = loop_.hold();
+        let (devices, slots) = loop_.hold()?;
         let serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
         let state = MicrovmState {
             config: self.config.clone(),

@@ -103,6 +103,15 @@ pub enum VirtioError {
         /// Queues passed to `activate`.
         got: usize,
     },
+    /// The device could not stop where a snapshot needs it (it goes on running).
+    #[error("cannot hold {device} still for a snapshot")]
+    Quiesce {
+        /// The device (and its backend, where that helps).
+        device: String,
+        /// Why not.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The device could not start its backend.
     #[error("cannot activate device {device}")]
     Backend {
@@ -273,9 +282,13 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Finish every request the device has in flight, so that while its lock is held
     /// neither guest memory nor its queues change (before a snapshot's state is read).
-    fn quiesce(&mut self) {}
-    /// The snapshot's state and memory were taken: go on where
-    /// [`VirtioDevice::quiesce`] stopped (before the device's lock is let go).
+    /// An error refuses the snapshot; [`VirtioDevice::resume`] follows either way.
+    fn quiesce(&mut self) -> Result<(), VirtioError> {
+        Ok(())
+    }
+    /// The snapshot's state and memory were taken, or a device's
+    /// [`VirtioDevice::quiesce`] failed: go on where this one stopped (before the
+    /// device's lock is let go). Called on every device of a hold, quiesced or not.
     fn resume(&mut self) {}
     /// Where the device stands (queues, and device-specific state), for the report of a
     /// guest that failed or hangs.

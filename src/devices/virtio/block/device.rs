@@ -254,8 +254,17 @@ impl VirtioDevice for Block {
         self.state.acked_features = 0;
     }
 
-    fn quiesce(&mut self) {
+    /// A request the kernel still has (its wait failed) refuses the snapshot: it
+    /// could write guest memory while that is copied.
+    fn quiesce(&mut self) -> Result<(), VirtioError> {
         self.drain_in_flight();
+        match self.ring.as_ref().map_or(0, |r| r.in_flight()) {
+            0 => Ok(()),
+            n => Err(VirtioError::Quiesce {
+                device: format!("virtio-blk on {}", self.state.config.path.display()),
+                source: format!("{n} request(s) still in flight on io_uring").into(),
+            }),
+        }
     }
 
     fn describe(&self) -> String {

@@ -125,7 +125,7 @@ fn a_device_held_for_a_snapshot_finishes_its_requests_in_flight_first() {
     let (mem, img) = (memory(), TempImage::new(1 << 16, 0x5e));
     let (mut dev, mock, irq) = device_with_requests(&mem, &img, &[VIRTIO_BLK_T_IN; 8]);
     dev.process();
-    dev.quiesce();
+    dev.quiesce().expect("quiesce");
     assert_eq!(dev.ring.as_ref().map(Ring::in_flight), Some(0));
     assert_eq!(mock.used().idx().load(), 8);
     assert_eq!(statuses(&mem, 8), [VIRTIO_BLK_S_OK as u8; 8]);
@@ -212,7 +212,7 @@ fn a_limited_disk_serves_one_request_then_a_patch_with_room_lets_the_rest_throug
     let notify = evt.try_clone().unwrap();
     dev.activate(mem.clone(), irq, vec![(q, evt)]).unwrap();
     dev.process();
-    dev.quiesce();
+    dev.quiesce().expect("quiesce");
     assert_eq!(mock.used().idx().load(), 1);
     assert!(dev.describe().contains("blocked for"), "{}", dev.describe());
     let roomy = RateLimiterConfig {
@@ -227,7 +227,7 @@ fn a_limited_disk_serves_one_request_then_a_patch_with_room_lets_the_rest_throug
     // The device asks the loop to look at its queue again.
     assert_eq!(notify.read().unwrap(), 1);
     dev.process();
-    dev.quiesce();
+    dev.quiesce().expect("quiesce");
     assert_eq!(now, roomy);
     assert_eq!(dev.state().config.rate_limiter, Some(roomy));
     assert_eq!(mock.used().idx().load(), 4);
@@ -274,7 +274,7 @@ fn serve_on_timer_events(dev: &mut Block, used: impl Fn() -> u16, n: u16) {
         );
         dev.limiter.on_timer();
         dev.process();
-        dev.quiesce();
+        dev.quiesce().expect("quiesce");
     }
 }
 
@@ -296,7 +296,7 @@ fn a_queue_blocked_at_a_reset_is_dropped_and_the_next_activations_queue_is_serve
     dev.activate(mem.clone(), irq.clone(), vec![(q, evt())])
         .unwrap();
     dev.process();
-    dev.quiesce();
+    dev.quiesce().expect("quiesce");
     let served_before_reset = first.used().idx().load();
     assert!(served_before_reset < 6, "{}", dev.describe());
     dev.reset();

@@ -335,13 +335,13 @@ impl VirtioDevice for Net {
     }
 
     /// On the kernel path: take the rings back from the kernel, where they stand.
-    fn quiesce(&mut self) {
-        if let Some(Err(e)) = self.kernel.as_mut().map(KernelPath::pause) {
-            log::error!(
-                "virtio-net on TAP {}: {}",
-                self.state.tap_name,
-                crate::error_chain(&e)
-            );
+    fn quiesce(&mut self) -> Result<(), VirtioError> {
+        match self.kernel.as_mut().map(KernelPath::pause) {
+            Some(Err(e)) => Err(VirtioError::Quiesce {
+                device: format!("virtio-net on TAP {}", self.state.tap_name),
+                source: Box::new(e),
+            }),
+            _ => Ok(()),
         }
     }
 

@@ -65,16 +65,46 @@ pub enum VhostNetError {
     /// The kernel's vhost-net lacks a feature the card offers.
     #[error("the kernel's vhost-net lacks features {0:#x} (VERSION_1, EVENT_IDX, MRG_RXBUF)")]
     Features(u64),
+    /// A vhost request about one ring failed.
+    #[error("vhost-net {step} on queue {queue}")]
+    Ring {
+        /// The request.
+        step: &'static str,
+        /// The ring (0: receive, 1: transmit).
+        queue: usize,
+        /// The error.
+        #[source]
+        source: vhost::Error,
+    },
     /// A ring's notify eventfd could not be copied.
-    #[error("cannot copy a queue's notify eventfd")]
-    Kick(#[source] std::io::Error),
+    #[error("cannot copy the notify eventfd of queue {queue}")]
+    Kick {
+        /// The ring.
+        queue: usize,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A ring's used index is outside guest memory.
-    #[error("the used ring at {0:#x} is outside guest memory")]
-    UsedIndex(u64),
+    #[error("the used ring of queue {queue} at {addr:#x} is outside guest memory")]
+    UsedIndex {
+        /// The ring.
+        queue: usize,
+        /// Where the driver placed its used ring.
+        addr: u64,
+    },
 }
 
 fn failed(step: &'static str) -> impl FnOnce(vhost::Error) -> VhostNetError {
     move |source| VhostNetError::Request { step, source }
+}
+
+fn failed_on(step: &'static str, queue: usize) -> impl FnOnce(vhost::Error) -> VhostNetError {
+    move |source| VhostNetError::Ring {
+        step,
+        queue,
+        source,
+    }
 }
 
 /// An open `/dev/vhost-net` and the guest memory it was last given (which the vhost
@@ -111,7 +141,7 @@ impl Handle {
         let ret = unsafe { ioctl_with_ref(self, VHOST_NET_SET_BACKEND(), &request) };
         if ret < 0 {
             let source = vhost::Error::IoctlError(std::io::Error::last_os_error());
-            return Err(failed("SET_BACKEND")(source));
+            return Err(failed_on("SET_BACKEND", index)(source));
         }
         Ok(())
     }
@@ -222,7 +252,11 @@ impl KernelPath {
             .collect();
         self.kicks = queues
             .iter()
-            .map(|(_, kick)| kick.try_clone().map_err(VhostNetError::Kick))
+            .enumerate()
+            .map(|(queue, (_, kick))| {
+                kick.try_clone()
+                    .map_err(|source| VhostNetError::Kick { queue, source })
+            })
             .collect::<Result<_, _>>()?;
         let features = acked & self.features & !VHOST_NET_F_VIRTIO_NET_HDR;
         let h = &self.handle;
@@ -241,15 +275,15 @@ impl KernelPath {
                 log_addr: None,
             };
             h.set_vring_num(i, queue.size())
-                .map_err(failed("SET_VRING_NUM"))?;
+                .map_err(failed_on("SET_VRING_NUM", i))?;
             h.set_vring_addr(i, &rings)
-                .map_err(failed("SET_VRING_ADDR"))?;
+                .map_err(failed_on("SET_VRING_ADDR", i))?;
             h.set_vring_base(i, queue.next_avail())
-                .map_err(failed("SET_VRING_BASE"))?;
+                .map_err(failed_on("SET_VRING_BASE", i))?;
             h.set_vring_call(i, irqfd)
-                .map_err(failed("SET_VRING_CALL"))?;
+                .map_err(failed_on("SET_VRING_CALL", i))?;
             h.set_vring_kick(i, kick)
-                .map_err(failed("SET_VRING_KICK"))?;
+                .map_err(failed_on("SET_VRING_KICK", i))?;
             self.running = i + 1;
             h.set_backend(i, Some(tap))?;
         }
@@ -281,12 +315,15 @@ impl KernelPath {
             let base = self
                 .handle
                 .get_vring_base(i)
-                .map_err(failed("GET_VRING_BASE"))?;
+                .map_err(failed_on("GET_VRING_BASE", i))?;
             // The used ring's index follows its flags (virtio 1.2 §2.7.8).
             let at = GuestAddress(ring.used_ring).checked_add(2);
             let used = at
                 .and_then(|at| self.handle.mem.read_obj::<u16>(at).ok())
-                .ok_or(VhostNetError::UsedIndex(ring.used_ring))?;
+                .ok_or(VhostNetError::UsedIndex {
+                    queue: i,
+                    addr: ring.used_ring,
+                })?;
             // The kernel's index is a u16 in a u32.
             ring.next_avail = base as u16;
             ring.next_used = u16::from_le(used);
@@ -320,7 +357,7 @@ impl KernelPath {
     pub(super) fn stop(&mut self) {
         for i in 0..std::mem::take(&mut self.running) {
             if let Err(e) = self.handle.set_backend(i, None) {
-                log::warn!("virtio-net: stopping vhost-net queue {i}: {e}");
+                log::warn!("virtio-net: stopping vhost-net: {}", crate::error_chain(&e));
             }
         }
         self.paused = false;

@@ -317,10 +317,11 @@ impl VirtioDevice for Vsock {
 
     /// Nothing is in flight; an interrupt still owed goes out now, before the
     /// transport's InterruptStatus is saved.
-    fn quiesce(&mut self) {
+    fn quiesce(&mut self) -> Result<(), VirtioError> {
         if self.irq.take() {
             self.queues.signal_used();
         }
+        Ok(())
     }
 
     fn describe(&self) -> String {
