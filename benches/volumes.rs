@@ -3,7 +3,8 @@
 //! virtio-blk), in one sandbox: sequential write (with fsync) and O_DIRECT read of
 //! `HUSK_BENCH_MIB` MiB, and untarring 2000 small files (then `sync`). Rounds
 //! interleave the two places. Each workload is one `husk exec`, timed on the host, less
-//! the median of an empty `husk exec`. Prints medians and ratios; asserts nothing.
+//! the median of an empty `husk exec`, after an uncounted warm-up round. Prints medians
+//! and ratios; asserts nothing.
 //!
 //! On hardware KVM it runs here; otherwise inside the KVM test host, virtiofsd and its
 //! libraries copied in (virtiofsd's `--sandbox chroot` there: the test host runs from
@@ -11,8 +12,9 @@
 //!
 //! Environment: `HUSK_BENCH_ROUNDS` (default 3), `HUSK_BENCH_MIB` (64),
 //! `HUSK_BENCH_BASELINE` (path of another `husk` binary, e.g. one built from `main`: a
-//! second sandbox of its own runs the virtio-fs workloads interleaved with the others,
-//! so a change is measured against its base in one boot), `HUSK_TEST_HOST`
+//! second sandbox of its own runs the same workloads interleaved with the others, so a
+//! change is measured against its base in one boot; the disk's ratio to the baseline
+//! is the control when the change is virtio-fs's), `HUSK_TEST_HOST`
 //! (auto|always|never).
 #![allow(missing_docs)]
 
@@ -150,6 +152,15 @@ fn path_with(bin: &Path) -> std::ffi::OsString {
     std::env::join_paths(dirs).expect("a PATH")
 }
 
+/// MemAvailable of the machine the sandboxes run on (the test host's), in MiB.
+fn available_mib() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
 /// Seconds one `husk exec` of `script` in `vmm`'s sandbox takes.
 fn timed(vmm: Husk, script: &str) -> f64 {
     let start = Instant::now();
@@ -224,33 +235,63 @@ fn inner(args: &[String]) {
             &["cp", "small.tar", &format!("{}:/small.tar", vmm.sandbox)],
         );
     }
-    let idle = median((0..5).map(|_| timed(HUSK, "true")).collect());
+    // Each sandbox's own empty exec is subtracted from its workloads.
+    let idle: Vec<f64> = vmms
+        .iter()
+        .map(|&vmm| median((0..5).map(|_| timed(vmm, "true")).collect()))
+        .collect();
     println!("# volumes benchmark: {rounds} round(s), {mib} MiB, {SMALL_FILES} files of 1 KiB");
-    println!("# an empty husk exec: {idle:.3} s (subtracted)");
-    let mut places = vec![("virtio-fs", HUSK, "/vol"), ("disk", HUSK, "/disk")];
+    for (vmm, idle) in vmms.iter().zip(&idle) {
+        println!(
+            "# an empty husk exec in {}: {idle:.3} s (subtracted)",
+            vmm.sandbox
+        );
+    }
+    // With a baseline, its sandbox does the same work as the other (the disk's
+    // workloads too): a sandbox whose guest also filled its page cache from the disk
+    // is not a fair peer of one that did not.
+    let mut places = vec![("virtio-fs", 0, "/vol"), ("disk", 0, "/disk")];
     if vmms.len() > 1 {
-        places.push(("fs (base)", BASELINE, "/vol"));
+        places.extend([("fs (base)", 1, "/vol"), ("disk (base)", 1, "/disk")]);
     }
     let mut results: Vec<[Vec<f64>; 3]> = vec![Default::default(); places.len()];
     let mib_f: f64 = mib.parse().expect("MiB is a number");
-    for round in 0..rounds {
+    // Pass 0 warms up and is not counted: the guests' first touch of their page cache
+    // (each page a fault of the test host and KVM) made a first round up to 5x slower.
+    for round in 0..=rounds {
         // The order turns each round, so no place always runs right after another.
         for k in 0..places.len() {
             let i = (k + round) % places.len();
-            let (_, vmm, dir) = places[i];
+            let (_, v, dir) = places[i];
+            let vmm = vmms[v];
             let d = format!("{dir}/r{round}");
             let write = format!(
                 "mkdir -p {d} && dd if=/dev/zero of={d}/big bs=1M count={mib} conv=fsync 2>/dev/null"
             );
             let read = format!("dd if={d}/big of=/dev/null bs=1M iflag=direct 2>/dev/null");
             let untar = format!("mkdir {d}/u && tar xf /small.tar -C {d}/u && sync");
-            let [w, r, u] = [&write, &read, &untar].map(|script| timed(vmm, script) - idle);
+            let [w, r, u] = [&write, &read, &untar].map(|script| timed(vmm, script) - idle[v]);
+            // Each round starts where the first did: the files go (and the disk's
+            // blocks back to the host, where fstrim exists), so neither the guests' nor
+            // the test host's memory fills round after round.
+            timed(
+                vmm,
+                &format!("rm -rf {d} && {{ fstrim {dir} 2>/dev/null; true; }}"),
+            );
+            let pass = match round {
+                0 => "warm-up".to_string(),
+                n => format!("round {n}"),
+            };
             println!(
-                "# round {round} {}: write {:.1} MiB/s, read {:.1} MiB/s, untar {u:.2} s",
+                "# {pass} {}: write {:.1} MiB/s, read {:.1} MiB/s, untar {u:.2} s",
                 places[i].0,
                 mib_f / w,
                 mib_f / r
             );
+            println!("#   then available memory: {} MiB", available_mib());
+            if round == 0 {
+                continue;
+            }
             results[i][0].push(w);
             results[i][1].push(r);
             results[i][2].push(u);
@@ -277,11 +318,13 @@ fn inner(args: &[String]) {
         ratio(0, 1, 2)
     );
     if places.len() > 2 {
-        println!(
-            "virtio-fs/baseline speed: write {:.2}  read {:.2}  untar {:.2}",
-            ratio(0, 2, 0),
-            ratio(0, 2, 1),
-            ratio(0, 2, 2)
-        );
+        for (what, a, b) in [("virtio-fs", 0, 2), ("disk", 1, 3)] {
+            println!(
+                "{what}/baseline speed: write {:.2}  read {:.2}  untar {:.2}",
+                ratio(a, b, 0),
+                ratio(a, b, 1),
+                ratio(a, b, 2)
+            );
+        }
     }
 }

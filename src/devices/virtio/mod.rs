@@ -176,18 +176,6 @@ impl Interrupt {
         self.raise(INT_VRING)
     }
 
-    /// A vhost-user daemon used buffers and signalled `call`: consume it and interrupt
-    /// once for every signal since the last (see `fs::event_handler` for why the
-    /// daemon does not get the irqfd itself). `device` names the device in a warning.
-    pub fn relay_call(interrupt: Option<&Self>, call: &EventFd, device: &str) {
-        if call.read().is_err() {
-            return;
-        }
-        if let Some(Err(e)) = interrupt.map(Self::signal_used_queue) {
-            log::warn!("virtio-{device}: {e}");
-        }
-    }
-
     /// Tell the guest the configuration space or device status changed.
     pub fn signal_config_change(&self) -> Result<(), VirtioError> {
         self.raise(INT_CONFIG)

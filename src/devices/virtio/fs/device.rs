@@ -10,12 +10,14 @@
 
 use std::sync::Arc;
 
+use event_manager::{EventOps, Events, MutEventSubscriber};
+
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::FsConfig;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -62,11 +64,6 @@ pub struct Fs {
     protocol: bool,
     acked: u64,
     max_sizes: Vec<u16>,
-    /// One call eventfd per queue: the daemon signals it, the device loop raises the
-    /// interrupt (once for the signals that arrived meanwhile, see `event_handler`).
-    pub(super) calls: Vec<EventFd>,
-    /// Set by `activate`.
-    pub(super) interrupt: Option<Arc<Interrupt>>,
     /// Queues handed to the daemon (stopped at reset).
     running: usize,
 }
@@ -82,9 +79,9 @@ impl std::fmt::Debug for Fs {
 }
 
 impl Fs {
-    /// File descriptors the device and its transport hold: the socket, a call eventfd
-    /// per queue, and the transport's.
-    pub const MAX_FDS: usize = 1 + QUEUES + MmioTransport::max_fds(QUEUES);
+    /// File descriptors the device and its transport hold: the socket and the
+    /// transport's.
+    pub const MAX_FDS: usize = 1 + MmioTransport::max_fds(QUEUES);
 
     /// Connect to the daemon on `config.socket` and learn its features.
     pub fn new(config: FsConfig) -> Result<Self, FsError> {
@@ -114,9 +111,6 @@ impl Fs {
                 .set_protocol_features(theirs & wanted)
                 .map_err(failed("SET_PROTOCOL_FEATURES"))?;
         }
-        let calls = (0..QUEUES)
-            .map(|_| EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(VirtioError::EventFd))
-            .collect::<Result<_, _>>()?;
         Ok(Self {
             config,
             frontend,
@@ -124,16 +118,16 @@ impl Fs {
             protocol,
             acked: 0,
             max_sizes: vec![QUEUE_SIZE; QUEUES],
-            calls,
-            interrupt: None,
             running: 0,
         })
     }
 
-    /// Send the daemon everything it needs to serve `queues` in `mem`.
+    /// Send the daemon everything it needs to serve `queues` in `mem`, and `irqfd`
+    /// to signal when it used buffers.
     fn start_daemon(
         &mut self,
         mem: &GuestMemoryMmap,
+        irqfd: &EventFd,
         queues: &[(Queue, EventFd)],
     ) -> Result<(), vhost::Error> {
         let protocol_bit = if self.protocol {
@@ -167,7 +161,7 @@ impl Fs {
             self.frontend.set_vring_num(i, queue.size())?;
             self.frontend.set_vring_addr(i, &rings)?;
             self.frontend.set_vring_base(i, queue.next_avail())?;
-            self.frontend.set_vring_call(i, &self.calls[i])?;
+            self.frontend.set_vring_call(i, irqfd)?;
             self.frontend.set_vring_kick(i, kick)?;
             self.running = i + 1;
         }
@@ -217,9 +211,11 @@ impl VirtioDevice for Fs {
                 got: queues.len(),
             });
         }
-        self.interrupt = Some(interrupt);
+        // The daemon signals the irqfd itself: the guest's driver looks at the rings
+        // only with INT_VRING set, which nobody but the transport could set later.
+        interrupt.expect_backend_calls();
         // The kick eventfds go to the daemon; the transport keeps its own copies.
-        self.start_daemon(&mem, &queues)
+        self.start_daemon(&mem, interrupt.eventfd(), &queues)
             .map_err(|e| VirtioError::Backend {
                 device: "fs",
                 source: std::io::Error::other(e.to_string()),
@@ -232,7 +228,6 @@ impl VirtioDevice for Fs {
                 log::warn!("virtio-fs {}: stopping queue {i}: {e}", self.config.tag);
             }
         }
-        self.interrupt = None;
         self.acked = 0;
     }
 
@@ -249,4 +244,11 @@ impl VirtioDevice for Fs {
     fn persist(&self) -> DevicePersist {
         DevicePersist::Fs
     }
+}
+
+/// Nothing to watch: the daemon reads the kicks and signals the irqfd itself.
+impl MutEventSubscriber for Fs {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {}
+
+    fn init(&mut self, _ops: &mut EventOps) {}
 }

@@ -2,12 +2,11 @@
 //! served by a `virtiofsd` process, which husk reaches over a Unix socket. husk keeps
 //! the transport and the configuration space (the tag); at activation it hands the
 //! daemon the guest memory (the memfd), each queue's rings, its kick eventfd (the
-//! queue's KVM ioeventfd itself) and a call eventfd that the device loop turns into the
-//! device's interrupt.
+//! queue's KVM ioeventfd itself) and the transport's irqfd, which the daemon signals
+//! when it used buffers: an interrupt never passes through husk.
 
 mod config;
 mod device;
-mod event_handler;
 
 pub use config::{FsConfig, TAG_LEN};
 pub use device::{Fs, FsError};
