@@ -31,7 +31,10 @@
 //! it runs as one more VMM, interleaved with the others, and gets a table of its own, so
 //! a change is measured against its base in one test-host boot; a script that runs
 //! `./husk` with an environment of its own, such as `HUSK_MMIO_WINDOW=0`, measures a
-//! switch of the same binary), `HUSK_TEST_HOST` (auto|always|never).
+//! switch of the same binary), `HUSK_TEST_HOST` (auto|always|never), `HUSK_TESTHOST_SMP` (the test host's CPUs,
+//! default 1: the guest's vCPU, the device side and the host-side peer then take turns
+//! on one CPU, and the ratios compare their CPU time per byte; with 2 the device side
+//! runs beside the vCPU, as on a real host, but the emulator fails far more often).
 #![allow(missing_docs)]
 
 #[path = "common/mod.rs"]
@@ -405,9 +408,11 @@ fn inner(args: &[String]) {
     let mib: u64 = mib.parse().expect("MiB is a number");
     let (vhost, vhost_net) = setup(mib);
     let kvm = kvm_stats::available();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     println!(
         "# device benchmark: {rounds} round(s), {mib} MiB per direction, 1 vCPU, 256 MiB guest"
     );
+    println!("# CPUs of the host the VMMs run on: {cpus}");
     println!("# husk = `husk vmm --config-file`, the process a sandbox's VM runs in, filters on");
     println!("# host = the same tool in the test host directly: file I/O on its RAM-backed");
     println!("#   root filesystem for blk, loopback TCP for vsock and net (no VM in the path)");

@@ -145,7 +145,8 @@ pub(crate) struct RunningVm {
 
 /// Starts `vmm` with the devices `workload` needs; the guest runs that workload.
 pub(crate) fn boot_vmm(vmm: Vmm, workload: &str, mib: u64) -> RunningVm {
-    for leftover in ["console.log", "timings.json", "exit.json"] {
+    // A VMM killed in an earlier run (a failed round) could not remove its socket.
+    for leftover in ["console.log", "timings.json", "exit.json", "v.sock"] {
         let _ = std::fs::remove_file(leftover);
     }
     // No `--` in the command line: QEMU appends its virtio_mmio.device= entries after it.
