@@ -53,7 +53,10 @@ use report::{report, report_beside, report_pair, Figures, KVM_ROW};
 #[path = "devices/support.rs"]
 mod support;
 use kvm_stats::{phase, Sampler, Samples};
-use support::{boot_vmm, finish_host_tool, host_tool, sh, spawn_host_tool, Values, Vmm};
+use support::{
+    boot_vmm, finish_host_tool, finish_host_tool_beside, host_tool, host_tool_beside, sh,
+    spawn_host_tool, RunningVm, Values, Vmm,
+};
 
 fn main() {
     common::dispatch(outer, inner);
@@ -268,7 +271,7 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64, kvm: bool) -> Figures {
             args.extend(["--recv", &size].map(String::from));
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = host_tool(&refs);
+        let out = host_tool_beside(&refs, &mut vm);
         let streamed = Instant::now();
         let cmd = refs[0];
         fig.insert("to guest".into(), mibps(&out, &format!("{cmd}-send-mibps")));
@@ -288,7 +291,7 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64, kvm: bool) -> Figures {
         let (_, sent) = phase(streamed, recv_secs);
         let (from, end) = phase(sent, mibps(&out, &format!("{cmd}-send-secs")));
         phases.push(("to guest, per MiB", from, end, mib as f64));
-        let rr = round_trips(vmm, workload);
+        let rr = round_trips(vmm, workload, &mut vm);
         let (from, end) = phase(Instant::now(), mibps(&rr, &format!("{cmd}-rr-secs")));
         phases.push(("round trips, per round trip", from, end, RR_COUNT as f64));
         fig.insert(RR_KEY.into(), mibps(&rr, &format!("{cmd}-rr-per-sec")));
@@ -298,7 +301,7 @@ fn run_workload(vmm: Vmm, workload: &str, mib: u64, kvm: bool) -> Figures {
         kvm_rows(&mut fig, &samples, &phases);
     }
     if let Some(listener) = host.take() {
-        let out = finish_host_tool(listener);
+        let out = finish_host_tool_beside(listener, &mut vm);
         fig.insert("from guest".into(), mibps(&out, "tcp-listen-recv-mibps"));
     }
     match workload {
@@ -351,7 +354,7 @@ fn kvm_rows(fig: &mut Figures, samples: &Samples, phases: &[(&str, Instant, Inst
 
 /// 64-byte round trips from the host to the guest's echo (vsock port 5001, TCP port
 /// 7003), once the stream is done.
-fn round_trips(vmm: Vmm, workload: &str) -> Values {
+fn round_trips(vmm: Vmm, workload: &str, vm: &mut RunningVm) -> Values {
     let args: &[&str] = match (workload, vmm) {
         ("vsock", vmm) if vmm.is_husk() => &["uds-connect", "v.sock", "5001"],
         ("vsock", Vmm::Qemu) => &["vsock-connect", "3", "5001"],
@@ -360,7 +363,7 @@ fn round_trips(vmm: Vmm, workload: &str) -> Values {
     let mut args = args.to_vec();
     let count = RR_COUNT.to_string();
     args.extend(["--rr", &count, "--patience", "300"]);
-    host_tool(&args)
+    host_tool_beside(&args, vm)
 }
 
 /// The upper bound: the same tool doing the same work directly in the test host.

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::env_or;
 
@@ -48,6 +49,42 @@ pub(crate) fn finish_host_tool(child: Child) -> Values {
 /// Runs `./husk-guest-tool ARGS` to its end.
 pub(crate) fn host_tool(args: &[&str]) -> Values {
     finish_host_tool(spawn_host_tool(args))
+}
+
+/// How long a host tool may go on after its VM ended: it had finished its part by
+/// then in any run whose guest did its own.
+const AFTER_VM: Duration = Duration::from_secs(10);
+
+/// Waits for a tool that talks to `vm`'s guest; once the VMM has been gone for
+/// [`AFTER_VM`] the tool is killed. A guest lost to an emulator fault (whose VMM the
+/// test host kills, scripts/README.md) never connects or answers, and the tool would
+/// otherwise wait out its whole patience (minutes) before the bench went on.
+pub(crate) fn finish_host_tool_beside(mut tool: Child, vm: &mut RunningVm) -> Values {
+    let mut vm_ended: Option<Instant> = None;
+    while tool
+        .try_wait()
+        .expect("polling husk-guest-tool works")
+        .is_none()
+    {
+        if vm_ended.is_none() && vm.child.try_wait().is_ok_and(|s| s.is_some()) {
+            vm_ended = Some(Instant::now());
+        }
+        if vm_ended.is_some_and(|t| t.elapsed() >= AFTER_VM) {
+            eprintln!(
+                "# the {:?} VMM ended and the host tool still waited: killed",
+                vm.vmm
+            );
+            let _ = tool.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    finish_host_tool(tool)
+}
+
+/// Runs `./husk-guest-tool ARGS` against `vm`'s guest (see `finish_host_tool_beside`).
+pub(crate) fn host_tool_beside(args: &[&str], vm: &mut RunningVm) -> Values {
+    finish_host_tool_beside(spawn_host_tool(args), vm)
 }
 
 /// The VMM under test.
