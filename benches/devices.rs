@@ -31,10 +31,11 @@
 //! it runs as one more VMM, interleaved with the others, and gets a table of its own, so
 //! a change is measured against its base in one test-host boot; a script that runs
 //! `./husk` with an environment of its own, such as `HUSK_MMIO_WINDOW=0`, measures a
-//! switch of the same binary), `HUSK_TEST_HOST` (auto|always|never), `HUSK_TESTHOST_SMP` (the test host's CPUs,
-//! default 1: the guest's vCPU, the device side and the host-side peer then take turns
-//! on one CPU, and the ratios compare their CPU time per byte; with 2 the device side
-//! runs beside the vCPU, as on a real host, but the emulator fails far more often).
+//! switch of the same binary), `HUSK_TEST_HOST` (auto|always|never),
+//! `HUSK_TESTHOST_SMP` (the test host's CPUs, default 1: the guest's vCPU, the device
+//! side and the host-side peer then take turns on one CPU, and the ratios compare their
+//! CPU time per byte; with 2 the device side runs beside the vCPU, as on a real host,
+//! but the emulator fails far more often, scripts/README.md).
 #![allow(missing_docs)]
 
 #[path = "common/mod.rs"]
