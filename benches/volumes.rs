@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use common::{env_or, hardware_kvm, median, run_stdout};
+use common::{env_or, hardware_kvm, median, meminfo_kib, run_stdout};
 
 const SMALL_FILES: usize = 2000;
 
@@ -150,15 +150,6 @@ fn path_with(bin: &Path) -> std::ffi::OsString {
     let rest = std::env::var_os("PATH").unwrap_or_default();
     let dirs = std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&rest));
     std::env::join_paths(dirs).expect("a PATH")
-}
-
-/// MemAvailable of the machine the sandboxes run on (the test host's), in MiB.
-fn available_mib() -> u64 {
-    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    info.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib / 1024)
 }
 
 /// `sh -c script` in `vmm`'s sandbox (one `husk exec`).
@@ -293,7 +284,10 @@ fn inner(args: &[String]) {
                 mib_f / w,
                 mib_f / r
             );
-            println!("#   then available memory: {} MiB", available_mib());
+            println!(
+                "#   then available memory: {} MiB",
+                meminfo_kib("MemAvailable:") / 1024
+            );
             if round == 0 {
                 continue;
             }

@@ -7,6 +7,17 @@ pub mod crun;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A `/proc/meminfo` field of this machine (`key` with its colon, e.g.
+/// `"MemAvailable:"`), in KiB; 0 when it cannot be read.
+pub fn meminfo_kib(key: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// `$name`, or `default` when unset.
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())

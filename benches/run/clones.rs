@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use super::common::crun::{check, crun_cmd, ms, timed};
-use super::common::median;
+use super::common::{median, meminfo_kib};
 use super::stages::spread;
 
 fn husk_cmd(husk: &str, args: &[&str]) -> Command {
@@ -144,15 +144,7 @@ fn smaps_kib(pid: u32, keep: impl Fn(&str) -> bool, field: &str) -> u64 {
 
 /// The host's memory in use (MemTotal - MemAvailable), KiB.
 fn host_used_kib() -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let get = |key: &str| {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    get("MemTotal:").saturating_sub(get("MemAvailable:"))
+    meminfo_kib("MemTotal:").saturating_sub(meminfo_kib("MemAvailable:"))
 }
 
 fn monitor_pid(runtime: &Path, name: &str) -> u32 {
